@@ -1,0 +1,265 @@
+//! Fuzz-style tests: mutated and random YAML never panics the parser, the validator, the renderer or
+//! the planner, and every diagnostic points inside the file.
+//!
+//! Mutations come from a small seeded generator so failures reproduce; set GANTRY_FUZZ_ITERS to run
+//! more (the default keeps the suite fast in debug builds) and GANTRY_FUZZ_SEED to explore.
+
+use std::path::Path;
+
+use gantry::spec;
+
+/// xorshift64*: tiny, seedable, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+const TOKENS: &[&str] = &[
+    "{{",
+    "}}",
+    "{{params.",
+    "{{steps.a.outputs.",
+    "{{secrets.x}}",
+    "{{inputs.y}}",
+    ": ",
+    "- ",
+    "- - ",
+    "[",
+    "]",
+    "{",
+    "}",
+    "&a ",
+    "*a",
+    "<<: *a",
+    "\"",
+    "'",
+    "|\n",
+    ">-\n",
+    "\t",
+    "\n  ",
+    "\n",
+    "#",
+    "!!str ",
+    "!!binary ",
+    "~",
+    "null",
+    "yes",
+    "on",
+    "0x1F",
+    "1e999",
+    "-.inf",
+    ".nan",
+    "é",
+    "\u{1F600}",
+    "\u{feff}",
+    "\r\n",
+    ": :",
+    "? ",
+    "---\n",
+    "...\n",
+    "%YAML 1.2\n",
+    "dependsOn: [",
+    "when: \"",
+    "cron: \"",
+    "template: gantry/",
+    "outputs: [",
+    "retry: {limit: ",
+    "== ",
+    "&& ",
+    "(",
+    ")",
+];
+
+fn mutate(rng: &mut Rng, seed: &str) -> String {
+    let mut text: Vec<char> = seed.chars().collect();
+    for _ in 0..=rng.below(4) {
+        let len = text.len();
+        match rng.below(7) {
+            0 if len > 0 => {
+                let at = rng.below(len);
+                let n = rng.below(40).min(len - at);
+                text.drain(at..at + n);
+            }
+            1 => {
+                let at = rng.below(len + 1);
+                let token = TOKENS[rng.below(TOKENS.len())];
+                for (k, c) in token.chars().enumerate() {
+                    text.insert(at + k, c);
+                }
+            }
+            2 if len > 0 => {
+                // Duplicate a line.
+                let s: String = text.iter().collect();
+                let lines: Vec<&str> = s.lines().collect();
+                let i = rng.below(lines.len().max(1));
+                let mut out: Vec<&str> = lines.clone();
+                if let Some(line) = lines.get(i) {
+                    out.insert(i, line);
+                }
+                text = out.join("\n").chars().collect();
+            }
+            3 if len > 0 => {
+                // Swap two lines.
+                let s: String = text.iter().collect();
+                let mut lines: Vec<&str> = s.lines().collect();
+                if lines.len() > 1 {
+                    let (a, b) = (rng.below(lines.len()), rng.below(lines.len()));
+                    lines.swap(a, b);
+                }
+                text = lines.join("\n").chars().collect();
+            }
+            4 if len > 0 => {
+                // Change one character to a random printable one.
+                let at = rng.below(len);
+                text[at] = char::from(b' ' + (rng.below(95) as u8));
+            }
+            5 if len > 0 => {
+                let at = rng.below(len);
+                text.truncate(at);
+            }
+            _ => {
+                // Re-indent a line.
+                let s: String = text.iter().collect();
+                let mut lines: Vec<String> = s.lines().map(String::from).collect();
+                if !lines.is_empty() {
+                    let i = rng.below(lines.len());
+                    let pad = " ".repeat(rng.below(6));
+                    lines[i] = format!("{pad}{}", lines[i].trim_start());
+                }
+                text = lines.join("\n").chars().collect();
+            }
+        }
+    }
+    text.into_iter().collect()
+}
+
+fn seeds() -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = vec![gantry::cli::bench::sample_pipeline()];
+    for dir in [
+        "tests/fixtures/spec-examples",
+        "examples/repo-layout/.gantry/pipelines",
+        "tests/fixtures/valid",
+        "tests/fixtures/invalid",
+    ] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yaml")
+                && let Ok(text) = std::fs::read_to_string(&path)
+            {
+                out.push(text);
+            }
+        }
+    }
+    out
+}
+
+/// Everything the library offers for a text must run to completion.
+fn exercise(text: &str) {
+    let checked = spec::check(text);
+    let lines = text.lines().count() as u32 + 1;
+    for d in checked.diagnostics.iter() {
+        assert!(
+            d.pos.line >= 1 && d.pos.line <= lines.max(1),
+            "diagnostic outside the file: {d:?}\n---\n{text}"
+        );
+        assert!(d.pos.col >= 1, "column 0: {d:?}");
+        let rendered = spec::diagnostic::render("f.yaml", text, d, Default::default());
+        assert!(rendered.starts_with("f.yaml:"), "{rendered}");
+    }
+    match &checked.pipeline {
+        Some(p) => {
+            assert!(!checked.diagnostics.has_errors());
+            let plan = gantry::plan::plan(p);
+            assert_eq!(
+                plan.topological_order().len(),
+                plan.steps.len(),
+                "a valid pipeline has no cycle"
+            );
+        }
+        None => assert!(
+            checked.diagnostics.has_errors(),
+            "no pipeline and no error for:\n{text}"
+        ),
+    }
+}
+
+fn iterations() -> usize {
+    std::env::var("GANTRY_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
+}
+
+fn seed() -> u64 {
+    std::env::var("GANTRY_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15)
+}
+
+#[test]
+fn mutated_pipelines_never_panic() {
+    let seeds = seeds();
+    assert!(seeds.len() >= 5, "expected fixture files to mutate");
+    let mut rng = Rng(seed());
+    for _ in 0..iterations() {
+        let base = &seeds[rng.below(seeds.len())];
+        let text = mutate(&mut rng, base);
+        exercise(&text);
+    }
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = Rng(seed() ^ 0xDEAD_BEEF);
+    let alphabet: Vec<char> = "ab: -[]{}\"'|>&*!#%@`\n\t {{}}.,?~0123456789é"
+        .chars()
+        .collect();
+    for _ in 0..iterations() / 2 {
+        let len = rng.below(300);
+        let text: String = (0..len)
+            .map(|_| alphabet[rng.below(alphabet.len())])
+            .collect();
+        exercise(&text);
+    }
+}
+
+#[test]
+fn hostile_documents_are_refused_within_the_budget() {
+    // A billion-laughs alias bomb, deep nesting and a huge file each end in an error, not a hang.
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
+    }
+    let deep = format!("steps: {}1{}", "[".repeat(500), "]".repeat(500));
+    let huge = format!(
+        "apiVersion: gantry.dev/v1\ndescription: \"{}\"\n",
+        "x".repeat(2 * 1024 * 1024)
+    );
+    for text in [bomb, deep, huge] {
+        let checked = spec::check(&text);
+        assert!(checked.pipeline.is_none());
+        assert!(checked.diagnostics.has_errors());
+    }
+}
