@@ -21,12 +21,209 @@ pub enum Which {
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,
     },
+    /// Per-step overhead of the local executor: a 200-step sequence and a 50-wide parallel group
+    /// of `true`, against a shell running `sh -c true` the same way.
+    Executor {
+        /// Steps in the sequence
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        /// Steps in the parallel group
+        #[arg(long, default_value_t = 50)]
+        width: usize,
+        /// Repetitions of each measurement (the best is reported)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 pub fn run(args: &Args) -> u8 {
     match args.which {
         Which::Spec { seconds } => bench_spec(Duration::from_secs_f64(seconds.clamp(0.1, 600.0))),
+        Which::Executor {
+            steps,
+            width,
+            rounds,
+        } => bench_executor(steps.max(1), width.max(1), rounds.max(1)),
     }
+}
+
+/// Times a shell command; the baseline of the executor benchmark.
+fn time_shell(script: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    let status = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
+    if !status.success() {
+        return Err(format!("baseline script failed: {status}"));
+    }
+    Ok(start.elapsed())
+}
+
+/// Runs a pipeline text through the real path of `gantry run` (store included) and times it.
+fn time_pipeline(
+    runtime: &tokio::runtime::Runtime,
+    store: &crate::store::Store,
+    text: &str,
+) -> Result<Duration, String> {
+    use crate::executor::{Checkout, Limits, local::LocalExecutor};
+    use crate::run::{self, RunRequest};
+    let pipeline = spec::check(text)
+        .pipeline
+        .ok_or("the benchmark pipeline does not validate")?;
+    let request = RunRequest {
+        source: "bench".into(),
+        pipeline,
+        text: text.to_string(),
+        path: "bench".into(),
+        params: Default::default(),
+        var_overrides: Default::default(),
+        trigger: crate::store::Trigger {
+            kind: "manual".into(),
+            detail: Some("gantry bench".into()),
+        },
+        git: None,
+        checkout: Checkout::None,
+        limits: Limits {
+            parallelism: 256,
+            ..Limits::default()
+        },
+        keep_run_dir: false,
+    };
+    let start = Instant::now();
+    let prepared = run::prepare(store, request).map_err(|e| e.to_string())?;
+    let executor = std::sync::Arc::new(LocalExecutor::new());
+    let run = runtime
+        .block_on(run::execute(
+            store,
+            executor,
+            prepared,
+            Default::default(),
+            |_, _| {},
+        ))
+        .map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    if run.status != crate::store::RunStatus::Succeeded {
+        return Err(format!(
+            "benchmark run {} ended {}",
+            run.id,
+            run.status.as_str()
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// Runs a pipeline through the local executor alone (no store), events drained and dropped.
+fn time_executor_only(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    text: &str,
+) -> Result<Duration, String> {
+    use crate::executor::{Checkout, Executor, Limits, RunInput, RunOutcome, local::LocalExecutor};
+    let pipeline = spec::check(text)
+        .pipeline
+        .ok_or("the benchmark pipeline does not validate")?;
+    let plan = crate::plan::plan(&pipeline);
+    let input = RunInput {
+        run_id: "BENCH".into(),
+        run_number: 1,
+        pipeline: "bench".into(),
+        params: Default::default(),
+        vars: Default::default(),
+        secrets: Default::default(),
+        git: None,
+        trigger: "manual".into(),
+        pr_number: None,
+        checkout: Checkout::None,
+        run_dir: dir.join("executor-only"),
+        limits: Limits {
+            parallelism: 256,
+            ..Limits::default()
+        },
+    };
+    let start = Instant::now();
+    let outcome = runtime.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let outcome = LocalExecutor::new()
+            .execute(&plan, &input, tx, Default::default())
+            .await;
+        let _ = drain.await;
+        outcome
+    });
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_dir_all(&input.run_dir);
+    if outcome != RunOutcome::Succeeded {
+        return Err(format!("executor-only run ended {outcome:?}"));
+    }
+    Ok(elapsed)
+}
+
+fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
+    let head = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: bench}\nsteps:\n";
+    let mut sequence = head.to_string();
+    for i in 0..steps {
+        sequence.push_str(&format!("  - {{name: s{i}, script: \"true\"}}\n"));
+    }
+    let mut parallel = format!("{head}  -\n");
+    for i in 0..width {
+        parallel.push_str(&format!("    - {{name: p{i}, script: \"true\"}}\n"));
+    }
+    let seq_shell = format!("i=0; while [ $i -lt {steps} ]; do sh -c true; i=$((i+1)); done");
+    let par_shell =
+        format!("i=0; while [ $i -lt {width} ]; do sh -c true & i=$((i+1)); done; wait");
+
+    let dir = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
+    let result = (|| -> Result<[(Duration, Duration, Duration); 2], String> {
+        let store = crate::store::Store::open(&dir).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut best = [(Duration::MAX, Duration::MAX, Duration::MAX); 2];
+        for _ in 0..rounds {
+            for (i, (shell, text)) in [(&seq_shell, &sequence), (&par_shell, &parallel)]
+                .into_iter()
+                .enumerate()
+            {
+                best[i].0 = best[i].0.min(time_shell(shell)?);
+                best[i].1 = best[i].1.min(time_executor_only(&runtime, &dir, text)?);
+                best[i].2 = best[i].2.min(time_pipeline(&runtime, &store, text)?);
+            }
+        }
+        Ok(best)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let best = match result {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("gantry: executor benchmark failed: {e}");
+            return exit::FAILURE;
+        }
+    };
+    println!(
+        "best of {rounds} rounds. baseline: /bin/sh running `sh -c true` in a loop (parallel: in the background, then wait)"
+    );
+    println!(
+        "executor: the local executor alone; gantry: the whole `gantry run` path with the store"
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (label, n, (shell, executor, gantry)) in
+        [("sequence", steps, best[0]), ("parallel", width, best[1])]
+    {
+        println!(
+            "{label:<9} {n:>4} steps  baseline {:>7.1} ms ({:.2} ms/step)  executor {:>7.1} ms ({:.2} ms/step)  gantry {:>7.1} ms ({:.2} ms/step)  ratio {:.2}",
+            ms(shell),
+            ms(shell) / n as f64,
+            ms(executor),
+            ms(executor) / n as f64,
+            ms(gantry),
+            ms(gantry) / n as f64,
+            gantry.as_secs_f64() / shell.as_secs_f64()
+        );
+    }
+    exit::OK
 }
 
 /// Calls `f` repeatedly for about `budget`, and returns calls per second.

@@ -4,9 +4,17 @@
 //! themselves, so `main` stays the only place that ends the process.
 
 pub mod bench;
+pub mod config;
+pub mod progress;
+pub mod run;
+pub mod runs;
 pub mod validate;
 
+use std::path::{Path, PathBuf};
+
 use clap::{Parser, Subcommand};
+
+use crate::store::Store;
 
 /// Exit codes shared by every command.
 pub mod exit {
@@ -21,7 +29,10 @@ pub mod exit {
 const EXAMPLES: &str = "\
 Examples:
   gantry validate examples/repo-layout
-  gantry validate .gantry/pipelines/provision-postgres.yaml --format json
+  gantry run .gantry/pipelines/provision-postgres.yaml -p db_name=orders --var pg_host=localhost
+  printf %s \"$PGPASSWORD\" | gantry secrets set pg_admin_password --pipeline provision-postgres
+  gantry runs --pipeline provision-postgres
+  gantry logs 01JD --step create-database
   gantry bench spec --seconds 3";
 
 #[derive(Debug, Parser)]
@@ -34,6 +45,15 @@ typed parameters, variables and secrets, live step logs, and results reported ba
     after_help = EXAMPLES
 )]
 pub struct Cli {
+    /// Where Gantry keeps its state (runs, logs, variables, encrypted secrets)
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_DATA_DIR",
+        default_value = "gantry-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -50,14 +70,70 @@ Examples:
   gantry validate examples/repo-layout
   gantry validate pipeline.yaml other.yml --format json")]
     Validate(validate::Args),
+    /// Run a pipeline file on this machine, with live progress and step logs.
+    #[command(after_help = "\
+The repository holding the file's .gantry/ folder is what gantry/git-checkout@v1 copies into the
+workspace: its files as git sees them, uncommitted changes included, ignored files left out.
+Exit status: 0 when the run succeeded, 1 when it failed, 2 when it could not start, 130 when it was
+cancelled with Ctrl-C.")]
+    Run(run::Args),
+    /// List runs, newest first.
+    Runs(runs::ListArgs),
+    /// Print the log of a run.
+    Logs(runs::LogArgs),
+    /// Manage plain variables (global or per pipeline).
+    Vars(config::VarsArgs),
+    /// Manage secrets: encrypted at rest, write-only.
+    Secrets(config::SecretsArgs),
     /// Measure Gantry's own speed and print the figures.
     Bench(bench::Args),
 }
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
+    let data_dir = cli.data_dir;
     match cli.command {
         Command::Validate(args) => validate::run(&args),
+        Command::Run(args) => run::run(&data_dir, &args),
+        Command::Runs(args) => runs::list(&data_dir, &args),
+        Command::Logs(args) => runs::logs(&data_dir, &args),
+        Command::Vars(args) => config::vars(&data_dir, &args),
+        Command::Secrets(args) => config::secrets(&data_dir, &args),
         Command::Bench(args) => bench::run(&args),
+    }
+}
+
+/// Opens the store and recovers runs left behind by a process that went away; reports failures
+/// on stderr.
+pub fn open_store(data_dir: &Path) -> Option<Store> {
+    let store = match Store::open(data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return None;
+        }
+    };
+    match crate::run::recover::recover(&store) {
+        Ok(runs) => {
+            for r in runs {
+                eprintln!(
+                    "gantry: run {} #{} of {} was {}",
+                    r.id,
+                    r.number,
+                    r.pipeline,
+                    r.message.as_deref().unwrap_or("interrupted")
+                );
+            }
+        }
+        Err(e) => eprintln!("gantry: could not check for interrupted runs: {e}"),
+    }
+    Some(store)
+}
+
+/// Splits `KEY=VALUE`.
+pub fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
     }
 }

@@ -122,23 +122,25 @@ pub fn run(args: &Args) -> u8 {
                 continue;
             };
             let checked = spec::check(&source);
-            let mut diagnostics = checked.diagnostics.0;
+            let mut diagnostics = checked.diagnostics;
             let pipeline = checked.pipeline.as_ref().map(|p| p.name().to_string());
-            if let Some(name) = &pipeline {
-                if let Some(first) = names.get(name) {
+            // Any file with a valid name takes part, also one with other errors.
+            if let Some(name) = checked.name {
+                if let Some(first) = names.get(&name) {
                     diagnostics.push(Diagnostic::error(
                         checked.name_pos,
                         format!("pipeline name `{name}` is already used by {first}"),
                     ));
+                    diagnostics.finish();
                 } else {
-                    names.insert(name.clone(), shown.clone());
+                    names.insert(name, shown.clone());
                 }
             }
             reports.push(FileReport {
                 path: shown,
                 source,
                 pipeline,
-                diagnostics,
+                diagnostics: diagnostics.0,
             });
         }
     }

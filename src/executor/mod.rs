@@ -1,5 +1,276 @@
-//! Executors: run a `plan::Plan` and stream step updates back. One trait, two implementations: local
-//! child processes on this machine, and Argo Workflows on a Kubernetes cluster. Executors see the plan
-//! and resolved values only: never forges, events, triggers or the store.
+//! Executors: run a [`Plan`] and stream what happens back as [`Event`]s.
 //!
-//! Lands with the executor issue; this module holds only its contract for now.
+//! One trait, [`Executor`], so orchestration does not care where steps run: `local` runs each step
+//! as a child process on this machine; an Argo Workflows executor comes later. An executor receives
+//! the plan and the run's resolved values ([`RunInput`]) and nothing else: it never sees forges,
+//! triggers, events or the store. Log lines leave an executor already masked.
+
+pub mod local;
+pub mod mask;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::Plan;
+use crate::spec::expr::Ref;
+use crate::spec::model::Category;
+
+/// Everything a run needs besides its plan. Values are plain text; secrets live here in memory only.
+#[derive(Debug, Clone)]
+pub struct RunInput {
+    pub run_id: String,
+    pub run_number: u64,
+    pub pipeline: String,
+    /// Parameter values, already checked against their declarations and rendered as text.
+    pub params: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub git: Option<GitInfo>,
+    /// `manual`, `push`, `pullRequest`, `comment` or `schedule`.
+    pub trigger: String,
+    pub pr_number: Option<u64>,
+    /// What `gantry/git-checkout@v1` puts into the workspace.
+    pub checkout: Checkout,
+    /// The run's own directory; the executor creates `workspace/` and `outputs/` inside.
+    pub run_dir: PathBuf,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitInfo {
+    pub sha: String,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub repo: String,
+}
+
+/// The source of `gantry/git-checkout@v1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkout {
+    /// No repository: the built-in fails with a message saying so.
+    None,
+    /// A local work tree (`gantry run FILE`): its files as git sees them, uncommitted changes
+    /// included, ignored files left out.
+    WorkTree { root: PathBuf },
+    /// A commit of a repository (a watched repository's mirror).
+    Commit { git_dir: PathBuf, sha: String },
+}
+
+/// Knobs of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Steps running at once.
+    pub parallelism: usize,
+    /// Between SIGTERM and SIGKILL when a step is cancelled or times out.
+    pub kill_grace: Duration,
+    /// Largest accepted output file.
+    pub max_output_bytes: usize,
+    /// Longest log line kept whole; longer lines are cut into pieces of this size.
+    pub max_line_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            parallelism: 16,
+            kill_grace: Duration::from_secs(10),
+            max_output_bytes: 1024 * 1024,
+            max_line_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// Lines Gantry itself writes into a step's log (retries, built-in progress, errors).
+    System,
+}
+
+/// How a step attempt, or a step, ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Succeeded,
+    /// Exited non-zero.
+    Failed,
+    /// Hit its own timeout.
+    TimedOut,
+    /// Could not run: spawn failure, bad output file, an unresolvable value.
+    Error,
+    /// Not run: `when` was false, or something it needs did not succeed.
+    Skipped,
+    /// Stopped by a cancel or the run's timeout.
+    Cancelled,
+}
+
+/// How a whole run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Hit the pipeline's `timeout`.
+    TimedOut,
+}
+
+/// A published resource with every reference resolved. Credential values marked secret are
+/// plaintext here; the store encrypts them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publication {
+    pub name: String,
+    pub version: String,
+    pub category: Category,
+    pub description: Option<String>,
+    pub tags: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub credentials: Vec<PublishedCredentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedCredentials {
+    pub environments: Vec<String>,
+    pub parameters: Vec<PublishedCredential>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedCredential {
+    pub key: String,
+    pub value: String,
+    pub is_secret: bool,
+}
+
+/// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// An attempt started; `pid` is also the process group id (0 for built-ins).
+    StepStarted {
+        step: usize,
+        attempt: u32,
+        pid: u32,
+        at: DateTime<Utc>,
+    },
+    /// One masked log line.
+    Log {
+        step: usize,
+        attempt: u32,
+        stream: Stream,
+        line: String,
+        at: DateTime<Utc>,
+    },
+    /// An attempt ended. `retry_in` is set when another attempt will follow.
+    AttemptFinished {
+        step: usize,
+        attempt: u32,
+        status: StepStatus,
+        exit_code: Option<i32>,
+        message: Option<String>,
+        retry_in: Option<Duration>,
+        at: DateTime<Utc>,
+    },
+    /// The step's outputs, read after its successful last attempt: (name, value, secret).
+    Outputs {
+        step: usize,
+        values: Vec<(String, String, bool)>,
+    },
+    /// The step is over: its final status (after retries) and why, when it did not succeed.
+    StepFinished {
+        step: usize,
+        status: StepStatus,
+        message: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// `gantry/marketplace-publish@v1` resolved its resource.
+    Published {
+        step: usize,
+        publication: Publication,
+    },
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs plans. Implementations must send a `StepFinished` for every step of the plan (skipped and
+/// cancelled ones included) before the returned future completes.
+pub trait Executor: Send + Sync {
+    fn execute<'a>(
+        &'a self,
+        plan: &'a Plan,
+        input: &'a RunInput,
+        events: UnboundedSender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, RunOutcome>;
+}
+
+/// The values references resolve to during a run: the input plus the outputs written so far.
+#[derive(Debug, Clone, Default)]
+pub struct Values {
+    pub params: BTreeMap<String, String>,
+    pub vars: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    /// step name → output name → value. Outputs of skipped steps resolve to "".
+    pub outputs: BTreeMap<String, BTreeMap<String, String>>,
+    pub run_id: String,
+    pub run_number: u64,
+    pub git: Option<GitInfo>,
+    pub trigger: String,
+    pub pr_number: Option<u64>,
+}
+
+impl Values {
+    pub fn from_input(input: &RunInput) -> Values {
+        Values {
+            params: input.params.clone(),
+            vars: input.vars.clone(),
+            secrets: input.secrets.clone(),
+            outputs: BTreeMap::new(),
+            run_id: input.run_id.clone(),
+            run_number: input.run_number,
+            git: input.git.clone(),
+            trigger: input.trigger.clone(),
+            pr_number: input.pr_number,
+        }
+    }
+
+    /// The value of a reference, or `None` when it has none (validation makes that rare: an
+    /// output of a step that has not run, an input outside a template).
+    pub fn resolve(&self, r: &Ref) -> Option<String> {
+        match r {
+            Ref::Param(n) => self.params.get(n).cloned(),
+            Ref::Var(n) => self.vars.get(n).cloned(),
+            Ref::Secret(n) => self.secrets.get(n).cloned(),
+            Ref::StepOutput { step, output } => self
+                .outputs
+                .get(step)
+                .map(|o| o.get(output).cloned().unwrap_or_default()),
+            Ref::Input(_) => None,
+            Ref::RunId => Some(self.run_id.clone()),
+            Ref::RunNumber => Some(self.run_number.to_string()),
+            Ref::GitSha => Some(self.git.as_ref().map(|g| g.sha.clone()).unwrap_or_default()),
+            Ref::GitRef => Some(
+                self.git
+                    .as_ref()
+                    .map(|g| g.reference.clone())
+                    .unwrap_or_default(),
+            ),
+            Ref::GitRepo => Some(
+                self.git
+                    .as_ref()
+                    .map(|g| g.repo.clone())
+                    .unwrap_or_default(),
+            ),
+            Ref::TriggerKind => Some(self.trigger.clone()),
+            Ref::PrNumber => Some(self.pr_number.map(|n| n.to_string()).unwrap_or_default()),
+        }
+    }
+}

@@ -38,7 +38,7 @@ pub struct PlanStep {
     pub needs: Vec<usize>,
     pub action: Action,
     /// Container image, for executors that use one.
-    pub image: Option<String>,
+    pub image: Option<Text>,
     /// Environment, template entries first and overridden by the step's own.
     pub env: Vec<(String, Text)>,
     /// Relative to the run's workspace.
@@ -159,7 +159,7 @@ fn plan_step(p: &Pipeline, s: &Step, needs: Vec<usize>) -> PlanStep {
             Some(t) => {
                 let expand = |text: &Text| expand_inputs(text, t, arguments);
                 env.extend(t.env.iter().map(|(k, v)| (k.clone(), expand(v))));
-                image = image.or_else(|| t.image.clone());
+                image = image.or_else(|| t.image.as_ref().map(expand));
                 working_dir = working_dir.or_else(|| t.working_dir.as_ref().map(expand));
                 outputs.extend(t.outputs.iter().cloned());
                 body_action(&t.body, expand)

@@ -37,7 +37,7 @@ fn a_sequence_with_a_parallel_group_needs_the_previous_item() {
 fn a_dag_keeps_only_declared_dependencies_and_orders_them() {
     // The file lists the join first; the order still puts it last.
     let plan = plan_of(&format!(
-        "{HEAD}steps:\n  - {{name: d, script: 'true', dependsOn: [b, c]}}\n  - {{name: a, script: 'true'}}\n  - {{name: b, script: 'true', dependsOn: [a]}}\n  - {{name: c, script: 'true', dependsOn: [a, a]}}\n"
+        "{HEAD}steps:\n  - {{name: d, script: 'true', dependsOn: [b, c]}}\n  - {{name: a, script: 'true'}}\n  - {{name: b, script: 'true', dependsOn: [a]}}\n  - {{name: c, script: 'true', dependsOn: [a]}}\n"
     ));
     assert_eq!(needs(&plan, "d"), vec!["b", "c"]);
     assert_eq!(needs(&plan, "c"), vec!["a"]);
@@ -90,7 +90,10 @@ steps:
             ("EXTRA".to_string(), "1".to_string()),
         ]
     );
-    assert_eq!(step.image.as_deref(), Some("postgres:16"));
+    assert_eq!(
+        step.image.as_ref().map(ToString::to_string).as_deref(),
+        Some("postgres:16")
+    );
     assert_eq!(
         step.outputs,
         vec![Output {
@@ -107,6 +110,31 @@ steps:
         }
         other => panic!("unexpected action {other:?}"),
     }
+}
+
+#[test]
+fn images_are_texts_and_a_template_image_gets_its_inputs() {
+    let plan = plan_of(&format!(
+        r#"{HEAD}parameters: [{{name: tag, default: "16"}}]
+templates:
+  - name: db
+    inputs: [{{name: version, default: "15"}}]
+    image: "postgres:{{{{inputs.version}}}}"
+    script: pg_isready
+steps:
+  - {{name: given, template: db, arguments: {{version: "{{{{params.tag}}}}"}}}}
+  - {{name: defaulted, template: db}}
+  - {{name: own, template: db, image: "mine:{{{{git.sha}}}}"}}
+"#
+    ));
+    let image = |name: &str| {
+        plan.step(name)
+            .and_then(|s| s.image.as_ref())
+            .map(ToString::to_string)
+    };
+    assert_eq!(image("given").as_deref(), Some("postgres:{{params.tag}}"));
+    assert_eq!(image("defaulted").as_deref(), Some("postgres:15"));
+    assert_eq!(image("own").as_deref(), Some("mine:{{git.sha}}"));
 }
 
 #[test]

@@ -184,7 +184,11 @@ pub struct ExprError {
 
 /// Parses the `{{...}}` expressions of a string. `locate(offset, raw)` turns the character offset of
 /// an expression (and its raw text, braces included) into a file position.
-pub fn parse_text<L>(s: &str, mut locate: L) -> Result<Text, Vec<ExprError>>
+///
+/// Returns the text and one error per malformed expression. A malformed expression stays in the
+/// text as a literal, so that the references around it can still be checked; a text with errors
+/// must not be used otherwise.
+pub fn parse_text<L>(s: &str, mut locate: L) -> (Text, Vec<ExprError>)
 where
     L: FnMut(usize, &str) -> Pos,
 {
@@ -239,11 +243,7 @@ where
     if !lit.is_empty() {
         parts.push(Part::Lit(lit));
     }
-    if errors.is_empty() {
-        Ok(Text { parts })
-    } else {
-        Err(errors)
-    }
+    (Text { parts }, errors)
 }
 
 const ROOTS: [&str; 13] = [
@@ -336,7 +336,10 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Text, Vec<ExprError>> {
-        parse_text(s, |offset, _| Pos::new(1, 1 + offset as u32, 1))
+        match parse_text(s, |offset, _| Pos::new(1, 1 + offset as u32, 1)) {
+            (text, errors) if errors.is_empty() => Ok(text),
+            (_, errors) => Err(errors),
+        }
     }
 
     #[test]
@@ -405,6 +408,17 @@ mod tests {
         assert!(parse("{{params}}").is_err());
         assert!(parse("{{}}").is_err());
         assert!(parse("{{params.a b}}").is_err());
+    }
+
+    #[test]
+    fn references_around_a_malformed_expression_are_kept() {
+        let (text, errors) =
+            parse_text("{{secrets.a}} {{parms.b}} {{}} {{vars.c}}", |offset, _| {
+                Pos::new(1, 1 + offset as u32, 1)
+            });
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let refs: Vec<Ref> = text.refs().map(|(r, _)| r.clone()).collect();
+        assert_eq!(refs, vec![Ref::Secret("a".into()), Ref::Var("c".into())]);
     }
 
     #[test]

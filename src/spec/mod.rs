@@ -27,6 +27,9 @@ pub struct Checked {
     pub diagnostics: Diagnostics,
     /// Where `metadata.name` stands, for errors about the name found outside this file.
     pub name_pos: Pos,
+    /// `metadata.name` when it is valid, even if the file has other errors (for checks across
+    /// files, such as unique pipeline names).
+    pub name: Option<String>,
 }
 
 /// Parses and validates the text of one pipeline file with the default limits.
@@ -45,6 +48,7 @@ pub fn check_with(source: &str, limits: &Limits) -> Checked {
                 pipeline: None,
                 diagnostics,
                 name_pos: e.pos,
+                name: None,
             };
         }
     };
@@ -52,10 +56,13 @@ pub fn check_with(source: &str, limits: &Limits) -> Checked {
     diagnostics.0.extend(parse_diags.0);
     validate::validate(&pipeline, &map, &mut diagnostics);
     diagnostics.finish();
+    // The converter sets the name only when it is valid.
+    let name = Some(pipeline.metadata.name.clone()).filter(|n| !n.is_empty());
     let pipeline = (!diagnostics.has_errors()).then_some(pipeline);
     Checked {
         pipeline,
         diagnostics,
         name_pos: map.name,
+        name,
     }
 }

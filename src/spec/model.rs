@@ -234,7 +234,8 @@ pub struct Template {
     pub name: String,
     pub inputs: Vec<Input>,
     pub body: Body,
-    pub image: Option<String>,
+    /// The container image: a string, with expressions but no secrets.
+    pub image: Option<Text>,
     pub env: Vec<(String, Text)>,
     pub working_dir: Option<Text>,
     pub outputs: Vec<Output>,
@@ -309,7 +310,8 @@ pub enum StepRun {
 pub struct Step {
     pub name: String,
     pub run: StepRun,
-    pub image: Option<String>,
+    /// The container image: a string, with expressions but no secrets.
+    pub image: Option<Text>,
     pub env: Vec<(String, Text)>,
     pub working_dir: Option<Text>,
     pub outputs: Vec<Output>,
@@ -387,7 +389,7 @@ pub struct Resource {
     pub connection_credentials: Vec<CredentialSet>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Category {
     Database,

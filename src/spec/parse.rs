@@ -35,6 +35,8 @@ pub struct SourceMap {
 #[derive(Debug, Clone, Default)]
 pub struct ParamSpans {
     pub name: Pos,
+    /// The `type` could not be read: the parameter is kept for references, its values unchecked.
+    pub unknown_type: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -62,6 +64,8 @@ pub struct ScheduleSpans {
     pub cron: Pos,
     /// Parameter name → position of its value.
     pub parameters: BTreeMap<String, Pos>,
+    /// Parameter name → position of its key, for every key given (also those with a broken value).
+    pub keys: BTreeMap<String, Pos>,
 }
 
 /// Converts the root node of a pipeline file.
@@ -183,6 +187,11 @@ struct Cx<'s> {
     source: &'s str,
     line_starts: Vec<usize>,
     diags: Diagnostics,
+    /// Names of the file's templates, known before the steps are read.
+    template_names: Vec<String>,
+    /// The file's parameters and their types (`None`: the type could not be read), known before
+    /// the schedules are read.
+    param_kinds: Vec<(String, Option<ParamType>)>,
 }
 
 impl<'s> Cx<'s> {
@@ -193,6 +202,8 @@ impl<'s> Cx<'s> {
             source,
             line_starts,
             diags: Diagnostics::default(),
+            template_names: Vec::new(),
+            param_kinds: Vec::new(),
         }
     }
 
@@ -261,10 +272,30 @@ impl<'s> Cx<'s> {
     fn locate_in(&self, node: &Node, value: &str, offset: usize, len: usize) -> Pos {
         let needle: String = value.chars().skip(offset).take(len.max(1)).collect();
         if needle.trim().is_empty() {
-            return node.pos;
+            // The end of the value (`a ==` stops short): point just after its last word, found by
+            // the last line of the text before it; the node itself when that cannot be found.
+            let before: String = value.chars().take(offset).collect();
+            let last = before.trim_end().rsplit('\n').next().unwrap_or_default();
+            let from = self.offset_of(node.pos);
+            return match self.source.get(from..).and_then(|rest| rest.find(last)) {
+                Some(i) if !last.is_empty() => self.pos_of(from + i + last.len(), 1),
+                _ => node.pos,
+            };
         }
-        self.find_after(self.offset_of(node.pos), &needle, node.pos)
-            .0
+        // The same text may stand earlier in the value (`{{a}}-{{a`): skip that many occurrences.
+        let before: String = value.chars().take(offset).collect();
+        let mut from = self.offset_of(node.pos);
+        for _ in 0..before.matches(needle.as_str()).count() {
+            match self
+                .source
+                .get(from..)
+                .and_then(|rest| rest.find(needle.as_str()))
+            {
+                Some(i) => from += i + needle.len(),
+                None => return node.pos,
+            }
+        }
+        self.find_after(from, &needle, node.pos).0
     }
 
     // ---- scalars -----------------------------------------------------------------------------
@@ -354,30 +385,33 @@ impl<'s> Cx<'s> {
         }
     }
 
-    /// Any scalar as text: numbers and booleans are taken as they are written (`8080`, `true`).
+    /// Any scalar as text: numbers and booleans are taken as they are written (`8080`, `0x1F`,
+    /// `1.10`, `True`).
     fn scalar_string(&mut self, node: &Node, what: &str) -> Option<String> {
         match &node.value {
             Value::Str(s) => Some(s.clone()),
-            Value::Int(i) => Some(i.to_string()),
-            Value::Bool(b) => Some(b.to_string()),
-            Value::Float(f) => {
-                // Floats are taken as written in the file (`1.10` stays `1.10`).
-                let start = self.offset_of(node.pos);
-                let written: String = self.source[start..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && !",]}#".contains(*c))
-                    .collect();
-                Some(if written.is_empty() {
-                    f.to_string()
-                } else {
-                    written
-                })
-            }
+            Value::Int(i) => Some(self.written(node).unwrap_or_else(|| i.to_string())),
+            Value::Bool(b) => Some(self.written(node).unwrap_or_else(|| b.to_string())),
+            Value::Float(f) => Some(self.written(node).unwrap_or_else(|| f.to_string())),
             _ => {
                 self.expected(node, what, "a string");
                 None
             }
         }
+    }
+
+    /// A plain scalar as it is written in the file. `None` where the node's position holds no
+    /// plain scalar of its own: an alias `*name` points at the alias, not at the value, and a
+    /// tagged quoted value (`!!int "5"`) is not written as a number.
+    fn written(&self, node: &Node) -> Option<String> {
+        let start = self.offset_of(node.pos);
+        let written: String = self
+            .source
+            .get(start..)?
+            .chars()
+            .take_while(|c| !c.is_whitespace() && !",]}#".contains(*c))
+            .collect();
+        (!written.is_empty() && !written.starts_with(['*', '"', '\''])).then_some(written)
     }
 
     /// A scalar parsed for `{{...}}` expressions.
@@ -386,9 +420,18 @@ impl<'s> Cx<'s> {
         self.text_of(node, &value)
     }
 
+    /// A string-only scalar parsed for `{{...}}` expressions (`image`).
+    fn string_text(&mut self, node: &Node, what: &str) -> Option<Text> {
+        let value = self.string(node, what)?;
+        self.text_of(node, &value)
+    }
+
+    /// Parses the expressions of a scalar's value. Every malformed expression is reported; the text
+    /// is still returned with the references around them, so that those are checked too (the file
+    /// fails anyway).
     fn text_of(&mut self, node: &Node, value: &str) -> Option<Text> {
         let mut cursor = self.offset_of(node.pos);
-        let result = {
+        let (text, errors) = {
             let this = &*self;
             parse_text(value, |_, raw| {
                 let (pos, next) = this.find_after(cursor, raw, node.pos);
@@ -396,20 +439,15 @@ impl<'s> Cx<'s> {
                 pos
             })
         };
-        match result {
-            Ok(text) => Some(text),
-            Err(errors) => {
-                for e in errors {
-                    let pos = self.locate_in(node, value, e.offset, e.len);
-                    let d = Diagnostic::error(pos.with_len(e.len as u32), e.message);
-                    self.diags.push(match e.help {
-                        Some(h) => d.with_help(h),
-                        None => d,
-                    });
-                }
-                None
-            }
+        for e in errors {
+            let pos = self.locate_in(node, value, e.offset, e.len);
+            let d = Diagnostic::error(pos.with_len(e.len as u32), e.message);
+            self.diags.push(match e.help {
+                Some(h) => d.with_help(h),
+                None => d,
+            });
         }
+        Some(text)
     }
 
     fn bool(&mut self, node: &Node, what: &str) -> Option<bool> {
@@ -495,13 +533,25 @@ impl<'s> Cx<'s> {
         check: fn(&str) -> bool,
         rule: &str,
     ) -> Option<String> {
+        let s = self.kept_name(node, what, check, rule)?;
+        check(&s).then_some(s)
+    }
+
+    /// A name that other parts of the file refer to: an invalid one is reported but kept, so that
+    /// references to it resolve instead of cascading into "unknown" errors (the file fails anyway).
+    fn kept_name(
+        &mut self,
+        node: &Node,
+        what: &str,
+        check: fn(&str) -> bool,
+        rule: &str,
+    ) -> Option<String> {
         let s = self.string(node, what)?;
         if !check(&s) {
             self.err(
                 node.pos,
                 format!("invalid {what} `{s}`: it must match {rule}"),
             );
-            return None;
         }
         Some(s)
     }
@@ -572,6 +622,10 @@ impl<'s> Cx<'s> {
         if let Some(node) = top.get("parameters") {
             for item in self.list(node, "`parameters`") {
                 if let Some((param, spans)) = self.parameter(item) {
+                    self.param_kinds.push((
+                        param.name.clone(),
+                        (!spans.unknown_type).then_some(param.kind),
+                    ));
                     pipeline.parameters.push(param);
                     map.parameters.push(spans);
                 }
@@ -592,10 +646,8 @@ impl<'s> Cx<'s> {
         }
         if let Some(node) = top.get("variables") {
             for (name, pos) in self.string_list(node, "`variables`") {
-                if values::is_identifier(&name) {
-                    pipeline.variables.push(name);
-                    map.variables.push(pos);
-                } else {
+                // Kept even when invalid, so that references to it do not cascade.
+                if !values::is_identifier(&name) {
                     self.err(
                         pos,
                         format!(
@@ -603,14 +655,14 @@ impl<'s> Cx<'s> {
                         ),
                     );
                 }
+                pipeline.variables.push(name);
+                map.variables.push(pos);
             }
         }
         if let Some(node) = top.get("secrets") {
             for (name, pos) in self.string_list(node, "`secrets`") {
-                if values::is_identifier(&name) {
-                    pipeline.secrets.push(name);
-                    map.secrets.push(pos);
-                } else {
+                // Kept even when invalid, so that references to it do not cascade.
+                if !values::is_identifier(&name) {
                     self.err(
                         pos,
                         format!(
@@ -618,6 +670,8 @@ impl<'s> Cx<'s> {
                         ),
                     );
                 }
+                pipeline.secrets.push(name);
+                map.secrets.push(pos);
             }
         }
         if let Some(node) = top.get("templates") {
@@ -627,6 +681,7 @@ impl<'s> Cx<'s> {
                     map.templates.push(spans);
                 }
             }
+            self.template_names = pipeline.templates.iter().map(|t| t.name.clone()).collect();
         }
         if let Some(node) = self.required(&top, "steps", "the pipeline", doc) {
             let items = self.list(node, "`steps`");
@@ -716,13 +771,21 @@ impl<'s> Cx<'s> {
                 pr.paths = self.globs(pf.get("paths"), "`on.pullRequest.paths`");
                 if let Some(types) = pf.get("types") {
                     pr.types.clear();
-                    for item in self.list(types, "`on.pullRequest.types`") {
+                    let items = self.list(types, "`on.pullRequest.types`");
+                    for item in items {
                         if let Some(t) =
                             self.enumerated(item, "pull request type", &PullRequestType::ALL)
                             && !pr.types.contains(&t)
                         {
                             pr.types.push(t);
                         }
+                    }
+                    if items.is_empty() && matches!(types.value, Value::Seq(_) | Value::Null) {
+                        self.err_help(
+                            types.pos,
+                            "`on.pullRequest.types` is empty, so the trigger can never fire",
+                            "list at least one of opened, synchronize, reopened, closed, or leave `types` out for opened, synchronize and reopened",
+                        );
                     }
                 }
             }
@@ -779,6 +842,7 @@ impl<'s> Cx<'s> {
         let mut spans = ScheduleSpans {
             cron: cron_node.pos,
             parameters: BTreeMap::new(),
+            keys: BTreeMap::new(),
         };
         let mut parameters = BTreeMap::new();
         if let Some(p) = f.get("parameters") {
@@ -788,6 +852,9 @@ impl<'s> Cx<'s> {
                         let Some(key) = self.string(k, "a parameter name") else {
                             continue;
                         };
+                        spans
+                            .keys
+                            .insert(key.clone(), k.pos.with_len(key.chars().count() as u32));
                         let value = match &v.value {
                             Value::Str(s) => ParamValue::String(s.clone()),
                             Value::Int(i) => ParamValue::Integer(*i),
@@ -801,6 +868,23 @@ impl<'s> Cx<'s> {
                                 );
                                 continue;
                             }
+                        };
+                        // A declared parameter's value is typed as its default would be; an
+                        // undeclared one, or one whose type is unknown, is reported by `validate`.
+                        let kind = self
+                            .param_kinds
+                            .iter()
+                            .find(|(name, _)| *name == key)
+                            .and_then(|(_, kind)| *kind);
+                        let value = match kind {
+                            Some(kind) => {
+                                let what = format!("schedule value of parameter `{key}`");
+                                let Some(typed) = self.typed_value(v, kind, &what) else {
+                                    continue;
+                                };
+                                typed
+                            }
+                            None => value,
                         };
                         spans.parameters.insert(key.clone(), v.pos);
                         parameters.insert(key, value);
@@ -822,8 +906,9 @@ impl<'s> Cx<'s> {
 
     fn concurrency(&mut self, node: &Node) -> Option<Concurrency> {
         let f = self.fields(node, "`concurrency`", CONCURRENCY)?;
-        let group_node = self.required(&f, "group", "`concurrency`", node.pos)?;
-        let group = self.text(group_node, "`concurrency.group`")?;
+        let group = self
+            .required(&f, "group", "`concurrency`", node.pos)
+            .and_then(|n| self.text(n, "`concurrency.group`"));
         let policy = match f.get("policy") {
             Some(n) => self.enumerated(
                 n,
@@ -833,23 +918,51 @@ impl<'s> Cx<'s> {
                     ("cancel-running", ConcurrencyPolicy::CancelRunning),
                     ("skip", ConcurrencyPolicy::Skip),
                 ],
-            )?,
-            None => ConcurrencyPolicy::Queue,
+            ),
+            None => Some(ConcurrencyPolicy::Queue),
         };
-        Some(Concurrency { group, policy })
+        // A bad policy has been reported; the group is kept so that its references are checked.
+        Some(Concurrency {
+            group: group?,
+            policy: policy.unwrap_or(ConcurrencyPolicy::Queue),
+        })
     }
 
     fn parameter(&mut self, node: &Node) -> Option<(Parameter, ParamSpans)> {
         let f = self.fields(node, "a parameter", PARAMETER)?;
         let name_node = self.required(&f, "name", "a parameter", node.pos)?;
-        let name = self.name(
+        let name = self.kept_name(
             name_node,
             "parameter name",
             values::is_identifier,
             "^[a-zA-Z_][a-zA-Z0-9_]*$",
         )?;
+        let mut spans = ParamSpans {
+            name: name_node.pos,
+            unknown_type: false,
+        };
         let explicit_type = match f.get("type") {
-            Some(n) => Some(self.enumerated(n, "parameter type", &ParamType::ALL)?),
+            Some(n) => match self.enumerated(n, "parameter type", &ParamType::ALL) {
+                Some(kind) => Some(kind),
+                // Kept without the checks that depend on its type, so that references to it and
+                // schedules that set it do not cascade into more errors.
+                None => {
+                    let param = Parameter {
+                        name,
+                        kind: ParamType::String,
+                        display_name: None,
+                        description: None,
+                        default: None,
+                        required: false,
+                        pattern: None,
+                        choices: Vec::new(),
+                        minimum: None,
+                        maximum: None,
+                    };
+                    spans.unknown_type = true;
+                    return Some((param, spans));
+                }
+            },
             None => None,
         };
         // `enum:` without `type:` means an enum parameter, as in Argo.
@@ -904,7 +1017,7 @@ impl<'s> Cx<'s> {
         if let Some(n) = f.get("pattern") {
             if kind != ParamType::String {
                 self.err(
-                    n.pos,
+                    f.key_pos("pattern").unwrap_or(n.pos),
                     format!(
                         "`pattern` is only allowed on string parameters; `{name}` is of type {}",
                         kind.as_str()
@@ -920,6 +1033,7 @@ impl<'s> Cx<'s> {
                             .last()
                             .unwrap_or_default()
                             .trim()
+                            .trim_start_matches("error: ")
                             .to_string();
                         self.err(n.pos, format!("invalid pattern `{p}`: {first}"));
                     }
@@ -932,7 +1046,7 @@ impl<'s> Cx<'s> {
         ] {
             if let Some(n) = f.get(key) {
                 if !matches!(kind, ParamType::Integer | ParamType::Number) {
-                    self.err(n.pos, format!("`{key}` is only allowed on integer and number parameters; `{name}` is of type {}", kind.as_str()));
+                    self.err(f.key_pos(key).unwrap_or(n.pos), format!("`{key}` is only allowed on integer and number parameters; `{name}` is of type {}", kind.as_str()));
                 } else {
                     *slot = self.number(n, &format!("`{key}`"));
                 }
@@ -946,6 +1060,9 @@ impl<'s> Cx<'s> {
                 pos,
                 format!("`maximum` ({max}) of parameter `{name}` is below its `minimum` ({min})"),
             );
+            // No value fits both; the default is not checked against them as well.
+            param.minimum = None;
+            param.maximum = None;
         }
         if let Some(n) = f.get("default") {
             param.default = self.param_default(n, &param);
@@ -958,25 +1075,24 @@ impl<'s> Cx<'s> {
         };
         // A parameter with errors is kept so that references to it do not cascade into more errors;
         // the file already fails.
-        Some((
-            param,
-            ParamSpans {
-                name: name_node.pos,
-            },
-        ))
+        Some((param, spans))
     }
 
-    fn param_default(&mut self, node: &Node, param: &Parameter) -> Option<ParamValue> {
-        let kind = param.kind;
-        let value = match (kind, &node.value) {
-            (ParamType::String | ParamType::Enum, Value::Str(s)) => ParamValue::String(s.clone()),
-            (ParamType::Enum, Value::Int(_) | Value::Bool(_) | Value::Float(_)) => {
-                ParamValue::String(self.scalar_string(node, "default")?)
+    /// A YAML value as a value of a parameter type, the same way for defaults and schedule values:
+    /// `enum` takes any scalar as written, `string` wants a YAML string, `number` an integer or a
+    /// float, `integer` and `boolean` their own YAML type. `what` names the value for the error.
+    fn typed_value(&mut self, node: &Node, kind: ParamType, what: &str) -> Option<ParamValue> {
+        match (kind, &node.value) {
+            (ParamType::String | ParamType::Enum, Value::Str(s)) => {
+                Some(ParamValue::String(s.clone()))
             }
-            (ParamType::Integer, Value::Int(i)) => ParamValue::Integer(*i),
-            (ParamType::Number, Value::Int(i)) => ParamValue::Number(*i as f64),
-            (ParamType::Number, Value::Float(x)) => ParamValue::Number(*x),
-            (ParamType::Boolean, Value::Bool(b)) => ParamValue::Boolean(*b),
+            (ParamType::Enum, Value::Int(_) | Value::Bool(_) | Value::Float(_)) => {
+                self.scalar_string(node, what).map(ParamValue::String)
+            }
+            (ParamType::Integer, Value::Int(i)) => Some(ParamValue::Integer(*i)),
+            (ParamType::Number, Value::Int(i)) => Some(ParamValue::Number(*i as f64)),
+            (ParamType::Number, Value::Float(x)) => Some(ParamValue::Number(*x)),
+            (ParamType::Boolean, Value::Bool(b)) => Some(ParamValue::Boolean(*b)),
             (_, other) => {
                 let help = match (kind, other) {
                     (ParamType::String, Value::Int(_) | Value::Float(_) | Value::Bool(_)) => {
@@ -991,8 +1107,7 @@ impl<'s> Cx<'s> {
                 self.err_help(
                     node.pos,
                     format!(
-                        "default of parameter `{}` must be {}, found {}",
-                        param.name,
+                        "{what} must be {}, found {}",
                         match kind {
                             ParamType::String => "a string",
                             ParamType::Integer => "an integer",
@@ -1004,9 +1119,22 @@ impl<'s> Cx<'s> {
                     ),
                     help,
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    fn param_default(&mut self, node: &Node, param: &Parameter) -> Option<ParamValue> {
+        let kind = param.kind;
+        let value = self.typed_value(
+            node,
+            kind,
+            &format!("default of parameter `{}`", param.name),
+        )?;
+        // An enum without values has been reported already; no default could match it.
+        if kind == ParamType::Enum && param.choices.is_empty() {
+            return None;
+        }
         if let Err(e) = values::check_param_value(param, &value) {
             // The messages of check_param_value are written for run-time values.
             let message = e.replacen("parameter", "default of parameter", 1);
@@ -1042,6 +1170,14 @@ impl<'s> Cx<'s> {
                         );
                         continue;
                     }
+                    if key.starts_with("GANTRY_") {
+                        self.err(
+                            k.pos.with_len(key.chars().count() as u32),
+                            format!(
+                                "env name `{key}` is reserved: Gantry sets GANTRY_* variables itself"
+                            ),
+                        );
+                    }
                     if let Some(text) = self.text(v, &format!("env `{key}`")) {
                         out.push((key, text));
                     }
@@ -1073,7 +1209,7 @@ impl<'s> Cx<'s> {
                     (n, secret)
                 }
             };
-            if let Some(name) = self.name(
+            if let Some(name) = self.kept_name(
                 name_node,
                 "output name",
                 values::is_output_name,
@@ -1086,8 +1222,9 @@ impl<'s> Cx<'s> {
         (outputs, spans)
     }
 
-    /// `script`, or `command` with optional `args`; `what` names the owner for messages.
-    fn body(&mut self, f: &Fields, what: &str, at: Pos) -> Option<Body> {
+    /// `script`, or `command` with optional `args`; `what` names the owner for messages, and
+    /// `bodies` says what it may have instead when it has none.
+    fn body(&mut self, f: &Fields, what: &str, at: Pos, bodies: &str) -> Option<Body> {
         let script = f.get("script");
         let command = f.get("command");
         if let (Some(_), Some(c)) = (script, command) {
@@ -1107,30 +1244,51 @@ impl<'s> Cx<'s> {
         }
         if let Some(s) = script {
             let text = self.text(s, "`script`")?;
-            if text.parts.is_empty() {
+            if is_blank(&text) {
                 self.err(s.pos, format!("{what} has an empty `script`"));
                 return None;
             }
             return Some(Body::Script(text));
         }
         if let Some(c) = command {
-            let mut parts = Vec::new();
-            match &c.value {
-                Value::Seq(items) => {
-                    for item in items {
-                        parts.push(self.text(item, "an item of `command`")?);
-                    }
-                }
-                _ => parts.push(self.text(c, "`command`")?),
-            }
-            if parts.is_empty() {
+            // Every item is checked, so that one bad item does not hide the others; the items that
+            // could be read are kept so that their references are checked too (the file fails).
+            let items = match &c.value {
+                Value::Seq(items) => items.as_slice(),
+                _ => std::slice::from_ref(c),
+            };
+            if items.is_empty() {
                 self.err(c.pos, "`command` must name a program");
                 return None;
+            }
+            let label = if matches!(c.value, Value::Seq(_)) {
+                "an item of `command`"
+            } else {
+                "`command`"
+            };
+            let mut parts = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let Some(text) = self.text(item, label) else {
+                    continue;
+                };
+                if i == 0 && is_blank(&text) {
+                    self.err(
+                        item.pos,
+                        "`command` must name a program, found an empty string",
+                    );
+                } else if text.parts.is_empty() {
+                    self.err_help(
+                        item.pos,
+                        "an item of `command` is empty",
+                        "remove it, or pass the empty argument in `args`",
+                    );
+                }
+                parts.push(text);
             }
             let mut args = Vec::new();
             if let Some(a) = f.get("args") {
                 for item in self.list(a, "`args`") {
-                    args.push(self.text(item, "an item of `args`")?);
+                    args.extend(self.text(item, "an item of `args`"));
                 }
             }
             return Some(Body::Command {
@@ -1143,11 +1301,7 @@ impl<'s> Cx<'s> {
             .iter()
             .any(|k| f.suggested.contains(k))
         {
-            self.err_help(
-                at,
-                format!("{what} has nothing to run"),
-                "give it `script`, `command` or `template`",
-            );
+            self.err_help(at, format!("{what} has nothing to run"), bodies);
         }
         None
     }
@@ -1155,7 +1309,7 @@ impl<'s> Cx<'s> {
     fn template(&mut self, node: &Node) -> Option<(Template, TemplateSpans)> {
         let f = self.fields(node, "a template", TEMPLATE)?;
         let name_node = self.required(&f, "name", "a template", node.pos)?;
-        let name = self.name(
+        let name = self.kept_name(
             name_node,
             "template name",
             values::is_step_name,
@@ -1181,7 +1335,7 @@ impl<'s> Cx<'s> {
                         (n, default)
                     }
                 };
-                if let Some(input) = self.name(
+                if let Some(input) = self.kept_name(
                     name_node,
                     "input name",
                     values::is_identifier,
@@ -1195,12 +1349,17 @@ impl<'s> Cx<'s> {
                 }
             }
         }
-        let body = self.body(&f, &format!("template `{name}`"), name_node.pos);
+        let body = self.body(
+            &f,
+            &format!("template `{name}`"),
+            name_node.pos,
+            "give it `script` or `command`",
+        );
         let env = f.get("env").map(|n| self.env(n)).unwrap_or_default();
         let working_dir = f
             .get("workingDir")
             .and_then(|n| self.text(n, "`workingDir`"));
-        let image = f.get("image").and_then(|n| self.string(n, "`image`"));
+        let image = f.get("image").and_then(|n| self.string_text(n, "`image`"));
         let (outputs, output_spans) = f
             .get("outputs")
             .map(|n| self.outputs(n))
@@ -1252,7 +1411,7 @@ impl<'s> Cx<'s> {
     fn step(&mut self, node: &Node, map: &mut SourceMap, group: Option<Pos>) -> Option<Step> {
         let f = self.fields(node, "a step", STEP)?;
         let name_node = self.required(&f, "name", "a step", node.pos)?;
-        let name = self.name(
+        let name = self.kept_name(
             name_node,
             "step name",
             values::is_step_name,
@@ -1288,14 +1447,20 @@ impl<'s> Cx<'s> {
                         "`arguments` needs `template`",
                     );
                 }
-                self.body(&f, &what, name_node.pos).map(StepRun::Body)
+                self.body(
+                    &f,
+                    &what,
+                    name_node.pos,
+                    "give it `script`, `command` or `template`",
+                )
+                .map(StepRun::Body)
             }
         };
         let env = f.get("env").map(|n| self.env(n)).unwrap_or_default();
         let working_dir = f
             .get("workingDir")
             .and_then(|n| self.text(n, "`workingDir`"));
-        let image = f.get("image").and_then(|n| self.string(n, "`image`"));
+        let image = f.get("image").and_then(|n| self.string_text(n, "`image`"));
         let (outputs, output_spans) = f
             .get("outputs")
             .map(|n| self.outputs(n))
@@ -1361,6 +1526,7 @@ impl<'s> Cx<'s> {
                 Builtin::GitCheckoutV1 => {
                     let mut path = None;
                     if let Some(a) = arguments
+                        && !matches!(a.value, Value::Null)
                         && let Some(af) =
                             self.fields(a, "arguments of gantry/git-checkout@v1", GIT_CHECKOUT_ARGS)
                     {
@@ -1369,7 +1535,7 @@ impl<'s> Cx<'s> {
                     Some(StepRun::GitCheckout { path })
                 }
                 Builtin::MarketplacePublishV1 => {
-                    let Some(a) = arguments else {
+                    let Some(a) = arguments.filter(|a| !matches!(a.value, Value::Null)) else {
                         self.err_help(
                             t.pos,
                             "gantry/marketplace-publish@v1 needs `arguments.resource`",
@@ -1392,7 +1558,8 @@ impl<'s> Cx<'s> {
                 }
             };
         }
-        if !values::is_step_name(&reference) {
+        // A template whose own name is invalid has been reported where it is declared.
+        if !values::is_step_name(&reference) && !self.template_names.contains(&reference) {
             self.err_help(
                 t.pos,
                 format!("invalid template reference `{reference}`"),
@@ -1547,54 +1714,65 @@ impl<'s> Cx<'s> {
         };
         match result {
             Ok(ast) => Some(ast),
-            Err(e) => {
-                let pos = self.locate_in(node, &value, e.offset, e.len);
-                let d = Diagnostic::error(
-                    pos.with_len(e.len as u32),
-                    format!("invalid `when`: {}", e.message),
-                );
-                self.diags.push(match e.help {
-                    Some(h) => d.with_help(h),
-                    None => d,
-                });
+            Err(errors) => {
+                for e in errors {
+                    let pos = self.locate_in(node, &value, e.offset, e.len);
+                    let d = Diagnostic::error(
+                        pos.with_len(e.len as u32),
+                        format!("invalid `when`: {}", e.message),
+                    );
+                    self.diags.push(match e.help {
+                        Some(h) => d.with_help(h),
+                        None => d,
+                    });
+                }
                 None
             }
         }
     }
 
+    /// Every key is checked before a broken one drops the whole `retry`.
     fn retry(&mut self, node: &Node) -> Option<Retry> {
         let f = self.fields(node, "`retry`", RETRY)?;
         let limit = match f.get("limit") {
             Some(n) => match n.value {
-                Value::Int(i) if (0..=100).contains(&i) => i as u32,
+                Value::Int(i) if (0..=100).contains(&i) => Some(i as u32),
+                // "found an integer" would not say what is wrong with it.
+                Value::Int(i) => {
+                    self.err(
+                        n.pos,
+                        format!("`retry.limit` must be a whole number from 0 to 100, found {i}"),
+                    );
+                    None
+                }
                 _ => {
                     self.expected(n, "`retry.limit`", "a whole number from 0 to 100");
-                    return None;
+                    None
                 }
             },
-            None => 1,
+            None => Some(1),
         };
         let backoff = match f.get("backoff") {
-            Some(n) => self.duration(n, "`retry.backoff`")?,
-            None => Duration::from_secs(1),
+            Some(n) => self.duration(n, "`retry.backoff`"),
+            None => Some(Duration::from_secs(1)),
         };
         let factor = match f.get("factor") {
-            Some(n) => {
-                let x = self.number(n, "`retry.factor`")?;
-                if !(1.0..=100.0).contains(&x) {
+            Some(n) => self.number(n, "`retry.factor`").and_then(|x| {
+                if (1.0..=100.0).contains(&x) {
+                    Some(x)
+                } else {
                     self.err(
                         n.pos,
                         format!("`retry.factor` must be between 1 and 100, found {x}"),
                     );
-                    return None;
+                    None
                 }
-                x
-            }
-            None => 1.0,
+            }),
+            None => Some(1.0),
         };
         let max_backoff = match f.get("maxBackoff") {
-            Some(n) => Some(self.duration(n, "`retry.maxBackoff`")?),
-            None => None,
+            Some(n) => self.duration(n, "`retry.maxBackoff`").map(Some),
+            None => Some(None),
         };
         let policy = match f.get("policy") {
             Some(n) => self.enumerated(
@@ -1604,15 +1782,15 @@ impl<'s> Cx<'s> {
                     ("OnFailure", RetryPolicy::OnFailure),
                     ("Always", RetryPolicy::Always),
                 ],
-            )?,
-            None => RetryPolicy::OnFailure,
+            ),
+            None => Some(RetryPolicy::OnFailure),
         };
         Some(Retry {
-            limit,
-            backoff,
-            factor,
-            max_backoff,
-            policy,
+            limit: limit?,
+            backoff: backoff?,
+            factor: factor?,
+            max_backoff: max_backoff?,
+            policy: policy?,
         })
     }
 
@@ -1630,4 +1808,9 @@ impl<'s> Cx<'s> {
         }
         c
     }
+}
+
+/// A text without references that is empty or only whitespace.
+fn is_blank(text: &Text) -> bool {
+    text.as_literal().is_some_and(|s| s.trim().is_empty())
 }

@@ -24,7 +24,10 @@ enum Place {
     PublicResource,
     /// Script text, a command or its arguments: no secrets, and parameters get a warning.
     Script,
-    /// Anything else (`when`, `workingDir`, `concurrency.group`, input defaults): no secrets.
+    /// An input default: no secrets, and no other inputs (defaults are spliced in once, so an
+    /// input reference in one would never be replaced).
+    InputDefault,
+    /// Anything else (`when`, `workingDir`, `image`, `concurrency.group`): no secrets.
     Other,
 }
 
@@ -234,8 +237,14 @@ impl<'a> Checker<'a> {
         }
         let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
         for (i, step) in self.steps.clone().into_iter().enumerate() {
+            let mut seen: BTreeSet<&str> = BTreeSet::new();
             for (dep, pos) in step.depends_on.iter().zip(&map.steps[i].depends_on) {
-                if dep == &step.name {
+                if !seen.insert(dep.as_str()) {
+                    self.err(
+                        *pos,
+                        format!("step `{}` lists `{dep}` twice in `dependsOn`", step.name),
+                    );
+                } else if dep == &step.name {
                     self.err(*pos, format!("step `{dep}` depends on itself"));
                 } else if !self.step_index.contains_key(dep.as_str()) {
                     self.err_suggest(
@@ -413,30 +422,42 @@ impl<'a> Checker<'a> {
             if let Some(w) = &t.working_dir {
                 self.text(w, Place::Other, scope);
             }
+            if let Some(i) = &t.image {
+                self.text(i, Place::Other, scope);
+            }
             for input in &t.inputs {
                 if let Some(d) = &input.default {
-                    self.text(d, Place::Other, scope);
+                    self.text(d, Place::InputDefault, scope);
                 }
             }
         }
     }
 
-    /// Inputs of a template that end up outside `env` values (script, command, workingDir).
-    fn pasted_inputs(t: &Template) -> BTreeSet<String> {
-        let mut texts: Vec<&Text> = Vec::new();
+    /// Inputs of a template that end up outside `env` values, each with the fields it lands in, in
+    /// the order `script`, `command`, `args`, `workingDir`, `image`.
+    fn pasted_inputs(t: &Template) -> BTreeMap<String, Vec<&'static str>> {
+        let mut texts: Vec<(&'static str, &Text)> = Vec::new();
         match &t.body {
-            Body::Script(s) => texts.push(s),
-            Body::Command { command, args } => texts.extend(command.iter().chain(args)),
+            Body::Script(s) => texts.push(("script", s)),
+            Body::Command { command, args } => {
+                texts.extend(command.iter().map(|x| ("command", x)));
+                texts.extend(args.iter().map(|x| ("args", x)));
+            }
         }
-        texts.extend(t.working_dir.iter());
-        texts
-            .iter()
-            .flat_map(|x| x.refs())
-            .filter_map(|(r, _)| match r {
-                Ref::Input(n) => Some(n.clone()),
-                _ => None,
-            })
-            .collect()
+        texts.extend(t.working_dir.iter().map(|x| ("workingDir", x)));
+        texts.extend(t.image.iter().map(|x| ("image", x)));
+        let mut out: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+        for (field, text) in texts {
+            for (r, _) in text.refs() {
+                if let Ref::Input(n) = r {
+                    let fields = out.entry(n.clone()).or_default();
+                    if !fields.contains(&field) {
+                        fields.push(field);
+                    }
+                }
+            }
+        }
+        out
     }
 
     fn step_texts(&mut self) {
@@ -447,6 +468,9 @@ impl<'a> Checker<'a> {
             }
             if let Some(w) = &step.working_dir {
                 self.text(w, Place::Other, scope);
+            }
+            if let Some(i) = &step.image {
+                self.text(i, Place::Other, scope);
             }
             if let Some(when) = &step.when {
                 for t in when.texts() {
@@ -465,15 +489,15 @@ impl<'a> Checker<'a> {
                     self.template_call(index, step, name, arguments)
                 }
             }
+            // `outputs_of` lists the step's own outputs first, then those of its template. The
+            // error points at the step's declaration (repeats among the step's own outputs are
+            // reported as duplicates by `unique_declarations`).
             let outputs = self.outputs_of(step);
-            let mut seen = BTreeSet::new();
-            for o in &outputs {
-                if !seen.insert(o.name.as_str())
-                    && let Some(pos) = self.map.steps[index].template
-                    && step.outputs.iter().any(|so| so.name == o.name)
-                {
+            let inherited = outputs.get(step.outputs.len()..).unwrap_or_default();
+            for (o, pos) in step.outputs.iter().zip(&self.map.steps[index].outputs) {
+                if inherited.iter().any(|t| t.name == o.name) {
                     self.err(
-                        pos,
+                        *pos,
                         format!(
                             "step `{}` declares output `{}` that its template already declares",
                             step.name, o.name
@@ -540,15 +564,26 @@ impl<'a> Checker<'a> {
                 continue;
             }
             self.text(value, Place::Argument, Scope::Step { index });
-            if pasted.contains(arg) {
-                if self.carries_secret(value) {
+            let Some(fields) = pasted.get(arg) else {
+                continue;
+            };
+            let listed: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+            if self.carries_secret(value) {
+                self.diags.push(
+                    Diagnostic::error(apos, format!("argument `{arg}` carries a secret, but template `{name}` uses `{{{{inputs.{arg}}}}}` outside `env` (in {})", listed.join(", ")))
+                        .with_help("in the template, pass the input through `env` and use the variable instead"),
+                );
+            } else if let Some(param) = self.string_param_in(value) {
+                // An image name is not run by a shell; the other fields are.
+                let shell: Vec<&str> = fields
+                    .iter()
+                    .zip(&listed)
+                    .filter(|(f, _)| **f != "image")
+                    .map(|(_, l)| l.as_str())
+                    .collect();
+                if !shell.is_empty() {
                     self.diags.push(
-                        Diagnostic::error(apos, format!("argument `{arg}` carries a secret, but template `{name}` pastes `{{{{inputs.{arg}}}}}` into its script"))
-                            .with_help("in the template, pass the input through `env` and use the variable in the script"),
-                    );
-                } else if let Some(param) = self.string_param_in(value) {
-                    self.diags.push(
-                        Diagnostic::warning(apos, format!("parameter `{param}` reaches the script of template `{name}` through argument `{arg}`; a crafted value can inject shell commands"))
+                        Diagnostic::warning(apos, format!("parameter `{param}` reaches the {} of template `{name}` through argument `{arg}`; a crafted value can inject shell commands", shell.join(", ")))
                             .with_help("in the template, pass the input through `env` and quote the variable in the script"),
                     );
                 }
@@ -609,13 +644,16 @@ impl<'a> Checker<'a> {
 
     fn schedules(&mut self) {
         for (schedule, spans) in self.p.on.schedule.iter().zip(&self.map.schedules) {
+            // Parameters an undeclared key was taken for a misspelling of: not reported missing.
+            let mut misspelt = BTreeSet::new();
             for (name, value) in &schedule.parameters {
                 let pos = spans.parameters.get(name).copied().unwrap_or(spans.cron);
                 let Some(param) = self.p.parameter(name) else {
                     let names: Vec<&str> =
                         self.p.parameters.iter().map(|p| p.name.as_str()).collect();
+                    misspelt.extend(did_you_mean(name, names.iter().copied()));
                     self.err_suggest(
-                        pos,
+                        spans.keys.get(name).copied().unwrap_or(pos),
                         format!("schedule sets an undeclared parameter `{name}`"),
                         name,
                         names.iter().copied(),
@@ -623,19 +661,25 @@ impl<'a> Checker<'a> {
                     );
                     continue;
                 };
-                let value = match (param.kind, value) {
-                    (ParamType::Number, ParamValue::Integer(i)) => ParamValue::Number(*i as f64),
-                    (ParamType::Enum, ParamValue::Integer(i)) => ParamValue::String(i.to_string()),
-                    (_, v) => v.clone(),
-                };
-                if let Err(e) = values::check_param_value(param, &value) {
+                let unknown_type = self
+                    .p
+                    .parameters
+                    .iter()
+                    .zip(&self.map.parameters)
+                    .any(|(p, s)| p.name == param.name && s.unknown_type);
+                if unknown_type {
+                    continue; // its `type` has been reported; nothing to check the value against
+                }
+                // The parser has typed the value as the parameter's default would be.
+                if let Err(e) = values::check_param_value(param, value) {
                     self.err(pos, e);
                 }
             }
             for param in &self.p.parameters {
                 if param.required
                     && param.default.is_none()
-                    && !schedule.parameters.contains_key(&param.name)
+                    && !spans.keys.contains_key(&param.name)
+                    && !misspelt.contains(param.name.as_str())
                 {
                     self.diags.push(
                         Diagnostic::error(spans.cron, format!("schedule gives no value for the required parameter `{}`", param.name))
@@ -701,6 +745,15 @@ impl<'a> Checker<'a> {
             }
             Ref::StepOutput { step, output } => self.step_output(step, output, pos, place, scope),
             Ref::Input(n) => match scope {
+                Scope::Template(_) if place == Place::InputDefault => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            pos,
+                            format!("an input default cannot use `{{{{inputs.{n}}}}}`: defaults are not expanded again, so it would never be replaced"),
+                        )
+                        .with_help("write the value out, or have the calling step pass it as an argument"),
+                    );
+                }
                 Scope::Template(t) => {
                     if !t.inputs.iter().any(|i| &i.name == n) {
                         let names: Vec<&str> = t.inputs.iter().map(|i| i.name.as_str()).collect();
@@ -781,6 +834,16 @@ impl<'a> Checker<'a> {
         };
         let outputs = self.outputs_of(self.steps[j]);
         let Some(decl) = outputs.iter().find(|o| o.name == output) else {
+            // The outputs of a template that is unknown, or a built-in that could not be read,
+            // are unknown too; that template has been reported at the step that uses it.
+            let template_unknown = match &self.steps[j].run {
+                StepRun::Template { name, .. } => self.p.template(name).is_none(),
+                StepRun::Body(_) => self.map.steps[j].template.is_some(),
+                StepRun::GitCheckout { .. } | StepRun::Publish(_) => false,
+            };
+            if template_unknown {
+                return;
+            }
             let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
             let help = if names.is_empty() {
                 format!(

@@ -149,10 +149,10 @@ enum Tok {
     And,
     Or,
     Cmp(CmpOp),
-    /// An operand: its text (quotes removed) and where that text starts in the condition.
+    /// An operand: its text (quotes removed) and the quote it was written in, if any.
     Operand {
         text: String,
-        quoted: bool,
+        quote: Option<char>,
     },
 }
 
@@ -223,7 +223,10 @@ fn tokenize(s: &str) -> Result<Vec<Token>, WhenError> {
             }
             i += 1;
             out.push(Token {
-                tok: Tok::Operand { text, quoted: true },
+                tok: Tok::Operand {
+                    text,
+                    quote: Some(c),
+                },
                 offset: start,
                 content_offset: start + 1,
                 len: i - start,
@@ -260,10 +263,7 @@ fn tokenize(s: &str) -> Result<Vec<Token>, WhenError> {
             });
         }
         out.push(Token {
-            tok: Tok::Operand {
-                text,
-                quoted: false,
-            },
+            tok: Tok::Operand { text, quote: None },
             offset: start,
             content_offset: start,
             len: i - start,
@@ -277,6 +277,8 @@ struct Parser<'a, L: FnMut(usize, &str) -> Pos> {
     at: usize,
     end: usize,
     locate: &'a mut L,
+    /// Malformed `{{...}}` found in operands; parsing goes on so that all of them are reported.
+    expr_errors: Vec<WhenError>,
 }
 
 impl<L: FnMut(usize, &str) -> Pos> Parser<'_, L> {
@@ -339,15 +341,13 @@ impl<L: FnMut(usize, &str) -> Pos> Parser<'_, L> {
             self.at += 1;
             return Ok(inner);
         }
-        let (lhs, lhs_literal) = self.operand()?;
+        let (lhs, not_boolean) = self.operand()?;
         if let Some(Tok::Cmp(op)) = self.peek().cloned() {
             self.at += 1;
             let (rhs, _) = self.operand()?;
             return Ok(When::Cmp { op, lhs, rhs });
         }
-        if let Some((word, offset, len)) = lhs_literal
-            && as_bool(word.trim()).is_none()
-        {
+        if let Some((word, offset, len)) = not_boolean {
             return Err(WhenError {
                 offset,
                 len,
@@ -358,47 +358,55 @@ impl<L: FnMut(usize, &str) -> Pos> Parser<'_, L> {
         Ok(When::Truthy(lhs))
     }
 
-    /// Parses an operand; also returns it as a plain word when it holds no reference.
+    /// Parses an operand. Also returns it as written when it holds no reference and is not `true`
+    /// or `false`, quoted or not: standing alone, such an operand could never evaluate.
+    /// Malformed `{{...}}` in it are recorded in `expr_errors`, and the operand keeps its other parts.
     #[allow(clippy::type_complexity)]
     fn operand(&mut self) -> Result<(Text, Option<(String, usize, usize)>), WhenError> {
         let Some(token) = self.tokens.get(self.at).cloned() else {
             return Err(self.error_here("expected a value"));
         };
-        let Tok::Operand { text, quoted } = token.tok else {
+        let Tok::Operand { text, quote } = token.tok else {
             return Err(self.error_here("expected a value"));
         };
         self.at += 1;
         let base = token.content_offset;
         let locate = &mut *self.locate;
-        let parsed =
-            parse_text(&text, |off, raw| locate(base + off, raw)).map_err(|mut errs| {
-                let mut e = WhenError::from(errs.remove(0));
-                e.offset += base;
-                e
-            })?;
-        let literal = if quoted || parsed.has_refs() {
+        let (parsed, errors) = parse_text(&text, |off, raw| locate(base + off, raw));
+        let had_errors = !errors.is_empty();
+        self.expr_errors.extend(errors.into_iter().map(|e| {
+            let mut e = WhenError::from(e);
+            e.offset += base;
+            e
+        }));
+        let not_boolean = if had_errors || parsed.has_refs() || as_bool(text.trim()).is_some() {
             None
         } else {
-            Some((text.clone(), token.offset, token.len))
+            let written = match quote {
+                Some(q) => format!("{q}{text}{q}"),
+                None => text.clone(),
+            };
+            Some((written, token.offset, token.len))
         };
-        Ok((parsed, literal))
+        Ok((parsed, not_boolean))
     }
 }
 
 /// Parses a condition. `locate(offset, raw)` turns the character offset of a `{{...}}` in the
-/// condition into a file position.
-pub fn parse_when<L>(s: &str, mut locate: L) -> Result<When, WhenError>
+/// condition into a file position. The errors are every malformed `{{...}}` of the condition, then
+/// the first syntax error, if any.
+pub fn parse_when<L>(s: &str, mut locate: L) -> Result<When, Vec<WhenError>>
 where
     L: FnMut(usize, &str) -> Pos,
 {
-    let tokens = tokenize(s)?;
+    let tokens = tokenize(s).map_err(|e| vec![e])?;
     if tokens.is_empty() {
-        return Err(WhenError {
+        return Err(vec![WhenError {
             offset: 0,
             len: 1,
             message: "empty condition".into(),
             help: None,
-        });
+        }]);
     }
     let end = s.chars().count();
     let mut parser = Parser {
@@ -406,21 +414,37 @@ where
         at: 0,
         end,
         locate: &mut locate,
+        expr_errors: Vec::new(),
     };
-    let ast = parser.or()?;
-    if parser.at < parser.tokens.len() {
-        return Err(
-            parser.error_here("unexpected token; expected `&&`, `||` or the end of the condition")
-        );
+    let result = parser.or().and_then(|ast| {
+        if parser.at < parser.tokens.len() {
+            Err(parser
+                .error_here("unexpected token; expected `&&`, `||` or the end of the condition"))
+        } else {
+            Ok(ast)
+        }
+    });
+    let mut errors = std::mem::take(&mut parser.expr_errors);
+    match result {
+        Ok(ast) if errors.is_empty() => Ok(ast),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(e);
+            Err(errors)
+        }
     }
-    Ok(ast)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The condition, or its first error.
     fn parse(s: &str) -> Result<When, WhenError> {
+        parse_all(s).map_err(|mut errors| errors.remove(0))
+    }
+
+    fn parse_all(s: &str) -> Result<When, Vec<WhenError>> {
         parse_when(s, |off, _| Pos::new(1, 1 + off as u32, 1))
     }
 
@@ -486,6 +510,26 @@ mod tests {
         );
         assert!(parse("prod").is_err());
         assert!(parse("true").is_ok());
+        // Quotes do not make a plain word a condition.
+        let e = parse("'prod'").unwrap_err();
+        assert_eq!(e.message, "`'prod'` is not a condition");
+        assert_eq!((e.offset, e.len), (0, 6));
+        assert!(parse("\"\"").is_err());
+        assert!(parse("'TRUE'").is_ok());
+        assert_eq!(eval("'false' || \"true\"", &[]), Ok(true));
+        assert!(parse("'{{params.a}}'").is_ok());
+    }
+
+    #[test]
+    fn every_malformed_expression_is_reported() {
+        let errors =
+            parse_all("{{parms.a}} == 1 && {{params.b c}} == 2 || 'x-{{}}' == y").unwrap_err();
+        let offsets: Vec<usize> = errors.iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, vec![0, 20, 46], "{errors:?}");
+        // A syntax error comes after the expression errors before it.
+        let errors = parse_all("{{parms.a}} == 1 &&").unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[1].message.contains("expected a value"), "{errors:?}");
     }
 
     #[test]

@@ -155,11 +155,62 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Node, YamlError> {
                 .filter(|loc| loc.line() > 0)
                 .map(|loc| Pos::from_location(&loc))
                 .unwrap_or(Pos::new(1, 1, 1));
-            Err(YamlError {
-                message: clean_message(&err.to_string()),
-                pos,
-            })
+            let message = describe(&err, limits).unwrap_or_else(|| clean_message(&err.to_string()));
+            // The scanner blames the scalar before a tab-indented line; point at the tab.
+            if message.ends_with("while scanning a plain scalar, found a tab")
+                && let Some(tab) = indenting_tab(text, pos.line)
+            {
+                return Err(YamlError {
+                    message: "invalid YAML: a tab cannot indent YAML; indent with spaces"
+                        .to_string(),
+                    pos: tab,
+                });
+            }
+            Err(YamlError { message, pos })
         }
+    }
+}
+
+/// The first tab in the indentation of a line after `line`.
+fn indenting_tab(text: &str, line: u32) -> Option<Pos> {
+    text.lines()
+        .enumerate()
+        .skip(line as usize)
+        .find_map(|(index, l)| {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            let col = indent.chars().position(|c| c == '\t')?;
+            Some(Pos::new(index as u32 + 1, col as u32 + 1, 1))
+        })
+}
+
+/// Our own words for the errors whose serde-saphyr message speaks to the programmer (`budget
+/// breached: Depth { depth: 33 }`, "set DuplicateKeyPolicy in Options") rather than to the user.
+fn describe(err: &serde_saphyr::Error, limits: &Limits) -> Option<String> {
+    use serde_saphyr::budget::BudgetBreach;
+    match err {
+        serde_saphyr::Error::DuplicateMappingKey { key, .. } => Some(match key {
+            Some(key) => format!("invalid YAML: duplicate key `{key}` in the same mapping"),
+            None => "invalid YAML: duplicate key in the same mapping".to_string(),
+        }),
+        serde_saphyr::Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Documents { .. } => Some(
+                "a pipeline file holds one YAML document; a second one starts here".to_string(),
+            ),
+            BudgetBreach::Depth { .. } => Some(format!(
+                "the file nests deeper than {} levels, the limit for a pipeline file",
+                limits.max_depth
+            )),
+            BudgetBreach::Aliases { .. } => Some(format!(
+                "the file uses aliases (`*name`) more than {} times, the limit for a pipeline file",
+                limits.max_aliases
+            )),
+            BudgetBreach::Nodes { .. } => Some(format!(
+                "the file has more than {} values (aliases expanded), the limit for a pipeline file",
+                limits.max_nodes
+            )),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -142,6 +142,28 @@ fn pipeline_names_are_unique_within_a_directory() {
 }
 
 #[test]
+fn a_file_with_other_errors_still_takes_part_in_the_name_check_in_position_order() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(tmp.path(), ".gantry/pipelines/a.yaml", VALID);
+    // Same name as a.yaml, and an unknown field on the line after the name.
+    write(
+        tmp.path(),
+        ".gantry/pipelines/b.yaml",
+        &INVALID.replace("name: bad", "name: ok"),
+    );
+    let out = gantry(&["validate", tmp.path().to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    let duplicate = text
+        .find("b.yaml:3:18: error: pipeline name `ok` is already used by")
+        .unwrap_or_else(|| panic!("no duplicate-name error:\n{text}"));
+    let unknown = text
+        .find("b.yaml:4:1: error: unknown field `stpes`")
+        .unwrap_or_else(|| panic!("no unknown-field error:\n{text}"));
+    assert!(duplicate < unknown, "not in position order:\n{text}");
+}
+
+#[test]
 fn unreadable_paths_exit_2() {
     let out = gantry(&["validate", "/nonexistent/gantry/pipeline.yaml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -59,15 +59,23 @@ fn the_contract_examples_carry_no_warnings_where_they_follow_the_advice() {
 /// The README's example pipeline validates, and the error it shows for a typo is what Gantry prints.
 #[test]
 fn the_readme_example_and_its_error_are_true() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
     let block = |fence: &str| -> String {
-        let start = readme.find(fence).unwrap_or_else(|| panic!("README has a {fence} block")) + fence.len();
+        let start = readme
+            .find(fence)
+            .unwrap_or_else(|| panic!("README has a {fence} block"))
+            + fence.len();
         let end = readme[start..].find("```").expect("closed block") + start;
         readme[start..end].to_string()
     };
     let pipeline = block("```yaml\n");
     let checked = gantry::spec::check(&pipeline);
-    assert!(checked.pipeline.is_some() && checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+    assert!(
+        checked.pipeline.is_some() && checked.diagnostics.is_empty(),
+        "{:?}",
+        checked.diagnostics
+    );
 
     let typo = pipeline.replacen("    env:", "    evn:", 1);
     let path = ".gantry/pipelines/create-bucket.yaml";

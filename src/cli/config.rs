@@ -1,0 +1,277 @@
+//! `gantry vars ...` and `gantry secrets ...`: plain variables and write-only secrets, global or
+//! per pipeline. Secret values are read from standard input, never from the command line (where
+//! `ps` and shell history would see them), and no command ever prints one.
+
+use std::io::{IsTerminal, Read};
+use std::path::Path;
+
+use super::{exit, open_store};
+use crate::spec::values::is_identifier;
+use crate::store::ConfigEntry;
+
+#[derive(Debug, clap::Args)]
+pub struct VarsArgs {
+    #[command(subcommand)]
+    pub action: VarsAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VarsAction {
+    /// Set a variable
+    Set {
+        name: String,
+        value: String,
+        /// Only for this pipeline (overrides the global value)
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// List variables with their values
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a variable
+    Rm {
+        name: String,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SecretsArgs {
+    #[command(subcommand)]
+    pub action: SecretsAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretsAction {
+    /// Set a secret; the value is read from standard input
+    #[command(
+        after_help = "Example: printf %s \"$TOKEN\" | gantry secrets set api_token --pipeline deploy"
+    )]
+    Set {
+        name: String,
+        /// Only for this pipeline (overrides the global value)
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// List secret names (never values)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret
+    Rm {
+        name: String,
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+}
+
+fn check_name(name: &str, what: &str) -> bool {
+    if is_identifier(name) {
+        true
+    } else {
+        eprintln!("gantry: invalid {what} name `{name}`: it must match ^[a-zA-Z_][a-zA-Z0-9_]*$");
+        false
+    }
+}
+
+fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {
+    if json {
+        return match serde_json::to_string_pretty(entries) {
+            Ok(text) => {
+                println!("{text}");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("gantry: {e}");
+                exit::USAGE
+            }
+        };
+    }
+    if entries.is_empty() {
+        eprintln!("{empty}");
+    }
+    for e in entries {
+        let scope = e
+            .pipeline
+            .as_deref()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        match &e.value {
+            Some(v) => println!("{scope}{}={v}", e.name),
+            None => println!("{scope}{}", e.name),
+        }
+    }
+    exit::OK
+}
+
+pub fn vars(data_dir: &Path, args: &VarsArgs) -> u8 {
+    let Some(store) = open_store(data_dir) else {
+        return exit::USAGE;
+    };
+    let result = match &args.action {
+        VarsAction::Set {
+            name,
+            value,
+            pipeline,
+        } => {
+            if !check_name(name, "variable") {
+                return exit::USAGE;
+            }
+            store
+                .set_var(pipeline.as_deref(), name, value)
+                .map(|()| exit::OK)
+        }
+        VarsAction::List { json } => store
+            .list_vars()
+            .map(|entries| print_entries(&entries, *json, "no variables")),
+        VarsAction::Rm { name, pipeline } => {
+            store.remove_var(pipeline.as_deref(), name).map(|existed| {
+                if existed {
+                    exit::OK
+                } else {
+                    eprintln!(
+                        "gantry: no variable `{name}`{}",
+                        scope_words(pipeline.as_deref())
+                    );
+                    exit::FAILURE
+                }
+            })
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("gantry: {e}");
+        exit::USAGE
+    })
+}
+
+fn scope_words(pipeline: Option<&str>) -> String {
+    pipeline
+        .map(|p| format!(" for pipeline `{p}`"))
+        .unwrap_or_else(|| " in the global scope".into())
+}
+
+/// Reads a secret value from standard input: everything, minus one trailing newline. On a
+/// terminal, echo is turned off while the value is typed.
+fn read_secret(name: &str) -> Result<String, String> {
+    let stdin = std::io::stdin();
+    let mut value = String::new();
+    if stdin.is_terminal() {
+        eprint!("value for {name} (input hidden, end with Enter): ");
+        let _echo = EchoOff::new();
+        stdin
+            .read_line(&mut value)
+            .map_err(|e| format!("cannot read the value: {e}"))?;
+        eprintln!();
+    } else {
+        stdin
+            .lock()
+            .read_to_string(&mut value)
+            .map_err(|e| format!("cannot read the value from stdin: {e}"))?;
+    }
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    if value.is_empty() {
+        return Err(
+            "the value is empty; pipe it in, e.g. `printf %s \"$VALUE\" | gantry secrets set NAME`"
+                .into(),
+        );
+    }
+    Ok(value)
+}
+
+/// Turns terminal echo off for as long as it lives.
+struct EchoOff {
+    saved: Option<libc::termios>,
+}
+
+impl EchoOff {
+    fn new() -> EchoOff {
+        // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed, then filled, termios struct.
+        unsafe {
+            let mut term: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(0, &mut term) != 0 {
+                return EchoOff { saved: None };
+            }
+            let saved = term;
+            term.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(0, libc::TCSANOW, &term) != 0 {
+                return EchoOff { saved: None };
+            }
+            EchoOff { saved: Some(saved) }
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: restores the settings read in `new`.
+            unsafe {
+                libc::tcsetattr(0, libc::TCSANOW, saved);
+            }
+        }
+    }
+}
+
+pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
+    if let SecretsAction::Set { name, .. } = &args.action
+        && !check_name(name, "secret")
+    {
+        return exit::USAGE;
+    }
+    // Read the value before opening the store, so a failed read changes nothing.
+    let value = match &args.action {
+        SecretsAction::Set { name, .. } => match read_secret(name) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("gantry: {e}");
+                return exit::USAGE;
+            }
+        },
+        _ => None,
+    };
+    let Some(store) = open_store(data_dir) else {
+        return exit::USAGE;
+    };
+    let result =
+        match &args.action {
+            SecretsAction::Set { name, pipeline } => store
+                .set_secret(
+                    pipeline.as_deref(),
+                    name,
+                    value.as_deref().unwrap_or_default(),
+                )
+                .map(|()| {
+                    eprintln!("secret `{name}` set{}", scope_words(pipeline.as_deref()));
+                    exit::OK
+                }),
+            SecretsAction::List { json } => store
+                .list_secrets()
+                .map(|entries| print_entries(&entries, *json, "no secrets")),
+            SecretsAction::Rm { name, pipeline } => store
+                .remove_secret(pipeline.as_deref(), name)
+                .map(|existed| {
+                    if existed {
+                        exit::OK
+                    } else {
+                        eprintln!(
+                            "gantry: no secret `{name}`{}",
+                            scope_words(pipeline.as_deref())
+                        );
+                        exit::FAILURE
+                    }
+                }),
+        };
+    result.unwrap_or_else(|e| {
+        eprintln!("gantry: {e}");
+        exit::USAGE
+    })
+}

@@ -1,0 +1,178 @@
+//! `gantry run FILE`: validate, check parameters, run on this machine, stream progress and logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{exit, key_value, open_store, progress::Progress};
+use crate::executor::local::LocalExecutor;
+use crate::executor::{Checkout, Limits};
+use crate::run::{self, RunRequest, StartError};
+use crate::spec::{self, diagnostic};
+use crate::store::{RunStatus, Trigger};
+
+/// Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// A parameter value (repeatable)
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub params: Vec<(String, String)>,
+    /// A variable for this run only, overriding a stored one (repeatable)
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub vars: Vec<(String, String)>,
+    /// Steps running at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallelism: u16,
+    /// Seconds between SIGTERM and SIGKILL when a step is stopped
+    #[arg(long, default_value_t = 10)]
+    pub kill_grace: u64,
+    /// Print plain lines even on a terminal
+    #[arg(long)]
+    pub plain: bool,
+    /// Keep the run's directory (workspace and output files) after the run, for debugging; it
+    /// may then hold secret output values in plaintext
+    #[arg(long)]
+    pub keep_workspace: bool,
+}
+
+/// The folder that holds `.gantry/` above the file, else the file's folder.
+fn source_root(file: &Path) -> PathBuf {
+    let absolute = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let start = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
+    start
+        .ancestors()
+        .find(|dir| dir.join(".gantry").is_dir())
+        .map(Path::to_path_buf)
+        .unwrap_or(start)
+}
+
+pub fn run(data_dir: &Path, args: &Args) -> u8 {
+    let shown = args.file.display().to_string();
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gantry: cannot read {shown}: {e}");
+            return exit::USAGE;
+        }
+    };
+    let checked = spec::check(&text);
+    for d in checked.diagnostics.iter() {
+        eprint!(
+            "{}",
+            diagnostic::render(&shown, &text, d, diagnostic::Style::default())
+        );
+    }
+    let Some(pipeline) = checked.pipeline else {
+        eprintln!("gantry: {shown} is not a valid pipeline; nothing was run");
+        return exit::FAILURE;
+    };
+    let Some(store) = open_store(data_dir) else {
+        return exit::USAGE;
+    };
+    let request = RunRequest {
+        source: "file".into(),
+        pipeline,
+        text,
+        path: shown.clone(),
+        params: args.params.iter().cloned().collect::<BTreeMap<_, _>>(),
+        var_overrides: args.vars.iter().cloned().collect(),
+        trigger: Trigger {
+            kind: "manual".into(),
+            detail: Some(format!("gantry run {shown}")),
+        },
+        git: None,
+        checkout: Checkout::WorkTree {
+            root: source_root(&args.file),
+        },
+        limits: Limits {
+            parallelism: usize::from(args.parallelism),
+            kill_grace: Duration::from_secs(args.kill_grace),
+            ..Limits::default()
+        },
+        keep_run_dir: args.keep_workspace,
+    };
+    let prepared = match run::prepare(&store, request) {
+        Ok(p) => p,
+        Err(StartError::Parameter(message)) => {
+            eprintln!("gantry: {message}; nothing was run");
+            return exit::USAGE;
+        }
+        Err(StartError::Store(e)) => {
+            eprintln!("gantry: {e}");
+            return exit::USAGE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gantry: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    let header = format!(
+        "run {} · #{} of {}",
+        prepared.run.id, prepared.run.number, prepared.run.pipeline
+    );
+    let mut progress = Progress::new(&prepared.plan, args.plain);
+    progress.header(&header);
+    let cancel = CancellationToken::new();
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result = runtime.block_on(async {
+        let signals = {
+            let cancel = cancel.clone();
+            let interrupted = interrupted.clone();
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let term = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term => {},
+                }
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                cancel.cancel();
+            })
+        };
+        let executor = Arc::new(LocalExecutor::new());
+        let result = run::execute(&store, executor, prepared, cancel.clone(), |plan, event| {
+            progress.event(plan, event)
+        })
+        .await;
+        signals.abort();
+        result
+    });
+    let run = match result {
+        Ok(run) => run,
+        Err(e) => {
+            progress.finish();
+            eprintln!("gantry: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let steps = store.steps(&run.id).unwrap_or_default();
+    progress.summary(&run, &steps);
+    match run.status {
+        RunStatus::Succeeded => exit::OK,
+        RunStatus::Cancelled if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+            EXIT_INTERRUPTED
+        }
+        _ => exit::FAILURE,
+    }
+}

@@ -1,0 +1,260 @@
+//! One step from its first attempt to its last: retries with backoff, then its outputs.
+//!
+//! The future that runs a step sends that step's `StepStarted`, `Log`, `AttemptFinished` and
+//! `Outputs` events; the scheduler sends `StepFinished` once the future has completed.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::prepare::{Job, Work};
+use super::{Shared, builtin, process};
+use crate::executor::{Event, StepStatus};
+use crate::spec::model::RetryPolicy;
+
+/// How a step ended, for the scheduler.
+#[derive(Debug)]
+pub(super) struct StepResult {
+    pub status: StepStatus,
+    pub message: Option<String>,
+    /// (name, value, secret), read after the successful last attempt.
+    pub outputs: Vec<(String, String, bool)>,
+}
+
+impl StepResult {
+    pub fn error(message: String) -> StepResult {
+        StepResult {
+            status: StepStatus::Error,
+            message: Some(message),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn cancelled(message: &str) -> StepResult {
+        StepResult {
+            status: StepStatus::Cancelled,
+            message: Some(message.to_string()),
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+pub(super) struct AttemptEnd {
+    pub status: StepStatus,
+    pub exit_code: Option<i32>,
+    pub message: Option<String>,
+    pub outputs: Vec<(String, String, bool)>,
+}
+
+impl AttemptEnd {
+    pub fn new(status: StepStatus, message: Option<String>) -> AttemptEnd {
+        AttemptEnd {
+            status,
+            exit_code: None,
+            message,
+            outputs: Vec::new(),
+        }
+    }
+}
+
+/// Runs every attempt of a step: the future the scheduler polls for one step.
+pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
+    let attempts = job.retry.as_ref().map_or(0, |r| r.limit).saturating_add(1);
+    let mut attempt = 1u32;
+    loop {
+        if shared.stop.is_cancelled() {
+            return StepResult::cancelled(shared.stop_message());
+        }
+        let mut end = match &job.work {
+            Work::Process(spawn) => {
+                let mut end = process::run(&shared, &job, spawn, attempt).await;
+                if end.status == StepStatus::Succeeded {
+                    match read_outputs(&shared, &job) {
+                        Ok(outputs) => end.outputs = outputs,
+                        Err(message) => {
+                            end.status = StepStatus::Error;
+                            end.message = Some(message);
+                        }
+                    }
+                }
+                end
+            }
+            Work::Checkout { dest, rel } => {
+                builtin::checkout(&shared, &job, dest, rel, attempt).await
+            }
+            Work::Publish(publication) => builtin::publish(&shared, &job, publication, attempt),
+        };
+        end.message = end.message.map(|m| shared.secrets.mask(&m));
+        let retry_in = job
+            .retry
+            .as_ref()
+            .filter(|r| attempt < attempts && retries(r.policy, end.status))
+            .map(|r| r.delay(attempt));
+        if end.status != StepStatus::Succeeded
+            && let Some(message) = &end.message
+        {
+            shared.system(job.index, attempt, message);
+        }
+        if let Some(delay) = retry_in {
+            let line = format!(
+                "retrying in {} (attempt {} of {attempts})",
+                human(delay),
+                attempt + 1
+            );
+            shared.system(job.index, attempt, &line);
+        }
+        shared.send(Event::AttemptFinished {
+            step: job.index,
+            attempt,
+            status: end.status,
+            exit_code: end.exit_code,
+            message: end.message.clone(),
+            retry_in,
+            at: Utc::now(),
+        });
+        let Some(delay) = retry_in else {
+            if end.status == StepStatus::Succeeded && !end.outputs.is_empty() {
+                shared.send(Event::Outputs {
+                    step: job.index,
+                    values: end.outputs.clone(),
+                });
+            }
+            return StepResult {
+                status: end.status,
+                message: end.message,
+                outputs: end.outputs,
+            };
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.stop.cancelled() => return StepResult::cancelled(shared.stop_message()),
+        }
+        attempt += 1;
+    }
+}
+
+/// Whether an attempt that ended with `status` is tried again under `policy`.
+fn retries(policy: RetryPolicy, status: StepStatus) -> bool {
+    match policy {
+        RetryPolicy::OnFailure => status == StepStatus::Failed,
+        RetryPolicy::Always => matches!(
+            status,
+            StepStatus::Failed | StepStatus::TimedOut | StepStatus::Error
+        ),
+    }
+}
+
+/// Reads the declared outputs of a process step; secret ones are masked from now on.
+fn read_outputs(shared: &Shared, job: &Job) -> Result<Vec<(String, String, bool)>, String> {
+    if job.outputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = shared.outputs.join(&job.name);
+    let max = shared.limits.max_output_bytes;
+    let mut values = Vec::with_capacity(job.outputs.len());
+    for output in &job.outputs {
+        let value = read_output(&dir, &output.name, max)?;
+        if output.secret {
+            shared.secrets.add(&value);
+        }
+        values.push((output.name.clone(), value, output.secret));
+    }
+    Ok(values)
+}
+
+/// The value of output `name`: the file `dir/name` without one trailing newline, at most `max`
+/// bytes of UTF-8.
+pub(super) fn read_output(dir: &Path, name: &str, max: usize) -> Result<String, String> {
+    let path = dir.join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "output `{name}` was not written to $GANTRY_OUTPUTS/{name}"
+            ));
+        }
+        Err(e) => return Err(format!("cannot read output `{name}`: {e}")),
+    };
+    let mut bytes = Vec::new();
+    // The limit applies to the value: a trailing newline (up to two bytes) does not count.
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(3);
+    if let Err(e) = file.take(limit).read_to_end(&mut bytes) {
+        return Err(format!("cannot read output `{name}`: {e}"));
+    }
+    strip_newline(&mut bytes);
+    if bytes.len() > max {
+        return Err(format!(
+            "output `{name}` is larger than the limit of {max} bytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("output `{name}` is not valid UTF-8"))
+}
+
+/// Removes one trailing `\n` or `\r\n`.
+pub(super) fn strip_newline(bytes: &mut Vec<u8>) {
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+}
+
+/// A duration for people: `250ms`, `2.5s`, `2s`, `1m30s`, `1h`.
+pub(super) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    if secs < 10 && d.subsec_millis() != 0 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let mut out = String::new();
+    for (n, unit) in [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")] {
+        if n > 0 {
+            let _ = write!(out, "{n}{unit}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_the_spec_writes_them() {
+        let cases = [
+            (Duration::ZERO, "0ms"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(2500), "2.5s"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(3661), "1h1m1s"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(human(d), want, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn one_trailing_newline_is_stripped() {
+        for (raw, want) in [
+            (&b"v\n"[..], &b"v"[..]),
+            (b"v\r\n", b"v"),
+            (b"v\n\n", b"v\n"),
+            (b"v", b"v"),
+            (b"", b""),
+        ] {
+            let mut bytes = raw.to_vec();
+            strip_newline(&mut bytes);
+            assert_eq!(bytes, want);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The built-in steps: `gantry/git-checkout@v1` and `gantry/marketplace-publish@v1`. They run in
+//! Gantry's process (no child, so `StepStarted` carries pid 0) and write their outputs directly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::Shared;
+use super::attempt::{AttemptEnd, human};
+use super::prepare::Job;
+use crate::executor::{Checkout, Event, Publication, StepStatus};
+use crate::source::checkout::{CopyStats, SourceError, checkout_commit, copy_worktree};
+
+const NO_REPOSITORY: &str = "no repository to check out: this run has no repository \
+    (run `gantry run` inside a git work tree, or trigger the pipeline from a watched repository)";
+
+/// Copies the run's repository into `dest` (`rel` inside the workspace) on a blocking thread.
+///
+/// A copy cannot be interrupted: on a timeout or a stop the attempt still waits for it to finish,
+/// so that nothing writes into the workspace once the step is over.
+pub(super) async fn checkout(
+    shared: &Shared,
+    job: &Job,
+    dest: &Path,
+    rel: &str,
+    attempt: u32,
+) -> AttemptEnd {
+    shared.send(Event::StepStarted {
+        step: job.index,
+        attempt,
+        pid: 0,
+        at: Utc::now(),
+    });
+    let source = shared.checkout.clone();
+    let (what, mut copy) = match source {
+        Checkout::None => {
+            return AttemptEnd::new(StepStatus::Error, Some(NO_REPOSITORY.into()));
+        }
+        Checkout::WorkTree { root } => {
+            let what = format!("the work tree {}", root.display());
+            let dest = dest.to_path_buf();
+            (
+                what,
+                tokio::task::spawn_blocking(move || copy_worktree(&root, &dest)),
+            )
+        }
+        Checkout::Commit { git_dir, sha } => {
+            let what = format!("commit {sha}");
+            let dest = dest.to_path_buf();
+            (
+                what,
+                tokio::task::spawn_blocking(move || checkout_commit(&git_dir, &sha, &dest)),
+            )
+        }
+    };
+    let timer = tokio::time::sleep(job.timeout.unwrap_or(Duration::MAX));
+    let ended = tokio::select! {
+        joined = &mut copy => return copied(shared, job, rel, attempt, &what, joined),
+        () = timer, if job.timeout.is_some() => AttemptEnd::new(
+            StepStatus::TimedOut,
+            Some(format!("timed out after {}", human(job.timeout.unwrap_or_default()))),
+        ),
+        () = shared.stop.cancelled() => {
+            AttemptEnd::new(StepStatus::Cancelled, Some(shared.stop_message().into()))
+        }
+    };
+    // The copy cannot be interrupted. Wait for it, so that nothing writes into the run directory
+    // after the step (or the run) is over.
+    shared.system(
+        job.index,
+        attempt,
+        "waiting for the checkout to finish: a copy cannot be interrupted",
+    );
+    let _ = copy.await;
+    ended
+}
+
+/// The end of an attempt whose copy finished.
+fn copied(
+    shared: &Shared,
+    job: &Job,
+    rel: &str,
+    attempt: u32,
+    what: &str,
+    joined: Result<Result<CopyStats, SourceError>, tokio::task::JoinError>,
+) -> AttemptEnd {
+    match joined {
+        Ok(Ok(stats)) => {
+            let line = format!(
+                "checked out {what} into {rel}: {} files, {} bytes",
+                stats.files, stats.bytes
+            );
+            shared.system(job.index, attempt, &line);
+            let sha = shared.git_sha.clone().or_else(|| match &shared.checkout {
+                Checkout::Commit { sha, .. } => Some(sha.clone()),
+                _ => None,
+            });
+            let mut end = AttemptEnd::new(StepStatus::Succeeded, None);
+            end.outputs = vec![
+                ("sha".into(), sha.unwrap_or_default(), false),
+                ("path".into(), rel.to_string(), false),
+            ];
+            end
+        }
+        Ok(Err(e)) => AttemptEnd::new(StepStatus::Error, Some(format!("checkout failed: {e}"))),
+        Err(e) => AttemptEnd::new(
+            StepStatus::Error,
+            Some(format!("checkout failed: the copy ended abnormally: {e}")),
+        ),
+    }
+}
+
+/// Hands the resolved resource to the run (`Published`) and outputs its name and version.
+pub(super) fn publish(
+    shared: &Shared,
+    job: &Job,
+    publication: &Publication,
+    attempt: u32,
+) -> AttemptEnd {
+    shared.send(Event::StepStarted {
+        step: job.index,
+        attempt,
+        pid: 0,
+        at: Utc::now(),
+    });
+    shared.send(Event::Published {
+        step: job.index,
+        publication: publication.clone(),
+    });
+    // `system` masks the line, in case a name or version came from a secret output.
+    let line = format!("published {} {}", publication.name, publication.version);
+    shared.system(job.index, attempt, &line);
+    let mut end = AttemptEnd::new(StepStatus::Succeeded, None);
+    end.outputs = vec![
+        ("name".into(), publication.name.clone(), false),
+        ("version".into(), publication.version.clone(), false),
+    ];
+    end
+}

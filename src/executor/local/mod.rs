@@ -1,0 +1,520 @@
+//! The local executor: each step a child process in its own process group on this machine.
+//!
+//! # Layout
+//!
+//! Under `RunInput::run_dir` the executor creates `workspace/` (shared by every step, the working
+//! directory and `$GANTRY_WORKSPACE`), `outputs/<step>/` (one per step, empty at the start of each
+//! attempt, `$GANTRY_OUTPUTS`; made ahead of time, see `dirs.rs`) and, only when a script starts
+//! with `#!`, `scripts/<step>-<attempt>`.
+//!
+//! # Scheduling
+//!
+//! One scheduler loop (this file) owns all run state: the resolved [`Values`], each step's state,
+//! and the queue of steps ready to start. A step becomes *decidable* once every step it needs has
+//! finished; at that moment the scheduler decides it without a process: skipped because a needed
+//! step did not let it run (failed, timed out, could not run or was cancelled, without
+//! `continueOn`; the reason is inherited transitively), skipped because `when` is false, an error
+//! because a value does not resolve, or else rendered into an owned [`Job`] and queued. Queued jobs
+//! start in file order while fewer than `Limits::parallelism` are running. Rendering happens here,
+//! once per step, so running steps never lock shared values. A running step is a future polled
+//! inside the scheduler's own task (`set.rs`: no task or thread hop per step). When one ends, the
+//! scheduler stores the step's outputs, sends `StepFinished` and decides the dependents.
+//!
+//! Cancellation and the run's timeout are observed by the scheduler only (before it starts steps,
+//! and ahead of step completions in its `select!`): it records why ([`Stopped`]), cancels the
+//! run-internal stop token the running steps watch, and marks every step not yet started as
+//! cancelled. Running steps then kill their processes and report `Cancelled`.
+//!
+//! # Killing
+//!
+//! Every step process leads its own process group (`process_group(0)`, which keeps the fast
+//! `posix_spawn` path). A timeout or a stop sends SIGTERM to the whole group, waits until the leader
+//! has exited and the output pipes are closed (every group member gone) or `Limits::kill_grace` has
+//! passed, then sends SIGKILL to the group. When an attempt ends normally, the group is sent SIGKILL
+//! once right after the leader exits, so background children a step leaves behind do not outlive it;
+//! the same happens when a step's future is dropped (the run's future dropped) or panics. See
+//! `process.rs`.
+
+mod attempt;
+mod builtin;
+mod dirs;
+mod prepare;
+mod process;
+mod set;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_io;
+#[cfg(test)]
+mod tests_kill;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use chrono::Utc;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::mask::Secrets;
+use super::{
+    BoxFuture, Checkout, Event, Executor, Limits, RunInput, RunOutcome, StepStatus, Stream, Values,
+};
+use crate::plan::{Plan, PlanStep};
+use prepare::Job;
+
+/// Host variables a step inherits; nothing else of the host environment reaches a step.
+const HOST_ENV: [&str; 11] = [
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SHELL",
+    "TERM",
+];
+
+/// Runs each step as a local child process (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub struct LocalExecutor {}
+
+impl LocalExecutor {
+    pub fn new() -> LocalExecutor {
+        LocalExecutor {}
+    }
+}
+
+impl Executor for LocalExecutor {
+    fn execute<'a>(
+        &'a self,
+        plan: &'a Plan,
+        input: &'a RunInput,
+        events: UnboundedSender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, RunOutcome> {
+        Box::pin(run(plan, input, events, cancel))
+    }
+}
+
+/// Why a run stopped before its steps were done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stopped {
+    Cancelled,
+    TimedOut,
+}
+
+impl Stopped {
+    fn message(self) -> &'static str {
+        match self {
+            Stopped::Cancelled => "run cancelled",
+            Stopped::TimedOut => "run timed out",
+        }
+    }
+}
+
+/// What every running step of a run shares (read-only, apart from the growing set of secrets).
+struct Shared {
+    events: UnboundedSender<Event>,
+    secrets: Secrets,
+    limits: Limits,
+    workspace: PathBuf,
+    outputs: PathBuf,
+    /// `outputs/<step>/` of every step, made ahead of time.
+    dirs: Arc<dirs::OutputDirs>,
+    scripts: PathBuf,
+    /// The host whitelist and the run-wide `GANTRY_*` variables.
+    base_env: Vec<(OsString, OsString)>,
+    checkout: Checkout,
+    git_sha: Option<String>,
+    /// Cancelled when the run is cancelled or times out; `why` is set first.
+    stop: CancellationToken,
+    why: OnceLock<Stopped>,
+}
+
+impl Shared {
+    /// Sends an event; a receiver that has gone away is not the executor's problem.
+    fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    /// Writes a line of Gantry's own into a step's log, masked like any other line.
+    fn system(&self, step: usize, attempt: u32, line: &str) {
+        self.send(Event::Log {
+            step,
+            attempt,
+            stream: Stream::System,
+            line: self.secrets.mask(line),
+            at: Utc::now(),
+        });
+    }
+
+    fn stop_message(&self) -> &'static str {
+        self.why
+            .get()
+            .copied()
+            .unwrap_or(Stopped::Cancelled)
+            .message()
+    }
+}
+
+/// Where one step stands.
+#[derive(Debug)]
+enum State {
+    /// Some needed step has not finished.
+    Waiting,
+    /// Rendered and waiting for a free slot.
+    Queued(Box<Job>),
+    Running,
+    Done {
+        status: StepStatus,
+        /// Why dependents may not run, when they may not.
+        blocks: Option<String>,
+    },
+}
+
+struct Scheduler<'a> {
+    plan: &'a Plan,
+    shared: Arc<Shared>,
+    values: Values,
+    state: Vec<State>,
+    /// Needed steps not finished yet, per step.
+    waiting: Vec<usize>,
+    dependents: Vec<Vec<usize>>,
+    /// Steps whose needs have all finished and that are not decided yet.
+    decidable: BTreeSet<usize>,
+    /// Indices of `Queued` steps, in file order.
+    queue: BTreeSet<usize>,
+}
+
+async fn run(
+    plan: &Plan,
+    input: &RunInput,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> RunOutcome {
+    let started = tokio::time::Instant::now();
+    let deadline = started.checked_add(plan.timeout);
+    let secrets = Secrets::new();
+    for value in input.secrets.values() {
+        secrets.add(value);
+    }
+    // Absolute, so that `$GANTRY_WORKSPACE` and `$GANTRY_OUTPUTS` hold from any working directory.
+    let run_dir = std::path::absolute(&input.run_dir).unwrap_or_else(|_| input.run_dir.clone());
+    let workspace = run_dir.join("workspace");
+    let outputs = run_dir.join("outputs");
+    let shared = Arc::new(Shared {
+        events,
+        secrets,
+        limits: input.limits,
+        base_env: base_env(input, &workspace),
+        workspace,
+        outputs,
+        dirs: Arc::new(dirs::OutputDirs::new(plan.steps.len())),
+        scripts: run_dir.join("scripts"),
+        checkout: input.checkout.clone(),
+        git_sha: input.git.as_ref().map(|g| g.sha.clone()),
+        stop: CancellationToken::new(),
+        why: OnceLock::new(),
+    });
+    let mut s = Scheduler::new(plan, input, shared.clone());
+
+    if let Err(message) = create_dirs(&shared) {
+        for i in 0..plan.steps.len() {
+            s.finish(i, StepStatus::Error, Some(message.clone()), None);
+        }
+        return RunOutcome::Failed;
+    }
+
+    let order = plan.topological_order();
+    let order = order
+        .into_iter()
+        .map(|i| (i, plan.steps[i].name.clone()))
+        .collect();
+    let maker = shared
+        .dirs
+        .start(shared.outputs.clone(), order, shared.stop.clone());
+    let finish_dirs = FinishDirs(shared.dirs.clone());
+
+    let parallelism = input.limits.parallelism.max(1);
+    let mut running = set::StepSet::new();
+    let run_timer = tokio::time::sleep_until(deadline.unwrap_or(started));
+    tokio::pin!(run_timer);
+    let mut stopped: Option<Stopped> = None;
+
+    s.decidable
+        .extend((0..plan.steps.len()).filter(|&i| s.waiting[i] == 0));
+    s.settle();
+    loop {
+        // Checked before starting anything: a run cancelled before it began starts no step.
+        if stopped.is_none() {
+            let why = if cancel.is_cancelled() {
+                Some(Stopped::Cancelled)
+            } else if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                Some(Stopped::TimedOut)
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                stopped = Some(why);
+                s.stop(why);
+            }
+        }
+        if stopped.is_none() {
+            while running.len() < parallelism {
+                let Some(i) = s.queue.pop_first() else { break };
+                let State::Queued(job) = std::mem::replace(&mut s.state[i], State::Running) else {
+                    continue;
+                };
+                running.push(i, attempt::run_step(shared.clone(), *job));
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            // A stop first: steps that keep finishing or logging must not delay it.
+            biased;
+            () = cancel.cancelled(), if stopped.is_none() => {
+                stopped = Some(Stopped::Cancelled);
+                s.stop(Stopped::Cancelled);
+            }
+            () = &mut run_timer, if stopped.is_none() && deadline.is_some() => {
+                stopped = Some(Stopped::TimedOut);
+                s.stop(Stopped::TimedOut);
+            }
+            Some((i, result)) = running.next() => {
+                s.finish(i, result.status, result.message, Some(result.outputs));
+                s.settle();
+            }
+        }
+    }
+    // Only an invalid plan (a cycle) leaves steps undecided; every step still gets its StepFinished.
+    for i in 0..plan.steps.len() {
+        if !matches!(s.state[i], State::Done { .. }) {
+            let message = match stopped {
+                Some(why) => why.message().to_string(),
+                None => "not run: its needs form a cycle".to_string(),
+            };
+            let status = if stopped.is_some() {
+                StepStatus::Cancelled
+            } else {
+                StepStatus::Error
+            };
+            s.finish(i, status, Some(message), None);
+        }
+    }
+    drop(finish_dirs);
+    let _ = maker.await;
+    match stopped {
+        Some(Stopped::Cancelled) => RunOutcome::Cancelled,
+        Some(Stopped::TimedOut) => RunOutcome::TimedOut,
+        None if s.all_passed() => RunOutcome::Succeeded,
+        None => RunOutcome::Failed,
+    }
+}
+
+/// Stops the output folder maker when the run ends, also when its future is dropped.
+struct FinishDirs(Arc<dirs::OutputDirs>);
+
+impl Drop for FinishDirs {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// The variables every step of the run gets before its own: the host whitelist, then `GANTRY_*`.
+fn base_env(input: &RunInput, workspace: &std::path::Path) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = HOST_ENV
+        .iter()
+        .filter_map(|&k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
+        .collect();
+    let mut set = |k: &str, v: OsString| env.push((OsString::from(k), v));
+    set("GANTRY_WORKSPACE", workspace.as_os_str().to_owned());
+    set("GANTRY_RUN_ID", input.run_id.clone().into());
+    set("GANTRY_RUN_NUMBER", input.run_number.to_string().into());
+    set("GANTRY_PIPELINE", input.pipeline.clone().into());
+    if let Some(git) = &input.git {
+        set("GANTRY_GIT_SHA", git.sha.clone().into());
+        set("GANTRY_GIT_REF", git.reference.clone().into());
+    }
+    env
+}
+
+fn create_dirs(shared: &Shared) -> Result<(), String> {
+    for dir in [&shared.workspace, &shared.outputs] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(plan: &'a Plan, input: &RunInput, shared: Arc<Shared>) -> Scheduler<'a> {
+        let n = plan.steps.len();
+        let mut dependents = vec![Vec::new(); n];
+        let mut waiting = vec![0; n];
+        for (i, step) in plan.steps.iter().enumerate() {
+            for &d in &step.needs {
+                if d < n {
+                    dependents[d].push(i);
+                    waiting[i] += 1;
+                }
+            }
+        }
+        Scheduler {
+            plan,
+            shared,
+            values: Values::from_input(input),
+            state: (0..n).map(|_| State::Waiting).collect(),
+            waiting,
+            dependents,
+            decidable: BTreeSet::new(),
+            queue: BTreeSet::new(),
+        }
+    }
+
+    /// Decides every decidable step, including those that deciding makes decidable.
+    fn settle(&mut self) {
+        while let Some(i) = self.decidable.pop_first() {
+            if matches!(self.state[i], State::Waiting) {
+                self.decide(i);
+            }
+        }
+    }
+
+    /// All the steps `i` needs have finished: skip it, fail it, or queue it.
+    fn decide(&mut self, i: usize) {
+        let plan = self.plan;
+        let step: &PlanStep = &plan.steps[i];
+        let blocked = step.needs.iter().find_map(|&d| match self.state.get(d) {
+            Some(State::Done { blocks, .. }) => blocks.clone(),
+            _ => None,
+        });
+        if let Some(reason) = blocked {
+            let message = format!("not run: {reason}");
+            self.finish_blocked(i, StepStatus::Skipped, message, reason);
+            return;
+        }
+        if let Some(when) = &step.when {
+            match when.eval(&mut |r| self.values.resolve(r)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.finish(i, StepStatus::Skipped, Some("when was false".into()), None);
+                    return;
+                }
+                Err(e) => {
+                    self.finish(i, StepStatus::Error, Some(format!("when: {e}")), None);
+                    return;
+                }
+            }
+        }
+        match prepare::prepare(i, step, &self.values, &self.shared) {
+            Ok(job) => {
+                self.state[i] = State::Queued(Box::new(job));
+                self.queue.insert(i);
+            }
+            Err(message) => self.finish(i, StepStatus::Error, Some(message), None),
+        }
+    }
+
+    /// Records how step `i` ended, sends `StepFinished` and makes its dependents decidable.
+    fn finish(
+        &mut self,
+        i: usize,
+        status: StepStatus,
+        message: Option<String>,
+        outputs: Option<Vec<(String, String, bool)>>,
+    ) {
+        let plan = self.plan;
+        let step = &plan.steps[i];
+        let blocks = (!passes(step, status)).then(|| {
+            let what = match status {
+                StepStatus::Failed => "failed",
+                StepStatus::TimedOut => "timed out",
+                StepStatus::Cancelled => "was cancelled",
+                _ => "could not run",
+            };
+            format!("`{}` {what}", step.name)
+        });
+        match status {
+            StepStatus::Succeeded => {
+                let map: BTreeMap<String, String> = outputs
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v, _)| (k, v))
+                    .collect();
+                self.values.outputs.insert(step.name.clone(), map);
+            }
+            StepStatus::Skipped => {
+                self.values
+                    .outputs
+                    .insert(step.name.clone(), BTreeMap::new());
+            }
+            _ => {}
+        }
+        self.record(i, status, message, blocks);
+    }
+
+    /// Finishes a step that a needed step kept from running; its dependents inherit the reason.
+    fn finish_blocked(&mut self, i: usize, status: StepStatus, message: String, reason: String) {
+        let name = self.plan.steps[i].name.clone();
+        self.values.outputs.insert(name, BTreeMap::new());
+        self.record(i, status, Some(message), Some(reason));
+    }
+
+    fn record(
+        &mut self,
+        i: usize,
+        status: StepStatus,
+        message: Option<String>,
+        blocks: Option<String>,
+    ) {
+        self.shared.send(Event::StepFinished {
+            step: i,
+            status,
+            message: message.map(|m| self.shared.secrets.mask(&m)),
+            at: Utc::now(),
+        });
+        if let State::Queued(_) = self.state[i] {
+            self.queue.remove(&i);
+        }
+        self.state[i] = State::Done { status, blocks };
+        for k in 0..self.dependents[i].len() {
+            let j = self.dependents[i][k];
+            self.waiting[j] = self.waiting[j].saturating_sub(1);
+            if self.waiting[j] == 0 {
+                self.decidable.insert(j);
+            }
+        }
+    }
+
+    /// The run was cancelled or timed out: tell running steps, cancel the ones not started.
+    fn stop(&mut self, why: Stopped) {
+        let _ = self.shared.why.set(why);
+        self.shared.stop.cancel();
+        for i in 0..self.state.len() {
+            if matches!(self.state[i], State::Waiting | State::Queued(_)) {
+                self.record(i, StepStatus::Cancelled, Some(why.message().into()), None);
+            }
+        }
+        // Dependents of the steps just cancelled were cancelled with them.
+        self.decidable.clear();
+    }
+
+    /// Whether every step ended in a way that does not fail the run.
+    fn all_passed(&self) -> bool {
+        self.state
+            .iter()
+            .zip(&self.plan.steps)
+            .all(|(state, step)| match state {
+                State::Done { status, .. } => passes(step, *status),
+                _ => false,
+            })
+    }
+}
+
+/// Whether a step that ended with `status` lets its dependents run and the run succeed.
+fn passes(step: &PlanStep, status: StepStatus) -> bool {
+    match status {
+        StepStatus::Succeeded | StepStatus::Skipped => true,
+        StepStatus::Failed => step.continue_on.failed,
+        StepStatus::Error | StepStatus::TimedOut => step.continue_on.error,
+        StepStatus::Cancelled => false,
+    }
+}

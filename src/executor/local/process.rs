@@ -1,0 +1,550 @@
+//! One attempt of a process step: start it in a new process group, stream its output as masked
+//! lines, end it (and everything it started) on exit, timeout or stop.
+//!
+//! The attempt is a single `select!` loop over the two pipes, the leader's exit, the step timer, the
+//! run's stop token and one phase timer; no thread and no polling. Phases:
+//!
+//! - *running*: when the leader exits, the group gets SIGKILL at once (background children left
+//!   behind die with the step), then the pipes are drained. A pipe still open [`DRAIN`] after that
+//!   belongs to a process that left the group (`setsid`); it is abandoned.
+//! - *terminating* (step timeout, or the run stopped): the group got SIGTERM; the loop waits until
+//!   the leader has exited and both pipes are closed (normally: every member that shares them has
+//!   exited after cleaning up), or until `Limits::kill_grace` has passed, and then sends SIGKILL to
+//!   the group.
+//!
+//! The group is also sent SIGKILL when the attempt ends in any other way (the guard's `Drop`, which
+//! also covers a step future that is dropped or panics). The group is signalled after its leader
+//! has been reaped; the group id cannot be reused while any member lives, and reusing it in the
+//! microseconds after the last one died would need a full wrap of the pid space. A process that
+//! moves itself to another group or session (`setsid`, `set -m`) escapes all of this.
+//!
+//! A secret output is masked from the moment its file exists: before each batch of lines, the
+//! declared secret output files are checked (re-read only when their length or mtime changed) and
+//! their content is added to the run's secrets. A line printed before the file is written cannot
+//! be masked this way.
+
+use std::ffi::OsStr;
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, SystemTime};
+
+use chrono::Utc;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use super::Shared;
+use super::attempt::{AttemptEnd, human, strip_newline};
+use super::dirs::fresh_dir;
+use super::prepare::{Job, Program, Spawn};
+use crate::executor::mask::LineSplitter;
+use crate::executor::{Event, StepStatus, Stream};
+
+/// Bytes read from a pipe at a time.
+const CHUNK: usize = 8 * 1024;
+/// How long the pipes may stay open after the whole group has been killed.
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Terminating,
+    Killed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    TimedOut,
+    Stopped,
+}
+
+/// Runs one attempt of a process step and reports how it ended.
+pub(super) async fn run(shared: &Shared, job: &Job, spawn: &Spawn, attempt: u32) -> AttemptEnd {
+    let step = job.index;
+    let outdir = shared.outputs.join(&job.name);
+    let made = if attempt == 1 {
+        shared.dirs.ready(step).await
+    } else {
+        fresh_dir(&outdir).map_err(|e| format!("cannot prepare {}: {e}", outdir.display()))
+    };
+    if let Err(message) = made {
+        return not_started(shared, step, attempt, message);
+    }
+    let mut cmd = match command(shared, job, spawn, attempt, &outdir) {
+        Ok(cmd) => cmd,
+        Err(message) => return not_started(shared, step, attempt, message),
+    };
+    let mut child = match spawn_retrying(&mut cmd).await {
+        Ok(child) => child,
+        Err(e) => return not_started(shared, step, attempt, spawn_error(spawn, &e)),
+    };
+    drop(cmd);
+    let pid = child.id().unwrap_or(0);
+    let mut group = Group::new(pid);
+    shared.send(Event::StepStarted {
+        step,
+        attempt,
+        pid,
+        at: Utc::now(),
+    });
+
+    let mut logs = Logs::new(shared, job, attempt, &outdir);
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let mut bufs = vec![0u8; 2 * CHUNK];
+    let (obuf, ebuf) = bufs.split_at_mut(CHUNK);
+    let mut exit: Option<io::Result<ExitStatus>> = None;
+    let mut phase = Phase::Running;
+    let mut ended: Option<Ended> = None;
+    let mut abandoned = false;
+    let step_deadline = job.timeout.and_then(|t| Instant::now().checked_add(t));
+    let step_timer = tokio::time::sleep_until(step_deadline.unwrap_or_else(|| later(DRAIN)));
+    let phase_timer = tokio::time::sleep_until(later(DRAIN));
+    let stopped = shared.stop.cancelled();
+    tokio::pin!(step_timer, phase_timer, stopped);
+
+    loop {
+        if exit.is_some() && out.is_none() && err.is_none() {
+            break;
+        }
+        tokio::select! {
+            r = read_some(&mut out, obuf), if out.is_some() => {
+                on_read(r, &mut out, obuf, &mut logs, Stream::Stdout);
+            }
+            r = read_some(&mut err, ebuf), if err.is_some() => {
+                on_read(r, &mut err, ebuf, &mut logs, Stream::Stderr);
+            }
+            status = child.wait(), if exit.is_none() => {
+                exit = Some(status);
+                if phase == Phase::Running {
+                    group.kill();
+                    phase = Phase::Killed;
+                    phase_timer.as_mut().reset(later(DRAIN));
+                }
+            }
+            () = &mut step_timer, if step_deadline.is_some() && phase == Phase::Running && exit.is_none() => {
+                ended = Some(Ended::TimedOut);
+                group.signal(libc::SIGTERM);
+                phase = Phase::Terminating;
+                phase_timer.as_mut().reset(later(shared.limits.kill_grace));
+            }
+            () = &mut stopped, if phase == Phase::Running && exit.is_none() => {
+                ended = Some(Ended::Stopped);
+                group.signal(libc::SIGTERM);
+                phase = Phase::Terminating;
+                phase_timer.as_mut().reset(later(shared.limits.kill_grace));
+            }
+            () = &mut phase_timer, if phase != Phase::Running => {
+                if phase == Phase::Terminating {
+                    group.kill();
+                    phase = Phase::Killed;
+                } else if exit.is_some() {
+                    abandoned = true;
+                    break;
+                }
+                phase_timer.as_mut().reset(later(DRAIN));
+            }
+        }
+    }
+    // Partial last lines of pipes that were abandoned still reach the log.
+    if out.is_some() {
+        logs.finish(Stream::Stdout);
+    }
+    if err.is_some() {
+        logs.finish(Stream::Stderr);
+    }
+    if abandoned {
+        shared.system(
+            step,
+            attempt,
+            "stopped reading the step's output: a process outside its process group keeps it open",
+        );
+    }
+    drop(group);
+
+    let exit_code = match &exit {
+        Some(Ok(status)) => status.code(),
+        _ => None,
+    };
+    let (status, message) = match (ended, exit) {
+        (Some(Ended::Stopped), _) => (
+            StepStatus::Cancelled,
+            Some(shared.stop_message().to_string()),
+        ),
+        (Some(Ended::TimedOut), _) => (
+            StepStatus::TimedOut,
+            Some(format!(
+                "timed out after {}",
+                human(job.timeout.unwrap_or_default())
+            )),
+        ),
+        (None, Some(Ok(status))) if status.success() => (StepStatus::Succeeded, None),
+        (None, Some(Ok(status))) => (StepStatus::Failed, Some(describe(status))),
+        (None, Some(Err(e))) => (
+            StepStatus::Error,
+            Some(format!("lost track of the step's process: {e}")),
+        ),
+        (None, None) => (
+            StepStatus::Error,
+            Some("the step's process vanished".into()),
+        ),
+    };
+    AttemptEnd {
+        status,
+        exit_code,
+        message,
+        outputs: Vec::new(),
+    }
+}
+
+/// An attempt that ended before a process existed.
+fn not_started(shared: &Shared, step: usize, attempt: u32, message: String) -> AttemptEnd {
+    shared.send(Event::StepStarted {
+        step,
+        attempt,
+        pid: 0,
+        at: Utc::now(),
+    });
+    AttemptEnd::new(StepStatus::Error, Some(message))
+}
+
+/// A deadline `d` from now, or one far away when that overflows.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
+/// The process group of a step's process. Dropping it sends SIGKILL to the group, unless that was
+/// done already after the leader exited or the grace period ended.
+struct Group {
+    pgid: i32,
+    killed: bool,
+}
+
+impl Group {
+    fn new(pid: u32) -> Group {
+        Group {
+            pgid: i32::try_from(pid).unwrap_or(0),
+            killed: false,
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // Never 0 or 1: kill(0) and kill(-1) would hit Gantry's own group or every process.
+        if self.pgid > 1 {
+            // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
+            unsafe {
+                libc::kill(-self.pgid, signal);
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.killed = true;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if !self.killed {
+            self.signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// Reads from a pipe; a closed pipe (None) never completes.
+async fn read_some<R: AsyncRead + Unpin>(
+    pipe: &mut Option<R>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_read<R>(
+    r: io::Result<usize>,
+    pipe: &mut Option<R>,
+    buf: &[u8],
+    logs: &mut Logs<'_>,
+    stream: Stream,
+) {
+    match r {
+        Ok(n) if n > 0 => logs.push(stream, &buf[..n.min(buf.len())]),
+        // End of file, or an unreadable pipe: either way nothing more comes from it.
+        _ => {
+            *pipe = None;
+            logs.finish(stream);
+        }
+    }
+}
+
+/// Turns a step's output into masked `Log` events.
+struct Logs<'a> {
+    shared: &'a Shared,
+    step: usize,
+    attempt: u32,
+    stdout: LineSplitter,
+    stderr: LineSplitter,
+    watch: Option<SecretWatch>,
+}
+
+impl<'a> Logs<'a> {
+    fn new(shared: &'a Shared, job: &Job, attempt: u32, outdir: &Path) -> Logs<'a> {
+        let max_line = shared.limits.max_line_bytes;
+        let files: Vec<(PathBuf, Option<Stamp>)> = job
+            .outputs
+            .iter()
+            .filter(|o| o.secret)
+            .map(|o| (outdir.join(&o.name), None))
+            .collect();
+        Logs {
+            shared,
+            step: job.index,
+            attempt,
+            stdout: LineSplitter::new(shared.secrets.clone(), max_line),
+            stderr: LineSplitter::new(shared.secrets.clone(), max_line),
+            watch: (!files.is_empty()).then_some(SecretWatch { files }),
+        }
+    }
+
+    fn splitter(&mut self, stream: Stream) -> &mut LineSplitter {
+        match stream {
+            Stream::Stderr => &mut self.stderr,
+            _ => &mut self.stdout,
+        }
+    }
+
+    fn push(&mut self, stream: Stream, bytes: &[u8]) {
+        self.refresh();
+        let lines = self.splitter(stream).push(bytes);
+        self.emit(stream, lines);
+    }
+
+    fn finish(&mut self, stream: Stream) {
+        self.refresh();
+        let line = self.splitter(stream).finish();
+        self.emit(stream, line.into_iter().collect());
+    }
+
+    fn refresh(&mut self) {
+        if let Some(watch) = &mut self.watch {
+            watch.refresh(self.shared);
+        }
+    }
+
+    fn emit(&self, stream: Stream, lines: Vec<String>) {
+        if lines.is_empty() {
+            return;
+        }
+        let at = Utc::now();
+        for line in lines {
+            self.shared.send(Event::Log {
+                step: self.step,
+                attempt: self.attempt,
+                stream,
+                line,
+                at,
+            });
+        }
+    }
+}
+
+/// A file's length and modification time, to notice rewrites.
+type Stamp = (u64, Option<SystemTime>);
+
+/// The secret output files of a running step.
+struct SecretWatch {
+    files: Vec<(PathBuf, Option<Stamp>)>,
+}
+
+impl SecretWatch {
+    /// Adds the current content of every changed secret output file to the run's secrets. Plain
+    /// `stat` calls: only steps that declare secret outputs pay for them.
+    fn refresh(&mut self, shared: &Shared) {
+        for (path, seen) in &mut self.files {
+            let Ok(meta) = std::fs::metadata(&*path) else {
+                continue;
+            };
+            let stamp = (meta.len(), meta.modified().ok());
+            if *seen == Some(stamp) {
+                continue;
+            }
+            *seen = Some(stamp);
+            let too_big =
+                usize::try_from(meta.len()).map_or(true, |n| n > shared.limits.max_output_bytes);
+            if too_big {
+                continue;
+            }
+            if let Ok(mut bytes) = std::fs::read(&*path) {
+                strip_newline(&mut bytes);
+                shared.secrets.add(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}
+
+/// The command of one attempt, with its environment built from nothing.
+fn command(
+    shared: &Shared,
+    job: &Job,
+    spawn: &Spawn,
+    attempt: u32,
+    outdir: &Path,
+) -> Result<Command, String> {
+    let mut cmd = match &spawn.program {
+        Program::Shell(script) => {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-e")
+                .arg("-c")
+                .arg(script)
+                .arg(format!("gantry-{}", job.name));
+            cmd
+        }
+        Program::Shebang(script) => {
+            Command::new(write_script(&shared.scripts, &job.name, attempt, script)?)
+        }
+        Program::Exec(argv) => {
+            let Some((program, args)) = argv.split_first() else {
+                return Err("the command is empty".into());
+            };
+            let path = spawn
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| OsStr::new(v.as_str()))
+                .or_else(|| {
+                    shared
+                        .base_env
+                        .iter()
+                        .find(|(k, _)| k == "PATH")
+                        .map(|(_, v)| v.as_os_str())
+                });
+            let mut cmd = Command::new(resolve(program, path, &spawn.cwd));
+            cmd.args(args);
+            cmd
+        }
+    };
+    cmd.env_clear()
+        .envs(shared.base_env.iter().map(|(k, v)| (k, v)))
+        .env("GANTRY_OUTPUTS", outdir)
+        .env("GANTRY_STEP", &job.name)
+        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spawn.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    Ok(cmd)
+}
+
+/// The program to execute for `program`, looked up in the step's own `PATH`. Resolving it here
+/// rather than in the child keeps `posix_spawn` usable (the standard library falls back to
+/// fork+exec when the child's `PATH` differs and a lookup is needed). A relative path with a `/` is
+/// relative to the working directory.
+fn resolve(program: &str, path: Option<&OsStr>, cwd: &Path) -> PathBuf {
+    if program.contains('/') {
+        return cwd.join(program);
+    }
+    let Some(path) = path else {
+        return PathBuf::from(program);
+    };
+    for dir in std::env::split_paths(path) {
+        let candidate = cwd.join(dir).join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
+}
+
+/// Writes a `#!` script to `scripts/<step>-<attempt>`, executable by its owner only.
+fn write_script(dir: &Path, step: &str, attempt: u32, script: &str) -> Result<PathBuf, String> {
+    let path = dir.join(format!("{step}-{attempt}"));
+    let write = || -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o700)
+            .open(&path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+        file.write_all(script.as_bytes())
+    };
+    write().map_err(|e| format!("cannot write the script {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Spawns, retrying briefly on ETXTBSY: a script just written may still be open for writing in a
+/// child that another thread is forking at the same moment.
+async fn spawn_retrying(cmd: &mut Command) -> io::Result<Child> {
+    let mut tries = 0u32;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 6 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(2 << tries)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn spawn_error(spawn: &Spawn, e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::NotFound && !spawn.cwd.is_dir() {
+        return format!(
+            "cannot start the step: its working directory {} does not exist",
+            spawn.cwd.display()
+        );
+    }
+    let what = match &spawn.program {
+        Program::Shell(_) => "/bin/sh".to_string(),
+        Program::Shebang(script) => {
+            let first = script.lines().next().unwrap_or_default();
+            if e.kind() == io::ErrorKind::NotFound {
+                return format!("cannot start the script: its interpreter `{first}` was not found");
+            }
+            format!("the script ({first})")
+        }
+        Program::Exec(argv) => argv.first().cloned().unwrap_or_default(),
+    };
+    match e.kind() {
+        io::ErrorKind::NotFound => format!("cannot start `{what}`: program not found"),
+        _ => format!("cannot start `{what}`: {e}"),
+    }
+}
+
+/// Why a process failed, for people.
+fn describe(status: ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exited with code {code}");
+    }
+    match status.signal() {
+        Some(signal) => {
+            let name = match signal {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGINT => " (SIGINT)",
+                libc::SIGPIPE => " (SIGPIPE)",
+                _ => "",
+            };
+            format!("killed by signal {signal}{name}")
+        }
+        None => format!("ended with {status}"),
+    }
+}

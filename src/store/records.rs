@@ -1,0 +1,236 @@
+//! The records the store keeps, as they are serialised (JSON) under their keys.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::{GitInfo, Stream};
+
+/// Where a run is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The process running it went away (crash, kill -9, power loss).
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// `manual`, `push`, `pullRequest`, `comment` or `schedule`.
+    pub kind: String,
+    /// Who or what, in words: `gantry run (uid 1000)`, `push by alice`, `cron 0 3 * * *`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The process that owns an active run. A run whose owner is gone is interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: u32,
+    /// The process start time (clock ticks since boot, from /proc), to tell a reused pid apart.
+    pub start_time: u64,
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Sortable: newer runs have greater ids.
+    pub id: String,
+    /// 1, 2, 3, ... per pipeline.
+    pub number: u64,
+    /// Where the pipeline came from: `file` (gantry run FILE), `local`, or a repository name.
+    pub source: String,
+    pub pipeline: String,
+    /// The pipeline version the run used.
+    pub version: u32,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    pub trigger: Trigger,
+    pub status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitInfo>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why the run ended the way it did, when that is not obvious from its steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Step names in plan order; their records are under the `steps` tree.
+    pub steps: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The state of one step of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    #[serde(rename = "timed-out")]
+    TimedOut,
+    Error,
+    Skipped,
+    Cancelled,
+    Interrupted,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::TimedOut => "timed-out",
+            StepState::Error => "error",
+            StepState::Skipped => "skipped",
+            StepState::Cancelled => "cancelled",
+            StepState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn is_done(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
+    }
+}
+
+impl From<crate::executor::StepStatus> for StepState {
+    fn from(s: crate::executor::StepStatus) -> StepState {
+        use crate::executor::StepStatus as S;
+        match s {
+            S::Succeeded => StepState::Succeeded,
+            S::Failed => StepState::Failed,
+            S::TimedOut => StepState::TimedOut,
+            S::Error => StepState::Error,
+            S::Skipped => StepState::Skipped,
+            S::Cancelled => StepState::Cancelled,
+        }
+    }
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StepState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Process id and process group id of the attempt (0 for built-ins).
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One step of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub state: StepState,
+    pub attempts: Vec<Attempt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl StepRecord {
+    pub fn pending(name: &str) -> StepRecord {
+        StepRecord {
+            name: name.to_string(),
+            state: StepState::Pending,
+            attempts: Vec::new(),
+            message: None,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Exit code of the last attempt.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.attempts.last().and_then(|a| a.exit_code)
+    }
+
+    pub fn duration_ms(&self) -> Option<i64> {
+        match (self.started_at, self.finished_at) {
+            (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
+            _ => None,
+        }
+    }
+}
+
+/// One stored log line (already masked by the executor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub attempt: u32,
+    pub stream: Stream,
+    pub text: String,
+}
+
+/// A step output as the store returns it: secret values are never returned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    pub step: String,
+    pub name: String,
+    pub secret: bool,
+    /// `None` for secret outputs.
+    pub value: Option<String>,
+}
+
+/// A version of a pipeline definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineVersion {
+    pub version: u32,
+    /// The file text as it was.
+    pub text: String,
+    /// Where it was read from (a path in a repository or on disk).
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A variable or secret name with its scope; values of secrets are never listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigEntry {
+    /// `None` for global entries, else the pipeline name.
+    pub pipeline: Option<String>,
+    pub name: String,
+    /// The value of a variable; always `None` for a secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}

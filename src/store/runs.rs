@@ -1,0 +1,502 @@
+//! Runs and everything hanging off a run: steps, log chunks, outputs, publications; and pipeline
+//! versions, which runs point to.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use super::records::*;
+use super::{Store, StoreError, crypto, decode, key};
+use crate::executor::{GitInfo, Publication};
+
+/// What a caller knows about a run before it exists.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub source: String,
+    pub pipeline: String,
+    pub version: u32,
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    pub trigger: Trigger,
+    pub git: Option<GitInfo>,
+    pub steps: Vec<String>,
+    pub owner: Option<Owner>,
+}
+
+/// A sortable run id: 48 bits of milliseconds since the epoch and 80 random bits, in Crockford
+/// base32 (26 characters). Ids made by one process in the same millisecond still sort in order.
+pub fn new_run_id(now: DateTime<Utc>) -> String {
+    static LAST: Mutex<(u64, u128)> = Mutex::new((0, 0));
+    let ms = u64::try_from(now.timestamp_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    let mut random = [0u8; 10];
+    crypto::random_bytes(&mut random);
+    let mut rand = random
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    if let Ok(mut last) = LAST.lock() {
+        if last.0 >= ms {
+            // Same (or an earlier, after a clock step back) millisecond: count up from the last id.
+            rand = (last.1 + 1) & ((1u128 << 80) - 1);
+            *last = (last.0, rand);
+            return encode_id(last.0, rand);
+        }
+        *last = (ms, rand);
+    }
+    encode_id(ms, rand)
+}
+
+fn encode_id(ms: u64, rand: u128) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value: u128 = (u128::from(ms) << 80) | rand;
+    (0..26)
+        .rev()
+        .map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char)
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredOutput {
+    secret: bool,
+    /// Plain value, or hex of the sealed value when secret.
+    value: String,
+}
+
+impl Store {
+    // ---- pipeline versions -------------------------------------------------------------------
+
+    /// Records `text` as the newest version of `source/name` unless it equals the newest already;
+    /// returns the version number in either case.
+    pub fn record_version(
+        &self,
+        source: &str,
+        name: &str,
+        text: &str,
+        path: &str,
+        commit: Option<&str>,
+    ) -> Result<u32, StoreError> {
+        let id = format!("{source}/{name}");
+        if let Some(latest) = self.latest_version(source, name)?
+            && latest.text == text
+            && latest.commit.as_deref() == commit
+        {
+            return Ok(latest.version);
+        }
+        let version = self
+            .latest_version(source, name)?
+            .map_or(1, |v| v.version + 1);
+        let record = PipelineVersion {
+            version,
+            text: text.to_string(),
+            path: path.to_string(),
+            commit: commit.map(str::to_string),
+            created_at: Utc::now(),
+        };
+        self.put_json(
+            &self.inner.pipeline_versions,
+            &key(&[id.as_bytes(), &version.to_be_bytes()]),
+            &record,
+        )?;
+        Ok(version)
+    }
+
+    pub fn latest_version(
+        &self,
+        source: &str,
+        name: &str,
+    ) -> Result<Option<PipelineVersion>, StoreError> {
+        let prefix = key(&[format!("{source}/{name}").as_bytes(), b""]);
+        match self
+            .inner
+            .pipeline_versions
+            .scan_prefix(&prefix)
+            .next_back()
+        {
+            Some(entry) => {
+                let (k, v) = entry.map_err(|e| self.db_err(e))?;
+                decode(&k, &v).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn version(
+        &self,
+        source: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<PipelineVersion>, StoreError> {
+        self.get_json(
+            &self.inner.pipeline_versions,
+            &key(&[
+                format!("{source}/{name}").as_bytes(),
+                &version.to_be_bytes(),
+            ]),
+        )
+    }
+
+    // ---- runs ------------------------------------------------------------------------------
+
+    /// Creates a queued run with the next number of its pipeline, and its pending steps, and
+    /// flushes: a run exists durably before anything acts on it.
+    pub fn create_run(&self, new: NewRun) -> Result<RunRecord, StoreError> {
+        let now = Utc::now();
+        let id = new_run_id(now);
+        let counter_key = format!("{}/{}", new.source, new.pipeline);
+        let mut record = RunRecord {
+            id: id.clone(),
+            number: 0,
+            source: new.source,
+            pipeline: new.pipeline,
+            version: new.version,
+            parameters: new.parameters,
+            trigger: new.trigger,
+            status: RunStatus::Queued,
+            git: new.git,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            message: None,
+            steps: new.steps,
+            owner: new.owner,
+        };
+        let result: Result<u64, TransactionError<serde_json::Error>> =
+            (&self.inner.runs, &self.inner.run_numbers).transaction(|(runs, numbers)| {
+                let last = numbers
+                    .get(counter_key.as_bytes())?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+                    .map_or(0, u64::from_be_bytes);
+                let number = last + 1;
+                numbers.insert(counter_key.as_bytes(), &number.to_be_bytes())?;
+                let mut with_number = record.clone();
+                with_number.number = number;
+                let bytes = serde_json::to_vec(&with_number)
+                    .map_err(ConflictableTransactionError::Abort)?;
+                runs.insert(id.as_bytes(), bytes)?;
+                Ok(number)
+            });
+        record.number = match result {
+            Ok(n) => n,
+            Err(TransactionError::Abort(source)) => {
+                return Err(StoreError::Corrupt { key: id, source });
+            }
+            Err(TransactionError::Storage(e)) => return Err(self.db_err(e)),
+        };
+        for (index, name) in record.steps.iter().enumerate() {
+            self.put_step(&record.id, index, &StepRecord::pending(name))?;
+        }
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// Applies `change` to a run and stores it (not flushed: see the module doc).
+    pub fn update_run(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut RunRecord),
+    ) -> Result<RunRecord, StoreError> {
+        let mut run = self
+            .get_run(id)?
+            .ok_or_else(|| StoreError::NoSuchRun(id.to_string()))?;
+        change(&mut run);
+        self.put_json(&self.inner.runs, id.as_bytes(), &run)?;
+        Ok(run)
+    }
+
+    pub fn get_run(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.get_json(&self.inner.runs, id.as_bytes())
+    }
+
+    /// Finds a run by its id or a unique prefix of it (ids are long; people type the start).
+    pub fn find_run(&self, id_or_prefix: &str) -> Result<RunRecord, StoreError> {
+        let wanted = id_or_prefix.trim().to_ascii_uppercase();
+        if wanted.is_empty() {
+            return Err(StoreError::NoSuchRun(id_or_prefix.to_string()));
+        }
+        let mut found = None;
+        for entry in self.inner.runs.scan_prefix(wanted.as_bytes()) {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if found.is_some() {
+                return Err(StoreError::AmbiguousRun(id_or_prefix.to_string()));
+            }
+            found = Some(decode::<RunRecord>(&k, &v)?);
+        }
+        found.ok_or_else(|| StoreError::NoSuchRun(id_or_prefix.to_string()))
+    }
+
+    /// Runs, newest first, optionally of one pipeline (by name), at most `limit`.
+    pub fn list_runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.runs.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let run: RunRecord = decode(&k, &v)?;
+            if pipeline.is_none_or(|p| {
+                p == run.pipeline || p == format!("{}/{}", run.source, run.pipeline)
+            }) {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs that are queued or running.
+    pub fn active_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.runs.iter() {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let run: RunRecord = decode(&k, &v)?;
+            if run.status.is_active() {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- steps -----------------------------------------------------------------------------
+
+    pub fn put_step(
+        &self,
+        run_id: &str,
+        index: usize,
+        step: &StepRecord,
+    ) -> Result<(), StoreError> {
+        self.put_json(&self.inner.steps, &step_key(run_id, index), step)
+    }
+
+    pub fn update_step(
+        &self,
+        run_id: &str,
+        index: usize,
+        change: impl FnOnce(&mut StepRecord),
+    ) -> Result<StepRecord, StoreError> {
+        let k = step_key(run_id, index);
+        let mut step: StepRecord = self
+            .get_json(&self.inner.steps, &k)?
+            .ok_or_else(|| StoreError::NoSuchRun(format!("{run_id} (step {index})")))?;
+        change(&mut step);
+        self.put_json(&self.inner.steps, &k, &step)?;
+        Ok(step)
+    }
+
+    /// The steps of a run in plan order.
+    pub fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.steps.scan_prefix(key(&[run_id.as_bytes(), b""])) {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    // ---- logs ------------------------------------------------------------------------------
+
+    /// Appends a chunk of lines to a step's log.
+    pub fn append_logs(
+        &self,
+        run_id: &str,
+        step: usize,
+        lines: &[LogLine],
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let prefix = key(&[run_id.as_bytes(), &(step as u16).to_be_bytes(), b""]);
+        let next = match self.inner.logs.scan_prefix(&prefix).next_back() {
+            Some(entry) => {
+                let (k, _) = entry.map_err(|e| self.db_err(e))?;
+                chunk_number(&k).map_or(0, |n| n + 1)
+            }
+            None => 0,
+        };
+        let k = log_key(run_id, step, next);
+        self.put_json(&self.inner.logs, &k, &lines)
+    }
+
+    /// Log lines of a run (or of one step), in order, from chunk cursor `after` on; returns the
+    /// lines with their step index and the cursor to pass next time (for following a live log).
+    pub fn logs(
+        &self,
+        run_id: &str,
+        step: Option<usize>,
+        after: Option<&LogCursor>,
+    ) -> Result<(Vec<(usize, LogLine)>, LogCursor), StoreError> {
+        let prefix = match step {
+            Some(s) => key(&[run_id.as_bytes(), &(s as u16).to_be_bytes(), b""]),
+            None => key(&[run_id.as_bytes(), b""]),
+        };
+        let mut cursor = after.cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        for entry in self.inner.logs.scan_prefix(&prefix) {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let Some((s, n)) = step_and_chunk(run_id, &k) else {
+                continue;
+            };
+            if cursor.seen.get(&s).is_some_and(|&last| n <= last) {
+                continue;
+            }
+            let lines: Vec<LogLine> = decode(&k, &v)?;
+            out.extend(lines.into_iter().map(|l| (s, l)));
+            cursor.seen.insert(s, n);
+        }
+        Ok((out, cursor))
+    }
+
+    // ---- outputs ---------------------------------------------------------------------------
+
+    /// Stores a step output; a secret one is sealed.
+    pub fn put_output(
+        &self,
+        run_id: &str,
+        step: &str,
+        name: &str,
+        value: &str,
+        secret: bool,
+    ) -> Result<(), StoreError> {
+        let k = key(&[run_id.as_bytes(), step.as_bytes(), name.as_bytes()]);
+        let value = if secret {
+            crypto::encode_hex(&self.key()?.seal(&k, value.as_bytes())?)
+        } else {
+            value.to_string()
+        };
+        self.put_json(&self.inner.outputs, &k, &StoredOutput { secret, value })
+    }
+
+    /// The outputs of a run; secret values are left out.
+    pub fn outputs(&self, run_id: &str) -> Result<Vec<OutputRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .inner
+            .outputs
+            .scan_prefix(key(&[run_id.as_bytes(), b""]))
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let stored: StoredOutput = decode(&k, &v)?;
+            let mut parts = k.split(|b| *b == 0).skip(1);
+            let step = parts
+                .next()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            let name = parts
+                .next()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            out.push(OutputRecord {
+                step,
+                name,
+                secret: stored.secret,
+                value: (!stored.secret).then_some(stored.value),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- publications ----------------------------------------------------------------------
+
+    /// Stores what a publish step resolved; secret credential values are sealed.
+    pub fn put_publication(
+        &self,
+        run_id: &str,
+        step: &str,
+        publication: &Publication,
+    ) -> Result<(), StoreError> {
+        let k = key(&[run_id.as_bytes(), step.as_bytes()]);
+        let mut sealed = publication.clone();
+        for (i, set) in sealed.credentials.iter_mut().enumerate() {
+            for param in set.parameters.iter_mut().filter(|p| p.is_secret) {
+                let aad = key(&[&k, i.to_string().as_bytes(), param.key.as_bytes()]);
+                param.value = crypto::encode_hex(&self.key()?.seal(&aad, param.value.as_bytes())?);
+            }
+        }
+        self.put_json(&self.inner.publications, &k, &sealed)
+    }
+
+    /// What a run published, by step. With `reveal`, secret credential values are decrypted (for a
+    /// consumer creating a connection); without, they read `***`.
+    pub fn publications(
+        &self,
+        run_id: &str,
+        reveal: bool,
+    ) -> Result<Vec<(String, Publication)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .inner
+            .publications
+            .scan_prefix(key(&[run_id.as_bytes(), b""]))
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let mut publication: Publication = decode(&k, &v)?;
+            for (i, set) in publication.credentials.iter_mut().enumerate() {
+                for param in set.parameters.iter_mut().filter(|p| p.is_secret) {
+                    param.value = if reveal {
+                        let aad = key(&[&k, i.to_string().as_bytes(), param.key.as_bytes()]);
+                        let sealed = decode_any_hex(&param.value).ok_or_else(|| {
+                            StoreError::Crypto("a sealed credential is not hex".into())
+                        })?;
+                        String::from_utf8_lossy(&self.key()?.open(&aad, &sealed)?).into_owned()
+                    } else {
+                        crate::executor::mask::MASK.to_string()
+                    };
+                }
+            }
+            let step = k
+                .split(|b| *b == 0)
+                .nth(1)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default();
+            out.push((step, publication));
+        }
+        Ok(out)
+    }
+}
+
+/// Where a reader of a live log has got to: the last chunk seen per step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogCursor {
+    seen: BTreeMap<usize, u32>,
+}
+
+fn step_key(run_id: &str, index: usize) -> Vec<u8> {
+    key(&[run_id.as_bytes(), &(index as u16).to_be_bytes()])
+}
+
+fn log_key(run_id: &str, step: usize, chunk: u32) -> Vec<u8> {
+    key(&[
+        run_id.as_bytes(),
+        &(step as u16).to_be_bytes(),
+        &chunk.to_be_bytes(),
+    ])
+}
+
+fn chunk_number(k: &[u8]) -> Option<u32> {
+    k.get(k.len().checked_sub(4)?..)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes)
+}
+
+fn step_and_chunk(run_id: &str, k: &[u8]) -> Option<(usize, u32)> {
+    let rest = k.get(run_id.len() + 1..)?;
+    let step = u16::from_be_bytes(<[u8; 2]>::try_from(rest.get(..2)?).ok()?);
+    Some((usize::from(step), chunk_number(k)?))
+}
+
+fn decode_any_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
+}

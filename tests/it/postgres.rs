@@ -1,0 +1,323 @@
+//! The example PostgreSQL pipeline, run for real: a PostgreSQL server started by the test, the
+//! example repository as a git work tree, `gantry run` provisioning a database and a login role,
+//! and the published credentials read back and used to log in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::run::{Scratch, text};
+
+/// Finds a PostgreSQL server program on PATH or where Debian installs it.
+fn pg_program(name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+    {
+        return path;
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin").join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!("{name} not found; scripts/test installs PostgreSQL (package postgresql)")
+    })
+}
+
+/// A throwaway PostgreSQL server on a free loopback port, stopped on drop.
+struct Postgres {
+    data: PathBuf,
+    port: u16,
+    run_as: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    const ADMIN: &'static str = "gantry_admin";
+
+    fn command(&self, program: &Path) -> Command {
+        match &self.run_as {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--"]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn start(admin_password: &str) -> Postgres {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The server refuses to run as root; as root, run it as `nobody` in a folder it owns.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let run_as = root.then(|| "nobody".to_string());
+        let base = dir.path().join("pg");
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let pwfile = base.join("pw");
+        std::fs::write(&pwfile, admin_password).expect("write pwfile");
+        if root {
+            let status = Command::new("chown")
+                .args(["-R", "nobody"])
+                .arg(&base)
+                .status()
+                .expect("chown");
+            assert!(status.success());
+            // The temp dir itself must be traversable by `nobody`.
+            let status = Command::new("chmod")
+                .args(["755"])
+                .arg(dir.path())
+                .status()
+                .expect("chmod");
+            assert!(status.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let pg = Postgres {
+            data: base.join("data"),
+            port,
+            run_as,
+            _dir: dir,
+        };
+        let out = pg
+            .command(&pg_program("initdb"))
+            .arg("-D")
+            .arg(&pg.data)
+            .args([
+                "-U",
+                Self::ADMIN,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={}",
+            base.display()
+        );
+        let out = pg
+            .command(&pg_program("pg_ctl"))
+            .arg("-D")
+            .arg(&pg.data)
+            .args(["-o", &options, "-l"])
+            .arg(base.join("log"))
+            .args(["-w", "start"])
+            .output()
+            .expect("pg_ctl runs");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        pg
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&pg_program("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// Copies a directory tree (files and modes).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
+    let admin_password = "adm1n-pw-for-the-test-server";
+    let pg = Postgres::start(admin_password);
+    let s = Scratch::new();
+
+    // The example repository, as a git work tree of its own.
+    let repo = s.path("repo");
+    copy_tree(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout"),
+        &repo,
+    );
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "."],
+        vec!["commit", "-qm", "infra"],
+    ] {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "init.defaultBranch=main",
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+            ])
+            .args(&args)
+            .current_dir(&repo)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", text(&out.stderr));
+    }
+
+    let port = pg.port.to_string();
+    for (k, v) in [
+        ("pg_host", "127.0.0.1"),
+        ("pg_port", port.as_str()),
+        ("pg_admin_user", Postgres::ADMIN),
+    ] {
+        assert_eq!(
+            s.gantry(&["vars", "set", k, v, "--pipeline", "provision-postgres"])
+                .status
+                .code(),
+            Some(0)
+        );
+    }
+    s.secret(
+        "pg_admin_password",
+        admin_password,
+        Some("provision-postgres"),
+    );
+
+    let file = repo.join(".gantry/pipelines/provision-postgres.yaml");
+    let out = s.run_file(
+        &file,
+        &["-p", "db_name=orders_it", "-p", "owner_role=orders_it_app"],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(!stdout.contains(admin_password), "{stdout}");
+
+    let runs = s.runs();
+    let run_id = runs[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    // Read the publication back as a consumer creating a connection would.
+    let store = gantry::store::Store::open(&s.data()).expect("open store");
+    let publications = store.publications(&run_id, true).expect("publications");
+    let (_, publication) = publications
+        .iter()
+        .find(|(step, _)| step == "publish")
+        .expect("published");
+    assert_eq!(publication.name, "orders_it-db");
+    let creds: std::collections::BTreeMap<&str, &str> = publication.credentials[0]
+        .parameters
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_str()))
+        .collect();
+    assert_eq!(creds["DB_NAME"], "orders_it");
+    assert_eq!(creds["DB_USER"], "orders_it_app");
+    let password = creds["DB_PASSWORD"].to_string();
+    assert!(
+        password.len() >= 16,
+        "a generated password, got {password:?}"
+    );
+    let hidden = store.publications(&run_id, false).expect("publications");
+    assert_eq!(
+        hidden[0].1.credentials[0]
+            .parameters
+            .iter()
+            .find(|p| p.key == "DB_PASSWORD")
+            .map(|p| p.value.as_str()),
+        Some("***")
+    );
+    drop(store);
+
+    // Log in with the published credentials.
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            creds["DB_HOST"],
+            "-p",
+            creds["DB_PORT"],
+            "-U",
+            creds["DB_USER"],
+            "-d",
+            creds["DB_NAME"],
+        ])
+        .args(["-tAc", "SELECT current_user || '@' || current_database()"])
+        .env("PGPASSWORD", &password)
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "orders_it_app@orders_it",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Neither password is anywhere under the data dir in plaintext, nor in the stored logs.
+    let logs = text(&s.gantry(&["logs", &run_id]).stdout);
+    assert!(
+        !logs.contains(&password) && !logs.contains(admin_password),
+        "{logs}"
+    );
+    let mut hits = Vec::new();
+    find_bytes(
+        &s.data(),
+        &[password.as_bytes(), admin_password.as_bytes()],
+        &mut hits,
+    );
+    assert!(hits.is_empty(), "plaintext found in {hits:?}");
+
+    // Running again is safe: the role's password is rotated, the database kept.
+    let out = s.run_file(
+        &file,
+        &["-p", "db_name=orders_it", "-p", "owner_role=orders_it_app"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+fn find_bytes(dir: &Path, needles: &[&[u8]], hits: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            find_bytes(&path, needles, hits);
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && needles
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+        {
+            hits.push(path);
+        }
+    }
+}
