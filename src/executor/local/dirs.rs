@@ -1,5 +1,6 @@
-//! Output folders made ahead of time: `outputs/<step>/` for every step, created on one blocking
-//! thread while steps run.
+//! Output folders made ahead of time: `outputs/<step>/` for every step that declares outputs,
+//! created on one blocking thread while steps run. Steps that declare none share `outputs/.unread`
+//! (made with the run directory), since nothing is read from it.
 //!
 //! On a journaling file system a `mkdir` costs about as much as a quarter of starting `sh -c true`;
 //! made in line it would sit on the critical path of every step. One thread per run creates them

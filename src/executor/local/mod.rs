@@ -224,6 +224,7 @@ async fn run(
     let order = plan.topological_order();
     let order = order
         .into_iter()
+        .filter(|&i| !plan.steps[i].outputs.is_empty())
         .map(|i| (i, plan.steps[i].name.clone()))
         .collect();
     let maker = shared
@@ -336,8 +337,16 @@ fn base_env(input: &RunInput, workspace: &std::path::Path) -> Vec<(OsString, OsS
     env
 }
 
+/// The `$GANTRY_OUTPUTS` of steps that declare no outputs. Nothing is read from it, so those
+/// steps share it and cost no folder of their own (a `mkdir` is a quarter of a `sh -c true`).
+pub(super) const UNREAD_OUTPUTS: &str = ".unread";
+
 fn create_dirs(shared: &Shared) -> Result<(), String> {
-    for dir in [&shared.workspace, &shared.outputs] {
+    for dir in [
+        &shared.workspace,
+        &shared.outputs,
+        &shared.outputs.join(UNREAD_OUTPUTS),
+    ] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
     }

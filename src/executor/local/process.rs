@@ -64,6 +64,10 @@ enum Ended {
 /// Runs one attempt of a process step and reports how it ended.
 pub(super) async fn run(shared: &Shared, job: &Job, spawn: &Spawn, attempt: u32) -> AttemptEnd {
     let step = job.index;
+    if job.outputs.is_empty() {
+        let outdir = shared.outputs.join(super::UNREAD_OUTPUTS);
+        return run_in(shared, job, spawn, attempt, outdir).await;
+    }
     let outdir = shared.outputs.join(&job.name);
     let made = if attempt == 1 {
         shared.dirs.ready(step).await
@@ -73,6 +77,18 @@ pub(super) async fn run(shared: &Shared, job: &Job, spawn: &Spawn, attempt: u32)
     if let Err(message) = made {
         return not_started(shared, step, attempt, message);
     }
+    run_in(shared, job, spawn, attempt, outdir).await
+}
+
+/// Runs one attempt with `outdir` as its `$GANTRY_OUTPUTS`, which exists.
+async fn run_in(
+    shared: &Shared,
+    job: &Job,
+    spawn: &Spawn,
+    attempt: u32,
+    outdir: PathBuf,
+) -> AttemptEnd {
+    let step = job.index;
     let mut cmd = match command(shared, job, spawn, attempt, &outdir) {
         Ok(cmd) => cmd,
         Err(message) => return not_started(shared, step, attempt, message),

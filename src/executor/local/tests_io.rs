@@ -119,7 +119,8 @@ async fn the_step_environment_is_a_whitelist_plus_gantry_variables() {
         "{env:?}"
     );
     let workspace = dir.path().join("workspace");
-    let outputs = dir.path().join("outputs/show");
+    // `show` declares no outputs, so it gets the shared folder nothing reads.
+    let outputs = dir.path().join("outputs/.unread");
     for want in [
         format!("GANTRY_WORKSPACE={}", workspace.display()),
         format!("GANTRY_OUTPUTS={}", outputs.display()),
