@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use super::{exit, open_store};
-use crate::spec::values::is_identifier;
+use crate::spec::values::{is_identifier, is_pipeline_name};
 use crate::store::ConfigEntry;
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +78,19 @@ fn check_name(name: &str, what: &str) -> bool {
     }
 }
 
+/// A `--pipeline` scope must be a pipeline name (an empty one would quietly mean global).
+fn check_scope(pipeline: Option<&str>) -> bool {
+    match pipeline {
+        Some(p) if !is_pipeline_name(p) => {
+            eprintln!(
+                "gantry: invalid pipeline name `{p}` for --pipeline: it must match ^[a-z][a-z0-9-]{{0,62}}$"
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
 fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {
     if json {
         return match serde_json::to_string_pretty(entries) {
@@ -109,6 +122,13 @@ fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {
 }
 
 pub fn vars(data_dir: &Path, args: &VarsArgs) -> u8 {
+    let scope = match &args.action {
+        VarsAction::Set { pipeline, .. } | VarsAction::Rm { pipeline, .. } => pipeline.as_deref(),
+        VarsAction::List { .. } => None,
+    };
+    if !check_scope(scope) {
+        return exit::USAGE;
+    }
     let Some(store) = open_store(data_dir) else {
         return exit::USAGE;
     };
@@ -128,24 +148,24 @@ pub fn vars(data_dir: &Path, args: &VarsArgs) -> u8 {
         VarsAction::List { json } => store
             .list_vars()
             .map(|entries| print_entries(&entries, *json, "no variables")),
-        VarsAction::Rm { name, pipeline } => {
-            store.remove_var(pipeline.as_deref(), name).map(|existed| {
-                if existed {
-                    exit::OK
-                } else {
-                    eprintln!(
-                        "gantry: no variable `{name}`{}",
-                        scope_words(pipeline.as_deref())
-                    );
-                    exit::FAILURE
-                }
-            })
-        }
+        VarsAction::Rm { name, pipeline } => store
+            .remove_var(pipeline.as_deref(), name)
+            .map(|existed| removed(existed, "variable", name, pipeline.as_deref())),
     };
     result.unwrap_or_else(|e| {
         eprintln!("gantry: {e}");
         exit::USAGE
     })
+}
+
+/// The exit code of an `rm`, with a message when there was nothing to remove.
+fn removed(existed: bool, what: &str, name: &str, pipeline: Option<&str>) -> u8 {
+    if existed {
+        exit::OK
+    } else {
+        eprintln!("gantry: no {what} `{name}`{}", scope_words(pipeline));
+        exit::FAILURE
+    }
 }
 
 fn scope_words(pipeline: Option<&str>) -> String {
@@ -222,6 +242,15 @@ impl Drop for EchoOff {
 }
 
 pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
+    let scope = match &args.action {
+        SecretsAction::Set { pipeline, .. } | SecretsAction::Rm { pipeline, .. } => {
+            pipeline.as_deref()
+        }
+        SecretsAction::List { .. } => None,
+    };
+    if !check_scope(scope) {
+        return exit::USAGE;
+    }
     if let SecretsAction::Set { name, .. } = &args.action
         && !check_name(name, "secret")
     {
@@ -241,35 +270,24 @@ pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
     let Some(store) = open_store(data_dir) else {
         return exit::USAGE;
     };
-    let result =
-        match &args.action {
-            SecretsAction::Set { name, pipeline } => store
-                .set_secret(
-                    pipeline.as_deref(),
-                    name,
-                    value.as_deref().unwrap_or_default(),
-                )
-                .map(|()| {
-                    eprintln!("secret `{name}` set{}", scope_words(pipeline.as_deref()));
-                    exit::OK
-                }),
-            SecretsAction::List { json } => store
-                .list_secrets()
-                .map(|entries| print_entries(&entries, *json, "no secrets")),
-            SecretsAction::Rm { name, pipeline } => store
-                .remove_secret(pipeline.as_deref(), name)
-                .map(|existed| {
-                    if existed {
-                        exit::OK
-                    } else {
-                        eprintln!(
-                            "gantry: no secret `{name}`{}",
-                            scope_words(pipeline.as_deref())
-                        );
-                        exit::FAILURE
-                    }
-                }),
-        };
+    let result = match &args.action {
+        SecretsAction::Set { name, pipeline } => store
+            .set_secret(
+                pipeline.as_deref(),
+                name,
+                value.as_deref().unwrap_or_default(),
+            )
+            .map(|()| {
+                eprintln!("secret `{name}` set{}", scope_words(pipeline.as_deref()));
+                exit::OK
+            }),
+        SecretsAction::List { json } => store
+            .list_secrets()
+            .map(|entries| print_entries(&entries, *json, "no secrets")),
+        SecretsAction::Rm { name, pipeline } => store
+            .remove_secret(pipeline.as_deref(), name)
+            .map(|existed| removed(existed, "secret", name, pipeline.as_deref())),
+    };
     result.unwrap_or_else(|e| {
         eprintln!("gantry: {e}");
         exit::USAGE

@@ -54,15 +54,17 @@ impl Progress {
         let name = |i: usize| plan.steps.get(i).map(|s| s.name.as_str()).unwrap_or("?");
         match event {
             Event::StepStarted { step, attempt, .. } => {
-                self.started[*step].get_or_insert_with(Instant::now);
+                if let Some(started) = self.started.get_mut(*step) {
+                    started.get_or_insert_with(Instant::now);
+                }
                 let label = if *attempt > 1 {
                     format!("{} (attempt {attempt})", name(*step))
                 } else {
                     name(*step).to_string()
                 };
-                match &self.multi {
-                    Some(m) => {
-                        let bar = self.bars[*step].get_or_insert_with(|| {
+                match (&self.multi, self.bars.get_mut(*step)) {
+                    (Some(m), Some(slot)) => {
+                        let bar = slot.get_or_insert_with(|| {
                             let bar = m.add(ProgressBar::new_spinner());
                             bar.set_style(
                                 ProgressStyle::with_template("{spinner} {msg} {elapsed}")
@@ -73,7 +75,7 @@ impl Progress {
                         });
                         bar.set_message(label);
                     }
-                    None => eprintln!("==> {label}"),
+                    _ => eprintln!("==> {label}"),
                 }
             }
             Event::Log {
@@ -99,10 +101,10 @@ impl Progress {
             } => {
                 let why = match (status, exit_code) {
                     (StepStatus::Failed, Some(code)) => format!("exit {code}"),
-                    (s, _) => format!("{s:?}").to_lowercase(),
+                    (s, _) => status_word(*s).to_string(),
                 };
                 let text = format!("{} failed ({why}); retrying in {:.0?}", name(*step), delay);
-                match &self.bars[*step] {
+                match self.bars.get(*step).and_then(Option::as_ref) {
                     Some(bar) => bar.set_message(text),
                     None => eprintln!("... {text}"),
                 }
@@ -113,7 +115,11 @@ impl Progress {
                 message,
                 ..
             } => {
-                let elapsed = self.started[*step]
+                let elapsed = self
+                    .started
+                    .get(*step)
+                    .copied()
+                    .flatten()
                     .map(|s| format!(" in {:.1?}", s.elapsed()))
                     .unwrap_or_default();
                 let detail = message
@@ -121,7 +127,7 @@ impl Progress {
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default();
                 let text = format!("{} {}{elapsed}{detail}", name(*step), status_word(*status));
-                match self.bars[*step].take() {
+                match self.bars.get_mut(*step).and_then(Option::take) {
                     Some(bar) => bar.finish_with_message(text),
                     None => eprintln!("<== {text}"),
                 }

@@ -132,22 +132,33 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
             let cancel = cancel.clone();
             let interrupted = interrupted.clone();
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                let term = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let mut interrupts = 0;
+                loop {
+                    let term_signal = async {
+                        match term.as_mut() {
+                            Some(t) => {
+                                t.recv().await;
+                            }
+                            None => std::future::pending::<()>().await,
                         }
-                        None => std::future::pending::<()>().await,
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {},
+                        _ = term_signal => {},
                     }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term => {},
+                    interrupts += 1;
+                    interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if interrupts == 1 {
+                        eprintln!("gantry: cancelling the run (steps get SIGTERM, then SIGKILL); interrupt again to quit at once");
+                        cancel.cancel();
+                    } else {
+                        // The run stays `running` in the store; the next gantry command marks it
+                        // interrupted and kills what is left of its steps.
+                        eprintln!("gantry: quitting without waiting for the steps");
+                        std::process::exit(i32::from(EXIT_INTERRUPTED));
+                    }
                 }
-                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                cancel.cancel();
             })
         };
         let executor = Arc::new(LocalExecutor::new());

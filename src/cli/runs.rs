@@ -131,7 +131,10 @@ pub fn list(data_dir: &Path, args: &ListArgs) -> u8 {
         return exit::OK;
     }
     if runs.is_empty() {
-        eprintln!("no runs yet in {}", data_dir.display());
+        match &args.pipeline {
+            Some(p) => eprintln!("no runs of `{p}` in {}", data_dir.display()),
+            None => eprintln!("no runs yet in {}", data_dir.display()),
+        }
         return exit::OK;
     }
     println!(
@@ -193,9 +196,7 @@ fn print_logs(store: &Store, args: &LogArgs) -> Result<u8, crate::store::StoreEr
         None => None,
     };
     let width = run.steps.iter().map(String::len).max().unwrap_or(4).min(24);
-    let mut cursor = None;
-    loop {
-        let (lines, next) = store.logs(&run.id, step, cursor.as_ref())?;
+    let print = |lines: Vec<(usize, crate::store::LogLine)>| {
         for (s, line) in lines {
             if step.is_some() {
                 println!("{}", line.text);
@@ -204,21 +205,27 @@ fn print_logs(store: &Store, args: &LogArgs) -> Result<u8, crate::store::StoreEr
                 println!("{name:<width$} | {}", line.text);
             }
         }
+    };
+    // Following is for runs executed by a server in this process's data dir; a run of another
+    // `gantry run` keeps the data dir locked until it ends, so this reads it once it has.
+    let mut cursor = None;
+    loop {
+        let (lines, next) = store.logs(&run.id, step, cursor.as_ref())?;
+        print(lines);
         cursor = Some(next);
-        if !args.follow {
-            break;
-        }
-        let current = store.get_run(&run.id)?;
-        if !current.is_some_and(|r| r.status.is_active()) {
-            // One last read: lines written just before the run ended.
-            let (lines, _) = store.logs(&run.id, step, cursor.as_ref())?;
-            for (s, line) in lines {
-                let name = run.steps.get(s).map(String::as_str).unwrap_or("?");
-                println!("{name:<width$} | {}", line.text);
-            }
+        if !args.follow
+            || !store
+                .get_run(&run.id)?
+                .is_some_and(|r| r.status.is_active())
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+    // One last read: lines written just before the run ended.
+    if args.follow {
+        let (lines, _) = store.logs(&run.id, step, cursor.as_ref())?;
+        print(lines);
     }
     Ok(exit::OK)
 }

@@ -5,13 +5,14 @@
 //! writes into masked lines. It masks whole lines, so a secret split across two reads of a pipe is
 //! still found; a line longer than the limit is cut into pieces, and never inside a secret.
 
+use std::fmt;
 use std::sync::{Arc, RwLock};
 
 /// What replaces a secret.
 pub const MASK: &str = "***";
 
 /// The values to hide, shared by all steps of a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Secrets {
     /// Longest first, so that a secret containing another is hidden whole.
     values: Arc<RwLock<Vec<Vec<u8>>>>,
@@ -25,18 +26,24 @@ impl Secrets {
     /// Adds a value to hide. Each line of a multi-line value is hidden on its own too, because
     /// logs are read line by line. Leading and trailing white space is not part of the pattern.
     pub fn add(&self, value: &str) {
-        let mut patterns: Vec<&str> = vec![value.trim()];
-        if value.contains('\n') {
-            patterns.extend(value.lines().map(str::trim));
+        self.add_bytes(value.as_bytes());
+    }
+
+    /// [`Secrets::add`] for a value that need not be UTF-8 (a secret output file holds whatever
+    /// the step wrote, and the pipe carries the same raw bytes).
+    pub fn add_bytes(&self, value: &[u8]) {
+        let mut patterns: Vec<&[u8]> = vec![trim(value)];
+        if value.contains(&b'\n') {
+            patterns.extend(value.split(|&b| b == b'\n').map(trim));
         }
         let Ok(mut values) = self.values.write() else {
             return;
         };
         for p in patterns {
-            if p.is_empty() || values.iter().any(|v| v.as_slice() == p.as_bytes()) {
+            if p.is_empty() || values.iter().any(|v| v.as_slice() == p) {
                 continue;
             }
-            values.push(p.as_bytes().to_vec());
+            values.push(p.to_vec());
         }
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
@@ -60,16 +67,17 @@ impl Secrets {
         }
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
-        'scan: while i < bytes.len() {
-            for v in values.iter() {
-                if bytes[i..].starts_with(v) {
+        while i < bytes.len() {
+            match match_at(&values, bytes, i) {
+                Some(len) => {
                     out.extend_from_slice(MASK.as_bytes());
-                    i += v.len();
-                    continue 'scan;
+                    i += len;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
                 }
             }
-            out.push(bytes[i]);
-            i += 1;
         }
         out
     }
@@ -79,25 +87,63 @@ impl Secrets {
         String::from_utf8_lossy(&self.mask_bytes(text.as_bytes())).into_owned()
     }
 
-    /// The earliest start of a secret occurrence that crosses `cut` in `bytes`, if any.
-    fn crossing(&self, bytes: &[u8], cut: usize) -> Option<usize> {
+    /// The occurrence (start, length) that [`Secrets::mask_bytes`] would hide across `cut` in
+    /// `bytes`, if any. Found by the same left-to-right scan, so that cutting before it (or after
+    /// it) never splits anything the scan of the whole line would hide, also when secrets overlap.
+    fn crossing(&self, bytes: &[u8], cut: usize) -> Option<(usize, usize)> {
         let values = self.values.read().ok()?;
-        values
-            .iter()
-            .filter_map(|v| {
-                let from = cut.saturating_sub(v.len() - 1);
-                (from..cut).find(|&s| bytes[s..].starts_with(v))
-            })
-            .min()
+        let mut i = 0;
+        while i < cut {
+            match match_at(&values, bytes, i) {
+                Some(len) if i + len > cut => return Some((i, len)),
+                Some(len) => i += len,
+                None => i += 1,
+            }
+        }
+        None
+    }
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.values.read().map_or(0, |v| v.len());
+        f.debug_struct("Secrets").field("count", &count).finish()
+    }
+}
+
+/// The length of the longest value (`values` is sorted longest first) that starts at `bytes[i]`.
+fn match_at(values: &[Vec<u8>], bytes: &[u8], i: usize) -> Option<usize> {
+    values
+        .iter()
+        .find(|v| bytes[i..].starts_with(v))
+        .map(Vec::len)
+}
+
+/// `bytes` without leading and trailing white space: Unicode white space when the bytes are
+/// UTF-8 (as `str::trim`), ASCII white space otherwise.
+fn trim(bytes: &[u8]) -> &[u8] {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.trim().as_bytes(),
+        Err(_) => bytes.trim_ascii(),
     }
 }
 
 /// Assembles the bytes of one stream into masked lines.
-#[derive(Debug)]
 pub struct LineSplitter {
+    /// Unmasked bytes of the current line.
     buf: Vec<u8>,
     max_line: usize,
     secrets: Secrets,
+}
+
+impl fmt::Debug for LineSplitter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LineSplitter")
+            .field("buffered", &self.buf.len())
+            .field("max_line", &self.max_line)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 impl LineSplitter {
@@ -114,42 +160,55 @@ impl LineSplitter {
         self.buf.extend_from_slice(chunk);
         let mut lines = Vec::new();
         loop {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=nl).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+            let nl = self.buf.iter().position(|&b| b == b'\n');
+            let end = match nl {
+                Some(nl) if nl > 0 && self.buf[nl - 1] == b'\r' => nl - 1,
+                Some(nl) => nl,
+                // No newline yet. Cut an over-long line only once enough bytes follow the cut to
+                // see whole any secret that could cross it.
+                None if self.buf.len() > self.max_line
+                    && self.buf.len() >= self.max_line + self.secrets.longest() =>
+                {
+                    self.buf.len()
                 }
-                lines.push(self.render(&line));
-                continue;
-            }
-            // No newline yet. Cut an over-long line only once enough bytes follow the cut to see
-            // whole any secret that could cross it.
-            let lookahead = self.secrets.longest();
-            if self.buf.len() < self.max_line + lookahead || self.buf.len() <= self.max_line {
-                break;
-            }
-            let mut cut = self.max_line;
-            if let Some(start) = self.secrets.crossing(&self.buf, cut) {
-                cut = start;
-            }
-            if cut == 0 {
-                // A secret starts the buffer and crosses the limit: emit it (masked) whole.
-                cut = self.max_line + lookahead;
-            }
-            let piece: Vec<u8> = self.buf.drain(..cut).collect();
-            lines.push(self.render(&piece));
+                None => break,
+            };
+            lines.push(self.next_piece(end, nl));
         }
         lines
     }
 
-    /// The last line, when the stream ended without a newline.
-    pub fn finish(&mut self) -> Option<String> {
-        if self.buf.is_empty() {
-            return None;
+    /// The rest of the last line, when the stream ended without a newline.
+    pub fn finish(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        while !self.buf.is_empty() {
+            lines.push(self.next_piece(self.buf.len(), None));
         }
-        let rest = std::mem::take(&mut self.buf);
-        Some(self.render(&rest))
+        lines
+    }
+
+    /// Takes the next piece of the line that makes up the first `end` bytes of the buffer (and is
+    /// ended by the newline at `nl`, if one came) out of the buffer: the whole line when it fits,
+    /// else at most `max_line` bytes, cut where the line's masking has a boundary. A secret that
+    /// starts the piece and crosses the limit makes a piece of its own (just the mask).
+    fn next_piece(&mut self, end: usize, nl: Option<usize>) -> String {
+        let cut = if end <= self.max_line {
+            end
+        } else {
+            match self.secrets.crossing(&self.buf[..end], self.max_line) {
+                None => self.max_line,
+                // Cut before the secret; it goes whole into the next piece.
+                Some((start, _)) if start > 0 => start,
+                Some((_, len)) => len,
+            }
+        };
+        let piece = self.render(&self.buf[..cut]);
+        let taken = match nl {
+            Some(nl) if cut == end => nl + 1,
+            _ => cut,
+        };
+        self.buf.drain(..taken);
+        piece
     }
 
     fn render(&self, line: &[u8]) -> String {
@@ -179,7 +238,7 @@ mod tests {
             split.push(b"3t-value and more\nnext"),
             vec!["password is *** and more"]
         );
-        assert_eq!(split.finish(), Some("next".to_string()));
+        assert_eq!(split.finish(), vec!["next"]);
     }
 
     #[test]
@@ -214,6 +273,135 @@ mod tests {
         assert!(
             lines.iter().all(|l| l.len() <= 10 + MASK.len()),
             "{lines:?}"
+        );
+    }
+
+    /// Runs `input` through a splitter in chunks of `chunk` bytes; returns every line.
+    fn split_all(s: &Secrets, max_line: usize, input: &[u8], chunk: usize) -> Vec<String> {
+        let mut split = LineSplitter::new(s.clone(), max_line);
+        let mut lines: Vec<String> = input.chunks(chunk).flat_map(|c| split.push(c)).collect();
+        lines.extend(split.finish());
+        // Secrets here are ASCII and longer than the mask: no piece grows when masked.
+        assert!(
+            lines.iter().all(|l| l.len() <= max_line || l == MASK),
+            "{max_line}: {lines:?}"
+        );
+        lines
+    }
+
+    #[test]
+    fn complete_lines_and_the_last_line_are_cut_too() {
+        let s = Secrets::new();
+        s.add("SECRETSECRET");
+        let mut split = LineSplitter::new(s, 10);
+        let lines = split.push(b"aaaaaaaaaabbbbbbbbbbcc\nSECRETSECRET\r\nxxSECRETSECRET\n\n");
+        assert_eq!(
+            lines,
+            vec!["aaaaaaaaaa", "bbbbbbbbbb", "cc", MASK, "xx", MASK, ""]
+        );
+        // Too short to cut before the stream ends (a secret could still cross the limit).
+        assert!(split.push(b"0123456789012").is_empty());
+        assert_eq!(split.finish(), vec!["0123456789", "012"]);
+        assert!(split.finish().is_empty());
+    }
+
+    #[test]
+    fn adjacent_long_secrets_are_emitted_one_by_one() {
+        let s = Secrets::new();
+        s.add("0123456789ab");
+        s.add("cdefghijklmn");
+        for prefix in 0..14 {
+            let input = format!(
+                "{}0123456789abcdefghijklmn{}",
+                "x".repeat(prefix),
+                "y".repeat(30)
+            );
+            for chunk in [1, 5, input.len()] {
+                let lines = split_all(&s, 10, input.as_bytes(), chunk);
+                assert_eq!(
+                    lines.concat(),
+                    s.mask(&input),
+                    "{prefix} {chunk}: {lines:?}"
+                );
+                // No byte of either secret appears anywhere: all of them are masked.
+                assert!(
+                    lines
+                        .iter()
+                        .all(|l| !l
+                            .contains(|c: char| c.is_ascii_digit() || ('a'..='n').contains(&c))),
+                    "{prefix} {chunk}: {lines:?}"
+                );
+                assert_eq!(
+                    lines.iter().filter(|l| l.contains(MASK)).count(),
+                    2,
+                    "{lines:?}"
+                );
+            }
+        }
+        // A secret that starts the buffer is emitted alone, masked.
+        let lines = split_all(&s, 10, b"0123456789abcdefghijklmn", 1);
+        assert_eq!(lines, vec![MASK, MASK]);
+    }
+
+    #[test]
+    fn cuts_follow_the_mask_when_secrets_overlap() {
+        let s = Secrets::new();
+        s.add("0123456789ab");
+        // Inside the first one.
+        s.add("456789");
+        // Overlaps the end of the first one: where both appear, the first is masked whole and
+        // this one's tail stays, exactly as when the line is masked in one piece.
+        s.add("89abcdefgh");
+        for max_line in 1..=16 {
+            for prefix in 0..14 {
+                let input = format!(
+                    "{}0123456789abcdefghz 456789 89abcdefgh{}",
+                    "x".repeat(prefix),
+                    "y".repeat(30)
+                );
+                for chunk in [1, 7, input.len()] {
+                    let lines = split_all(&s, max_line, input.as_bytes(), chunk);
+                    let what = format!("{max_line} {prefix} {chunk}: {lines:?}");
+                    assert_eq!(lines.concat(), s.mask(&input), "{what}");
+                    assert!(
+                        lines
+                            .iter()
+                            .all(|l| !l
+                                .contains(|c: char| c.is_ascii_digit() || c == 'a' || c == 'b')),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_that_are_not_utf8_are_masked() {
+        let s = Secrets::new();
+        s.add_bytes(b" \xffs3cr\xe9t\r\n");
+        s.add_bytes(b"line\xfe one\nline\xfe two\n");
+        let mut split = LineSplitter::new(s.clone(), 1024);
+        let mut lines = split.push(b"got \xffs3cr");
+        lines.extend(split.push(b"\xe9t here\nline\xfe one\n\tline\xfe two \n"));
+        assert_eq!(lines, vec!["got *** here", "***", "\t*** "]);
+        // Trimmed like text: surrounding white space is not part of the pattern.
+        assert_eq!(s.mask_bytes(b"[\xffs3cr\xe9t]"), b"[***]");
+        // `add` is the same for text.
+        let t = Secrets::new();
+        t.add(" \u{a0}caf\u{e9}\n");
+        assert_eq!(t.mask("un caf\u{e9}"), "un ***");
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let s = Secrets::new();
+        s.add("hunter2");
+        let mut split = LineSplitter::new(s.clone(), 1024);
+        split.push(b"partial hunter2");
+        let shown = format!("{s:?} {split:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("104, 117"),
+            "{shown}"
         );
     }
 

@@ -9,6 +9,7 @@ pub mod local;
 pub mod mask;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -23,8 +24,9 @@ use crate::plan::Plan;
 use crate::spec::expr::Ref;
 use crate::spec::model::Category;
 
-/// Everything a run needs besides its plan. Values are plain text; secrets live here in memory only.
-#[derive(Debug, Clone)]
+/// Everything a run needs besides its plan. Values are plain text; secrets live here in memory only
+/// (its `Debug` shows their names, not their values).
+#[derive(Clone)]
 pub struct RunInput {
     pub run_id: String,
     pub run_number: u64,
@@ -42,6 +44,25 @@ pub struct RunInput {
     /// The run's own directory; the executor creates `workspace/` and `outputs/` inside.
     pub run_dir: PathBuf,
     pub limits: Limits,
+}
+
+impl fmt::Debug for RunInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunInput")
+            .field("run_id", &self.run_id)
+            .field("run_number", &self.run_number)
+            .field("pipeline", &self.pipeline)
+            .field("params", &self.params)
+            .field("vars", &self.vars)
+            .field("secrets", &Names(&self.secrets))
+            .field("git", &self.git)
+            .field("trigger", &self.trigger)
+            .field("pr_number", &self.pr_number)
+            .field("checkout", &self.checkout)
+            .field("run_dir", &self.run_dir)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,15 +165,27 @@ pub struct PublishedCredentials {
     pub parameters: Vec<PublishedCredential>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` hides the value of a secret credential.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishedCredential {
     pub key: String,
     pub value: String,
     pub is_secret: bool,
 }
 
-/// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`.
-#[derive(Debug, Clone, PartialEq)]
+impl fmt::Debug for PublishedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishedCredential")
+            .field("key", &self.key)
+            .field("value", redact(&self.value, self.is_secret))
+            .field("is_secret", &self.is_secret)
+            .finish()
+    }
+}
+
+/// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`. Its
+/// `Debug` hides the values of secret outputs.
+#[derive(Clone, PartialEq)]
 pub enum Event {
     /// An attempt started; `pid` is also the process group id (0 for built-ins).
     StepStarted {
@@ -198,6 +231,119 @@ pub enum Event {
     },
 }
 
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::StepStarted {
+                step,
+                attempt,
+                pid,
+                at,
+            } => f
+                .debug_struct("StepStarted")
+                .field("step", step)
+                .field("attempt", attempt)
+                .field("pid", pid)
+                .field("at", at)
+                .finish(),
+            Event::Log {
+                step,
+                attempt,
+                stream,
+                line,
+                at,
+            } => f
+                .debug_struct("Log")
+                .field("step", step)
+                .field("attempt", attempt)
+                .field("stream", stream)
+                .field("line", line)
+                .field("at", at)
+                .finish(),
+            Event::AttemptFinished {
+                step,
+                attempt,
+                status,
+                exit_code,
+                message,
+                retry_in,
+                at,
+            } => f
+                .debug_struct("AttemptFinished")
+                .field("step", step)
+                .field("attempt", attempt)
+                .field("status", status)
+                .field("exit_code", exit_code)
+                .field("message", message)
+                .field("retry_in", retry_in)
+                .field("at", at)
+                .finish(),
+            Event::Outputs { step, values } => f
+                .debug_struct("Outputs")
+                .field("step", step)
+                .field("values", &OutputValues(values))
+                .finish(),
+            Event::StepFinished {
+                step,
+                status,
+                message,
+                at,
+            } => f
+                .debug_struct("StepFinished")
+                .field("step", step)
+                .field("status", status)
+                .field("message", message)
+                .field("at", at)
+                .finish(),
+            Event::Published { step, publication } => f
+                .debug_struct("Published")
+                .field("step", step)
+                .field("publication", publication)
+                .finish(),
+        }
+    }
+}
+
+/// Prints [`mask::MASK`]: what `Debug` shows instead of a secret value.
+struct Masked;
+
+impl fmt::Debug for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(mask::MASK)
+    }
+}
+
+/// `value` for `Debug`, masked when it is secret.
+fn redact<T: fmt::Debug>(value: &T, secret: bool) -> &dyn fmt::Debug {
+    if secret { &Masked } else { value }
+}
+
+/// A map of secret values for `Debug`: the names, each with [`mask::MASK`].
+struct Names<'a, V>(&'a BTreeMap<String, V>);
+
+impl<V> fmt::Debug for Names<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, Masked)))
+            .finish()
+    }
+}
+
+/// Outputs as (name, value, secret) for `Debug`, with secret values masked.
+pub(crate) struct OutputValues<'a>(pub &'a [(String, String, bool)]);
+
+impl fmt::Debug for OutputValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(n, v, secret)| (n, redact(v, *secret), secret)),
+            )
+            .finish()
+    }
+}
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs plans. Implementations must send a `StepFinished` for every step of the plan (skipped and
@@ -212,8 +358,9 @@ pub trait Executor: Send + Sync {
     ) -> BoxFuture<'a, RunOutcome>;
 }
 
-/// The values references resolve to during a run: the input plus the outputs written so far.
-#[derive(Debug, Clone, Default)]
+/// The values references resolve to during a run: the input plus the outputs written so far. Its
+/// `Debug` shows the names of secrets and outputs, not their values (outputs may be secret).
+#[derive(Clone, Default)]
 pub struct Values {
     pub params: BTreeMap<String, String>,
     pub vars: BTreeMap<String, String>,
@@ -225,6 +372,27 @@ pub struct Values {
     pub git: Option<GitInfo>,
     pub trigger: String,
     pub pr_number: Option<u64>,
+}
+
+impl fmt::Debug for Values {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outputs: BTreeMap<&String, Names<'_, String>> = self
+            .outputs
+            .iter()
+            .map(|(step, o)| (step, Names(o)))
+            .collect();
+        f.debug_struct("Values")
+            .field("params", &self.params)
+            .field("vars", &self.vars)
+            .field("secrets", &Names(&self.secrets))
+            .field("outputs", &outputs)
+            .field("run_id", &self.run_id)
+            .field("run_number", &self.run_number)
+            .field("git", &self.git)
+            .field("trigger", &self.trigger)
+            .field("pr_number", &self.pr_number)
+            .finish()
+    }
 }
 
 impl Values {
@@ -271,6 +439,53 @@ impl Values {
             ),
             Ref::TriggerKind => Some(self.trigger.clone()),
             Ref::PrNumber => Some(self.pr_number.map(|n| n.to_string()).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_names_but_no_secret_value() {
+        let secrets = BTreeMap::from([("DB_PASSWORD".to_string(), "hunter2".to_string())]);
+        let input = RunInput {
+            run_id: "r1".into(),
+            run_number: 1,
+            pipeline: "p".into(),
+            params: BTreeMap::new(),
+            vars: BTreeMap::new(),
+            secrets,
+            git: None,
+            trigger: "manual".into(),
+            pr_number: None,
+            checkout: Checkout::None,
+            run_dir: PathBuf::from("/tmp/r1"),
+            limits: Limits::default(),
+        };
+        let mut values = Values::from_input(&input);
+        let outputs = BTreeMap::from([("token".to_string(), "t0ps3cret".to_string())]);
+        values.outputs.insert("login".into(), outputs);
+        let event = Event::Outputs {
+            step: 0,
+            values: vec![
+                ("token".into(), "t0ps3cret".into(), true),
+                ("user".into(), "alice".into(), false),
+            ],
+        };
+        let credential = PublishedCredential {
+            key: "password".into(),
+            value: "hunter2".into(),
+            is_secret: true,
+        };
+        let shown = format!("{input:?} {values:?} {event:?} {credential:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("t0ps3cret"),
+            "{shown}"
+        );
+        for name in ["DB_PASSWORD", "login", "token", "alice", "password"] {
+            assert!(shown.contains(name), "{name}: {shown}");
         }
     }
 }

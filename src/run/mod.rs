@@ -66,6 +66,28 @@ pub struct Prepared {
     keep_run_dir: bool,
 }
 
+/// "variables `a`, `b` not set (gantry vars set a ...)" when declared names have no value.
+fn missing(
+    what: &str,
+    declared: &[String],
+    have: &BTreeMap<String, String>,
+    how: impl Fn(&str) -> String,
+) -> Option<String> {
+    let names: Vec<&str> = declared
+        .iter()
+        .filter(|d| !have.contains_key(*d))
+        .map(String::as_str)
+        .collect();
+    let first = names.first()?;
+    let listed = names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let plural = if names.len() > 1 { "s" } else { "" };
+    Some(format!("{what}{plural} {listed} not set ({})", how(first)))
+}
+
 /// Checks typed parameter values: every given one must be declared and fit; every required one
 /// must be given or have a default. Returns the values as text, defaults filled in.
 pub fn check_params(
@@ -133,44 +155,47 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
     )?;
     let plan = plan::plan(&req.pipeline);
 
+    for name_given in req.var_overrides.keys() {
+        if !req.pipeline.variables.contains(name_given) {
+            let declared = &req.pipeline.variables;
+            let hint = crate::spec::diagnostic::did_you_mean(
+                name_given,
+                declared.iter().map(String::as_str),
+            )
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| {
+                format!(
+                    " (declared: {})",
+                    if declared.is_empty() {
+                        "none".to_string()
+                    } else {
+                        declared.join(", ")
+                    }
+                )
+            });
+            return Err(StartError::Parameter(format!(
+                "--var `{name_given}` is not a variable of the pipeline{hint}"
+            )));
+        }
+    }
     let mut vars = store.resolve_vars(&name, &req.pipeline.variables)?;
-    for (k, v) in &req.var_overrides {
-        vars.insert(k.clone(), v.clone());
-    }
+    vars.extend(
+        req.var_overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let secrets = store.resolve_secrets(&name, &req.pipeline.secrets)?;
-    let missing_vars: Vec<&str> = req
-        .pipeline
-        .variables
-        .iter()
-        .filter(|v| !vars.contains_key(*v))
-        .map(String::as_str)
-        .collect();
-    let missing_secrets: Vec<&str> = req
-        .pipeline
-        .secrets
-        .iter()
-        .filter(|s| !secrets.contains_key(*s))
-        .map(String::as_str)
-        .collect();
-    let mut problems = Vec::new();
-    if !missing_vars.is_empty() {
-        problems.push(format!(
-            "variable{} {} not set (gantry vars set NAME VALUE [--pipeline {name}], or --var NAME=VALUE)",
-            if missing_vars.len() > 1 { "s" } else { "" },
-            missing_vars.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
-        ));
-    }
-    if !missing_secrets.is_empty() {
-        problems.push(format!(
-            "secret{} {} not set (gantry secrets set NAME [--pipeline {name}], value on stdin)",
-            if missing_secrets.len() > 1 { "s" } else { "" },
-            missing_secrets
-                .iter()
-                .map(|v| format!("`{v}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
+    let problems: Vec<String> = [
+        missing("variable", &req.pipeline.variables, &vars, |v| {
+            format!("gantry vars set {v} VALUE --pipeline {name}, or --var {v}=VALUE")
+        }),
+        missing("secret", &req.pipeline.secrets, &secrets, |v| {
+            format!("gantry secrets set {v} --pipeline {name}, value on stdin")
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
 
     let run = store.create_run(NewRun {
@@ -230,36 +255,22 @@ pub async fn execute(
         keep_run_dir,
     } = prepared;
     if let Some(message) = refusal {
-        let now = Utc::now();
         for (i, _) in plan.steps.iter().enumerate() {
             store.update_step(&run.id, i, |s| {
                 s.state = StepState::Skipped;
                 s.message = Some("the run did not start".into());
             })?;
         }
-        let run = store.update_run(&run.id, |r| {
-            r.status = RunStatus::Failed;
-            r.finished_at = Some(now);
-            r.message = Some(message);
-            r.owner = None;
-        })?;
+        let run = store.end_run(&run.id, RunStatus::Failed, Some(message))?;
         store.flush_async().await?;
         return Ok(run);
     }
-    if let Err(e) = std::fs::create_dir_all(&input.run_dir) {
-        let message = format!(
-            "cannot create the run directory {}: {e}",
-            input.run_dir.display()
-        );
-        let run = store.update_run(&run.id, |r| {
-            r.status = RunStatus::Failed;
-            r.finished_at = Some(Utc::now());
-            r.message = Some(message);
-            r.owner = None;
-        })?;
-        store.flush_async().await?;
-        return Ok(run);
-    }
+    // Output files may hold secret values: the run's directory goes when the run does, whichever
+    // way it ends (recovery removes it after a crash).
+    let _run_dir = RunDirGuard {
+        dir: input.run_dir.clone(),
+        keep: keep_run_dir,
+    };
     store.update_run(&run.id, |r| {
         r.status = RunStatus::Running;
         r.started_at = Some(Utc::now());
@@ -295,28 +306,29 @@ pub async fn execute(
         }
     }
     let outcome = match exec.await {
-        Ok(outcome) => Some(outcome),
+        Ok(outcome) => outcome,
         Err(e) => {
             warn(&format!(
                 "the executor of run {} stopped abnormally: {e}",
                 run.id
             ));
-            None
+            RunOutcome::Failed
         }
     };
-    let outcome = outcome.unwrap_or(RunOutcome::Failed);
-    if !keep_run_dir
-        && let Err(e) = std::fs::remove_dir_all(&input.run_dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        warn(&format!(
-            "cannot remove the run directory {}: {e}",
-            input.run_dir.display()
-        ));
+    // An executor must finish every step; if one did not, the step must not stay "running".
+    for i in 0..book.steps.len() {
+        if !book.steps[i].state.is_done() {
+            book.change(i, |s| {
+                s.state = StepState::Error;
+                s.finished_at = Some(Utc::now());
+                s.message = Some("the executor stopped before this step finished".into());
+            });
+        }
     }
+    book.write(store, &run.id)?;
     let (status, message) = match outcome {
         RunOutcome::Succeeded => (RunStatus::Succeeded, None),
-        RunOutcome::Failed => (RunStatus::Failed, failure_summary(store, &run.id)?),
+        RunOutcome::Failed => (RunStatus::Failed, failure_summary(&book.steps)),
         RunOutcome::Cancelled => (RunStatus::Cancelled, Some("cancelled".to_string())),
         RunOutcome::TimedOut => (
             RunStatus::Failed,
@@ -326,14 +338,31 @@ pub async fn execute(
             )),
         ),
     };
-    let run = store.update_run(&run.id, |r| {
-        r.status = status;
-        r.finished_at = Some(Utc::now());
-        r.message = message;
-        r.owner = None;
-    })?;
+    let run = store.end_run(&run.id, status, message)?;
     store.flush_async().await?;
     Ok(run)
+}
+
+/// Removes a run's directory when dropped, unless asked to keep it.
+struct RunDirGuard {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for RunDirGuard {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn(&format!(
+                "cannot remove the run directory {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
 }
 
 /// Reports a problem that does not change the run's outcome.
@@ -342,9 +371,8 @@ fn warn(message: &str) {
 }
 
 /// "step `x` failed (exit 2)" for the first step that did not succeed.
-fn failure_summary(store: &Store, run_id: &str) -> Result<Option<String>, StoreError> {
-    let steps = store.steps(run_id)?;
-    Ok(steps
+fn failure_summary(steps: &[StepRecord]) -> Option<String> {
+    steps
         .iter()
         .find(|s| {
             matches!(
@@ -359,7 +387,7 @@ fn failure_summary(store: &Store, run_id: &str) -> Result<Option<String>, StoreE
                 (state, _, None) => state.as_str().to_string(),
             };
             format!("step `{}` {} ({detail})", s.name, s.state.as_str())
-        }))
+        })
 }
 
 /// The step records of a run being executed, kept in memory so each event changes them without a
@@ -367,19 +395,26 @@ fn failure_summary(store: &Store, run_id: &str) -> Result<Option<String>, StoreE
 struct StepBook {
     steps: Vec<StepRecord>,
     dirty: Vec<bool>,
+    /// The next log chunk number of each step.
+    chunks: Vec<u32>,
 }
 
 impl StepBook {
     fn load(store: &Store, run_id: &str) -> Result<StepBook, StoreError> {
         let steps = store.steps(run_id)?;
         let dirty = vec![false; steps.len()];
-        Ok(StepBook { steps, dirty })
+        let chunks = vec![0; steps.len()];
+        Ok(StepBook {
+            steps,
+            dirty,
+            chunks,
+        })
     }
 
     fn change(&mut self, step: usize, f: impl FnOnce(&mut StepRecord)) {
-        if let Some(record) = self.steps.get_mut(step) {
+        if let (Some(record), Some(dirty)) = (self.steps.get_mut(step), self.dirty.get_mut(step)) {
             f(record);
-            self.dirty[step] = true;
+            *dirty = true;
         }
     }
 
@@ -420,7 +455,11 @@ fn record_batch(
         }
     }
     for (step, lines) in logs {
-        store.append_logs(run_id, step, &lines)?;
+        let Some(next) = book.chunks.get_mut(step) else {
+            continue;
+        };
+        store.put_log_chunk(run_id, step, *next, &lines)?;
+        *next += 1;
     }
     book.write(store, run_id)
 }

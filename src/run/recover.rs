@@ -49,15 +49,24 @@ pub fn processes_of_run(run_id: &str) -> Vec<u32> {
 }
 
 /// Kills every process of a run and their process groups. Returns how many processes were found.
+/// They are orphans of a Gantry that is gone, so there is no one to wait for a grace period.
 pub fn kill_run_processes(run_id: &str) -> usize {
     let pids = processes_of_run(run_id);
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
     for &pid in &pids {
         let Ok(pid) = libc::pid_t::try_from(pid) else {
             continue;
         };
-        // SAFETY: kill(2) takes plain integers; a stale pid at worst fails with ESRCH.
+        if pid <= 1 {
+            continue;
+        }
+        // SAFETY: kill(2) takes plain integers; a stale pid at worst fails with ESRCH. Step
+        // processes lead their own group; never signal ours (or group 0/1).
         unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+            if pid != own_group {
+                libc::kill(-pid, libc::SIGKILL);
+            }
             libc::kill(pid, libc::SIGKILL);
         }
     }
@@ -93,12 +102,14 @@ pub fn recover(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
             ),
             (None, _) => "interrupted: no process owned this run".to_string(),
         };
-        let run = store.update_run(&run.id, |r| {
-            r.status = RunStatus::Interrupted;
-            r.finished_at = Some(now);
-            r.message = Some(message);
-            r.owner = None;
-        })?;
+        // Output files of the run may hold secret values; they go as at the end of any run.
+        let run_dir = store.dir().join("runs").join(&run.id);
+        if let Err(e) = std::fs::remove_dir_all(&run_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            eprintln!("gantry: warning: cannot remove {}: {e}", run_dir.display());
+        }
+        let run = store.end_run(&run.id, RunStatus::Interrupted, Some(message))?;
         interrupted.push(run);
     }
     if !interrupted.is_empty() {

@@ -81,11 +81,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
-/// Formats a duration the way the spec writes them (`1h30m`, `45s`, `0s`).
+/// Formats a duration the way the spec writes them (`1h30m`, `45s`, `0s`). Below a second it
+/// shows milliseconds (`250ms`); from a second on, fractions of a second are left out.
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs();
     if secs == 0 {
-        return "0s".to_string();
+        let ms = d.subsec_millis();
+        return if ms == 0 {
+            "0s".to_string()
+        } else {
+            format!("{ms}ms")
+        };
     }
     let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
     let mut out = String::new();
@@ -242,6 +248,31 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+    }
+
+    #[test]
+    fn formatted_durations() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(999), "0s"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(999), "999ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(2500), "2s"),
+            (Duration::from_millis(90_999), "1m30s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_secs(3661), "1h1m1s"),
+            (Duration::from_secs(5400), "1h30m"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(format_duration(d), want, "{d:?}");
+        }
+        // Whole seconds read back as they were written.
+        for s in ["45s", "10m", "1h30m", "1h0m5s"] {
+            let d = parse_duration(s).unwrap();
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{s}");
+        }
     }
 
     #[test]

@@ -24,11 +24,13 @@ pub struct MasterKey {
 }
 
 impl MasterKey {
-    /// Loads the key from the environment, or from (or into) `data_dir/master.key`.
-    pub fn load(data_dir: &Path) -> Result<MasterKey, StoreError> {
+    /// Loads the key from the environment, or from `data_dir/master.key`. With `create`, a missing
+    /// key file is created; without (paths that only decrypt), a missing file is an error, since a
+    /// new key could not open anything sealed before.
+    pub fn load(data_dir: &Path, create: bool) -> Result<MasterKey, StoreError> {
         if let Some(value) = std::env::var_os(KEY_ENV) {
             let text = value.to_string_lossy();
-            let bytes = decode_hex(text.trim()).ok_or_else(|| {
+            let bytes = decode_hex(text.trim()).filter(|b| b.len() == 32).ok_or_else(|| {
                 StoreError::Key(format!(
                     "{KEY_ENV} must be 64 hex characters (32 bytes); generate one with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`"
                 ))
@@ -39,12 +41,14 @@ impl MasterKey {
         match std::fs::read(&path) {
             Ok(content) => {
                 let text = String::from_utf8_lossy(&content);
-                let bytes = decode_hex(text.trim()).ok_or_else(|| {
-                    StoreError::Key(format!(
-                        "{} is not 64 hex characters; restore it from a backup",
-                        path.display()
-                    ))
-                })?;
+                let bytes = decode_hex(text.trim())
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        StoreError::Key(format!(
+                            "{} is not 64 hex characters; restore it from a backup",
+                            path.display()
+                        ))
+                    })?;
                 let mode = std::fs::metadata(&path)
                     .map(|m| m.permissions().mode() & 0o777)
                     .unwrap_or(0);
@@ -56,6 +60,12 @@ impl MasterKey {
                     )));
                 }
                 Ok(MasterKey::from_bytes(&bytes))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                Err(StoreError::Key(format!(
+                    "{} is missing, so values sealed with it cannot be read; restore it from a backup or set {KEY_ENV}",
+                    path.display()
+                )))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
@@ -107,7 +117,12 @@ impl MasterKey {
                     aad,
                 },
             )
-            .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
+            .map_err(|_| {
+                StoreError::Crypto(format!(
+                    "cannot seal the value of {}",
+                    String::from_utf8_lossy(aad).replace('\0', "/")
+                ))
+            })?;
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
@@ -134,9 +149,9 @@ pub fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Decodes a 32-byte key written as 64 hex characters.
+/// Decodes lowercase or uppercase hex.
 pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..text.len())
@@ -146,7 +161,7 @@ pub fn decode_hex(text: &str) -> Option<Vec<u8>> {
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
         })
         .collect();
-    bytes.filter(|b| b.len() == 32)
+    bytes
 }
 
 /// Fills a buffer with random bytes from the operating system.

@@ -86,6 +86,8 @@ pub enum StoreError {
     Crypto(String),
     #[error("no run matches `{0}`")]
     NoSuchRun(String),
+    #[error("run {run} has no step number {step}")]
+    NoSuchStep { run: String, step: usize },
     #[error("`{0}` matches more than one run; give more characters of the id")]
     AmbiguousRun(String),
 }
@@ -122,27 +124,38 @@ struct Inner {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. A new data dir is made readable by its owner only,
+    /// and gets a `.gitignore` of `*`: it often sits inside the repository a pipeline runs from
+    /// (`./gantry-data`), and must then never be copied into a run's workspace or committed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::io(format!("cannot create the data dir {}", dir.display()), e)
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                StoreError::io(format!("cannot create the data dir {}", dir.display()), e)
+            })?;
+        let ignore = dir.join(".gitignore");
+        if !ignore.exists() {
+            std::fs::write(
+                &ignore,
+                "# Gantry's data dir: never commit it or copy it into a workspace.\n*\n",
+            )
+            .map_err(|e| StoreError::io(format!("cannot write {}", ignore.display()), e))?;
+        }
         let path = dir.join("db");
         let db = sled::Config::new()
             .path(&path)
             .open()
             .map_err(|source| match &source {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.raw_os_error() == Some(libc::EWOULDBLOCK) =>
-                {
+                // sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs,
+                // `try_lock`), so the text is all there is to go by.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
                     StoreError::Locked {
                         path: dir.to_path_buf(),
                     }
                 }
-                sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Locked {
-                    path: dir.to_path_buf(),
-                },
                 _ => StoreError::Db {
                     path: path.clone(),
                     source,
@@ -243,11 +256,12 @@ impl Store {
             .map_err(|e| self.db_err(e))
     }
 
-    fn key(&self) -> Result<&crypto::MasterKey, StoreError> {
+    /// The master key; `create` only on paths that seal (see `MasterKey::load`).
+    fn master_key(&self, create: bool) -> Result<&crypto::MasterKey, StoreError> {
         if let Some(key) = self.inner.key.get() {
             return Ok(key);
         }
-        let key = crypto::MasterKey::load(&self.inner.dir)?;
+        let key = crypto::MasterKey::load(&self.inner.dir, create)?;
         Ok(self.inner.key.get_or_init(|| key))
     }
 
@@ -258,7 +272,7 @@ impl Store {
         value: &T,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
-            key: String::from_utf8_lossy(key).into_owned(),
+            key: show_key(key),
             source,
         })?;
         tree.insert(key, bytes).map_err(|e| self.db_err(e))?;
@@ -279,9 +293,21 @@ impl Store {
 
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        key: show_key(key),
         source,
     })
+}
+
+/// A key for messages: parts joined by `/`, numbers as they are stored.
+fn show_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).replace('\0', "/")
+}
+
+/// The parts of a key, as text.
+fn key_parts(key: &[u8]) -> Vec<String> {
+    key.split(|b| *b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect()
 }
 
 /// Joins key parts with `\0`.

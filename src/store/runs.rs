@@ -10,7 +10,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::records::*;
-use super::{Store, StoreError, crypto, decode, key};
+use super::{Store, StoreError, crypto, decode, key, key_parts, show_key};
 use crate::executor::{GitInfo, Publication};
 
 /// What a caller knows about a run before it exists.
@@ -78,15 +78,14 @@ impl Store {
         commit: Option<&str>,
     ) -> Result<u32, StoreError> {
         let id = format!("{source}/{name}");
-        if let Some(latest) = self.latest_version(source, name)?
+        let latest = self.latest_version(source, name)?;
+        if let Some(latest) = &latest
             && latest.text == text
             && latest.commit.as_deref() == commit
         {
             return Ok(latest.version);
         }
-        let version = self
-            .latest_version(source, name)?
-            .map_or(1, |v| v.version + 1);
+        let version = latest.map_or(1, |v| v.version + 1);
         let record = PipelineVersion {
             version,
             text: text.to_string(),
@@ -120,21 +119,6 @@ impl Store {
             }
             None => Ok(None),
         }
-    }
-
-    pub fn version(
-        &self,
-        source: &str,
-        name: &str,
-        version: u32,
-    ) -> Result<Option<PipelineVersion>, StoreError> {
-        self.get_json(
-            &self.inner.pipeline_versions,
-            &key(&[
-                format!("{source}/{name}").as_bytes(),
-                &version.to_be_bytes(),
-            ]),
-        )
     }
 
     // ---- runs ------------------------------------------------------------------------------
@@ -192,6 +176,22 @@ impl Store {
     }
 
     /// Applies `change` to a run and stores it (not flushed: see the module doc).
+    /// Ends a run: its final status, the time, why, and no owner any more. Not flushed: callers
+    /// flush (async or not) before they report the end.
+    pub fn end_run(
+        &self,
+        id: &str,
+        status: RunStatus,
+        message: Option<String>,
+    ) -> Result<RunRecord, StoreError> {
+        self.update_run(id, |r| {
+            r.status = status;
+            r.finished_at = Some(Utc::now());
+            r.message = message;
+            r.owner = None;
+        })
+    }
+
     pub fn update_run(
         &self,
         id: &str,
@@ -279,9 +279,12 @@ impl Store {
         change: impl FnOnce(&mut StepRecord),
     ) -> Result<StepRecord, StoreError> {
         let k = step_key(run_id, index);
-        let mut step: StepRecord = self
-            .get_json(&self.inner.steps, &k)?
-            .ok_or_else(|| StoreError::NoSuchRun(format!("{run_id} (step {index})")))?;
+        let mut step: StepRecord =
+            self.get_json(&self.inner.steps, &k)?
+                .ok_or_else(|| StoreError::NoSuchStep {
+                    run: run_id.to_string(),
+                    step: index,
+                })?;
         change(&mut step);
         self.put_json(&self.inner.steps, &k, &step)?;
         Ok(step)
@@ -299,26 +302,19 @@ impl Store {
 
     // ---- logs ------------------------------------------------------------------------------
 
-    /// Appends a chunk of lines to a step's log.
-    pub fn append_logs(
+    /// Stores chunk number `chunk` of a step's log. Chunk numbers are given by the one writer of a
+    /// run's log (the run's recorder), counting from 0, so no read is needed to append.
+    pub fn put_log_chunk(
         &self,
         run_id: &str,
         step: usize,
+        chunk: u32,
         lines: &[LogLine],
     ) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
-        let prefix = key(&[run_id.as_bytes(), &(step as u16).to_be_bytes(), b""]);
-        let next = match self.inner.logs.scan_prefix(&prefix).next_back() {
-            Some(entry) => {
-                let (k, _) = entry.map_err(|e| self.db_err(e))?;
-                chunk_number(&k).map_or(0, |n| n + 1)
-            }
-            None => 0,
-        };
-        let k = log_key(run_id, step, next);
-        self.put_json(&self.inner.logs, &k, &lines)
+        self.put_json(&self.inner.logs, &log_key(run_id, step, chunk), &lines)
     }
 
     /// Log lines of a run (or of one step), in order, from chunk cursor `after` on; returns the
@@ -330,7 +326,7 @@ impl Store {
         after: Option<&LogCursor>,
     ) -> Result<(Vec<(usize, LogLine)>, LogCursor), StoreError> {
         let prefix = match step {
-            Some(s) => key(&[run_id.as_bytes(), &(s as u16).to_be_bytes(), b""]),
+            Some(s) => key(&[run_id.as_bytes(), &step_index(s), b""]),
             None => key(&[run_id.as_bytes(), b""]),
         };
         let mut cursor = after.cloned().unwrap_or_default();
@@ -363,7 +359,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let k = key(&[run_id.as_bytes(), step.as_bytes(), name.as_bytes()]);
         let value = if secret {
-            crypto::encode_hex(&self.key()?.seal(&k, value.as_bytes())?)
+            crypto::encode_hex(&self.master_key(true)?.seal(&k, value.as_bytes())?)
         } else {
             value.to_string()
         };
@@ -380,15 +376,9 @@ impl Store {
         {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
             let stored: StoredOutput = decode(&k, &v)?;
-            let mut parts = k.split(|b| *b == 0).skip(1);
-            let step = parts
-                .next()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default();
-            let name = parts
-                .next()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default();
+            let mut parts = key_parts(&k).into_iter().skip(1);
+            let step = parts.next().unwrap_or_default();
+            let name = parts.next().unwrap_or_default();
             out.push(OutputRecord {
                 step,
                 name,
@@ -413,7 +403,8 @@ impl Store {
         for (i, set) in sealed.credentials.iter_mut().enumerate() {
             for param in set.parameters.iter_mut().filter(|p| p.is_secret) {
                 let aad = key(&[&k, i.to_string().as_bytes(), param.key.as_bytes()]);
-                param.value = crypto::encode_hex(&self.key()?.seal(&aad, param.value.as_bytes())?);
+                param.value =
+                    crypto::encode_hex(&self.master_key(true)?.seal(&aad, param.value.as_bytes())?);
             }
         }
         self.put_json(&self.inner.publications, &k, &sealed)
@@ -438,20 +429,21 @@ impl Store {
                 for param in set.parameters.iter_mut().filter(|p| p.is_secret) {
                     param.value = if reveal {
                         let aad = key(&[&k, i.to_string().as_bytes(), param.key.as_bytes()]);
-                        let sealed = decode_any_hex(&param.value).ok_or_else(|| {
-                            StoreError::Crypto("a sealed credential is not hex".into())
+                        let sealed = crypto::decode_hex(&param.value).ok_or_else(|| {
+                            StoreError::Crypto(format!(
+                                "the sealed credential {} of {} is damaged (not hex)",
+                                param.key,
+                                show_key(&k)
+                            ))
                         })?;
-                        String::from_utf8_lossy(&self.key()?.open(&aad, &sealed)?).into_owned()
+                        String::from_utf8_lossy(&self.master_key(false)?.open(&aad, &sealed)?)
+                            .into_owned()
                     } else {
                         crate::executor::mask::MASK.to_string()
                     };
                 }
             }
-            let step = k
-                .split(|b| *b == 0)
-                .nth(1)
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default();
+            let step = key_parts(&k).into_iter().nth(1).unwrap_or_default();
             out.push((step, publication));
         }
         Ok(out)
@@ -464,16 +456,17 @@ pub struct LogCursor {
     seen: BTreeMap<usize, u32>,
 }
 
+/// A step index as it stands in keys: 4 bytes, big-endian (plans are far smaller than 2^32).
+fn step_index(index: usize) -> [u8; 4] {
+    u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes()
+}
+
 fn step_key(run_id: &str, index: usize) -> Vec<u8> {
-    key(&[run_id.as_bytes(), &(index as u16).to_be_bytes()])
+    key(&[run_id.as_bytes(), &step_index(index)])
 }
 
 fn log_key(run_id: &str, step: usize, chunk: u32) -> Vec<u8> {
-    key(&[
-        run_id.as_bytes(),
-        &(step as u16).to_be_bytes(),
-        &chunk.to_be_bytes(),
-    ])
+    key(&[run_id.as_bytes(), &step_index(step), &chunk.to_be_bytes()])
 }
 
 fn chunk_number(k: &[u8]) -> Option<u32> {
@@ -484,19 +477,6 @@ fn chunk_number(k: &[u8]) -> Option<u32> {
 
 fn step_and_chunk(run_id: &str, k: &[u8]) -> Option<(usize, u32)> {
     let rest = k.get(run_id.len() + 1..)?;
-    let step = u16::from_be_bytes(<[u8; 2]>::try_from(rest.get(..2)?).ok()?);
-    Some((usize::from(step), chunk_number(k)?))
-}
-
-fn decode_any_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
+    let step = u32::from_be_bytes(<[u8; 4]>::try_from(rest.get(..4)?).ok()?);
+    Some((usize::try_from(step).ok()?, chunk_number(k)?))
 }

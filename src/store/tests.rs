@@ -153,16 +153,16 @@ fn logs_are_chunked_and_followable() {
         text: t.into(),
     };
     store
-        .append_logs(&run.id, 0, &[line("one"), line("two")])
+        .put_log_chunk(&run.id, 0, 0, &[line("one"), line("two")])
         .expect("append");
     store
-        .append_logs(&run.id, 1, &[line("b-one")])
+        .put_log_chunk(&run.id, 1, 0, &[line("b-one")])
         .expect("append");
     let (lines, cursor) = store.logs(&run.id, None, None).expect("logs");
     let texts: Vec<&str> = lines.iter().map(|(_, l)| l.text.as_str()).collect();
     assert_eq!(texts, vec!["one", "two", "b-one"]);
     store
-        .append_logs(&run.id, 0, &[line("three")])
+        .put_log_chunk(&run.id, 0, 1, &[line("three")])
         .expect("append");
     let (more, cursor2) = store.logs(&run.id, None, Some(&cursor)).expect("logs");
     assert_eq!(
@@ -305,6 +305,51 @@ fn publications_seal_secret_credentials() {
 }
 
 #[test]
+fn a_lost_key_file_is_an_error_not_a_new_key() {
+    if std::env::var_os(crypto::KEY_ENV).is_some() {
+        return; // the key then comes from the environment, and there is no file to lose
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        store.set_secret(None, "token", "value").expect("set");
+    }
+    std::fs::remove_file(dir.path().join(crypto::KEY_FILE)).expect("remove key");
+    let store = Store::open(dir.path()).expect("reopen");
+    let err = store
+        .resolve_secrets("p", &["token".into()])
+        .expect_err("no key, no value");
+    let message = err.to_string();
+    assert!(
+        message.contains("secret `token`") && message.contains("master.key is missing"),
+        "{message}"
+    );
+    assert!(
+        !dir.path().join(crypto::KEY_FILE).exists(),
+        "a read must not create a new key"
+    );
+}
+
+#[test]
+fn a_new_data_dir_is_private_and_ignored_by_git() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("gantry-data");
+    let _store = Store::open(&dir).expect("open");
+    assert_eq!(
+        std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".gitignore"))
+            .expect("ignore")
+            .lines()
+            .last(),
+        Some("*")
+    );
+}
+
+#[test]
 fn a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
@@ -353,7 +398,10 @@ fn versions_are_recorded_only_when_the_text_changes() {
         Some("a: 2".into())
     );
     assert_eq!(
-        store.version("file", "p", 1).expect("v1").map(|v| v.text),
-        Some("a: 1".into())
+        store
+            .latest_version("file", "p")
+            .expect("latest")
+            .map(|v| v.version),
+        Some(2)
     );
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::run::{Scratch, text};
+use super::run::{Scratch, grep_tree, text};
 
 /// Finds a PostgreSQL server program on PATH or where Debian installs it.
 fn pg_program(name: &str) -> PathBuf {
@@ -283,7 +283,7 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
         "{logs}"
     );
     let mut hits = Vec::new();
-    find_bytes(
+    grep_tree(
         &s.data(),
         &[password.as_bytes(), admin_password.as_bytes()],
         &mut hits,
@@ -302,22 +302,4 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
         text(&out.stdout),
         text(&out.stderr)
     );
-}
-
-fn find_bytes(dir: &Path, needles: &[&[u8]], hits: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            find_bytes(&path, needles, hits);
-        } else if let Ok(bytes) = std::fs::read(&path)
-            && needles
-                .iter()
-                .any(|n| bytes.windows(n.len()).any(|w| w == *n))
-        {
-            hits.push(path);
-        }
-    }
 }

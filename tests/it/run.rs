@@ -528,7 +528,8 @@ steps:
     assert!(hits.is_empty(), "plaintext secret found in {hits:?}");
 }
 
-fn grep_tree(dir: &Path, needles: &[&[u8]], hits: &mut Vec<PathBuf>) {
+/// Files under `dir` holding any of `needles`.
+pub fn grep_tree(dir: &Path, needles: &[&[u8]], hits: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -794,6 +795,90 @@ fn a_killed_gantry_run_is_marked_interrupted_and_its_steps_are_killed() {
         wait_dead(orphan, Duration::from_secs(5)),
         "recovery must kill leftover step processes"
     );
+    let run_dir = s
+        .data()
+        .join("runs")
+        .join(runs[0]["id"].as_str().expect("id"));
+    assert!(
+        !run_dir.exists(),
+        "recovery must remove the run directory (output files may hold secrets)"
+    );
+}
+
+#[test]
+fn a_data_dir_inside_the_repository_is_never_copied_into_the_workspace() {
+    let s = Scratch::new();
+    let repo = s.path("repo");
+    std::fs::create_dir_all(repo.join(".gantry/pipelines")).expect("mkdir");
+    let out = Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "init", "-q"])
+        .current_dir(&repo)
+        .output()
+        .expect("git");
+    assert!(out.status.success());
+    let file = repo.join(".gantry/pipelines/p.yaml");
+    std::fs::write(
+        &file,
+        format!("{}secrets: [token]\nsteps:\n  - {{name: checkout, template: gantry/git-checkout@v1}}\n  - name: look\n    script: test -f .gantry/pipelines/p.yaml && test ! -e gantry-data\n", head("p")),
+    )
+    .expect("write");
+    let data = repo.join("gantry-data");
+    let gantry = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env_remove("GANTRY_MASTER_KEY");
+        cmd
+    };
+    let mut set = gantry(&["secrets", "set", "token"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    set.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"tok")
+        .expect("write");
+    assert!(set.wait().expect("wait").success());
+    assert!(data.join("master.key").exists());
+    let out = gantry(&["run", file.to_str().expect("utf-8"), "--plain"])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&data)
+        .expect("data dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "the data dir is for its owner only");
+}
+
+#[test]
+fn undeclared_vars_are_refused_like_parameters() {
+    let s = Scratch::new();
+    let file = s.pipeline(
+        "v.yaml",
+        &format!(
+            "{}variables: [region]\nsteps:\n  - {{name: s, script: 'true'}}\n",
+            head("v")
+        ),
+    );
+    let out = s.run_file(&file, &["--var", "regoin=eu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("did you mean `region`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(s.runs().is_empty());
 }
 
 #[test]

@@ -161,3 +161,43 @@ fn the_import_scanner_sees_paths_and_use_lines() {
     let text = "use crate::spec::model::Pipeline;\nfn f() { crate::plan::plan(x); } // crate::store is a comment\n";
     assert_eq!(crate_imports(text), vec!["spec", "plan"]);
 }
+
+/// Source files outside `allowed_dir` that name any of `crates` in code (comments aside).
+fn crate_users_outside(crates: &[&str], allowed_dir: &str) -> Vec<String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for path in src_files() {
+        let rel = path.strip_prefix(&src).expect("under src");
+        if rel.starts_with(allowed_dir) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("readable source");
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            if let Some(name) = crates.iter().find(|c| code.contains(&format!("{c}::"))) {
+                found.push(format!("{}: names `{name}`", rel.display()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn only_the_store_names_the_database() {
+    let found = crate_users_outside(&["sled"], "store");
+    assert!(
+        found.is_empty(),
+        "sled outside src/store:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn only_the_forge_module_names_forge_clients() {
+    let found = crate_users_outside(&["octocrab", "gitlab"], "forge");
+    assert!(
+        found.is_empty(),
+        "forge clients outside src/forge:\n{}",
+        found.join("\n")
+    );
+}

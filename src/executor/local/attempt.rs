@@ -3,21 +3,20 @@
 //! The future that runs a step sends that step's `StepStarted`, `Log`, `AttemptFinished` and
 //! `Outputs` events; the scheduler sends `StepFinished` once the future has completed.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 
 use super::prepare::{Job, Work};
 use super::{Shared, builtin, process};
-use crate::executor::{Event, StepStatus};
+use crate::executor::{Event, OutputValues, StepStatus};
 use crate::spec::model::RetryPolicy;
+use crate::spec::values::format_duration;
 
-/// How a step ended, for the scheduler.
-#[derive(Debug)]
+/// How a step ended, for the scheduler. Its `Debug` hides the values of secret outputs.
 pub(super) struct StepResult {
     pub status: StepStatus,
     pub message: Option<String>,
@@ -43,8 +42,7 @@ impl StepResult {
     }
 }
 
-/// How one attempt ended.
-#[derive(Debug)]
+/// How one attempt ended. Its `Debug` hides the values of secret outputs.
 pub(super) struct AttemptEnd {
     pub status: StepStatus,
     pub exit_code: Option<i32>,
@@ -60,6 +58,27 @@ impl AttemptEnd {
             message,
             outputs: Vec::new(),
         }
+    }
+}
+
+impl fmt::Debug for StepResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepResult")
+            .field("status", &self.status)
+            .field("message", &self.message)
+            .field("outputs", &OutputValues(&self.outputs))
+            .finish()
+    }
+}
+
+impl fmt::Debug for AttemptEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptEnd")
+            .field("status", &self.status)
+            .field("exit_code", &self.exit_code)
+            .field("message", &self.message)
+            .field("outputs", &OutputValues(&self.outputs))
+            .finish()
     }
 }
 
@@ -104,7 +123,7 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
         if let Some(delay) = retry_in {
             let line = format!(
                 "retrying in {} (attempt {} of {attempts})",
-                human(delay),
+                format_duration(delay),
                 attempt + 1
             );
             shared.system(job.index, attempt, &line);
@@ -205,43 +224,9 @@ pub(super) fn strip_newline(bytes: &mut Vec<u8>) {
     }
 }
 
-/// A duration for people: `250ms`, `2.5s`, `2s`, `1m30s`, `1h`.
-pub(super) fn human(d: Duration) -> String {
-    let secs = d.as_secs();
-    if secs == 0 {
-        return format!("{}ms", d.as_millis());
-    }
-    if secs < 10 && d.subsec_millis() != 0 {
-        return format!("{:.1}s", d.as_secs_f64());
-    }
-    let mut out = String::new();
-    for (n, unit) in [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")] {
-        if n > 0 {
-            let _ = write!(out, "{n}{unit}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_the_spec_writes_them() {
-        let cases = [
-            (Duration::ZERO, "0ms"),
-            (Duration::from_millis(250), "250ms"),
-            (Duration::from_millis(2500), "2.5s"),
-            (Duration::from_secs(2), "2s"),
-            (Duration::from_secs(90), "1m30s"),
-            (Duration::from_secs(3600), "1h"),
-            (Duration::from_secs(3661), "1h1m1s"),
-        ];
-        for (d, want) in cases {
-            assert_eq!(human(d), want, "{d:?}");
-        }
-    }
 
     #[test]
     fn one_trailing_newline_is_stripped() {

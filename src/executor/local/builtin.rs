@@ -4,13 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use chrono::Utc;
-
 use super::Shared;
-use super::attempt::{AttemptEnd, human};
+use super::attempt::AttemptEnd;
 use super::prepare::Job;
 use crate::executor::{Checkout, Event, Publication, StepStatus};
 use crate::source::checkout::{CopyStats, SourceError, checkout_commit, copy_worktree};
+use crate::spec::values::format_duration;
 
 const NO_REPOSITORY: &str = "no repository to check out: this run has no repository \
     (run `gantry run` inside a git work tree, or trigger the pipeline from a watched repository)";
@@ -26,12 +25,7 @@ pub(super) async fn checkout(
     rel: &str,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.send(Event::StepStarted {
-        step: job.index,
-        attempt,
-        pid: 0,
-        at: Utc::now(),
-    });
+    shared.started(job.index, attempt, 0);
     let source = shared.checkout.clone();
     let (what, mut copy) = match source {
         Checkout::None => {
@@ -59,7 +53,7 @@ pub(super) async fn checkout(
         joined = &mut copy => return copied(shared, job, rel, attempt, &what, joined),
         () = timer, if job.timeout.is_some() => AttemptEnd::new(
             StepStatus::TimedOut,
-            Some(format!("timed out after {}", human(job.timeout.unwrap_or_default()))),
+            Some(format!("timed out after {}", format_duration(job.timeout.unwrap_or_default()))),
         ),
         () = shared.stop.cancelled() => {
             AttemptEnd::new(StepStatus::Cancelled, Some(shared.stop_message().into()))
@@ -118,12 +112,7 @@ pub(super) fn publish(
     publication: &Publication,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.send(Event::StepStarted {
-        step: job.index,
-        attempt,
-        pid: 0,
-        at: Utc::now(),
-    });
+    shared.started(job.index, attempt, 0);
     shared.send(Event::Published {
         step: job.index,
         publication: publication.clone(),

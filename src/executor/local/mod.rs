@@ -133,6 +133,17 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// Reports that an attempt started; `pid` is 0 when there is no process (a built-in, or an
+    /// attempt that could not start one).
+    fn started(&self, step: usize, attempt: u32, pid: u32) {
+        self.send(Event::StepStarted {
+            step,
+            attempt,
+            pid,
+            at: Utc::now(),
+        });
+    }
+
     /// Writes a line of Gantry's own into a step's log, masked like any other line.
     fn system(&self, step: usize, attempt: u32, line: &str) {
         self.send(Event::Log {

@@ -3,6 +3,7 @@
 //! The scheduler renders a step once, when all it needs has finished, so the values it reads are
 //! final; retries reuse the rendered job. A reference without a value is an error naming it.
 
+use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -35,12 +36,23 @@ pub(super) enum Work {
 }
 
 /// A child process to start.
-#[derive(Debug)]
 pub(super) struct Spawn {
     pub program: Program,
-    /// The step's own variables, set after the run's.
+    /// The step's own variables, set after the run's. Values may hold secrets, so `Debug` shows
+    /// the names only.
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+}
+
+impl fmt::Debug for Spawn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Spawn")
+            .field("program", &self.program)
+            .field("env", &names)
+            .field("cwd", &self.cwd)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -217,4 +229,23 @@ fn publication(r: &Resource, values: &Values) -> Result<Publication, String> {
         properties,
         credentials,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_env_names_only() {
+        let spawn = Spawn {
+            program: Program::Shell("deploy".into()),
+            env: vec![("DB_PASSWORD".into(), "hunter2".into())],
+            cwd: PathBuf::from("/w"),
+        };
+        let shown = format!("{spawn:?}");
+        assert!(
+            shown.contains("DB_PASSWORD") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
 }

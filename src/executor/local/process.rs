@@ -37,11 +37,12 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::attempt::{AttemptEnd, human, strip_newline};
+use super::attempt::{AttemptEnd, strip_newline};
 use super::dirs::fresh_dir;
 use super::prepare::{Job, Program, Spawn};
 use crate::executor::mask::LineSplitter;
 use crate::executor::{Event, StepStatus, Stream};
+use crate::spec::values::format_duration;
 
 /// Bytes read from a pipe at a time.
 const CHUNK: usize = 8 * 1024;
@@ -100,12 +101,7 @@ async fn run_in(
     drop(cmd);
     let pid = child.id().unwrap_or(0);
     let mut group = Group::new(pid);
-    shared.send(Event::StepStarted {
-        step,
-        attempt,
-        pid,
-        at: Utc::now(),
-    });
+    shared.started(step, attempt, pid);
 
     let mut logs = Logs::new(shared, job, attempt, &outdir);
     let mut out = child.stdout.take();
@@ -194,7 +190,7 @@ async fn run_in(
             StepStatus::TimedOut,
             Some(format!(
                 "timed out after {}",
-                human(job.timeout.unwrap_or_default())
+                format_duration(job.timeout.unwrap_or_default())
             )),
         ),
         (None, Some(Ok(status))) if status.success() => (StepStatus::Succeeded, None),
@@ -218,12 +214,7 @@ async fn run_in(
 
 /// An attempt that ended before a process existed.
 fn not_started(shared: &Shared, step: usize, attempt: u32, message: String) -> AttemptEnd {
-    shared.send(Event::StepStarted {
-        step,
-        attempt,
-        pid: 0,
-        at: Utc::now(),
-    });
+    shared.started(step, attempt, 0);
     AttemptEnd::new(StepStatus::Error, Some(message))
 }
 
@@ -346,8 +337,8 @@ impl<'a> Logs<'a> {
 
     fn finish(&mut self, stream: Stream) {
         self.refresh();
-        let line = self.splitter(stream).finish();
-        self.emit(stream, line.into_iter().collect());
+        let lines = self.splitter(stream).finish();
+        self.emit(stream, lines);
     }
 
     fn refresh(&mut self) {
@@ -401,7 +392,7 @@ impl SecretWatch {
             }
             if let Ok(mut bytes) = std::fs::read(&*path) {
                 strip_newline(&mut bytes);
-                shared.secrets.add(&String::from_utf8_lossy(&bytes));
+                shared.secrets.add_bytes(&bytes);
             }
         }
     }

@@ -386,7 +386,7 @@ async fn retries_until_the_step_succeeds() {
     );
     let system = ran.lines("flaky", Stream::System);
     assert!(
-        system.contains(&"retrying in 0ms (attempt 2 of 6)".to_string()),
+        system.contains(&"retrying in 0s (attempt 2 of 6)".to_string()),
         "{system:?}"
     );
     assert_eq!(
