@@ -7,6 +7,7 @@
 //! ARCHITECTURE.md has the codemap and the rules for what may import what.
 
 pub mod cli;
+pub mod config;
 pub mod executor;
 pub mod forge;
 pub mod marketplace;

@@ -124,6 +124,53 @@ pub enum SourceError {
         blocker.display()
     )]
     NotADirectory { path: PathBuf, blocker: PathBuf },
+    /// Cloning a mirror failed; `url` is redacted and `detail` scrubbed of credentials.
+    #[error("cannot clone {url} into {}: {detail}; {hint}", dir.display())]
+    Clone {
+        url: String,
+        dir: PathBuf,
+        detail: String,
+        hint: &'static str,
+    },
+    /// Fetching into a mirror failed; `url` is redacted and `detail` scrubbed of credentials.
+    #[error("cannot fetch {url} into {}: {detail}; {hint}", git_dir.display())]
+    Fetch {
+        url: String,
+        git_dir: PathBuf,
+        detail: String,
+        hint: &'static str,
+    },
+    #[error(
+        "refusing to send credentials to {url} over plain http, where anyone on the path could read the token; use an https url"
+    )]
+    CredentialsOverHttp { url: String },
+    #[error(
+        "the branch `{branch}` does not exist on the remote {url}; check the branch name configured for the repository"
+    )]
+    BranchNotFound { branch: String, url: String },
+    #[error("cannot read the reference {name} in {}: {source}; check the branch name", git_dir.display())]
+    Reference {
+        name: String,
+        git_dir: PathBuf,
+        source: gix::Error,
+    },
+    #[error(
+        "invalid glob `{glob}`: {source}; fix the pattern (`*` stops at `/`, `**` crosses directories)"
+    )]
+    InvalidGlob {
+        glob: String,
+        source: globset::Error,
+    },
+    #[error(
+        "cannot compare commits {old} and {new} in {}: {source}; the repository may be corrupt, check it with `git fsck`",
+        git_dir.display()
+    )]
+    Diff {
+        old: String,
+        new: String,
+        git_dir: PathBuf,
+        source: gix::Error,
+    },
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
         action: &'static str,
@@ -572,7 +619,7 @@ pub fn checkout_commit(git_dir: &Path, sha: &str, dest: &Path) -> Result<CopySta
 /// Done by hand rather than with `rev_parse`, which would also accept ref names and reports a miss
 /// as "couldn't parse revision"; here a miss, an ambiguous prefix and a non-commit each get their
 /// own error, and a corrupt tag is an error rather than a panic.
-fn resolve_commit(
+pub(crate) fn resolve_commit(
     repo: &gix::Repository,
     sha: &str,
     git_dir: &Path,

@@ -14,6 +14,9 @@ use super::when::When;
 
 pub const API_VERSION: &str = "gantry.dev/v1";
 pub const KIND: &str = "Pipeline";
+/// Where pipeline files live in a repository unless a watched repository configures other globs.
+pub const DEFAULT_PIPELINE_GLOBS: [&str; 2] =
+    [".gantry/pipelines/*.yaml", ".gantry/pipelines/*.yml"];
 /// The whole-run limit when the file sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// codemap in ARCHITECTURE.md.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("spec", &[]),
+    ("config", &["spec"]),
     ("plan", &["spec"]),
     ("forge", &[]),
     ("source", &["spec"]),
@@ -24,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "server",
         &[
             "spec",
+            "config",
             "plan",
             "source",
             "store",
@@ -39,6 +41,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "cli",
         &[
             "spec",
+            "config",
             "plan",
             "source",
             "store",

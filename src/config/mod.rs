@@ -1,0 +1,918 @@
+//! The service config file `gantry.toml`: parsing, `${NAME}` substitution and validation into a
+//! typed `Config`.
+//!
+//! The text is parsed into a spanned TOML tree (`toml::de::DeTable`) and walked key by key, so every
+//! problem carries the dotted key (`repos[1].poll_interval`) and the line and column it sits at, and
+//! all problems of a file are reported together. Environment variables are substituted in string
+//! values after parsing, never in the raw text, so a variable's value cannot inject TOML.
+//!
+//! Tokens and webhook secrets never appear in `Debug` output or in error messages.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::spec::diagnostic::did_you_mean;
+use crate::spec::values::parse_duration;
+
+#[cfg(test)]
+mod tests;
+
+/// The default address of the HTTP server.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default data directory, relative to the config file's directory.
+pub const DEFAULT_DATA_DIR: &str = "./gantry-data";
+/// The default branch a repository is watched on.
+pub const DEFAULT_BRANCH: &str = "main";
+/// The default poll interval of a repository.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// API tokens shorter than this are refused: they could be guessed.
+pub const MIN_TOKEN_LEN: usize = 16;
+/// Source names that are taken by built-in sources.
+pub const RESERVED_REPO_NAMES: [&str; 2] = ["local", "file"];
+
+/// A checked `gantry.toml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: Server,
+    pub storage: Storage,
+    /// `[[auth.tokens]]`: bearer tokens for the API.
+    pub tokens: Vec<ApiToken>,
+    pub repos: Vec<RepoConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// An http or https URL without a trailing slash; used in links written to forges.
+    pub public_url: String,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Storage {
+    /// Absolute if the config file's path was; relative paths are resolved against the config
+    /// file's directory.
+    pub data_dir: PathBuf,
+}
+
+/// One `[[auth.tokens]]` entry. `Debug` hides the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub token: String,
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("token", &"***")
+            .finish()
+    }
+}
+
+/// The forge a repository lives on; `Git` is a plain remote without write-back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Github,
+    Gitlab,
+    Bitbucket,
+    Git,
+}
+
+impl Provider {
+    const NAMES: [&'static str; 4] = ["github", "gitlab", "bitbucket", "git"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Github => "github",
+            Provider::Gitlab => "gitlab",
+            Provider::Bitbucket => "bitbucket",
+            Provider::Git => "git",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Provider> {
+        match s {
+            "github" => Some(Provider::Github),
+            "gitlab" => Some(Provider::Gitlab),
+            "bitbucket" => Some(Provider::Bitbucket),
+            "git" => Some(Provider::Git),
+            _ => None,
+        }
+    }
+
+    /// The shape of the forge's repository id, for messages.
+    fn repo_shape(self) -> &'static str {
+        match self {
+            Provider::Github => "`owner/repo`",
+            Provider::Bitbucket => "`workspace/slug`",
+            Provider::Gitlab => "`group/project` or `group/subgroup/.../project`",
+            Provider::Git => "nothing",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[repos]]` entry: a watched repository. `Debug` hides the secrets and any credentials in
+/// the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// The source name; pipelines are addressed as `<name>/<pipeline>`.
+    pub name: String,
+    pub url: String,
+    pub provider: Provider,
+    /// The forge's id of the repository; `None` only for `Provider::Git`.
+    pub repo: Option<String>,
+    pub branch: String,
+    /// Globs of the pipeline files, relative to the repository root.
+    pub paths: Vec<String>,
+    /// Zero turns polling off (webhooks only).
+    pub poll_interval: Duration,
+    pub token: Option<String>,
+    pub webhook_secret: Option<String>,
+}
+
+impl fmt::Debug for RepoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("RepoConfig")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("provider", &self.provider)
+            .field("repo", &self.repo)
+            .field("branch", &self.branch)
+            .field("paths", &self.paths)
+            .field("poll_interval", &self.poll_interval)
+            .field("token", &hidden(&self.token))
+            .field("webhook_secret", &hidden(&self.webhook_secret))
+            .finish()
+    }
+}
+
+/// Replaces the user info of a `scheme://user:pass@host/...` URL with `***`.
+fn redact_url(url: &str) -> String {
+    let Some(i) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[i + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..i + 3], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+impl Config {
+    /// Without an API token anyone who can reach the server could run pipelines, so it may then
+    /// only listen on a loopback address.
+    pub fn check_listen_safety(&self) -> Result<(), String> {
+        let listen = self.server.listen;
+        if self.tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(format!(
+                "refusing to listen on {listen} without an API token: anyone who can reach that \
+                 address could run pipelines and read their logs; add an [[auth.tokens]] entry or \
+                 listen on 127.0.0.1"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a config file. `line` and `col` are 1-based (col counts characters); both are 0
+/// for problems with the file as a whole (it cannot be read). `path` is the dotted key, empty when
+/// there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// Everything wrong with a config file, in file order. `Display` prints one problem per line as
+/// `file:line:col: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file, as given.
+    pub file: PathBuf,
+    pub errors: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if p.line > 0 {
+                write!(f, ":{}:{}", p.line, p.col)?;
+            }
+            if !p.path.is_empty() {
+                write!(f, ": {}", p.path)?;
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and checks the config file at `path`, substituting variables from the process
+/// environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        errors: vec![ConfigProblem {
+            path: String::new(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read the config file: {e}"),
+        }],
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Checks config text. `origin` is the file it came from (for messages and to resolve a relative
+/// `data_dir`); `env` looks up `${NAME}` references. Pure: no IO.
+pub fn parse(
+    text: &str,
+    origin: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut c = Checker {
+        text,
+        env,
+        problems: Vec::new(),
+    };
+    let config = match DeTable::parse(text) {
+        Ok(root) => Some(c.config(&root, origin)),
+        Err(e) => {
+            let start = e.span().map_or(0, |s| s.start);
+            c.error("", &(start..start), e.message().to_string());
+            None
+        }
+    };
+    match config {
+        Some(config) if c.problems.is_empty() => Ok(config),
+        _ => {
+            let mut errors = c.problems;
+            errors.sort_by_key(|p| (p.line, p.col));
+            Err(ConfigError {
+                file: origin.to_path_buf(),
+                errors,
+            })
+        }
+    }
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Walks the spanned tree, collecting problems.
+struct Checker<'a> {
+    text: &'a str,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<ConfigProblem>,
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, path: &str, span: &Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.problems.push(ConfigProblem {
+            path: path.to_string(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, root: &Spanned<DeTable<'_>>, origin: &Path) -> Config {
+        let table = root.get_ref();
+        self.unknown_keys(table, "", &["server", "storage", "auth", "repos"]);
+
+        let server_table = self.table(table, "", "server");
+        let server = self.server(server_table);
+
+        let data_dir = match self.table(table, "", "storage") {
+            Some(t) => {
+                self.unknown_keys(t, "storage", &["data_dir"]);
+                let dir = self.string(t, "storage", "data_dir");
+                match dir {
+                    Some((d, span)) if d.is_empty() => {
+                        self.error("storage.data_dir", &span, "must not be empty");
+                        None
+                    }
+                    d => d.map(|(d, _)| d),
+                }
+            }
+            None => None,
+        };
+        let data_dir = resolve(
+            origin,
+            Path::new(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
+        );
+
+        let mut tokens = Vec::new();
+        let mut names = Vec::new();
+        if let Some(auth) = self.table(table, "", "auth") {
+            self.unknown_keys(auth, "auth", &["tokens"]);
+            for (i, item) in self.tables(auth, "auth", "tokens") {
+                tokens.extend(self.token(&format!("auth.tokens[{i}]"), item, &mut names));
+            }
+        }
+
+        let mut repos = Vec::new();
+        let mut names = Vec::new();
+        for (i, item) in self.tables(table, "", "repos") {
+            repos.extend(self.repo(&format!("repos[{i}]"), item, &mut names));
+        }
+        Config {
+            server,
+            storage: Storage { data_dir },
+            tokens,
+            repos,
+        }
+    }
+
+    fn server(&mut self, table: Option<&DeTable<'_>>) -> Server {
+        let default_listen: SocketAddr = DEFAULT_LISTEN.parse().expect("valid default address");
+        let Some(t) = table else {
+            return Server {
+                listen: default_listen,
+                public_url: format!("http://{default_listen}"),
+            };
+        };
+        self.unknown_keys(t, "server", &["listen", "public_url"]);
+        let listen = match self.string(t, "server", "listen") {
+            Some((s, span)) => match s.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    self.error(
+                        "server.listen",
+                        &span,
+                        format!(
+                            "invalid listen address `{s}`: expected an IP address and a port, \
+                             such as `127.0.0.1:8080` or `[::1]:8080`"
+                        ),
+                    );
+                    default_listen
+                }
+            },
+            None => default_listen,
+        };
+        let public_url = match self.string(t, "server", "public_url") {
+            Some((s, span)) => {
+                let trimmed = s.trim_end_matches('/');
+                let host = trimmed
+                    .strip_prefix("https://")
+                    .or_else(|| trimmed.strip_prefix("http://"));
+                match host {
+                    Some(h) if !h.is_empty() && !h.starts_with('/') && !h.contains(' ') => {
+                        trimmed.to_string()
+                    }
+                    _ => {
+                        self.error(
+                            "server.public_url",
+                            &span,
+                            format!(
+                                "invalid public URL `{}`: expected an http:// or https:// URL, \
+                                 such as `https://gantry.example.com`",
+                                redact_url(&s)
+                            ),
+                        );
+                        String::new()
+                    }
+                }
+            }
+            None => format!("http://{listen}"),
+        };
+        Server { listen, public_url }
+    }
+
+    /// `seen` collects the names of the entries checked so far, to report duplicates.
+    fn token(&mut self, path: &str, t: &Value<'_>, seen: &mut Vec<String>) -> Option<ApiToken> {
+        let table = t.get_ref().as_table()?;
+        self.unknown_keys(table, path, &["name", "token"]);
+        let name = self.required_string(table, t.span(), path, "name");
+        let token = self.required_string(table, t.span(), path, "token");
+        let (name, name_span) = name?;
+        if name.is_empty() {
+            self.error(&join(path, "name"), &name_span, "must not be empty");
+            return None;
+        }
+        if seen.contains(&name) {
+            self.error(
+                &join(path, "name"),
+                &name_span,
+                format!("duplicate token name `{name}`; token names must be unique"),
+            );
+            return None;
+        }
+        seen.push(name.clone());
+        let (token, token_span) = token?;
+        let len = token.chars().count();
+        if len == 0 {
+            self.error(
+                &join(path, "token"),
+                &token_span,
+                format!("token of [[auth.tokens]] `{name}` is empty"),
+            );
+            return None;
+        }
+        if len < MIN_TOKEN_LEN {
+            self.error(
+                &join(path, "token"),
+                &token_span,
+                format!(
+                    "token of [[auth.tokens]] `{name}` is too short ({len} characters); use at \
+                     least {MIN_TOKEN_LEN} random characters, a short token can be guessed"
+                ),
+            );
+            return None;
+        }
+        Some(ApiToken { name, token })
+    }
+
+    /// `seen` collects the names of the entries checked so far, to report duplicates.
+    fn repo(&mut self, path: &str, item: &Value<'_>, seen: &mut Vec<String>) -> Option<RepoConfig> {
+        let table = item.get_ref().as_table()?;
+        let header = item.span();
+        self.unknown_keys(
+            table,
+            path,
+            &[
+                "name",
+                "url",
+                "provider",
+                "repo",
+                "branch",
+                "paths",
+                "poll_interval",
+                "token",
+                "webhook_secret",
+            ],
+        );
+        let mut ok = true;
+
+        let name = match self.required_string(table, header.clone(), path, "name") {
+            Some((name, span)) => {
+                if let Err(m) = check_repo_name(&name) {
+                    self.error(&join(path, "name"), &span, m);
+                    ok = false;
+                } else if seen.contains(&name) {
+                    self.error(
+                        &join(path, "name"),
+                        &span,
+                        format!("duplicate repository name `{name}`; source names must be unique"),
+                    );
+                    ok = false;
+                } else {
+                    seen.push(name.clone());
+                }
+                Some(name)
+            }
+            None => None,
+        };
+
+        let url = match self.required_string(table, header.clone(), path, "url") {
+            Some((url, span)) => {
+                if let Err(m) = check_url(&url) {
+                    self.error(&join(path, "url"), &span, m);
+                    ok = false;
+                }
+                Some(url)
+            }
+            None => None,
+        };
+
+        let provider = match self.required_string(table, header.clone(), path, "provider") {
+            Some((p, span)) => match Provider::parse(&p) {
+                Some(p) => Some(p),
+                None => {
+                    let mut m = format!(
+                        "unknown provider `{p}`; expected github, gitlab, bitbucket or git"
+                    );
+                    if let Some(s) = did_you_mean(&p, Provider::NAMES) {
+                        m.push_str(&format!(" (did you mean `{s}`?)"));
+                    }
+                    self.error(&join(path, "provider"), &span, m);
+                    None
+                }
+            },
+            None => None,
+        };
+
+        let repo = self.string(table, path, "repo");
+        if let Some(provider) = provider {
+            match &repo {
+                Some((r, span)) if provider != Provider::Git && !repo_shape_ok(provider, r) => {
+                    self.error(
+                        &join(path, "repo"),
+                        span,
+                        format!(
+                            "`{r}` is not a {provider} repository id; expected {}",
+                            provider.repo_shape()
+                        ),
+                    );
+                    ok = false;
+                }
+                None if provider != Provider::Git => {
+                    self.error(
+                        &join(path, "repo"),
+                        &header,
+                        format!(
+                            "missing key `repo`: provider {provider} needs the forge's repository \
+                             id ({}) for webhooks and write-back",
+                            provider.repo_shape()
+                        ),
+                    );
+                    ok = false;
+                }
+                _ => {}
+            }
+        }
+
+        let branch = match self.string(table, path, "branch") {
+            Some((b, span)) => {
+                if b.is_empty() || b.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    self.error(
+                        &join(path, "branch"),
+                        &span,
+                        "must be a branch name, not empty and without spaces",
+                    );
+                    ok = false;
+                }
+                b
+            }
+            None => DEFAULT_BRANCH.to_string(),
+        };
+
+        let paths = match self.array(table, path, "paths") {
+            Some((items, span)) => {
+                if items.is_empty() {
+                    self.error(
+                        &join(path, "paths"),
+                        &span,
+                        "must list at least one glob of pipeline files",
+                    );
+                    ok = false;
+                }
+                let mut paths = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{}[{i}]", join(path, "paths"));
+                    match self.as_string(&item_path, item) {
+                        Some(g) => {
+                            if let Err(e) = globset::Glob::new(&g) {
+                                self.error(&item_path, &item.span(), format!("invalid glob: {e}"));
+                                ok = false;
+                            }
+                            paths.push(g);
+                        }
+                        None => ok = false,
+                    }
+                }
+                paths
+            }
+            None => crate::spec::model::DEFAULT_PIPELINE_GLOBS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+
+        let poll_interval = match self.string(table, path, "poll_interval") {
+            Some((s, span)) => match parse_duration(&s) {
+                Ok(d) => d,
+                Err(m) => {
+                    self.error(&join(path, "poll_interval"), &span, m);
+                    ok = false;
+                    DEFAULT_POLL_INTERVAL
+                }
+            },
+            None => DEFAULT_POLL_INTERVAL,
+        };
+
+        let label = name.as_deref().unwrap_or("?");
+        let mut secret = |c: &mut Self, key: &str| match c.string(table, path, key) {
+            Some((s, span)) if s.is_empty() => {
+                c.error(
+                    &join(path, key),
+                    &span,
+                    format!("{key} of [[repos]] `{label}` is empty; set a value or remove the key"),
+                );
+                ok = false;
+                None
+            }
+            s => s.map(|(s, _)| s),
+        };
+        let token = secret(self, "token");
+        let webhook_secret = secret(self, "webhook_secret");
+
+        Some(RepoConfig {
+            name: name?,
+            url: url?,
+            provider: provider?,
+            repo: repo.map(|(r, _)| r),
+            branch,
+            paths,
+            poll_interval,
+            token,
+            webhook_secret,
+        })
+        .filter(|_| ok)
+    }
+
+    /// Reports every key of `table` that is not in `allowed`, with a suggestion.
+    fn unknown_keys(&mut self, table: &DeTable<'_>, prefix: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            let name: &str = key.get_ref();
+            if allowed.contains(&name) {
+                continue;
+            }
+            let mut m = format!("unknown key `{name}`; expected {}", allowed.join(", "));
+            if let Some(s) = did_you_mean(name, allowed.iter().copied()) {
+                m.push_str(&format!(" (did you mean `{s}`?)"));
+            }
+            self.error(&join(prefix, name), &key.span(), m);
+        }
+    }
+
+    /// The table at `key`, if present and a table (a wrong type is reported).
+    fn table<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<&'t DeTable<'i>> {
+        let v = table.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(
+                    &join(prefix, key),
+                    &v.span(),
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The array at `key`, if present and an array, with its span.
+    fn array<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<(&'t [Value<'i>], Range<usize>)> {
+        let v = table.get(key)?;
+        match v.get_ref() {
+            DeValue::Array(a) => Some((a, v.span())),
+            other => {
+                self.error(
+                    &join(prefix, key),
+                    &v.span(),
+                    format!("expected an array, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// The tables of an array of tables at `key`, numbered; other items are reported.
+    fn tables<'t, 'i>(
+        &mut self,
+        table: &'t DeTable<'i>,
+        prefix: &str,
+        key: &str,
+    ) -> Vec<(usize, &'t Value<'i>)> {
+        let Some((items, _)) = self.array(table, prefix, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.get_ref().is_table() {
+                out.push((i, item));
+            } else {
+                self.error(
+                    &format!("{}[{i}]", join(prefix, key)),
+                    &item.span(),
+                    format!("expected a table, found {}", item.get_ref().type_str()),
+                );
+            }
+        }
+        out
+    }
+
+    /// The string at `key` with variables substituted, if present and valid.
+    fn string(
+        &mut self,
+        table: &DeTable<'_>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<(String, Range<usize>)> {
+        let v = table.get(key)?;
+        let s = self.as_string(&join(prefix, key), v)?;
+        Some((s, v.span()))
+    }
+
+    /// Like `string`, but a missing key is reported at `header` (the table's span).
+    fn required_string(
+        &mut self,
+        table: &DeTable<'_>,
+        header: Range<usize>,
+        prefix: &str,
+        key: &str,
+    ) -> Option<(String, Range<usize>)> {
+        if table.get(key).is_none() {
+            self.error(&join(prefix, key), &header, format!("missing key `{key}`"));
+            return None;
+        }
+        self.string(table, prefix, key)
+    }
+
+    /// A string value with variables substituted. Never quotes the value in a message.
+    fn as_string(&mut self, path: &str, v: &Value<'_>) -> Option<String> {
+        let DeValue::String(raw) = v.get_ref() else {
+            self.error(
+                path,
+                &v.span(),
+                format!("expected a string, found {}", v.get_ref().type_str()),
+            );
+            return None;
+        };
+        match substitute(raw, self.env) {
+            Ok(s) => Some(s),
+            Err(m) => {
+                self.error(path, &v.span(), m);
+                None
+            }
+        }
+    }
+}
+
+/// Replaces `${NAME}` with the variable's value; `$${` stands for a literal `${`. Values are not
+/// scanned again.
+fn substitute(raw: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let at = &rest[i..];
+        if let Some(tail) = at.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = at.strip_prefix("${") {
+            let Some(end) = tail.find('}') else {
+                return Err("unclosed `${`; write `$${` for a literal `${`".to_string());
+            };
+            let name = &tail[..end];
+            if !is_var_name(name) {
+                return Err(format!(
+                    "invalid environment variable name `{name}` in `${{...}}`; write `$${{` for a \
+                     literal `${{`"
+                ));
+            }
+            match env(name) {
+                Some(value) => out.push_str(&value),
+                None => return Err(format!("undefined environment variable `{name}`")),
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = &at[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `^[A-Za-z_][A-Za-z0-9_]*$`.
+fn is_var_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before[line_start..].chars().count() + 1;
+    (line, col)
+}
+
+/// `path` resolved against the directory of `origin`, without `.` components.
+fn resolve(origin: &Path, path: &Path) -> PathBuf {
+    let base = origin.parent().unwrap_or(Path::new(""));
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    let cleaned: PathBuf = joined
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect();
+    if cleaned.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        cleaned
+    }
+}
+
+/// `^[a-z][a-z0-9-]{0,62}$`, not reserved.
+fn check_repo_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let shape = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.len() <= 63;
+    if !shape {
+        return Err(format!(
+            "invalid repository name `{name}`: use 1 to 63 lowercase letters, digits and `-`, \
+             starting with a letter"
+        ));
+    }
+    if RESERVED_REPO_NAMES.contains(&name) {
+        return Err(format!(
+            "repository name `{name}` is reserved for a built-in source; choose another name"
+        ));
+    }
+    Ok(())
+}
+
+/// https, http, git, ssh and file URLs, or scp-like `user@host:path`. Never quotes the URL, which
+/// may hold credentials.
+fn check_url(url: &str) -> Result<(), String> {
+    const EXPECTED: &str = "expected an https://, http://, git://, ssh:// or file:// URL, or \
+                            git@host:path";
+    if let Some(i) = url.find("://") {
+        let scheme = &url[..i];
+        let rest = &url[i + 3..];
+        if !["https", "http", "git", "ssh", "file"].contains(&scheme) {
+            return Err(format!("unsupported URL scheme `{scheme}`; {EXPECTED}"));
+        }
+        if rest.is_empty() || rest.chars().any(char::is_whitespace) {
+            return Err(format!("incomplete {scheme} URL; {EXPECTED}"));
+        }
+        return Ok(());
+    }
+    // scp-like: user@host:path
+    let scp = url.split_once('@').and_then(|(user, rest)| {
+        let (host, path) = rest.split_once(':')?;
+        let ok = !user.is_empty()
+            && !host.is_empty()
+            && !path.is_empty()
+            && !host.contains('/')
+            && !url.chars().any(char::is_whitespace);
+        ok.then_some(())
+    });
+    match scp {
+        Some(()) => Ok(()),
+        None => Err(format!("not a repository URL; {EXPECTED}")),
+    }
+}
+
+/// github and bitbucket: `owner/name`; gitlab: `group[/subgroup...]/project`.
+fn repo_shape_ok(provider: Provider, repo: &str) -> bool {
+    let segments: Vec<&str> = repo.split('/').collect();
+    let segment_ok = |s: &&str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    if !segments.iter().all(segment_ok) {
+        return false;
+    }
+    match provider {
+        Provider::Github | Provider::Bitbucket => segments.len() == 2,
+        Provider::Gitlab => segments.len() >= 2,
+        Provider::Git => true,
+    }
+}
