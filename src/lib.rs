@@ -6,6 +6,7 @@
 //! reported back (`report`, `forge`, `marketplace`). `server` and `cli` are the entry points.
 //! ARCHITECTURE.md has the codemap and the rules for what may import what.
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod executor;

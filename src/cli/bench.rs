@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use super::exit;
 use crate::spec;
 
+#[path = "bench_reconcile.rs"]
+pub mod reconcile;
+#[path = "bench_webhooks.rs"]
+pub mod webhooks;
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -34,6 +39,14 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The repository reconciler against `git daemon` on loopback: cold sync of N repositories
+    /// with P pipelines each, picking up one push, and a steady-state poll pass (CPU, RSS),
+    /// against `git clone --bare` and `git fetch` of the same repositories.
+    Reconcile(reconcile::Options),
+    /// The webhook path on loopback: push webhook → first step started (p50/p99 over sequential
+    /// pushes to a `git daemon` repository), and signed deliveries accepted per second against a
+    /// bare 202 endpoint, with every accepted delivery checked in the store afterwards.
+    Webhooks(webhooks::WebhookOptions),
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -44,6 +57,8 @@ pub fn run(args: &Args) -> u8 {
             width,
             rounds,
         } => bench_executor(steps.max(1), width.max(1), rounds.max(1)),
+        Which::Reconcile(ref options) => reconcile::run(options, &mut std::io::stdout().lock()),
+        Which::Webhooks(ref options) => webhooks::run(options, &mut std::io::stdout().lock()),
     }
 }
 
@@ -84,6 +99,7 @@ fn time_pipeline(
             detail: Some("gantry bench".into()),
         },
         git: None,
+        version: None,
         checkout: Checkout::None,
         limits: Limits {
             parallelism: 256,

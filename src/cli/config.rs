@@ -78,17 +78,25 @@ fn check_name(name: &str, what: &str) -> bool {
     }
 }
 
-/// A `--pipeline` scope must be a pipeline name (an empty one would quietly mean global).
+/// A `--pipeline` scope must be a pipeline name (for `gantry run FILE`) or `source/name` (for a
+/// server's pipeline); an empty one would quietly mean global.
 fn check_scope(pipeline: Option<&str>) -> bool {
-    match pipeline {
-        Some(p) if !is_pipeline_name(p) => {
-            eprintln!(
-                "gantry: invalid pipeline name `{p}` for --pipeline: it must match ^[a-z][a-z0-9-]{{0,62}}$"
-            );
-            false
-        }
-        _ => true,
+    let Some(p) = pipeline else {
+        return true;
+    };
+    let name = match p.split_once('/') {
+        Some((source, name)) if !source.is_empty() && !source.contains('/') => name,
+        Some(_) => "",
+        None => p,
+    };
+    if is_pipeline_name(name) {
+        return true;
     }
+    eprintln!(
+        "gantry: invalid pipeline `{p}` for --pipeline: expected NAME or SOURCE/NAME, the name \
+         matching ^[a-z][a-z0-9-]{{0,62}}$"
+    );
+    false
 }
 
 fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {

@@ -5,10 +5,14 @@
 
 pub mod bench;
 pub mod config;
+pub mod pipeline;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod runs;
+pub mod serve;
 pub mod validate;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +58,18 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
+    /// Talk to a running Gantry server instead of the data dir (runs, logs, run, pipeline)
+    #[arg(long, global = true, env = "GANTRY_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// The server's API token (a token from [[auth.tokens]])
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,14 +101,53 @@ cancelled with Ctrl-C.")]
     Vars(config::VarsArgs),
     /// Manage secrets: encrypted at rest, write-only.
     Secrets(config::SecretsArgs),
+    /// Pipelines defined in Gantry: apply a file, roll back, list.
+    Pipeline(pipeline::Args),
+    /// Run the service: watch repositories, fire schedules, run the queue, serve the API.
+    #[command(after_help = "\
+Stops on SIGTERM or Ctrl-C: no new work, running runs get --shutdown-grace to finish, the rest
+are marked interrupted; queued runs wait for the next start.")]
+    Serve(serve::ServeArgs),
+    /// The one-command demo: examples/repo-layout as a git repository in the data dir, served.
+    Up(serve::UpArgs),
     /// Measure Gantry's own speed and print the figures.
     Bench(bench::Args),
+    /// Try webhooks without a forge: replay a sample delivery, signed, to a server.
+    Webhook(webhook::Args),
 }
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     let data_dir = cli.data_dir;
+    let client = match &cli.server {
+        Some(url) => match remote::Client::new(url, cli.token.clone()) {
+            Ok(c) => Some(c),
+            Err(f) => {
+                eprintln!("gantry: {}", f.message);
+                return f.code;
+            }
+        },
+        None => None,
+    };
+    if let Some(client) = &client {
+        match &cli.command {
+            Command::Run(args) => return run::run_remote(client, args),
+            Command::Runs(args) => return runs::list_remote(client, args),
+            Command::Logs(args) => return runs::logs_remote(client, args),
+            Command::Vars(_) | Command::Secrets(_) => {
+                eprintln!(
+                    "gantry: vars and secrets talk to the data dir; on a server use \
+                     PUT /api/v1/variables/NAME and /api/v1/secrets/NAME"
+                );
+                return exit::USAGE;
+            }
+            _ => {}
+        }
+    }
     match cli.command {
+        Command::Pipeline(args) => pipeline::run(&data_dir, client.as_ref(), &args),
+        Command::Serve(args) => serve::serve(&args),
+        Command::Up(args) => serve::up(&data_dir, &args),
         Command::Validate(args) => validate::run(&args),
         Command::Run(args) => run::run(&data_dir, &args),
         Command::Runs(args) => runs::list(&data_dir, &args),
@@ -100,6 +155,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Vars(args) => config::vars(&data_dir, &args),
         Command::Secrets(args) => config::secrets(&data_dir, &args),
         Command::Bench(args) => bench::run(&args),
+        Command::Webhook(args) => webhook::run(&args),
     }
 }
 

@@ -88,6 +88,7 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
             detail: Some(format!("gantry run {shown}")),
         },
         git: None,
+        version: None,
         checkout: Checkout::WorkTree {
             root: source_root(&args.file),
         },
@@ -107,6 +108,10 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
         Err(StartError::Store(e)) => {
             eprintln!("gantry: {e}");
             return exit::USAGE;
+        }
+        Err(StartError::Unavailable(message)) => {
+            eprintln!("gantry: {message}");
+            return exit::FAILURE;
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -186,4 +191,31 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
         }
         _ => exit::FAILURE,
     }
+}
+
+/// `gantry --server URL run SOURCE/NAME -p ...`: starts the run on the server and follows its log.
+pub fn run_remote(client: &super::remote::Client, args: &Args) -> u8 {
+    if !args.vars.is_empty() {
+        eprintln!("gantry: --var applies to runs from a file; a server run uses stored variables");
+        return exit::USAGE;
+    }
+    let pipeline = args.file.display().to_string();
+    let params = args.params.iter().cloned().collect();
+    super::remote::block_on(async {
+        let run = client.start(&pipeline, &params).await?;
+        eprintln!(
+            "gantry: run {} #{} of {pipeline} is {}",
+            run.id,
+            run.number,
+            run.status.as_str()
+        );
+        if !run.status.is_active() {
+            return Ok(super::remote::exit_for(Some(run.status)));
+        }
+        let status = client.logs(&run.id, None, true).await?;
+        if let Some(s) = status {
+            eprintln!("gantry: run {} {}", run.id, s.as_str());
+        }
+        Ok(super::remote::exit_for(status))
+    })
 }

@@ -137,11 +137,17 @@ pub fn list(data_dir: &Path, args: &ListArgs) -> u8 {
         }
         return exit::OK;
     }
+    print_table(&runs);
+    exit::OK
+}
+
+/// Prints runs as a table, newest first.
+pub fn print_table(runs: &[RunRecord]) {
     println!(
         "{:<26}  {:>4}  {:<24}  {:<11}  {:<8}  {:<20}  {:>9}",
         "ID", "#", "PIPELINE", "STATUS", "TRIGGER", "STARTED", "DURATION"
     );
-    for run in &runs {
+    for run in runs {
         let duration = match (run.started_at, run.finished_at) {
             (Some(s), Some(f)) => format!("{:.1}s", (f - s).num_milliseconds() as f64 / 1000.0),
             (Some(_), None) => "…".to_string(),
@@ -163,7 +169,6 @@ pub fn list(data_dir: &Path, args: &ListArgs) -> u8 {
             duration
         );
     }
-    exit::OK
 }
 
 pub fn logs(data_dir: &Path, args: &LogArgs) -> u8 {
@@ -228,4 +233,41 @@ fn print_logs(store: &Store, args: &LogArgs) -> Result<u8, crate::store::StoreEr
         print(lines);
     }
     Ok(exit::OK)
+}
+
+pub fn list_remote(client: &super::remote::Client, args: &ListArgs) -> u8 {
+    super::remote::block_on(async {
+        let runs = client.runs(args.pipeline.as_deref(), args.limit).await?;
+        if args.json {
+            let mut list = Vec::new();
+            for run in &runs {
+                let detail = client.run(&run.id).await?;
+                let steps: Vec<StepRecord> =
+                    serde_json::from_value(detail["steps"].clone()).unwrap_or_default();
+                list.push(serde_json::to_value(run_json(run, &steps)).unwrap_or_default());
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&list).unwrap_or_default()
+            );
+        } else if runs.is_empty() {
+            eprintln!("no runs yet");
+        } else {
+            print_table(&runs);
+        }
+        Ok(exit::OK)
+    })
+}
+
+pub fn logs_remote(client: &super::remote::Client, args: &LogArgs) -> u8 {
+    super::remote::block_on(async {
+        let status = client
+            .logs(&args.run, args.step.as_deref(), args.follow)
+            .await?;
+        Ok(if args.follow {
+            super::remote::exit_for(status)
+        } else {
+            exit::OK
+        })
+    })
 }

@@ -109,6 +109,16 @@ impl Provider {
         }
     }
 
+    /// The public service's API, used when `api_url` is not set.
+    pub fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            Provider::Github => Some("https://api.github.com"),
+            Provider::Gitlab => Some("https://gitlab.com"),
+            Provider::Bitbucket => Some("https://api.bitbucket.org/2.0"),
+            Provider::Git => None,
+        }
+    }
+
     /// The shape of the forge's repository id, for messages.
     fn repo_shape(self) -> &'static str {
         match self {
@@ -143,6 +153,27 @@ pub struct RepoConfig {
     pub poll_interval: Duration,
     pub token: Option<String>,
     pub webhook_secret: Option<String>,
+    /// The forge's API base URL (GitHub Enterprise, self-hosted GitLab, tests); the public
+    /// service's by default.
+    pub api_url: Option<String>,
+    /// Authenticate to GitHub as an App instead of with `token`.
+    pub github_app: Option<GithubApp>,
+}
+
+/// A GitHub App's credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GithubApp {
+    pub app_id: u64,
+    pub private_key_pem: String,
+}
+
+impl fmt::Debug for GithubApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GithubApp")
+            .field("app_id", &self.app_id)
+            .field("private_key_pem", &"***")
+            .finish()
+    }
 }
 
 impl fmt::Debug for RepoConfig {
@@ -158,6 +189,8 @@ impl fmt::Debug for RepoConfig {
             .field("poll_interval", &self.poll_interval)
             .field("token", &hidden(&self.token))
             .field("webhook_secret", &hidden(&self.webhook_secret))
+            .field("api_url", &self.api_url)
+            .field("github_app", &self.github_app)
             .finish()
     }
 }
@@ -472,6 +505,9 @@ impl Checker<'_> {
                 "poll_interval",
                 "token",
                 "webhook_secret",
+                "api_url",
+                "github_app_id",
+                "github_private_key",
             ],
         );
         let mut ok = true;
@@ -628,6 +664,66 @@ impl Checker<'_> {
         };
         let token = secret(self, "token");
         let webhook_secret = secret(self, "webhook_secret");
+        let private_key = secret(self, "github_private_key");
+
+        let api_url = match self.string(table, path, "api_url") {
+            Some((u, span)) => {
+                let shape = (u.starts_with("https://") || u.starts_with("http://"))
+                    && !u.chars().any(char::is_whitespace);
+                if !shape {
+                    self.error(
+                        &join(path, "api_url"),
+                        &span,
+                        "must be an http:// or https:// URL of the forge's API",
+                    );
+                    ok = false;
+                }
+                Some(u.trim_end_matches('/').to_string())
+            }
+            None => provider.and_then(|p| p.default_api_url().map(str::to_string)),
+        };
+
+        let app_id = match self.string(table, path, "github_app_id") {
+            Some((id, span)) => match id.parse::<u64>() {
+                Ok(n) if provider == Some(Provider::Github) => Some(n),
+                Ok(_) => {
+                    self.error(
+                        &join(path, "github_app_id"),
+                        &span,
+                        "github_app_id applies to provider github only",
+                    );
+                    ok = false;
+                    None
+                }
+                Err(_) => {
+                    self.error(
+                        &join(path, "github_app_id"),
+                        &span,
+                        format!("`{id}` is not a GitHub App id (a number, as a string)"),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let github_app = match (app_id, private_key) {
+            (Some(app_id), Some(private_key_pem)) => Some(GithubApp {
+                app_id,
+                private_key_pem,
+            }),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    path,
+                    &header,
+                    "a GitHub App needs both github_app_id and github_private_key (the PEM text, \
+                     e.g. \"${GITHUB_APP_KEY}\")",
+                );
+                ok = false;
+                None
+            }
+        };
 
         Some(RepoConfig {
             name: name?,
@@ -639,6 +735,8 @@ impl Checker<'_> {
             poll_interval,
             token,
             webhook_secret,
+            api_url,
+            github_app,
         })
         .filter(|_| ok)
     }

@@ -160,8 +160,8 @@ fn unknown_keys_are_reported_with_a_suggestion() {
             "{REPO}provider = \"git\"\n  poll_intervall = \"1m\"\n"
         )),
         "5:3: repos[0].poll_intervall: unknown key `poll_intervall`; expected name, url, \
-         provider, repo, branch, paths, poll_interval, token, webhook_secret \
-         (did you mean `poll_interval`?)"
+         provider, repo, branch, paths, poll_interval, token, webhook_secret, api_url, \
+         github_app_id, github_private_key (did you mean `poll_interval`?)"
     );
     assert_eq!(
         one_error("[sever]\n"),
@@ -541,4 +541,39 @@ fn secrets_never_appear_in_debug_output_or_errors() {
     for s in secrets {
         assert!(!text.contains(s), "{text}");
     }
+}
+
+#[test]
+fn forge_api_urls_default_per_provider_and_apps_need_both_keys() {
+    let c = ok(&format!(
+        "{REPO}provider = \"github\"\nrepo = \"acme/infra\"\n"
+    ));
+    assert_eq!(
+        c.repos[0].api_url.as_deref(),
+        Some("https://api.github.com")
+    );
+    let c = ok(&format!(
+        "{REPO}provider = \"gitlab\"\nrepo = \"g/p\"\napi_url = \"http://127.0.0.1:9/\"\n"
+    ));
+    assert_eq!(c.repos[0].api_url.as_deref(), Some("http://127.0.0.1:9"));
+    let c = ok(&format!("{REPO}provider = \"git\"\n"));
+    assert_eq!(c.repos[0].api_url, None);
+
+    let app = ok(&format!(
+        "{REPO}provider = \"github\"\nrepo = \"acme/infra\"\ngithub_app_id = \"42\"\ngithub_private_key = \"PEM\"\n"
+    ));
+    let github_app = app.repos[0].github_app.as_ref().expect("app");
+    assert_eq!(github_app.app_id, 42);
+    assert!(!format!("{:?}", app.repos[0]).contains("PEM"));
+    let half = one_error(&format!(
+        "{REPO}provider = \"github\"\nrepo = \"acme/infra\"\ngithub_app_id = \"42\"\n"
+    ));
+    assert!(
+        half.contains("needs both github_app_id and github_private_key"),
+        "{half}"
+    );
+    let bad = one_error(&format!(
+        "{REPO}provider = \"github\"\nrepo = \"acme/infra\"\napi_url = \"ftp://x\"\n"
+    ));
+    assert!(bad.contains("api_url"), "{bad}");
 }

@@ -1,4 +1,143 @@
 //! Forges: everything specific to GitHub, GitLab and Bitbucket lives here and nowhere else: webhook
-//! signatures and payloads in, status and comment API calls out. Exposes neutral types only.
+//! signatures and payloads in, status and comment API calls out. The rest of the crate sees the
+//! neutral types of this file only.
 //!
-//! Lands with the webhook issue; this module holds only its contract for now.
+//! - `webhook.rs`: checking a delivery (constant-time, on the raw body, before any parsing), its
+//!   delivery id, and normalising its payload into a `ForgeEvent`; one submodule per forge.
+//! - `api.rs`: the write-back client (`ForgeClient`): commit statuses, the PR comment, commenter
+//!   permissions and PR heads, over octocrab (GitHub), the gitlab crate (GitLab) and reqwest
+//!   (Bitbucket), each with a configurable API base URL.
+//!
+//! Imports nothing from the crate.
+
+pub mod api;
+pub mod webhook;
+
+use std::fmt;
+
+/// The three forges Gantry speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Forge {
+    Github,
+    Gitlab,
+    Bitbucket,
+}
+
+impl Forge {
+    pub const ALL: [Forge; 3] = [Forge::Github, Forge::Gitlab, Forge::Bitbucket];
+
+    /// `github`, `gitlab`, `bitbucket`: the provider name in gantry.toml and the hook path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forge::Github => "github",
+            Forge::Gitlab => "gitlab",
+            Forge::Bitbucket => "bitbucket",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Forge> {
+        Forge::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl fmt::Display for Forge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened to a pull request (merge request on GitLab).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrAction {
+    Opened,
+    /// New commits were pushed to its head.
+    Synchronize,
+    Reopened,
+    Closed,
+}
+
+impl PrAction {
+    /// The name used in `on.pullRequest.types`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrAction::Opened => "opened",
+            PrAction::Synchronize => "synchronize",
+            PrAction::Reopened => "reopened",
+            PrAction::Closed => "closed",
+        }
+    }
+}
+
+/// A forge event in neutral terms. Repository ids are the forge's: `owner/repo` (GitHub),
+/// `group/project` (GitLab, `path_with_namespace`), `workspace/slug` (Bitbucket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForgeEvent {
+    /// A push to a branch. Tag pushes and branch deletions are `Ignored`.
+    Push {
+        repo: String,
+        branch: String,
+        /// The commit before the push; `None` when the branch was created.
+        before: Option<String>,
+        after: String,
+        pusher: String,
+    },
+    PullRequest {
+        repo: String,
+        number: u64,
+        action: PrAction,
+        /// Full sha, except on Bitbucket, whose payloads carry 12 hex digits: resolve it in the
+        /// mirror before use.
+        head_sha: String,
+        head_branch: String,
+        base_branch: String,
+        /// The head lives in another repository (a fork).
+        from_fork: bool,
+        author: String,
+    },
+    /// A new comment on a pull request.
+    Comment {
+        repo: String,
+        pr_number: u64,
+        comment_id: String,
+        body: String,
+        author: String,
+        /// Missing on GitHub (`issue_comment` has no head): ask the forge (`ForgeClient::pr_head`).
+        head_sha: Option<String>,
+    },
+    /// GitHub's `ping` when a hook is created.
+    Ping { repo: Option<String> },
+    /// Genuine, but nothing Gantry acts on; the reason is sent back with the 202.
+    Ignored { reason: String },
+}
+
+impl ForgeEvent {
+    /// The repository the event is about, if it names one.
+    pub fn repo(&self) -> Option<&str> {
+        match self {
+            ForgeEvent::Push { repo, .. }
+            | ForgeEvent::PullRequest { repo, .. }
+            | ForgeEvent::Comment { repo, .. } => Some(repo),
+            ForgeEvent::Ping { repo } => repo.as_deref(),
+            ForgeEvent::Ignored { .. } => None,
+        }
+    }
+}
+
+/// The state of a commit status, in Gantry's terms; each forge maps it to its own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatusState {
+    /// Queued.
+    Pending,
+    Running,
+    Success,
+    Failure,
+    /// Gantry could not run it (invalid pipeline, refused to start, interrupted).
+    Error,
+    Canceled,
+}
+
+impl StatusState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, StatusState::Pending | StatusState::Running)
+    }
+}

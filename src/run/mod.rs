@@ -6,6 +6,7 @@
 //! while passing them on to an observer (the CLI's progress display). `recover` marks runs whose
 //! process is gone as interrupted and kills what they left running.
 
+pub mod queue;
 pub mod recover;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,8 @@ pub struct RunRequest {
     pub var_overrides: BTreeMap<String, String>,
     pub trigger: Trigger,
     pub git: Option<GitInfo>,
+    /// The pipeline version, when the caller knows it; else `text` is recorded as a version.
+    pub version: Option<u32>,
     pub checkout: Checkout,
     pub limits: Limits,
     /// Keep the run's directory (workspace, output files) after the run, for debugging. By default
@@ -51,6 +54,9 @@ pub enum StartError {
     /// A parameter value does not fit its declaration; nothing was recorded.
     #[error("{0}")]
     Parameter(String),
+    /// The service takes no new runs (it is shutting down).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -142,22 +148,59 @@ fn param_json(v: &ParamValue) -> serde_json::Value {
     }
 }
 
-/// Creates the run: parameters checked, version recorded, variables and secrets resolved.
+/// Creates the run of a `gantry run FILE` (or any caller that starts at once): parameters
+/// checked, version recorded, run created and owned by this process, variables and secrets
+/// resolved.
 pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
     let params = check_params(&req.pipeline, &req.params).map_err(StartError::Parameter)?;
+    check_var_overrides(&req.pipeline, &req.var_overrides)?;
     let name = req.pipeline.name().to_string();
-    let version = store.record_version(
-        &req.source,
-        &name,
-        &req.text,
-        &req.path,
-        req.git.as_ref().map(|g| g.sha.as_str()),
+    let version = match req.version {
+        Some(v) => v,
+        None => store.record_version(
+            &req.source,
+            &name,
+            &req.text,
+            &req.path,
+            req.git.as_ref().map(|g| g.sha.as_str()),
+        )?,
+    };
+    let run = enqueue(
+        store,
+        &req.pipeline,
+        Enqueue {
+            source: req.source.clone(),
+            version,
+            params,
+            trigger: req.trigger,
+            git: req.git,
+            concurrency: None,
+            status: RunStatus::Queued,
+            message: None,
+            owner: recover::current_owner(),
+            pr: None,
+        },
     )?;
-    let plan = plan::plan(&req.pipeline);
+    start(
+        store,
+        run,
+        &req.pipeline,
+        Start {
+            checkout: req.checkout,
+            limits: req.limits,
+            keep_run_dir: req.keep_run_dir,
+            var_overrides: req.var_overrides,
+        },
+    )
+}
 
-    for name_given in req.var_overrides.keys() {
-        if !req.pipeline.variables.contains(name_given) {
-            let declared = &req.pipeline.variables;
+fn check_var_overrides(
+    pipeline: &Pipeline,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), StartError> {
+    for name_given in overrides.keys() {
+        if !pipeline.variables.contains(name_given) {
+            let declared = &pipeline.variables;
             let hint = crate::spec::diagnostic::did_you_mean(
                 name_given,
                 declared.iter().map(String::as_str),
@@ -178,63 +221,139 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             )));
         }
     }
-    let mut vars = store.resolve_vars(&name, &req.pipeline.variables)?;
-    vars.extend(
-        req.var_overrides
+    Ok(())
+}
+
+/// A run to record, with checked parameters.
+#[derive(Debug, Clone)]
+pub struct Enqueue {
+    pub source: String,
+    pub version: u32,
+    pub params: BTreeMap<String, ParamValue>,
+    pub trigger: Trigger,
+    pub git: Option<GitInfo>,
+    pub concurrency: Option<String>,
+    /// `Queued`, or `Skipped` for a run that yields to its busy concurrency group.
+    pub status: RunStatus,
+    pub message: Option<String>,
+    /// The process that will execute it; `None` for a run waiting in the service's queue.
+    pub owner: Option<crate::store::Owner>,
+    /// The pull request the run belongs to.
+    pub pr: Option<u64>,
+}
+
+/// Records a run (flushed) with a pending record per step of its plan.
+pub fn enqueue(store: &Store, pipeline: &Pipeline, e: Enqueue) -> Result<RunRecord, StoreError> {
+    let plan = plan::plan(pipeline);
+    store.create_run(NewRun {
+        source: e.source,
+        pipeline: pipeline.name().to_string(),
+        version: e.version,
+        parameters: e
+            .params
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    let secrets = store.resolve_secrets(&name, &req.pipeline.secrets)?;
+            .map(|(k, v)| (k.clone(), param_json(v)))
+            .collect(),
+        trigger: e.trigger,
+        git: e.git,
+        steps: plan.steps.iter().map(|s| s.name.clone()).collect(),
+        owner: e.owner,
+        status: e.status,
+        concurrency: e.concurrency,
+        message: e.message,
+        pr: e.pr,
+    })
+}
+
+/// How to execute a recorded run.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub checkout: Checkout,
+    pub limits: Limits,
+    pub keep_run_dir: bool,
+    /// Variables given for this run only; they win over stored ones.
+    pub var_overrides: BTreeMap<String, String>,
+}
+
+/// The scope of a pipeline's own variables and secrets: `source/name`, or the bare name for a
+/// pipeline run straight from a file.
+pub fn config_scope(source: &str, name: &str) -> String {
+    if source == FILE_SOURCE {
+        name.to_string()
+    } else {
+        format!("{source}/{name}")
+    }
+}
+
+/// The source of runs started from a file by `gantry run FILE`.
+pub const FILE_SOURCE: &str = "file";
+
+/// A run's parameter values as the text the steps see.
+pub fn param_texts(run: &RunRecord) -> BTreeMap<String, String> {
+    run.parameters
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}
+
+/// Takes a recorded run to the start line: this process becomes its owner, and its variables
+/// and secrets are resolved (a missing one makes the run fail before any step starts).
+pub fn start(
+    store: &Store,
+    run: RunRecord,
+    pipeline: &Pipeline,
+    how: Start,
+) -> Result<Prepared, StartError> {
+    let name = pipeline.name().to_string();
+    let scope = config_scope(&run.source, &name);
+    let plan = plan::plan(pipeline);
+    let mut vars = store.resolve_vars(&scope, &pipeline.variables)?;
+    vars.extend(how.var_overrides);
+    let secrets = store.resolve_secrets(&scope, &pipeline.secrets)?;
     let problems: Vec<String> = [
-        missing("variable", &req.pipeline.variables, &vars, |v| {
-            format!("gantry vars set {v} VALUE --pipeline {name}, or --var {v}=VALUE")
+        missing("variable", &pipeline.variables, &vars, |v| {
+            format!("gantry vars set {v} VALUE --pipeline {scope}, or --var {v}=VALUE")
         }),
-        missing("secret", &req.pipeline.secrets, &secrets, |v| {
-            format!("gantry secrets set {v} --pipeline {name}, value on stdin")
+        missing("secret", &pipeline.secrets, &secrets, |v| {
+            format!("gantry secrets set {v} --pipeline {scope}, value on stdin")
         }),
     ]
     .into_iter()
     .flatten()
     .collect();
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
-
-    let run = store.create_run(NewRun {
-        source: req.source.clone(),
-        pipeline: name.clone(),
-        version,
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.clone(), param_json(v)))
-            .collect(),
-        trigger: req.trigger,
-        git: req.git.clone(),
-        steps: plan.steps.iter().map(|s| s.name.clone()).collect(),
-        owner: recover::current_owner(),
-    })?;
+    let run = if run.owner.is_none() {
+        store.update_run(&run.id, |r| r.owner = recover::current_owner())?
+    } else {
+        run
+    };
     let run_dir: PathBuf = store.dir().join("runs").join(&run.id);
     let input = RunInput {
         run_id: run.id.clone(),
         run_number: run.number,
         pipeline: name,
-        params: params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
+        params: param_texts(&run),
         vars,
         secrets,
-        git: req.git,
+        git: run.git.clone(),
         trigger: run.trigger.kind.clone(),
-        pr_number: None,
-        checkout: req.checkout,
+        pr_number: run.pr,
+        checkout: how.checkout,
         run_dir,
-        limits: req.limits,
+        limits: how.limits,
     };
     Ok(Prepared {
         run,
         plan,
         input,
         refusal,
-        keep_run_dir: req.keep_run_dir,
+        keep_run_dir: how.keep_run_dir,
     })
 }
 

@@ -81,6 +81,10 @@ pub fn recover(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
         if run.owner.as_ref().is_some_and(owner_alive) {
             continue;
         }
+        // A queued run that no process has taken yet waits in the service's durable queue.
+        if run.status == RunStatus::Queued && run.owner.is_none() {
+            continue;
+        }
         let killed = kill_run_processes(&run.id);
         let now = Utc::now();
         for (i, step) in store.steps(&run.id)?.iter().enumerate() {

@@ -1,4 +1,527 @@
-//! The HTTP server (axum): REST API, webhook receivers (verify, persist, answer; slow work happens
-//! after the answer) and the web UI. The composition root of the service.
+//! The long-running service (`gantry serve`): one process that owns the store, keeps the
+//! pipelines in step with their repositories, fires schedules, runs the queue and answers the
+//! REST API.
 //!
-//! Lands with the service issue; this module holds only its contract for now.
+//! Tasks, all on one tokio runtime:
+//! - one sync loop per watched repository (fetch + reconcile on `spawn_blocking`, every
+//!   `poll_interval` or when woken), so a slow or unreachable repository delays only itself;
+//! - the scheduler loop (`trigger::schedule`), which submits due ticks to the queue;
+//! - the run queue (`run::queue`);
+//! - the HTTP server (`api.rs`, with bearer-token auth in `auth`).
+//!
+//! SIGTERM or SIGINT stops the listener and the loops, gives running runs the grace period to
+//! finish, and marks the rest interrupted; queued runs wait in the store for the next start.
+
+pub mod api;
+pub mod hooks;
+pub mod openapi;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::{self, RepoSource};
+use crate::config::{ApiToken, Config, Provider};
+use crate::executor::local::LocalExecutor;
+use crate::executor::{Checkout, Limits};
+use crate::report::outbox::Outbox;
+use crate::run::queue::{Queue, QueueConfig, Submit};
+use crate::source::mirror::Credentials;
+use crate::store::{RunRecord, Store, Trigger};
+use crate::trigger::schedule::Scheduler;
+
+/// Set by the auth layer to the name of the token a request used (a client cannot set it: the
+/// layer removes any such header first).
+pub const TOKEN_NAME_HEADER: &str = "x-gantry-token-name";
+
+/// A watched repository as the server keeps it.
+pub struct WatchedRepo {
+    pub url: String,
+    pub branch: String,
+    /// The forge's id (`owner/repo`), or the source name for plain git.
+    pub forge_id: String,
+    pub provider: Provider,
+    pub poll_interval: Duration,
+    pub webhook_secret: Option<String>,
+    pub source: RepoSource,
+    /// Wakes the repository's sync loop (the API's sync endpoint; webhooks later).
+    pub wake: Notify,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Queue,
+    pub repos: Arc<BTreeMap<String, Arc<WatchedRepo>>>,
+    pub tokens: Arc<Vec<ApiToken>>,
+    pub public_url: String,
+    pub outbox: Arc<Outbox>,
+    /// Wakes the delivery processor.
+    pub deliveries: Arc<Notify>,
+}
+
+/// Knobs of a server that are not in the config file.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runs executing at once.
+    pub max_running: usize,
+    /// How long running runs may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Called with the bound address once the server listens (`gantry up` prints it).
+    pub announce: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_running: 4,
+            shutdown_grace: Duration::from_secs(30),
+            announce: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Unsafe(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server stopped: {0}")]
+    Http(std::io::Error),
+    #[error("the route table names `{method} {path}`, which has no handler")]
+    Route { method: String, path: String },
+}
+
+/// The repository sources of a config: mirrors under `<data_dir>/mirrors/<name>.git`.
+pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<WatchedRepo>> {
+    config
+        .repos
+        .iter()
+        .map(|r| {
+            let credentials = r
+                .token
+                .clone()
+                .map(|t| Credentials::for_provider(r.provider.as_str(), t));
+            Arc::new(WatchedRepo {
+                url: r.url.clone(),
+                branch: r.branch.clone(),
+                forge_id: r.repo.clone().unwrap_or_else(|| r.name.clone()),
+                provider: r.provider,
+                poll_interval: r.poll_interval,
+                webhook_secret: r.webhook_secret.clone(),
+                source: RepoSource {
+                    name: r.name.clone(),
+                    url: r.url.clone(),
+                    branch: r.branch.clone(),
+                    paths: r.paths.clone(),
+                    credentials,
+                    mirror_dir: data_dir.join("mirrors").join(format!("{}.git", r.name)),
+                },
+                wake: Notify::new(),
+            })
+        })
+        .collect()
+}
+
+/// The forge client of every repository that reports to a forge.
+pub fn forge_clients(config: &Config) -> BTreeMap<String, crate::forge::api::ClientConfig> {
+    use crate::forge::api::{Auth, ClientConfig};
+    config
+        .repos
+        .iter()
+        .filter_map(|r| {
+            let forge = hooks::forge_of(r.provider)?;
+            let auth = match (&r.github_app, &r.token) {
+                (Some(app), _) => Auth::GithubApp {
+                    app_id: app.app_id,
+                    private_key_pem: app.private_key_pem.clone(),
+                },
+                (None, Some(token)) => Auth::Token(token.clone()),
+                (None, None) => return None,
+            };
+            Some((
+                r.name.clone(),
+                ClientConfig {
+                    forge,
+                    api_url: r.api_url.clone()?,
+                    repo: r.repo.clone()?,
+                    auth,
+                    timeout: Duration::from_secs(10),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Builds the router from the route table, with auth in front of every route that needs it.
+pub fn router(state: AppState) -> Result<Router, ServeError> {
+    let mut open = Router::new();
+    let mut guarded = Router::new();
+    for route in api::ROUTES {
+        let handler = api::handler(route.method, route.path).ok_or_else(|| ServeError::Route {
+            method: route.method.to_uppercase(),
+            path: route.path.to_string(),
+        })?;
+        if route.auth {
+            guarded = guarded.route(route.path, handler);
+        } else {
+            open = open.route(route.path, handler);
+        }
+    }
+    let guarded = guarded.layer(middleware::from_fn_with_state(state.clone(), auth));
+    Ok(open
+        .merge(guarded)
+        .fallback(|| async {
+            api::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint (GET /api/v1/openapi.json lists them)",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(5 * 1024 * 1024))
+        .with_state(state))
+}
+
+/// Compares in time that does not depend on where the inputs differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    request.headers_mut().remove(TOKEN_NAME_HEADER);
+    if state.tokens.is_empty() {
+        // No tokens configured: allowed only on loopback (checked at start).
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return unauthorized("missing `Authorization: Bearer <token>` header");
+    };
+    let found = state.tokens.iter().fold(None, |found, t| {
+        if same_secret(given.as_bytes(), t.token.as_bytes()) {
+            Some(t.name.clone())
+        } else {
+            found
+        }
+    });
+    match found {
+        Some(name) => {
+            if let Ok(v) = HeaderValue::from_str(&name) {
+                request.headers_mut().insert(TOKEN_NAME_HEADER, v);
+            }
+            next.run(request).await
+        }
+        None => unauthorized("the bearer token is not one of the configured [[auth.tokens]]"),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = api::ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"gantry\""),
+    );
+    response
+}
+
+/// Runs the service until SIGTERM/SIGINT (or `stop` is cancelled).
+pub async fn serve(
+    config: Config,
+    options: Options,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    config.check_listen_safety().map_err(ServeError::Unsafe)?;
+    let data_dir = config.storage.data_dir.clone();
+    let store = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| ServeError::Http(std::io::Error::other(e)))??
+    };
+    let interrupted = crate::run::recover::recover(&store)?;
+    for run in &interrupted {
+        eprintln!(
+            "gantry: run {} of {}/{} was interrupted by the last shutdown",
+            run.id, run.source, run.pipeline
+        );
+    }
+    let repos: BTreeMap<String, Arc<WatchedRepo>> = repo_sources(&config, &data_dir)
+        .into_iter()
+        .map(|r| (r.source.name.clone(), r))
+        .collect();
+    let repos = Arc::new(repos);
+    let checkout_repos = repos.clone();
+    let checkout = move |run: &RunRecord| -> Checkout {
+        match (checkout_repos.get(&run.source), &run.git) {
+            (Some(repo), Some(git)) => Checkout::Commit {
+                git_dir: repo.source.mirror_dir.clone(),
+                sha: git.sha.clone(),
+            },
+            _ => Checkout::None,
+        }
+    };
+    let outbox = Arc::new(Outbox::new(
+        store.clone(),
+        config.server.public_url.clone(),
+        forge_clients(&config),
+    ));
+    let on_transition = {
+        let (store, outbox, public_url) = (
+            store.clone(),
+            outbox.clone(),
+            config.server.public_url.clone(),
+        );
+        move |run: &RunRecord| {
+            if !outbox.reports(&run.source) {
+                return;
+            }
+            match crate::report::on_transition(&store, &public_url, run) {
+                Ok(()) => outbox.notify(),
+                Err(e) => eprintln!("gantry: warning: reporting run {}: {e}", run.id),
+            }
+        }
+    };
+    let queue = Queue::start(
+        store.clone(),
+        Arc::new(LocalExecutor::new()),
+        QueueConfig {
+            max_running: options.max_running,
+            limits: Limits::default(),
+            checkout: Arc::new(checkout),
+            on_transition: Some(Arc::new(on_transition)),
+        },
+    )?;
+    let state = AppState {
+        store: store.clone(),
+        queue: queue.clone(),
+        repos: repos.clone(),
+        tokens: Arc::new(config.tokens.clone()),
+        public_url: config.server.public_url.clone(),
+        outbox: outbox.clone(),
+        deliveries: Arc::new(Notify::new()),
+    };
+    let app = router(state.clone())?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(ServeError::Http)?;
+    if options.announce {
+        eprintln!(
+            "gantry: serving on http://{bound} (data dir {})",
+            data_dir.display()
+        );
+    }
+
+    let loops = CancellationToken::new();
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for repo in repos.values() {
+        tasks.spawn(sync_loop(
+            store.clone(),
+            repo.clone(),
+            loops.clone(),
+            interrupt.clone(),
+        ));
+    }
+    tasks.spawn(schedule_loop(store.clone(), queue.clone(), loops.clone()));
+    tasks.spawn(hooks::process_loop(state.clone(), loops.clone()));
+    tasks.spawn(outbox.clone().run(loops.clone()));
+
+    let signal = stop.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    let http_stop = stop.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await;
+    eprintln!(
+        "gantry: stopping: no new work; running runs get {} to finish",
+        crate::spec::values::format_duration(options.shutdown_grace)
+    );
+    loops.cancel();
+    interrupt.store(true, Ordering::SeqCst);
+    queue.shutdown(options.shutdown_grace).await;
+    while tasks.join_next().await.is_some() {}
+    store.flush_async().await?;
+    served.map_err(ServeError::Http)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the server still stops when its token is cancelled.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Keeps one repository in sync: at start, every `poll_interval` (unless zero), and when woken.
+async fn sync_loop(
+    store: Store,
+    repo: Arc<WatchedRepo>,
+    stop: CancellationToken,
+    interrupt: Arc<AtomicBool>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let (st, r, i) = (store.clone(), repo.clone(), interrupt.clone());
+        let result = tokio::task::spawn_blocking(move || catalog::sync(&st, &r.source, &i)).await;
+        match result {
+            Ok(Ok(report)) => {
+                failures = 0;
+                if !report.unchanged {
+                    eprintln!(
+                        "gantry: {} at {}: {} new version(s), {} invalid, {} retired",
+                        repo.source.name,
+                        &report.head[..report.head.len().min(12)],
+                        report.new_versions.len(),
+                        report.invalid.len(),
+                        report.retired.len()
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                eprintln!("gantry: warning: sync of {}: {e}", repo.source.name);
+            }
+            Err(e) => eprintln!("gantry: warning: sync of {} stopped: {e}", repo.source.name),
+        }
+        // After failures, wait longer (up to 5 minutes) so an unreachable remote is not hammered.
+        let wait = if repo.poll_interval.is_zero() {
+            None
+        } else {
+            let backoff = repo.poll_interval * 2u32.saturating_pow(failures.min(8));
+            Some(
+                backoff
+                    .min(Duration::from_secs(300))
+                    .max(repo.poll_interval),
+            )
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = repo.wake.notified() => {}
+            _ = async {
+                match wait {
+                    Some(w) => tokio::time::sleep(w).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// Fires due schedule ticks into the queue.
+async fn schedule_loop(store: Store, queue: Queue, stop: CancellationToken) {
+    let mut scheduler = Scheduler::new();
+    loop {
+        let now = chrono::Utc::now();
+        match scheduler.due(&store, now) {
+            Ok(fires) => {
+                for fire in fires {
+                    submit_fire(&store, &queue, fire);
+                }
+            }
+            Err(e) => eprintln!("gantry: warning: schedules: {e}"),
+        }
+        // Sleep to the next tick, but look again at least every second: pipelines change.
+        let until_next = scheduler
+            .next_wake(chrono::Utc::now())
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(until_next + Duration::from_millis(5)) => {}
+        }
+    }
+}
+
+fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fire) {
+    let label = format!("{}/{}", fire.source, fire.name);
+    let pipeline = match store.get_version(&fire.source, &fire.name, fire.version) {
+        Ok(Some(v)) => crate::spec::check(&v.text).pipeline,
+        _ => None,
+    };
+    let Some(pipeline) = pipeline else {
+        eprintln!("gantry: warning: schedule of {label}: its version is gone");
+        return;
+    };
+    let git = store
+        .source_state(&fire.source)
+        .ok()
+        .and_then(|s| s.head)
+        .map(|sha| crate::executor::GitInfo {
+            sha,
+            reference: String::new(),
+            repo: fire.source.clone(),
+        });
+    let tick = fire.tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let detail = if fire.catch_up {
+        format!("cron {}, catch-up for the tick at {tick}", fire.cron)
+    } else {
+        format!("cron {}, tick at {tick}", fire.cron)
+    };
+    let submit = Submit {
+        source: fire.source.clone(),
+        pipeline,
+        version: fire.version,
+        params: fire
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        trigger: Trigger {
+            kind: "schedule".into(),
+            detail: Some(detail),
+        },
+        git,
+        pr: None,
+    };
+    if let Err(e) = queue.submit(submit) {
+        eprintln!("gantry: warning: schedule of {label} at {}: {e}", fire.tick);
+    }
+}
+
+/// Where `gantry up` keeps its demo repository and token.
+pub fn demo_paths(data_dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    (data_dir.join("demo-repo"), data_dir.join("admin.token"))
+}

@@ -146,12 +146,14 @@ impl Mirror {
             source,
         })?;
         let mut prepare = gix::prepare_clone_bare(self.url.as_str(), &self.git_dir).map_err(err)?;
-        if let Some(credentials) = self.credentials.clone() {
-            prepare = prepare.configure_connection(move |connection| {
-                connection.set_credentials(authenticate(credentials.clone()));
-                Ok(())
-            });
-        }
+        let credentials = self.credentials.clone();
+        prepare = prepare.configure_connection(move |connection| {
+            match credentials.clone() {
+                Some(c) => connection.set_credentials(authenticate(c)),
+                None => connection.set_credentials(no_credentials),
+            };
+            Ok(())
+        });
         let interrupt = AtomicBool::new(false);
         // On failure, dropping `prepare` removes what the clone created.
         prepare
@@ -169,6 +171,16 @@ impl Mirror {
 
     /// Fetches every branch of the remote into the mirror; `interrupt` set to `true` stops it.
     pub fn fetch(&self, interrupt: &AtomicBool) -> Result<FetchOutcome, SourceError> {
+        self.fetch_refspecs(&[REFSPEC], interrupt)
+    }
+
+    /// Fetches with explicit refspecs, e.g. a pull request's head ref
+    /// (`+refs/pull/7/head:refs/gantry/pr/7`), whose commits no branch of the mirror holds.
+    pub fn fetch_refspecs(
+        &self,
+        refspecs: &[&str],
+        interrupt: &AtomicBool,
+    ) -> Result<FetchOutcome, SourceError> {
         self.check_transport()?;
         let repo = self.open()?;
         let before = self.branches(&repo)?;
@@ -180,12 +192,13 @@ impl Mirror {
         };
         let remote = repo
             .remote_at(self.url.as_str())
-            .and_then(|r| r.with_refspecs([REFSPEC], Direction::Fetch))
+            .and_then(|r| r.with_refspecs(refspecs.iter().copied(), Direction::Fetch))
             .map_err(err)?;
         let mut connection = remote.connect(Direction::Fetch).map_err(err)?;
-        if let Some(credentials) = self.credentials.clone() {
-            connection.set_credentials(authenticate(credentials));
-        }
+        match self.credentials.clone() {
+            Some(credentials) => connection.set_credentials(authenticate(credentials)),
+            None => connection.set_credentials(no_credentials),
+        };
         connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(err)?
@@ -455,6 +468,15 @@ fn authenticate(
         }
         _ => Ok(None),
     }
+}
+
+/// The credentials callback of a repository configured without a token: a server that asks for
+/// credentials gets none, and the fetch fails at once. Without it gix would ask git's credential
+/// helpers, which may wait for a terminal the service does not have.
+fn no_credentials(
+    _action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    Ok(None)
 }
 
 /// The likely fix for a failed clone or fetch.

@@ -17,13 +17,27 @@
 //! | `publications` | `run id \0 step` | the resolved resource; secret credential values sealed |
 //! | `vars` | `pipeline or "" \0 name` | the value (UTF-8 bytes) |
 //! | `secrets` | `pipeline or "" \0 name` | sealed value (`crypto.rs`), the key is its associated data |
+//! | `pipelines` | `source \0 name` | `PipelineRecord` |
+//! | `sources` | repository name | `SourceState` |
+//! | `schedule_marks` | `source \0 name \0 schedule index:u16` | last fire time, ms since the epoch, i64 big-endian |
+//! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` (the raw body, its outcome once processed) |
+//! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
+//! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
+//! | `prs` | `source \0 pr number:u64` | `PrRecord` |
+//!
+//! Variables and secrets scoped to a pipeline use `source/name` as the scope (`gantry run FILE`
+//! uses the bare pipeline name, as its source is the file).
+//!
+//! Tables added after schema version 1 shipped are new trees only (no existing key changes), so
+//! they need no migration: sled creates an empty tree on first open.
 //!
 //! # Durability
 //!
 //! sled makes writes durable at `flush` (and in the background every 500 ms). A state change that
 //! must survive a crash is flushed before it is acted on: a run is flushed as queued before any of
 //! its steps starts, and again when it ends; variables and secrets are flushed before the command
-//! that set them returns. Step transitions and log chunks are not flushed one by one: a run cut
+//! that set them returns; pipeline records and source states before the reconciler moves on; a
+//! schedule's last tick before the run it fires is queued (so a tick fires at most once). Step transitions and log chunks are not flushed one by one: a run cut
 //! short by a crash is never resumed but marked interrupted on the next start (the `run` module
 //! finds its leftover processes by the `GANTRY_RUN_ID` in their environment), so they need only
 //! be as fresh as the background flush keeps them. Flushing each one would cost an fsync per step,
@@ -35,8 +49,10 @@
 //! migrated step by step in `migrate`; a newer one is refused (an older Gantry must not rewrite a
 //! layout it does not know).
 
+mod catalog;
 mod config;
 pub mod crypto;
+mod forge;
 pub mod records;
 mod runs;
 
@@ -46,8 +62,9 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
 pub use records::*;
-pub use runs::NewRun;
+pub use runs::{NewRun, new_run_id};
 
 /// The layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -120,7 +137,39 @@ struct Inner {
     publications: sled::Tree,
     vars: sled::Tree,
     secrets: sled::Tree,
+    pipelines: sled::Tree,
+    sources: sled::Tree,
+    schedule_marks: sled::Tree,
+    deliveries: sled::Tree,
+    delivery_queue: sled::Tree,
+    outbox: sled::Tree,
+    prs: sled::Tree,
+    group: forge::GroupCommit,
     key: OnceLock<crypto::MasterKey>,
+}
+
+/// sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs, `try_lock`), so
+/// the text is all there is to go by.
+fn is_lock_error(error: &std::io::Error) -> bool {
+    error.to_string().starts_with("could not acquire lock")
+}
+
+/// Opens the sled database, waiting a moment if its lock is held. A dropped `Db` releases the
+/// lock only when sled's background threads have let go of the file, which can be a few
+/// milliseconds after the drop; a command started right after another one ended, or a test that
+/// reopens a store, would otherwise see "in use" for a store nobody holds any more. A lock that
+/// is still held after the grace period belongs to another live process.
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(io)) if is_lock_error(&io) && started.elapsed() < GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Store {
@@ -145,22 +194,15 @@ impl Store {
             .map_err(|e| StoreError::io(format!("cannot write {}", ignore.display()), e))?;
         }
         let path = dir.join("db");
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|source| match &source {
-                // sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs,
-                // `try_lock`), so the text is all there is to go by.
-                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
-                    StoreError::Locked {
-                        path: dir.to_path_buf(),
-                    }
-                }
-                _ => StoreError::Db {
-                    path: path.clone(),
-                    source,
-                },
-            })?;
+        let db = open_db(&path).map_err(|source| match &source {
+            sled::Error::Io(io) if is_lock_error(io) => StoreError::Locked {
+                path: dir.to_path_buf(),
+            },
+            _ => StoreError::Db {
+                path: path.clone(),
+                source,
+            },
+        })?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| StoreError::Db {
                 path: path.clone(),
@@ -178,6 +220,14 @@ impl Store {
             publications: tree("publications")?,
             vars: tree("vars")?,
             secrets: tree("secrets")?,
+            pipelines: tree("pipelines")?,
+            sources: tree("sources")?,
+            schedule_marks: tree("schedule_marks")?,
+            deliveries: tree("deliveries")?,
+            delivery_queue: tree("delivery_queue")?,
+            outbox: tree("outbox")?,
+            prs: tree("prs")?,
+            group: forge::GroupCommit::new(),
             db,
             dir: dir.to_path_buf(),
             key: OnceLock::new(),

@@ -16,8 +16,11 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Cancelled,
-    /// The process running it went away (crash, kill -9, power loss).
+    /// The process running it went away (crash, kill -9, power loss), or the service stopped
+    /// before it finished.
     Interrupted,
+    /// Never started: its concurrency group was busy and the pipeline's policy is `skip`.
+    Skipped,
 }
 
 impl RunStatus {
@@ -33,6 +36,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Skipped => "skipped",
         }
     }
 }
@@ -84,6 +88,15 @@ pub struct RunRecord {
     pub steps: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// The resolved concurrency group: runs with the same group never overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<String>,
+    /// The pull request the run belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr: Option<u64>,
+    /// Why reporting the run to its forge failed, after the outbox gave up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback_error: Option<String>,
 }
 
 /// The state of one step of a run.
@@ -233,4 +246,61 @@ pub struct ConfigEntry {
     /// The value of a variable; always `None` for a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+}
+
+/// A pipeline Gantry knows of: from a watched repository (`source` is the repository's name) or
+/// defined in Gantry (`source` is `local`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    pub source: String,
+    pub name: String,
+    /// The file it is read from, relative to the repository root (`local` pipelines: "").
+    pub path: String,
+    /// The version runs use: the newest valid one. `None` while no valid text was ever seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The commit the definition was last read at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Whether the definition as last read is valid; when not, `errors` says why and `version`
+    /// still points at the last valid one.
+    pub valid: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<PipelineError>,
+    /// The file is gone from the branch: no new runs; its runs and versions stay.
+    #[serde(default)]
+    pub retired: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One validation error of a pipeline file, with its place in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineError {
+    pub path: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+}
+
+impl std::fmt::Display for PipelineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.path, self.line, self.column, self.message
+        )
+    }
+}
+
+/// What Gantry last saw of a watched repository.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SourceState {
+    /// The branch head the pipelines were last reconciled at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Why the last sync failed, if it did (URLs redacted); cleared by the next good sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

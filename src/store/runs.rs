@@ -24,6 +24,12 @@ pub struct NewRun {
     pub git: Option<GitInfo>,
     pub steps: Vec<String>,
     pub owner: Option<Owner>,
+    /// `Queued` for a run to execute; an end state (`Skipped`) records a run that never starts.
+    pub status: RunStatus,
+    pub concurrency: Option<String>,
+    /// Why the run has the status it is created with (a skipped run says which run it yielded to).
+    pub message: Option<String>,
+    pub pr: Option<u64>,
 }
 
 /// A sortable run id: 48 bits of milliseconds since the epoch and 80 random bits, in Crockford
@@ -137,14 +143,17 @@ impl Store {
             version: new.version,
             parameters: new.parameters,
             trigger: new.trigger,
-            status: RunStatus::Queued,
+            status: new.status,
             git: new.git,
             created_at: now,
             started_at: None,
-            finished_at: None,
-            message: None,
+            finished_at: (!new.status.is_active()).then_some(now),
+            message: new.message,
             steps: new.steps,
             owner: new.owner,
+            concurrency: new.concurrency,
+            pr: new.pr,
+            writeback_error: None,
         };
         let result: Result<u64, TransactionError<serde_json::Error>> =
             (&self.inner.runs, &self.inner.run_numbers).transaction(|(runs, numbers)| {

@@ -21,6 +21,10 @@ fn new_run(pipeline: &str) -> NewRun {
         git: None,
         steps: vec!["a".into(), "b".into()],
         owner: None,
+        status: RunStatus::Queued,
+        concurrency: None,
+        message: None,
+        pr: None,
     }
 }
 

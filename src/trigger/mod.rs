@@ -2,4 +2,8 @@
 //! pipelines it starts, matched against `on` (branches, paths, types) at the event's commit.
 //! Emits run requests; never starts processes and never writes to a forge.
 //!
-//! Lands with the service and webhook issues; this module holds only its contract for now.
+//! `schedule.rs` decides which schedule ticks are due; `events.rs` which pipelines a push or a
+//! pull request starts at its commit, and what a `/gantry` comment asks for.
+
+pub mod events;
+pub mod schedule;

@@ -1,9 +1,15 @@
 //! Gantry's integration tests: one binary, one module per area (see ARCHITECTURE.md, "Testing").
 
 mod cli;
+mod forge_api;
+mod mirror;
 mod postgres;
 mod run;
+mod service;
 mod spec_examples;
 mod spec_fuzz;
 mod spec_rules;
+mod support;
 mod tidy;
+mod up;
+mod webhooks;

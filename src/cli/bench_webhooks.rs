@@ -1,0 +1,547 @@
+//! `gantry bench webhooks`: the webhook path, measured on loopback against an in-process server.
+//!
+//! - intake: signed deliveries accepted (verified, de-duplicated, stored durably) per second from
+//!   a load generator in this process, against the same generator hitting a bare endpoint that
+//!   answers 202 without doing anything (the baseline); afterwards every accepted delivery must be
+//!   in the store.
+//! - latency: push webhook → first step process started, with the repository already mirrored
+//!   and served by `git daemon`: p50/p99 over sequential real pushes.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::config::{ApiToken, Config, Provider, RepoConfig, Server, Storage};
+use crate::forge::Forge;
+use crate::forge::webhook::sign;
+use crate::server::{self, Options};
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct WebhookOptions {
+    /// Seconds of load for the intake measurement
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent connections of the load generator
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Sequential pushes for the latency measurement
+    #[arg(long, default_value_t = 200)]
+    pub pushes: usize,
+}
+
+const SECRET: &str = "bench-webhook-secret";
+const TOKEN: &str = "bench-token";
+const REPO: &str = "acme/bench";
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@gantry.invalid")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@gantry.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// `git daemon` in a process group of its own, killed with it on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: kill(2) on the process group this daemon leads.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(root: &Path, port: u16) -> Result<Daemon, String> {
+    let mut cmd = Command::new("git");
+    cmd.args([
+        "daemon",
+        "--reuseaddr",
+        "--export-all",
+        "--enable=receive-pack",
+        "--listen=127.0.0.1",
+    ])
+    .arg(format!("--port={port}"))
+    .arg(format!("--base-path={}", root.display()))
+    .arg(root)
+    .env("GIT_CONFIG_NOSYSTEM", "1")
+    .env("GIT_CONFIG_GLOBAL", "/dev/null")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start git daemon: {e}"))?;
+    let daemon = Daemon(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("git daemon did not listen".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(daemon)
+}
+
+const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: on-push\non:\n  push: {}\nsteps:\n  - name: first\n    script: 'true'\n";
+
+/// A served repository with one push-triggered pipeline, and a work clone to push from.
+fn setup_repo(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let served = root.join("served");
+    let bare = served.join("bench.git");
+    std::fs::create_dir_all(&bare).map_err(|e| e.to_string())?;
+    git(&bare, &["init", "--bare", "--quiet"])?;
+    let work = root.join("work");
+    std::fs::create_dir_all(work.join(".gantry/pipelines")).map_err(|e| e.to_string())?;
+    git(&work, &["init", "--quiet"])?;
+    std::fs::write(work.join(".gantry/pipelines/on-push.yaml"), PIPELINE)
+        .map_err(|e| e.to_string())?;
+    std::fs::write(work.join("counter"), "0").map_err(|e| e.to_string())?;
+    git(&work, &["add", "--all"])?;
+    git(&work, &["commit", "--quiet", "-m", "start"])?;
+    let bare_str = bare.display().to_string();
+    git(
+        &work,
+        &["push", "--quiet", &bare_str, "HEAD:refs/heads/main"],
+    )?;
+    Ok((served, work))
+}
+
+fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
+    Config {
+        server: Server {
+            listen,
+            public_url: format!("http://{listen}"),
+        },
+        storage: Storage {
+            data_dir: data_dir.to_path_buf(),
+        },
+        tokens: vec![ApiToken {
+            name: "bench".into(),
+            token: TOKEN.into(),
+        }],
+        repos: vec![RepoConfig {
+            name: "bench".into(),
+            url: url.to_string(),
+            provider: Provider::Github,
+            repo: Some(REPO.into()),
+            branch: "main".into(),
+            paths: crate::spec::model::DEFAULT_PIPELINE_GLOBS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            poll_interval: Duration::ZERO,
+            token: None,
+            webhook_secret: Some(SECRET.into()),
+            api_url: None,
+            github_app: None,
+        }],
+    }
+}
+
+/// A signed GitHub delivery.
+fn delivery(
+    client: &reqwest::Client,
+    url: &str,
+    event: &str,
+    id: &str,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let mut r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", id)
+        .body(body.to_vec());
+    for (k, v) in sign(Forge::Github, body, SECRET) {
+        r = r.header(k, v);
+    }
+    r
+}
+
+/// A PR comment without a command: stored like any delivery, and processed without a fetch, so
+/// the intake figure is not the processor's.
+fn comment_body() -> Vec<u8> {
+    json!({
+        "action": "created",
+        "issue": {"number": 1, "pull_request": {"url": "x"}},
+        "comment": {"id": 1, "body": "looks good", "user": {"login": "alice"}},
+        "repository": {"full_name": REPO},
+        "sender": {"login": "alice"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Sends deliveries from `connections` tasks for `seconds`; every tenth is a redelivery of an
+/// earlier id. Returns (answers per second, ids accepted as new).
+async fn load(
+    url: &str,
+    connections: usize,
+    seconds: f64,
+    signed: bool,
+) -> Result<(f64, Vec<String>, u64), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body = Arc::new(comment_body());
+    let sent = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (client, body, sent, failures) =
+            (client.clone(), body.clone(), sent.clone(), failures.clone());
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut n: u64 = 0;
+            while Instant::now() < deadline {
+                n += 1;
+                let id = if n.is_multiple_of(10) {
+                    format!("c{c}-{}", n - 1)
+                } else {
+                    format!("c{c}-{n}")
+                };
+                let request = if signed {
+                    delivery(&client, &url, "issue_comment", &id, &body)
+                } else {
+                    client.post(&url).body(body.to_vec())
+                };
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if signed {
+                            let v: serde_json::Value = r.json().await.unwrap_or_default();
+                            if v["duplicate"] == false {
+                                accepted.push(id);
+                            }
+                        }
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            accepted
+        }));
+    }
+    let mut accepted = Vec::new();
+    for t in tasks {
+        accepted.extend(t.await.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok((
+        sent.load(Ordering::Relaxed) as f64 / elapsed,
+        accepted,
+        failures.load(Ordering::Relaxed),
+    ))
+}
+
+/// A bare endpoint: 202 for anything, nothing checked or stored.
+async fn baseline_server() -> Result<(SocketAddr, CancellationToken), String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = CancellationToken::new();
+    let app = axum::Router::new().route(
+        "/hooks/github",
+        axum::routing::post(|| async { (axum::http::StatusCode::ACCEPTED, "{}") }),
+    );
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { s.cancelled().await })
+            .await;
+    });
+    Ok((addr, stop))
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+async fn wait_healthy(base: &str) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the server did not start".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, String> {
+    let dir = tempfile_dir()?;
+    let (served, work) = setup_repo(&dir)?;
+    let daemon_port = free_port()?;
+    let _daemon = start_daemon(&served, daemon_port)?;
+    let url = format!("git://127.0.0.1:{daemon_port}/bench.git");
+    let data_dir = dir.join("data");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?)
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        config(&data_dir, listen, &url),
+        Options {
+            max_running: 4,
+            shutdown_grace: Duration::from_secs(5),
+            announce: false,
+        },
+        stop.clone(),
+    ));
+    let base = format!("http://{listen}");
+    wait_healthy(&base).await?;
+    let hook = format!("{base}/hooks/github");
+    let http = reqwest::Client::new();
+
+    // ---- latency: push → first step started ----------------------------------------------
+    let mut latencies = Vec::new();
+    let bare = served.join("bench.git").display().to_string();
+    let mut before = git(&work, &["rev-parse", "HEAD"])?;
+    // The mirror is cloned by the first sync; wait for it so every push finds it in place.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data_dir.join("mirrors/bench.git/HEAD").exists() {
+        if Instant::now() > deadline {
+            return Err("the repository was never mirrored".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..opts.pushes {
+        std::fs::write(work.join("counter"), (i + 1).to_string()).map_err(|e| e.to_string())?;
+        git(&work, &["commit", "--quiet", "-am", &format!("push {i}")])?;
+        git(&work, &["push", "--quiet", &bare, "HEAD:refs/heads/main"])?;
+        let after = git(&work, &["rev-parse", "HEAD"])?;
+        let body = json!({
+            "ref": "refs/heads/main", "before": before, "after": after,
+            "created": false, "deleted": false, "forced": false,
+            "repository": {"full_name": REPO}, "pusher": {"name": "bench"},
+            "sender": {"login": "bench"}, "head_commit": {"id": after}
+        })
+        .to_string();
+        let t0 = chrono::Utc::now();
+        let response = delivery(&http, &hook, "push", &format!("push-{i}"), body.as_bytes())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("push delivery answered {}", response.status()));
+        }
+        let started = wait_first_step(&http, &base, &after).await?;
+        latencies.push((started - t0).to_std().unwrap_or_default());
+        before = after;
+    }
+    latencies.sort();
+    let p50 = percentile(&latencies, 50);
+    let p99 = percentile(&latencies, 99);
+
+    // ---- intake: signed deliveries per second ----------------------------------------------
+    let (rate, accepted, failures) = load(&hook, opts.connections, opts.seconds, true).await?;
+    let (base_addr, base_stop) = baseline_server().await?;
+    let (base_rate, _, _) = load(
+        &format!("http://{base_addr}/hooks/github"),
+        opts.connections,
+        opts.seconds,
+        false,
+    )
+    .await?;
+    base_stop.cancel();
+    stop.cancel();
+    let _ = server.await;
+
+    // Every accepted delivery is in the store.
+    let store = Store::open(&data_dir).map_err(|e| e.to_string())?;
+    let mut missing = 0usize;
+    let unique: BTreeSet<&String> = accepted.iter().collect();
+    for id in &unique {
+        if store
+            .get_delivery("github", id)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            missing += 1;
+        }
+    }
+    let dup_ok = unique.len() == accepted.len();
+
+    let w = |out: &mut dyn Write, s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    w(
+        out,
+        "webhook benchmark (loopback, in-process server)".into(),
+    );
+    w(
+        out,
+        format!(
+            "  push → first step started: {} pushes, p50 {:.1} ms, p99 {:.1} ms (goal p50 < 50 ms: {})",
+            opts.pushes,
+            p50.as_secs_f64() * 1000.0,
+            p99.as_secs_f64() * 1000.0,
+            if p50 < Duration::from_millis(50) {
+                "PASS"
+            } else {
+                "MISS"
+            }
+        ),
+    );
+    w(
+        out,
+        format!(
+            "  intake: {rate:.0} signed deliveries/s accepted ({} new, 1 in 10 a redelivery, {failures} failed) over {} connections",
+            unique.len(),
+            opts.connections
+        ),
+    );
+    w(
+        out,
+        format!(
+            "  baseline: {base_rate:.0} requests/s to a bare 202 endpoint; ratio gantry/baseline {:.2} (goal ≥ 10,000/s: {})",
+            rate / base_rate.max(1.0),
+            if rate >= 10_000.0 { "PASS" } else { "MISS" }
+        ),
+    );
+    w(
+        out,
+        format!(
+            "  durability: {} of {} accepted deliveries found in the store after shutdown; duplicates accepted as new: {}",
+            unique.len() - missing,
+            unique.len(),
+            if dup_ok { "none" } else { "SOME" }
+        ),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(missing == 0 && dup_ok && failures == 0)
+}
+
+/// The start time of the first step of the run at `sha`.
+async fn wait_first_step(
+    http: &reqwest::Client,
+    base: &str,
+    sha: &str,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let runs: serde_json::Value = http
+            .get(format!("{base}/api/v1/runs?limit=5"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let run = runs["runs"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["git"]["sha"] == sha).cloned());
+        if let Some(run) = run {
+            let detail: serde_json::Value = http
+                .get(format!(
+                    "{base}/api/v1/runs/{}",
+                    run["id"].as_str().unwrap_or("")
+                ))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(at) = detail["steps"][0]["attempts"][0]["started_at"].as_str() {
+                return chrono::DateTime::parse_from_rfc3339(at)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|e| e.to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no step started for {sha}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let mut bytes = [0u8; 6];
+    getrandom::getrandom(&mut bytes).map_err(|e| e.to_string())?;
+    let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("gantry-webhook-bench-{name}"));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn run(opts: &WebhookOptions, out: &mut dyn Write) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gantry: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(bench(opts, out)) {
+        Ok(true) => exit::OK,
+        Ok(false) => exit::FAILURE,
+        Err(e) => {
+            eprintln!("gantry: bench webhooks: {e}");
+            exit::FAILURE
+        }
+    }
+}

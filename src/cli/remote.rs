@@ -1,0 +1,264 @@
+//! The CLI as a client of a running server (`--server URL --token T`): runs, logs, starting a
+//! run, and local pipelines, over the REST API.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::exit;
+use crate::store::{RunRecord, RunStatus};
+
+/// A connection to a server.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// A failed request, in words.
+pub struct Failure {
+    pub message: String,
+    /// The exit code the command ends with.
+    pub code: u8,
+}
+
+impl Failure {
+    fn usage(message: String) -> Failure {
+        Failure {
+            message,
+            code: exit::USAGE,
+        }
+    }
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Client, Failure> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::usage(format!(
+                "--server must be an http:// or https:// URL, not `{server}`"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Failure::usage(format!("cannot set up HTTP: {e}")))?;
+        Ok(Client { base, token, http })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; anything else becomes the server's
+    /// `{"error"}` text.
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let response = r.send().await.map_err(|e| {
+            Failure::usage(format!("cannot reach the server at {}: {e}", self.base))
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            " (give a token with --token or GANTRY_TOKEN)"
+        } else {
+            ""
+        };
+        Err(Failure {
+            message: format!("the server answered {status}: {message}{hint}"),
+            code: if status.is_client_error() {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            },
+        })
+    }
+
+    async fn json(&self, r: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let response = self.send(r).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| Failure::usage(format!("the server's answer is not JSON: {e}")))
+    }
+
+    pub async fn runs(
+        &self,
+        pipeline: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, Failure> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(p) = pipeline {
+            query.push(("pipeline", p.to_string()));
+        }
+        let body = self
+            .json(
+                self.request(reqwest::Method::GET, "/api/v1/runs")
+                    .query(&query),
+            )
+            .await?;
+        serde_json::from_value(body["runs"].clone())
+            .map_err(|e| Failure::usage(format!("unexpected runs list: {e}")))
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Value, Failure> {
+        self.json(self.request(reqwest::Method::GET, &format!("/api/v1/runs/{id}")))
+            .await
+    }
+
+    /// Prints a run's log; with `follow`, streams it until the step or run ends and returns the
+    /// run's final status.
+    pub async fn logs(
+        &self,
+        id: &str,
+        step: Option<&str>,
+        follow: bool,
+    ) -> Result<Option<RunStatus>, Failure> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = step {
+            query.push(("step", s.to_string()));
+        }
+        if follow {
+            query.push(("follow", "true".into()));
+        }
+        let r = self
+            .request(reqwest::Method::GET, &format!("/api/v1/runs/{id}/logs"))
+            .query(&query);
+        let mut response = self.send(r).await?;
+        if !follow {
+            let text = response
+                .text()
+                .await
+                .map_err(|e| Failure::usage(format!("reading the log: {e}")))?;
+            print!("{text}");
+            return Ok(None);
+        }
+        // Server-sent events: `event:` and `data:` lines, a blank line ends an event.
+        let mut pending = String::new();
+        let (mut event, mut data) = (String::new(), Vec::<String>::new());
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Failure::usage(format!("the log stream broke: {e}")))?
+        {
+            pending.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(at) = pending.find('\n') {
+                let line: String = pending.drain(..=at).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    let text = data.join("\n");
+                    match event.as_str() {
+                        "log" => println!("{text}"),
+                        "end" => {
+                            let status = serde_json::from_str::<Value>(&text)
+                                .ok()
+                                .and_then(|v| serde_json::from_value(v["status"].clone()).ok());
+                            return Ok(status);
+                        }
+                        _ => {}
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn start(
+        &self,
+        pipeline: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<RunRecord, Failure> {
+        let Some((source, name)) = pipeline.split_once('/') else {
+            return Err(Failure::usage(format!(
+                "with --server, name the pipeline as SOURCE/NAME (e.g. local/{pipeline}), not a file"
+            )));
+        };
+        let body = json!({ "parameters": params });
+        let run = self
+            .json(
+                self.request(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/pipelines/{source}/{name}/runs"),
+                )
+                .json(&body),
+            )
+            .await?;
+        serde_json::from_value(run).map_err(|e| Failure::usage(format!("unexpected run: {e}")))
+    }
+
+    pub async fn apply(&self, name: &str, text: &str) -> Result<Value, Failure> {
+        self.json(
+            self.request(
+                reqwest::Method::PUT,
+                &format!("/api/v1/pipelines/local/{name}"),
+            )
+            .json(&json!({ "spec": text })),
+        )
+        .await
+    }
+
+    pub async fn rollback(&self, name: &str, to: u32) -> Result<Value, Failure> {
+        self.json(
+            self.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/pipelines/local/{name}/rollback"),
+            )
+            .json(&json!({ "to": to })),
+        )
+        .await
+    }
+
+    pub async fn pipelines(&self) -> Result<Value, Failure> {
+        self.json(self.request(reqwest::Method::GET, "/api/v1/pipelines"))
+            .await
+    }
+}
+
+/// Runs `f` on a small runtime of its own and turns a failure into its message and exit code.
+pub fn block_on<F>(f: F) -> u8
+where
+    F: std::future::Future<Output = Result<u8, Failure>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gantry: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(f) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("gantry: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+/// The exit code of a run that ended with `status`.
+pub fn exit_for(status: Option<RunStatus>) -> u8 {
+    match status {
+        Some(RunStatus::Succeeded) => exit::OK,
+        Some(RunStatus::Cancelled) => 130,
+        _ => exit::FAILURE,
+    }
+}

@@ -1,0 +1,260 @@
+//! `gantry serve --config FILE` and `gantry up`, the one-command demo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::config::{ApiToken, Config, Provider, RepoConfig, Server, Storage};
+use crate::server::{self, Options};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The service config (see README: gantry.toml)
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub knobs: Knobs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Knobs {
+    /// Runs executing at once, over all pipelines (more wait in the queue)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_running: u16,
+    /// After SIGTERM, how long running runs may take to finish before they are stopped and
+    /// marked interrupted
+    #[arg(long, default_value = "30s", value_parser = crate::spec::values::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// The repository layout to serve as the demo repository (default: examples/repo-layout)
+    #[arg(long, value_name = "DIR")]
+    pub example: Option<PathBuf>,
+    #[command(flatten)]
+    pub knobs: Knobs,
+}
+
+fn options(knobs: &Knobs) -> Options {
+    Options {
+        max_running: usize::from(knobs.max_running),
+        shutdown_grace: knobs.shutdown_grace,
+        announce: true,
+    }
+}
+
+fn serve_config(config: Config, options: Options) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("gantry: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    match runtime.block_on(server::serve(config, options, CancellationToken::new())) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+pub fn serve(args: &ServeArgs) -> u8 {
+    let config = match crate::config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::USAGE;
+        }
+    };
+    serve_config(config, options(&args.knobs))
+}
+
+/// Runs git for `gantry up` with a fixed identity, so it works on a machine with no git config.
+fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Gantry demo")
+        .env("GIT_AUTHOR_EMAIL", "demo@gantry.invalid")
+        .env("GIT_COMMITTER_NAME", "Gantry demo")
+        .env("GIT_COMMITTER_EMAIL", "demo@gantry.invalid")
+        .output()
+        .map_err(|e| format!("cannot run git (is it installed?): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "git {} failed in {}: {}",
+            args.join(" "),
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let entries =
+        std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", from.display()))?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if kind.is_dir() {
+            copy_tree(&path, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &target)
+                .map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The example layout: `--example`, else `examples/repo-layout` here or in the source tree this
+/// binary was built from.
+fn example_dir(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let candidates = [
+        PathBuf::from("examples/repo-layout"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/repo-layout"),
+    ];
+    candidates
+        .into_iter()
+        .find(|d| d.join(".gantry").is_dir())
+        .ok_or_else(|| {
+            "cannot find examples/repo-layout; run from Gantry's source tree or pass --example DIR"
+                .to_string()
+        })
+}
+
+/// Makes the demo repository once; later starts keep it (and whatever was committed to it).
+fn demo_repo(data_dir: &Path, example: Option<&Path>) -> Result<PathBuf, String> {
+    let (repo, _) = server::demo_paths(data_dir);
+    if repo.join(".git").is_dir() {
+        return Ok(repo);
+    }
+    let source = example_dir(example)?;
+    copy_tree(&source, &repo)?;
+    git(&repo, &["init", "--quiet"])?;
+    git(&repo, &["add", "--all"])?;
+    git(
+        &repo,
+        &[
+            "commit",
+            "--quiet",
+            "-m",
+            "Gantry demo: examples/repo-layout",
+        ],
+    )?;
+    Ok(repo)
+}
+
+/// The admin token: `GANTRY_ADMIN_TOKEN`, else the one kept in the data dir, else a new one.
+fn admin_token(data_dir: &Path) -> Result<String, String> {
+    if let Ok(t) = std::env::var("GANTRY_ADMIN_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let (_, path) = server::demo_paths(data_dir);
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness for a token: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(token)
+}
+
+pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
+    let prepared = (|| -> Result<(PathBuf, PathBuf, String), String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(data_dir)
+            .map_err(|e| format!("cannot resolve {}: {e}", data_dir.display()))?;
+        let repo = demo_repo(&data_dir, args.example.as_deref())?;
+        let token = admin_token(&data_dir)?;
+        Ok((data_dir, repo, token))
+    })();
+    let (data_dir, repo, token) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return exit::USAGE;
+        }
+    };
+    let url = format!("http://{}", args.listen);
+    let config = Config {
+        server: Server {
+            listen: args.listen,
+            public_url: url.clone(),
+        },
+        storage: Storage {
+            data_dir: data_dir.clone(),
+        },
+        tokens: vec![ApiToken {
+            name: "admin".into(),
+            token: token.clone(),
+        }],
+        repos: vec![RepoConfig {
+            name: "demo".into(),
+            url: format!("file://{}", repo.display()),
+            provider: Provider::Git,
+            repo: None,
+            branch: "main".into(),
+            paths: crate::spec::model::DEFAULT_PIPELINE_GLOBS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            poll_interval: Duration::from_secs(5),
+            token: None,
+            webhook_secret: None,
+            api_url: None,
+            github_app: None,
+        }],
+    };
+    println!("Gantry is up at {url}");
+    println!("  API token:   {token}");
+    println!(
+        "  demo repo:   {} (commit to it; Gantry polls every 5s)",
+        repo.display()
+    );
+    println!("  try:         curl -H 'Authorization: Bearer {token}' {url}/api/v1/pipelines");
+    println!("  or:          gantry --server {url} --token {token} runs");
+    serve_config(config, options(&args.knobs))
+}

@@ -1,0 +1,162 @@
+//! The PR comment's text, as a snapshot, and the statuses runs map to.
+
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::executor::GitInfo;
+use crate::store::{NewRun, PipelineError, PrRecord, StepState, Trigger};
+
+const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsecrets: [db_password]\nsteps:\n  - name: create\n    script: echo hi\n";
+
+fn finished_run(store: &Store) -> RunRecord {
+    let version = store
+        .record_version("infra", "provision-db", PIPELINE, "p.yaml", Some("abc"))
+        .expect("version");
+    store
+        .set_secret(Some("infra/provision-db"), "db_password", "hunter2-secret")
+        .expect("secret");
+    let run = store
+        .create_run(NewRun {
+            source: "infra".into(),
+            pipeline: "provision-db".into(),
+            version,
+            parameters: BTreeMap::new(),
+            trigger: Trigger {
+                kind: "pullRequest".into(),
+                detail: None,
+            },
+            git: Some(GitInfo {
+                sha: "0123456789abcdef0123456789abcdef01234567".into(),
+                reference: "refs/heads/feature".into(),
+                repo: "acme/infra".into(),
+            }),
+            steps: vec!["create".into()],
+            owner: None,
+            status: RunStatus::Queued,
+            concurrency: None,
+            message: None,
+            pr: Some(7),
+        })
+        .expect("run");
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
+        .single()
+        .expect("time");
+    let end = start + chrono::Duration::milliseconds(2500);
+    store
+        .update_step(&run.id, 0, |s| {
+            s.state = StepState::Succeeded;
+            s.started_at = Some(start);
+            s.finished_at = Some(start + chrono::Duration::milliseconds(2000));
+        })
+        .expect("step");
+    store
+        .put_output(
+            &run.id,
+            "create",
+            "host",
+            "db.internal hunter2-secret",
+            false,
+        )
+        .expect("output");
+    store
+        .put_output(&run.id, "create", "password", "hunter2-secret", true)
+        .expect("secret output");
+    store
+        .update_run(&run.id, |r| {
+            r.status = RunStatus::Succeeded;
+            r.started_at = Some(start);
+            r.finished_at = Some(end);
+        })
+        .expect("end")
+}
+
+#[test]
+fn the_pr_comment_lists_runs_steps_outputs_and_errors_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = finished_run(&store);
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        head_branch: Some("feature".into()),
+        comment_id: None,
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        invalid: [(
+            ".gantry/pipelines/cache.yaml".to_string(),
+            vec![PipelineError {
+                path: ".gantry/pipelines/cache.yaml".into(),
+                line: 4,
+                column: 3,
+                message: "unknown field `stpes`".into(),
+            }],
+        )]
+        .into(),
+        from_fork: false,
+    };
+    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let expected = format!(
+        "<!-- gantry:pr-comment -->
+### Gantry on `0123456`
+
+| Pipeline | Status | Duration | Run |
+|---|---|---|---|
+| `provision-db` | ✅ succeeded | 2.5s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+
+<details><summary><code>provision-db</code> #1: succeeded</summary>
+
+- ✅ `create` succeeded 2.0s
+
+Outputs:
+- `create.host` = `db.internal ***`
+
+</details>
+
+**Pipelines that fail validation on this head**
+
+```text
+.gantry/pipelines/cache.yaml:4:3: unknown field `stpes`
+```
+",
+        id = run.id
+    );
+    assert_eq!(text, expected);
+    assert!(!text.contains("hunter2"));
+}
+
+#[test]
+fn run_states_map_to_commit_statuses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let mut run = finished_run(&store);
+    assert_eq!(
+        run_status(&run),
+        (StatusState::Success, "run #1 succeeded in 2.5s".into())
+    );
+    run.status = RunStatus::Failed;
+    run.message = Some("step `create` failed (exit 2)".into());
+    assert_eq!(run_status(&run).0, StatusState::Failure,);
+    assert!(run_status(&run).1.contains("exit 2"));
+    run.status = RunStatus::Queued;
+    assert_eq!(run_status(&run).0, StatusState::Pending);
+    run.message = Some("x".repeat(500));
+    run.status = RunStatus::Failed;
+    assert_eq!(run_status(&run).1.chars().count(), 140);
+
+    // A transition queues the status and the PR comment; a newer state replaces a waiting one.
+    run.status = RunStatus::Running;
+    on_transition(&store, "http://g", &run).expect("queue");
+    run.status = RunStatus::Succeeded;
+    on_transition(&store, "http://g", &run).expect("queue");
+    let jobs = store.outbox().expect("outbox");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(
+        jobs.iter()
+            .any(|j| matches!(&j.action, OutboxAction::PrComment { pr: 7 }))
+    );
+    assert!(jobs.iter().any(|j| matches!(&j.action,
+        OutboxAction::Status { state, context, .. } if state == "success" && context == "gantry/provision-db")));
+}

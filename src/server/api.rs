@@ -1,0 +1,1229 @@
+//! The REST API, `/api/v1/...`: JSON in and out, errors as `{"error": "..."}`.
+//!
+//! `ROUTES` is the one list of endpoints: the router is built from it and so is the OpenAPI
+//! document (`openapi.rs`), so neither can name an endpoint the other lacks.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::catalog::{self, CatalogError, LOCAL_SOURCE};
+use crate::run::queue::{QueueError, Submit};
+use crate::run::{self, StartError};
+use crate::spec::values;
+use crate::store::{PipelineRecord, RunRecord, RunStatus, StoreError, Trigger};
+
+/// An API error: a status and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match &e {
+            StoreError::NoSuchRun(_) => StatusCode::NOT_FOUND,
+            StoreError::AmbiguousRun(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> ApiError {
+        let status = match &e {
+            CatalogError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            CatalogError::NotFound(_) => StatusCode::NOT_FOUND,
+            CatalogError::Store(_) | CatalogError::Source(_) | CatalogError::NoBranch { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(e: StartError) -> ApiError {
+        match e {
+            StartError::Parameter(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            StartError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
+            StartError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        match e {
+            QueueError::Ended(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            QueueError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            QueueError::Store(s) => s.into(),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// One endpoint, as documented.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// Whether the bearer token is required (when tokens are configured).
+    pub auth: bool,
+    /// Query parameters: name, description.
+    pub query: &'static [(&'static str, &'static str)],
+    /// The request body's schema (a name under `components.schemas`), if any.
+    pub body: Option<&'static str>,
+    /// Status, description, response schema name (`text` for plain text, `sse` for a stream).
+    pub responses: &'static [(u16, &'static str, Option<&'static str>)],
+}
+
+const ERR_404: (u16, &str, Option<&str>) = (404, "no such pipeline or run", Some("Error"));
+const ERR_401: (u16, &str, Option<&str>) = (401, "missing or wrong bearer token", Some("Error"));
+
+/// Every endpoint of the API.
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "get",
+        path: "/healthz",
+        summary: "Liveness: 200 while the server runs",
+        auth: false,
+        query: &[],
+        body: None,
+        responses: &[(200, "ok", Some("text"))],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/openapi.json",
+        summary: "This document",
+        auth: false,
+        query: &[],
+        body: None,
+        responses: &[(200, "the OpenAPI 3.1 document", None)],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/pipelines",
+        summary: "Every pipeline, with its current version, validity, errors and last run",
+        auth: true,
+        query: &[("source", "only pipelines of this source")],
+        body: None,
+        responses: &[(200, "the pipelines", Some("PipelineList")), ERR_401],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/pipelines/{source}/{name}",
+        summary: "One pipeline: its parameters, triggers, current spec text and versions",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "the pipeline", Some("PipelineDetail")),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/pipelines/{source}/{name}",
+        summary: "Create or update a pipeline defined in Gantry (source `local`); each change is a new version",
+        auth: true,
+        query: &[],
+        body: Some("PipelineSpec"),
+        responses: &[
+            (201, "created", Some("Pipeline")),
+            (200, "updated, or unchanged", Some("Pipeline")),
+            (400, "the source is not `local`", Some("Error")),
+            (
+                422,
+                "the spec is invalid; the error lists every problem as path:line:col",
+                Some("Error"),
+            ),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/pipelines/{source}/{name}",
+        summary: "Retire a pipeline defined in Gantry; its versions and runs stay",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "retired", Some("Pipeline")),
+            (400, "the source is not `local`", Some("Error")),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/pipelines/{source}/{name}/rollback",
+        summary: "Make an earlier version of a local pipeline current again (as a new version)",
+        auth: true,
+        query: &[],
+        body: Some("Rollback"),
+        responses: &[
+            (200, "rolled back", Some("Pipeline")),
+            (400, "the source is not `local`", Some("Error")),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/pipelines/{source}/{name}/runs",
+        summary: "Start a run with typed parameters",
+        auth: true,
+        query: &[],
+        body: Some("RunRequest"),
+        responses: &[
+            (
+                201,
+                "the run, queued (or skipped by its concurrency policy)",
+                Some("Run"),
+            ),
+            (
+                400,
+                "a parameter is unknown, missing or does not fit its type; the error names it",
+                Some("Error"),
+            ),
+            (
+                409,
+                "the pipeline is retired, has no valid version, or does not allow manual runs",
+                Some("Error"),
+            ),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/runs",
+        summary: "Runs, newest first",
+        auth: true,
+        query: &[
+            ("pipeline", "`source/name` (or a bare name)"),
+            (
+                "status",
+                "queued, running, succeeded, failed, cancelled, interrupted or skipped",
+            ),
+            ("limit", "at most this many (default 50, at most 1000)"),
+        ],
+        body: None,
+        responses: &[
+            (200, "the runs", Some("RunList")),
+            (400, "a bad status or limit", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/runs/{id}",
+        summary: "One run (id or unique prefix) with its steps and non-secret outputs",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[(200, "the run", Some("RunDetail")), ERR_401, ERR_404],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/runs/{id}/cancel",
+        summary: "Cancel a queued or running run",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (202, "cancelled, or asked to stop", Some("Run")),
+            (409, "the run has already ended", Some("Error")),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/runs/{id}/rerun",
+        summary: "Run again with the same parameters, pipeline version and commit",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (201, "the new run", Some("Run")),
+            (409, "the pipeline is retired", Some("Error")),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/runs/{id}/logs",
+        summary: "Log lines as text; with follow=true a server-sent event stream until the step or run ends",
+        auth: true,
+        query: &[
+            ("step", "only this step's lines"),
+            ("follow", "true: stream `log` events, then one `end` event"),
+        ],
+        body: None,
+        responses: &[
+            (
+                200,
+                "the lines (text/plain) or a stream (text/event-stream)",
+                Some("text"),
+            ),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/variables",
+        summary: "Variables with their values, global and per pipeline",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[(200, "the variables", Some("ConfigList")), ERR_401],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/variables/{var}",
+        summary: "Set a global variable",
+        auth: true,
+        query: &[],
+        body: Some("Value"),
+        responses: &[
+            (204, "set", None),
+            (400, "a bad name", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/variables/{var}",
+        summary: "Remove a global variable",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (204, "removed", None),
+            (404, "no such variable", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/pipelines/{source}/{name}/variables/{var}",
+        summary: "Set a variable of one pipeline (wins over the global one)",
+        auth: true,
+        query: &[],
+        body: Some("Value"),
+        responses: &[
+            (204, "set", None),
+            (400, "a bad name", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/pipelines/{source}/{name}/variables/{var}",
+        summary: "Remove a variable of one pipeline",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (204, "removed", None),
+            (404, "no such variable", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/secrets",
+        summary: "Secret names and scopes; values are never returned",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "the secrets, without values", Some("ConfigList")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/secrets/{var}",
+        summary: "Set a global secret (write-only, encrypted at rest)",
+        auth: true,
+        query: &[],
+        body: Some("Value"),
+        responses: &[
+            (204, "set", None),
+            (400, "a bad name", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/secrets/{var}",
+        summary: "Remove a global secret",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (204, "removed", None),
+            (404, "no such secret", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "put",
+        path: "/api/v1/pipelines/{source}/{name}/secrets/{var}",
+        summary: "Set a secret of one pipeline (write-only, encrypted at rest)",
+        auth: true,
+        query: &[],
+        body: Some("Value"),
+        responses: &[
+            (204, "set", None),
+            (400, "a bad name", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/pipelines/{source}/{name}/secrets/{var}",
+        summary: "Remove a secret of one pipeline",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (204, "removed", None),
+            (404, "no such secret", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/sources",
+        summary: "Watched repositories: the head last reconciled, when, and the last sync error",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[(200, "the sources", Some("SourceList")), ERR_401],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/sources/{source}/sync",
+        summary: "Fetch and reconcile a watched repository now",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (202, "a sync is on its way", Some("Accepted")),
+            ERR_401,
+            (404, "no such source", Some("Error")),
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/hooks/{forge}",
+        summary: "Webhook receiver for github, gitlab or bitbucket: checked against the repository's webhook_secret, stored, then processed",
+        auth: false,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "GitHub's ping", Some("Accepted")),
+            (
+                202,
+                "stored for processing (or a duplicate delivery, or an event Gantry does not act on, with the reason)",
+                Some("Accepted"),
+            ),
+            (
+                400,
+                "no delivery id, or a payload that is not the forge's",
+                Some("Error"),
+            ),
+            (
+                401,
+                "missing or wrong signature or token; nothing was stored",
+                Some("Error"),
+            ),
+            (
+                404,
+                "no [[repos]] entry for the repository in the payload, or an unknown forge",
+                Some("Error"),
+            ),
+            (413, "the body is larger than 5 MiB", None),
+        ],
+    },
+];
+
+/// The handler of a documented route; `None` if the table names one this file does not serve.
+pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
+    Some(match (method, path) {
+        ("get", "/healthz") => get(|| async { "ok\n" }),
+        ("get", "/api/v1/openapi.json") => get(|| async { Json(super::openapi::document()) }),
+        ("get", "/api/v1/pipelines") => get(list_pipelines),
+        ("get", "/api/v1/pipelines/{source}/{name}") => get(get_pipeline),
+        ("put", "/api/v1/pipelines/{source}/{name}") => put(put_pipeline),
+        ("delete", "/api/v1/pipelines/{source}/{name}") => delete(delete_pipeline),
+        ("post", "/api/v1/pipelines/{source}/{name}/rollback") => post(rollback),
+        ("post", "/api/v1/pipelines/{source}/{name}/runs") => post(start_run),
+        ("get", "/api/v1/runs") => get(list_runs),
+        ("get", "/api/v1/runs/{id}") => get(get_run),
+        ("post", "/api/v1/runs/{id}/cancel") => post(cancel_run),
+        ("post", "/api/v1/runs/{id}/rerun") => post(rerun),
+        ("get", "/api/v1/runs/{id}/logs") => get(logs),
+        ("get", "/api/v1/variables") => get(list_vars),
+        ("put", "/api/v1/variables/{var}") => put(put_global::<false>),
+        ("delete", "/api/v1/variables/{var}") => delete(delete_global::<false>),
+        ("put", "/api/v1/pipelines/{source}/{name}/variables/{var}") => put(put_scoped::<false>),
+        ("delete", "/api/v1/pipelines/{source}/{name}/variables/{var}") => {
+            delete(delete_scoped::<false>)
+        }
+        ("get", "/api/v1/secrets") => get(list_secrets),
+        ("put", "/api/v1/secrets/{var}") => put(put_global::<true>),
+        ("delete", "/api/v1/secrets/{var}") => delete(delete_global::<true>),
+        ("put", "/api/v1/pipelines/{source}/{name}/secrets/{var}") => put(put_scoped::<true>),
+        ("delete", "/api/v1/pipelines/{source}/{name}/secrets/{var}") => {
+            delete(delete_scoped::<true>)
+        }
+        ("get", "/api/v1/sources") => get(list_sources),
+        ("post", "/api/v1/sources/{source}/sync") => post(sync_source),
+        ("post", "/hooks/{forge}") => post(super::hooks::receive),
+        _ => return None,
+    })
+}
+
+// ---- pipelines -------------------------------------------------------------------------------
+
+/// A pipeline as the API shows it.
+fn pipeline_json(p: &PipelineRecord, last_run: Option<&RunRecord>) -> Value {
+    json!({
+        "source": p.source,
+        "name": p.name,
+        "path": p.path,
+        "version": p.version,
+        "commit": p.commit,
+        "valid": p.valid,
+        "errors": p.errors.iter().map(|e| json!({
+            "path": e.path, "line": e.line, "column": e.column, "message": e.message,
+            "text": e.to_string(),
+        })).collect::<Vec<_>>(),
+        "retired": p.retired,
+        "updated_at": p.updated_at,
+        "last_run": last_run.map(run_summary),
+    })
+}
+
+fn run_summary(r: &RunRecord) -> Value {
+    json!({
+        "id": r.id,
+        "number": r.number,
+        "status": r.status,
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
+    })
+}
+
+/// The newest run of each pipeline, from one pass over the newest runs.
+fn last_runs(
+    state: &AppState,
+    wanted: usize,
+) -> Result<BTreeMap<(String, String), RunRecord>, StoreError> {
+    let mut out = BTreeMap::new();
+    for run in state.store.list_runs(None, 5_000)? {
+        if out.len() >= wanted {
+            break;
+        }
+        out.entry((run.source.clone(), run.pipeline.clone()))
+            .or_insert(run);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct SourceQuery {
+    source: Option<String>,
+}
+
+async fn list_pipelines(
+    State(state): State<AppState>,
+    Query(q): Query<SourceQuery>,
+) -> ApiResult<Json<Value>> {
+    let pipelines = state.store.list_pipelines(q.source.as_deref())?;
+    let last = last_runs(&state, pipelines.len())?;
+    let items: Vec<Value> = pipelines
+        .iter()
+        .map(|p| pipeline_json(p, last.get(&(p.source.clone(), p.name.clone()))))
+        .collect();
+    Ok(Json(json!({ "pipelines": items })))
+}
+
+fn find_pipeline(state: &AppState, source: &str, name: &str) -> ApiResult<PipelineRecord> {
+    state.store.get_pipeline(source, name)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no pipeline `{source}/{name}` (GET /api/v1/pipelines lists them)"),
+        )
+    })
+}
+
+async fn get_pipeline(
+    State(state): State<AppState>,
+    Path((source, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let record = find_pipeline(&state, &source, &name)?;
+    let last = state
+        .store
+        .list_runs(Some(&format!("{source}/{name}")), 1)?
+        .into_iter()
+        .next();
+    let mut body = pipeline_json(&record, last.as_ref());
+    let versions = state.store.versions(&source, &name)?;
+    let current = record
+        .version
+        .and_then(|v| versions.iter().find(|x| x.version == v));
+    let pipeline = current.and_then(|v| crate::spec::check(&v.text).pipeline);
+    body["spec"] = json!(current.map(|v| v.text.clone()));
+    body["parameters"] = json!(pipeline.as_ref().map(|p| &p.parameters));
+    body["triggers"] = json!(pipeline.as_ref().map(|p| &p.on));
+    body["variables"] = json!(pipeline.as_ref().map(|p| &p.variables));
+    body["secrets"] = json!(pipeline.as_ref().map(|p| &p.secrets));
+    body["versions"] = json!(
+        versions
+            .iter()
+            .map(|v| json!({
+                "version": v.version,
+                "commit": v.commit,
+                "path": v.path,
+                "created_at": v.created_at,
+            }))
+            .collect::<Vec<_>>()
+    );
+    Ok(Json(body))
+}
+
+fn require_local(source: &str) -> ApiResult<()> {
+    if source == LOCAL_SOURCE {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "pipelines of `{source}` come from its repository; change them there (only \
+                 `{LOCAL_SOURCE}` pipelines are defined through the API)"
+            ),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct SpecBody {
+    spec: String,
+}
+
+/// Accepts `{"spec": "..."}` or the YAML text itself.
+fn spec_text(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        let parsed: SpecBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"spec\": \"<pipeline YAML>\"}}: {e}"),
+            )
+        })?;
+        Ok(parsed.spec)
+    } else {
+        String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the pipeline text is not UTF-8"))
+    }
+}
+
+async fn put_pipeline(
+    State(state): State<AppState>,
+    Path((source, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    require_local(&source)?;
+    let text = spec_text(&headers, &body)?;
+    let existed = state.store.get_pipeline(&source, &name)?.is_some();
+    let origin = format!("{LOCAL_SOURCE}/{name}");
+    let store = state.store.clone();
+    let applied =
+        blocking(move || catalog::apply_local(&store, &text, &origin, Some(&name))).await??;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut body = pipeline_json(&applied.record, None);
+    body["changed"] = json!(applied.changed);
+    Ok((status, Json(body)).into_response())
+}
+
+async fn delete_pipeline(
+    State(state): State<AppState>,
+    Path((source, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    require_local(&source)?;
+    let record = catalog::delete_local(&state.store, &name)?;
+    Ok(Json(pipeline_json(&record, None)))
+}
+
+#[derive(Deserialize)]
+struct RollbackBody {
+    to: u32,
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    Path((source, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    require_local(&source)?;
+    let RollbackBody { to } = parse_json(&body, "{\"to\": <version number>}")?;
+    let applied = catalog::rollback_local(&state.store, &name, to)?;
+    Ok(Json(pipeline_json(&applied.record, None)))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON shaped {shape}: {e}"),
+        )
+    })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("a worker stopped: {e}"),
+        )
+    })
+}
+
+// ---- runs ------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+struct RunBody {
+    #[serde(default)]
+    parameters: BTreeMap<String, Value>,
+}
+
+/// Parameter values as the text the checks take: strings as they are, numbers and booleans as
+/// written in JSON.
+fn param_text(name: &str, v: &Value) -> ApiResult<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("parameter `{name}` must be a string, number or boolean"),
+        )),
+    }
+}
+
+/// The pipeline and version a new run of `source/name` uses, or why there is none.
+fn runnable(
+    state: &AppState,
+    source: &str,
+    name: &str,
+) -> ApiResult<(crate::spec::model::Pipeline, u32)> {
+    let record = find_pipeline(state, source, name)?;
+    if record.retired {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{source}/{name}` is retired: its file is gone from the branch"),
+        ));
+    }
+    let Some(version) = record.version else {
+        let first = record
+            .errors
+            .first()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{source}/{name}` has no valid version yet{first}"),
+        ));
+    };
+    let text = state
+        .store
+        .get_version(source, name, version)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("version {version} of `{source}/{name}` is missing from the store"),
+            )
+        })?;
+    let pipeline = crate::spec::check(&text.text).pipeline.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("version {version} of `{source}/{name}` no longer passes validation"),
+        )
+    })?;
+    Ok((pipeline, version))
+}
+
+fn git_for(state: &AppState, source: &str) -> ApiResult<Option<crate::executor::GitInfo>> {
+    let Some(repo) = state.repos.get(source) else {
+        return Ok(None);
+    };
+    let head = state.store.source_state(source)?.head;
+    Ok(head.map(|sha| crate::executor::GitInfo {
+        sha,
+        reference: format!("refs/heads/{}", repo.branch),
+        repo: repo.forge_id.clone(),
+    }))
+}
+
+fn who(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(super::TOKEN_NAME_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|n| format!("api ({n})"))
+}
+
+async fn start_run(
+    State(state): State<AppState>,
+    Path((source, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let RunBody { parameters } = if body.is_empty() {
+        RunBody::default()
+    } else {
+        parse_json(&body, "{\"parameters\": {\"name\": value}}")?
+    };
+    let (pipeline, version) = runnable(&state, &source, &name)?;
+    if !pipeline.on.manual {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{source}/{name}` does not allow manual runs (on.manual: false)"),
+        ));
+    }
+    let mut params = BTreeMap::new();
+    for (k, v) in &parameters {
+        params.insert(k.clone(), param_text(k, v)?);
+    }
+    let submit = Submit {
+        git: git_for(&state, &source)?,
+        source,
+        pipeline,
+        version,
+        params,
+        trigger: Trigger {
+            kind: "manual".into(),
+            detail: who(&headers),
+        },
+        pr: None,
+    };
+    let queue = state.queue.clone();
+    let run = blocking(move || queue.submit(submit)).await??;
+    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+}
+
+#[derive(Deserialize)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<RunsQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and 1000, not {limit}"),
+        ));
+    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(serde_json::from_value::<RunStatus>(json!(s)).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown status `{s}`: expected queued, running, succeeded, failed, \
+                         cancelled, interrupted or skipped"
+                ),
+            )
+        })?),
+    };
+    let runs = match status {
+        None => state.store.list_runs(q.pipeline.as_deref(), limit)?,
+        Some(st) => state
+            .store
+            .list_runs(q.pipeline.as_deref(), 100_000)?
+            .into_iter()
+            .filter(|r| r.status == st)
+            .take(limit)
+            .collect(),
+    };
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let run = state.store.find_run(&id)?;
+    let steps = state.store.steps(&run.id)?;
+    let outputs = state.store.outputs(&run.id)?;
+    let mut body = json!(run);
+    body["steps"] = json!(steps);
+    body["outputs"] = json!(outputs);
+    Ok(Json(body))
+}
+
+async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let run = state.store.find_run(&id)?;
+    let queue = state.queue.clone();
+    let run = blocking(move || queue.cancel(&run.id)).await??;
+    Ok((StatusCode::ACCEPTED, Json(json!(run))).into_response())
+}
+
+async fn rerun(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let old = state.store.find_run(&id)?;
+    let record = find_pipeline(&state, &old.source, &old.pipeline)?;
+    if record.retired {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("`{}/{}` is retired", old.source, old.pipeline),
+        ));
+    }
+    let text = state
+        .store
+        .get_version(&old.source, &old.pipeline, old.version)?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("version {} of the pipeline is not stored", old.version),
+            )
+        })?;
+    let pipeline = crate::spec::check(&text.text).pipeline.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "that version no longer passes validation",
+        )
+    })?;
+    let submit = Submit {
+        source: old.source.clone(),
+        pipeline,
+        version: old.version,
+        params: run::param_texts(&old),
+        trigger: Trigger {
+            kind: "manual".into(),
+            detail: Some(match who(&headers) {
+                Some(w) => format!("rerun of #{} by {w}", old.number),
+                None => format!("rerun of #{}", old.number),
+            }),
+        },
+        git: old.git.clone(),
+        pr: old.pr,
+    };
+    let queue = state.queue.clone();
+    let run = blocking(move || queue.submit(submit)).await??;
+    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    step: Option<String>,
+    #[serde(default)]
+    follow: bool,
+}
+
+fn step_index(run: &RunRecord, step: Option<&str>) -> ApiResult<Option<usize>> {
+    match step {
+        None => Ok(None),
+        Some(name) => run
+            .steps
+            .iter()
+            .position(|s| s == name)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "run {} has no step `{name}` (steps: {})",
+                        run.id,
+                        run.steps.join(", ")
+                    ),
+                )
+            }),
+    }
+}
+
+fn log_line(run: &RunRecord, one_step: bool, step: usize, text: &str) -> String {
+    if one_step {
+        text.to_string()
+    } else {
+        let name = run.steps.get(step).map(String::as_str).unwrap_or("?");
+        format!("[{name}] {text}")
+    }
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    let run = state.store.find_run(&id)?;
+    let step = step_index(&run, q.step.as_deref())?;
+    if !q.follow {
+        let (lines, _) = state.store.logs(&run.id, step, None)?;
+        let mut out = String::new();
+        for (s, line) in &lines {
+            out.push_str(&log_line(&run, step.is_some(), *s, &line.text));
+            out.push('\n');
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    let mut changes = state.queue.changes();
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let mut cursor = None;
+        loop {
+            // Read the state first, then the lines: lines written before the end are never lost.
+            let current = match store.get_run(&run.id) {
+                Ok(Some(r)) => r,
+                _ => break,
+            };
+            let finished = match step {
+                Some(i) => {
+                    !current.status.is_active()
+                        || store
+                            .steps(&run.id)
+                            .ok()
+                            .and_then(|s| s.get(i).map(|s| s.state.is_done()))
+                            .unwrap_or(true)
+                }
+                None => !current.status.is_active(),
+            };
+            let Ok((lines, next)) = store.logs(&run.id, step, cursor.as_ref()) else {
+                break;
+            };
+            cursor = Some(next);
+            for (s, line) in lines {
+                let data = log_line(&current, step.is_some(), s, &line.text);
+                if tx
+                    .send(Ok(SseEvent::default().event("log").data(data)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if finished {
+                let end = json!({ "status": current.status, "message": current.message });
+                let _ = tx
+                    .send(Ok(SseEvent::default().event("end").data(end.to_string())))
+                    .await;
+                return;
+            }
+            // Wake on the next recorded batch, or poll once a second to be safe.
+            let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A stream over a channel receiver.
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+// ---- variables and secrets ---------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct ValueBody {
+    value: String,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if values::is_identifier(name) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid name `{name}`: it must match ^[a-zA-Z_][a-zA-Z0-9_]*$"),
+        ))
+    }
+}
+
+async fn list_vars(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "variables": state.store.list_vars()? })))
+}
+
+async fn list_secrets(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "secrets": state.store.list_secrets()? })))
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Var,
+    Secret,
+}
+
+fn set_config(
+    state: &AppState,
+    kind: Kind,
+    scope: Option<String>,
+    name: &str,
+    body: &Bytes,
+) -> ApiResult<StatusCode> {
+    check_name(name)?;
+    let ValueBody { value } = parse_json(body, "{\"value\": \"...\"}")?;
+    match kind {
+        Kind::Var => state.store.set_var(scope.as_deref(), name, &value)?,
+        Kind::Secret => state.store.set_secret(scope.as_deref(), name, &value)?,
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn remove_config(
+    state: &AppState,
+    kind: Kind,
+    scope: Option<String>,
+    name: &str,
+) -> ApiResult<StatusCode> {
+    let existed = match kind {
+        Kind::Var => state.store.remove_var(scope.as_deref(), name)?,
+        Kind::Secret => state.store.remove_secret(scope.as_deref(), name)?,
+    };
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        let what = match kind {
+            Kind::Var => "variable",
+            Kind::Secret => "secret",
+        };
+        let scope = scope.map(|s| format!(" of `{s}`")).unwrap_or_default();
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no {what} `{name}`{scope}"),
+        ))
+    }
+}
+
+/// `Kind` as a const parameter, so one handler serves variables and secrets.
+const fn kind(secret: bool) -> Kind {
+    if secret { Kind::Secret } else { Kind::Var }
+}
+
+async fn put_global<const SECRET: bool>(
+    State(state): State<AppState>,
+    Path(var): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    set_config(&state, kind(SECRET), None, &var, &body)
+}
+
+async fn delete_global<const SECRET: bool>(
+    State(state): State<AppState>,
+    Path(var): Path<String>,
+) -> ApiResult<StatusCode> {
+    remove_config(&state, kind(SECRET), None, &var)
+}
+
+async fn put_scoped<const SECRET: bool>(
+    State(state): State<AppState>,
+    Path((source, name, var)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let scope = run::config_scope(&source, &name);
+    set_config(&state, kind(SECRET), Some(scope), &var, &body)
+}
+
+async fn delete_scoped<const SECRET: bool>(
+    State(state): State<AppState>,
+    Path((source, name, var)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let scope = run::config_scope(&source, &name);
+    remove_config(&state, kind(SECRET), Some(scope), &var)
+}
+
+// ---- sources ---------------------------------------------------------------------------------
+
+async fn list_sources(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut items = Vec::new();
+    for (name, repo) in state.repos.iter() {
+        let s = state.store.source_state(name)?;
+        items.push(json!({
+            "name": name,
+            "url": crate::source::mirror::redact_url(&repo.url),
+            "branch": repo.branch,
+            "head": s.head,
+            "synced_at": s.synced_at,
+            "error": s.error,
+        }));
+    }
+    Ok(Json(json!({ "sources": items })))
+}
+
+async fn sync_source(
+    State(state): State<AppState>,
+    Path(source): Path<String>,
+) -> ApiResult<Response> {
+    let Some(repo) = state.repos.get(&source) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no watched repository `{source}`"),
+        ));
+    };
+    repo.wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": true, "source": source })),
+    )
+        .into_response())
+}

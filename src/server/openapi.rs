@@ -1,0 +1,198 @@
+//! The OpenAPI 3.1 document, generated from the route table in `api.rs` and the schemas below.
+
+use serde_json::{Map, Value, json};
+
+use super::api::ROUTES;
+
+/// The JSON schemas the routes name.
+fn schemas() -> Value {
+    let error = json!({"type": "object", "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "what went wrong, and how to fix it"}}});
+    let run = json!({"type": "object",
+    "required": ["id", "number", "source", "pipeline", "version", "parameters", "trigger", "status", "created_at", "steps"],
+    "properties": {
+        "id": {"type": "string", "description": "26-character sortable id"},
+        "number": {"type": "integer"},
+        "source": {"type": "string"},
+        "pipeline": {"type": "string"},
+        "version": {"type": "integer"},
+        "parameters": {"type": "object"},
+        "trigger": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}, "detail": {"type": "string"}}},
+        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped"]},
+        "git": {"type": "object", "properties": {"sha": {"type": "string"}, "ref": {"type": "string"}, "repo": {"type": "string"}}},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": "string", "format": "date-time"},
+        "message": {"type": "string"},
+        "steps": {"type": "array", "items": {"type": "string"}},
+        "concurrency": {"type": "string"}
+    }});
+    let pipeline = json!({"type": "object",
+    "required": ["source", "name", "path", "version", "commit", "valid", "errors", "retired", "last_run"],
+    "properties": {
+        "source": {"type": "string"},
+        "name": {"type": "string"},
+        "path": {"type": "string"},
+        "version": {"type": ["integer", "null"], "description": "the version runs use: the newest valid one"},
+        "commit": {"type": ["string", "null"]},
+        "valid": {"type": "boolean", "description": "whether the definition as last read is valid"},
+        "errors": {"type": "array", "items": {"type": "object",
+            "required": ["path", "line", "column", "message", "text"],
+            "properties": {"path": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"},
+                "message": {"type": "string"}, "text": {"type": "string", "description": "path:line:col: message"}}}},
+        "retired": {"type": "boolean"},
+        "last_run": {"type": ["object", "null"]}
+    }});
+    let mut detail = pipeline.clone();
+    if let Some(props) = detail["properties"].as_object_mut() {
+        props.insert(
+            "spec".into(),
+            json!({"type": ["string", "null"], "description": "the current version's text"}),
+        );
+        props.insert("parameters".into(), json!({"type": ["array", "null"]}));
+        props.insert("triggers".into(), json!({"type": ["object", "null"]}));
+        props.insert("versions".into(), json!({"type": "array", "items": {"type": "object",
+            "required": ["version", "created_at"],
+            "properties": {"version": {"type": "integer"}, "commit": {"type": ["string", "null"]}, "path": {"type": "string"}, "created_at": {"type": "string"}}}}));
+    }
+    if let Some(required) = detail["required"].as_array_mut() {
+        required.extend([json!("spec"), json!("parameters"), json!("versions")]);
+    }
+    let mut run_detail = run.clone();
+    if let Some(props) = run_detail["properties"].as_object_mut() {
+        props.insert("steps".into(), json!({"type": "array", "items": {"type": "object",
+            "required": ["name", "state", "attempts"],
+            "properties": {"name": {"type": "string"}, "state": {"type": "string"}, "attempts": {"type": "array"}}}}));
+        props.insert(
+            "outputs".into(),
+            json!({"type": "array", "items": {"type": "object",
+            "description": "secret outputs have no value"}}),
+        );
+    }
+    if let Some(required) = run_detail["required"].as_array_mut() {
+        required.push(json!("outputs"));
+    }
+    let config_entry = json!({"type": "object", "required": ["name"],
+        "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
+            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"}}});
+    json!({
+        "Error": error,
+        "Run": run,
+        "RunDetail": run_detail,
+        "RunList": {"type": "object", "required": ["runs"], "properties": {"runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}}},
+        "Pipeline": pipeline,
+        "PipelineDetail": detail,
+        "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
+        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself"}}},
+        "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1}}},
+        "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
+            "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
+        "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
+        "ConfigList": {"type": "object", "properties": {
+            "variables": {"type": "array", "items": config_entry.clone()},
+            "secrets": {"type": "array", "items": config_entry}}},
+        "SourceList": {"type": "object", "required": ["sources"], "properties": {"sources": {"type": "array", "items": {"type": "object",
+            "required": ["name", "url", "branch", "head", "synced_at", "error"]}}}},
+        "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "boolean"}}}
+    })
+}
+
+fn content(schema: &str) -> Value {
+    match schema {
+        "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
+        name => {
+            json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}})
+        }
+    }
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let mut responses = Map::new();
+        for (status, description, schema) in route.responses {
+            let mut r = json!({ "description": description });
+            if let Some(schema) = schema {
+                r["content"] = content(schema);
+            }
+            responses.insert(status.to_string(), r);
+        }
+        let mut parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        parameters.extend(route.query.iter().map(|(name, description)| {
+            json!({"name": name, "in": "query", "required": false, "description": description,
+                "schema": {"type": "string"}})
+        }));
+        let mut op = json!({
+            "summary": route.summary,
+            "operationId": format!("{}{}", route.method, route.path.replace(['/', '{', '}', '.'], "_")),
+            "parameters": parameters,
+            "responses": responses,
+        });
+        if route.auth {
+            op["security"] = json!([{"bearer": []}]);
+        } else {
+            op["security"] = json!([]);
+        }
+        if let Some(body) = route.body {
+            op["requestBody"] = json!({"required": true, "content": content(body)});
+        }
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = op;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Gantry API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Pipelines, runs, logs, variables and secrets of a Gantry server. Authenticate with `Authorization: Bearer <token>` (a token from [[auth.tokens]] in gantry.toml)."
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas()
+        },
+        "paths": paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_every_named_schema_exists() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+        for route in ROUTES {
+            assert!(
+                doc["paths"][route.path][route.method].is_object(),
+                "{} {}",
+                route.method,
+                route.path
+            );
+            for (_, _, schema) in route.responses {
+                if let Some(s) = schema
+                    && *s != "text"
+                {
+                    assert!(schemas.contains_key(*s), "schema {s}");
+                }
+            }
+            if let Some(b) = route.body {
+                assert!(schemas.contains_key(b), "schema {b}");
+            }
+            assert!(
+                super::super::api::handler(route.method, route.path).is_some(),
+                "no handler for {} {}",
+                route.method,
+                route.path
+            );
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! What the forge side needs kept: webhook deliveries (de-duplicated, processed from the store),
+//! the write-back outbox, and one record per pull request (its comment and its runs). Plus group
+//! commit, so many concurrent deliveries share one fsync.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::records::PipelineError;
+use super::{Store, StoreError, decode, key};
+
+/// A webhook delivery as received: kept before the forge gets its 2xx.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// `github`, `gitlab` or `bitbucket`.
+    pub forge: String,
+    /// The forge's delivery id.
+    pub id: String,
+    /// The watched repository it was matched to.
+    pub source: String,
+    /// The forge's event name (`push`, `Merge Request Hook`, `repo:push`, ...).
+    pub event: String,
+    /// The raw body (JSON text).
+    pub body: String,
+    pub received_at: DateTime<Utc>,
+    /// What processing did with it; `None` until it is processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Failed processing attempts so far (a fetch that failed, a forge that did not answer).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time: the next attempt after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A write to a forge waiting to be made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxJob {
+    /// Jobs with the same key supersede each other: one commit status per sha and context, one
+    /// comment update per pull request.
+    pub key: String,
+    pub source: String,
+    /// The run whose report this is; a job that gives up records why on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    pub action: OutboxAction,
+    pub attempts: u32,
+    pub first_at: DateTime<Utc>,
+    pub next_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Bumped by every store of this key, so a worker removes only the job it sent.
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutboxAction {
+    /// A commit status; `state` is `pending`, `running`, `success`, `failure`, `error` or
+    /// `canceled` (Gantry's words; the forge client maps them).
+    Status {
+        sha: String,
+        context: String,
+        state: String,
+        description: String,
+        target_url: String,
+    },
+    /// Create or edit Gantry's one comment on a pull request, rendered when sent.
+    PrComment { pr: u64 },
+    /// A one-off reply on a pull request (to a comment command).
+    Reply { pr: u64, body: String },
+}
+
+/// Gantry's view of one pull request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PrRecord {
+    pub source: String,
+    pub number: u64,
+    /// The head the runs below belong to.
+    pub head_sha: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_branch: Option<String>,
+    /// Gantry's comment, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<String>,
+    /// The latest run of each pipeline on the head.
+    #[serde(default)]
+    pub runs: BTreeMap<String, String>,
+    /// Pipeline files that fail validation at the head, with their errors.
+    #[serde(default)]
+    pub invalid: BTreeMap<String, Vec<PipelineError>>,
+    #[serde(default)]
+    pub from_fork: bool,
+}
+
+fn delivery_key(forge: &str, id: &str) -> Vec<u8> {
+    key(&[forge.as_bytes(), id.as_bytes()])
+}
+
+fn pr_key(source: &str, number: u64) -> Vec<u8> {
+    key(&[source.as_bytes(), &number.to_be_bytes()])
+}
+
+impl Store {
+    /// Makes every write made before this call durable, sharing one flush among concurrent
+    /// callers (group commit): at most one flush runs at a time, and a caller whose writes a
+    /// finished flush already covered returns without another.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        let group = &self.inner.group;
+        let target = group.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = group.flushed.subscribe();
+        loop {
+            if *flushed.borrow_and_update() >= target {
+                return Ok(());
+            }
+            let _turn = group.flushing.lock().await;
+            if *flushed.borrow_and_update() >= target {
+                return Ok(());
+            }
+            let covers = group.written.load(Ordering::SeqCst);
+            self.flush_async().await?;
+            group.flushed.send_modify(|f| *f = (*f).max(covers));
+        }
+    }
+
+    /// Records a delivery unless one with its id was recorded before; returns whether it is new.
+    /// A new delivery is also queued for processing. Not flushed: call `durable` before answering.
+    pub fn accept_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError> {
+        let k = delivery_key(&record.forge, &record.id);
+        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
+            key: format!("{}/{}", record.forge, record.id),
+            source,
+        })?;
+        let mut inserted = self
+            .inner
+            .deliveries
+            .compare_and_swap(&k, None as Option<&[u8]>, Some(bytes.clone()))
+            .map_err(|e| self.db_err(e))?
+            .is_ok();
+        if !inserted {
+            // A redelivery of one whose processing gave up is taken as a new chance.
+            let stored = self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)?;
+            if let Some(old) = stored
+                && old
+                    .outcome
+                    .as_deref()
+                    .is_some_and(|o| o.starts_with("failed"))
+            {
+                let old_bytes = serde_json::to_vec(&old).map_err(|source| StoreError::Corrupt {
+                    key: format!("{}/{}", record.forge, record.id),
+                    source,
+                })?;
+                inserted = self
+                    .inner
+                    .deliveries
+                    .compare_and_swap(&k, Some(old_bytes), Some(bytes))
+                    .map_err(|e| self.db_err(e))?
+                    .is_ok();
+            }
+        }
+        if inserted {
+            let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
+            self.inner
+                .delivery_queue
+                .insert(seq.to_be_bytes(), k)
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(inserted)
+    }
+
+    pub fn get_delivery(
+        &self,
+        forge: &str,
+        id: &str,
+    ) -> Result<Option<DeliveryRecord>, StoreError> {
+        self.get_json(&self.inner.deliveries, &delivery_key(forge, id))
+    }
+
+    /// Deliveries waiting to be processed, oldest first, with their queue position.
+    pub fn pending_deliveries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.delivery_queue.iter().take(limit) {
+            let (seq, k) = entry.map_err(|e| self.db_err(e))?;
+            let seq = <[u8; 8]>::try_from(seq.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if let Some(record) = self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)? {
+                out.push((seq, record));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a delivery processed (flushed): it leaves the queue with its outcome recorded.
+    pub fn finish_delivery(
+        &self,
+        seq: u64,
+        record: &DeliveryRecord,
+        outcome: String,
+    ) -> Result<(), StoreError> {
+        let mut done = record.clone();
+        done.outcome = Some(outcome);
+        done.processed_at = Some(Utc::now());
+        self.put_json(
+            &self.inner.deliveries,
+            &delivery_key(&record.forge, &record.id),
+            &done,
+        )?;
+        self.inner
+            .delivery_queue
+            .remove(seq.to_be_bytes())
+            .map_err(|e| self.db_err(e))?;
+        self.flush()
+    }
+
+    /// Keeps a delivery queued after a failed attempt, to be tried again at `retry_at`. Flushed.
+    pub fn retry_delivery(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        self.put_json(
+            &self.inner.deliveries,
+            &delivery_key(&record.forge, &record.id),
+            record,
+        )?;
+        self.flush()
+    }
+
+    /// How many deliveries are stored (processed or not).
+    pub fn delivery_count(&self) -> usize {
+        self.inner.deliveries.len()
+    }
+
+    // ---- outbox ----------------------------------------------------------------------------
+
+    /// Stores a job, replacing a waiting job with the same key (a newer state supersedes an
+    /// older one), flushed. Returns the stored job (with its revision).
+    pub fn put_outbox(&self, mut job: OutboxJob) -> Result<OutboxJob, StoreError> {
+        job.revision = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
+        self.put_json(&self.inner.outbox, job.key.as_bytes(), &job)?;
+        self.flush()?;
+        Ok(job)
+    }
+
+    /// Every waiting job, in key order.
+    pub fn outbox(&self) -> Result<Vec<OutboxJob>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.outbox.iter() {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a job's retry state, unless a newer job replaced it meanwhile. Flushed.
+    pub fn retry_outbox(&self, job: &OutboxJob) -> Result<(), StoreError> {
+        self.replace_outbox(job, Some(job))
+    }
+
+    /// Removes a job that was sent (or given up), unless a newer job replaced it meanwhile.
+    pub fn remove_outbox(&self, job: &OutboxJob) -> Result<(), StoreError> {
+        self.replace_outbox(job, None)
+    }
+
+    fn replace_outbox(&self, sent: &OutboxJob, with: Option<&OutboxJob>) -> Result<(), StoreError> {
+        let k = sent.key.as_bytes();
+        let Some(current) = self.inner.outbox.get(k).map_err(|e| self.db_err(e))? else {
+            return Ok(());
+        };
+        let stored: OutboxJob = decode(k, &current)?;
+        if stored.revision != sent.revision {
+            return Ok(());
+        }
+        let new = match with {
+            Some(job) => Some(
+                serde_json::to_vec(job).map_err(|source| StoreError::Corrupt {
+                    key: job.key.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        // A concurrent replacement makes the swap fail, which is what we want: keep the newer.
+        let _ = self
+            .inner
+            .outbox
+            .compare_and_swap(k, Some(current), new)
+            .map_err(|e| self.db_err(e))?;
+        self.flush()
+    }
+
+    // ---- pull requests ---------------------------------------------------------------------
+
+    pub fn get_pr(&self, source: &str, number: u64) -> Result<Option<PrRecord>, StoreError> {
+        self.get_json(&self.inner.prs, &pr_key(source, number))
+    }
+
+    /// Stores a pull request's record, flushed.
+    pub fn put_pr(&self, record: &PrRecord) -> Result<(), StoreError> {
+        self.put_json(
+            &self.inner.prs,
+            &pr_key(&record.source, record.number),
+            record,
+        )?;
+        self.flush()
+    }
+}
+
+/// Shared state of group commit.
+#[derive(Debug)]
+pub(super) struct GroupCommit {
+    pub written: std::sync::atomic::AtomicU64,
+    pub flushed: tokio::sync::watch::Sender<u64>,
+    pub flushing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    pub fn new() -> GroupCommit {
+        GroupCommit {
+            written: std::sync::atomic::AtomicU64::new(0),
+            flushed: tokio::sync::watch::channel(0).0,
+            flushing: tokio::sync::Mutex::new(()),
+        }
+    }
+}

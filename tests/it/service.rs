@@ -1,0 +1,816 @@
+//! `gantry serve` as a whole: the real binary over HTTP, fed by real `git push`es to a
+//! `git daemon`, with the catalog, the schedules, the queue, the API and the CLI as a client.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::git::{Remote, free_port};
+use crate::support::server::{GantryServer, RepoSpec, ServerConfig, TOKEN, json as parse};
+
+/// How long anything asynchronous (a sync, a run) gets before a test gives up.
+const WAIT: Duration = Duration::from_secs(40);
+
+/// A pipeline named `name` with top-level YAML `extra` (whole lines) and one step `main` running
+/// `script` (one or more lines).
+fn pipeline(name: &str, extra: &str, script: &str) -> String {
+    let body: String = script.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\n{extra}steps:\n  \
+         - name: main\n    script: |\n{body}"
+    )
+}
+
+fn repo_server(remote: &Remote) -> GantryServer {
+    GantryServer::start(ServerConfig::new().repo(RepoSpec::new("infra", &remote.url())))
+}
+
+fn pipelines(s: &GantryServer) -> Vec<Value> {
+    s.get_json("/api/v1/pipelines")["pipelines"]
+        .as_array()
+        .expect("a pipelines array")
+        .clone()
+}
+
+fn find(s: &GantryServer, source: &str, name: &str) -> Option<Value> {
+    pipelines(s)
+        .into_iter()
+        .find(|p| p["source"] == source && p["name"] == name)
+}
+
+/// Waits until `source/name` is listed and `ready` holds for it; returns it.
+fn wait_pipeline(
+    s: &GantryServer,
+    source: &str,
+    name: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut found = None;
+    s.wait_until(&format!("{source}/{name}: {what}"), WAIT, || {
+        found = find(s, source, name).filter(|p| ready(p));
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+/// Wakes the sync loop of `source` (202).
+fn sync(s: &GantryServer, source: &str) {
+    let (status, body) = s.request(
+        "POST",
+        &format!("/api/v1/sources/{source}/sync"),
+        Some(s.token()),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
+fn put_local(s: &GantryServer, name: &str, text: &str) -> Value {
+    let (status, body) = s.put_text(&format!("/api/v1/pipelines/local/{name}"), text);
+    assert!(
+        status == 200 || status == 201,
+        "PUT {name}: {status} {body}"
+    );
+    parse(&body)
+}
+
+fn post_run(s: &GantryServer, pipeline: &str, params: Value) -> (u16, String) {
+    s.post_json(
+        &format!("/api/v1/pipelines/{pipeline}/runs"),
+        &json!({ "parameters": params }),
+    )
+}
+
+/// Starts a run (201) and returns it.
+fn start(s: &GantryServer, pipeline: &str, params: Value) -> Value {
+    let (status, body) = post_run(s, pipeline, params);
+    assert_eq!(status, 201, "POST runs of {pipeline}: {body}");
+    parse(&body)
+}
+
+fn get_run(s: &GantryServer, id: &str) -> Value {
+    s.get_json(&format!("/api/v1/runs/{id}"))
+}
+
+/// Waits until the run `id` has the status `want`; returns it.
+fn wait_status(s: &GantryServer, id: &str, want: &str) -> Value {
+    let mut run = Value::Null;
+    s.wait_until(&format!("run {id} {want}"), WAIT, || {
+        run = get_run(s, id);
+        run["status"] == want
+    });
+    run
+}
+
+/// Waits until the run `id` is neither queued nor running; returns it.
+fn wait_ended(s: &GantryServer, id: &str) -> Value {
+    let mut run = Value::Null;
+    s.wait_until(&format!("run {id} to end"), WAIT, || {
+        run = get_run(s, id);
+        !(run["status"] == "queued" || run["status"] == "running")
+    });
+    run
+}
+
+fn runs(s: &GantryServer, query: &str) -> Vec<Value> {
+    s.get_json(&format!("/api/v1/runs{query}"))["runs"]
+        .as_array()
+        .expect("a runs array")
+        .clone()
+}
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().expect("a run id").to_owned()
+}
+
+fn error_of(body: &str) -> String {
+    parse(body)["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {body}"))
+        .to_owned()
+}
+
+#[test]
+fn the_first_sync_lists_every_file_and_a_push_makes_a_new_version() {
+    let remote = Remote::new();
+    remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha-one"));
+    remote.write("beta.yml", &pipeline("beta", "", "echo beta"));
+    let first = remote.repo.commit_and_push("two pipelines");
+    let s = repo_server(&remote);
+
+    for name in ["alpha", "beta"] {
+        let p = wait_pipeline(&s, "infra", name, "synced", |p| p["version"] == 1);
+        assert_eq!(p["valid"], true, "{p}");
+        assert_eq!(p["retired"], false, "{p}");
+        assert_eq!(p["commit"], first.as_str(), "{p}");
+        assert_eq!(p["errors"], json!([]), "{p}");
+    }
+    assert_eq!(pipelines(&s).len(), 2);
+
+    remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha-two"));
+    let second = remote.repo.commit_and_push("change alpha");
+    sync(&s, "infra");
+    let alpha = wait_pipeline(&s, "infra", "alpha", "version 2", |p| p["version"] == 2);
+    assert_eq!(alpha["commit"], second.as_str(), "{alpha}");
+    assert_eq!(alpha["valid"], true, "{alpha}");
+    let beta = find(&s, "infra", "beta").expect("beta");
+    assert_eq!(
+        beta["version"], 1,
+        "an unchanged file keeps its version: {beta}"
+    );
+
+    let detail = s.get_json("/api/v1/pipelines/infra/alpha");
+    assert!(
+        detail["spec"]
+            .as_str()
+            .is_some_and(|t| t.contains("alpha-two")),
+        "{detail}"
+    );
+    assert_eq!(detail["versions"].as_array().map(Vec::len), Some(2));
+
+    let run = start(&s, "infra/alpha", json!({}));
+    assert_eq!(run["version"], 2, "{run}");
+    assert_eq!(run["git"]["sha"], second.as_str(), "{run}");
+    let done = wait_ended(&s, &id(&run));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (_, log) = s.get(&format!("/api/v1/runs/{}/logs", id(&run)));
+    assert!(log.contains("alpha-two"), "{log}");
+}
+
+#[test]
+fn an_invalid_push_keeps_the_last_good_version_and_shows_located_errors() {
+    let remote = Remote::new();
+    let good = pipeline("alpha", "", "echo good");
+    remote.write("alpha.yaml", &good);
+    let first = remote.repo.commit_and_push("good");
+    let s = repo_server(&remote);
+    wait_pipeline(&s, "infra", "alpha", "version 1", |p| p["version"] == 1);
+
+    remote.write("alpha.yaml", &good.replace("steps:", "stpes:"));
+    let broken = remote.repo.commit_and_push("misspelt");
+    sync(&s, "infra");
+    let p = wait_pipeline(&s, "infra", "alpha", "invalid", |p| p["valid"] == false);
+    assert_eq!(p["version"], 1, "the last good version stays: {p}");
+    // `commit` is the commit the definition was last read at; version 1 stays pinned to `first`.
+    assert_eq!(p["commit"], broken.as_str(), "{p}");
+    let versions = s.get_json("/api/v1/pipelines/infra/alpha")["versions"].clone();
+    assert_eq!(
+        versions,
+        json!([{"version": 1, "commit": first, "path": ".gantry/pipelines/alpha.yaml", "created_at": versions[0]["created_at"]}])
+    );
+    assert_eq!(p["retired"], false, "{p}");
+    let errors = p["errors"].as_array().expect("errors");
+    assert!(!errors.is_empty(), "{p}");
+    let e = &errors[0];
+    let path = e["path"].as_str().expect("path");
+    let line = e["line"].as_u64().expect("line");
+    let column = e["column"].as_u64().expect("column");
+    let message = e["message"].as_str().expect("message");
+    assert_eq!(path, ".gantry/pipelines/alpha.yaml", "{e}");
+    assert!(line >= 1 && column >= 1, "{e}");
+    let text = e["text"].as_str().expect("text");
+    assert!(
+        text.starts_with(&format!("{path}:{line}:{column}: ")) && text.contains(message),
+        "{e}"
+    );
+    assert!(
+        errors.iter().any(
+            |e| e["message"].as_str().is_some_and(|m| m.contains("stpes"))
+                && e["line"] == 5
+                && e["column"] == 1
+        ),
+        "the misspelt key is reported at 5:1: {p}"
+    );
+
+    let run = start(&s, "infra/alpha", json!({}));
+    assert_eq!(run["version"], 1, "{run}");
+    let done = wait_ended(&s, &id(&run));
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+#[test]
+fn a_deleted_file_retires_its_pipeline_and_keeps_its_runs() {
+    let remote = Remote::new();
+    remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha"));
+    remote.write("beta.yaml", &pipeline("beta", "", "echo beta"));
+    remote.repo.commit_and_push("two");
+    let s = repo_server(&remote);
+    wait_pipeline(&s, "infra", "alpha", "version 1", |p| p["version"] == 1);
+    let run = start(&s, "infra/alpha", json!({}));
+    wait_ended(&s, &id(&run));
+
+    remote.remove("alpha.yaml");
+    remote.repo.commit_and_push("remove alpha");
+    sync(&s, "infra");
+    let alpha = wait_pipeline(&s, "infra", "alpha", "retired", |p| p["retired"] == true);
+    assert_eq!(alpha["version"], 1, "{alpha}");
+    let beta = find(&s, "infra", "beta").expect("beta");
+    assert_eq!(beta["retired"], false, "{beta}");
+
+    let listed = runs(&s, "?pipeline=infra/alpha");
+    assert!(listed.iter().any(|r| r["id"] == run["id"]), "{listed:?}");
+    assert_eq!(get_run(&s, &id(&run))["status"], "succeeded");
+    let (status, body) = post_run(&s, "infra/alpha", json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert!(error_of(&body).contains("retired"), "{body}");
+    let (status, body) = s.request(
+        "POST",
+        &format!("/api/v1/runs/{}/rerun", id(&run)),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 409, "rerun of a retired pipeline: {body}");
+}
+
+#[test]
+fn an_unreachable_repository_does_not_block_the_others() {
+    let remote = Remote::new();
+    remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha"));
+    let head = remote.repo.commit_and_push("one");
+    let nobody = format!("git://127.0.0.1:{}/x.git", free_port());
+    let s = GantryServer::start(
+        ServerConfig::new()
+            .repo(RepoSpec::new("broken", &nobody))
+            .repo(RepoSpec::new("infra", &remote.url())),
+    );
+    wait_pipeline(&s, "infra", "alpha", "synced", |p| p["version"] == 1);
+    let mut sources = Value::Null;
+    s.wait_until("a sync error on `broken`", WAIT, || {
+        sources = s.get_json("/api/v1/sources");
+        sources["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .any(|x| x["name"] == "broken" && x["error"].is_string())
+    });
+    let list = sources["sources"].as_array().expect("sources");
+    let good = list.iter().find(|x| x["name"] == "infra").expect("infra");
+    assert!(good["error"].is_null(), "{sources}");
+    assert_eq!(good["head"], head.as_str(), "{sources}");
+    let bad = list.iter().find(|x| x["name"] == "broken").expect("broken");
+    assert!(bad["head"].is_null(), "{sources}");
+}
+
+#[test]
+fn a_restart_keeps_pipelines_versions_and_runs() {
+    let remote = Remote::new();
+    remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha"));
+    remote.repo.commit_and_push("one");
+    let mut s = repo_server(&remote);
+    wait_pipeline(&s, "infra", "alpha", "synced", |p| p["version"] == 1);
+    put_local(&s, "hello", &pipeline("hello", "", "echo one"));
+    put_local(&s, "hello", &pipeline("hello", "", "echo two"));
+    let a = start(&s, "infra/alpha", json!({}));
+    let b = start(&s, "local/hello", json!({}));
+    wait_ended(&s, &id(&a));
+    wait_ended(&s, &id(&b));
+
+    let key = |p: &Value| {
+        json!([
+            p["source"],
+            p["name"],
+            p["version"],
+            p["commit"],
+            p["valid"],
+            p["retired"]
+        ])
+    };
+    let run_key = |r: &Value| {
+        json!([
+            r["id"],
+            r["number"],
+            r["status"],
+            r["version"],
+            r["parameters"],
+            r["git"]
+        ])
+    };
+    let before: Vec<Value> = pipelines(&s).iter().map(key).collect();
+    let runs_before: Vec<Value> = runs(&s, "").iter().map(run_key).collect();
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(runs_before.len(), 2, "{runs_before:?}");
+
+    let exit = s.stop();
+    assert!(exit.success(), "SIGTERM ends gantry serve cleanly: {exit}");
+    s.restart();
+    let after: Vec<Value> = pipelines(&s).iter().map(key).collect();
+    let runs_after: Vec<Value> = runs(&s, "").iter().map(run_key).collect();
+    assert_eq!(after, before);
+    assert_eq!(runs_after, runs_before);
+    let hello = s.get_json("/api/v1/pipelines/local/hello");
+    assert_eq!(hello["version"], 2, "{hello}");
+    assert_eq!(hello["versions"].as_array().map(Vec::len), Some(2));
+    let again = start(&s, "local/hello", json!({}));
+    assert_eq!(again["number"], 2, "run numbers continue: {again}");
+}
+
+/// The schedule-triggered runs of `local/NAME`, oldest first, with their `created_at`.
+fn scheduled(s: &GantryServer, name: &str) -> Vec<Value> {
+    let mut list: Vec<Value> = runs(s, &format!("?pipeline=local/{name}&limit=1000"))
+        .into_iter()
+        .filter(|r| r["trigger"]["kind"] == "schedule")
+        .collect();
+    list.reverse();
+    list
+}
+
+/// The whole second of each run's `created_at` (RFC 3339 up to the seconds).
+fn seconds(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|r| {
+            let at = r["created_at"].as_str().expect("created_at");
+            at.get(..19).expect("an RFC 3339 time").to_owned()
+        })
+        .collect()
+}
+
+fn assert_one_run_per_tick(list: &[Value]) {
+    let secs = seconds(list);
+    let distinct: BTreeSet<&String> = secs.iter().collect();
+    assert_eq!(distinct.len(), secs.len(), "a tick fired twice: {secs:?}");
+    let ticks: Vec<&str> = list
+        .iter()
+        .map(|r| r["trigger"]["detail"].as_str().unwrap_or(""))
+        .collect();
+    let distinct: BTreeSet<&&str> = ticks.iter().collect();
+    assert_eq!(distinct.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+}
+
+#[test]
+fn a_per_second_schedule_fires_once_per_tick_also_across_a_restart() {
+    let mut s = GantryServer::start(ServerConfig::new());
+    let text = pipeline(
+        "ticker",
+        "on:\n  schedule:\n    - cron: \"* * * * * *\"\n",
+        "true",
+    );
+    put_local(&s, "ticker", &text);
+    s.wait_until("a first scheduled run", WAIT, || {
+        !scheduled(&s, "ticker").is_empty()
+    });
+    // Counting what a few seconds bring is the point here, so this sleep is the measurement.
+    std::thread::sleep(Duration::from_millis(3500));
+    let list = scheduled(&s, "ticker");
+    assert!(
+        (2..=6).contains(&list.len()),
+        "about one run per second in ~3.5 s: {:?}",
+        seconds(&list)
+    );
+    assert_one_run_per_tick(&list);
+    for r in &list {
+        let detail = r["trigger"]["detail"].as_str().unwrap_or("");
+        assert!(
+            detail.starts_with("cron * * * * * *, tick at "),
+            "a run of this schedule names its tick: {r}"
+        );
+    }
+
+    let before = scheduled(&s, "ticker").len();
+    s.stop();
+    s.restart();
+    s.wait_until("two more scheduled runs after the restart", WAIT, || {
+        scheduled(&s, "ticker").len() >= before + 3
+    });
+    let list = scheduled(&s, "ticker");
+    assert_one_run_per_tick(&list);
+    // Stop ticking so the server does not keep working while it is torn down.
+    let (status, body) = s.delete("/api/v1/pipelines/local/ticker");
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_skip_policy_records_the_second_run_as_skipped() {
+    let s = GantryServer::start(ServerConfig::new());
+    let extra = "concurrency: {group: g, policy: skip}\n";
+    put_local(&s, "busy", &pipeline("busy", extra, "sleep 2"));
+    let first = start(&s, "local/busy", json!({}));
+    wait_status(&s, &id(&first), "running");
+    let second = start(&s, "local/busy", json!({}));
+    assert_eq!(second["status"], "skipped", "{second}");
+    let done = wait_ended(&s, &id(&first));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(get_run(&s, &id(&second))["status"], "skipped");
+}
+
+#[test]
+fn a_cancel_running_policy_stops_the_running_run_for_the_new_one() {
+    let s = GantryServer::start(ServerConfig::new());
+    let extra = "concurrency: {group: g, policy: cancel-running}\nparameters:\n  - name: secs\n    \
+                 type: integer\n    default: 30\n";
+    let text = format!(
+        "{}    env:\n      SECS: \"{{{{params.secs}}}}\"\n",
+        pipeline("latest", extra, "sleep \"$SECS\"")
+    );
+    put_local(&s, "latest", &text);
+    let first = start(&s, "local/latest", json!({}));
+    wait_status(&s, &id(&first), "running");
+    let second = start(&s, "local/latest", json!({"secs": 1}));
+    let old = wait_ended(&s, &id(&first));
+    assert_eq!(old["status"], "cancelled", "{old}");
+    let new = wait_ended(&s, &id(&second));
+    assert_eq!(new["status"], "succeeded", "{new}");
+}
+
+#[test]
+fn the_api_wants_a_bearer_token_except_for_health_and_the_document() {
+    let s = GantryServer::start(ServerConfig::new());
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("{}/api/v1/pipelines", s.url());
+    for token in [None, Some("not-the-token")] {
+        let mut request = client.get(&url);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().expect("GET pipelines");
+        assert_eq!(response.status().as_u16(), 401, "token {token:?}");
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(challenge.starts_with("Bearer"), "{challenge:?}");
+        let body = response.text().expect("body");
+        assert!(!error_of(&body).is_empty());
+    }
+    let (status, body) = s.get_without_token("/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s.get_without_token("/api/v1/openapi.json");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.get("/api/v1/pipelines");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
+    let s = GantryServer::start(ServerConfig::new());
+
+    // The document names every route of the table.
+    let (status, doc) = s.get_without_token("/api/v1/openapi.json");
+    assert_eq!(status, 200);
+    let doc = parse(&doc);
+    for route in gantry::server::api::ROUTES {
+        assert!(
+            doc["paths"][route.path][route.method].is_object(),
+            "{} {} is not documented",
+            route.method,
+            route.path
+        );
+    }
+    assert!(doc["paths"]["/api/v1/runs/{id}/logs"]["get"].is_object());
+
+    // Local pipelines: create, unchanged, invalid, not local.
+    let params = "parameters:\n  - name: count\n    type: integer\n    default: 1\n";
+    let script = "echo \"count=$COUNT\"\nprintf 'out-%s' \"$COUNT\" > \"$GANTRY_OUTPUTS/result\"";
+    let text = format!(
+        "{}    env:\n      COUNT: \"{{{{params.count}}}}\"\n    outputs: [result]\n",
+        pipeline("counter", params, script)
+    );
+    let (status, body) = s.put_text("/api/v1/pipelines/local/counter", &text);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(parse(&body)["version"], 1, "{body}");
+    let (status, body) = s.put_text("/api/v1/pipelines/local/counter", &text);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["changed"], false, "{body}");
+    let broken = pipeline("bad", "", "true").replace("steps:", "stpes:");
+    let (status, body) = s.put_text("/api/v1/pipelines/local/bad", &broken);
+    assert_eq!(status, 422, "{body}");
+    assert!(error_of(&body).contains("local/bad:5:1:"), "{body}");
+    let (status, body) = s.put_json(
+        "/api/v1/pipelines/infra/x",
+        &json!({ "spec": pipeline("x", "", "true") }),
+    );
+    assert_eq!(status, 400, "PUT on a repo source: {body}");
+    let (status, body) = s.delete("/api/v1/pipelines/infra/x");
+    assert_eq!(status, 400, "DELETE on a repo source: {body}");
+
+    // Starting runs: bad parameters, unknown pipeline.
+    let (status, body) = post_run(&s, "local/counter", json!({"count": "many"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("count"), "{body}");
+    let (status, body) = post_run(&s, "local/counter", json!({"bogus": 1}));
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("bogus"), "{body}");
+    let (status, body) = post_run(&s, "local/nothing", json!({}));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = s.get("/api/v1/pipelines/local/nothing");
+    assert_eq!(status, 404, "{body}");
+
+    // Listing runs: bad filters.
+    let (status, body) = s.get("/api/v1/runs?status=bogus");
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).contains("bogus"), "{body}");
+    let (status, body) = s.get("/api/v1/runs?limit=0");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = s.get("/api/v1/runs/doesnotexist");
+    assert_eq!(status, 404, "{body}");
+
+    // A run, its detail, a rerun, cancelling an ended run.
+    let run = start(&s, "local/counter", json!({"count": 3}));
+    let done = wait_ended(&s, &id(&run));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let steps = done["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "{done}");
+    assert!(done["outputs"].to_string().contains("out-3"), "{done}");
+    let succeeded = runs(&s, "?status=succeeded&pipeline=local/counter");
+    assert!(succeeded.iter().any(|r| r["id"] == run["id"]));
+    let (status, body) = s.request(
+        "POST",
+        &format!("/api/v1/runs/{}/rerun", id(&run)),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 201, "{body}");
+    let again = parse(&body);
+    assert_ne!(again["id"], run["id"]);
+    for field in ["parameters", "version", "git", "pipeline", "source"] {
+        assert_eq!(again[field], done[field], "{field}: {again} vs {done}");
+    }
+    assert_eq!(wait_ended(&s, &id(&again))["status"], "succeeded");
+    // Long ended by now (see `cancelling_a_just_ended_run_answers_409` for the moment after).
+    let (status, body) = s.request(
+        "POST",
+        &format!("/api/v1/runs/{}/cancel", id(&run)),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 409, "cancel an ended run: {body}");
+
+    // Cancelling a running run.
+    put_local(&s, "slow", &pipeline("slow", "", "echo started\nsleep 30"));
+    let slow = start(&s, "local/slow", json!({}));
+    wait_status(&s, &id(&slow), "running");
+    let (status, body) = s.request(
+        "POST",
+        &format!("/api/v1/runs/{}/cancel", id(&slow)),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(wait_ended(&s, &id(&slow))["status"], "cancelled");
+
+    // Variables, global and per pipeline.
+    let value = |v: &str| json!({ "value": v });
+    let (status, body) = s.put_json("/api/v1/variables/greeting", &value("hi"));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = s.put_json("/api/v1/variables/1bad", &value("x"));
+    assert_eq!(status, 400, "{body}");
+    let scoped = "/api/v1/pipelines/local/counter/variables/greeting";
+    let (status, body) = s.put_json(scoped, &value("hello"));
+    assert_eq!(status, 204, "{body}");
+    let vars = s.get_json("/api/v1/variables").to_string();
+    assert!(vars.contains("hello") && vars.contains("hi"), "{vars}");
+    assert_eq!(s.delete(scoped).0, 204);
+    assert_eq!(s.delete(scoped).0, 404);
+    assert_eq!(s.delete("/api/v1/variables/greeting").0, 204);
+    let (status, body) = s.delete("/api/v1/variables/greeting");
+    assert_eq!(status, 404, "{body}");
+
+    // Secrets: write-only, masked in logs.
+    let secret = "s3cr3t-value-8f2a";
+    let (status, body) = s.put_json("/api/v1/secrets/api_token", &value(secret));
+    assert_eq!(status, 204, "{body}");
+    let scoped_secret = "/api/v1/pipelines/local/leaky/secrets/other";
+    assert_eq!(s.put_json(scoped_secret, &value("other-secret-77")).0, 204);
+    let listed = s.get_json("/api/v1/secrets").to_string();
+    assert!(listed.contains("api_token"), "{listed}");
+    assert!(
+        !listed.contains(secret) && !listed.contains("other-secret-77"),
+        "{listed}"
+    );
+    let leaky = format!(
+        "{}    env:\n      TOKEN: \"{{{{secrets.api_token}}}}\"\n",
+        pipeline("leaky", "secrets: [api_token]\n", "echo \"token=$TOKEN\"")
+    );
+    put_local(&s, "leaky", &leaky);
+    let run = start(&s, "local/leaky", json!({}));
+    assert_eq!(wait_ended(&s, &id(&run))["status"], "succeeded");
+    let (status, log) = s.get(&format!("/api/v1/runs/{}/logs", id(&run)));
+    assert_eq!(status, 200);
+    assert!(log.contains("token=***"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+    assert_eq!(s.delete(scoped_secret).0, 204);
+    assert_eq!(s.delete(scoped_secret).0, 404);
+    assert_eq!(s.delete("/api/v1/secrets/api_token").0, 204);
+    assert_eq!(s.delete("/api/v1/secrets/api_token").0, 404);
+
+    // Rollback: a new version with the old text.
+    let v1 = pipeline("history", "", "echo first");
+    let v2 = pipeline("history", "", "echo second");
+    put_local(&s, "history", &v1);
+    assert_eq!(put_local(&s, "history", &v2)["version"], 2);
+    let (status, body) = s.post_json(
+        "/api/v1/pipelines/local/history/rollback",
+        &json!({"to": 1}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["version"], 3, "{body}");
+    let detail = s.get_json("/api/v1/pipelines/local/history");
+    assert_eq!(detail["spec"], v1.as_str(), "{detail}");
+    let (status, body) = s.post_json(
+        "/api/v1/pipelines/local/history/rollback",
+        &json!({"to": 9}),
+    );
+    assert_eq!(status, 404, "rollback to a missing version: {body}");
+
+    // Deleting a local pipeline retires it.
+    let (status, body) = s.delete("/api/v1/pipelines/local/history");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["retired"], true, "{body}");
+    let (status, body) = post_run(&s, "local/history", json!({}));
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = s.delete("/api/v1/pipelines/local/nothing");
+    assert_eq!(status, 404, "{body}");
+
+    // Sources: none configured here.
+    let (status, body) = s.request("POST", "/api/v1/sources/nope/sync", Some(TOKEN), None);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(s.get_json("/api/v1/sources")["sources"], json!([]));
+}
+
+/// A run stays in the queue's in-memory `running` map for a moment after its end is stored;
+/// cancelling it in that window must still answer 409, as the API already shows it ended.
+#[test]
+fn cancelling_a_just_ended_run_answers_409() {
+    let s = GantryServer::start(ServerConfig::new());
+    put_local(&s, "quick", &pipeline("quick", "", "true"));
+    let mut wrong = Vec::new();
+    for _ in 0..40 {
+        let run = start(&s, "local/quick", json!({}));
+        let ended = wait_ended(&s, &id(&run));
+        assert_eq!(ended["status"], "succeeded", "{ended}");
+        let (status, body) = s.request(
+            "POST",
+            &format!("/api/v1/runs/{}/cancel", id(&run)),
+            Some(TOKEN),
+            None,
+        );
+        if status != 409 {
+            wrong.push(format!("{status} {body}"));
+        }
+        let after = get_run(&s, &id(&run));
+        assert_eq!(
+            after["status"], "succeeded",
+            "an ended run stays ended: {after}"
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "cancel of a run already shown as succeeded did not answer 409 in {} of 40 tries: {wrong:#?}",
+        wrong.len()
+    );
+}
+
+#[test]
+fn a_followed_log_streams_lines_in_order_then_the_end() {
+    let s = GantryServer::start(ServerConfig::new());
+    let script = "for i in 1 2 3 4 5; do echo \"line $i\"; sleep 0.2; done";
+    put_local(&s, "talker", &pipeline("talker", "", script));
+    let run = start(&s, "local/talker", json!({}));
+    let run_id = id(&run);
+
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(WAIT)
+        .build()
+        .expect("client");
+    let response = client
+        .get(format!("{}/api/v1/runs/{run_id}/logs?follow=true", s.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .expect("GET logs?follow=true");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+
+    // Read the stream as it arrives: (event, data) pairs until `end`.
+    let mut events: Vec<(String, String)> = Vec::new();
+    let mut event = String::new();
+    let mut data = String::new();
+    for line in BufReader::new(response).lines() {
+        let line = line.expect("a line of the stream");
+        if let Some(name) = line.strip_prefix("event:") {
+            event = name.trim().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data = d.strip_prefix(' ').unwrap_or(d).to_owned();
+        } else if line.is_empty() && !event.is_empty() {
+            let done = event == "end";
+            events.push((std::mem::take(&mut event), std::mem::take(&mut data)));
+            if done {
+                break;
+            }
+        }
+    }
+    let logs: Vec<&str> = events
+        .iter()
+        .filter(|(e, _)| e == "log")
+        .map(|(_, d)| d.as_str())
+        .collect();
+    let want: Vec<String> = (1..=5).map(|i| format!("[main] line {i}")).collect();
+    assert_eq!(logs, want, "{events:?}");
+    let (last, end) = events.last().expect("events");
+    assert_eq!(last, "end", "{events:?}");
+    assert_eq!(parse(end)["status"], "succeeded", "{end}");
+
+    let (status, text) = s.get(&format!("/api/v1/runs/{run_id}/logs"));
+    assert_eq!(status, 200);
+    assert_eq!(text, want.join("\n") + "\n");
+    let (status, text) = s.get(&format!("/api/v1/runs/{run_id}/logs?step=main"));
+    assert_eq!(status, 200);
+    let plain: String = (1..=5).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(text, plain);
+    let (status, body) = s.get(&format!("/api/v1/runs/{run_id}/logs?step=nope"));
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn the_cli_starts_and_lists_runs_on_a_server() {
+    let s = GantryServer::start(ServerConfig::new());
+    let params = "parameters:\n  - name: who\n    default: nobody\n";
+    let text = format!(
+        "{}    env:\n      WHO: \"{{{{params.who}}}}\"\n",
+        pipeline("greet", params, "echo \"hello $WHO\"")
+    );
+    put_local(&s, "greet", &text);
+    let gantry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["--server", &s.url(), "--token", TOKEN])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("GANTRY_SERVER")
+            .env_remove("GANTRY_TOKEN")
+            .output()
+            .expect("the gantry binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, stdout, stderr) = gantry(&["run", "local/greet", "-p", "who=world"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("hello world"), "{stdout}{stderr}");
+    let listed = runs(&s, "?pipeline=local/greet");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["parameters"]["who"], "world");
+    let run_id = id(&listed[0]);
+
+    let (code, stdout, stderr) = gantry(&["runs"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("greet") && stdout.contains(&run_id[..8.min(run_id.len())]),
+        "{stdout}{stderr}"
+    );
+}

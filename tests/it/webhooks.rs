@@ -1,0 +1,913 @@
+//! Webhooks end to end: the real `gantry serve` receives deliveries built from the forges' sample
+//! payloads (retargeted to a real repository served by `git daemon`, signed with the configured
+//! secret), runs pipelines from the pushed commits, and writes statuses and PR comments back to a
+//! fake forge API that records every request.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use gantry::forge::Forge;
+use gantry::forge::webhook::{self, retarget_head, retarget_repo, sign};
+use serde_json::{Value, json};
+
+use crate::support::forges::{FakeForge, Fault, Recorded};
+use crate::support::git::Remote;
+use crate::support::server::{GantryServer, RepoSpec, ServerConfig, json as parse};
+
+/// How long anything asynchronous (a delivery, a run, a write-back) gets before a test gives up.
+const WAIT: Duration = Duration::from_secs(60);
+/// The repository id on the (fake) forge.
+const FORGE_ID: &str = "acme/infra";
+const SECRET: &str = "whsec-test-0123456789abcdef";
+const API_TOKEN: &str = "forge-api-token-0123456789";
+const ZERO: &str = "0000000000000000000000000000000000000000";
+
+/// A pipeline named `name` with top-level YAML `extra` (whole lines), one step `main` running
+/// `script`, and step-level YAML `step_extra` (lines indented by four spaces).
+fn pipeline(name: &str, extra: &str, script: &str, step_extra: &str) -> String {
+    let body: String = script.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\n{extra}steps:\n  \
+         - name: main\n    script: |\n{body}{step_extra}"
+    )
+}
+
+/// One forge, a repository on it, and `gantry serve` watching that repository.
+struct World {
+    forge: Forge,
+    /// Keeps the git daemon and the repository alive.
+    _remote: Remote,
+    fake: FakeForge,
+    server: GantryServer,
+    http: reqwest::blocking::Client,
+}
+
+impl World {
+    /// Starts the fake forge and the server; `remote` already holds the pushed `main`.
+    fn start(forge: Forge, remote: Remote, poll: &str) -> World {
+        let fake = FakeForge::start(forge);
+        let spec = RepoSpec::new("infra", &remote.url())
+            .forge(forge.as_str(), FORGE_ID)
+            .poll_interval(poll)
+            .extra(&format!(
+                "api_url = \"{}\"\ntoken = \"{API_TOKEN}\"\nwebhook_secret = \"{SECRET}\"",
+                fake.url()
+            ));
+        let server = GantryServer::start(ServerConfig::new().repo(spec));
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client");
+        World {
+            forge,
+            _remote: remote,
+            fake,
+            server,
+            http,
+        }
+    }
+
+    /// POSTs `body` to `/hooks/<forge>` with the event and delivery-id headers and `auth` (the
+    /// signature headers; none for an unsigned delivery); returns the status and the JSON answer.
+    fn post(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Vec<u8>,
+        auth: &[(String, String)],
+    ) -> (u16, Value) {
+        let url = format!("{}/hooks/{}", self.server.url(), self.forge.as_str());
+        let mut request = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header(webhook::event_header(self.forge), event)
+            .header(webhook::delivery_headers(self.forge)[0], delivery);
+        for (name, value) in auth {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request
+            .body(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {url}: {e}\n{}", self.server.logs()));
+        let status = response.status().as_u16();
+        let text = response.text().expect("a readable answer");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Delivers a genuine (signed) delivery; returns the status and the JSON answer.
+    fn deliver(&self, hook: &Hook, delivery: &str) -> (u16, Value) {
+        let body = serde_json::to_vec(&hook.body).expect("JSON");
+        let auth = sign(self.forge, &body, SECRET);
+        self.post(&hook.event, delivery, body, &auth)
+    }
+
+    /// Delivers and expects it accepted as a new delivery (202).
+    fn accept(&self, hook: &Hook, delivery: &str) {
+        let (status, answer) = self.deliver(hook, delivery);
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["accepted"], true, "{answer}");
+        assert_eq!(answer["duplicate"], false, "{answer}");
+        assert_eq!(answer["delivery"], delivery, "{answer}");
+    }
+
+    fn runs(&self) -> Vec<Value> {
+        self.server.get_json("/api/v1/runs")["runs"]
+            .as_array()
+            .expect("a runs array")
+            .clone()
+    }
+
+    /// Waits until a run of `pipeline` with trigger `kind` has ended; returns it.
+    fn wait_run(&self, pipeline: &str, kind: &str) -> Value {
+        let mut found = Value::Null;
+        self.server
+            .wait_until(&format!("a {kind} run of {pipeline} to end"), WAIT, || {
+                let run = self.runs().into_iter().find(|r| {
+                    r["trigger"]["kind"] == kind
+                        && r["pipeline"]
+                            .as_str()
+                            .is_some_and(|p| p == pipeline || p.ends_with(&format!("/{pipeline}")))
+                });
+                match run {
+                    Some(r) if r["status"] != "queued" && r["status"] != "running" => {
+                        found = r;
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        found
+    }
+
+    fn log(&self, run: &Value) -> String {
+        let (status, log) = self.server.get(&format!("/api/v1/runs/{}/logs", id(run)));
+        assert_eq!(status, 200, "{log}");
+        log
+    }
+
+    /// The commit status calls recorded so far, in order.
+    fn status_calls(&self) -> Vec<Recorded> {
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.contains("/statuses/"))
+            .collect()
+    }
+
+    /// The states of the status calls on `sha`, in order, in the forge's words.
+    fn states(&self, sha: &str) -> Vec<String> {
+        self.status_calls()
+            .iter()
+            .filter(|r| r.path.contains(sha))
+            .map(|r| status_field(self.forge, r, "state"))
+            .collect()
+    }
+
+    /// Waits until a status call on `sha` with the forge's `state` was recorded.
+    fn wait_state(&self, sha: &str, state: &str) {
+        self.server
+            .wait_until(&format!("status {state} on {sha}"), WAIT, || {
+                self.states(sha).iter().any(|s| s == state)
+            });
+    }
+}
+
+/// A field of a recorded status call: `state`, `context` or `target_url`, whatever the forge
+/// calls it.
+fn status_field(forge: Forge, r: &Recorded, field: &str) -> String {
+    let name = match (forge, field) {
+        (Forge::Gitlab, "context") => "name",
+        (Forge::Bitbucket, "context") => "name",
+        (Forge::Bitbucket, "target_url") => "url",
+        (_, f) => f,
+    };
+    let value = match forge {
+        Forge::Gitlab => r.form().get(name).cloned(),
+        _ => r
+            .json()
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    };
+    value.unwrap_or_default()
+}
+
+fn id(run: &Value) -> String {
+    run["id"].as_str().expect("a run id").to_owned()
+}
+
+/// A sample delivery: its event name and body.
+struct Hook {
+    event: String,
+    body: Value,
+}
+
+impl Hook {
+    /// `webhooks/<forge>/samples/<file>`, pointed at `FORGE_ID`.
+    fn sample(forge: Forge, file: &str) -> Hook {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("webhooks")
+            .join(forge.as_str())
+            .join("samples")
+            .join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let sample = parse(&text);
+        let event = sample["event"].as_str().expect("an event").to_owned();
+        let mut body = sample["body"].clone();
+        retarget_repo(forge, &mut body, FORGE_ID).expect("retarget the repository");
+        Hook { event, body }
+    }
+
+    /// Points the delivery's head commit at `sha`.
+    fn head(mut self, forge: Forge, sha: &str) -> Hook {
+        let changed = retarget_head(forge, &self.event, &mut self.body, sha).expect("retarget");
+        assert!(changed, "the {} sample names a head commit", self.event);
+        self
+    }
+
+    /// Sets the value at a JSON pointer (which must exist).
+    fn set(mut self, pointer: &str, value: Value) -> Hook {
+        *self
+            .body
+            .pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{pointer} is in the {} sample", self.event)) = value;
+        self
+    }
+}
+
+/// A repository whose `main` holds `files` (name, text) under `.gantry/pipelines/`; returns it
+/// and the sha of `main`.
+fn remote_with(files: &[(&str, &str)]) -> (Remote, String) {
+    let remote = Remote::new();
+    for (name, text) in files {
+        remote.write(name, text);
+    }
+    let sha = remote.repo.commit_and_push("pipelines");
+    (remote, sha)
+}
+
+fn github_push(sha: &str) -> Hook {
+    Hook::sample(Forge::Github, "push.json")
+        .head(Forge::Github, sha)
+        .set("/before", json!(ZERO))
+}
+
+fn build_pipeline() -> String {
+    // The sleep keeps the run running long enough for its first status to go out on its own.
+    pipeline("build", "on: {push: {}}\n", "echo built\nsleep 1", "")
+}
+
+// 1. A push on GitHub starts a run at the pushed commit and reports it.
+#[test]
+fn a_github_push_runs_the_pipeline_and_reports_pending_then_success() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.accept(&github_push(&sha), "push-1");
+
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], sha.as_str(), "{run}");
+    assert!(w.log(&run).contains("built"));
+    w.wait_state(&sha, "success");
+
+    let calls = w.fake.requests();
+    let path = format!("/repos/{FORGE_ID}/statuses/{sha}");
+    for r in &calls {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", path.as_str()),
+            "only status calls on the pushed commit: {:?}",
+            calls.iter().map(Recorded::line).collect::<Vec<_>>()
+        );
+    }
+    let states = w.states(&sha);
+    assert!(states.len() >= 2, "{states:?}");
+    let (last, before) = states.split_last().expect("states");
+    assert_eq!(last, "success", "{states:?}");
+    assert!(before.iter().all(|s| s == "pending"), "{states:?}");
+    let url = format!("{}/api/v1/runs/{}", w.server.url(), id(&run));
+    for r in &calls {
+        assert_eq!(status_field(w.forge, r, "context"), "gantry/build");
+        assert_eq!(status_field(w.forge, r, "target_url"), url);
+        assert!(
+            r.header("authorization")
+                .is_some_and(|a| a.contains(API_TOKEN)),
+            "{:?}",
+            r.headers
+        );
+    }
+}
+
+// 2. A redelivery (same delivery id) is acknowledged as a duplicate and starts nothing.
+#[test]
+fn a_redelivery_is_a_duplicate_and_starts_no_second_run() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+    let hook = github_push(&sha);
+    w.accept(&hook, "push-dup");
+    let (status, answer) = w.deliver(&hook, "push-dup");
+    assert!((200..300).contains(&status), "{status} {answer}");
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    w.wait_run("build", "push");
+    // The duplicate arrived before the first run ended: had it been processed, its run would
+    // be listed by now (deliveries are processed in order).
+    w.wait_state(&sha, "success");
+    let runs = w.runs();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+}
+
+// 3. A wrong or missing signature is refused and nothing is stored.
+#[test]
+fn a_bad_or_missing_signature_is_refused_and_nothing_is_stored() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+    let hook = github_push(&sha);
+    let body = serde_json::to_vec(&hook.body).expect("JSON");
+
+    let wrong = sign(Forge::Github, &body, "another-secret");
+    let (status, answer) = w.post(&hook.event, "sig-1", body.clone(), &wrong);
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer.to_string().contains("X-Hub-Signature-256"),
+        "{answer}"
+    );
+    let (status, answer) = w.post(&hook.event, "sig-1", body.clone(), &[]);
+    assert_eq!(status, 401, "{answer}");
+    let malformed = vec![("X-Hub-Signature-256".to_owned(), "sha256=nothex".to_owned())];
+    let (status, answer) = w.post(&hook.event, "sig-1", body.clone(), &malformed);
+    assert_eq!(status, 401, "{answer}");
+    // A body changed after signing.
+    let mut tampered = body.clone();
+    tampered.push(b' ');
+    let (status, answer) = w.post(
+        &hook.event,
+        "sig-1",
+        tampered,
+        &sign(Forge::Github, &body, SECRET),
+    );
+    assert_eq!(status, 401, "{answer}");
+
+    assert!(w.runs().is_empty());
+    // The refused deliveries were not stored: the genuine one with the same id is new.
+    w.accept(&hook, "sig-1");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["git"]["sha"], sha.as_str(), "{run}");
+}
+
+// 4. Unknown repositories, ignored events and oversized bodies.
+#[test]
+fn unknown_repos_ignored_events_and_huge_bodies_get_their_own_answers() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+
+    // Signed with the secret, but about a repository that is not configured: the secret of
+    // `acme/infra` does not vouch for another repository.
+    let mut other = github_push(&sha);
+    retarget_repo(Forge::Github, &mut other.body, "acme/other").expect("retarget");
+    let (status, answer) = w.deliver(&other, "other-1");
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.to_string().contains("acme/other"), "{answer}");
+    // Not signed by anyone, about an unknown repository: 404 naming it.
+    let body = serde_json::to_vec(&other.body).expect("JSON");
+    let (status, answer) = w.post("push", "other-2", body, &[]);
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer.to_string().contains("acme/other"), "{answer}");
+
+    // Genuine but nothing to do: 202 with a reason, nothing stored.
+    let tag = github_push(&sha).set("/ref", json!("refs/tags/v1.0.0"));
+    let (status, answer) = w.deliver(&tag, "tag-1");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], false, "{answer}");
+    assert!(
+        answer["reason"].as_str().is_some_and(|r| r.contains("tag")),
+        "{answer}"
+    );
+    let issues = Hook {
+        event: "issues".to_owned(),
+        body: github_push(&sha).body,
+    };
+    let (status, answer) = w.deliver(&issues, "issues-1");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["accepted"], false, "{answer}");
+    assert!(
+        answer["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("issues")),
+        "{answer}"
+    );
+
+    // More than 5 MiB: refused before anything reads it.
+    let mut huge = github_push(&sha);
+    huge.body["padding"] = json!("x".repeat(5 * 1024 * 1024 + 1));
+    let (status, answer) = w.deliver(&huge, "huge-1");
+    assert_eq!(status, 413, "{answer}");
+
+    // A Bitbucket-style unknown forge name.
+    let (status, _) = w.server.request("POST", "/hooks/gitea", None, None);
+    assert_eq!(status, 404);
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+}
+
+fn secret_pipeline(name: &str, on: &str, text: &str) -> String {
+    pipeline(
+        name,
+        &format!("on: {on}\nsecrets: [api_token]\n"),
+        &format!("echo \"{text} token=$TOKEN\"\nsleep 1"),
+        "    env:\n      TOKEN: \"{{secrets.api_token}}\"\n",
+    )
+}
+
+// 5. A same-repository pull request runs the pipeline as defined at its head and keeps one
+// comment up to date.
+#[test]
+fn a_github_pull_request_runs_its_head_definition_and_edits_one_comment() {
+    let secret = "pr-s3cr3t-value-5d1e";
+    let (remote, _) = remote_with(&[(
+        "ci.yaml",
+        &secret_pipeline("ci", "{pullRequest: {}}", "text-from-main"),
+    )]);
+    remote.write(
+        "ci.yaml",
+        &secret_pipeline("ci", "{pullRequest: {}}", "text-from-branch"),
+    );
+    let head = remote.push_branch("feature", "change the text");
+    let w = World::start(Forge::Github, remote, "0s");
+    let (status, body) = w
+        .server
+        .put_json("/api/v1/secrets/api_token", &json!({ "value": secret }));
+    assert_eq!(status, 204, "{body}");
+
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &head)
+        .set("/pull_request/head/ref", json!("feature"))
+        .set("/number", json!(2));
+    w.accept(&pr, "pr-2-opened");
+
+    let run = w.wait_run("ci", "pullRequest");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
+    let log = w.log(&run);
+    assert!(log.contains("text-from-branch"), "{log}");
+    assert!(!log.contains("text-from-main"), "{log}");
+    assert!(!log.contains(secret), "{log}");
+
+    w.wait_state(&head, "success");
+    w.server
+        .wait_until("the PR comment to show the run succeeded", WAIT, || {
+            w.fake
+                .comments(2)
+                .iter()
+                .any(|(_, body)| body.contains("succeeded"))
+        });
+    let comments = w.fake.comments(2);
+    assert_eq!(comments.len(), 1, "one comment: {comments:?}");
+    let (comment_id, text) = &comments[0];
+    assert!(text.contains("`ci`"), "{text}");
+    assert!(
+        text.contains(&format!("/api/v1/runs/{}", id(&run))),
+        "{text}"
+    );
+
+    let calls = w.fake.requests();
+    let lines: Vec<String> = calls.iter().map(Recorded::line).collect();
+    let create = format!("/repos/{FORGE_ID}/issues/2/comments");
+    let edit = format!("/repos/{FORGE_ID}/issues/comments/{comment_id}");
+    let posts = calls
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == create)
+        .count();
+    assert_eq!(posts, 1, "exactly one comment created: {lines:?}");
+    let patches: Vec<&Recorded> = calls.iter().filter(|r| r.method == "PATCH").collect();
+    assert!(!patches.is_empty(), "later writes edit it: {lines:?}");
+    assert!(patches.iter().all(|r| r.path == edit), "{lines:?}");
+    for r in &calls {
+        let allowed = (r.method == "POST"
+            && (r.path == create || r.path == format!("/repos/{FORGE_ID}/statuses/{head}")))
+            || (r.method == "PATCH" && r.path == edit)
+            || (r.method == "GET" && r.path == create);
+        assert!(allowed, "unexpected call {}: {lines:?}", r.line());
+        assert!(!r.body.contains(secret), "{} leaks the secret", r.line());
+    }
+}
+
+// 6. A pipeline that fails validation at the PR head gets a failing status naming the error.
+#[test]
+fn a_pipeline_invalid_at_the_pr_head_gets_a_failing_status() {
+    let good = pipeline("lint", "on: {pullRequest: {}}\n", "echo lint", "");
+    let (remote, _) = remote_with(&[("lint.yaml", &good)]);
+    remote.write("lint.yaml", &good.replace("steps:", "stpes:"));
+    let head = remote.push_branch("broken", "misspell steps");
+    let w = World::start(Forge::Github, remote, "0s");
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &head)
+        .set("/pull_request/head/ref", json!("broken"));
+    w.accept(&pr, "pr-invalid");
+
+    w.wait_state(&head, "failure");
+    let calls = w.status_calls();
+    let failing = calls
+        .iter()
+        .find(|r| status_field(w.forge, r, "state") == "failure")
+        .expect("a failing status");
+    assert_eq!(status_field(w.forge, failing, "context"), "gantry/lint");
+    let description = status_field(w.forge, failing, "description");
+    assert!(
+        description.starts_with("invalid pipeline: ") && description.contains("stpes"),
+        "{description}"
+    );
+    assert!(description.chars().count() <= 140, "{description}");
+    assert!(
+        status_field(w.forge, failing, "target_url").ends_with("/api/v1/pipelines/infra/lint"),
+        "{:?}",
+        failing.json()
+    );
+    w.server
+        .wait_until("the PR comment listing the error", WAIT, || {
+            w.fake
+                .comments(2)
+                .iter()
+                .any(|(_, body)| body.contains("stpes"))
+        });
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+}
+
+fn deploy_pipeline(text: &str) -> String {
+    pipeline(
+        "deploy",
+        "on: {pullRequest: {}, comment: true}\nparameters:\n  - name: environment\n    type: \
+         enum\n    enum: [dev, prod]\n    default: dev\n",
+        &format!("echo \"{text} env=$ENVIRONMENT\""),
+        "    env:\n      ENVIRONMENT: \"{{params.environment}}\"\n",
+    )
+}
+
+fn github_comment(pr: u64, author: &str, text: &str) -> Hook {
+    Hook::sample(Forge::Github, "comment-run.json")
+        .set("/issue/number", json!(pr))
+        .set("/comment/body", json!(text))
+        .set("/comment/user/login", json!(author))
+        .set("/sender/login", json!(author))
+}
+
+/// Waits for a comment on `pr` containing `needle`; returns its body.
+fn wait_comment(w: &World, pr: u64, needle: &str) -> String {
+    let mut found = String::new();
+    w.server.wait_until(
+        &format!("a comment on #{pr} with {needle:?}"),
+        WAIT,
+        || match w
+            .fake
+            .comments(pr)
+            .into_iter()
+            .find(|(_, b)| b.contains(needle))
+        {
+            Some((_, body)) => {
+                found = body;
+                true
+            }
+            None => false,
+        },
+    );
+    found
+}
+
+// 7. A fork's pull request never runs on its own; a `/gantry run` comment by a user with write
+// access does, at the fork's head.
+#[test]
+fn a_fork_pr_runs_only_on_a_comment_by_a_writer() {
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy_pipeline("from-main"))]);
+    // The fork's commit lives only under the forge's PR ref, not on any branch.
+    remote.write("deploy.yaml", &deploy_pipeline("from-fork"));
+    remote.repo.git(&["add", "-A"]);
+    remote.repo.git(&["commit", "-q", "-m", "fork change"]);
+    let fork_head = remote.repo.head();
+    remote.push_ref("refs/pull/7/head");
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_pr_head(7, &fork_head);
+    w.fake.set_permission("maintainer", "write");
+    w.fake.set_permission("visitor", "read");
+
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &fork_head)
+        .set("/number", json!(7))
+        .set("/pull_request/head/ref", json!("fork-branch"))
+        .set("/pull_request/head/repo/full_name", json!("stranger/infra"));
+    w.accept(&pr, "fork-pr");
+    wait_comment(&w, 7, "comes from a fork");
+    assert!(
+        w.runs().is_empty(),
+        "a fork PR runs nothing: {:?}",
+        w.runs()
+    );
+
+    // No write access: a reply saying why, no run.
+    w.accept(
+        &github_comment(7, "visitor", "/gantry run deploy environment=prod"),
+        "comment-visitor",
+    );
+    let refusal = wait_comment(&w, 7, "@visitor");
+    assert!(refusal.contains("write access"), "{refusal}");
+    // A parameter error: a reply naming the parameter, no run.
+    w.accept(
+        &github_comment(7, "maintainer", "/gantry run deploy environment=staging"),
+        "comment-bad-param",
+    );
+    let error = wait_comment(&w, 7, "not started");
+    assert!(
+        error.contains("@maintainer") && error.contains("environment"),
+        "{error}"
+    );
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+
+    w.accept(
+        &github_comment(7, "maintainer", "/gantry run deploy environment=prod"),
+        "comment-run",
+    );
+    let run = w.wait_run("deploy", "comment");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], fork_head.as_str(), "{run}");
+    assert_eq!(run["parameters"]["environment"], "prod", "{run}");
+    let log = w.log(&run);
+    assert!(log.contains("from-fork env=prod"), "{log}");
+    assert_eq!(w.runs().len(), 1, "{:?}", w.runs());
+    w.wait_state(&fork_head, "success");
+    let permission_checks = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/permission"))
+        .count();
+    assert!(permission_checks >= 2, "each command checks its author");
+}
+
+/// Asserts `states` go forward through `order` (repeats allowed) and end with its last.
+fn assert_forward(states: &[String], order: &[&str]) {
+    let ranks: Vec<usize> = states
+        .iter()
+        .map(|s| {
+            order
+                .iter()
+                .position(|o| o == s)
+                .unwrap_or_else(|| panic!("unexpected state {s} in {states:?}"))
+        })
+        .collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "{states:?}");
+    assert_eq!(
+        states.last().map(String::as_str),
+        order.last().copied(),
+        "{states:?}"
+    );
+}
+
+// 8. GitLab: a push and a merge request.
+#[test]
+fn gitlab_push_and_merge_request_report_statuses_and_one_note() {
+    let build = build_pipeline();
+    let mr_pipeline = pipeline(
+        "mr",
+        "on: {pullRequest: {}}\n",
+        "echo mr-branch\nsleep 1",
+        "",
+    );
+    let (remote, main_sha) = remote_with(&[("build.yaml", &build)]);
+    remote.write("mr.yaml", &mr_pipeline);
+    // The branch also changes `build`, so its push pipeline is not what the MR runs.
+    let head = remote.push_branch("feature", "add mr");
+    let w = World::start(Forge::Gitlab, remote, "0s");
+
+    let push = Hook::sample(Forge::Gitlab, "push.json")
+        .head(Forge::Gitlab, &main_sha)
+        .set("/before", json!(ZERO));
+    w.accept(&push, "gl-push-1");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], main_sha.as_str(), "{run}");
+    w.wait_state(&main_sha, "success");
+    let states = w.states(&main_sha);
+    assert!(states.iter().any(|s| s == "running"), "{states:?}");
+    assert_forward(&states, &["pending", "running", "success"]);
+    let status_path = format!("/api/v4/projects/acme%2Finfra/statuses/{main_sha}");
+    for r in w.status_calls() {
+        assert!(
+            r.path == status_path || r.path.contains("/statuses/"),
+            "{}",
+            r.line()
+        );
+        if r.path.contains(&main_sha) {
+            assert_eq!(r.path, status_path);
+            assert_eq!(
+                r.form().get("name").map(String::as_str),
+                Some("gantry/build")
+            );
+        }
+    }
+
+    let mr = Hook::sample(Forge::Gitlab, "merge-request-opened.json")
+        .head(Forge::Gitlab, &head)
+        .set("/object_attributes/source_branch", json!("feature"))
+        .set("/object_attributes/target_branch", json!("main"));
+    w.accept(&mr, "gl-mr-1");
+    let run = w.wait_run("mr", "pullRequest");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
+    w.wait_state(&head, "success");
+    w.server
+        .wait_until("the MR note to show success", WAIT, || {
+            w.fake
+                .comments(1)
+                .iter()
+                .any(|(_, b)| b.contains("`mr`") && b.contains("succeeded"))
+        });
+    let notes = w.fake.comments(1);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let note_id = &notes[0].0;
+    let calls = w.fake.requests();
+    let lines: Vec<String> = calls.iter().map(Recorded::line).collect();
+    let notes_path = "/api/v4/projects/acme%2Finfra/merge_requests/1/notes";
+    let created = calls
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == notes_path)
+        .count();
+    assert_eq!(created, 1, "{lines:?}");
+    let edits: Vec<&Recorded> = calls.iter().filter(|r| r.method == "PUT").collect();
+    assert!(!edits.is_empty(), "{lines:?}");
+    assert!(
+        edits
+            .iter()
+            .all(|r| r.path == format!("{notes_path}/{note_id}")),
+        "{lines:?}"
+    );
+    // The MR's head states: the `mr` pipeline went forward to success.
+    let mr_states: Vec<String> = w
+        .status_calls()
+        .iter()
+        .filter(|r| {
+            r.path.contains(&head) && r.form().get("name").map(String::as_str) == Some("gantry/mr")
+        })
+        .map(|r| status_field(w.forge, r, "state"))
+        .collect();
+    assert_forward(&mr_states, &["pending", "running", "success"]);
+}
+
+// 9. Bitbucket: a push, and a pull request whose payload carries a 12-character hash.
+#[test]
+fn bitbucket_push_and_short_hash_pull_request() {
+    let bb = Forge::Bitbucket;
+    let pr_pipeline = pipeline("pr", "on: {pullRequest: {}}\n", "echo pr-branch", "");
+    let (remote, main_sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    remote.write("pr.yaml", &pr_pipeline);
+    let head = remote.push_branch("feature", "add pr");
+    let w = World::start(bb, remote, "0s");
+
+    let push = Hook::sample(bb, "push.json")
+        .head(bb, &main_sha)
+        .set("/push/changes/0/old", Value::Null);
+    w.accept(&push, "bb-push-1");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["git"]["sha"], main_sha.as_str(), "{run}");
+    w.wait_state(&main_sha, "SUCCESSFUL");
+    let states = w.states(&main_sha);
+    assert_forward(&states, &["INPROGRESS", "SUCCESSFUL"]);
+    assert!(states.len() >= 2, "{states:?}");
+    let path = format!("/2.0/repositories/{FORGE_ID}/commit/{main_sha}/statuses/build");
+    for r in w.status_calls() {
+        assert_eq!(r.path, path);
+        assert_eq!(
+            status_field(bb, &r, "target_url"),
+            format!("{}/api/v1/runs/{}", w.server.url(), id(&run))
+        );
+    }
+
+    let short = &head[..12];
+    let pr = Hook::sample(bb, "pull-request-opened.json")
+        .head(bb, short)
+        .set("/pullrequest/source/branch/name", json!("feature"));
+    assert!(pr.body.to_string().contains(short));
+    assert!(!pr.body.to_string().contains(&head));
+    w.accept(&pr, "bb-pr-1");
+    let run = w.wait_run("pr", "pullRequest");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["git"]["sha"],
+        head.as_str(),
+        "resolved to the full sha: {run}"
+    );
+    assert!(w.log(&run).contains("pr-branch"));
+    // Statuses go to the full sha.
+    w.wait_state(&head, "SUCCESSFUL");
+}
+
+// 10a. Failing status calls are retried until they arrive; a newer state replaces a waiting one.
+#[test]
+fn status_writes_survive_server_errors_and_rate_limits() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake
+        .fail_matching(Some("POST"), Some("/statuses/"), 1, Fault::ServerError);
+    w.fake.fail_matching(
+        Some("POST"),
+        Some("/statuses/"),
+        1,
+        Fault::TooManyRequests {
+            retry_after_secs: 1,
+        },
+    );
+    w.accept(&github_push(&sha), "retry-push");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    w.wait_state(&sha, "success");
+    let states = w.states(&sha);
+    assert!(
+        states.len() >= 3,
+        "two failed calls and a success: {states:?}"
+    );
+    let first_success = states.iter().position(|s| s == "success").expect("success");
+    // Nothing stale after the success: watch a little longer than one retry interval.
+    std::thread::sleep(Duration::from_secs(3));
+    let states = w.states(&sha);
+    assert!(
+        states[first_success..].iter().all(|s| s == "success"),
+        "a pending after success: {states:?}"
+    );
+    assert_eq!(states.last().map(String::as_str), Some("success"));
+    let run = w.server.get_json(&format!("/api/v1/runs/{}", id(&run)));
+    assert!(
+        run.get("writeback_error").is_none_or(Value::is_null),
+        "{run}"
+    );
+}
+
+// 10b. A write-back still waiting when Gantry stops is delivered after it starts again.
+#[test]
+fn a_queued_status_is_delivered_after_a_restart() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let mut w = World::start(Forge::Github, remote, "0s");
+    w.fake
+        .fail_matching(Some("POST"), Some("/statuses/"), 10_000, Fault::ServerError);
+    w.accept(&github_push(&sha), "restart-push");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    w.server.wait_until("two refused status calls", WAIT, || {
+        w.status_calls().len() >= 2
+    });
+    assert!(!w.states(&sha).is_empty());
+
+    let exit = w.server.stop();
+    assert!(exit.success(), "{exit}");
+    w.fake.clear_faults();
+    let before = w.fake.requests().len();
+    w.server.restart();
+    w.server
+        .wait_until("the success status after the restart", WAIT, || {
+            w.fake.requests()[before..].iter().any(|r| {
+                r.path.contains("/statuses/")
+                    && status_field(Forge::Github, r, "state") == "success"
+            })
+        });
+    let after: Vec<String> = w.fake.requests()[before..]
+        .iter()
+        .map(|r| status_field(Forge::Github, r, "state"))
+        .collect();
+    assert_eq!(
+        after.last().map(String::as_str),
+        Some("success"),
+        "{after:?}"
+    );
+    assert!(
+        !after.iter().any(|s| s == "pending"),
+        "the newer state replaced the queued one: {after:?}"
+    );
+}
+
+// 11. A delivery whose processing fails for a passing reason (the git server is briefly
+// unreachable) is not lost: it stays queued and is tried again with backoff; the forge's
+// redelivery (same id) is a duplicate of a delivery still in hand.
+#[test]
+fn a_delivery_that_failed_on_a_git_outage_runs_once_the_server_is_back() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let bare = remote.repo.bare_dir().to_owned();
+    let hidden = bare.with_extension("away");
+    let w = World::start(Forge::Github, remote, "0s");
+    // The git server loses the repository for a moment.
+    std::fs::rename(&bare, &hidden).expect("hide the repository");
+    w.accept(&github_push(&sha), "outage-push");
+    // Deliveries are processed in order: once the reply to a later comment is out, the push
+    // was processed (and failed: the repository was away).
+    w.accept(
+        &github_comment(3, "someone", "/gantry bogus"),
+        "outage-marker",
+    );
+    wait_comment(&w, 3, "unknown command");
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+    std::fs::rename(&hidden, &bare).expect("bring the repository back");
+    // The forge redelivers (GitHub's "Redeliver" keeps the delivery id).
+    let (status, answer) = w.deliver(&github_push(&sha), "outage-push");
+    assert!((200..300).contains(&status), "{answer}");
+    let run = w.wait_run("build", "push");
+    assert_eq!(run["git"]["sha"], sha.as_str(), "{run}");
+}
