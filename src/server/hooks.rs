@@ -215,7 +215,9 @@ pub async fn process_loop(state: AppState, stop: CancellationToken) {
             }
             worked = true;
             let result = match process(&state, record).await {
-                Ok(outcome) => state.store.finish_delivery(*seq, record, outcome),
+                Ok(Processed { outcome, acted }) => {
+                    state.store.finish_delivery(*seq, record, outcome, acted)
+                }
                 Err(error) => {
                     let attempts = record.attempts + 1;
                     eprintln!(
@@ -225,7 +227,7 @@ pub async fn process_loop(state: AppState, stop: CancellationToken) {
                     if attempts >= DELIVERY_ATTEMPTS {
                         state
                             .store
-                            .finish_delivery(*seq, record, format!("failed: {error}"))
+                            .finish_delivery(*seq, record, format!("failed: {error}"), true)
                     } else {
                         let mut again = record.clone();
                         again.attempts = attempts;
@@ -263,8 +265,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("a worker stopped: {e}"))?
 }
 
-/// What processing one delivery did, in words.
-async fn process(state: &AppState, record: &DeliveryRecord) -> Result<String, String> {
+/// What processing one delivery did.
+struct Processed {
+    /// In words, kept on the delivery.
+    outcome: String,
+    /// Whether it queued runs or writes (then its end is flushed, so a restart does not process
+    /// it again).
+    acted: bool,
+}
+
+/// Processes one delivery.
+async fn process(state: &AppState, record: &DeliveryRecord) -> Result<Processed, String> {
+    let before = state.store.acts();
+    let outcome = dispatch(state, record).await?;
+    Ok(Processed {
+        acted: state.store.acts() != before,
+        outcome,
+    })
+}
+
+async fn dispatch(state: &AppState, record: &DeliveryRecord) -> Result<String, String> {
     let forge = Forge::from_name(&record.forge).ok_or("unknown forge")?;
     let repo = state
         .repos
@@ -318,12 +338,12 @@ async fn process(state: &AppState, record: &DeliveryRecord) -> Result<String, St
     }
 }
 
-/// Fetches the mirror (cloning it the first time) so the event's commits are there. The
-/// catalog's reconcile of the watched branch is left to the repository's sync loop, woken here,
-/// so the event's runs do not wait for it.
-async fn sync(repo: &Arc<WatchedRepo>, _store: &Store) -> Result<Mirror, String> {
+/// Fetches the mirror (cloning it the first time) so the event's commits are there, unless
+/// `wanted` is already in it.
+async fn sync(repo: &Arc<WatchedRepo>, wanted: Option<&str>) -> Result<Mirror, String> {
     let r = repo.clone();
-    let mirror = blocking(move || {
+    let wanted = wanted.map(str::to_string);
+    blocking(move || {
         let existed = r.source.mirror_dir.join("HEAD").exists();
         let mirror = Mirror::open_or_clone(
             &r.source.mirror_dir,
@@ -332,15 +352,29 @@ async fn sync(repo: &Arc<WatchedRepo>, _store: &Store) -> Result<Mirror, String>
             r.source.credentials.clone(),
         )
         .map_err(|e| e.to_string())?;
-        if existed {
+        let have = wanted.is_some_and(|w| mirror.resolve(&w).is_ok());
+        if existed && !have {
             let interrupt = AtomicBool::new(false);
             mirror.fetch(&interrupt).map_err(|e| e.to_string())?;
         }
         Ok(mirror)
     })
-    .await?;
-    repo.wake.notify_one();
-    Ok(mirror)
+    .await
+}
+
+/// Reconciles the watched branch with the mirror just fetched (new versions, errors,
+/// retirements), in the background: the event's runs do not wait for it.
+fn reconcile_later(state: &AppState, repo: &Arc<WatchedRepo>, mirror: &Mirror) {
+    let (store, r, m) = (state.store.clone(), repo.clone(), mirror.clone());
+    tokio::task::spawn_blocking(move || {
+        let head = match m.head(&r.source.branch) {
+            Ok(Some(head)) => head,
+            _ => return,
+        };
+        if let Err(e) = crate::catalog::reconcile(&store, &r.source, &m, &head) {
+            eprintln!("gantry: warning: reconcile of {}: {e}", r.source.name);
+        }
+    });
 }
 
 /// The full sha of `commit` in the mirror, fetching `pr_ref` (a pull request's head ref) when
@@ -515,7 +549,7 @@ async fn on_push(
     after: &str,
     pusher: &str,
 ) -> Result<String, String> {
-    let mirror = sync(repo, &state.store).await?;
+    let mirror = sync(repo, Some(after)).await?;
     let after = resolve(&mirror, after, None).await?;
     let changed = changed_paths(&mirror, before, &after).await;
     let pipelines = pipelines_at(repo, &mirror, &after).await?;
@@ -544,11 +578,15 @@ async fn on_push(
         )?;
         started.push(format!("{} ({})", at.name, run.id));
     }
-    Ok(if started.is_empty() {
+    let outcome = if started.is_empty() {
         format!("push to {branch}: no pipeline matched")
     } else {
         format!("push to {branch}: started {}", started.join(", "))
-    })
+    };
+    if branch == repo.branch {
+        reconcile_later(state, repo, &mirror);
+    }
+    Ok(outcome)
 }
 
 struct PrEvent {
@@ -604,7 +642,7 @@ async fn on_pull_request(
     repo: &Arc<WatchedRepo>,
     pr: PrEvent,
 ) -> Result<String, String> {
-    let mirror = sync(repo, &state.store).await?;
+    let mirror = sync(repo, Some(&pr.head_sha)).await?;
     let head = resolve(&mirror, &pr.head_sha, pr_refspec(forge, pr.number)).await?;
     let pipelines = pipelines_at(repo, &mirror, &head).await?;
     let mut record = pr_record(
@@ -708,7 +746,7 @@ async fn on_comment(
         Some(h) => h,
         None => client.pr_head(pr).await.map_err(|e| e.to_string())?,
     };
-    let mirror = sync(repo, &state.store).await?;
+    let mirror = sync(repo, Some(&head)).await?;
     let head = resolve(&mirror, &head, pr_refspec(forge, pr)).await?;
     let pipelines = pipelines_at(repo, &mirror, &head).await?;
     let (name, params) = match command {

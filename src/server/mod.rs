@@ -363,6 +363,10 @@ pub async fn serve(
         signal.cancel();
     });
     let http_stop = stop.clone();
+    // Small answers go out at once (no Nagle delay waiting for an ACK that is itself delayed).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        let _ = stream.set_nodelay(true);
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { http_stop.cancelled().await })
         .await;

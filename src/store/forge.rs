@@ -201,12 +201,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Marks a delivery processed (flushed): it leaves the queue with its outcome recorded.
+    /// Marks a delivery processed: it leaves the queue with its outcome recorded. Flushed when
+    /// `flush` is set, which callers do when processing queued runs or writes: a crash before an
+    /// unflushed finish only processes the delivery again, so a delivery that changed nothing
+    /// durable need not cost an fsync.
     pub fn finish_delivery(
         &self,
         seq: u64,
         record: &DeliveryRecord,
         outcome: String,
+        flush: bool,
     ) -> Result<(), StoreError> {
         let mut done = record.clone();
         done.outcome = Some(outcome);
@@ -220,7 +224,7 @@ impl Store {
             .delivery_queue
             .remove(seq.to_be_bytes())
             .map_err(|e| self.db_err(e))?;
-        self.flush()
+        if flush { self.flush() } else { Ok(()) }
     }
 
     /// Keeps a delivery queued after a failed attempt, to be tried again at `retry_at`. Flushed.
@@ -245,6 +249,7 @@ impl Store {
     pub fn put_outbox(&self, mut job: OutboxJob) -> Result<OutboxJob, StoreError> {
         job.revision = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
         self.put_json(&self.inner.outbox, job.key.as_bytes(), &job)?;
+        self.acted();
         self.flush()?;
         Ok(job)
     }
@@ -309,6 +314,7 @@ impl Store {
             &pr_key(&record.source, record.number),
             record,
         )?;
+        self.acted();
         self.flush()
     }
 }

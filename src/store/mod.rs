@@ -145,6 +145,8 @@ struct Inner {
     outbox: sled::Tree,
     prs: sled::Tree,
     group: forge::GroupCommit,
+    /// Counts writes that act on the world (runs, outbox jobs, PR records), see `acts`.
+    acts: std::sync::atomic::AtomicU64,
     key: OnceLock<crypto::MasterKey>,
 }
 
@@ -228,6 +230,7 @@ impl Store {
             outbox: tree("outbox")?,
             prs: tree("prs")?,
             group: forge::GroupCommit::new(),
+            acts: std::sync::atomic::AtomicU64::new(0),
             db,
             dir: dir.to_path_buf(),
             key: OnceLock::new(),
@@ -241,6 +244,18 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// A counter of writes that start something (a run, an outbox job, a PR record): compare two
+    /// readings to learn whether work in between started anything.
+    pub fn acts(&self) -> u64 {
+        self.inner.acts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn acted(&self) {
+        self.inner
+            .acts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn db_err(&self, source: sled::Error) -> StoreError {

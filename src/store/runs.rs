@@ -180,6 +180,7 @@ impl Store {
         for (index, name) in record.steps.iter().enumerate() {
             self.put_step(&record.id, index, &StepRecord::pending(name))?;
         }
+        self.acted();
         self.flush()?;
         Ok(record)
     }
