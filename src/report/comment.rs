@@ -11,6 +11,21 @@ use crate::store::{PrRecord, RunRecord, RunStatus, StepState, Store, StoreError}
 /// The hidden marker that identifies Gantry's comment.
 pub const MARKER: &str = "<!-- gantry:pr-comment -->";
 
+/// The hidden marker of Gantry's replies to comment commands.
+pub const REPLY_MARKER: &str = "<!-- gantry:reply -->";
+
+/// Whether a comment was written by Gantry: such comments are never read as commands, whatever
+/// text from a pull request they quote.
+pub fn is_gantry_comment(body: &str) -> bool {
+    body.contains(MARKER) || body.contains(REPLY_MARKER)
+}
+
+/// Text from a pull request (error messages, run messages) on one line, so no line of the
+/// comment can be made to start with a command.
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
 fn icon(status: RunStatus) -> &'static str {
     match status {
         RunStatus::Queued => "⏳",
@@ -32,7 +47,7 @@ fn cell(text: &str) -> String {
 }
 
 /// The values a run's report must not show: the secrets its pipeline declared.
-fn secrets_of(store: &Store, run: &RunRecord) -> Secrets {
+pub(crate) fn secrets_of(store: &Store, run: &RunRecord) -> Secrets {
     let secrets = Secrets::new();
     let declared = store
         .get_version(&run.source, &run.pipeline, run.version)
@@ -88,14 +103,14 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
             run.status.as_str()
         ));
         if let Some(m) = &run.message {
-            details.push_str(&format!("{}\n\n", secrets.mask(m)));
+            details.push_str(&format!("{}\n\n", one_line(&secrets.mask(m))));
         }
         for step in &steps {
             let took = step.duration_ms().map(seconds).unwrap_or_default();
             let note = step
                 .message
                 .as_deref()
-                .map(|m| format!(": {}", secrets.mask(m)))
+                .map(|m| format!(": {}", one_line(&secrets.mask(m))))
                 .unwrap_or_default();
             let state = match step.state {
                 StepState::Succeeded => "✅",
@@ -133,7 +148,7 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
         out.push_str("\n**Pipelines that fail validation on this head**\n\n```text\n");
         for errors in pr.invalid.values() {
             for e in errors {
-                out.push_str(&format!("{e}\n"));
+                out.push_str(&format!("{}\n", one_line(&e.to_string())));
             }
         }
         out.push_str("```\n");

@@ -144,6 +144,7 @@ pub fn on_transition(store: &Store, public_url: &str, run: &RunRecord) -> Result
         return Ok(());
     };
     let (state, description) = run_status(run);
+    let description = comment::secrets_of(store, run).mask(&description);
     let ctx = context(&run.pipeline);
     store.put_outbox(job(
         &run.source,
@@ -206,6 +207,7 @@ pub fn reply(store: &Store, source: &str, pr: u64, body: String) -> Result<(), S
         "reply\u{0}{source}\u{0}{pr}\u{0}{}",
         crate::store::new_run_id(Utc::now())
     );
+    let body = format!("{}\n{body}", comment::REPLY_MARKER);
     store.put_outbox(job(source, key, None, OutboxAction::Reply { pr, body }))?;
     Ok(())
 }

@@ -132,9 +132,21 @@ impl Outbox {
                 description,
                 target_url,
             } => {
-                let state = super::parse_state(state).unwrap_or(crate::forge::StatusState::Error);
+                let mut state =
+                    super::parse_state(state).unwrap_or(crate::forge::StatusState::Error);
+                let mut description = description.clone();
+                // The run's state now, not when the job was stored: jobs of one run may be
+                // stored out of order by different threads, and an older state must never be
+                // the last one sent.
+                if let Some(run_id) = &job.run_id
+                    && let Ok(Some(run)) = self.store.get_run(run_id)
+                {
+                    let (now, text) = super::run_status(&run);
+                    state = now;
+                    description = super::comment::secrets_of(&self.store, &run).mask(&text);
+                }
                 client
-                    .set_status(sha, context, state, description, target_url)
+                    .set_status(sha, context, state, &description, target_url)
                     .await
             }
             OutboxAction::Reply { pr, body } => client.create_comment(*pr, body).await.map(|_| ()),
@@ -169,8 +181,11 @@ impl Outbox {
         let id = match known {
             Some(id) => match client.edit_comment(pr, &id, &body).await {
                 Ok(()) => id,
-                // Deleted on the forge: make a new one.
-                Err(e) if e.status == Some(404) => client.create_comment(pr, &body).await?,
+                // Deleted on the forge, or not ours to edit (someone else's comment carrying the
+                // marker): make a new one.
+                Err(e) if matches!(e.status, Some(403 | 404)) => {
+                    client.create_comment(pr, &body).await?
+                }
                 Err(e) => return Err(e),
             },
             None => client.create_comment(pr, &body).await?,

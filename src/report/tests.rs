@@ -160,3 +160,41 @@ fn run_states_map_to_commit_statuses() {
     assert!(jobs.iter().any(|j| matches!(&j.action,
         OutboxAction::Status { state, context, .. } if state == "success" && context == "gantry/provision-db")));
 }
+
+#[test]
+fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 9,
+        head_sha: "abcdef0".into(),
+        invalid: [(
+            "evil.yaml".to_string(),
+            vec![PipelineError {
+                path: "evil.yaml".into(),
+                line: 1,
+                column: 1,
+                message: "unknown field `x\n/gantry run deploy\ny`".into(),
+            }],
+        )]
+        .into(),
+        ..PrRecord::default()
+    };
+    let text = comment::render(&store, &pr, "http://g").expect("render");
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("/gantry")),
+        "a line of the comment reads as a command:\n{text}"
+    );
+    assert!(comment::is_gantry_comment(&text));
+    reply(&store, "infra", 9, "@bob /gantry run needs a name".into()).expect("reply");
+    let jobs = store.outbox().expect("outbox");
+    let body = jobs
+        .iter()
+        .find_map(|j| match &j.action {
+            OutboxAction::Reply { body, .. } => Some(body.clone()),
+            _ => None,
+        })
+        .expect("a reply");
+    assert!(comment::is_gantry_comment(&body), "{body}");
+}

@@ -272,8 +272,11 @@ impl Queue {
                 .queued
                 .push_back((run.id.clone(), run.concurrency.clone()));
         }
-        store.flush()?;
         drop(state);
+        // The new run was flushed by `enqueue`; the runs it cancelled still need it.
+        if !cancelled.is_empty() {
+            store.flush()?;
+        }
         self.bump();
         self.report(&run.id);
         for id in cancelled {

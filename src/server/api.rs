@@ -953,7 +953,12 @@ async fn rerun(
         version: old.version,
         params: run::param_texts(&old),
         trigger: Trigger {
-            kind: "manual".into(),
+            // A rerun of a push or pull request run reports to the forge like the first one.
+            kind: if crate::report::reported(&old) {
+                old.trigger.kind.clone()
+            } else {
+                "manual".into()
+            },
             detail: Some(match who(&headers) {
                 Some(w) => format!("rerun of #{} by {w}", old.number),
                 None => format!("rerun of #{}", old.number),
@@ -1023,6 +1028,7 @@ async fn logs(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut changes = state.queue.changes();
     let store = state.store.clone();
+    let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut cursor = None;
         loop {
@@ -1063,8 +1069,12 @@ async fn logs(
                     .await;
                 return;
             }
-            // Wake on the next recorded batch, or poll once a second to be safe.
-            let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+            // Wake on the next recorded batch, or poll once a second to be safe; end when the
+            // server stops, so it is not kept waiting for a run that may take hours.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()) => {}
+            }
         }
     });
     let stream = tokio_stream_from(rx);

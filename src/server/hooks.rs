@@ -74,12 +74,18 @@ pub async fn receive(
         .values()
         .filter(|r| forge_of(r.provider) == Some(forge))
         .collect();
-    let matched = candidates.iter().find(|r| {
-        r.webhook_secret
-            .as_deref()
-            .is_some_and(|secret| webhook::verify(forge, &view, &body, secret).is_ok())
-    });
-    let Some(repo) = matched else {
+    // Every repository whose secret signed the body (an organisation webhook shares one secret
+    // among many repositories); the payload then says which of them it is about.
+    let verified: Vec<&Arc<WatchedRepo>> = candidates
+        .iter()
+        .copied()
+        .filter(|r| {
+            r.webhook_secret
+                .as_deref()
+                .is_some_and(|secret| webhook::verify(forge, &view, &body, secret).is_ok())
+        })
+        .collect();
+    let Some(first) = verified.first().copied() else {
         // Not genuine for any repository: say whether the repository is unknown (404) or the
         // signature is wrong (401). Nothing is stored either way.
         let named = webhook::repo_of(forge, &body);
@@ -121,18 +127,22 @@ pub async fn receive(
             return ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
-    if let Some(named) = event.repo()
-        && named != repo.forge_id
-    {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "the delivery is signed with the secret of `{}` but is about `{named}`",
-                repo.forge_id
-            ),
-        )
-        .into_response();
-    }
+    let repo = match event.repo() {
+        None => first,
+        Some(named) => match verified.iter().find(|r| r.forge_id == named) {
+            Some(r) => *r,
+            None => {
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "the delivery is signed with the secret of `{}` but is about `{named}`",
+                        first.forge_id
+                    ),
+                )
+                .into_response();
+            }
+        },
+    };
     match &event {
         ForgeEvent::Ping { .. } => {
             return answer(StatusCode::OK, json!({"accepted": false, "reason": "pong"}));
@@ -167,6 +177,7 @@ pub async fn receive(
         attempts: 0,
         retry_at: None,
         last_error: None,
+        head: None,
     };
     let new = match state.store.accept_delivery(&record) {
         Ok(new) => new,
@@ -193,7 +204,7 @@ const DELIVERY_ATTEMPTS: u32 = 12;
 /// fresh start.
 pub async fn process_loop(state: AppState, stop: CancellationToken) {
     loop {
-        let pending = match state.store.pending_deliveries(256) {
+        let pending = match state.store.pending_deliveries(4096) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("gantry: warning: deliveries: {e}");
@@ -214,6 +225,7 @@ pub async fn process_loop(state: AppState, stop: CancellationToken) {
                 continue;
             }
             worked = true;
+            let acts_before = state.store.acts();
             let result = match process(&state, record).await {
                 Ok(Processed { outcome, acted }) => {
                     state.store.finish_delivery(*seq, record, outcome, acted)
@@ -224,12 +236,20 @@ pub async fn process_loop(state: AppState, stop: CancellationToken) {
                         "gantry: warning: {} delivery {} (attempt {attempts}): {error}",
                         record.forge, record.id
                     );
-                    if attempts >= DELIVERY_ATTEMPTS {
+                    // Once a run or a write was queued, a retry could queue it twice: stop here.
+                    let acted = state.store.acts() != acts_before;
+                    if attempts >= DELIVERY_ATTEMPTS || acted {
                         state
                             .store
                             .finish_delivery(*seq, record, format!("failed: {error}"), true)
                     } else {
-                        let mut again = record.clone();
+                        // Re-read: processing may have pinned a PR head on it.
+                        let mut again = state
+                            .store
+                            .get_delivery(&record.forge, &record.id)
+                            .ok()
+                            .flatten()
+                            .unwrap_or_else(|| record.clone());
                         again.attempts = attempts;
                         again.last_error = Some(error);
                         let wait = 2i64.pow(attempts.min(10)).min(600);
@@ -332,7 +352,15 @@ async fn dispatch(state: &AppState, record: &DeliveryRecord) -> Result<String, S
             author,
             head_sha,
             ..
-        } => on_comment(state, forge, &repo, pr_number, &body, &author, head_sha).await,
+        } => {
+            let comment = CommentEvent {
+                pr: pr_number,
+                body,
+                author,
+                head_sha: head_sha.or_else(|| record.head.clone()),
+            };
+            on_comment(state, forge, &repo, comment, record).await
+        }
         ForgeEvent::Ping { .. } => Ok("pong".into()),
         ForgeEvent::Ignored { reason } => Ok(format!("ignored: {reason}")),
     }
@@ -343,6 +371,7 @@ async fn dispatch(state: &AppState, record: &DeliveryRecord) -> Result<String, S
 async fn sync(repo: &Arc<WatchedRepo>, wanted: Option<&str>) -> Result<Mirror, String> {
     let r = repo.clone();
     let wanted = wanted.map(str::to_string);
+    let _guard = repo.sync_lock.lock().await;
     blocking(move || {
         let existed = r.source.mirror_dir.join("HEAD").exists();
         let mirror = Mirror::open_or_clone(
@@ -367,6 +396,7 @@ async fn sync(repo: &Arc<WatchedRepo>, wanted: Option<&str>) -> Result<Mirror, S
 fn reconcile_later(state: &AppState, repo: &Arc<WatchedRepo>, mirror: &Mirror) {
     let (store, r, m) = (state.store.clone(), repo.clone(), mirror.clone());
     tokio::task::spawn_blocking(move || {
+        let _guard = r.sync_lock.blocking_lock();
         let head = match m.head(&r.source.branch) {
             Ok(Some(head)) => head,
             _ => return,
@@ -485,6 +515,15 @@ fn report_invalid(state: &AppState, repo: &WatchedRepo, sha: &str, pipelines: &[
     state.outbox.notify();
 }
 
+/// `; not started: a: why, b: why` for pipelines that matched but could not start.
+fn refused_text(refused: &[String]) -> String {
+    if refused.is_empty() {
+        String::new()
+    } else {
+        format!("; not started: {}", refused.join("; "))
+    }
+}
+
 /// Why `run_at` did not queue a run.
 enum RunAtError {
     /// A parameter value does not fit (comment commands reply with it).
@@ -555,6 +594,7 @@ async fn on_push(
     let pipelines = pipelines_at(repo, &mirror, &after).await?;
     report_invalid(state, repo, &after, &pipelines);
     let mut started = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for at in &pipelines {
         let Some(p) = &at.pipeline else {
             continue;
@@ -575,14 +615,20 @@ async fn on_push(
             },
             None,
             BTreeMap::new(),
-        )?;
-        started.push(format!("{} ({})", at.name, run.id));
+        );
+        match run {
+            Ok(run) => started.push(format!("{} ({})", at.name, run.id)),
+            // One pipeline that cannot start (a required parameter without a default) does not
+            // keep the others from running, and a retry must not queue them twice.
+            Err(e) => refused.push(format!("{}: {}", at.name, String::from(e))),
+        }
     }
+    let refused = refused_text(&refused);
     let outcome = if started.is_empty() {
         format!("push to {branch}: no pipeline matched")
     } else {
         format!("push to {branch}: started {}", started.join(", "))
-    };
+    } + &refused;
     if branch == repo.branch {
         reconcile_later(state, repo, &mirror);
     }
@@ -669,6 +715,7 @@ async fn on_pull_request(
     let base = mirror.head(&pr.base_branch).ok().flatten();
     let changed = changed_paths(&mirror, base, &head).await;
     let mut started = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
     for at in &pipelines {
         let Some(p) = &at.pipeline else {
             continue;
@@ -694,10 +741,16 @@ async fn on_pull_request(
             },
             Some(pr.number),
             BTreeMap::new(),
-        )?;
-        record.runs.insert(at.name.clone(), run.id.clone());
-        started.push(format!("{} ({})", at.name, run.id));
+        );
+        match run {
+            Ok(run) => {
+                record.runs.insert(at.name.clone(), run.id.clone());
+                started.push(format!("{} ({})", at.name, run.id));
+            }
+            Err(e) => refused.push(format!("{}: {}", at.name, String::from(e))),
+        }
     }
+    let refused = refused_text(&refused);
     save_pr(state, &record)?;
     Ok(if started.is_empty() {
         format!("pull request #{}: no pipeline matched", pr.number)
@@ -707,7 +760,7 @@ async fn on_pull_request(
             pr.number,
             started.join(", ")
         )
-    })
+    } + &refused)
 }
 
 fn reply(state: &AppState, source: &str, pr: u64, body: String) -> Result<(), String> {
@@ -719,16 +772,31 @@ fn reply(state: &AppState, source: &str, pr: u64, body: String) -> Result<(), St
     Ok(())
 }
 
+struct CommentEvent {
+    pr: u64,
+    body: String,
+    author: String,
+    head_sha: Option<String>,
+}
+
 async fn on_comment(
     state: &AppState,
     forge: Forge,
     repo: &Arc<WatchedRepo>,
-    pr: u64,
-    body: &str,
-    author: &str,
-    head_sha: Option<String>,
+    comment: CommentEvent,
+    record: &DeliveryRecord,
 ) -> Result<String, String> {
+    let CommentEvent {
+        pr,
+        body,
+        author,
+        head_sha,
+    } = comment;
+    let (body, author) = (body.as_str(), author.as_str());
     let source = repo.source.name.clone();
+    if crate::report::comment::is_gantry_comment(body) {
+        return Ok("Gantry's own comment".into());
+    }
     let command = match events::parse_command(body) {
         None => return Ok("comment without a /gantry command".into()),
         Some(Err(message)) => {
@@ -744,7 +812,18 @@ async fn on_comment(
         .map_err(|e| e.to_string())?;
     let head = match head_sha {
         Some(h) => h,
-        None => client.pr_head(pr).await.map_err(|e| e.to_string())?,
+        None => {
+            // Asked once and pinned on the delivery, so a retry cannot pick up a head pushed
+            // after the command was given.
+            let h = client.pr_head(pr).await.map_err(|e| e.to_string())?;
+            let mut pinned = record.clone();
+            pinned.head = Some(h.clone());
+            state
+                .store
+                .retry_delivery(&pinned)
+                .map_err(|e| e.to_string())?;
+            h
+        }
     };
     let mirror = sync(repo, Some(&head)).await?;
     let head = resolve(&mirror, &head, pr_refspec(forge, pr)).await?;
@@ -824,11 +903,14 @@ async fn on_comment(
         return Ok(format!("`{name}` does not take comment commands"));
     }
     let given: BTreeMap<String, String> = params.into_iter().collect();
+    // A fork's branch names are the fork's (its `main` is not ours): its runs carry the PR's
+    // own ref.
     let known_branch = state
         .store
         .get_pr(&source, pr)
         .ok()
         .flatten()
+        .filter(|r| !r.from_fork)
         .and_then(|r| r.head_branch);
     let reference = match (known_branch, forge) {
         (Some(branch), _) => format!("refs/heads/{branch}"),

@@ -55,8 +55,11 @@ pub struct WatchedRepo {
     pub poll_interval: Duration,
     pub webhook_secret: Option<String>,
     pub source: RepoSource,
-    /// Wakes the repository's sync loop (the API's sync endpoint; webhooks later).
+    /// Wakes the repository's sync loop (the API's sync endpoint, push webhooks).
     pub wake: Notify,
+    /// Held while the mirror is fetched or the catalog reconciled, so the sync loop and webhook
+    /// processing never interleave (an older head reconciled last would revert pipelines).
+    pub sync_lock: tokio::sync::Mutex<()>,
 }
 
 /// What every handler shares.
@@ -70,6 +73,8 @@ pub struct AppState {
     pub outbox: Arc<Outbox>,
     /// Wakes the delivery processor.
     pub deliveries: Arc<Notify>,
+    /// Cancelled when the server stops: long answers (log streams) end so the HTTP server can.
+    pub shutdown: CancellationToken,
 }
 
 /// Knobs of a server that are not in the config file.
@@ -137,6 +142,7 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                     mirror_dir: data_dir.join("mirrors").join(format!("{}.git", r.name)),
                 },
                 wake: Notify::new(),
+                sync_lock: tokio::sync::Mutex::new(()),
             })
         })
         .collect()
@@ -308,6 +314,14 @@ pub async fn serve(
             }
         }
     };
+    // Runs cut short by the last shutdown or crash: their forge learns they ended.
+    for run in &interrupted {
+        if outbox.reports(&run.source)
+            && let Err(e) = crate::report::on_transition(&store, &config.server.public_url, run)
+        {
+            eprintln!("gantry: warning: reporting run {}: {e}", run.id);
+        }
+    }
     let queue = Queue::start(
         store.clone(),
         Arc::new(LocalExecutor::new()),
@@ -326,6 +340,7 @@ pub async fn serve(
         public_url: config.server.public_url.clone(),
         outbox: outbox.clone(),
         deliveries: Arc::new(Notify::new()),
+        shutdown: stop.clone(),
     };
     let app = router(state.clone())?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -408,7 +423,9 @@ async fn sync_loop(
     let mut failures: u32 = 0;
     loop {
         let (st, r, i) = (store.clone(), repo.clone(), interrupt.clone());
+        let guard = repo.sync_lock.lock().await;
         let result = tokio::task::spawn_blocking(move || catalog::sync(&st, &r.source, &i)).await;
+        drop(guard);
         match result {
             Ok(Ok(report)) => {
                 failures = 0;

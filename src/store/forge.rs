@@ -38,6 +38,10 @@ pub struct DeliveryRecord {
     pub retry_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The pull request head a comment command runs at, pinned on the first attempt (a GitHub
+    /// comment names none): a retry never runs a head pushed after that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
 }
 
 /// A write to a forge waiting to be made.
