@@ -460,7 +460,6 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         body: None,
         responses: &[
-            (200, "GitHub's ping", Some("Accepted")),
             (
                 202,
                 "stored for processing (or a duplicate delivery, or an event Gantry does not act on, with the reason)",

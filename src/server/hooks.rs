@@ -145,7 +145,10 @@ pub async fn receive(
     };
     match &event {
         ForgeEvent::Ping { .. } => {
-            return answer(StatusCode::OK, json!({"accepted": false, "reason": "pong"}));
+            return answer(
+                StatusCode::ACCEPTED,
+                json!({"accepted": false, "reason": "ping: the hook reaches Gantry"}),
+            );
         }
         ForgeEvent::Ignored { reason } => {
             return answer(

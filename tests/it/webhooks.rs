@@ -35,8 +35,8 @@ fn pipeline(name: &str, extra: &str, script: &str, step_extra: &str) -> String {
 /// One forge, a repository on it, and `gantry serve` watching that repository.
 struct World {
     forge: Forge,
-    /// Keeps the git daemon and the repository alive.
-    _remote: Remote,
+    /// Keeps the git daemon and the repository alive; tests may push more.
+    remote: Remote,
     fake: FakeForge,
     server: GantryServer,
     http: reqwest::blocking::Client,
@@ -61,7 +61,7 @@ impl World {
             .expect("an HTTP client");
         World {
             forge,
-            _remote: remote,
+            remote,
             fake,
             server,
             http,
@@ -889,10 +889,17 @@ fn a_queued_status_is_delivered_after_a_restart() {
 // redelivery (same id) is a duplicate of a delivery still in hand.
 #[test]
 fn a_delivery_that_failed_on_a_git_outage_runs_once_the_server_is_back() {
-    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let (remote, _) = remote_with(&[("build.yaml", &build_pipeline())]);
     let bare = remote.repo.bare_dir().to_owned();
     let hidden = bare.with_extension("away");
     let w = World::start(Forge::Github, remote, "0s");
+    // The first sync mirrors the repository; the push below brings a commit the mirror does not
+    // have, so processing it needs a fetch.
+    w.server.wait_until("the first sync", WAIT, || {
+        w.server.get_json("/api/v1/sources")["sources"][0]["head"].is_string()
+    });
+    w.remote.repo.write("README.md", "one more commit\n");
+    let sha = w.remote.repo.commit_and_push("after the first sync");
     // The git server loses the repository for a moment.
     std::fs::rename(&bare, &hidden).expect("hide the repository");
     w.accept(&github_push(&sha), "outage-push");
