@@ -15,7 +15,7 @@
 //! new text as a version, and `rollback_local` makes an earlier version current again (as a new
 //! version with the old text, so the history only grows).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
@@ -145,7 +145,7 @@ pub fn reconcile(
 }
 
 /// The errors of a check, as stored.
-fn errors_of(path: &str, checked: &crate::spec::Checked) -> Vec<PipelineError> {
+pub fn errors_of(path: &str, checked: &crate::spec::Checked) -> Vec<PipelineError> {
     checked
         .diagnostics
         .0
@@ -161,7 +161,7 @@ fn errors_of(path: &str, checked: &crate::spec::Checked) -> Vec<PipelineError> {
 }
 
 /// The pipeline name of a file: `metadata.name` when it can be read, else the file's stem.
-fn name_of(path: &str, checked: &crate::spec::Checked) -> String {
+pub fn name_of(path: &str, checked: &crate::spec::Checked) -> String {
     checked.name.clone().unwrap_or_else(|| {
         let file = path.rsplit('/').next().unwrap_or(path);
         file.split('.').next().unwrap_or(file).to_string()
@@ -400,16 +400,6 @@ pub fn delete_local(store: &Store, name: &str) -> Result<PipelineRecord, Catalog
     record.updated_at = Utc::now();
     store.put_pipeline(&record)?;
     Ok(record)
-}
-
-/// Names of the pipelines of a source that are current (not retired).
-pub fn current_names(store: &Store, source: &str) -> Result<BTreeSet<String>, StoreError> {
-    Ok(store
-        .list_pipelines(Some(source))?
-        .into_iter()
-        .filter(|p| !p.retired)
-        .map(|p| p.name)
-        .collect())
 }
 
 #[cfg(test)]

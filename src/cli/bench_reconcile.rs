@@ -728,7 +728,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// Runs git in `dir` and returns its stdout, or fails with its stderr.
-fn git_output(dir: &Path, args: &[&str]) -> Result<String, String> {
+pub(super) fn git_output(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = git_command(dir)
         .args(args)
         .output()
@@ -776,7 +776,7 @@ fn memory(field: &str) -> u64 {
 }
 
 /// The nearest-rank percentile `p` of `values`.
-fn percentile(values: &[Duration], p: usize) -> Duration {
+pub(super) fn percentile(values: &[Duration], p: usize) -> Duration {
     let mut sorted = values.to_vec();
     sorted.sort();
     if sorted.is_empty() {

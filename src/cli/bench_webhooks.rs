@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
+use super::reconcile::percentile;
 use crate::config::{ApiToken, Config, Provider, RepoConfig, Server, Storage};
 use crate::forge::Forge;
 use crate::forge::webhook::sign;
@@ -43,32 +44,10 @@ const SECRET: &str = "bench-webhook-secret";
 const TOKEN: &str = "bench-token";
 const REPO: &str = "acme/bench";
 
+/// Git for the benchmark's repositories (isolated from the machine's configuration), its
+/// output trimmed.
 fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@gantry.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@gantry.invalid")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .output()
-        .map_err(|e| format!("cannot run git: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "git {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    super::reconcile::git_output(dir, args).map(|out| out.trim().to_string())
 }
 
 fn free_port() -> Result<u16, String> {
@@ -308,14 +287,6 @@ async fn baseline_server() -> Result<(SocketAddr, CancellationToken), String> {
             .await;
     });
     Ok((addr, stop))
-}
-
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len()).div_ceil(100).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 async fn wait_healthy(base: &str) -> Result<(), String> {

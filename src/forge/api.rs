@@ -434,10 +434,6 @@ impl ForgeClient {
         })
     }
 
-    pub fn forge(&self) -> Forge {
-        self.inner.forge
-    }
-
     /// Bounds `call` by the timeout and scrubs secrets from its error.
     async fn run<T>(
         &self,

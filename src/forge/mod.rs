@@ -135,9 +135,3 @@ pub enum StatusState {
     Error,
     Canceled,
 }
-
-impl StatusState {
-    pub fn is_final(self) -> bool {
-        !matches!(self, StatusState::Pending | StatusState::Running)
-    }
-}

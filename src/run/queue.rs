@@ -150,10 +150,6 @@ impl Queue {
         Ok(queue)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// A receiver that changes whenever a run records events or changes state.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()

@@ -807,7 +807,7 @@ fn git_for(state: &AppState, source: &str) -> ApiResult<Option<crate::executor::
     let head = state.store.source_state(source)?.head;
     Ok(head.map(|sha| crate::executor::GitInfo {
         sha,
-        reference: format!("refs/heads/{}", repo.branch),
+        reference: format!("refs/heads/{}", repo.source.branch),
         repo: repo.forge_id.clone(),
     }))
 }
@@ -1209,8 +1209,8 @@ async fn list_sources(State(state): State<AppState>) -> ApiResult<Json<Value>> {
         let s = state.store.source_state(name)?;
         items.push(json!({
             "name": name,
-            "url": crate::source::mirror::redact_url(&repo.url),
-            "branch": repo.branch,
+            "url": crate::source::mirror::redact_url(&repo.source.url),
+            "branch": repo.source.branch,
             "head": s.head,
             "synced_at": s.synced_at,
             "error": s.error,

@@ -602,7 +602,7 @@ async fn on_push(
         let Some(p) = &at.pipeline else {
             continue;
         };
-        if !events::push_matches(p, branch, &repo.branch, &changed) {
+        if !events::push_matches(p, branch, &repo.source.branch, &changed) {
             continue;
         }
         let run = run_at(
@@ -632,7 +632,7 @@ async fn on_push(
     } else {
         format!("push to {branch}: started {}", started.join(", "))
     } + &refused;
-    if branch == repo.branch {
+    if branch == repo.source.branch {
         reconcile_later(state, repo, &mirror);
     }
     Ok(outcome)

@@ -47,8 +47,6 @@ pub const TOKEN_NAME_HEADER: &str = "x-gantry-token-name";
 
 /// A watched repository as the server keeps it.
 pub struct WatchedRepo {
-    pub url: String,
-    pub branch: String,
     /// The forge's id (`owner/repo`), or the source name for plain git.
     pub forge_id: String,
     pub provider: Provider,
@@ -127,8 +125,6 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                 .clone()
                 .map(|t| Credentials::for_provider(r.provider.as_str(), t));
             Arc::new(WatchedRepo {
-                url: r.url.clone(),
-                branch: r.branch.clone(),
                 forge_id: r.repo.clone().unwrap_or_else(|| r.name.clone()),
                 provider: r.provider,
                 poll_interval: r.poll_interval,

@@ -241,11 +241,6 @@ impl Store {
         self.flush()
     }
 
-    /// How many deliveries are stored (processed or not).
-    pub fn delivery_count(&self) -> usize {
-        self.inner.deliveries.len()
-    }
-
     // ---- outbox ----------------------------------------------------------------------------
 
     /// Stores a job, replacing a waiting job with the same key (a newer state supersedes an

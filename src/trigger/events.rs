@@ -33,20 +33,8 @@ pub fn pipelines_at(
         let bytes = mirror.read_file(commit, &path)?.unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let checked = crate::spec::check(&text);
-        let name = checked.name.clone().unwrap_or_else(|| {
-            let file = path.rsplit('/').next().unwrap_or(&path);
-            file.split('.').next().unwrap_or(file).to_string()
-        });
-        let errors = checked
-            .diagnostics
-            .errors()
-            .map(|d| PipelineError {
-                path: path.clone(),
-                line: d.pos.line,
-                column: d.pos.col,
-                message: d.message.clone(),
-            })
-            .collect();
+        let name = crate::catalog::name_of(&path, &checked);
+        let errors = crate::catalog::errors_of(&path, &checked);
         out.push(AtCommit {
             path,
             name,
