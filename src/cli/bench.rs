@@ -81,6 +81,7 @@ fn time_pipeline(
     runtime: &tokio::runtime::Runtime,
     store: &crate::store::Store,
     text: &str,
+    sandbox: &crate::executor::local::sandbox::Sandbox,
 ) -> Result<Duration, String> {
     use crate::executor::{Checkout, Limits, local::LocalExecutor};
     use crate::run::{self, RunRequest};
@@ -109,7 +110,7 @@ fn time_pipeline(
     };
     let start = Instant::now();
     let prepared = run::prepare(store, request).map_err(|e| e.to_string())?;
-    let executor = std::sync::Arc::new(LocalExecutor::new());
+    let executor = std::sync::Arc::new(LocalExecutor::with_sandbox(sandbox.clone()));
     let run = runtime
         .block_on(run::execute(
             store,
@@ -191,13 +192,22 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
         format!("i=0; while [ $i -lt {width} ]; do sh -c true & i=$((i+1)); done; wait");
 
     let dir = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
-    let result = (|| -> Result<[(Duration, Duration, Duration); 2], String> {
+    use crate::executor::local::sandbox::{ProcessLimits, Sandbox, UserChoice};
+    let sandbox = match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            eprintln!("gantry: the sandboxed figures need bubblewrap: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let unsandboxed = Sandbox::None;
+    let result = (|| -> Result<[(Duration, Duration, Duration, Duration); 2], String> {
         let store = crate::store::Store::open(&dir).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let mut best = [(Duration::MAX, Duration::MAX, Duration::MAX); 2];
+        let mut best = [(Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX); 2];
         for _ in 0..rounds {
             for (i, (shell, text)) in [(&seq_shell, &sequence), (&par_shell, &parallel)]
                 .into_iter()
@@ -205,7 +215,12 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
             {
                 best[i].0 = best[i].0.min(time_shell(shell)?);
                 best[i].1 = best[i].1.min(time_executor_only(&runtime, &dir, text)?);
-                best[i].2 = best[i].2.min(time_pipeline(&runtime, &store, text)?);
+                best[i].2 = best[i]
+                    .2
+                    .min(time_pipeline(&runtime, &store, text, &unsandboxed)?);
+                best[i].3 = best[i]
+                    .3
+                    .min(time_pipeline(&runtime, &store, text, &sandbox)?);
             }
         }
         Ok(best)
@@ -222,21 +237,24 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
         "best of {rounds} rounds. baseline: /bin/sh running `sh -c true` in a loop (parallel: in the background, then wait)"
     );
     println!(
-        "executor: the local executor alone; gantry: the whole `gantry run` path with the store"
+        "executor: the local executor alone, unsandboxed; gantry: the whole `gantry run` path with the store, unsandboxed; sandboxed: the same in bubblewrap (one sandbox per run)"
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    for (label, n, (shell, executor, gantry)) in
+    for (label, n, (shell, executor, gantry, jailed)) in
         [("sequence", steps, best[0]), ("parallel", width, best[1])]
     {
         println!(
-            "{label:<9} {n:>4} steps  baseline {:>7.1} ms ({:.2} ms/step)  executor {:>7.1} ms ({:.2} ms/step)  gantry {:>7.1} ms ({:.2} ms/step)  ratio {:.2}",
+            "{label:<9} {n:>4} steps  baseline {:>7.1} ms ({:.2} ms/step)  executor {:>7.1} ms ({:.2} ms/step)  gantry {:>7.1} ms ({:.2} ms/step)  sandboxed {:>7.1} ms ({:.2} ms/step)  ratio {:.2} unsandboxed, {:.2} sandboxed",
             ms(shell),
             ms(shell) / n as f64,
             ms(executor),
             ms(executor) / n as f64,
             ms(gantry),
             ms(gantry) / n as f64,
-            gantry.as_secs_f64() / shell.as_secs_f64()
+            ms(jailed),
+            ms(jailed) / n as f64,
+            gantry.as_secs_f64() / shell.as_secs_f64(),
+            jailed.as_secs_f64() / shell.as_secs_f64()
         );
     }
     exit::OK

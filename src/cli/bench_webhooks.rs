@@ -136,6 +136,7 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
         },
         storage: Storage {
             data_dir: data_dir.to_path_buf(),
+            work_dir: None,
         },
         tokens: vec![ApiToken {
             name: "bench".into(),
@@ -157,6 +158,7 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
             api_url: None,
             github_app: None,
         }],
+        local: Default::default(),
     }
 }
 

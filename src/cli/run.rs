@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{exit, key_value, open_store, progress::Progress};
 use crate::executor::local::LocalExecutor;
+use crate::executor::local::sandbox::{ProcessLimits, Sandbox, UserChoice};
 use crate::executor::{Checkout, Limits};
 use crate::run::{self, RunRequest, StartError};
 use crate::spec::{self, diagnostic};
@@ -40,6 +41,24 @@ pub struct Args {
     /// may then hold secret output values in plaintext
     #[arg(long)]
     pub keep_workspace: bool,
+    /// Run the steps without the bubblewrap sandbox, as your own user with your view of the
+    /// machine (the sandbox is used wherever `bwrap` is installed)
+    #[arg(long)]
+    pub no_sandbox: bool,
+}
+
+/// The sandbox of a `gantry run`: bubblewrap where it is installed, unless `--no-sandbox`.
+fn sandbox(args: &Args) -> Sandbox {
+    if args.no_sandbox {
+        return Sandbox::None;
+    }
+    match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            eprintln!("gantry: warning: steps run unsandboxed: {e}");
+            Sandbox::None
+        }
+    }
 }
 
 /// The folder that holds `.gantry/` above the file, else the file's folder.
@@ -166,7 +185,7 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
                 }
             })
         };
-        let executor = Arc::new(LocalExecutor::new());
+        let executor = Arc::new(LocalExecutor::with_sandbox(sandbox(args)));
         let result = run::execute(&store, executor, prepared, cancel.clone(), |plan, event| {
             progress.event(plan, event)
         })

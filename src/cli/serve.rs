@@ -226,6 +226,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
         },
         storage: Storage {
             data_dir: data_dir.clone(),
+            work_dir: None,
         },
         tokens: vec![ApiToken {
             name: "admin".into(),
@@ -247,6 +248,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             api_url: None,
             github_app: None,
         }],
+        local: Default::default(),
     };
     println!("Gantry is up at {url}");
     println!("  API token:   {token}");

@@ -44,6 +44,43 @@ pub struct Config {
     /// `[[auth.tokens]]`: bearer tokens for the API.
     pub tokens: Vec<ApiToken>,
     pub repos: Vec<RepoConfig>,
+    /// `[executor.local]`.
+    pub local: LocalExecutorConfig,
+}
+
+/// `[executor.local]`: how the local executor isolates and limits steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalExecutorConfig {
+    /// `sandbox = "bubblewrap" | "none"`; bubblewrap unless written otherwise.
+    pub sandbox: SandboxMode,
+    /// `user`: who steps run as when Gantry is root; `None` is the default (`nobody`).
+    pub user: Option<StepUserSpec>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+    pub file_size: Option<u64>,
+    pub memory: Option<u64>,
+    /// Log bytes kept per step and per run.
+    pub max_step_log: Option<u64>,
+    pub max_run_log: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SandboxMode {
+    #[default]
+    Bubblewrap,
+    /// Written explicitly: steps run as Gantry's user, with its view of the machine.
+    None,
+}
+
+/// `[executor.local] user`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepUserSpec {
+    /// `"root"`: steps keep Gantry's root (only when written explicitly).
+    Root,
+    /// `"UID:GID"`.
+    Ids { uid: u32, gid: u32 },
+    /// A user name, looked up in `/etc/passwd` when the server starts.
+    Name(String),
 }
 
 /// `[server]`.
@@ -60,6 +97,8 @@ pub struct Storage {
     /// Absolute if the config file's path was; relative paths are resolved against the config
     /// file's directory.
     pub data_dir: PathBuf,
+    /// Where run directories live; `None`: a sibling of the data dir.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// One `[[auth.tokens]]` entry. `Debug` hides the token.
@@ -343,29 +382,44 @@ impl Checker<'_> {
 
     fn config(&mut self, root: &Spanned<DeTable<'_>>, origin: &Path) -> Config {
         let table = root.get_ref();
-        self.unknown_keys(table, "", &["server", "storage", "auth", "repos"]);
+        self.unknown_keys(
+            table,
+            "",
+            &["server", "storage", "auth", "repos", "executor"],
+        );
 
         let server_table = self.table(table, "", "server");
         let server = self.server(server_table);
 
-        let data_dir = match self.table(table, "", "storage") {
+        let (data_dir, work_dir) = match self.table(table, "", "storage") {
             Some(t) => {
-                self.unknown_keys(t, "storage", &["data_dir"]);
-                let dir = self.string(t, "storage", "data_dir");
-                match dir {
+                self.unknown_keys(t, "storage", &["data_dir", "work_dir"]);
+                let dir = |checker: &mut Self, key: &str| match checker.string(t, "storage", key) {
                     Some((d, span)) if d.is_empty() => {
-                        self.error("storage.data_dir", &span, "must not be empty");
+                        checker.error(&join("storage", key), &span, "must not be empty");
                         None
                     }
                     d => d.map(|(d, _)| d),
-                }
+                };
+                (dir(self, "data_dir"), dir(self, "work_dir"))
             }
-            None => None,
+            None => (None, None),
         };
         let data_dir = resolve(
             origin,
             Path::new(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
         );
+        let work_dir = work_dir.map(|w| resolve(origin, Path::new(&w)));
+        let local = match self.table(table, "", "executor") {
+            Some(t) => {
+                self.unknown_keys(t, "executor", &["local"]);
+                match self.table(t, "executor", "local") {
+                    Some(l) => self.local_executor(l),
+                    None => LocalExecutorConfig::default(),
+                }
+            }
+            None => LocalExecutorConfig::default(),
+        };
 
         let mut tokens = Vec::new();
         let mut names = Vec::new();
@@ -383,9 +437,98 @@ impl Checker<'_> {
         }
         Config {
             server,
-            storage: Storage { data_dir },
+            storage: Storage { data_dir, work_dir },
             tokens,
             repos,
+            local,
+        }
+    }
+
+    fn local_executor(&mut self, t: &DeTable<'_>) -> LocalExecutorConfig {
+        const P: &str = "executor.local";
+        self.unknown_keys(
+            t,
+            P,
+            &[
+                "sandbox",
+                "user",
+                "open_files",
+                "processes",
+                "file_size",
+                "memory",
+                "max_step_log",
+                "max_run_log",
+            ],
+        );
+        let mut c = LocalExecutorConfig::default();
+        if let Some((mode, span)) = self.string(t, P, "sandbox") {
+            match mode.as_str() {
+                "bubblewrap" => c.sandbox = SandboxMode::Bubblewrap,
+                "none" => c.sandbox = SandboxMode::None,
+                other => self.error(
+                    &join(P, "sandbox"),
+                    &span,
+                    format!("unknown sandbox `{other}`: expected `bubblewrap` or `none`"),
+                ),
+            }
+        }
+        if let Some((user, span)) = self.string(t, P, "user") {
+            c.user = match parse_step_user(&user) {
+                Ok(u) => Some(u),
+                Err(m) => {
+                    self.error(&join(P, "user"), &span, m);
+                    None
+                }
+            };
+        }
+        c.open_files = self.count(t, P, "open_files");
+        c.processes = self.count(t, P, "processes");
+        c.file_size = self.size(t, P, "file_size");
+        c.memory = self.size(t, P, "memory");
+        c.max_step_log = self.size(t, P, "max_step_log");
+        c.max_run_log = self.size(t, P, "max_run_log");
+        c
+    }
+
+    /// A positive integer at `key`.
+    fn count(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Option<u64> {
+        let v = table.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => u64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
+                .ok()
+                .filter(|&n| n > 0),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.error(
+                &join(prefix, key),
+                &v.span(),
+                format!(
+                    "expected a positive integer, found {}",
+                    v.get_ref().type_str()
+                ),
+            );
+        }
+        parsed
+    }
+
+    /// A size at `key`: an integer of bytes, or a string such as `"16MiB"`.
+    fn size(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Option<u64> {
+        let v = table.get(key)?;
+        if let DeValue::Integer(_) = v.get_ref() {
+            return self.count(table, prefix, key);
+        }
+        let (text, span) = self.string(table, prefix, key)?;
+        match parse_size(&text) {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                self.error(
+                    &join(prefix, key),
+                    &span,
+                    format!("invalid size `{text}`: write bytes, or a number with KiB, MiB or GiB, such as `16MiB`"),
+                );
+                None
+            }
         }
     }
 
@@ -867,6 +1010,49 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+}
+
+/// `"16MiB"`, `"2GiB"`, `"512KiB"` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// `[executor.local] user`: `root`, `UID:GID`, or a user name.
+fn parse_step_user(text: &str) -> Result<StepUserSpec, String> {
+    if text == "root" {
+        return Ok(StepUserSpec::Root);
+    }
+    if let Some((uid, gid)) = text.split_once(':') {
+        return match (uid.parse::<u32>(), gid.parse::<u32>()) {
+            (Ok(uid), Ok(gid)) if uid != 0 => Ok(StepUserSpec::Ids { uid, gid }),
+            (Ok(0), _) => Err("uid 0 is root: write `user = \"root\"` to run steps as root".into()),
+            _ => Err(format!(
+                "invalid user `{text}`: expected a name, `UID:GID` or `root`"
+            )),
+        };
+    }
+    let valid = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(StepUserSpec::Name(text.to_string()))
+    } else {
+        Err(format!(
+            "invalid user `{text}`: expected a name, `UID:GID` or `root`"
+        ))
     }
 }
 

@@ -165,7 +165,7 @@ fn unknown_keys_are_reported_with_a_suggestion() {
     );
     assert_eq!(
         one_error("[sever]\n"),
-        "1:2: sever: unknown key `sever`; expected server, storage, auth, repos \
+        "1:2: sever: unknown key `sever`; expected server, storage, auth, repos, executor \
          (did you mean `server`?)"
     );
 }

@@ -96,6 +96,10 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Longest log line kept whole; longer lines are cut into pieces of this size.
     pub max_line_bytes: usize,
+    /// Log bytes kept per step (all its attempts); past it the step runs on, its output dropped.
+    pub max_step_log: u64,
+    /// Log bytes kept per run.
+    pub max_run_log: u64,
 }
 
 impl Default for Limits {
@@ -105,6 +109,8 @@ impl Default for Limits {
             kill_grace: Duration::from_secs(10),
             max_output_bytes: 1024 * 1024,
             max_line_bytes: 64 * 1024,
+            max_step_log: 16 << 20,
+            max_run_log: 64 << 20,
         }
     }
 }

@@ -21,6 +21,8 @@ pub struct Plan {
     pub pipeline: String,
     /// The whole-run limit.
     pub timeout: Duration,
+    /// Whether steps may reach the network (`sandbox.network`).
+    pub network: bool,
     /// Steps in file order. `needs` indices always point into this list.
     pub steps: Vec<PlanStep>,
     /// Names of the variables the run must have.
@@ -140,6 +142,7 @@ pub fn plan(p: &Pipeline) -> Plan {
     Plan {
         pipeline: p.name().to_string(),
         timeout: p.timeout,
+        network: p.network,
         steps,
         variables: p.variables.clone(),
         secrets: p.secrets.clone(),

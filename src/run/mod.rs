@@ -333,7 +333,7 @@ pub fn start(
     } else {
         run
     };
-    let run_dir: PathBuf = store.dir().join("runs").join(&run.id);
+    let run_dir: PathBuf = store.run_dir(&run.id);
     let input = RunInput {
         run_id: run.id.clone(),
         run_number: run.number,

@@ -107,7 +107,7 @@ pub fn recover(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
             (None, _) => "interrupted: no process owned this run".to_string(),
         };
         // Output files of the run may hold secret values; they go as at the end of any run.
-        let run_dir = store.dir().join("runs").join(&run.id);
+        let run_dir = store.run_dir(&run.id);
         if let Err(e) = std::fs::remove_dir_all(&run_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -112,6 +112,61 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error("the route table names `{method} {path}`, which has no handler")]
     Route { method: String, path: String },
+    #[error(transparent)]
+    Sandbox(#[from] crate::executor::local::sandbox::SandboxError),
+}
+
+/// The local executor and the run limits that `[executor.local]` asks for. Without a sandbox
+/// (written explicitly) a warning names the risk.
+pub fn local_executor(
+    config: &crate::config::LocalExecutorConfig,
+) -> Result<(LocalExecutor, Limits), ServeError> {
+    use crate::config::{SandboxMode, StepUserSpec};
+    use crate::executor::local::sandbox::{ProcessLimits, Sandbox, StepUser, UserChoice};
+    let mut limits = Limits::default();
+    if let Some(n) = config.max_step_log {
+        limits.max_step_log = n;
+    }
+    if let Some(n) = config.max_run_log {
+        limits.max_run_log = n;
+    }
+    let sandbox = match config.sandbox {
+        SandboxMode::None => {
+            eprintln!(
+                "gantry: warning: sandbox = \"none\": steps run as Gantry's own user and can read its data dir, config, master key and tokens; use it only where every pipeline author is trusted with them"
+            );
+            Sandbox::None
+        }
+        SandboxMode::Bubblewrap => {
+            let defaults = ProcessLimits::default();
+            let process_limits = ProcessLimits {
+                open_files: config.open_files.unwrap_or(defaults.open_files),
+                processes: config.processes.unwrap_or(defaults.processes),
+                file_size: config.file_size.unwrap_or(defaults.file_size),
+                memory: config.memory.or(defaults.memory),
+            };
+            let user = match &config.user {
+                None => UserChoice::Default,
+                Some(StepUserSpec::Root) => UserChoice::Root,
+                Some(StepUserSpec::Ids { uid, gid }) => UserChoice::Ids(StepUser {
+                    uid: *uid,
+                    gid: *gid,
+                }),
+                Some(StepUserSpec::Name(name)) => UserChoice::Name(name.clone()),
+            };
+            Sandbox::bubblewrap(user, process_limits)?
+        }
+    };
+    Ok((LocalExecutor::with_sandbox(sandbox), limits))
+}
+
+/// Keeps processes of the same user from reading this one's memory and environment
+/// (`/proc/<pid>/environ` holds the master key and tokens when they came from the environment).
+pub fn harden_process() {
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
 }
 
 /// The repository sources of a config: mirrors under `<data_dir>/mirrors/<name>.git`.
@@ -260,6 +315,8 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
     config.check_listen_safety().map_err(ServeError::Unsafe)?;
+    harden_process();
+    let (executor, limits) = local_executor(&config.local)?;
     let data_dir = config.storage.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
@@ -267,6 +324,9 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Http(std::io::Error::other(e)))??
     };
+    if let Some(dir) = &config.storage.work_dir {
+        store.set_work_dir(dir.clone());
+    }
     let interrupted = crate::run::recover::recover(&store)?;
     for run in &interrupted {
         eprintln!(
@@ -320,10 +380,10 @@ pub async fn serve(
     }
     let queue = Queue::start(
         store.clone(),
-        Arc::new(LocalExecutor::new()),
+        Arc::new(executor),
         QueueConfig {
             max_running: options.max_running,
-            limits: Limits::default(),
+            limits,
             checkout: Arc::new(checkout),
             on_transition: Some(Arc::new(on_transition)),
         },

@@ -26,6 +26,8 @@ pub struct Pipeline {
     pub on: Triggers,
     pub concurrency: Option<Concurrency>,
     pub timeout: Duration,
+    /// `sandbox.network`: whether steps reach the network (the local sandbox; default true).
+    pub network: bool,
     pub parameters: Vec<Parameter>,
     pub variables: Vec<String>,
     pub secrets: Vec<String>,

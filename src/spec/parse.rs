@@ -86,6 +86,7 @@ const TOP: &[&str] = &[
     "on",
     "concurrency",
     "timeout",
+    "sandbox",
     "parameters",
     "variables",
     "secrets",
@@ -98,6 +99,7 @@ const PUSH: &[&str] = &["branches", "paths"];
 const PULL_REQUEST: &[&str] = &["branches", "paths", "types"];
 const SCHEDULE: &[&str] = &["cron", "timezone", "parameters"];
 const CONCURRENCY: &[&str] = &["group", "policy"];
+const SANDBOX: &[&str] = &["network"];
 const PARAMETER: &[&str] = &[
     "name",
     "type",
@@ -578,6 +580,7 @@ impl<'s> Cx<'s> {
             on: Triggers::default(),
             concurrency: None,
             timeout: DEFAULT_TIMEOUT,
+            network: true,
             parameters: Vec::new(),
             variables: Vec::new(),
             secrets: Vec::new(),
@@ -643,6 +646,13 @@ impl<'s> Cx<'s> {
             && let Some(d) = self.positive_duration(node, "`timeout`")
         {
             pipeline.timeout = d;
+        }
+        if let Some(node) = top.get("sandbox")
+            && let Some(f) = self.fields(node, "`sandbox`", SANDBOX)
+            && let Some(n) = f.get("network")
+            && let Some(network) = self.bool(n, "`sandbox.network`")
+        {
+            pipeline.network = network;
         }
         if let Some(node) = top.get("variables") {
             for (name, pos) in self.string_list(node, "`variables`") {

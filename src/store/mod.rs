@@ -148,6 +148,8 @@ struct Inner {
     /// Counts writes that act on the world (runs, outbox jobs, PR records), see `acts`.
     acts: std::sync::atomic::AtomicU64,
     key: OnceLock<crypto::MasterKey>,
+    /// Where run directories live (`[storage] work_dir`); a sibling of the data dir unless set.
+    work_dir: OnceLock<PathBuf>,
 }
 
 /// sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs, `try_lock`), so
@@ -171,6 +173,21 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
             }
             other => return other,
         }
+    }
+}
+
+/// The default work dir for a data dir.
+fn default_work_dir(data_dir: &Path) -> PathBuf {
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "gantry".into());
+    let base = name.strip_suffix("-data").unwrap_or(&name);
+    let sibling = format!("{base}-work");
+    match dir.parent() {
+        Some(parent) => parent.join(sibling),
+        None => dir.join(sibling),
     }
 }
 
@@ -234,6 +251,7 @@ impl Store {
             db,
             dir: dir.to_path_buf(),
             key: OnceLock::new(),
+            work_dir: OnceLock::new(),
         };
         let store = Store {
             inner: std::sync::Arc::new(inner),
@@ -244,6 +262,26 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Where run directories live: outside the data dir, so that a step's sandbox, which shows
+    /// its run directory, never sits inside Gantry's own state. Set once, before the first run;
+    /// by default a sibling of the data dir (`gantry-data` → `gantry-work`, else `<name>-work`).
+    pub fn work_dir(&self) -> &Path {
+        self.inner
+            .work_dir
+            .get_or_init(|| default_work_dir(&self.inner.dir))
+    }
+
+    /// Sets the work dir; has no effect once it has been read.
+    pub fn set_work_dir(&self, dir: PathBuf) {
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
+        let _ = self.inner.work_dir.set(dir);
+    }
+
+    /// The directory of run `id`.
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.work_dir().join(id)
     }
 
     /// A counter of writes that start something (a run, an outbox job, a PR record): compare two

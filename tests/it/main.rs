@@ -5,6 +5,7 @@ mod forge_api;
 mod mirror;
 mod postgres;
 mod run;
+mod sandbox;
 mod service;
 mod spec_examples;
 mod spec_fuzz;

@@ -163,6 +163,7 @@ fn read_pid(path: &Path) -> i32 {
 
 #[test]
 fn dag_order_and_outputs_flow_between_steps() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let order = s.path("order.txt");
     let o = order.display();
@@ -200,7 +201,7 @@ fn dag_order_and_outputs_flow_between_steps() {
             head("dag")
         ),
     );
-    let out = s.run_file(&file, &[]);
+    let out = s.run_file(&file, &["--no-sandbox"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -262,6 +263,7 @@ fn parallel_group_members_really_overlap() {
 
 #[test]
 fn retries_follow_the_limit() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let counter = s.path("count");
     let c = counter.display();
@@ -282,7 +284,7 @@ fn retries_follow_the_limit() {
             head("retry")
         ),
     );
-    let out = s.run_file(&file, &[]);
+    let out = s.run_file(&file, &["--no-sandbox"]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -311,6 +313,7 @@ fn retries_follow_the_limit() {
 
 #[test]
 fn a_step_timeout_kills_grandchildren() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let pid_file = s.path("grandchild.pid");
     let file = s.pipeline(
@@ -335,6 +338,7 @@ fn a_step_timeout_kills_grandchildren() {
         "--plain",
         "--kill-grace",
         "1",
+        "--no-sandbox",
     ]);
     assert_eq!(
         out.status.code(),
@@ -407,6 +411,7 @@ fn a_failure_stops_what_depends_on_it() {
 
 #[test]
 fn cancel_with_ctrl_c_stops_the_steps_and_exits_130() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let pid_file = s.path("step.pid");
     let file = s.pipeline(
@@ -427,6 +432,7 @@ fn cancel_with_ctrl_c_stops_the_steps_and_exits_130() {
     let child: Child = s
         .cmd(&[
             "run",
+            "--no-sandbox",
             file.to_str().expect("utf-8"),
             "--plain",
             "--kill-grace",
@@ -626,6 +632,7 @@ steps:
 
 #[test]
 fn missing_variables_and_secrets_fail_the_run_before_any_step() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let marker = s.path("ran");
     let file = s.pipeline(
@@ -644,7 +651,7 @@ steps:
     );
     let out = s.gantry(&["vars", "set", "zone", "a"]);
     assert_eq!(out.status.code(), Some(0));
-    let out = s.run_file(&file, &[]);
+    let out = s.run_file(&file, &["--no-sandbox"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!marker.exists());
     let run = &s.runs()[0];
@@ -656,7 +663,7 @@ steps:
     );
     // Given for this run, and stored, it runs; pipeline scope overrides global scope.
     s.secret("token", "t0k3n", None);
-    let out = s.run_file(&file, &["--var", "region=eu"]);
+    let out = s.run_file(&file, &["--var", "region=eu", "--no-sandbox"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(marker.exists());
 }
@@ -755,6 +762,7 @@ fn logs_of_one_step_and_run_numbers() {
 
 #[test]
 fn a_killed_gantry_run_is_marked_interrupted_and_its_steps_are_killed() {
+    // The test watches the step from outside (files it writes, its pids): no sandbox.
     let s = Scratch::new();
     let pid_file = s.path("orphan.pid");
     let file = s.pipeline(
@@ -766,7 +774,12 @@ fn a_killed_gantry_run_is_marked_interrupted_and_its_steps_are_killed() {
         ),
     );
     let mut child = s
-        .cmd(&["run", file.to_str().expect("utf-8"), "--plain"])
+        .cmd(&[
+            "run",
+            file.to_str().expect("utf-8"),
+            "--plain",
+            "--no-sandbox",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -796,8 +809,7 @@ fn a_killed_gantry_run_is_marked_interrupted_and_its_steps_are_killed() {
         "recovery must kill leftover step processes"
     );
     let run_dir = s
-        .data()
-        .join("runs")
+        .path("data-work")
         .join(runs[0]["id"].as_str().expect("id"));
     assert!(
         !run_dir.exists(),

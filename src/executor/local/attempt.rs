@@ -94,7 +94,7 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             Work::Process(spawn) => {
                 let mut end = process::run(&shared, &job, spawn, attempt).await;
                 if end.status == StepStatus::Succeeded {
-                    match read_outputs(&shared, &job) {
+                    match read_outputs(&shared, &job).await {
                         Ok(outputs) => end.outputs = outputs,
                         Err(message) => {
                             end.status = StepStatus::Error;
@@ -169,41 +169,124 @@ fn retries(policy: RetryPolicy, status: StepStatus) -> bool {
     }
 }
 
-/// Reads the declared outputs of a process step; secret ones are masked from now on.
-fn read_outputs(shared: &Shared, job: &Job) -> Result<Vec<(String, String, bool)>, String> {
+/// Reads the declared outputs of a process step (on a blocking thread: a step controls these
+/// files). Secret ones are masked from now on, and a secret value inside a plain output is
+/// masked before anything stores it.
+async fn read_outputs(shared: &Shared, job: &Job) -> Result<Vec<(String, String, bool)>, String> {
     if job.outputs.is_empty() {
         return Ok(Vec::new());
     }
     let dir = shared.outputs.join(&job.name);
     let max = shared.limits.max_output_bytes;
-    let mut values = Vec::with_capacity(job.outputs.len());
-    for output in &job.outputs {
-        let value = read_output(&dir, &output.name, max)?;
-        if output.secret {
-            shared.secrets.add(&value);
+    let wanted: Vec<(String, bool)> = job
+        .outputs
+        .iter()
+        .map(|o| (o.name.clone(), o.secret))
+        .collect();
+    let read = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(name, secret)| read_output(&dir, &name, max).map(|v| (name, v, secret)))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| format!("cannot read the outputs: {e}"))??;
+    for (_, value, secret) in &read {
+        if *secret {
+            shared.secrets.add(value);
         }
-        values.push((output.name.clone(), value, output.secret));
     }
-    Ok(values)
+    Ok(read
+        .into_iter()
+        .map(|(name, value, secret)| {
+            let value = if secret {
+                value
+            } else {
+                shared.secrets.mask(&value)
+            };
+            (name, value, secret)
+        })
+        .collect())
+}
+
+/// Opens output `name` in `dir` the way a hostile step cannot exploit: the folder and the file are
+/// not followed if they are symlinks, the open never blocks (a FIFO), and only a regular file is
+/// accepted. Returns the file and its size.
+pub(super) fn open_output(dir: &Path, name: &str) -> Result<(std::fs::File, u64), String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let folder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| {
+            format!(
+                "cannot read output `{name}`: its folder {}: {e}",
+                dir.display()
+            )
+        })?;
+    let c_name =
+        std::ffi::CString::new(name).map_err(|_| format!("output `{name}` has an invalid name"))?;
+    // SAFETY: openat with a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            folder.as_raw_fd(),
+            c_name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOENT) => {
+                format!("output `{name}` was not written to $GANTRY_OUTPUTS/{name}")
+            }
+            Some(libc::ELOOP) => format!(
+                "output `{name}` is a symbolic link; write the value into $GANTRY_OUTPUTS/{name} as a regular file"
+            ),
+            _ => format!("cannot read output `{name}`: {e}"),
+        });
+    }
+    // SAFETY: fd was just opened and is owned by nothing else.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read output `{name}`: {e}"))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!(
+            "output `{name}` is {what}; write the value into $GANTRY_OUTPUTS/{name} as a regular file"
+        ));
+    }
+    Ok((file, meta.len()))
 }
 
 /// The value of output `name`: the file `dir/name` without one trailing newline, at most `max`
 /// bytes of UTF-8.
 pub(super) fn read_output(dir: &Path, name: &str, max: usize) -> Result<String, String> {
-    let path = dir.join(name);
-    let file = match std::fs::File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "output `{name}` was not written to $GANTRY_OUTPUTS/{name}"
-            ));
-        }
-        Err(e) => return Err(format!("cannot read output `{name}`: {e}")),
-    };
-    let mut bytes = Vec::new();
+    let (file, size) = open_output(dir, name)?;
     // The limit applies to the value: a trailing newline (up to two bytes) does not count.
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(3);
-    if let Err(e) = file.take(limit).read_to_end(&mut bytes) {
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(2);
+    if size > limit {
+        return Err(format!(
+            "output `{name}` is larger than the limit of {max} bytes"
+        ));
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
         return Err(format!("cannot read output `{name}`: {e}"));
     }
     strip_newline(&mut bytes);

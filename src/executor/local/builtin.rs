@@ -27,6 +27,14 @@ pub(super) async fn checkout(
 ) -> AttemptEnd {
     shared.started(job.index, attempt, 0);
     let source = shared.checkout.clone();
+    // Written as Gantry's user; when steps run as another, the copy becomes theirs.
+    let owner = shared.step_user();
+    let own = move |copied: Result<CopyStats, SourceError>, dest: &Path| {
+        if let (Ok(_), Some(user)) = (&copied, owner) {
+            let _ = super::dirs::own_tree(dest, user);
+        }
+        copied
+    };
     let (what, mut copy) = match source {
         Checkout::None => {
             return AttemptEnd::new(StepStatus::Error, Some(NO_REPOSITORY.into()));
@@ -36,7 +44,7 @@ pub(super) async fn checkout(
             let dest = dest.to_path_buf();
             (
                 what,
-                tokio::task::spawn_blocking(move || copy_worktree(&root, &dest)),
+                tokio::task::spawn_blocking(move || own(copy_worktree(&root, &dest), &dest)),
             )
         }
         Checkout::Commit { git_dir, sha } => {
@@ -44,7 +52,9 @@ pub(super) async fn checkout(
             let dest = dest.to_path_buf();
             (
                 what,
-                tokio::task::spawn_blocking(move || checkout_commit(&git_dir, &sha, &dest)),
+                tokio::task::spawn_blocking(move || {
+                    own(checkout_commit(&git_dir, &sha, &dest), &dest)
+                }),
             )
         }
     };

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
+
+use super::sandbox::StepUser;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,7 @@ impl OutputDirs {
         root: PathBuf,
         order: Vec<(usize, String)>,
         stop: CancellationToken,
+        owner: Option<StepUser>,
     ) -> JoinHandle<()> {
         let dirs = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -50,7 +53,8 @@ impl OutputDirs {
                     Err("the run stopped".to_string())
                 } else {
                     let dir = root.join(&name);
-                    fresh_dir(&dir).map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
+                    fresh_dir(&dir, owner)
+                        .map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
                 };
                 if let Some(slot) = dirs.made.get(i) {
                     let _ = slot.set(made);
@@ -84,12 +88,88 @@ impl OutputDirs {
 }
 
 /// An empty directory at `dir`, emptied if it exists.
-pub(super) fn fresh_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn fresh_dir(dir: &Path, owner: Option<StepUser>) -> io::Result<()> {
     match std::fs::create_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Never follows a symlink: one planted in its place is removed, not its target.
             std::fs::remove_dir_all(dir)?;
-            std::fs::create_dir(dir)
+            std::fs::create_dir(dir)?;
         }
-        other => other,
+        other => other?,
     }
+    own(dir, owner)
+}
+
+/// Gives `dir` (not a symlink) to the step user, when steps run as one.
+pub(super) fn own(dir: &Path, owner: Option<StepUser>) -> io::Result<()> {
+    match owner {
+        Some(user) => std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid)),
+        None => Ok(()),
+    }
+}
+
+/// Gives everything under `root` (a checkout) to the step user, never following a symlink: every
+/// folder is opened from `root` one component at a time with `O_NOFOLLOW`, so a step that swaps a
+/// folder for a symlink while this runs only makes that folder fail to open.
+pub(super) fn own_tree(root: &Path, owner: StepUser) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let open_dir = |rel: &Path| -> io::Result<std::fs::File> {
+        let mut dir = open_nofollow(None, root.as_os_str().as_bytes())?;
+        for part in rel.components() {
+            dir = open_nofollow(Some(&dir), part.as_os_str().as_bytes())?;
+        }
+        Ok(dir)
+    };
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let Ok(dir) = open_dir(&rel) else { continue };
+        // SAFETY: fchown on a descriptor this function owns.
+        unsafe {
+            libc::fchown(dir.as_raw_fd(), owner.uid, owner.gid);
+        }
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(rel.join(&name));
+            } else if let Ok(c_name) = std::ffi::CString::new(name.as_bytes()) {
+                // SAFETY: fchownat with a valid directory descriptor and a NUL-terminated name.
+                unsafe {
+                    libc::fchownat(
+                        dir.as_raw_fd(),
+                        c_name.as_ptr(),
+                        owner.uid,
+                        owner.gid,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the folder `name` (in `parent`, or a path when `parent` is `None`) without following a
+/// symlink at its last component.
+fn open_nofollow(parent: Option<&std::fs::File>, name: &[u8]) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c_name = std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let at = parent.map_or(libc::AT_FDCWD, |p| p.as_raw_fd());
+    // SAFETY: openat with a valid descriptor (or AT_FDCWD) and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            at,
+            c_name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned by nothing else.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }

@@ -40,7 +40,9 @@ mod builtin;
 mod dirs;
 mod prepare;
 mod process;
+pub mod sandbox;
 mod set;
+pub mod spawner;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -51,6 +53,7 @@ mod tests_kill;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
@@ -63,6 +66,7 @@ use super::{
 };
 use crate::plan::{Plan, PlanStep};
 use prepare::Job;
+use sandbox::{Jail, Sandbox, StepUser};
 
 /// Host variables a step inherits; nothing else of the host environment reaches a step.
 const HOST_ENV: [&str; 11] = [
@@ -72,11 +76,21 @@ const HOST_ENV: [&str; 11] = [
 
 /// Runs each step as a local child process (see the module documentation).
 #[derive(Debug, Clone, Default)]
-pub struct LocalExecutor {}
+pub struct LocalExecutor {
+    sandbox: Sandbox,
+}
 
 impl LocalExecutor {
+    /// Steps run unsandboxed, as Gantry's own user.
     pub fn new() -> LocalExecutor {
-        LocalExecutor {}
+        LocalExecutor {
+            sandbox: Sandbox::None,
+        }
+    }
+
+    /// Steps run in `sandbox`.
+    pub fn with_sandbox(sandbox: Sandbox) -> LocalExecutor {
+        LocalExecutor { sandbox }
     }
 }
 
@@ -88,7 +102,7 @@ impl Executor for LocalExecutor {
         events: UnboundedSender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, RunOutcome> {
-        Box::pin(run(plan, input, events, cancel))
+        Box::pin(run(plan, input, events, cancel, &self.sandbox))
     }
 }
 
@@ -125,6 +139,16 @@ struct Shared {
     /// Cancelled when the run is cancelled or times out; `why` is set first.
     stop: CancellationToken,
     why: OnceLock<Stopped>,
+    sandbox: Sandbox,
+    /// The run's sandbox, started by the first process step.
+    jail: tokio::sync::OnceCell<Result<Arc<Jail>, String>>,
+    run_dir: PathBuf,
+    run_id: String,
+    network: bool,
+    /// Log bytes kept so far, for the whole run and per step; and whether a step's cut was noted.
+    run_log: AtomicU64,
+    step_log: Vec<AtomicU64>,
+    step_cut: Vec<AtomicBool>,
 }
 
 impl Shared {
@@ -153,6 +177,49 @@ impl Shared {
             line: self.secrets.mask(line),
             at: Utc::now(),
         });
+    }
+
+    /// Takes `n` bytes of the step's and the run's log budget; false when either is spent (the
+    /// line is then dropped).
+    fn log_budget(&self, step: usize, n: u64) -> bool {
+        let Some(step_log) = self.step_log.get(step) else {
+            return false;
+        };
+        if step_log.load(Ordering::Relaxed) + n > self.limits.max_step_log
+            || self.run_log.load(Ordering::Relaxed) + n > self.limits.max_run_log
+        {
+            return false;
+        }
+        step_log.fetch_add(n, Ordering::Relaxed);
+        self.run_log.fetch_add(n, Ordering::Relaxed);
+        true
+    }
+
+    /// True the first time a step's log is cut.
+    fn log_cut(&self, step: usize) -> bool {
+        self.step_cut
+            .get(step)
+            .is_some_and(|cut| !cut.swap(true, Ordering::Relaxed))
+    }
+
+    /// The run's sandbox, started on first use; `None` without one.
+    async fn jail(&self) -> Result<Option<Arc<Jail>>, String> {
+        let Sandbox::Bubblewrap(config) = &self.sandbox else {
+            return Ok(None);
+        };
+        self.jail
+            .get_or_init(|| Jail::start(config, &self.run_dir, self.network, &self.run_id))
+            .await
+            .clone()
+            .map(Some)
+    }
+
+    /// The user that owns what steps may write, when steps run as another user than Gantry.
+    fn step_user(&self) -> Option<StepUser> {
+        match &self.sandbox {
+            Sandbox::Bubblewrap(b) => b.user,
+            Sandbox::None => None,
+        }
     }
 
     fn stop_message(&self) -> &'static str {
@@ -198,6 +265,7 @@ async fn run(
     input: &RunInput,
     events: UnboundedSender<Event>,
     cancel: CancellationToken,
+    sandbox: &Sandbox,
 ) -> RunOutcome {
     let started = tokio::time::Instant::now();
     let deadline = started.checked_add(plan.timeout);
@@ -213,7 +281,7 @@ async fn run(
         events,
         secrets,
         limits: input.limits,
-        base_env: base_env(input, &workspace),
+        base_env: base_env(input, &workspace, sandbox),
         workspace,
         outputs,
         dirs: Arc::new(dirs::OutputDirs::new(plan.steps.len())),
@@ -222,6 +290,16 @@ async fn run(
         git_sha: input.git.as_ref().map(|g| g.sha.clone()),
         stop: CancellationToken::new(),
         why: OnceLock::new(),
+        sandbox: sandbox.clone(),
+        jail: tokio::sync::OnceCell::new(),
+        run_dir: run_dir.clone(),
+        run_id: input.run_id.clone(),
+        network: plan.network,
+        run_log: AtomicU64::new(0),
+        step_log: (0..plan.steps.len()).map(|_| AtomicU64::new(0)).collect(),
+        step_cut: (0..plan.steps.len())
+            .map(|_| AtomicBool::new(false))
+            .collect(),
     });
     let mut s = Scheduler::new(plan, input, shared.clone());
 
@@ -238,9 +316,12 @@ async fn run(
         .filter(|&i| !plan.steps[i].outputs.is_empty())
         .map(|i| (i, plan.steps[i].name.clone()))
         .collect();
-    let maker = shared
-        .dirs
-        .start(shared.outputs.clone(), order, shared.stop.clone());
+    let maker = shared.dirs.start(
+        shared.outputs.clone(),
+        order,
+        shared.stop.clone(),
+        shared.step_user(),
+    );
     let finish_dirs = FinishDirs(shared.dirs.clone());
 
     let parallelism = input.limits.parallelism.max(1);
@@ -331,12 +412,23 @@ impl Drop for FinishDirs {
 }
 
 /// The variables every step of the run gets before its own: the host whitelist, then `GANTRY_*`.
-fn base_env(input: &RunInput, workspace: &std::path::Path) -> Vec<(OsString, OsString)> {
+fn base_env(
+    input: &RunInput,
+    workspace: &std::path::Path,
+    sandbox: &Sandbox,
+) -> Vec<(OsString, OsString)> {
+    let sandboxed = matches!(sandbox, Sandbox::Bubblewrap(_));
     let mut env: Vec<(OsString, OsString)> = HOST_ENV
         .iter()
+        // In a sandbox the host's home and temporary folders do not exist: both are its `/tmp`.
+        .filter(|&&k| !(sandboxed && matches!(k, "HOME" | "TMPDIR")))
         .filter_map(|&k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
         .collect();
     let mut set = |k: &str, v: OsString| env.push((OsString::from(k), v));
+    if sandboxed {
+        set("HOME", "/tmp".into());
+        set("TMPDIR", "/tmp".into());
+    }
     set("GANTRY_WORKSPACE", workspace.as_os_str().to_owned());
     set("GANTRY_RUN_ID", input.run_id.clone().into());
     set("GANTRY_RUN_NUMBER", input.run_number.to_string().into());
@@ -352,14 +444,45 @@ fn base_env(input: &RunInput, workspace: &std::path::Path) -> Vec<(OsString, OsS
 /// steps share it and cost no folder of their own (a `mkdir` is a quarter of a `sh -c true`).
 pub(super) const UNREAD_OUTPUTS: &str = ".unread";
 
+/// Makes the run directory. When steps run as another user, what they may write (`workspace/`,
+/// their own `outputs/<step>/`) is theirs, and the rest (the run directory, `outputs/` itself,
+/// `scripts/`) stays Gantry's, traversable but not writable: a step can never swap an entry
+/// Gantry reads or writes for a symlink. Without a user of their own, the sandbox mounts the same
+/// parts read-only.
 fn create_dirs(shared: &Shared) -> Result<(), String> {
-    for dir in [
-        &shared.workspace,
-        &shared.outputs,
-        &shared.outputs.join(UNREAD_OUTPUTS),
-    ] {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the run directory {}: {e}", dir.display()))?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let user = shared.step_user();
+    let mode = if user.is_some() { 0o711 } else { 0o700 };
+    let run_dir = &shared.run_dir;
+    let fail = |dir: &std::path::Path, e: std::io::Error| {
+        format!("cannot create the run directory {}: {e}", dir.display())
+    };
+    if let Some(parent) = run_dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(parent)
+            .map_err(|e| fail(parent, e))?;
+    }
+    for dir in [run_dir, &shared.outputs, &shared.scripts] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| fail(dir, e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(dir, e))?;
+    }
+    for dir in [&shared.workspace, &shared.outputs.join(UNREAD_OUTPUTS)] {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists if dir.is_dir() => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| fail(dir, e))?;
+        dirs::own(dir, user).map_err(|e| fail(dir, e))?;
     }
     Ok(())
 }

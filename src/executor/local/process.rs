@@ -23,12 +23,14 @@
 //! their content is added to the run's secrets. A line printed before the file is written cannot
 //! be masked this way.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
@@ -37,9 +39,10 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::attempt::{AttemptEnd, strip_newline};
+use super::attempt::{AttemptEnd, open_output, strip_newline};
 use super::dirs::fresh_dir;
 use super::prepare::{Job, Program, Spawn};
+use super::sandbox::{Jail, Remote, StepUser};
 use crate::executor::mask::LineSplitter;
 use crate::executor::{Event, StepStatus, Stream};
 use crate::spec::values::format_duration;
@@ -73,7 +76,11 @@ pub(super) async fn run(shared: &Shared, job: &Job, spawn: &Spawn, attempt: u32)
     let made = if attempt == 1 {
         shared.dirs.ready(step).await
     } else {
-        fresh_dir(&outdir).map_err(|e| format!("cannot prepare {}: {e}", outdir.display()))
+        let (dir, owner) = (outdir.clone(), shared.step_user());
+        match tokio::task::spawn_blocking(move || fresh_dir(&dir, owner)).await {
+            Ok(made) => made.map_err(|e| format!("cannot prepare {}: {e}", outdir.display())),
+            Err(e) => Err(format!("cannot prepare {}: {e}", outdir.display())),
+        }
     };
     if let Err(message) = made {
         return not_started(shared, step, attempt, message);
@@ -90,22 +97,28 @@ async fn run_in(
     outdir: PathBuf,
 ) -> AttemptEnd {
     let step = job.index;
-    let mut cmd = match command(shared, job, spawn, attempt, &outdir) {
-        Ok(cmd) => cmd,
+    let launch = match launch(shared, job, spawn, attempt, &outdir).await {
+        Ok(launch) => launch,
         Err(message) => return not_started(shared, step, attempt, message),
     };
-    let mut child = match spawn_retrying(&mut cmd).await {
-        Ok(child) => child,
+    let jail = match shared.jail().await {
+        Ok(jail) => jail,
+        Err(message) => return not_started(shared, step, attempt, message),
+    };
+    let started = match jail {
+        None => start_direct(launch).await,
+        Some(jail) => start_jailed(jail, launch).await,
+    };
+    let (mut child, mut group, out, err) = match started {
+        Ok(started) => started,
         Err(e) => return not_started(shared, step, attempt, spawn_error(spawn, &e)),
     };
-    drop(cmd);
-    let pid = child.id().unwrap_or(0);
-    let mut group = Group::new(pid);
+    let pid = child.pid();
     shared.started(step, attempt, pid);
 
     let mut logs = Logs::new(shared, job, attempt, &outdir);
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
+    let mut out = Some(out);
+    let mut err = Some(err);
     let mut bufs = vec![0u8; 2 * CHUNK];
     let (obuf, ebuf) = bufs.split_at_mut(CHUNK);
     let mut exit: Option<io::Result<ExitStatus>> = None;
@@ -226,28 +239,139 @@ fn later(d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// A step's output pipe.
+type Pipe = Box<dyn AsyncRead + Send + Unpin>;
+
+/// A started step process: a child of Gantry, or a process the run's sandbox started.
+enum Proc {
+    Direct(Child),
+    Jailed(Remote),
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        match self {
+            Proc::Direct(child) => child.id().unwrap_or(0),
+            Proc::Jailed(remote) => remote.pid,
+        }
+    }
+
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Proc::Direct(child) => child.wait().await,
+            Proc::Jailed(remote) => remote.wait().await,
+        }
+    }
+}
+
+/// Everything needed to start a step process, wherever it runs.
+struct Launch {
+    /// A path, or a bare name to look up in `path`.
+    program: String,
+    args: Vec<String>,
+    env: Vec<(OsString, OsString)>,
+    cwd: PathBuf,
+    path: Option<OsString>,
+}
+
+/// Starts `launch` as Gantry's own child.
+async fn start_direct(launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
+    let program = resolve(&launch.program, launch.path.as_deref(), &launch.cwd);
+    let mut cmd = Command::new(program);
+    cmd.args(&launch.args)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&launch.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = spawn_retrying(&mut cmd).await?;
+    drop(cmd);
+    let out: Pipe = match child.stdout.take() {
+        Some(pipe) => Box::new(pipe),
+        None => return Err(io::Error::other("the step's stdout is missing")),
+    };
+    let err: Pipe = match child.stderr.take() {
+        Some(pipe) => Box::new(pipe),
+        None => return Err(io::Error::other("the step's stderr is missing")),
+    };
+    let group = Group::direct(child.id().unwrap_or(0));
+    Ok((Proc::Direct(child), group, out, err))
+}
+
+/// Starts `launch` inside the run's sandbox, with two fresh pipes as its stdout and stderr.
+async fn start_jailed(jail: Arc<Jail>, launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let text = |s: &OsString| s.to_string_lossy().into_owned();
+    let env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
+    let path = launch.path.as_ref().map(text);
+    let remote = jail
+        .spawn(
+            launch.program,
+            launch.args,
+            env,
+            launch.cwd,
+            path,
+            [out_w, err_w],
+        )
+        .await?;
+    let out: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?);
+    let err: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?);
+    let group = Group {
+        target: Target::Jailed(jail, remote.id),
+        killed: false,
+    };
+    Ok((Proc::Jailed(remote), group, out, err))
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+enum Target {
+    /// The group id on this machine.
+    Direct(i32),
+    /// A process of the run's sandbox, signalled through its spawner.
+    Jailed(Arc<Jail>, u64),
+}
+
 /// The process group of a step's process. Dropping it sends SIGKILL to the group, unless that was
 /// done already after the leader exited or the grace period ended.
 struct Group {
-    pgid: i32,
+    target: Target,
     killed: bool,
 }
 
 impl Group {
-    fn new(pid: u32) -> Group {
+    fn direct(pid: u32) -> Group {
         Group {
-            pgid: i32::try_from(pid).unwrap_or(0),
+            target: Target::Direct(i32::try_from(pid).unwrap_or(0)),
             killed: false,
         }
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // Never 0 or 1: kill(0) and kill(-1) would hit Gantry's own group or every process.
-        if self.pgid > 1 {
-            // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a group.
-            unsafe {
-                libc::kill(-self.pgid, signal);
+        match &self.target {
+            // Never 0 or 1: kill(0) and kill(-1) would hit Gantry's own group or every process.
+            Target::Direct(pgid) if *pgid > 1 => {
+                // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names a
+                // group.
+                unsafe {
+                    libc::kill(-*pgid, signal);
+                }
             }
+            Target::Direct(_) => {}
+            Target::Jailed(jail, id) => jail.signal(*id, signal),
         }
     }
 
@@ -353,6 +477,24 @@ impl<'a> Logs<'a> {
         }
         let at = Utc::now();
         for line in lines {
+            if !self.shared.log_budget(self.step, line.len() as u64 + 1) {
+                if self.shared.log_cut(self.step) {
+                    let (step_cap, run_cap) = (
+                        self.shared.limits.max_step_log,
+                        self.shared.limits.max_run_log,
+                    );
+                    self.shared.system(
+                        self.step,
+                        self.attempt,
+                        &format!(
+                            "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
+                            bytes(step_cap),
+                            bytes(run_cap)
+                        ),
+                    );
+                }
+                continue;
+            }
             self.shared.send(Event::Log {
                 step: self.step,
                 attempt: self.attempt,
@@ -361,6 +503,17 @@ impl<'a> Logs<'a> {
                 at,
             });
         }
+    }
+}
+
+/// `16 MiB`, for people.
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -377,20 +530,27 @@ impl SecretWatch {
     /// `stat` calls: only steps that declare secret outputs pay for them.
     fn refresh(&mut self, shared: &Shared) {
         for (path, seen) in &mut self.files {
-            let Ok(meta) = std::fs::metadata(&*path) else {
+            // Opened like any output (no symlink followed, never blocking, regular files only),
+            // and read within the output limit.
+            let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
                 continue;
             };
-            let stamp = (meta.len(), meta.modified().ok());
+            let Ok((file, size)) = open_output(dir, &name.to_string_lossy()) else {
+                continue;
+            };
+            let Ok(meta) = file.metadata() else { continue };
+            let stamp = (size, meta.modified().ok());
             if *seen == Some(stamp) {
                 continue;
             }
             *seen = Some(stamp);
-            let too_big =
-                usize::try_from(meta.len()).map_or(true, |n| n > shared.limits.max_output_bytes);
-            if too_big {
+            let max = shared.limits.max_output_bytes;
+            if usize::try_from(size).map_or(true, |n| n > max.saturating_add(2)) {
                 continue;
             }
-            if let Ok(mut bytes) = std::fs::read(&*path) {
+            let mut bytes = Vec::new();
+            let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(2);
+            if io::Read::read_to_end(&mut io::Read::take(file, limit), &mut bytes).is_ok() {
                 strip_newline(&mut bytes);
                 shared.secrets.add_bytes(&bytes);
             }
@@ -398,67 +558,74 @@ impl SecretWatch {
     }
 }
 
-/// The command of one attempt, with its environment built from nothing.
-fn command(
+/// What one attempt starts, with its environment built from nothing.
+async fn launch(
     shared: &Shared,
     job: &Job,
     spawn: &Spawn,
     attempt: u32,
     outdir: &Path,
-) -> Result<Command, String> {
-    let mut cmd = match &spawn.program {
-        Program::Shell(script) => {
-            let mut cmd = Command::new("/bin/sh");
-            cmd.arg("-e")
-                .arg("-c")
-                .arg(script)
-                .arg(format!("gantry-{}", job.name));
-            cmd
-        }
+) -> Result<Launch, String> {
+    let (program, args) = match &spawn.program {
+        Program::Shell(script) => (
+            "/bin/sh".to_string(),
+            vec![
+                "-e".to_string(),
+                "-c".to_string(),
+                script.clone(),
+                format!("gantry-{}", job.name),
+            ],
+        ),
         Program::Shebang(script) => {
-            Command::new(write_script(&shared.scripts, &job.name, attempt, script)?)
+            let dir = shared.scripts.clone();
+            let name = job.name.clone();
+            let script = script.clone();
+            let owner = shared.step_user();
+            let path = tokio::task::spawn_blocking(move || {
+                write_script(&dir, &name, attempt, &script, owner)
+            })
+            .await
+            .map_err(|e| format!("cannot write the script: {e}"))??;
+            (path.to_string_lossy().into_owned(), Vec::new())
         }
         Program::Exec(argv) => {
             let Some((program, args)) = argv.split_first() else {
                 return Err("the command is empty".into());
             };
-            let path = spawn
-                .env
-                .iter()
-                .rev()
-                .find(|(k, _)| k == "PATH")
-                .map(|(_, v)| OsStr::new(v.as_str()))
-                .or_else(|| {
-                    shared
-                        .base_env
-                        .iter()
-                        .find(|(k, _)| k == "PATH")
-                        .map(|(_, v)| v.as_os_str())
-                });
-            let mut cmd = Command::new(resolve(program, path, &spawn.cwd));
-            cmd.args(args);
-            cmd
+            (program.clone(), args.to_vec())
         }
     };
-    cmd.env_clear()
-        .envs(shared.base_env.iter().map(|(k, v)| (k, v)))
-        .env("GANTRY_OUTPUTS", outdir)
-        .env("GANTRY_STEP", &job.name)
-        .envs(spawn.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spawn.cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    Ok(cmd)
+    let path = spawn
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| OsString::from(v))
+        .or_else(|| {
+            shared
+                .base_env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+        });
+    let mut env = shared.base_env.clone();
+    env.push(("GANTRY_OUTPUTS".into(), outdir.as_os_str().to_owned()));
+    env.push(("GANTRY_STEP".into(), job.name.clone().into()));
+    env.extend(spawn.env.iter().map(|(k, v)| (k.into(), v.into())));
+    Ok(Launch {
+        program,
+        args,
+        env,
+        cwd: spawn.cwd.clone(),
+        path,
+    })
 }
 
 /// The program to execute for `program`, looked up in the step's own `PATH`. Resolving it here
 /// rather than in the child keeps `posix_spawn` usable (the standard library falls back to
 /// fork+exec when the child's `PATH` differs and a lookup is needed). A relative path with a `/` is
 /// relative to the working directory.
-fn resolve(program: &str, path: Option<&OsStr>, cwd: &Path) -> PathBuf {
+pub(super) fn resolve(program: &str, path: Option<&OsStr>, cwd: &Path) -> PathBuf {
     if program.contains('/') {
         return cwd.join(program);
     }
@@ -477,18 +644,28 @@ fn resolve(program: &str, path: Option<&OsStr>, cwd: &Path) -> PathBuf {
     PathBuf::from(program)
 }
 
-/// Writes a `#!` script to `scripts/<step>-<attempt>`, executable by its owner only.
-fn write_script(dir: &Path, step: &str, attempt: u32, script: &str) -> Result<PathBuf, String> {
+/// Writes a `#!` script to `scripts/<step>-<attempt>`, executable by its owner only: the step
+/// user, who runs it. The folder is not writable by steps (see the run directory's layout).
+fn write_script(
+    dir: &Path,
+    step: &str,
+    attempt: u32,
+    script: &str,
+    owner: Option<StepUser>,
+) -> Result<PathBuf, String> {
     let path = dir.join(format!("{step}-{attempt}"));
     let write = || -> io::Result<()> {
-        std::fs::create_dir_all(dir)?;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o700)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)?;
         file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+        if let Some(user) = owner {
+            std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))?;
+        }
         file.write_all(script.as_bytes())
     };
     write().map_err(|e| format!("cannot write the script {}: {e}", path.display()))?;

@@ -1,0 +1,570 @@
+//! The local executor's sandbox: one bubblewrap sandbox per run, entered lazily by the run's first
+//! process step, with the spawner (`spawner.rs`) inside that starts every step.
+//!
+//! Inside, a step sees the system directories read-only (`/usr` and the `/bin`, `/lib*` links;
+//! from `/etc` only what programs need to run: name resolution, users, certificates,
+//! alternatives), a fresh `/proc` of its own PID namespace, a minimal `/dev`, a private `/tmp`,
+//! and the run's directory: read-only but for `workspace/` and `outputs/`. Nothing else of the
+//! host: not the data dir, the config file, the mirrors, other runs, or any process outside the
+//! run. Network is shared unless the pipeline turns it off. When Gantry runs as root, bubblewrap
+//! (and so every step) runs as the configured unprivileged user; it then builds its namespaces
+//! inside a user namespace of that user.
+//!
+//! The spawner is Gantry's own binary, executed through a file descriptor (`/proc/self/fd/N`),
+//! so the binary's location need not be reachable by the step user. Every descriptor handed to
+//! bubblewrap is close-on-exec in Gantry and made inheritable only in the child, so no other
+//! run's process can inherit it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::spawner::{self, Reply, Request};
+
+/// How a run's steps are isolated from Gantry and from each other.
+#[derive(Debug, Clone, Default)]
+pub enum Sandbox {
+    /// Steps run as Gantry's own user, with Gantry's view of the machine (`sandbox = "none"`).
+    #[default]
+    None,
+    Bubblewrap(Bubblewrap),
+}
+
+/// The bubblewrap sandbox's settings.
+#[derive(Debug, Clone)]
+pub struct Bubblewrap {
+    /// The `bwrap` program.
+    pub bwrap: PathBuf,
+    /// Gantry's own binary, which serves as the spawner inside the sandbox.
+    pub spawner: PathBuf,
+    /// The user steps run as; `None` keeps Gantry's own (only when Gantry is not root, or the
+    /// config says so).
+    pub user: Option<StepUser>,
+    pub limits: ProcessLimits,
+}
+
+/// An unprivileged user for steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl StepUser {
+    /// `nobody:nogroup`, the default when Gantry runs as root.
+    pub const NOBODY: StepUser = StepUser {
+        uid: 65534,
+        gid: 65534,
+    };
+}
+
+/// Resource limits of every step process (rlimits, inherited by whatever a step starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Open files per process.
+    pub open_files: u64,
+    /// Processes of the step user (a Linux rlimit counts every process of that uid).
+    pub processes: u64,
+    /// Largest file a step may write.
+    pub file_size: u64,
+    /// Address space per process, when set.
+    pub memory: Option<u64>,
+}
+
+impl Default for ProcessLimits {
+    fn default() -> ProcessLimits {
+        ProcessLimits {
+            open_files: 4096,
+            processes: 4096,
+            file_size: 8 << 30,
+            memory: None,
+        }
+    }
+}
+
+impl ProcessLimits {
+    /// Applies the limits to the calling process (the spawner, before it serves).
+    pub fn apply(&self) -> io::Result<()> {
+        let set = |resource, value: u64| -> io::Result<()> {
+            let limit = libc::rlimit {
+                rlim_cur: value as libc::rlim_t,
+                rlim_max: value as libc::rlim_t,
+            };
+            // SAFETY: setrlimit reads a valid struct.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        set(libc::RLIMIT_NOFILE, self.open_files)?;
+        set(libc::RLIMIT_NPROC, self.processes)?;
+        set(libc::RLIMIT_FSIZE, self.file_size)?;
+        set(libc::RLIMIT_CORE, 0)?;
+        if let Some(memory) = self.memory {
+            set(libc::RLIMIT_AS, memory)?;
+        }
+        Ok(())
+    }
+
+    /// The limits as spawner arguments.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--nofile={}", self.open_files),
+            format!("--nproc={}", self.processes),
+            format!("--fsize={}", self.file_size),
+        ];
+        if let Some(memory) = self.memory {
+            args.push(format!("--memory={memory}"));
+        }
+        args
+    }
+}
+
+/// Who steps run as, before it is resolved against this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChoice {
+    /// `nobody` when Gantry is root, else Gantry's own user (inside a user namespace).
+    Default,
+    /// Keep root (written explicitly).
+    Root,
+    Ids(StepUser),
+    /// A name from `/etc/passwd`.
+    Name(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "bubblewrap (`bwrap`) is not installed, and steps run in its sandbox: install it (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`), or set `sandbox = \"none\"` under [executor.local] to run steps unsandboxed as Gantry's own user"
+    )]
+    NoBwrap,
+    #[error(
+        "the step user `{0}` is not in /etc/passwd: create it (`useradd --system {0}`) or set `user` under [executor.local]"
+    )]
+    UnknownUser(String),
+    #[error("cannot find Gantry's own binary, which starts steps inside the sandbox: {0}")]
+    NoExe(#[source] io::Error),
+}
+
+impl Sandbox {
+    /// The bubblewrap sandbox on this machine: `bwrap` from `PATH`, Gantry's own binary as the
+    /// spawner, and the step user resolved.
+    pub fn bubblewrap(user: UserChoice, limits: ProcessLimits) -> Result<Sandbox, SandboxError> {
+        let bwrap = find_bwrap().ok_or(SandboxError::NoBwrap)?;
+        let spawner = std::env::current_exe().map_err(SandboxError::NoExe)?;
+        let user = match user {
+            UserChoice::Default if running_as_root() => Some(StepUser::NOBODY),
+            UserChoice::Default | UserChoice::Root => None,
+            UserChoice::Ids(user) => Some(user),
+            UserChoice::Name(name) => Some(lookup_user(&name)?),
+        };
+        Ok(Sandbox::Bubblewrap(Bubblewrap {
+            bwrap,
+            spawner,
+            user,
+            limits,
+        }))
+    }
+}
+
+/// A user's uid and primary gid from `/etc/passwd`.
+fn lookup_user(name: &str) -> Result<StepUser, SandboxError> {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let user = f.next()?;
+            let _password = f.next()?;
+            let uid = f.next()?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            (user == name).then_some(StepUser { uid, gid })
+        })
+        .next()
+        .ok_or_else(|| SandboxError::UnknownUser(name.to_string()))
+}
+
+/// Finds `bwrap` on `PATH`.
+pub fn find_bwrap() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+/// Whether this process runs as root.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// What a step started by the spawner reports.
+struct Waiter {
+    started: Option<oneshot::Sender<Result<u32, i32>>>,
+    exited: Option<oneshot::Sender<i32>>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    ready: Option<oneshot::Sender<()>>,
+    steps: HashMap<u64, Waiter>,
+    /// Set when the spawner's socket closed: nothing more will be answered.
+    gone: bool,
+}
+
+/// A run's running sandbox, seen from Gantry.
+pub(super) struct Jail {
+    sock: UnixStream,
+    bwrap: Mutex<Child>,
+    next: AtomicU64,
+    waiters: Arc<Mutex<Waiters>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+/// A step process inside a sandbox.
+pub(super) struct Remote {
+    pub id: u64,
+    pub pid: u32,
+    exited: oneshot::Receiver<i32>,
+}
+
+impl Remote {
+    /// Waits for the step's leader to exit.
+    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match (&mut self.exited).await {
+            Ok(status) => Ok(ExitStatus::from_raw(status)),
+            Err(_) => Err(io::Error::other("the run's sandbox ended")),
+        }
+    }
+}
+
+/// Paths the sandbox shows from the host, read-only, when they exist.
+const ETC: [&str; 17] = [
+    "/etc/alternatives",
+    "/etc/ca-certificates",
+    "/etc/ssl",
+    "/etc/pki",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/services",
+    "/etc/protocols",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/localtime",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/postgresql-common",
+];
+
+impl Jail {
+    /// Starts the sandbox for the run whose directory is `run_dir` and waits until its spawner
+    /// answers. `network: false` gives it a network namespace of its own (loopback only).
+    pub async fn start(
+        config: &Bubblewrap,
+        run_dir: &Path,
+        network: bool,
+        run_id: &str,
+    ) -> Result<Arc<Jail>, String> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot create the sandbox's socket: {e}"))?;
+        let exe = File::open(&config.spawner).map_err(|e| {
+            format!(
+                "cannot open Gantry's binary {} for the sandbox: {e}",
+                config.spawner.display()
+            )
+        })?;
+        let inherit = [theirs.as_raw_fd(), exe.as_raw_fd()];
+        let mut cmd = Command::new(&config.bwrap);
+        cmd.args(bwrap_args(run_dir, network));
+        cmd.arg("--")
+            .arg(format!("/proc/self/fd/{}", exe.as_raw_fd()))
+            .arg("__spawner")
+            .arg(format!("--fd={}", theirs.as_raw_fd()))
+            .arg(format!("--exe-fd={}", exe.as_raw_fd()))
+            .args(config.limits.args());
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("GANTRY_RUN_ID", run_id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(user) = config.user {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on descriptors
+        // this process owns; it runs in the forked child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the sandbox ({}): {e}", config.bwrap.display()))?;
+        drop(theirs);
+        drop(exe);
+
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let stderr = stderr.clone();
+            let _ = std::thread::Builder::new()
+                .name("sandbox-stderr".into())
+                .spawn(move || collect_stderr(pipe, &stderr));
+        }
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let waiters = Arc::new(Mutex::new(Waiters {
+            ready: Some(ready_tx),
+            ..Waiters::default()
+        }));
+        let reader = ours
+            .try_clone()
+            .map_err(|e| format!("cannot use the sandbox's socket: {e}"))?;
+        {
+            let waiters = waiters.clone();
+            std::thread::Builder::new()
+                .name("sandbox-replies".into())
+                .spawn(move || read_replies(&reader, &waiters))
+                .map_err(|e| format!("cannot start the sandbox's reader: {e}"))?;
+        }
+        let _ = ours.set_write_timeout(Some(Duration::from_secs(5)));
+        let jail = Arc::new(Jail {
+            sock: ours,
+            bwrap: Mutex::new(child),
+            next: AtomicU64::new(1),
+            waiters,
+            stderr,
+        });
+        match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
+            Ok(Ok(())) => Ok(jail),
+            Ok(Err(_)) => Err(jail.failure("the sandbox did not start")),
+            Err(_) => Err(jail.failure("the sandbox did not answer within 20s")),
+        }
+    }
+
+    /// `what`, with what bubblewrap printed, and the way to go without a sandbox.
+    fn failure(&self, what: &str) -> String {
+        // Give the stderr reader a moment to collect bubblewrap's last words.
+        std::thread::sleep(Duration::from_millis(50));
+        let said = self
+            .stderr
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!(": {said}")
+        };
+        format!(
+            "{what}{said} (steps run under bubblewrap; check that user namespaces are enabled, or set `sandbox = \"none\"` under [executor.local] to run them unsandboxed)"
+        )
+    }
+
+    /// Starts a process inside the sandbox with the given pipes as its stdout and stderr.
+    pub async fn spawn(
+        &self,
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: PathBuf,
+        path: Option<String>,
+        pipes: [OwnedFd; 2],
+    ) -> io::Result<Remote> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (started_tx, started_rx) = oneshot::channel();
+        let (exited_tx, exited_rx) = oneshot::channel();
+        {
+            let mut w = self
+                .waiters
+                .lock()
+                .map_err(|_| io::Error::other("sandbox state poisoned"))?;
+            if w.gone {
+                return Err(io::Error::other("the run's sandbox ended"));
+            }
+            w.steps.insert(
+                id,
+                Waiter {
+                    started: Some(started_tx),
+                    exited: Some(exited_tx),
+                },
+            );
+        }
+        let request = Request::Spawn {
+            id,
+            program,
+            args,
+            env,
+            cwd,
+            path,
+        };
+        let body = serde_json::to_vec(&request).map_err(io::Error::other)?;
+        let fds: [RawFd; 2] = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
+        spawner::write_frame(&self.sock, &body, &fds)?;
+        drop(pipes);
+        match started_rx.await {
+            Ok(Ok(pid)) => Ok(Remote {
+                id,
+                pid,
+                exited: exited_rx,
+            }),
+            Ok(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
+            Err(_) => Err(io::Error::other("the run's sandbox ended")),
+        }
+    }
+
+    /// Sends `signal` to the process group of step process `id`.
+    pub fn signal(&self, id: u64, signal: i32) {
+        if let Ok(body) = serde_json::to_vec(&Request::Signal { id, signal }) {
+            let _ = spawner::write_frame(&self.sock, &body, &[]);
+        }
+    }
+}
+
+impl Drop for Jail {
+    fn drop(&mut self) {
+        // Closing the socket makes the spawner kill its groups and exit; bubblewrap's PID
+        // namespace ends with it. Kill bubblewrap too, and reap it.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Ok(mut child) = self.bwrap.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn collect_stderr(mut pipe: impl Read, into: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut b) = into.lock() {
+            let room = 4096usize.saturating_sub(b.len());
+            b.extend_from_slice(&buf[..n.min(room)]);
+        }
+    }
+}
+
+/// The reader thread: dispatches the spawner's replies until its socket closes or says
+/// something that makes no sense.
+fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>) {
+    while let Ok(Some((body, _fds))) = spawner::read_frame(sock, spawner::MAX_REPLY) {
+        let Ok(reply) = serde_json::from_slice::<Reply>(&body) else {
+            break;
+        };
+        let Ok(mut w) = waiters.lock() else { break };
+        match reply {
+            Reply::Ready => {
+                if let Some(tx) = w.ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Reply::Started { id, pid } => {
+                if let Some(s) = w.steps.get_mut(&id) {
+                    if let Some(tx) = s.started.take() {
+                        let _ = tx.send(Ok(pid));
+                    }
+                    if s.exited.is_none() {
+                        w.steps.remove(&id);
+                    }
+                }
+            }
+            Reply::Failed { id, errno } => {
+                if let Some(mut s) = w.steps.remove(&id)
+                    && let Some(tx) = s.started.take()
+                {
+                    let _ = tx.send(Err(errno));
+                }
+            }
+            // The leader may exit before its `Started` is read (the spawner's waiting thread
+            // races its main loop): keep the entry until both have been seen.
+            Reply::Exited { id, status } => {
+                if let Some(s) = w.steps.get_mut(&id) {
+                    if let Some(tx) = s.exited.take() {
+                        let _ = tx.send(status);
+                    }
+                    if s.started.is_none() {
+                        w.steps.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(mut w) = waiters.lock() {
+        w.gone = true;
+        w.ready = None;
+        // Dropping the senders tells every waiting step that the sandbox is gone.
+        w.steps.clear();
+    }
+}
+
+/// bubblewrap's arguments for a run directory.
+fn bwrap_args(run_dir: &Path, network: bool) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--hostname",
+        "gantry-step",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !network {
+        a.push("--unshare-net".into());
+    }
+    for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        match std::fs::read_link(top) {
+            Ok(target) => {
+                a.push("--symlink".into());
+                a.push(target.to_string_lossy().into_owned());
+                a.push(top.into());
+            }
+            Err(_) if Path::new(top).is_dir() => {
+                a.extend(["--ro-bind".into(), top.into(), top.into()]);
+            }
+            Err(_) => {}
+        }
+    }
+    for path in ETC {
+        a.extend(["--ro-bind-try".into(), path.into(), path.into()]);
+    }
+    a.extend(
+        [
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
+            "--tmpfs", "/run",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let run = run_dir.to_string_lossy().into_owned();
+    let workspace = run_dir.join("workspace").to_string_lossy().into_owned();
+    let outputs = run_dir.join("outputs").to_string_lossy().into_owned();
+    a.extend(["--ro-bind".into(), run.clone(), run]);
+    a.extend(["--bind".into(), workspace.clone(), workspace.clone()]);
+    a.extend(["--bind".into(), outputs.clone(), outputs]);
+    a.extend(["--chdir".into(), workspace]);
+    a
+}

@@ -1,0 +1,363 @@
+//! The spawner: the small process that starts a run's steps inside its sandbox, and the wire
+//! format it speaks with the executor.
+//!
+//! One bubblewrap sandbox per run costs one `bwrap` start (about 5 ms) instead of one per step;
+//! inside it, `gantry __spawner` (this file's [`serve`]) starts each step as a plain
+//! `posix_spawn`, so a step costs about what it costs without a sandbox. The spawner runs as the
+//! step user, inside the run's namespaces, and holds nothing but its end of the socket: a step
+//! that took it over could only lie about its own steps, which the executor treats as untrusted
+//! anyway (every frame is bounded and parsed; nonsense ends the sandbox).
+//!
+//! # Wire format
+//!
+//! A Unix stream socket (fd 3 in the spawner). Each frame is a 5-byte header (`b'J'`, then the
+//! body's length as a big-endian `u32`) followed by a JSON body. A frame that carries file
+//! descriptors (the step's stdout and stderr pipes) sends them as `SCM_RIGHTS` with its header,
+//! in the same `sendmsg`, so they can never be taken for another frame's.
+//!
+//! Executor to spawner: [`Request`]. Spawner to executor: [`Reply`]. The spawner answers `Ready`
+//! once, then `Started` or `Failed` for every `Spawn` in order, and `Exited` whenever a step's
+//! leader exits. When the socket closes the spawner kills every group it started and exits;
+//! bubblewrap's PID namespace then takes whatever is left.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+/// The header's first byte.
+const MAGIC: u8 = b'J';
+/// Requests carry scripts and environments, which may be large; replies are tiny.
+pub(super) const MAX_REQUEST: usize = 16 * 1024 * 1024;
+pub(super) const MAX_REPLY: usize = 64 * 1024;
+
+/// What the executor asks of the spawner.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(super) enum Request {
+    /// Start a process in a new process group; the frame carries its stdout and stderr.
+    Spawn {
+        id: u64,
+        /// A path, or a bare name looked up in `path`.
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: PathBuf,
+        /// The `PATH` to look `program` up in when it has no `/`.
+        path: Option<String>,
+    },
+    /// Send `signal` to the process group of step process `id`.
+    Signal { id: u64, signal: i32 },
+}
+
+/// What the spawner tells the executor.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(super) enum Reply {
+    Ready,
+    Started {
+        id: u64,
+        pid: u32,
+    },
+    Failed {
+        id: u64,
+        errno: i32,
+    },
+    /// The leader of `id` exited; `status` is the raw wait status.
+    Exited {
+        id: u64,
+        status: i32,
+    },
+}
+
+/// Writes one frame, with `fds` attached to its header.
+pub(super) fn write_frame(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut header = [MAGIC, 0, 0, 0, 0];
+    header[1..].copy_from_slice(&len.to_be_bytes());
+    send_with_fds(sock, &header, fds)?;
+    let mut w = sock;
+    w.write_all(body)
+}
+
+/// Sends `bytes` (all of them) with `fds` as `SCM_RIGHTS` on the first `sendmsg`.
+fn send_with_fds(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.is_empty() {
+        let mut w = sock;
+        return w.write_all(bytes);
+    }
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(u32::try_from(fd_bytes).unwrap_or(u32::MAX)) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer has room for one header with `fds` (CMSG_SPACE above), so
+    // CMSG_FIRSTHDR is non-null and CMSG_DATA points inside the buffer.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(u32::try_from(fd_bytes).unwrap_or(u32::MAX)) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fd_bytes);
+    }
+    // SAFETY: msg is fully initialised and points at live buffers.
+    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let sent = usize::try_from(sent).unwrap_or(0);
+    if sent < bytes.len() {
+        let mut w = sock;
+        w.write_all(&bytes[sent..])?;
+    }
+    Ok(())
+}
+
+/// Reads one frame of at most `max` bytes, and the file descriptors that came with its header.
+/// `Ok(None)` at a clean end of the stream.
+pub(super) fn read_frame(
+    sock: &UnixStream,
+    max: usize,
+) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut header = [0u8; 5];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < header.len() {
+        let n = recv_with_fds(sock, &mut header[got..], &mut fds)?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+    }
+    if header[0] != MAGIC {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad frame header",
+        ));
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit of {max}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    let mut r = sock;
+    r.read_exact(&mut body)?;
+    Ok(Some((body, fds)))
+}
+
+/// One `recvmsg`: data into `buf`, received descriptors (close-on-exec) appended to `fds`.
+fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+    let mut control = [0u8; 256];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; its pointers outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    let n = loop {
+        // SAFETY: msg points at live buffers of the stated sizes.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break usize::try_from(n).unwrap_or(0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: walking the control messages the kernel wrote, within msg_controllen.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                let count = len / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n)
+}
+
+/// The spawner's main loop (`gantry __spawner --fd=N --exe-fd=M [limits]`): serves requests on
+/// the socket `N` until it closes, then kills every process group it started. Returns the exit
+/// code.
+pub fn serve(args: &[String]) -> u8 {
+    let mut socket: Option<RawFd> = None;
+    let mut limits = super::sandbox::ProcessLimits::default();
+    for arg in args {
+        let Some((key, value)) = arg.split_once('=') else {
+            return 2;
+        };
+        let number = value.parse::<u64>().ok();
+        match (key, number) {
+            ("--fd", Some(n)) => socket = RawFd::try_from(n).ok(),
+            ("--exe-fd", Some(n)) => {
+                if let Ok(fd) = RawFd::try_from(n) {
+                    // SAFETY: the binary's descriptor was inherited for the exec and is ours.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+            ("--nofile", Some(n)) => limits.open_files = n,
+            ("--nproc", Some(n)) => limits.processes = n,
+            ("--fsize", Some(n)) => limits.file_size = n,
+            ("--memory", Some(n)) => limits.memory = Some(n),
+            _ => return 2,
+        }
+    }
+    let Some(fd) = socket.filter(|&fd| fd > 2) else {
+        return 2;
+    };
+    // SAFETY: the socket was inherited from Gantry for this process alone. Steps must not inherit
+    // it, so it becomes close-on-exec first.
+    let sock = unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        UnixStream::from_raw_fd(fd)
+    };
+    if limits.apply().is_err() {
+        return 2;
+    }
+    let writer = match sock.try_clone() {
+        Ok(w) => Arc::new(Mutex::new(w)),
+        Err(_) => return 2,
+    };
+    let groups: Arc<Mutex<HashMap<u64, i32>>> = Arc::new(Mutex::new(HashMap::new()));
+    if reply(&writer, &Reply::Ready).is_err() {
+        return 2;
+    }
+    loop {
+        let (body, fds) = match read_frame(&sock, MAX_REQUEST) {
+            Ok(Some(frame)) => frame,
+            Ok(None) | Err(_) => break,
+        };
+        let Ok(request) = serde_json::from_slice::<Request>(&body) else {
+            break;
+        };
+        match request {
+            Request::Spawn {
+                id,
+                program,
+                args,
+                env,
+                cwd,
+                path,
+            } => {
+                let answer = spawn_one(id, &program, args, env, cwd, path, fds, &writer);
+                match answer {
+                    Ok(pid) => {
+                        if let Ok(mut g) = groups.lock() {
+                            g.insert(id, i32::try_from(pid).unwrap_or(0));
+                        }
+                        let _ = reply(&writer, &Reply::Started { id, pid });
+                    }
+                    Err(e) => {
+                        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                        let _ = reply(&writer, &Reply::Failed { id, errno });
+                    }
+                }
+            }
+            Request::Signal { id, signal } => {
+                let pgid = groups.lock().ok().and_then(|g| g.get(&id).copied());
+                if let Some(pgid) = pgid.filter(|&p| p > 1) {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(-pgid, signal);
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(g) = groups.lock() {
+        for &pgid in g.values().filter(|&&p| p > 1) {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+    0
+}
+
+fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
+    let body = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    let sock = writer
+        .lock()
+        .map_err(|_| io::Error::other("spawner writer poisoned"))?;
+    write_frame(&sock, &body, &[])
+}
+
+/// Starts one step process and a thread that reports its exit.
+#[allow(clippy::too_many_arguments)]
+fn spawn_one(
+    id: u64,
+    program: &str,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    path: Option<String>,
+    fds: Vec<OwnedFd>,
+    writer: &Arc<Mutex<UnixStream>>,
+) -> io::Result<u32> {
+    let mut fds = fds.into_iter();
+    let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    };
+    let path = path.map(OsString::from);
+    let program = super::process::resolve(program, path.as_deref(), &cwd);
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    drop(cmd);
+    let pid = child.id();
+    let writer = writer.clone();
+    std::thread::Builder::new()
+        .name(format!("wait-{id}"))
+        .spawn(move || {
+            let status = match child.wait() {
+                Ok(status) => status.into_raw(),
+                // Treat a lost child as killed: the executor reports it as such.
+                Err(_) => libc::SIGKILL,
+            };
+            let _ = reply(&writer, &Reply::Exited { id, status });
+        })?;
+    Ok(pid)
+}

@@ -1,0 +1,262 @@
+//! The local executor's sandbox, probed the way a hostile step would: real bubblewrap, real
+//! processes, the built `gantry` binary.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::run::{Scratch, text};
+
+const MASTER_KEY: &str = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+
+fn head(name: &str) -> String {
+    format!("apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}}}\n")
+}
+
+/// The value printed for `key` by a probe line `key=value`.
+fn probe<'a>(stdout: &'a str, key: &str) -> &'a str {
+    let marker = format!("{key}=");
+    stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("| ")
+                .and_then(|(_, rest)| rest.strip_prefix(&marker))
+        })
+        .unwrap_or_else(|| panic!("no `{key}=` line in:\n{stdout}"))
+}
+
+#[test]
+fn a_probe_step_finds_nothing_of_gantry() {
+    let s = Scratch::new();
+    // Something to find: the data dir (with its master key file), a config file with a token,
+    // and a place outside the workspace to write to.
+    std::fs::create_dir_all(s.data()).expect("data dir");
+    let config = s.path("gantry.toml");
+    std::fs::write(
+        &config,
+        "[[auth.tokens]]\nname='a'\ntoken='tok-probe-secret'\n",
+    )
+    .expect("config");
+    let outside = s.path("outside");
+    let data = s.data();
+    let yaml = format!(
+        "{}steps:\n  - name: probe\n    script: |\n{}",
+        head("probe"),
+        [
+            "echo \"uid=$(id -u)\"".to_string(),
+            format!("if ls {} >/dev/null 2>&1; then echo data=seen; else echo data=hidden; fi", data.display()),
+            format!("if cat {} >/dev/null 2>&1; then echo config=seen; else echo config=hidden; fi", config.display()),
+            // Inside, the path may exist in the sandbox's own `/tmp`; the host never sees it.
+            format!("touch {} 2>/dev/null; echo write=tried", outside.display()),
+            // Every environment and command line this step can reach.
+            // The patterns are put together at run time, so the script's own command line does
+            // not match them.
+            "k=GANTRY_MASTER; k=\"${k}_KEY\"; d=--data; d=\"$d-dir\"; found=none; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do if grep -qa -e \"$k\" -e \"$d\" \"$f\" 2>/dev/null; then found=\"$f\"; fi; done; echo \"environ=$found\"".to_string(),
+            // Processes it could signal: its own PID namespace only.
+            "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo \"processes=$n\"".to_string(),
+            "if kill -0 1 2>/dev/null; then echo signal=init; else echo signal=refused; fi".to_string(),
+            "echo \"home=$HOME\"".to_string(),
+        ]
+        .iter()
+        .map(|l| format!("      {l}\n"))
+        .collect::<String>()
+    );
+    let file = s.pipeline("probe.yaml", &yaml);
+    let out = s
+        .cmd(&["run", file.to_str().expect("utf-8"), "--plain"])
+        .env("GANTRY_MASTER_KEY", MASTER_KEY)
+        .output()
+        .expect("gantry runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let root = unsafe { libc_geteuid() } == 0;
+    if root {
+        assert_eq!(probe(&stdout, "uid"), "65534", "steps never run as root");
+    }
+    assert_eq!(probe(&stdout, "data"), "hidden");
+    assert_eq!(probe(&stdout, "config"), "hidden");
+    assert_eq!(probe(&stdout, "write"), "tried");
+    assert!(
+        !outside.exists(),
+        "nothing was written outside the workspace"
+    );
+    // The only processes a step can see are the sandbox's own: bubblewrap, the spawner, the
+    // step's shell and the loop's subshells, none of them Gantry with its environment.
+    let environ = probe(&stdout, "environ");
+    assert_eq!(
+        environ, "none",
+        "a step reached a process holding Gantry's environment or command line"
+    );
+    let processes: u32 = probe(&stdout, "processes").parse().expect("a count");
+    assert!(processes < 10, "a step sees {processes} processes");
+    assert_eq!(probe(&stdout, "home"), "/tmp");
+    assert!(!stdout.contains(MASTER_KEY) && !stdout.contains("tok-probe-secret"));
+}
+
+/// `geteuid` without a libc dependency in the tests.
+unsafe fn libc_geteuid() -> u32 {
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() }
+}
+
+#[test]
+fn hostile_outputs_fail_their_step_with_a_message() {
+    let s = Scratch::new();
+    let yaml = format!(
+        "{}steps:\n{}",
+        head("hostile"),
+        [
+            ("fifo", "mkfifo \"$GANTRY_OUTPUTS/v\""),
+            ("symlink", "ln -s /dev/zero \"$GANTRY_OUTPUTS/v\""),
+            ("directory", "mkdir \"$GANTRY_OUTPUTS/v\""),
+            ("oversize", "head -c 3000000 /dev/zero > \"$GANTRY_OUTPUTS/v\""),
+            ("dir-swap", "rmdir \"$GANTRY_OUTPUTS\" 2>/dev/null || true; ln -s / \"$GANTRY_OUTPUTS\" 2>/dev/null || true; echo x > /tmp/v"),
+        ]
+        .iter()
+        .map(|(name, script)| {
+            format!(
+                "  - name: {name}\n    script: '{}'\n    outputs: [v]\n    continueOn: {{error: true}}\n",
+                script.replace('\'', "''")
+            )
+        })
+        .collect::<String>()
+    );
+    let file = s.pipeline("hostile.yaml", &yaml);
+    let started = Instant::now();
+    let out = s.run_file(&file, &[]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        started.elapsed().as_secs() < 60,
+        "hostile outputs must not hang the run"
+    );
+    let runs = s.runs();
+    let steps = runs[0]["steps"].as_array().expect("steps").clone();
+    let message = |name: &str| -> String {
+        let step = steps
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {stdout}{stderr}"));
+        assert_eq!(step["status"], "error", "{name}: {step}");
+        step["message"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(
+        message("fifo").contains("output `v` is a FIFO"),
+        "{}",
+        message("fifo")
+    );
+    assert!(
+        message("symlink").contains("symbolic link"),
+        "{}",
+        message("symlink")
+    );
+    assert!(
+        message("directory").contains("a directory"),
+        "{}",
+        message("directory")
+    );
+    assert!(
+        message("oversize").contains("larger than the limit"),
+        "{}",
+        message("oversize")
+    );
+    // The step cannot replace its outputs folder (its parent is not writable for it), and
+    // writing elsewhere declares nothing.
+    assert!(
+        message("dir-swap").contains("was not written"),
+        "{}",
+        message("dir-swap")
+    );
+}
+
+/// Size of everything under `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => pending.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_log_flood_is_cut_and_the_step_runs_on() {
+    let s = Scratch::new();
+    // 400 MB of output in 4,000-byte lines, then a marker the step writes after the flood.
+    let yaml = format!(
+        "{}steps:\n  - name: flood\n    script: |\n      head -c 400000000 /dev/zero | tr '\\0' x | fold -w 4000\n      echo done > \"$GANTRY_OUTPUTS/after\"\n    outputs: [after]\n",
+        head("flood")
+    );
+    let file = s.pipeline("flood.yaml", &yaml);
+    std::fs::create_dir_all(s.data()).expect("data dir");
+    let before = du(&s.data());
+    let out = s.run_file(&file, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let grown = du(&s.data()).saturating_sub(before);
+    assert!(
+        grown < 100 << 20,
+        "a 400 MB flood grew the data dir by {grown} bytes"
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("log cut here: the step's output goes past the log limit (16 MiB per step"),
+        "one line says where the log was cut"
+    );
+    assert_eq!(stdout.matches("log cut here").count(), 1);
+    let runs = s.runs();
+    assert_eq!(runs[0]["status"], "succeeded", "{}", runs[0]);
+}
+
+#[test]
+fn a_pipeline_can_turn_the_network_off() {
+    let s = Scratch::new();
+    let yaml = format!(
+        "{}sandbox: {{network: false}}\nsteps:\n  - name: net\n    script: 'echo \"links=$(ls /sys/class/net 2>/dev/null | tr \"\\n\" \" \")\"; cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d \" \" | sort | tr \"\\n\" \",\" | sed \"s/^/ifaces=/\"; echo'\n",
+        head("offline")
+    );
+    let file = s.pipeline("offline.yaml", &yaml);
+    let out = s.run_file(&file, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        probe(&stdout, "ifaces"),
+        "lo,",
+        "only loopback without network"
+    );
+}
+
+#[test]
+fn no_sandbox_is_an_explicit_choice() {
+    let s = Scratch::new();
+    let outside = s.path("outside");
+    let yaml = format!(
+        "{}steps:\n  - name: host\n    script: 'touch {}'\n",
+        head("host"),
+        outside.display()
+    );
+    let file = s.pipeline("host.yaml", &yaml);
+    let sandboxed = s.run_file(&file, &[]);
+    assert_eq!(
+        sandboxed.status.code(),
+        Some(0),
+        "{}",
+        text(&sandboxed.stderr)
+    );
+    assert!(!outside.exists(), "the write stayed inside the sandbox");
+    let open = s.run_file(&file, &["--no-sandbox"]);
+    assert_eq!(open.status.code(), Some(0), "{}", text(&open.stderr));
+    assert!(
+        outside.exists(),
+        "--no-sandbox runs the step with the host's view"
+    );
+}
