@@ -161,7 +161,7 @@ fn time_executor_only(
     };
     let start = Instant::now();
     let outcome = runtime.block_on(async {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let outcome = LocalExecutor::new()
             .execute(&plan, &input, tx, Default::default())

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::Plan;
@@ -359,7 +359,7 @@ pub trait Executor: Send + Sync {
         &'a self,
         plan: &'a Plan,
         input: &'a RunInput,
-        events: UnboundedSender<Event>,
+        events: Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, RunOutcome>;
 }

@@ -395,7 +395,8 @@ pub async fn execute(
         r.started_at = Some(Utc::now());
     })?;
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    // Bounded: a step that floods its log waits for the store instead of growing memory.
+    let (tx, mut rx) = mpsc::channel::<Event>(EVENT_BACKLOG);
     // The executor runs in a task of its own, so that starting the next step never waits for the
     // store writes of the previous one.
     let stop = cancel.clone();
@@ -461,6 +462,10 @@ pub async fn execute(
     store.flush_async().await?;
     Ok(run)
 }
+
+/// Events between an executor and the recorder: at most this many wait in memory (with lines of
+/// up to `Limits::max_line_bytes`, a few MiB at most).
+const EVENT_BACKLOG: usize = 1024;
 
 /// Removes a run's directory when dropped, unless asked to keep it.
 struct RunDirGuard {

@@ -107,7 +107,9 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             Work::Checkout { dest, rel } => {
                 builtin::checkout(&shared, &job, dest, rel, attempt).await
             }
-            Work::Publish(publication) => builtin::publish(&shared, &job, publication, attempt),
+            Work::Publish(publication) => {
+                builtin::publish(&shared, &job, publication, attempt).await
+            }
         };
         end.message = end.message.map(|m| shared.secrets.mask(&m));
         let retry_in = job
@@ -118,7 +120,7 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
         if end.status != StepStatus::Succeeded
             && let Some(message) = &end.message
         {
-            shared.system(job.index, attempt, message);
+            shared.system(job.index, attempt, message).await;
         }
         if let Some(delay) = retry_in {
             let line = format!(
@@ -126,7 +128,7 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
                 format_duration(delay),
                 attempt + 1
             );
-            shared.system(job.index, attempt, &line);
+            shared.system(job.index, attempt, &line).await;
         }
         shared.send(Event::AttemptFinished {
             step: job.index,
@@ -136,13 +138,16 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             message: end.message.clone(),
             retry_in,
             at: Utc::now(),
-        });
+        })
+        .await;
         let Some(delay) = retry_in else {
             if end.status == StepStatus::Succeeded && !end.outputs.is_empty() {
-                shared.send(Event::Outputs {
-                    step: job.index,
-                    values: end.outputs.clone(),
-                });
+                shared
+                    .send(Event::Outputs {
+                        step: job.index,
+                        values: end.outputs.clone(),
+                    })
+                    .await;
             }
             return StepResult {
                 status: end.status,

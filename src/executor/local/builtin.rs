@@ -25,7 +25,7 @@ pub(super) async fn checkout(
     rel: &str,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.started(job.index, attempt, 0);
+    shared.started(job.index, attempt, 0).await;
     let source = shared.checkout.clone();
     // Written as Gantry's user; when steps run as another, the copy becomes theirs.
     let owner = shared.step_user();
@@ -60,7 +60,7 @@ pub(super) async fn checkout(
     };
     let timer = tokio::time::sleep(job.timeout.unwrap_or(Duration::MAX));
     let ended = tokio::select! {
-        joined = &mut copy => return copied(shared, job, rel, attempt, &what, joined),
+        joined = &mut copy => return copied(shared, job, rel, attempt, &what, joined).await,
         () = timer, if job.timeout.is_some() => AttemptEnd::new(
             StepStatus::TimedOut,
             Some(format!("timed out after {}", format_duration(job.timeout.unwrap_or_default()))),
@@ -71,17 +71,19 @@ pub(super) async fn checkout(
     };
     // The copy cannot be interrupted. Wait for it, so that nothing writes into the run directory
     // after the step (or the run) is over.
-    shared.system(
-        job.index,
-        attempt,
-        "waiting for the checkout to finish: a copy cannot be interrupted",
-    );
+    shared
+        .system(
+            job.index,
+            attempt,
+            "waiting for the checkout to finish: a copy cannot be interrupted",
+        )
+        .await;
     let _ = copy.await;
     ended
 }
 
 /// The end of an attempt whose copy finished.
-fn copied(
+async fn copied(
     shared: &Shared,
     job: &Job,
     rel: &str,
@@ -95,7 +97,7 @@ fn copied(
                 "checked out {what} into {rel}: {} files, {} bytes",
                 stats.files, stats.bytes
             );
-            shared.system(job.index, attempt, &line);
+            shared.system(job.index, attempt, &line).await;
             let sha = shared.git_sha.clone().or_else(|| match &shared.checkout {
                 Checkout::Commit { sha, .. } => Some(sha.clone()),
                 _ => None,
@@ -116,20 +118,22 @@ fn copied(
 }
 
 /// Hands the resolved resource to the run (`Published`) and outputs its name and version.
-pub(super) fn publish(
+pub(super) async fn publish(
     shared: &Shared,
     job: &Job,
     publication: &Publication,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.started(job.index, attempt, 0);
-    shared.send(Event::Published {
-        step: job.index,
-        publication: publication.clone(),
-    });
+    shared.started(job.index, attempt, 0).await;
+    shared
+        .send(Event::Published {
+            step: job.index,
+            publication: publication.clone(),
+        })
+        .await;
     // `system` masks the line, in case a name or version came from a secret output.
     let line = format!("published {} {}", publication.name, publication.version);
-    shared.system(job.index, attempt, &line);
+    shared.system(job.index, attempt, &line).await;
     let mut end = AttemptEnd::new(StepStatus::Succeeded, None);
     end.outputs = vec![
         ("name".into(), publication.name.clone(), false),

@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use chrono::Utc;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use super::mask::Secrets;
@@ -99,7 +99,7 @@ impl Executor for LocalExecutor {
         &'a self,
         plan: &'a Plan,
         input: &'a RunInput,
-        events: UnboundedSender<Event>,
+        events: Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, RunOutcome> {
         Box::pin(run(plan, input, events, cancel, &self.sandbox))
@@ -124,7 +124,7 @@ impl Stopped {
 
 /// What every running step of a run shares (read-only, apart from the growing set of secrets).
 struct Shared {
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
     secrets: Secrets,
     limits: Limits,
     workspace: PathBuf,
@@ -152,31 +152,35 @@ struct Shared {
 }
 
 impl Shared {
-    /// Sends an event; a receiver that has gone away is not the executor's problem.
-    fn send(&self, event: Event) {
-        let _ = self.events.send(event);
+    /// Sends an event, waiting while the recorder is behind (the channel is bounded, so a step
+    /// that floods its log is slowed down instead of growing memory); a receiver that has gone
+    /// away is not the executor's problem.
+    async fn send(&self, event: Event) {
+        let _ = self.events.send(event).await;
     }
 
     /// Reports that an attempt started; `pid` is 0 when there is no process (a built-in, or an
     /// attempt that could not start one).
-    fn started(&self, step: usize, attempt: u32, pid: u32) {
+    async fn started(&self, step: usize, attempt: u32, pid: u32) {
         self.send(Event::StepStarted {
             step,
             attempt,
             pid,
             at: Utc::now(),
-        });
+        })
+        .await;
     }
 
     /// Writes a line of Gantry's own into a step's log, masked like any other line.
-    fn system(&self, step: usize, attempt: u32, line: &str) {
+    async fn system(&self, step: usize, attempt: u32, line: &str) {
         self.send(Event::Log {
             step,
             attempt,
             stream: Stream::System,
             line: self.secrets.mask(line),
             at: Utc::now(),
-        });
+        })
+        .await;
     }
 
     /// Takes `n` bytes of the step's and the run's log budget; false when either is spent (the
@@ -258,12 +262,14 @@ struct Scheduler<'a> {
     decidable: BTreeSet<usize>,
     /// Indices of `Queued` steps, in file order.
     queue: BTreeSet<usize>,
+    /// `StepFinished` events decided but not sent yet (deciding is synchronous; `flush` sends).
+    pending: Vec<Event>,
 }
 
 async fn run(
     plan: &Plan,
     input: &RunInput,
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
     cancel: CancellationToken,
     sandbox: &Sandbox,
 ) -> RunOutcome {
@@ -307,6 +313,7 @@ async fn run(
         for i in 0..plan.steps.len() {
             s.finish(i, StepStatus::Error, Some(message.clone()), None);
         }
+        s.flush().await;
         return RunOutcome::Failed;
     }
 
@@ -333,6 +340,7 @@ async fn run(
     s.decidable
         .extend((0..plan.steps.len()).filter(|&i| s.waiting[i] == 0));
     s.settle();
+    s.flush().await;
     loop {
         // Checked before starting anything: a run cancelled before it began starts no step.
         if stopped.is_none() {
@@ -346,6 +354,7 @@ async fn run(
             if let Some(why) = why {
                 stopped = Some(why);
                 s.stop(why);
+                s.flush().await;
             }
         }
         if stopped.is_none() {
@@ -376,6 +385,7 @@ async fn run(
                 s.settle();
             }
         }
+        s.flush().await;
     }
     // Only an invalid plan (a cycle) leaves steps undecided; every step still gets its StepFinished.
     for i in 0..plan.steps.len() {
@@ -392,6 +402,7 @@ async fn run(
             s.finish(i, status, Some(message), None);
         }
     }
+    s.flush().await;
     drop(finish_dirs);
     let _ = maker.await;
     match stopped {
@@ -509,6 +520,14 @@ impl<'a> Scheduler<'a> {
             dependents,
             decidable: BTreeSet::new(),
             queue: BTreeSet::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Sends the events decided so far, in order.
+    async fn flush(&mut self) {
+        for event in std::mem::take(&mut self.pending) {
+            self.shared.send(event).await;
         }
     }
 
@@ -608,7 +627,7 @@ impl<'a> Scheduler<'a> {
         message: Option<String>,
         blocks: Option<String>,
     ) {
-        self.shared.send(Event::StepFinished {
+        self.pending.push(Event::StepFinished {
             step: i,
             status,
             message: message.map(|m| self.shared.secrets.mask(&m)),

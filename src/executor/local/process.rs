@@ -83,7 +83,7 @@ pub(super) async fn run(shared: &Shared, job: &Job, spawn: &Spawn, attempt: u32)
         }
     };
     if let Err(message) = made {
-        return not_started(shared, step, attempt, message);
+        return not_started(shared, step, attempt, message).await;
     }
     run_in(shared, job, spawn, attempt, outdir).await
 }
@@ -99,11 +99,11 @@ async fn run_in(
     let step = job.index;
     let launch = match launch(shared, job, spawn, attempt, &outdir).await {
         Ok(launch) => launch,
-        Err(message) => return not_started(shared, step, attempt, message),
+        Err(message) => return not_started(shared, step, attempt, message).await,
     };
     let jail = match shared.jail().await {
         Ok(jail) => jail,
-        Err(message) => return not_started(shared, step, attempt, message),
+        Err(message) => return not_started(shared, step, attempt, message).await,
     };
     let started = match jail {
         None => start_direct(launch).await,
@@ -111,10 +111,10 @@ async fn run_in(
     };
     let (mut child, mut group, out, err) = match started {
         Ok(started) => started,
-        Err(e) => return not_started(shared, step, attempt, spawn_error(spawn, &e)),
+        Err(e) => return not_started(shared, step, attempt, spawn_error(spawn, &e)).await,
     };
     let pid = child.pid();
-    shared.started(step, attempt, pid);
+    shared.started(step, attempt, pid).await;
 
     let mut logs = Logs::new(shared, job, attempt, &outdir);
     let mut out = Some(out);
@@ -137,10 +137,10 @@ async fn run_in(
         }
         tokio::select! {
             r = read_some(&mut out, obuf), if out.is_some() => {
-                on_read(r, &mut out, obuf, &mut logs, Stream::Stdout);
+                on_read(r, &mut out, obuf, &mut logs, Stream::Stdout).await;
             }
             r = read_some(&mut err, ebuf), if err.is_some() => {
-                on_read(r, &mut err, ebuf, &mut logs, Stream::Stderr);
+                on_read(r, &mut err, ebuf, &mut logs, Stream::Stderr).await;
             }
             status = child.wait(), if exit.is_none() => {
                 exit = Some(status);
@@ -176,17 +176,19 @@ async fn run_in(
     }
     // Partial last lines of pipes that were abandoned still reach the log.
     if out.is_some() {
-        logs.finish(Stream::Stdout);
+        logs.finish(Stream::Stdout).await;
     }
     if err.is_some() {
-        logs.finish(Stream::Stderr);
+        logs.finish(Stream::Stderr).await;
     }
     if abandoned {
-        shared.system(
-            step,
-            attempt,
-            "stopped reading the step's output: a process outside its process group keeps it open",
-        );
+        shared
+            .system(
+                step,
+                attempt,
+                "stopped reading the step's output: a process outside its process group keeps it open",
+            )
+            .await;
     }
     drop(group);
 
@@ -226,8 +228,8 @@ async fn run_in(
 }
 
 /// An attempt that ended before a process existed.
-fn not_started(shared: &Shared, step: usize, attempt: u32, message: String) -> AttemptEnd {
-    shared.started(step, attempt, 0);
+async fn not_started(shared: &Shared, step: usize, attempt: u32, message: String) -> AttemptEnd {
+    shared.started(step, attempt, 0).await;
     AttemptEnd::new(StepStatus::Error, Some(message))
 }
 
@@ -400,7 +402,7 @@ async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
-fn on_read<R>(
+async fn on_read<R>(
     r: io::Result<usize>,
     pipe: &mut Option<R>,
     buf: &[u8],
@@ -408,11 +410,11 @@ fn on_read<R>(
     stream: Stream,
 ) {
     match r {
-        Ok(n) if n > 0 => logs.push(stream, &buf[..n.min(buf.len())]),
+        Ok(n) if n > 0 => logs.push(stream, &buf[..n.min(buf.len())]).await,
         // End of file, or an unreadable pipe: either way nothing more comes from it.
         _ => {
             *pipe = None;
-            logs.finish(stream);
+            logs.finish(stream).await;
         }
     }
 }
@@ -453,16 +455,16 @@ impl<'a> Logs<'a> {
         }
     }
 
-    fn push(&mut self, stream: Stream, bytes: &[u8]) {
+    async fn push(&mut self, stream: Stream, bytes: &[u8]) {
         self.refresh();
         let lines = self.splitter(stream).push(bytes);
-        self.emit(stream, lines);
+        self.emit(stream, lines).await;
     }
 
-    fn finish(&mut self, stream: Stream) {
+    async fn finish(&mut self, stream: Stream) {
         self.refresh();
         let lines = self.splitter(stream).finish();
-        self.emit(stream, lines);
+        self.emit(stream, lines).await;
     }
 
     fn refresh(&mut self) {
@@ -471,7 +473,7 @@ impl<'a> Logs<'a> {
         }
     }
 
-    fn emit(&self, stream: Stream, lines: Vec<String>) {
+    async fn emit(&self, stream: Stream, lines: Vec<String>) {
         if lines.is_empty() {
             return;
         }
@@ -483,25 +485,24 @@ impl<'a> Logs<'a> {
                         self.shared.limits.max_step_log,
                         self.shared.limits.max_run_log,
                     );
-                    self.shared.system(
-                        self.step,
-                        self.attempt,
-                        &format!(
-                            "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
-                            bytes(step_cap),
-                            bytes(run_cap)
-                        ),
+                    let line = format!(
+                        "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
+                        bytes(step_cap),
+                        bytes(run_cap)
                     );
+                    self.shared.system(self.step, self.attempt, &line).await;
                 }
                 continue;
             }
-            self.shared.send(Event::Log {
-                step: self.step,
-                attempt: self.attempt,
-                stream,
-                line,
-                at,
-            });
+            self.shared
+                .send(Event::Log {
+                    step: self.step,
+                    attempt: self.attempt,
+                    stream,
+                    line,
+                    at,
+                })
+                .await;
         }
     }
 }

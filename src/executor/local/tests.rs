@@ -127,17 +127,22 @@ impl Ran {
 
 pub(super) async fn run_with(yaml: &str, input: &RunInput, cancel: CancellationToken) -> Ran {
     let plan = plan_of(yaml);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(64);
+    // The events are collected while the run goes on: the channel is bounded.
+    let collect = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        events
+    });
     // A hanging executor fails the test instead of hanging it; dropping the run kills its groups.
     let executor = LocalExecutor::new();
     let run = executor.execute(&plan, input, tx, cancel);
     let Ok(outcome) = tokio::time::timeout(Duration::from_secs(60), run).await else {
         panic!("the run did not end within 60 s");
     };
-    let mut events = Vec::new();
-    while let Ok(e) = rx.try_recv() {
-        events.push(e);
-    }
+    let events = collect.await.expect("the collector ends with the run");
     check_grammar(&plan, &events);
     Ran {
         plan,
