@@ -260,3 +260,133 @@ fn no_sandbox_is_an_explicit_choice() {
         "--no-sandbox runs the step with the host's view"
     );
 }
+
+/// A git work tree in the scratch area holding `yaml` as its pipeline.
+fn repo_with(s: &Scratch, yaml: &str) -> std::path::PathBuf {
+    let repo = s.path("repo");
+    std::fs::create_dir_all(repo.join(".gantry/pipelines")).expect("repo dirs");
+    let status = std::process::Command::new("git")
+        .args(["init", "-q"])
+        .arg(&repo)
+        .status()
+        .expect("git init");
+    assert!(status.success());
+    std::fs::write(repo.join("README.md"), "hello\n").expect("readme");
+    let file = repo.join(".gantry/pipelines/p.yaml");
+    std::fs::write(&file, yaml).expect("pipeline");
+    file
+}
+
+#[test]
+fn a_checkout_is_the_step_users_and_never_follows_a_planted_symlink() {
+    let s = Scratch::new();
+    let victim = s.path("victim");
+    std::fs::create_dir_all(&victim).expect("victim");
+    let yaml = format!(
+        "{}steps:\n  - name: checkout\n    template: gantry/git-checkout@v1\n  - name: edit\n    script: 'echo more >> README.md && echo edited=yes'\n  - name: plant\n    script: 'ln -s {} planted'\n  - name: redirected\n    template: gantry/git-checkout@v1\n    arguments: {{path: planted/inner}}\n    continueOn: {{error: true}}\n",
+        head("checkout"),
+        victim.display()
+    );
+    let file = repo_with(&s, &yaml);
+    let out = s.run_file(&file, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        probe(&stdout, "edited"),
+        "yes",
+        "the step user can change checked-out files"
+    );
+    let runs = s.runs();
+    let redirected = runs[0]["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|x| x["name"] == "redirected"))
+        .expect("the redirected step")
+        .clone();
+    assert_eq!(redirected["status"], "error", "{redirected}");
+    assert_eq!(
+        std::fs::read_dir(&victim).expect("victim").count(),
+        0,
+        "nothing was written through the planted symlink"
+    );
+}
+
+mod served {
+    //! The same boundary under `gantry serve`: the server's config, data dir, environment and
+    //! process stay out of reach, and hostile outputs never stall the API.
+
+    use std::time::{Duration, Instant};
+
+    use serde_json::{Value, json};
+
+    use crate::support::server::{GantryServer, ServerConfig, json as parse};
+
+    const WAIT: Duration = Duration::from_secs(40);
+
+    fn run_local(s: &GantryServer, name: &str, yaml: &str) -> String {
+        let (status, body) = s.put_text(&format!("/api/v1/pipelines/local/{name}"), yaml);
+        assert!(
+            status == 200 || status == 201,
+            "PUT {name}: {status} {body}"
+        );
+        let (status, body) = s.post_json(
+            &format!("/api/v1/pipelines/local/{name}/runs"),
+            &json!({"parameters": {}}),
+        );
+        assert_eq!(status, 201, "{body}");
+        parse(&body)["id"].as_str().expect("run id").to_string()
+    }
+
+    fn wait_ended(s: &GantryServer, id: &str) -> Value {
+        let mut run = Value::Null;
+        s.wait_until(&format!("run {id} ends"), WAIT, || {
+            run = s.get_json(&format!("/api/v1/runs/{id}"));
+            !matches!(run["status"].as_str(), Some("queued" | "running"))
+        });
+        run
+    }
+
+    #[test]
+    fn a_served_step_cannot_reach_the_server_and_hostile_outputs_do_not_stall_it() {
+        let key = "7a".repeat(32);
+        let s = GantryServer::start(ServerConfig::new().env("GANTRY_MASTER_KEY", &key));
+        let config = s.config_path();
+        let data = s.data_dir();
+        let yaml = format!(
+            "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {{name: probe}}\nsteps:\n  - name: probe\n    script: |\n      cat {} 2>/dev/null && echo config=seen || echo config=hidden\n      ls {} 2>/dev/null && echo data=seen || echo data=hidden\n      k=GANTRY_MASTER; k=\"${{k}}_KEY\"; t=gantry-it; t=\"$t-admin\"; for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do grep -qa -e \"$k\" -e \"$t\" \"$f\" 2>/dev/null && echo \"leak=$f\"; done; echo probed=yes\n  - name: fifo\n    script: 'mkfifo \"$GANTRY_OUTPUTS/v\"; sleep 1'\n    outputs: [v]\n    continueOn: {{error: true}}\n  - name: zero\n    script: 'ln -s /dev/zero \"$GANTRY_OUTPUTS/v\"; sleep 1'\n    outputs: [v]\n    secret: true\n    continueOn: {{error: true}}\n",
+            config.display(),
+            data.display()
+        );
+        // `secret: true` belongs to outputs in the spec; keep the YAML valid.
+        let yaml = yaml.replace(
+            "    outputs: [v]\n    secret: true\n",
+            "    outputs: [{name: v, secret: true}]\n",
+        );
+        let id = run_local(&s, "probe", &yaml);
+        // While the hostile steps run, the API answers at once.
+        let mut slowest = Duration::ZERO;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(2) {
+            let t = Instant::now();
+            let (status, _) = s.get("/healthz");
+            assert_eq!(status, 200);
+            let (status, _) = s.get(&format!("/api/v1/runs/{id}"));
+            assert_eq!(status, 200);
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(slowest < Duration::from_secs(1), "the API took {slowest:?}");
+        let run = wait_ended(&s, &id);
+        let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
+        assert!(log.contains("probed=yes"), "{log}");
+        assert!(log.contains("config=hidden"), "{log}");
+        assert!(log.contains("data=hidden"), "{log}");
+        assert!(!log.contains("leak="), "{log}");
+        let steps = run["steps"].as_array().expect("steps");
+        for name in ["fifo", "zero"] {
+            let step = steps.iter().find(|x| x["name"] == name).expect("step");
+            assert_eq!(step["state"], "error", "{step}");
+        }
+        let (status, _) = s.get("/healthz");
+        assert_eq!(status, 200, "the server still answers after the run");
+    }
+}

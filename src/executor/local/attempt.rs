@@ -130,16 +130,17 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             );
             shared.system(job.index, attempt, &line).await;
         }
-        shared.send(Event::AttemptFinished {
-            step: job.index,
-            attempt,
-            status: end.status,
-            exit_code: end.exit_code,
-            message: end.message.clone(),
-            retry_in,
-            at: Utc::now(),
-        })
-        .await;
+        shared
+            .send(Event::AttemptFinished {
+                step: job.index,
+                attempt,
+                status: end.status,
+                exit_code: end.exit_code,
+                message: end.message.clone(),
+                retry_in,
+                at: Utc::now(),
+            })
+            .await;
         let Some(delay) = retry_in else {
             if end.status == StepStatus::Succeeded && !end.outputs.is_empty() {
                 shared

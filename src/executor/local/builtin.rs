@@ -29,11 +29,26 @@ pub(super) async fn checkout(
     let source = shared.checkout.clone();
     // Written as Gantry's user; when steps run as another, the copy becomes theirs.
     let owner = shared.step_user();
-    let own = move |copied: Result<CopyStats, SourceError>, dest: &Path| {
+    let own = move |copied: Result<CopyStats, SourceError>, dest: &std::fs::File| {
         if let (Ok(_), Some(user)) = (&copied, owner) {
             let _ = super::dirs::own_tree(dest, user);
         }
         copied
+    };
+    // The destination is opened from the workspace one folder at a time without following a
+    // symlink, and the copy goes through that open folder (`/proc/self/fd/N`): an earlier or a
+    // parallel step that planted a symlink on the way cannot redirect Gantry's writes.
+    let workspace = shared.workspace.clone();
+    let rel_path = dest
+        .strip_prefix(&workspace)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let open_dest = move || {
+        super::dirs::open_beneath(&workspace, &rel_path, owner).map_err(|source| SourceError::Io {
+            action: "open the checkout destination",
+            path: workspace.join(&rel_path),
+            source,
+        })
     };
     let (what, mut copy) = match source {
         Checkout::None => {
@@ -41,19 +56,21 @@ pub(super) async fn checkout(
         }
         Checkout::WorkTree { root } => {
             let what = format!("the work tree {}", root.display());
-            let dest = dest.to_path_buf();
             (
                 what,
-                tokio::task::spawn_blocking(move || own(copy_worktree(&root, &dest), &dest)),
+                tokio::task::spawn_blocking(move || {
+                    let (dir, dest) = super::dirs::through(open_dest()?);
+                    own(copy_worktree(&root, &dest), &dir)
+                }),
             )
         }
         Checkout::Commit { git_dir, sha } => {
             let what = format!("commit {sha}");
-            let dest = dest.to_path_buf();
             (
                 what,
                 tokio::task::spawn_blocking(move || {
-                    own(checkout_commit(&git_dir, &sha, &dest), &dest)
+                    let (dir, dest) = super::dirs::through(open_dest()?);
+                    own(checkout_commit(&git_dir, &sha, &dest), &dir)
                 }),
             )
         }

@@ -108,14 +108,14 @@ pub(super) fn own(dir: &Path, owner: Option<StepUser>) -> io::Result<()> {
     }
 }
 
-/// Gives everything under `root` (a checkout) to the step user, never following a symlink: every
+/// Gives everything under the open folder `root` (a checkout) to the step user, never following a symlink: every
 /// folder is opened from `root` one component at a time with `O_NOFOLLOW`, so a step that swaps a
 /// folder for a symlink while this runs only makes that folder fail to open.
-pub(super) fn own_tree(root: &Path, owner: StepUser) -> io::Result<()> {
+pub(super) fn own_tree(root: &std::fs::File, owner: StepUser) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let open_dir = |rel: &Path| -> io::Result<std::fs::File> {
-        let mut dir = open_nofollow(None, root.as_os_str().as_bytes())?;
+        let mut dir = root.try_clone()?;
         for part in rel.components() {
             dir = open_nofollow(Some(&dir), part.as_os_str().as_bytes())?;
         }
@@ -172,4 +172,56 @@ fn open_nofollow(parent: Option<&std::fs::File>, name: &[u8]) -> io::Result<std:
     }
     // SAFETY: fd was just opened and is owned by nothing else.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// Opens `root/rel` folder by folder without following symlinks, creating (and giving to
+/// `owner`) the folders that are missing.
+pub(super) fn open_beneath(
+    root: &Path,
+    rel: &Path,
+    owner: Option<StepUser>,
+) -> io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let mut dir = open_nofollow(None, root.as_os_str().as_bytes())?;
+    for part in rel.components() {
+        let name = part.as_os_str().as_bytes();
+        dir = match open_nofollow(Some(&dir), name) {
+            Ok(next) => next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let c_name =
+                    std::ffi::CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+                // SAFETY: mkdirat/fchownat with a valid directory descriptor and a NUL-terminated
+                // name.
+                unsafe {
+                    if libc::mkdirat(dir.as_raw_fd(), c_name.as_ptr(), 0o755) != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            return Err(e);
+                        }
+                    }
+                    if let Some(user) = owner {
+                        libc::fchownat(
+                            dir.as_raw_fd(),
+                            c_name.as_ptr(),
+                            user.uid,
+                            user.gid,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        );
+                    }
+                }
+                open_nofollow(Some(&dir), name)?
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(dir)
+}
+
+/// An open folder and the path that reaches it through the descriptor, whatever happens to the
+/// path it was opened by.
+pub(super) fn through(dir: std::fs::File) -> (std::fs::File, PathBuf) {
+    use std::os::fd::AsRawFd;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    (dir, path)
 }
