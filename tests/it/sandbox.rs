@@ -390,3 +390,72 @@ mod served {
         assert_eq!(status, 200, "the server still answers after the run");
     }
 }
+
+/// Host pids of processes whose environment holds `needle`.
+fn pids_with_env(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_kill_9_of_gantry_takes_the_sandboxed_steps_with_it() {
+    let s = Scratch::new();
+    let name = format!("crash-{}", std::process::id());
+    let file = s.pipeline(
+        "crash.yaml",
+        &format!(
+            "{}steps:\n  - name: long\n    script: |\n      sh -c 'sleep 300' &\n      setsid sleep 300 &\n      sleep 300\n",
+            head(&name)
+        ),
+    );
+    let mut child = s
+        .cmd(&["run", file.to_str().expect("utf-8"), "--plain"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let marker = format!("GANTRY_PIPELINE={name}");
+    let started = Instant::now();
+    while pids_with_env(&marker).len() < 4 && started.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        pids_with_env(&marker).len() >= 4,
+        "the step's processes never started"
+    );
+    child.kill().expect("kill -9 gantry");
+    let _ = child.wait();
+    // bubblewrap dies with its parent and takes its PID namespace with it, `setsid` escapes
+    // included, before any recovery runs.
+    let gone = Instant::now();
+    while !pids_with_env(&marker).is_empty() && gone.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        pids_with_env(&marker),
+        Vec::<u32>::new(),
+        "step processes outlived gantry"
+    );
+    let out = s.gantry(&["runs", "--json"]);
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(runs[0]["status"], "interrupted");
+    let run_dir = s
+        .path("data-work")
+        .join(runs[0]["id"].as_str().expect("id"));
+    assert!(!run_dir.exists(), "recovery removes the run directory");
+}
