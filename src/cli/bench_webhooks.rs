@@ -133,10 +133,12 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
         server: Server {
             listen,
             public_url: format!("http://{listen}"),
+            max_backlog: crate::config::DEFAULT_MAX_BACKLOG,
         },
         storage: Storage {
             data_dir: data_dir.to_path_buf(),
             work_dir: None,
+            cache: None,
         },
         tokens: vec![ApiToken {
             name: "bench".into(),
@@ -385,7 +387,26 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     let fetch_p50 = percentile(&fetches, 50);
 
     // ---- intake: signed deliveries per second ----------------------------------------------
+    let rss_before = memory("VmRSS:");
+    reset_peak_rss();
     let (rate, accepted, failures) = load(&hook, opts.connections, opts.seconds, true).await?;
+    let peak = memory("VmHWM:");
+    // The backlog drains in the background; RSS is read once it has settled (four readings in a
+    // row within 2%), or after 60 s.
+    let settle_start = Instant::now();
+    let mut settled = memory("VmRSS:");
+    let mut steady = 0;
+    while steady < 4 && settle_start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = memory("VmRSS:");
+        if now.abs_diff(settled) * 50 <= settled.max(1) {
+            steady += 1;
+        } else {
+            steady = 0;
+        }
+        settled = now;
+    }
+    let settle_time = settle_start.elapsed();
     let (base_addr, base_stop) = baseline_server().await?;
     let (base_rate, _, _) = load(
         &format!("http://{base_addr}/hooks/github"),
@@ -412,6 +433,16 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
         }
     }
     let dup_ok = unique.len() == accepted.len();
+    let processed = unique
+        .iter()
+        .filter(|id| {
+            store
+                .get_delivery("github", id)
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.processed_at.is_some())
+        })
+        .count();
 
     let w = |out: &mut dyn Write, s: String| {
         let _ = writeln!(out, "{s}");
@@ -459,6 +490,18 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
             if rate >= 10_000.0 { "PASS" } else { "MISS" }
         ),
     );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    w(
+        out,
+        format!(
+            "  memory (this process: the server and the load generator): RSS {:.1} MiB before the intake run, peak {:.1} MiB during it (VmHWM), {:.1} MiB after it settled ({:.1} s later; {processed} of {} deliveries processed by shutdown)",
+            mib(rss_before),
+            mib(peak),
+            mib(settled),
+            settle_time.as_secs_f64(),
+            unique.len()
+        ),
+    );
     w(
         out,
         format!(
@@ -470,6 +513,23 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(missing == 0 && dup_ok && failures == 0)
+}
+
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+fn memory(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets the peak RSS (VmHWM) to the current RSS (Linux: `5` into `clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The start time of the first step of the run at `sha`.

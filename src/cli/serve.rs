@@ -223,10 +223,12 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
         server: Server {
             listen: args.listen,
             public_url: url.clone(),
+            max_backlog: crate::config::DEFAULT_MAX_BACKLOG,
         },
         storage: Storage {
             data_dir: data_dir.clone(),
             work_dir: None,
+            cache: None,
         },
         tokens: vec![ApiToken {
             name: "admin".into(),

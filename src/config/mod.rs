@@ -89,7 +89,13 @@ pub struct Server {
     pub listen: SocketAddr,
     /// An http or https URL without a trailing slash; used in links written to forges.
     pub public_url: String,
+    /// Webhook deliveries accepted but not processed yet beyond which new ones get a 503 with
+    /// `Retry-After` (`max_backlog`).
+    pub max_backlog: u64,
 }
+
+/// `[server] max_backlog` when unset.
+pub const DEFAULT_MAX_BACKLOG: u64 = 100_000;
 
 /// `[storage]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +105,8 @@ pub struct Storage {
     pub data_dir: PathBuf,
     /// Where run directories live; `None`: a sibling of the data dir.
     pub work_dir: Option<PathBuf>,
+    /// sled's page cache in bytes (`cache`); `None`: the store's default (64 MiB).
+    pub cache: Option<u64>,
 }
 
 /// One `[[auth.tokens]]` entry. `Debug` hides the token.
@@ -391,9 +399,11 @@ impl Checker<'_> {
         let server_table = self.table(table, "", "server");
         let server = self.server(server_table);
 
+        let mut cache = None;
         let (data_dir, work_dir) = match self.table(table, "", "storage") {
             Some(t) => {
-                self.unknown_keys(t, "storage", &["data_dir", "work_dir"]);
+                self.unknown_keys(t, "storage", &["data_dir", "work_dir", "cache"]);
+                cache = self.size(t, "storage", "cache");
                 let dir = |checker: &mut Self, key: &str| match checker.string(t, "storage", key) {
                     Some((d, span)) if d.is_empty() => {
                         checker.error(&join("storage", key), &span, "must not be empty");
@@ -437,7 +447,11 @@ impl Checker<'_> {
         }
         Config {
             server,
-            storage: Storage { data_dir, work_dir },
+            storage: Storage {
+                data_dir,
+                work_dir,
+                cache,
+            },
             tokens,
             repos,
             local,
@@ -538,9 +552,13 @@ impl Checker<'_> {
             return Server {
                 listen: default_listen,
                 public_url: format!("http://{default_listen}"),
+                max_backlog: DEFAULT_MAX_BACKLOG,
             };
         };
-        self.unknown_keys(t, "server", &["listen", "public_url"]);
+        self.unknown_keys(t, "server", &["listen", "public_url", "max_backlog"]);
+        let max_backlog = self
+            .count(t, "server", "max_backlog")
+            .unwrap_or(DEFAULT_MAX_BACKLOG);
         let listen = match self.string(t, "server", "listen") {
             Some((s, span)) => match s.parse::<SocketAddr>() {
                 Ok(a) => a,
@@ -584,7 +602,11 @@ impl Checker<'_> {
             }
             None => format!("http://{listen}"),
         };
-        Server { listen, public_url }
+        Server {
+            listen,
+            public_url,
+            max_backlog,
+        }
     }
 
     /// `seen` collects the names of the entries checked so far, to report duplicates.

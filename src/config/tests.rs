@@ -152,7 +152,7 @@ fn public_url_follows_listen_and_loses_its_trailing_slash() {
 fn unknown_keys_are_reported_with_a_suggestion() {
     assert_eq!(
         one_error("[server]\nlisten = \"127.0.0.1:1\"\npublic_ur = \"http://x\"\n"),
-        "3:1: server.public_ur: unknown key `public_ur`; expected listen, public_url \
+        "3:1: server.public_ur: unknown key `public_ur`; expected listen, public_url, max_backlog \
          (did you mean `public_url`?)"
     );
     assert_eq!(

@@ -67,6 +67,23 @@ pub async fn receive(
         )
         .into_response();
     };
+    // Back-pressure: past the configured backlog the forge is asked to come back later, instead
+    // of the store (and the processing behind it) growing without bound.
+    if state.store.delivery_backlog() >= state.max_backlog {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} webhook deliveries are waiting to be processed (max_backlog); try again later",
+                state.max_backlog
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("30"),
+        );
+        return response;
+    }
     let view = HeaderView(&headers);
     // Which repository's secret signed this body? Checked before anything reads the body.
     let candidates: Vec<&Arc<WatchedRepo>> = state
@@ -205,9 +222,12 @@ const DELIVERY_ATTEMPTS: u32 = 12;
 /// could not be fetched, the forge did not answer) keeps the delivery queued and tries again with
 /// backoff; after `DELIVERY_ATTEMPTS` it is marked failed, and a redelivery by the forge gets a
 /// fresh start.
+/// Stored delivery records loaded for processing at a time (bytes of JSON, bodies included).
+const PENDING_BATCH_BYTES: usize = 4 << 20;
+
 pub async fn process_loop(state: AppState, stop: CancellationToken) {
     loop {
-        let pending = match state.store.pending_deliveries(4096) {
+        let pending = match state.store.pending_deliveries(4096, PENDING_BATCH_BYTES) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("gantry: warning: deliveries: {e}");

@@ -73,6 +73,8 @@ pub struct AppState {
     pub deliveries: Arc<Notify>,
     /// Cancelled when the server stops: long answers (log streams) end so the HTTP server can.
     pub shutdown: CancellationToken,
+    /// Unprocessed deliveries beyond which webhooks are answered 503 (`[server] max_backlog`).
+    pub max_backlog: u64,
 }
 
 /// Knobs of a server that are not in the config file.
@@ -320,7 +322,8 @@ pub async fn serve(
     let data_dir = config.storage.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
-        tokio::task::spawn_blocking(move || Store::open(&dir))
+        let cache = config.storage.cache.unwrap_or(crate::store::DEFAULT_CACHE);
+        tokio::task::spawn_blocking(move || Store::open_with(&dir, cache))
             .await
             .map_err(|e| ServeError::Http(std::io::Error::other(e)))??
     };
@@ -397,6 +400,7 @@ pub async fn serve(
         outbox: outbox.clone(),
         deliveries: Arc::new(Notify::new()),
         shutdown: stop.clone(),
+        max_backlog: config.server.max_backlog,
     };
     let app = router(state.clone())?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)

@@ -175,6 +175,7 @@ impl Store {
                 .delivery_queue
                 .insert(seq.to_be_bytes(), k)
                 .map_err(|e| self.db_err(e))?;
+            self.inner.backlog.fetch_add(1, Ordering::Relaxed);
         }
         Ok(inserted)
     }
@@ -187,22 +188,42 @@ impl Store {
         self.get_json(&self.inner.deliveries, &delivery_key(forge, id))
     }
 
-    /// Deliveries waiting to be processed, oldest first, with their queue position.
+    /// Deliveries waiting to be processed, oldest first, with their queue position: at most
+    /// `limit` of them, and no more once their stored size reaches `max_bytes` (at least one), so
+    /// a backlog of large bodies is streamed from the store rather than loaded whole.
     pub fn pending_deliveries(
         &self,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for entry in self.inner.delivery_queue.iter().take(limit) {
+            if bytes >= max_bytes && !out.is_empty() {
+                break;
+            }
             let (seq, k) = entry.map_err(|e| self.db_err(e))?;
             let seq = <[u8; 8]>::try_from(seq.as_ref())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            if let Some(record) = self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)? {
-                out.push((seq, record));
-            }
+            let Some(raw) = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))? else {
+                continue;
+            };
+            bytes += raw.len();
+            let record = serde_json::from_slice::<DeliveryRecord>(&raw).map_err(|source| {
+                StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    source,
+                }
+            })?;
+            out.push((seq, record));
         }
         Ok(out)
+    }
+
+    /// Deliveries accepted and not processed yet.
+    pub fn delivery_backlog(&self) -> u64 {
+        self.inner.backlog.load(Ordering::Relaxed)
     }
 
     /// Marks a delivery processed: it leaves the queue with its outcome recorded. Flushed when
@@ -224,10 +245,14 @@ impl Store {
             &delivery_key(&record.forge, &record.id),
             &done,
         )?;
-        self.inner
+        let removed = self
+            .inner
             .delivery_queue
             .remove(seq.to_be_bytes())
             .map_err(|e| self.db_err(e))?;
+        if removed.is_some() {
+            self.inner.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
         if flush { self.flush() } else { Ok(()) }
     }
 

@@ -150,6 +150,8 @@ struct Inner {
     key: OnceLock<crypto::MasterKey>,
     /// Where run directories live (`[storage] work_dir`); a sibling of the data dir unless set.
     work_dir: OnceLock<PathBuf>,
+    /// Deliveries queued and not yet processed (counted at open, then kept up to date).
+    backlog: std::sync::atomic::AtomicU64,
 }
 
 /// sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs, `try_lock`), so
@@ -163,11 +165,11 @@ fn is_lock_error(error: &std::io::Error) -> bool {
 /// milliseconds after the drop; a command started right after another one ended, or a test that
 /// reopens a store, would otherwise see "in use" for a store nobody holds any more. A lock that
 /// is still held after the grace period belongs to another live process.
-fn open_db(path: &Path) -> sled::Result<sled::Db> {
+fn open_db(path: &Path, cache: u64) -> sled::Result<sled::Db> {
     const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
     let started = std::time::Instant::now();
     loop {
-        match sled::Config::new().path(path).open() {
+        match sled::Config::new().path(path).cache_capacity(cache).open() {
             Err(sled::Error::Io(io)) if is_lock_error(&io) && started.elapsed() < GRACE => {
                 std::thread::sleep(std::time::Duration::from_millis(25));
             }
@@ -175,6 +177,9 @@ fn open_db(path: &Path) -> sled::Result<sled::Db> {
         }
     }
 }
+
+/// sled's page cache when the config does not say: small, since everything in it is on disk.
+pub const DEFAULT_CACHE: u64 = 64 << 20;
 
 /// The default work dir for a data dir.
 fn default_work_dir(data_dir: &Path) -> PathBuf {
@@ -196,6 +201,13 @@ impl Store {
     /// and gets a `.gitignore` of `*`: it often sits inside the repository a pipeline runs from
     /// (`./gantry-data`), and must then never be copied into a run's workspace or committed.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, DEFAULT_CACHE)
+    }
+
+    /// Like `open`, with sled's page cache capped at `cache` bytes (`[storage] cache`). The cache
+    /// is most of the store's memory: sled's own default is 1 GiB, which a burst of webhook
+    /// deliveries fills, although everything in it is on disk already.
+    pub fn open_with(dir: &Path, cache: u64) -> Result<Store, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -213,7 +225,7 @@ impl Store {
             .map_err(|e| StoreError::io(format!("cannot write {}", ignore.display()), e))?;
         }
         let path = dir.join("db");
-        let db = open_db(&path).map_err(|source| match &source {
+        let db = open_db(&path, cache).map_err(|source| match &source {
             sled::Error::Io(io) if is_lock_error(io) => StoreError::Locked {
                 path: dir.to_path_buf(),
             },
@@ -252,11 +264,17 @@ impl Store {
             dir: dir.to_path_buf(),
             key: OnceLock::new(),
             work_dir: OnceLock::new(),
+            backlog: std::sync::atomic::AtomicU64::new(0),
         };
         let store = Store {
             inner: std::sync::Arc::new(inner),
         };
         store.check_schema()?;
+        let backlog = store.inner.delivery_queue.len() as u64;
+        store
+            .inner
+            .backlog
+            .store(backlog, std::sync::atomic::Ordering::Relaxed);
         Ok(store)
     }
 
