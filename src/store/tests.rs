@@ -409,3 +409,55 @@ fn versions_are_recorded_only_when_the_text_changes() {
         Some(2)
     );
 }
+
+fn delivery(id: &str, body_len: usize) -> crate::store::DeliveryRecord {
+    crate::store::DeliveryRecord {
+        forge: "github".into(),
+        id: id.into(),
+        source: "infra".into(),
+        event: "push".into(),
+        body: "x".repeat(body_len),
+        received_at: chrono::Utc::now(),
+        outcome: None,
+        processed_at: None,
+        attempts: 0,
+        retry_at: None,
+        last_error: None,
+        head: None,
+    }
+}
+
+#[test]
+fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    for i in 0..10 {
+        assert!(store.accept_delivery(&delivery(&format!("d{i}"), 1000)).expect("accept"));
+    }
+    assert!(!store.accept_delivery(&delivery("d3", 1000)).expect("redelivery"));
+    assert_eq!(store.delivery_backlog(), 10);
+    // About 1,100 bytes each: a 3,000-byte budget stops after the third.
+    let batch = store.pending_deliveries(100, 3000).expect("pending");
+    assert_eq!(batch.len(), 3);
+    // One always comes, however small the budget.
+    assert_eq!(store.pending_deliveries(100, 1).expect("pending").len(), 1);
+    let (seq, first) = &batch[0];
+    store
+        .finish_delivery(*seq, first, "done".into(), true)
+        .expect("finish");
+    assert_eq!(store.delivery_backlog(), 9);
+    drop(store);
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(store.delivery_backlog(), 9, "counted again at open");
+}
+
+#[test]
+fn the_work_dir_is_a_sibling_of_the_data_dir_unless_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("gantry-data")).expect("open");
+    assert_eq!(store.work_dir(), dir.path().join("gantry-work"));
+    assert_eq!(store.run_dir("r1"), dir.path().join("gantry-work/r1"));
+    let other = Store::open(&dir.path().join("state")).expect("open");
+    other.set_work_dir(dir.path().join("elsewhere"));
+    assert_eq!(other.work_dir(), dir.path().join("elsewhere"));
+}
