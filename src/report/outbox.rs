@@ -31,6 +31,9 @@ pub struct Outbox {
     pub base_delay: Duration,
 }
 
+/// Stored jobs read at a time.
+const PAGE_BYTES: usize = 1 << 20;
+
 impl Outbox {
     /// `configs`: the forge client of each watched repository that reports (by source name).
     pub fn new(
@@ -79,23 +82,35 @@ impl Outbox {
     }
 
     /// Sends due jobs until `stop` is cancelled.
+    ///
+    /// Jobs are read a page at a time (`PAGE_BYTES`).
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let mut next: Option<chrono::DateTime<Utc>> = None;
-            match self.store.outbox() {
-                Ok(jobs) => {
-                    for job in jobs {
-                        if stop.is_cancelled() {
-                            return;
-                        }
-                        if job.next_at > Utc::now() {
-                            next = Some(next.map_or(job.next_at, |n| n.min(job.next_at)));
-                            continue;
-                        }
-                        self.send(job).await;
+            // Page by page, each bounded by bytes: a large backlog is streamed from the store.
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let (jobs, more) = match self.store.outbox_page(cursor.as_deref(), PAGE_BYTES) {
+                    Ok(page) => page,
+                    Err(e) => {
+                        eprintln!("gantry: warning: outbox: {e}");
+                        break;
                     }
+                };
+                for job in jobs {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    if job.next_at > Utc::now() {
+                        next = Some(next.map_or(job.next_at, |n| n.min(job.next_at)));
+                        continue;
+                    }
+                    self.send(job).await;
                 }
-                Err(e) => eprintln!("gantry: warning: outbox: {e}"),
+                match more {
+                    Some(k) => cursor = Some(k),
+                    None => break,
+                }
             }
             let wait = next
                 .and_then(|n| (n - Utc::now()).to_std().ok())

@@ -281,11 +281,47 @@ impl Store {
     /// Every waiting job, in key order.
     pub fn outbox(&self) -> Result<Vec<OutboxJob>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.inner.outbox.iter() {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            out.push(decode(&k, &v)?);
+        let mut cursor = None;
+        loop {
+            let (page, next) = self.outbox_page(cursor.as_deref(), usize::MAX)?;
+            out.extend(page);
+            match next {
+                Some(k) => cursor = Some(k),
+                None => return Ok(out),
+            }
         }
-        Ok(out)
+    }
+
+    /// Waiting jobs in key order after `after` (from the start when `None`), stopping once
+    /// their stored size reaches `max_bytes` (at least one job). Returns the jobs and, when more
+    /// follow, the cursor for the next page.
+    pub fn outbox_page(
+        &self,
+        after: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<(Vec<OutboxJob>, Option<Vec<u8>>), StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut last: Option<Vec<u8>> = None;
+        for entry in self
+            .inner
+            .outbox
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if bytes >= max_bytes && !out.is_empty() {
+                return Ok((out, last));
+            }
+            bytes += v.len();
+            out.push(decode(&k, &v)?);
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
     }
 
     /// Stores a job's retry state, unless a newer job replaced it meanwhile. Flushed.

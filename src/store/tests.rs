@@ -432,9 +432,17 @@ fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_b
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     for i in 0..10 {
-        assert!(store.accept_delivery(&delivery(&format!("d{i}"), 1000)).expect("accept"));
+        assert!(
+            store
+                .accept_delivery(&delivery(&format!("d{i}"), 1000))
+                .expect("accept")
+        );
     }
-    assert!(!store.accept_delivery(&delivery("d3", 1000)).expect("redelivery"));
+    assert!(
+        !store
+            .accept_delivery(&delivery("d3", 1000))
+            .expect("redelivery")
+    );
     assert_eq!(store.delivery_backlog(), 10);
     // About 1,100 bytes each: a 3,000-byte budget stops after the third.
     let batch = store.pending_deliveries(100, 3000).expect("pending");
