@@ -8,6 +8,7 @@ pub mod config;
 pub mod pipeline;
 pub mod progress;
 pub mod remote;
+pub mod render;
 pub mod run;
 pub mod runs;
 pub mod serve;
@@ -110,6 +111,14 @@ are marked interrupted; queued runs wait for the next start.")]
     Serve(serve::ServeArgs),
     /// The one-command demo: examples/repo-layout as a git repository in the data dir, served.
     Up(serve::UpArgs),
+    /// Print the Argo Workflow a pipeline compiles to (and the Secret it reads, values redacted).
+    #[command(after_help = "\
+Exit status: 0 when the file compiled, 1 when it is invalid or cannot run on Argo, 2 on bad usage.
+
+Examples:
+  gantry render --argo .gantry/pipelines/provision-postgres.yaml -p db_name=orders
+  gantry render --argo pipeline.yaml --namespace gantry --format json | argo submit -")]
+    Render(render::Args),
     /// Measure Gantry's own speed and print the figures.
     Bench(bench::Args),
     /// Try webhooks without a forge: replay a sample delivery, signed, to a server.
@@ -155,6 +164,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Vars(args) => config::vars(&data_dir, &args),
         Command::Secrets(args) => config::secrets(&data_dir, &args),
         Command::Bench(args) => bench::run(&args),
+        Command::Render(args) => render::run(&args),
         Command::Webhook(args) => webhook::run(&args),
     }
 }

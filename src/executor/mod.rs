@@ -5,6 +5,7 @@
 //! the plan and the run's resolved values ([`RunInput`]) and nothing else: it never sees forges,
 //! triggers, events or the store. Log lines leave an executor already masked.
 
+pub mod argo;
 pub mod local;
 pub mod mask;
 

@@ -1,0 +1,18 @@
+//! The Argo Workflows side of execution: a compiler from a [`Plan`](crate::plan::Plan) to an
+//! `argoproj.io/v1alpha1` Workflow (`compile.rs`), which `gantry render --argo` prints.
+//!
+//! The compiled Workflow is one `dag` template with a task per step (sequences and parallel
+//! groups are already `needs` in the plan) and a template per step: a `script` template for
+//! scripts (the interpreter always in `command`, so the emissary executor never asks a registry
+//! for an image's entrypoint), a `container` template for commands. Steps share one workspace, a
+//! volume claim of the Workflow mounted at `/workspace`; each step's `$GANTRY_OUTPUTS` is an
+//! `emptyDir` at `/gantry/outputs`, read back by Argo through `outputs.parameters[].valueFrom.path`
+//! (Argo strips one trailing newline, as Gantry does).
+//!
+//! Secrets never enter the Workflow: every secret the run uses is a key of one Kubernetes Secret
+//! per run, read by `env[].valueFrom.secretKeyRef`; a value that mixes a secret with text is
+//! assembled by Kubernetes' own `$(VAR)` expansion from a hidden variable. Secret *outputs* would
+//! land in `status.nodes[].outputs` in plaintext, so a pipeline that declares one does not
+//! compile for Argo (the error names the step and the output).
+
+pub mod compile;
