@@ -182,6 +182,11 @@ fn open_db(path: &Path, cache: u64) -> sled::Result<sled::Db> {
 pub const DEFAULT_CACHE: u64 = 64 << 20;
 
 /// The default work dir for a data dir.
+///
+/// Run directories must be reachable by other users when Gantry runs as root (steps then run as
+/// an unprivileged user). When a folder above the sibling is closed to them (`/root` is 0700),
+/// the work dir is a folder of root's own under `/tmp` instead, named after the data dir, made
+/// with `mkdir` and checked (root's, not a symlink, mode 0711) so nobody else can have planted it.
 fn default_work_dir(data_dir: &Path) -> PathBuf {
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let name = dir
@@ -189,11 +194,57 @@ fn default_work_dir(data_dir: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "gantry".into());
     let base = name.strip_suffix("-data").unwrap_or(&name);
-    let sibling = format!("{base}-work");
-    match dir.parent() {
-        Some(parent) => parent.join(sibling),
-        None => dir.join(sibling),
+    let sibling_name = format!("{base}-work");
+    let parent = dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.clone());
+    let sibling = parent.join(sibling_name);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || open_to_others(&parent) {
+        return sibling;
     }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let fallback = PathBuf::from(format!("/tmp/gantry-work-{tag}"));
+    match private_dir(&fallback) {
+        Ok(()) => fallback,
+        // Creating the run directory then fails with the sibling's path in the message.
+        Err(_) => sibling,
+    }
+}
+
+/// Whether every folder from `dir` up is traversable by users other than its owner and group.
+fn open_to_others(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors().all(|d| {
+        std::fs::metadata(d)
+            .map(|m| m.mode() & 0o001 != 0)
+            .unwrap_or(true)
+    })
+}
+
+/// Makes (or finds) `dir` as a folder of this process's user, mode 0711, refusing a symlink or a
+/// folder of anyone else.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a private folder of this user",
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 impl Store {

@@ -277,6 +277,9 @@ impl Jail {
         network: bool,
         run_id: &str,
     ) -> Result<Arc<Jail>, String> {
+        if let Some(user) = config.user {
+            reachable(run_dir, user)?;
+        }
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot create the sandbox's socket: {e}"))?;
         let exe = File::open(&config.spawner).map_err(|e| {
@@ -447,6 +450,37 @@ impl Drop for Jail {
             let _ = child.wait();
         }
     }
+}
+
+/// bubblewrap mounts the run directory as the step user, who must be able to reach it: every
+/// folder above it must be traversable by that user.
+fn reachable(run_dir: &Path, user: StepUser) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in run_dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let can = if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !can {
+            return Err(format!(
+                "the step user ({}:{}) cannot reach the run directory {}: {} is not traversable for it (mode {:o}); set `work_dir` under [storage] to a folder it can reach (e.g. /var/lib/gantry-work), or allow it with `chmod o+x {}`",
+                user.uid,
+                user.gid,
+                run_dir.display(),
+                dir.display(),
+                mode & 0o7777,
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn collect_stderr(mut pipe: impl Read, into: &Mutex<Vec<u8>>) {
