@@ -124,7 +124,9 @@ pub fn local_executor(
     config: &crate::config::LocalExecutorConfig,
 ) -> Result<(LocalExecutor, Limits), ServeError> {
     use crate::config::{SandboxMode, StepUserSpec};
-    use crate::executor::local::sandbox::{ProcessLimits, Sandbox, StepUser, UserChoice};
+    use crate::executor::local::sandbox::{
+        ProcessLimits, Sandbox, SandboxError, StepUser, UserChoice,
+    };
     let mut limits = Limits::default();
     if let Some(n) = config.max_step_log {
         limits.max_step_log = n;
@@ -156,7 +158,16 @@ pub fn local_executor(
                 }),
                 Some(StepUserSpec::Name(name)) => UserChoice::Name(name.clone()),
             };
-            Sandbox::bubblewrap(user, process_limits)?
+            match Sandbox::bubblewrap(user, process_limits) {
+                Ok(sandbox) => sandbox,
+                // The service still starts (its API, webhooks and reports work), but no step
+                // runs unsandboxed by accident: each refuses to start, saying how to fix it.
+                Err(e @ SandboxError::NoBwrap) => {
+                    eprintln!("gantry: warning: every step will refuse to start: {e}");
+                    Sandbox::Missing(e.to_string())
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     Ok((LocalExecutor::with_sandbox(sandbox), limits))

@@ -55,6 +55,7 @@ fn a_probe_step_finds_nothing_of_gantry() {
             "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo \"processes=$n\"".to_string(),
             "if kill -0 1 2>/dev/null; then echo signal=init; else echo signal=refused; fi".to_string(),
             "echo \"home=$HOME\"".to_string(),
+            "echo \"nofile=$(ulimit -n)\"; echo \"core=$(ulimit -c)\"".to_string(),
         ]
         .iter()
         .map(|l| format!("      {l}\n"))
@@ -89,6 +90,8 @@ fn a_probe_step_finds_nothing_of_gantry() {
     let processes: u32 = probe(&stdout, "processes").parse().expect("a count");
     assert!(processes < 10, "a step sees {processes} processes");
     assert_eq!(probe(&stdout, "home"), "/tmp");
+    assert_eq!(probe(&stdout, "nofile"), "4096", "steps get their rlimits");
+    assert_eq!(probe(&stdout, "core"), "0");
     assert!(!stdout.contains(MASTER_KEY) && !stdout.contains("tok-probe-secret"));
 }
 
@@ -388,6 +391,31 @@ mod served {
         }
         let (status, _) = s.get("/healthz");
         assert_eq!(status, 200, "the server still answers after the run");
+    }
+
+    #[test]
+    fn without_bubblewrap_the_server_runs_and_every_step_says_how_to_get_it() {
+        // A PATH without bwrap (git lives in /usr/local/bin here and in /usr/bin on Debian).
+        let s = GantryServer::start(ServerConfig::new().env("PATH", "/usr/local/bin"));
+        assert!(
+            s.logs().contains("every step will refuse to start"),
+            "{}",
+            s.logs()
+        );
+        let id = run_local(
+            &s,
+            "plain",
+            "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: plain}\nsteps:\n  - {name: a, script: 'echo hi'}\n",
+        );
+        let run = wait_ended(&s, &id);
+        assert_eq!(run["status"], "failed", "{run}");
+        let step = &run["steps"][0];
+        assert!(
+            step["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("apt-get install bubblewrap")),
+            "{step}"
+        );
     }
 }
 

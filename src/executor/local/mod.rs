@@ -208,8 +208,10 @@ impl Shared {
 
     /// The run's sandbox, started on first use; `None` without one.
     async fn jail(&self) -> Result<Option<Arc<Jail>>, String> {
-        let Sandbox::Bubblewrap(config) = &self.sandbox else {
-            return Ok(None);
+        let config = match &self.sandbox {
+            Sandbox::Bubblewrap(config) => config,
+            Sandbox::Missing(why) => return Err(why.clone()),
+            Sandbox::None => return Ok(None),
         };
         self.jail
             .get_or_init(|| Jail::start(config, &self.run_dir, self.network, &self.run_id))
@@ -222,7 +224,7 @@ impl Shared {
     fn step_user(&self) -> Option<StepUser> {
         match &self.sandbox {
             Sandbox::Bubblewrap(b) => b.user,
-            Sandbox::None => None,
+            Sandbox::None | Sandbox::Missing(_) => None,
         }
     }
 

@@ -38,6 +38,9 @@ pub enum Sandbox {
     #[default]
     None,
     Bubblewrap(Bubblewrap),
+    /// A sandbox was asked for and cannot be had here (no `bwrap`): every process step refuses
+    /// to start with this message, which says how to get one.
+    Missing(String),
 }
 
 /// The bubblewrap sandbox's settings.
