@@ -341,19 +341,65 @@ impl Store {
         };
         let mut cursor = after.cloned().unwrap_or_default();
         let mut out = Vec::new();
-        for entry in self.inner.logs.scan_prefix(&prefix) {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let Some((s, n)) = step_and_chunk(run_id, &k) else {
-                continue;
-            };
-            if cursor.seen.get(&s).is_some_and(|&last| n <= last) {
-                continue;
+        // Chunks already seen are skipped by seeking past them, one seek per step, so following a
+        // huge log costs what the new chunks cost, not a walk over all the old ones.
+        let mut from = prefix.clone();
+        'steps: loop {
+            let mut entries = self.inner.logs.range(from.clone()..);
+            loop {
+                let Some(entry) = entries.next() else {
+                    break 'steps;
+                };
+                let (k, v) = entry.map_err(|e| self.db_err(e))?;
+                if !k.starts_with(&prefix) {
+                    break 'steps;
+                }
+                let Some((s, n)) = step_and_chunk(run_id, &k) else {
+                    continue;
+                };
+                if let Some(&last) = cursor.seen.get(&s)
+                    && n <= last
+                {
+                    match last.checked_add(1) {
+                        Some(next) if log_key(run_id, s, next) > k.to_vec() => {
+                            from = log_key(run_id, s, next);
+                            continue 'steps;
+                        }
+                        _ => continue,
+                    }
+                }
+                let lines: Vec<LogLine> = decode(&k, &v)?;
+                out.extend(lines.into_iter().map(|l| (s, l)));
+                cursor.seen.insert(s, n);
             }
-            let lines: Vec<LogLine> = decode(&k, &v)?;
-            out.extend(lines.into_iter().map(|l| (s, l)));
-            cursor.seen.insert(s, n);
         }
         Ok((out, cursor))
+    }
+
+    /// The last `n` lines of one step's log (all its attempts), oldest first. Chunks are read
+    /// from the end, so the cost follows `n`, not the log's size.
+    pub fn log_tail(
+        &self,
+        run_id: &str,
+        step: usize,
+        n: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let prefix = key(&[run_id.as_bytes(), &step_index(step), b""]);
+        let mut chunks: Vec<Vec<LogLine>> = Vec::new();
+        let mut count = 0;
+        for entry in self.inner.logs.scan_prefix(&prefix).rev() {
+            if count >= n {
+                break;
+            }
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let lines: Vec<LogLine> = decode(&k, &v)?;
+            count += lines.len();
+            chunks.push(lines);
+        }
+        let mut lines: Vec<LogLine> = chunks.into_iter().rev().flatten().collect();
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+        Ok(lines)
     }
 
     // ---- outputs ---------------------------------------------------------------------------

@@ -469,3 +469,48 @@ fn the_work_dir_is_a_sibling_of_the_data_dir_unless_set() {
     other.set_work_dir(dir.path().join("elsewhere"));
     assert_eq!(other.work_dir(), dir.path().join("elsewhere"));
 }
+
+#[test]
+fn a_log_is_followed_by_seeking_and_its_tail_read_from_the_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let line = |text: String| LogLine {
+        at: Utc::now(),
+        attempt: 1,
+        stream: Stream::Stdout,
+        text,
+    };
+    for step in 0..2 {
+        for chunk in 0..5u32 {
+            let lines: Vec<LogLine> = (0..10)
+                .map(|i| line(format!("s{step} c{chunk} l{i}")))
+                .collect();
+            store
+                .put_log_chunk("r1", step, chunk, &lines)
+                .expect("chunk");
+        }
+    }
+    let (all, cursor) = store.logs("r1", None, None).expect("logs");
+    assert_eq!(all.len(), 100);
+    let (none, cursor) = store.logs("r1", None, Some(&cursor)).expect("nothing new");
+    assert!(none.is_empty());
+    store
+        .put_log_chunk("r1", 1, 5, &[line("s1 c5 new".into())])
+        .expect("chunk");
+    store
+        .put_log_chunk("r1", 0, 5, &[line("s0 c5 new".into())])
+        .expect("chunk");
+    let (new, _) = store.logs("r1", None, Some(&cursor)).expect("new lines");
+    let texts: Vec<&str> = new.iter().map(|(_, l)| l.text.as_str()).collect();
+    assert_eq!(texts, ["s0 c5 new", "s1 c5 new"]);
+    let (one_step, _) = store.logs("r1", Some(1), Some(&cursor)).expect("step 1");
+    assert_eq!(one_step.len(), 1);
+
+    let tail = store.log_tail("r1", 0, 12).expect("tail");
+    let texts: Vec<&str> = tail.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts.len(), 12);
+    assert_eq!(texts[0], "s0 c3 l9");
+    assert_eq!(texts[1], "s0 c4 l0");
+    assert_eq!(texts[11], "s0 c5 new");
+    assert_eq!(store.log_tail("r1", 7, 5).expect("no such step").len(), 0);
+}
