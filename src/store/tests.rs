@@ -409,3 +409,143 @@ fn versions_are_recorded_only_when_the_text_changes() {
         Some(2)
     );
 }
+
+#[test]
+fn unprotected_runs_get_only_unprotected_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .set_secret(None, "apply_key", "apply-value")
+        .expect("set");
+    store
+        .set_secret_with(None, "plan_key", "plan-value", SecretRelease::Unprotected)
+        .expect("set");
+    // The pipeline's own entry is protected; the global one of the same name is released.
+    store
+        .set_secret(Some("infra/deploy"), "cloud", "pipeline-apply")
+        .expect("set");
+    store
+        .set_secret_with(None, "cloud", "global-plan", SecretRelease::Unprotected)
+        .expect("set");
+    let names: Vec<String> = ["apply_key", "plan_key", "cloud", "unset"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let trusted = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(trusted.withheld, Vec::<String>::new());
+    assert_eq!(trusted.values["apply_key"], "apply-value");
+    assert_eq!(trusted.values["plan_key"], "plan-value");
+    assert_eq!(trusted.values["cloud"], "pipeline-apply");
+    assert!(!trusted.values.contains_key("unset"));
+
+    let branch = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert_eq!(branch.withheld, vec!["apply_key".to_string()]);
+    assert_eq!(branch.values.get("apply_key"), None);
+    assert_eq!(branch.values["plan_key"], "plan-value");
+    assert_eq!(branch.values["cloud"], "global-plan");
+    assert!(!branch.values.contains_key("unset"));
+
+    // Without a scope only global entries count.
+    let unscoped = store
+        .resolve_secrets_for(None, &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(unscoped.values["cloud"], "global-plan");
+
+    let listed: Vec<(Option<String>, String, bool)> = store
+        .list_secrets()
+        .expect("list")
+        .into_iter()
+        .map(|e| (e.pipeline, e.name, e.unprotected))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (None, "apply_key".into(), false),
+            (None, "cloud".into(), true),
+            (None, "plan_key".into(), true),
+            (Some("infra/deploy".into()), "cloud".into(), false),
+        ]
+    );
+    // Setting a secret again without the release makes it protected again.
+    store.set_secret(None, "plan_key", "plan-2").expect("set");
+    let again = store
+        .resolve_secrets_for(None, &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert!(again.withheld.contains(&"plan_key".to_string()));
+}
+
+#[test]
+fn a_flipped_release_flag_does_not_release_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .set_secret(None, "apply_key", "apply-value")
+        .expect("set");
+    let k = super::key(&[b"", b"apply_key"]);
+    let mut stored = store
+        .inner
+        .secrets
+        .get(&k)
+        .expect("get")
+        .expect("stored")
+        .to_vec();
+    assert_eq!(stored[0], 0, "protected flag first");
+    stored[0] = 1;
+    store.inner.secrets.insert(&k, stored).expect("write");
+    let err = store
+        .resolve_secrets_for(None, &["apply_key".into()], SecretRelease::Unprotected)
+        .expect_err("a tampered flag must not open");
+    assert!(err.to_string().contains("secret `apply_key`"), "{err}");
+}
+
+#[test]
+fn secrets_of_a_version_1_store_read_as_protected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        // What version 1 wrote: the sealed value alone, with its key as associated data.
+        let k = super::key(&[b"infra/deploy", b"apply_key"]);
+        let sealed = store
+            .master_key(true)
+            .expect("key")
+            .seal(&k, b"old-value")
+            .expect("seal");
+        store.inner.secrets.insert(&k, sealed).expect("write");
+        store
+            .inner
+            .meta
+            .insert(b"schema_version", &1u32.to_be_bytes())
+            .expect("write");
+        store.flush().expect("flush");
+    }
+    let store = Store::open(dir.path()).expect("migrated");
+    let version = store
+        .inner
+        .meta
+        .get(b"schema_version")
+        .expect("get")
+        .expect("version");
+    assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+    let names = vec!["apply_key".to_string()];
+    let trusted = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(trusted.values["apply_key"], "old-value");
+    let branch = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert_eq!(branch.withheld, names);
+    drop(store);
+    // Opening again does not migrate twice.
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store
+            .resolve_secrets("infra/deploy", &names)
+            .expect("resolve")["apply_key"],
+        "old-value"
+    );
+}
