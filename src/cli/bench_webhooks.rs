@@ -156,6 +156,7 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
             webhook_secret: Some(SECRET.into()),
             api_url: None,
             github_app: None,
+            protected: vec!["main".into()],
         }],
     }
 }

@@ -246,6 +246,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             webhook_secret: None,
             api_url: None,
             github_app: None,
+            protected: vec!["main".into()],
         }],
     };
     println!("Gantry is up at {url}");

@@ -158,6 +158,9 @@ pub struct RepoConfig {
     pub api_url: Option<String>,
     /// Authenticate to GitHub as an App instead of with `token`.
     pub github_app: Option<GithubApp>,
+    /// Globs of the refs whose runs get protected secrets: a bare name is a branch (`main`,
+    /// `release/*`), a full ref names any ref (`refs/tags/v*`). Default: the watched branch.
+    pub protected: Vec<String>,
 }
 
 /// A GitHub App's credentials.
@@ -191,6 +194,7 @@ impl fmt::Debug for RepoConfig {
             .field("webhook_secret", &hidden(&self.webhook_secret))
             .field("api_url", &self.api_url)
             .field("github_app", &self.github_app)
+            .field("protected", &self.protected)
             .finish()
     }
 }
@@ -508,6 +512,7 @@ impl Checker<'_> {
                 "api_url",
                 "github_app_id",
                 "github_private_key",
+                "protected",
             ],
         );
         let mut ok = true;
@@ -637,6 +642,27 @@ impl Checker<'_> {
                 .collect(),
         };
 
+        let protected = match self.array(table, path, "protected") {
+            Some((items, _)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{}[{i}]", join(path, "protected"));
+                    match self.as_string(&item_path, item) {
+                        Some(g) => {
+                            if let Err(m) = check_ref_glob(&g) {
+                                self.error(&item_path, &item.span(), m);
+                                ok = false;
+                            }
+                            out.push(g);
+                        }
+                        None => ok = false,
+                    }
+                }
+                out
+            }
+            None => vec![branch.clone()],
+        };
+
         let poll_interval = match self.string(table, path, "poll_interval") {
             Some((s, span)) => match parse_duration(&s) {
                 Ok(d) => d,
@@ -737,6 +763,7 @@ impl Checker<'_> {
             webhook_secret,
             api_url,
             github_app,
+            protected,
         })
         .filter(|_| ok)
     }
@@ -963,6 +990,21 @@ fn check_repo_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A `protected` entry: a branch glob (`main`, `release/*`) or a glob of full refs
+/// (`refs/tags/v*`), not empty, without spaces, and a glob globset accepts.
+fn check_ref_glob(glob: &str) -> Result<(), String> {
+    if glob.is_empty() || glob.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "must be a branch or ref glob such as `main`, `release/*` or `refs/tags/v*`, not \
+             empty and without spaces"
+                .into(),
+        );
+    }
+    globset::Glob::new(glob)
+        .map(|_| ())
+        .map_err(|e| format!("invalid glob: {e}"))
 }
 
 /// https, http, git, ssh and file URLs, or scp-like `user@host:path`. Never quotes the URL, which

@@ -125,6 +125,36 @@ fn a_minimal_repo_gets_the_defaults() {
     assert_eq!(r.poll_interval, Duration::from_secs(60));
     assert_eq!(r.token, None);
     assert_eq!(r.webhook_secret, None);
+    assert_eq!(r.protected, vec!["main".to_string()]);
+}
+
+#[test]
+fn protected_refs_default_to_the_watched_branch_and_are_checked() {
+    let c = ok(&format!("{REPO}provider = \"git\"\nbranch = \"trunk\"\n"));
+    assert_eq!(c.repos[0].protected, vec!["trunk".to_string()]);
+    let c = ok(&format!(
+        "{REPO}provider = \"git\"\nprotected = [\"main\", \"release/*\", \"refs/tags/v*\"]\n"
+    ));
+    assert_eq!(
+        c.repos[0].protected,
+        vec![
+            "main".to_string(),
+            "release/*".to_string(),
+            "refs/tags/v*".to_string()
+        ]
+    );
+    let err = one_error(&format!(
+        "{REPO}provider = \"git\"\nprotected = [\"main\", \"bad/[x\"]\n"
+    ));
+    assert!(
+        err.starts_with("5:22: repos[0].protected[1]: invalid glob: "),
+        "{err}"
+    );
+    assert_eq!(
+        one_error(&format!("{REPO}provider = \"git\"\nprotected = [\"\"]\n")),
+        "5:14: repos[0].protected[0]: must be a branch or ref glob such as `main`, `release/*` \
+         or `refs/tags/v*`, not empty and without spaces"
+    );
 }
 
 #[test]
@@ -161,7 +191,7 @@ fn unknown_keys_are_reported_with_a_suggestion() {
         )),
         "5:3: repos[0].poll_intervall: unknown key `poll_intervall`; expected name, url, \
          provider, repo, branch, paths, poll_interval, token, webhook_secret, api_url, \
-         github_app_id, github_private_key (did you mean `poll_interval`?)"
+         github_app_id, github_private_key, protected (did you mean `poll_interval`?)"
     );
     assert_eq!(
         one_error("[sever]\n"),
