@@ -8,6 +8,7 @@
 
 pub mod queue;
 pub mod recover;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -190,6 +191,7 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             limits: req.limits,
             keep_run_dir: req.keep_run_dir,
             var_overrides: req.var_overrides,
+            release: trust::Release::All,
         },
     )
 }
@@ -273,6 +275,8 @@ pub struct Start {
     pub keep_run_dir: bool,
     /// Variables given for this run only; they win over stored ones.
     pub var_overrides: BTreeMap<String, String>,
+    /// Which secrets the run's ref is trusted with (`trust::release_for`).
+    pub release: trust::Release,
 }
 
 /// The scope of a pipeline's own variables and secrets: `source/name`, or the bare name for a
@@ -303,7 +307,9 @@ pub fn param_texts(run: &RunRecord) -> BTreeMap<String, String> {
 }
 
 /// Takes a recorded run to the start line: this process becomes its owner, and its variables
-/// and secrets are resolved (a missing one makes the run fail before any step starts).
+/// and secrets are resolved (a missing one, or a protected one its ref may not have, makes the
+/// run fail before any step starts). The pipeline's own scope counts only when the run's file is
+/// the pipeline's file (`trust::scope_for`).
 pub fn start(
     store: &Store,
     run: RunRecord,
@@ -311,22 +317,36 @@ pub fn start(
     how: Start,
 ) -> Result<Prepared, StartError> {
     let name = pipeline.name().to_string();
-    let scope = config_scope(&run.source, &name);
+    let scope = trust::scope_for(store, &run, &name)?;
+    let hint_scope = config_scope(&run.source, &name);
     let plan = plan::plan(pipeline);
-    let mut vars = store.resolve_vars(&scope, &pipeline.variables)?;
+    let mut vars = store.resolve_vars_for(scope.own(), &pipeline.variables)?;
     vars.extend(how.var_overrides);
-    let secrets = store.resolve_secrets(&scope, &pipeline.secrets)?;
-    let problems: Vec<String> = [
+    let resolved =
+        store.resolve_secrets_for(scope.own(), &pipeline.secrets, how.release.allowed())?;
+    let secrets = resolved.values;
+    // A withheld secret is reported as protected, not as missing.
+    let mut have = secrets.clone();
+    for name in &resolved.withheld {
+        have.insert(name.clone(), String::new());
+    }
+    let mut problems: Vec<String> = [
+        how.release.refusal(&resolved.withheld),
         missing("variable", &pipeline.variables, &vars, |v| {
-            format!("gantry vars set {v} VALUE --pipeline {scope}, or --var {v}=VALUE")
+            format!("gantry vars set {v} VALUE --pipeline {hint_scope}, or --var {v}=VALUE")
         }),
-        missing("secret", &pipeline.secrets, &secrets, |v| {
-            format!("gantry secrets set {v} --pipeline {scope}, value on stdin")
+        missing("secret", &pipeline.secrets, &have, |v| {
+            format!("gantry secrets set {v} --pipeline {hint_scope}, value on stdin")
         }),
     ]
     .into_iter()
     .flatten()
     .collect();
+    if !problems.is_empty()
+        && let Some(note) = scope.note()
+    {
+        problems.push(note);
+    }
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
     let run = if run.owner.is_none() {
         store.update_run(&run.id, |r| r.owner = recover::current_owner())?

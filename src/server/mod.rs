@@ -110,6 +110,8 @@ pub enum ServeError {
     },
     #[error("the HTTP server stopped: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Trust(#[from] crate::run::trust::TrustError),
     #[error("the route table names `{method} {path}`, which has no handler")]
     Route { method: String, path: String },
 }
@@ -140,6 +142,20 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                 wake: Notify::new(),
                 sync_lock: tokio::sync::Mutex::new(()),
             })
+        })
+        .collect()
+}
+
+/// The protected refs of every watched repository.
+pub fn protected_refs(
+    config: &Config,
+) -> Result<BTreeMap<String, crate::run::trust::ProtectedRefs>, crate::run::trust::TrustError> {
+    config
+        .repos
+        .iter()
+        .map(|r| {
+            crate::run::trust::ProtectedRefs::new(&r.name, &r.branch, &r.protected)
+                .map(|p| (r.name.clone(), p))
         })
         .collect()
 }
@@ -326,6 +342,7 @@ pub async fn serve(
             limits: Limits::default(),
             checkout: Arc::new(checkout),
             on_transition: Some(Arc::new(on_transition)),
+            protected: protected_refs(&config)?,
         },
     )?;
     let state = AppState {
