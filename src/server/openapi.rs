@@ -74,7 +74,8 @@ fn schemas() -> Value {
     }
     let config_entry = json!({"type": "object", "required": ["name"],
         "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
-            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"}}});
+            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"},
+            "unprotected": {"type": "boolean", "description": "secrets only: released to runs at unprotected refs; absent means protected"}}});
     json!({
         "Error": error,
         "Run": run,
@@ -88,6 +89,9 @@ fn schemas() -> Value {
         "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
         "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
+        "SecretValue": {"type": "object", "required": ["value"], "properties": {
+            "value": {"type": "string"},
+            "unprotected": {"type": "boolean", "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
         "ConfigList": {"type": "object", "properties": {
             "variables": {"type": "array", "items": config_entry.clone()},
             "secrets": {"type": "array", "items": config_entry}}},
