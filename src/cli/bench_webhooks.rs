@@ -323,6 +323,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
             max_running: 4,
             shutdown_grace: Duration::from_secs(5),
             announce: false,
+            insecure_no_auth: false,
         },
         stop.clone(),
     ));

@@ -228,6 +228,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// `gantry serve` needs an API token: without one anyone who can reach the API could run
+    /// pipelines. `insecure_no_auth` (`--insecure-no-auth`) allows none, and then only on a
+    /// loopback address.
+    pub fn check_auth(&self, insecure_no_auth: bool) -> Result<(), String> {
+        if self.tokens.is_empty() && !insecure_no_auth {
+            return Err(
+                "refusing to start without an API token: anyone who can reach the API could run \
+                 pipelines and read their logs; add an [[auth.tokens]] entry, or pass \
+                 --insecure-no-auth to serve without one on a loopback address"
+                    .to_string(),
+            );
+        }
+        self.check_listen_safety()
+    }
+}
+
 /// One problem in a config file. `line` and `col` are 1-based (col counts characters); both are 0
 /// for problems with the file as a whole (it cannot be read). `path` is the dotted key, empty when
 /// there is none.

@@ -13,6 +13,7 @@
 //! finish, and marks the rest interrupted; queued runs wait in the store for the next start.
 
 pub mod api;
+pub mod guard;
 pub mod hooks;
 pub mod openapi;
 
@@ -84,6 +85,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// Called with the bound address once the server listens (`gantry up` prints it).
     pub announce: bool,
+    /// Serve without `[[auth.tokens]]` (`--insecure-no-auth`), on loopback only.
+    pub insecure_no_auth: bool,
 }
 
 impl Default for Options {
@@ -92,6 +95,7 @@ impl Default for Options {
             max_running: 4,
             shutdown_grace: Duration::from_secs(30),
             announce: true,
+            insecure_no_auth: false,
         }
     }
 }
@@ -205,7 +209,12 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
             open = open.route(route.path, handler);
         }
     }
-    let guarded = guarded.layer(middleware::from_fn_with_state(state.clone(), auth));
+    let guarded = guarded
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_site,
+        ));
     Ok(open
         .merge(guarded)
         .fallback(|| async {
@@ -275,7 +284,9 @@ pub async fn serve(
     options: Options,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
-    config.check_listen_safety().map_err(ServeError::Unsafe)?;
+    config
+        .check_auth(options.insecure_no_auth)
+        .map_err(ServeError::Unsafe)?;
     let data_dir = config.storage.data_dir.clone();
     let store = {
         let dir = data_dir.clone();
