@@ -43,6 +43,14 @@
 //! be as fresh as the background flush keeps them. Flushing each one would cost an fsync per step,
 //! more than starting the step's process does.
 //!
+//! # Retention
+//!
+//! `prune` (in `retention.rs`) removes ended runs older than the configured age (with their
+//! steps, log chunks and outputs) beyond a floor of the newest runs per pipeline, and empties the
+//! body of old processed deliveries (their record stays, so their id is still a duplicate).
+//! Queued and running runs, runs that published something, and unprocessed deliveries are never
+//! pruned.
+//!
 //! # Migrations
 //!
 //! `open` reads `meta/schema_version`: a new database gets the current version; an older one is
@@ -58,6 +66,7 @@ mod config;
 pub mod crypto;
 mod forge;
 pub mod records;
+mod retention;
 mod runs;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +78,7 @@ use serde::de::DeserializeOwned;
 pub use config::ResolvedSecrets;
 pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
 pub use records::*;
+pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, new_run_id};
 
 /// The layout this build reads and writes.
