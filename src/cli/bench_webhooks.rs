@@ -136,6 +136,8 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
         },
         storage: Storage {
             data_dir: data_dir.to_path_buf(),
+            retention: crate::config::DEFAULT_RETENTION,
+            keep_runs: crate::config::DEFAULT_KEEP_RUNS,
         },
         tokens: vec![ApiToken {
             name: "bench".into(),

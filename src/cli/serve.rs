@@ -235,6 +235,8 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
         },
         storage: Storage {
             data_dir: data_dir.clone(),
+            retention: crate::config::DEFAULT_RETENTION,
+            keep_runs: crate::config::DEFAULT_KEEP_RUNS,
         },
         tokens: vec![ApiToken {
             name: "admin".into(),

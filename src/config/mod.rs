@@ -33,6 +33,10 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// API tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// How long ended runs and webhook delivery bodies are kept by default (30 days).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The newest runs per pipeline kept whatever their age, by default.
+pub const DEFAULT_KEEP_RUNS: usize = 20;
 /// Source names that are taken by built-in sources.
 pub const RESERVED_REPO_NAMES: [&str; 2] = ["local", "file"];
 
@@ -60,6 +64,11 @@ pub struct Storage {
     /// Absolute if the config file's path was; relative paths are resolved against the config
     /// file's directory.
     pub data_dir: PathBuf,
+    /// `retention`: ended runs and delivery bodies older than this are pruned; zero keeps them
+    /// for ever.
+    pub retention: Duration,
+    /// `keep_runs`: the newest runs of each pipeline kept whatever their age.
+    pub keep_runs: usize,
 }
 
 /// One `[[auth.tokens]]` entry. `Debug` hides the token.
@@ -369,9 +378,34 @@ impl Checker<'_> {
         let server_table = self.table(table, "", "server");
         let server = self.server(server_table);
 
+        let mut retention = DEFAULT_RETENTION;
+        let mut keep_runs = DEFAULT_KEEP_RUNS;
         let data_dir = match self.table(table, "", "storage") {
             Some(t) => {
-                self.unknown_keys(t, "storage", &["data_dir"]);
+                self.unknown_keys(t, "storage", &["data_dir", "retention", "keep_runs"]);
+                if let Some((r, span)) = self.string(t, "storage", "retention") {
+                    match parse_retention(&r) {
+                        Ok(d) => retention = d,
+                        Err(m) => self.error("storage.retention", &span, m),
+                    }
+                }
+                if let Some(v) = t.get("keep_runs") {
+                    match v.get_ref() {
+                        DeValue::Integer(i) => match i.as_str().parse::<usize>() {
+                            Ok(n) => keep_runs = n,
+                            Err(_) => self.error(
+                                "storage.keep_runs",
+                                &v.span(),
+                                "must be a whole number of runs, 0 or more",
+                            ),
+                        },
+                        other => self.error(
+                            "storage.keep_runs",
+                            &v.span(),
+                            format!("expected an integer, found {}", other.type_str()),
+                        ),
+                    }
+                }
                 let dir = self.string(t, "storage", "data_dir");
                 match dir {
                     Some((d, span)) if d.is_empty() => {
@@ -404,7 +438,11 @@ impl Checker<'_> {
         }
         Config {
             server,
-            storage: Storage { data_dir },
+            storage: Storage {
+                data_dir,
+                retention,
+                keep_runs,
+            },
             tokens,
             repos,
         }
@@ -955,6 +993,24 @@ fn is_var_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A retention age: a whole number of days (`30d`), or a duration (`12h`, `90m`); `0s` or `0d`
+/// keeps everything.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    if let Some(days) = s.strip_suffix('d') {
+        return days
+            .parse::<u64>()
+            .ok()
+            .and_then(|d| d.checked_mul(24 * 3600))
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                format!("invalid retention `{s}`: expected days such as `30d`, or a duration such as `12h`")
+            });
+    }
+    parse_duration(s).map_err(|_| {
+        format!("invalid retention `{s}`: expected days such as `30d`, or a duration such as `12h`")
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.

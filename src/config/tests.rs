@@ -112,6 +112,35 @@ fn an_empty_file_gives_every_default() {
     assert!(c.tokens.is_empty());
     assert!(c.repos.is_empty());
     assert_eq!(c.check_listen_safety(), Ok(()));
+    assert_eq!(c.storage.retention, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 20);
+}
+
+#[test]
+fn retention_takes_days_or_a_duration_and_a_floor() {
+    let c = ok("[storage]\nretention = \"7d\"\nkeep_runs = 5\n");
+    assert_eq!(c.storage.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 5);
+    let c = ok("[storage]\nretention = \"12h\"\nkeep_runs = 0\n");
+    assert_eq!(c.storage.retention, Duration::from_secs(12 * 3600));
+    assert_eq!(c.storage.keep_runs, 0);
+    assert_eq!(
+        ok("[storage]\nretention = \"0d\"\n").storage.retention,
+        Duration::ZERO
+    );
+    assert_eq!(
+        one_error("[storage]\nretention = \"a month\"\n"),
+        "2:13: storage.retention: invalid retention `a month`: expected days such as `30d`, or \
+         a duration such as `12h`"
+    );
+    assert_eq!(
+        one_error("[storage]\nkeep_runs = -1\n"),
+        "2:13: storage.keep_runs: must be a whole number of runs, 0 or more"
+    );
+    assert_eq!(
+        one_error("[storage]\nkeep_runs = \"20\"\n"),
+        "2:13: storage.keep_runs: expected an integer, found string"
+    );
 }
 
 #[test]

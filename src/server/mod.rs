@@ -7,6 +7,7 @@
 //!   `poll_interval` or when woken), so a slow or unreachable repository delays only itself;
 //! - the scheduler loop (`trigger::schedule`), which submits due ticks to the queue;
 //! - the run queue (`run::queue`);
+//! - the retention loop, which prunes old runs and webhook bodies (`store::prune`);
 //! - the HTTP server (`api.rs`, with bearer-token auth in `auth`).
 //!
 //! SIGTERM or SIGINT stops the listener and the loops, gives running runs the grace period to
@@ -395,6 +396,14 @@ pub async fn serve(
     tasks.spawn(schedule_loop(store.clone(), queue.clone(), loops.clone()));
     tasks.spawn(hooks::process_loop(state.clone(), loops.clone()));
     tasks.spawn(outbox.clone().run(loops.clone()));
+    tasks.spawn(retention_loop(
+        store.clone(),
+        crate::store::Retention {
+            max_age: config.storage.retention,
+            keep_runs: config.storage.keep_runs,
+        },
+        loops.clone(),
+    ));
 
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -419,6 +428,41 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
     store.flush_async().await?;
     served.map_err(ServeError::Http)
+}
+
+/// How often the retention loop prunes: a quarter of the retention age, between a second and an
+/// hour (pruning is a pass over the runs and deliveries, cheap next to the age it enforces).
+fn prune_interval(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// Prunes ended runs and processed delivery bodies past the retention age (`store::prune`) soon
+/// after start and then every `prune_interval`; a zero age keeps everything.
+async fn retention_loop(store: Store, policy: crate::store::Retention, stop: CancellationToken) {
+    if policy.max_age.is_zero() {
+        return;
+    }
+    let every = prune_interval(policy.max_age);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let store = store.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || store.prune(chrono::Utc::now(), &policy)).await;
+        match pruned {
+            Ok(Ok(p)) if p.runs > 0 || p.delivery_bodies > 0 => eprintln!(
+                "gantry: retention: pruned {} runs and {} webhook delivery bodies older than {}",
+                p.runs,
+                p.delivery_bodies,
+                crate::spec::values::format_duration(policy.max_age)
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("gantry: warning: retention: {e}"),
+            Err(e) => eprintln!("gantry: warning: retention stopped abnormally: {e}"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

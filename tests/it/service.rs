@@ -818,6 +818,38 @@ fn state_changing_calls_need_json_and_this_servers_host_or_origin() {
     assert!(status != 415 && status != 403, "{status} {body}");
 }
 
+#[test]
+fn the_server_prunes_ended_runs_past_the_retention_age_but_not_active_ones() {
+    let s =
+        GantryServer::start(ServerConfig::new().storage_toml("retention = \"2s\"\nkeep_runs = 1"));
+    put_local(&s, "quick", &pipeline("quick", "", "echo quick"));
+    put_local(&s, "slow", &pipeline("slow", "", "sleep 30"));
+    let first = start(&s, "local/quick", json!({}));
+    assert_eq!(wait_ended(&s, &id(&first))["status"], "succeeded");
+    let second = start(&s, "local/quick", json!({}));
+    assert_eq!(wait_ended(&s, &id(&second))["status"], "succeeded");
+    // Two runs of `slow`: the older one is past the floor but running.
+    let slow = start(&s, "local/slow", json!({}));
+    start(&s, "local/slow", json!({}));
+    // The older run of `quick` goes once it is past the age; the newest stays (the floor).
+    s.wait_until("the older run to be pruned", WAIT, || {
+        s.get(&format!("/api/v1/runs/{}", id(&first))).0 == 404
+    });
+    assert_eq!(s.get(&format!("/api/v1/runs/{}", id(&second))).0, 200);
+    let (status, body) = s.get(&format!("/api/v1/runs/{}/logs", id(&first)));
+    assert_eq!(status, 404, "{body}");
+    // A running run is never pruned, whatever its age.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, body) = s.get(&format!("/api/v1/runs/{}", id(&slow)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["status"], "running", "{body}");
+    assert!(
+        s.logs().contains("gantry: retention: pruned 1 runs"),
+        "{}",
+        s.logs()
+    );
+}
+
 /// A run stays in the queue's in-memory `running` map for a moment after its end is stored;
 /// cancelling it in that window must still answer 409, as the API already shows it ended.
 #[test]

@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub repos: Vec<RepoSpec>,
     /// Raw TOML lines added to `[server]`.
     pub server_toml: String,
+    /// Raw TOML lines added to `[storage]`.
+    pub storage_toml: String,
     /// Raw TOML added at the end of the file; it must start with a table header.
     pub extra_toml: String,
     /// Environment variables of the server process (on top of the test's, without
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             tokens: vec![("admin".to_owned(), TOKEN.to_owned())],
             repos: Vec::new(),
             server_toml: String::new(),
+            storage_toml: String::new(),
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
@@ -139,6 +142,13 @@ impl ServerConfig {
     pub fn server_toml(mut self, toml: &str) -> ServerConfig {
         self.server_toml.push_str(toml);
         self.server_toml.push('\n');
+        self
+    }
+
+    /// Raw TOML lines added to `[storage]`, e.g. `retention = "2s"`.
+    pub fn storage_toml(mut self, toml: &str) -> ServerConfig {
+        self.storage_toml.push_str(toml);
+        self.storage_toml.push('\n');
         self
     }
 
@@ -181,6 +191,7 @@ impl ServerConfig {
         out.push_str("\n[storage]\n");
         let data_dir = data_dir.to_str().expect("utf-8 data dir");
         key(&mut out, "data_dir", &quoted(data_dir));
+        out.push_str(&self.storage_toml);
         for (name, token) in &self.tokens {
             out.push_str("\n[[auth.tokens]]\n");
             key(&mut out, "name", &quoted(name));
