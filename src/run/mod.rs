@@ -73,6 +73,13 @@ pub struct Prepared {
     keep_run_dir: bool,
 }
 
+impl Prepared {
+    /// Why the run will fail before any step starts, if it will (it ends with this message).
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
+    }
+}
+
 /// "variables `a`, `b` not set (gantry vars set a ...)" when declared names have no value.
 fn missing(
     what: &str,
