@@ -5,8 +5,9 @@
 //! bare name is a branch, default the watched branch, which is always protected). A run at a
 //! protected ref gets every secret it declares; a run at any other ref (a feature-branch push, a
 //! pull request's head, a fork) gets only secrets set as unprotected, and fails before any step
-//! starts when it declares another. Runs without a ref (scheduled runs, manual runs before the
-//! first sync) run at the watched branch's head; local pipelines and `gantry run FILE` are trusted.
+//! starts when it declares another. Scheduled and manual runs without a ref (before the first
+//! sync) run at the watched branch's head; any other run without a ref is not trusted. Local
+//! pipelines and `gantry run FILE` are trusted.
 //!
 //! **Scopes.** A pipeline's own variables and secrets (`source/name`) go to a run only when the
 //! file the run was read from is the file the catalog has for that pipeline on the watched branch:
@@ -135,7 +136,10 @@ impl Release {
     }
 }
 
-/// The release of a run from its source and ref.
+/// How a refusal names the ref of a run that has none.
+const UNKNOWN_REF: &str = "an unknown ref";
+
+/// The release of a run from its source, its ref and (for a run without a ref) its trigger.
 pub fn release_for(run: &RunRecord, protected: &BTreeMap<String, ProtectedRefs>) -> Release {
     if run.source == super::FILE_SOURCE || run.source == LOCAL_SOURCE {
         return Release::All;
@@ -145,10 +149,20 @@ pub fn release_for(run: &RunRecord, protected: &BTreeMap<String, ProtectedRefs>)
         .as_ref()
         .map(|g| g.reference.as_str())
         .unwrap_or_default();
-    // Scheduled runs (and manual ones before the first sync) carry no ref: they run at the
-    // watched branch's head.
     if reference.is_empty() {
-        return Release::All;
+        // Scheduled runs (and manual ones before the first sync, and reruns of those) carry no
+        // ref: they run at the watched branch's head. Any other run without one (a Bitbucket
+        // comment command on a fork's pull request) is not trusted.
+        if matches!(run.trigger.kind.as_str(), "schedule" | "manual") {
+            return Release::All;
+        }
+        return Release::UnprotectedOnly {
+            reference: UNKNOWN_REF.to_string(),
+            rule: match protected.get(&run.source) {
+                Some(refs) => refs.describe(),
+                None => format!("`{}` has no protected refs configured", run.source),
+            },
+        };
     }
     match protected.get(&run.source) {
         Some(refs) if refs.covers(reference) => Release::All,
@@ -265,6 +279,62 @@ mod tests {
         assert_eq!(
             refs(&["main"]).describe(),
             "protected refs of `infra`: main"
+        );
+    }
+
+    fn run(source: &str, kind: &str, reference: Option<&str>) -> RunRecord {
+        RunRecord {
+            id: "RUN".into(),
+            number: 1,
+            source: source.into(),
+            pipeline: "deploy".into(),
+            version: 1,
+            parameters: BTreeMap::new(),
+            trigger: crate::store::Trigger {
+                kind: kind.into(),
+                detail: None,
+            },
+            status: crate::store::RunStatus::Queued,
+            git: reference.map(|r| crate::executor::GitInfo {
+                sha: "abc".into(),
+                reference: r.into(),
+                repo: "acme/infra".into(),
+            }),
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+            message: None,
+            steps: Vec::new(),
+            owner: None,
+            concurrency: None,
+            pr: None,
+            writeback_error: None,
+        }
+    }
+
+    #[test]
+    fn the_release_follows_the_source_the_ref_and_for_no_ref_the_trigger() {
+        let protected: BTreeMap<String, ProtectedRefs> =
+            [("infra".to_string(), refs(&["refs/tags/v*"]))].into();
+        let all = |r: &RunRecord| release_for(r, &protected) == Release::All;
+        assert!(all(&run("file", "manual", None)));
+        assert!(all(&run("local", "push", Some("refs/heads/x"))));
+        assert!(all(&run("infra", "manual", Some("refs/heads/main"))));
+        assert!(all(&run("infra", "manual", None)));
+        assert!(all(&run("infra", "schedule", Some(""))));
+        assert!(all(&run("infra", "push", Some("refs/heads/main"))));
+        assert!(all(&run("infra", "push", Some("refs/tags/v2"))));
+        assert!(!all(&run("infra", "push", Some("refs/heads/feature/x"))));
+        assert!(!all(&run("infra", "pullRequest", Some("refs/pull/3/head"))));
+        assert!(!all(&run("infra", "comment", Some(""))));
+        assert!(!all(&run("infra", "comment", None)));
+        assert!(!all(&run("gone", "push", Some("refs/heads/main"))));
+        assert_eq!(
+            release_for(&run("infra", "comment", Some("")), &protected),
+            Release::UnprotectedOnly {
+                reference: "an unknown ref".into(),
+                rule: "protected refs of `infra`: main, refs/tags/v*".into()
+            }
         );
     }
 
