@@ -325,7 +325,12 @@ pub fn start(
 ) -> Result<Prepared, StartError> {
     let name = pipeline.name().to_string();
     let scope = trust::scope_for(store, &run, &name)?;
-    let hint_scope = config_scope(&run.source, &name);
+    // Where a missing value would be set: the pipeline's scope, or the global one when the run
+    // may not use the pipeline's.
+    let hint_scope = scope
+        .own()
+        .map(|s| format!(" --pipeline {s}"))
+        .unwrap_or_default();
     let plan = plan::plan(pipeline);
     let mut vars = store.resolve_vars_for(scope.own(), &pipeline.variables)?;
     vars.extend(how.var_overrides);
@@ -340,10 +345,10 @@ pub fn start(
     let mut problems: Vec<String> = [
         how.release.refusal(&resolved.withheld),
         missing("variable", &pipeline.variables, &vars, |v| {
-            format!("gantry vars set {v} VALUE --pipeline {hint_scope}, or --var {v}=VALUE")
+            format!("gantry vars set {v} VALUE{hint_scope}, or --var {v}=VALUE")
         }),
         missing("secret", &pipeline.secrets, &have, |v| {
-            format!("gantry secrets set {v} --pipeline {hint_scope}, value on stdin")
+            format!("gantry secrets set {v}{hint_scope}, value on stdin")
         }),
     ]
     .into_iter()

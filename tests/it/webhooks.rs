@@ -618,7 +618,10 @@ fn a_renamed_file_on_a_branch_does_not_get_another_pipelines_secrets() {
     let evil = failed[0];
     let message = evil["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("not started: secret `apply_key` not set"),
+        message.starts_with(
+            "not started: secret `apply_key` not set (gantry secrets set apply_key, value on \
+             stdin)"
+        ),
         "{message}"
     );
     assert!(
