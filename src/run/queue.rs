@@ -204,13 +204,14 @@ impl Queue {
         let store = &self.inner.store;
         let group = match &s.pipeline.concurrency {
             Some(c) => {
-                let scope = super::config_scope(&s.source, s.pipeline.name());
+                // The same variables the run will see (`trust::scope_of`).
+                let scope = super::trust::scope_of(store, &s.source, s.pipeline.name(), s.version)?;
                 let values = Values {
                     params: params
                         .iter()
                         .map(|(k, v)| (k.clone(), v.to_string()))
                         .collect(),
-                    vars: store.resolve_vars(&scope, &s.pipeline.variables)?,
+                    vars: store.resolve_vars_for(scope.own(), &s.pipeline.variables)?,
                     git: s.git.clone(),
                     trigger: s.trigger.kind.clone(),
                     ..Values::default()

@@ -229,16 +229,26 @@ impl Scope {
 /// repository's run only when the pipeline version it runs was read from the path the catalog has
 /// for `source/name` (a current, not retired, pipeline of the watched branch).
 pub fn scope_for(store: &Store, run: &RunRecord, name: &str) -> Result<Scope, StoreError> {
-    let scope = super::config_scope(&run.source, name);
-    if run.source == super::FILE_SOURCE || run.source == LOCAL_SOURCE {
+    scope_of(store, &run.source, name, run.version)
+}
+
+/// `scope_for` of a run not yet recorded: `version` of `source/name`.
+pub fn scope_of(
+    store: &Store,
+    source: &str,
+    name: &str,
+    version: u32,
+) -> Result<Scope, StoreError> {
+    let scope = super::config_scope(source, name);
+    if source == super::FILE_SOURCE || source == LOCAL_SOURCE {
         return Ok(Scope::Own(scope));
     }
     let path = store
-        .get_version(&run.source, name, run.version)?
+        .get_version(source, name, version)?
         .map(|v| v.path)
         .unwrap_or_default();
     let catalog = store
-        .get_pipeline(&run.source, name)?
+        .get_pipeline(source, name)?
         .filter(|p| !p.retired)
         .map(|p| p.path);
     if catalog.as_deref() == Some(path.as_str()) {

@@ -288,6 +288,13 @@ pub async fn serve(
     config
         .check_auth(options.insecure_no_auth)
         .map_err(ServeError::Unsafe)?;
+    if config.tokens.is_empty() {
+        eprintln!(
+            "gantry: warning: serving without an API token (--insecure-no-auth): every local \
+             user and process that can reach {} can run pipelines and read their logs",
+            config.server.listen
+        );
+    }
     let data_dir = config.storage.data_dir.clone();
     let store = {
         let dir = data_dir.clone();

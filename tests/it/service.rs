@@ -736,6 +736,12 @@ fn serve_refuses_to_start_without_a_token_unless_told_and_then_only_on_loopback(
     let s = GantryServer::start(ServerConfig::new().without_tokens());
     let (status, body) = s.get_without_token("/api/v1/runs");
     assert_eq!(status, 200, "{body}");
+    assert!(
+        s.logs()
+            .contains("gantry: warning: serving without an API token (--insecure-no-auth)"),
+        "{}",
+        s.logs()
+    );
 }
 
 #[test]
