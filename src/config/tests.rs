@@ -636,3 +636,17 @@ fn forge_api_urls_default_per_provider_and_apps_need_both_keys() {
     ));
     assert!(bad.contains("api_url"), "{bad}");
 }
+
+#[test]
+fn the_readmes_service_config_parses() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README");
+    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("its end");
+    let c = ok(&readme[start..end]);
+    let r = &c.repos[0];
+    assert_eq!(r.protected, vec!["main", "release/*", "refs/tags/v*"]);
+    assert_eq!(c.storage.retention, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 20);
+}
