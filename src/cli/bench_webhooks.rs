@@ -139,6 +139,8 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
             data_dir: data_dir.to_path_buf(),
             work_dir: None,
             cache: None,
+            retention: crate::config::DEFAULT_RETENTION,
+            keep_runs: crate::config::DEFAULT_KEEP_RUNS,
         },
         tokens: vec![ApiToken {
             name: "bench".into(),
@@ -159,6 +161,7 @@ fn config(data_dir: &Path, listen: SocketAddr, url: &str) -> Config {
             webhook_secret: Some(SECRET.into()),
             api_url: None,
             github_app: None,
+            protected: vec!["main".into()],
         }],
         local: Default::default(),
     }
@@ -326,6 +329,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
             max_running: 4,
             shutdown_grace: Duration::from_secs(5),
             announce: false,
+            insecure_no_auth: false,
         },
         stop.clone(),
     ));

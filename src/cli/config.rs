@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{exit, open_store};
 use crate::spec::values::{is_identifier, is_pipeline_name};
-use crate::store::ConfigEntry;
+use crate::store::{ConfigEntry, SecretRelease};
 
 #[derive(Debug, clap::Args)]
 pub struct VarsArgs {
@@ -48,13 +48,19 @@ pub struct SecretsArgs {
 pub enum SecretsAction {
     /// Set a secret; the value is read from standard input
     #[command(
-        after_help = "Example: printf %s \"$TOKEN\" | gantry secrets set api_token --pipeline deploy"
+        after_help = "Example: printf %s \"$TOKEN\" | gantry secrets set api_token --pipeline deploy\n\n\
+A secret is protected unless set with --unprotected: only runs at a protected ref of their\n\
+repository ([[repos]] protected, default the watched branch) get it."
     )]
     Set {
         name: String,
         /// Only for this pipeline (overrides the global value)
         #[arg(long)]
         pipeline: Option<String>,
+        /// Also release it to runs at unprotected refs (feature branches, pull request heads,
+        /// forks); for read-only credentials such as a plan's
+        #[arg(long)]
+        unprotected: bool,
     },
     /// List secret names (never values)
     List {
@@ -123,6 +129,7 @@ fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {
             .unwrap_or_default();
         match &e.value {
             Some(v) => println!("{scope}{}={v}", e.name),
+            None if e.unprotected => println!("{scope}{} (unprotected)", e.name),
             None => println!("{scope}{}", e.name),
         }
     }
@@ -279,16 +286,36 @@ pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
         return exit::USAGE;
     };
     let result = match &args.action {
-        SecretsAction::Set { name, pipeline } => store
-            .set_secret(
-                pipeline.as_deref(),
-                name,
-                value.as_deref().unwrap_or_default(),
-            )
-            .map(|()| {
-                eprintln!("secret `{name}` set{}", scope_words(pipeline.as_deref()));
-                exit::OK
-            }),
+        SecretsAction::Set {
+            name,
+            pipeline,
+            unprotected,
+        } => {
+            let release = if *unprotected {
+                SecretRelease::Unprotected
+            } else {
+                SecretRelease::Protected
+            };
+            store
+                .set_secret_with(
+                    pipeline.as_deref(),
+                    name,
+                    value.as_deref().unwrap_or_default(),
+                    release,
+                )
+                .map(|()| {
+                    let words = if *unprotected {
+                        " (unprotected: runs at any ref get it)"
+                    } else {
+                        " (protected: only runs at protected refs get it)"
+                    };
+                    eprintln!(
+                        "secret `{name}` set{}{words}",
+                        scope_words(pipeline.as_deref())
+                    );
+                    exit::OK
+                })
+        }
         SecretsAction::List { json } => store
             .list_secrets()
             .map(|entries| print_entries(&entries, *json, "no secrets")),

@@ -15,6 +15,10 @@ pub struct ServeArgs {
     /// The service config (see README: gantry.toml)
     #[arg(long, short, value_name = "FILE")]
     pub config: PathBuf,
+    /// Serve without [[auth.tokens]]: anyone who can reach the address may use the API, so only
+    /// a loopback address is allowed
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     #[command(flatten)]
     pub knobs: Knobs,
 }
@@ -47,6 +51,7 @@ fn options(knobs: &Knobs) -> Options {
         max_running: usize::from(knobs.max_running),
         shutdown_grace: knobs.shutdown_grace,
         announce: true,
+        insecure_no_auth: false,
     }
 }
 
@@ -78,7 +83,11 @@ pub fn serve(args: &ServeArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    serve_config(config, options(&args.knobs))
+    let options = Options {
+        insecure_no_auth: args.insecure_no_auth,
+        ..options(&args.knobs)
+    };
+    serve_config(config, options)
 }
 
 /// Runs git for `gantry up` with a fixed identity, so it works on a machine with no git config.
@@ -229,6 +238,8 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             data_dir: data_dir.clone(),
             work_dir: None,
             cache: None,
+            retention: crate::config::DEFAULT_RETENTION,
+            keep_runs: crate::config::DEFAULT_KEEP_RUNS,
         },
         tokens: vec![ApiToken {
             name: "admin".into(),
@@ -249,6 +260,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             webhook_secret: None,
             api_url: None,
             github_app: None,
+            protected: vec!["main".into()],
         }],
         local: Default::default(),
     };

@@ -33,6 +33,10 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// API tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
+/// How long ended runs and webhook delivery bodies are kept by default (30 days).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The newest runs per pipeline kept whatever their age, by default.
+pub const DEFAULT_KEEP_RUNS: usize = 20;
 /// Source names that are taken by built-in sources.
 pub const RESERVED_REPO_NAMES: [&str; 2] = ["local", "file"];
 
@@ -107,6 +111,11 @@ pub struct Storage {
     pub work_dir: Option<PathBuf>,
     /// sled's page cache in bytes (`cache`); `None`: the store's default (64 MiB).
     pub cache: Option<u64>,
+    /// `retention`: ended runs and delivery bodies older than this are pruned; zero keeps them
+    /// for ever.
+    pub retention: Duration,
+    /// `keep_runs`: the newest runs of each pipeline kept whatever their age.
+    pub keep_runs: usize,
 }
 
 /// One `[[auth.tokens]]` entry. `Debug` hides the token.
@@ -205,6 +214,9 @@ pub struct RepoConfig {
     pub api_url: Option<String>,
     /// Authenticate to GitHub as an App instead of with `token`.
     pub github_app: Option<GithubApp>,
+    /// Globs of the refs whose runs get protected secrets: a bare name is a branch (`main`,
+    /// `release/*`), a full ref names any ref (`refs/tags/v*`). Default: the watched branch.
+    pub protected: Vec<String>,
 }
 
 /// A GitHub App's credentials.
@@ -238,6 +250,7 @@ impl fmt::Debug for RepoConfig {
             .field("webhook_secret", &hidden(&self.webhook_secret))
             .field("api_url", &self.api_url)
             .field("github_app", &self.github_app)
+            .field("protected", &self.protected)
             .finish()
     }
 }
@@ -268,6 +281,23 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// `gantry serve` needs an API token: without one anyone who can reach the API could run
+    /// pipelines. `insecure_no_auth` (`--insecure-no-auth`) allows none, and then only on a
+    /// loopback address.
+    pub fn check_auth(&self, insecure_no_auth: bool) -> Result<(), String> {
+        if self.tokens.is_empty() && !insecure_no_auth {
+            return Err(
+                "refusing to start without an API token: anyone who can reach the API could run \
+                 pipelines and read their logs; add an [[auth.tokens]] entry, or pass \
+                 --insecure-no-auth to serve without one on a loopback address"
+                    .to_string(),
+            );
+        }
+        self.check_listen_safety()
     }
 }
 
@@ -400,10 +430,39 @@ impl Checker<'_> {
         let server = self.server(server_table);
 
         let mut cache = None;
+        let mut retention = DEFAULT_RETENTION;
+        let mut keep_runs = DEFAULT_KEEP_RUNS;
         let (data_dir, work_dir) = match self.table(table, "", "storage") {
             Some(t) => {
-                self.unknown_keys(t, "storage", &["data_dir", "work_dir", "cache"]);
+                self.unknown_keys(
+                    t,
+                    "storage",
+                    &["data_dir", "work_dir", "cache", "retention", "keep_runs"],
+                );
                 cache = self.size(t, "storage", "cache");
+                if let Some((r, span)) = self.string(t, "storage", "retention") {
+                    match parse_retention(&r) {
+                        Ok(d) => retention = d,
+                        Err(m) => self.error("storage.retention", &span, m),
+                    }
+                }
+                if let Some(v) = t.get("keep_runs") {
+                    match v.get_ref() {
+                        DeValue::Integer(i) => match i.as_str().parse::<usize>() {
+                            Ok(n) => keep_runs = n,
+                            Err(_) => self.error(
+                                "storage.keep_runs",
+                                &v.span(),
+                                "must be a whole number of runs, 0 or more",
+                            ),
+                        },
+                        other => self.error(
+                            "storage.keep_runs",
+                            &v.span(),
+                            format!("expected an integer, found {}", other.type_str()),
+                        ),
+                    }
+                }
                 let dir = |checker: &mut Self, key: &str| match checker.string(t, "storage", key) {
                     Some((d, span)) if d.is_empty() => {
                         checker.error(&join("storage", key), &span, "must not be empty");
@@ -451,6 +510,8 @@ impl Checker<'_> {
                 data_dir,
                 work_dir,
                 cache,
+                retention,
+                keep_runs,
             },
             tokens,
             repos,
@@ -673,6 +734,7 @@ impl Checker<'_> {
                 "api_url",
                 "github_app_id",
                 "github_private_key",
+                "protected",
             ],
         );
         let mut ok = true;
@@ -802,6 +864,27 @@ impl Checker<'_> {
                 .collect(),
         };
 
+        let protected = match self.array(table, path, "protected") {
+            Some((items, _)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let item_path = format!("{}[{i}]", join(path, "protected"));
+                    match self.as_string(&item_path, item) {
+                        Some(g) => {
+                            if let Err(m) = check_ref_glob(&g) {
+                                self.error(&item_path, &item.span(), m);
+                                ok = false;
+                            }
+                            out.push(g);
+                        }
+                        None => ok = false,
+                    }
+                }
+                out
+            }
+            None => vec![branch.clone()],
+        };
+
         let poll_interval = match self.string(table, path, "poll_interval") {
             Some((s, span)) => match parse_duration(&s) {
                 Ok(d) => d,
@@ -902,6 +985,7 @@ impl Checker<'_> {
             webhook_secret,
             api_url,
             github_app,
+            protected,
         })
         .filter(|_| ok)
     }
@@ -1121,6 +1205,24 @@ fn is_var_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// A retention age: a whole number of days (`30d`), or a duration (`12h`, `90m`); `0s` or `0d`
+/// keeps everything.
+fn parse_retention(s: &str) -> Result<Duration, String> {
+    if let Some(days) = s.strip_suffix('d') {
+        return days
+            .parse::<u64>()
+            .ok()
+            .and_then(|d| d.checked_mul(24 * 3600))
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                format!("invalid retention `{s}`: expected days such as `30d`, or a duration such as `12h`")
+            });
+    }
+    parse_duration(s).map_err(|_| {
+        format!("invalid retention `{s}`: expected days such as `30d`, or a duration such as `12h`")
+    })
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut offset = offset.min(text.len());
@@ -1171,6 +1273,21 @@ fn check_repo_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A `protected` entry: a branch glob (`main`, `release/*`) or a glob of full refs
+/// (`refs/tags/v*`), not empty, without spaces, and a glob globset accepts.
+fn check_ref_glob(glob: &str) -> Result<(), String> {
+    if glob.is_empty() || glob.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "must be a branch or ref glob such as `main`, `release/*` or `refs/tags/v*`, not \
+             empty and without spaces"
+                .into(),
+        );
+    }
+    globset::Glob::new(glob)
+        .map(|_| ())
+        .map_err(|e| format!("invalid glob: {e}"))
 }
 
 /// https, http, git, ssh and file URLs, or scp-like `user@host:path`. Never quotes the URL, which

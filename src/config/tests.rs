@@ -112,6 +112,35 @@ fn an_empty_file_gives_every_default() {
     assert!(c.tokens.is_empty());
     assert!(c.repos.is_empty());
     assert_eq!(c.check_listen_safety(), Ok(()));
+    assert_eq!(c.storage.retention, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 20);
+}
+
+#[test]
+fn retention_takes_days_or_a_duration_and_a_floor() {
+    let c = ok("[storage]\nretention = \"7d\"\nkeep_runs = 5\n");
+    assert_eq!(c.storage.retention, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 5);
+    let c = ok("[storage]\nretention = \"12h\"\nkeep_runs = 0\n");
+    assert_eq!(c.storage.retention, Duration::from_secs(12 * 3600));
+    assert_eq!(c.storage.keep_runs, 0);
+    assert_eq!(
+        ok("[storage]\nretention = \"0d\"\n").storage.retention,
+        Duration::ZERO
+    );
+    assert_eq!(
+        one_error("[storage]\nretention = \"a month\"\n"),
+        "2:13: storage.retention: invalid retention `a month`: expected days such as `30d`, or \
+         a duration such as `12h`"
+    );
+    assert_eq!(
+        one_error("[storage]\nkeep_runs = -1\n"),
+        "2:13: storage.keep_runs: must be a whole number of runs, 0 or more"
+    );
+    assert_eq!(
+        one_error("[storage]\nkeep_runs = \"20\"\n"),
+        "2:13: storage.keep_runs: expected an integer, found string"
+    );
 }
 
 #[test]
@@ -125,6 +154,36 @@ fn a_minimal_repo_gets_the_defaults() {
     assert_eq!(r.poll_interval, Duration::from_secs(60));
     assert_eq!(r.token, None);
     assert_eq!(r.webhook_secret, None);
+    assert_eq!(r.protected, vec!["main".to_string()]);
+}
+
+#[test]
+fn protected_refs_default_to_the_watched_branch_and_are_checked() {
+    let c = ok(&format!("{REPO}provider = \"git\"\nbranch = \"trunk\"\n"));
+    assert_eq!(c.repos[0].protected, vec!["trunk".to_string()]);
+    let c = ok(&format!(
+        "{REPO}provider = \"git\"\nprotected = [\"main\", \"release/*\", \"refs/tags/v*\"]\n"
+    ));
+    assert_eq!(
+        c.repos[0].protected,
+        vec![
+            "main".to_string(),
+            "release/*".to_string(),
+            "refs/tags/v*".to_string()
+        ]
+    );
+    let err = one_error(&format!(
+        "{REPO}provider = \"git\"\nprotected = [\"main\", \"bad/[x\"]\n"
+    ));
+    assert!(
+        err.starts_with("5:22: repos[0].protected[1]: invalid glob: "),
+        "{err}"
+    );
+    assert_eq!(
+        one_error(&format!("{REPO}provider = \"git\"\nprotected = [\"\"]\n")),
+        "5:14: repos[0].protected[0]: must be a branch or ref glob such as `main`, `release/*` \
+         or `refs/tags/v*`, not empty and without spaces"
+    );
 }
 
 #[test]
@@ -161,7 +220,7 @@ fn unknown_keys_are_reported_with_a_suggestion() {
         )),
         "5:3: repos[0].poll_intervall: unknown key `poll_intervall`; expected name, url, \
          provider, repo, branch, paths, poll_interval, token, webhook_secret, api_url, \
-         github_app_id, github_private_key (did you mean `poll_interval`?)"
+         github_app_id, github_private_key, protected (did you mean `poll_interval`?)"
     );
     assert_eq!(
         one_error("[sever]\n"),
@@ -576,4 +635,18 @@ fn forge_api_urls_default_per_provider_and_apps_need_both_keys() {
         "{REPO}provider = \"github\"\nrepo = \"acme/infra\"\napi_url = \"ftp://x\"\n"
     ));
     assert!(bad.contains("api_url"), "{bad}");
+}
+
+#[test]
+fn the_readmes_service_config_parses() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README");
+    let start = readme.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + readme[start..].find("```").expect("its end");
+    let c = ok(&readme[start..end]);
+    let r = &c.repos[0];
+    assert_eq!(r.protected, vec!["main", "release/*", "refs/tags/v*"]);
+    assert_eq!(c.storage.retention, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(c.storage.keep_runs, 20);
 }

@@ -198,3 +198,89 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         .expect("a reply");
     assert!(comment::is_gantry_comment(&body), "{body}");
 }
+
+#[test]
+fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = finished_run(&store);
+    // The run's file is the catalog's file of the pipeline: the scope is not what refuses.
+    store
+        .put_pipeline(&crate::store::PipelineRecord {
+            source: "infra".into(),
+            name: "provision-db".into(),
+            path: "p.yaml".into(),
+            version: Some(run.version),
+            commit: Some("abc".into()),
+            valid: true,
+            errors: Vec::new(),
+            retired: false,
+            updated_at: Utc::now(),
+        })
+        .expect("catalog");
+    let pipeline = crate::spec::check(PIPELINE).pipeline.expect("valid");
+    let protected: BTreeMap<String, crate::run::trust::ProtectedRefs> = [(
+        "infra".to_string(),
+        crate::run::trust::ProtectedRefs::new("infra", "main", &["main".into()]).expect("refs"),
+    )]
+    .into();
+    let release = crate::run::trust::release_for(&run, &protected);
+    let prepared = crate::run::start(
+        &store,
+        run.clone(),
+        &pipeline,
+        crate::run::Start {
+            checkout: crate::executor::Checkout::None,
+            limits: crate::executor::Limits::default(),
+            keep_run_dir: false,
+            var_overrides: BTreeMap::new(),
+            release,
+        },
+    )
+    .expect("start");
+    let message = prepared.refusal().expect("refused").to_string();
+    // The run's own text, in the run, the API and the PR comment.
+    assert_eq!(
+        message,
+        "not started: secret `db_password` is protected: runs at `refs/heads/feature` get only \
+         secrets set with --unprotected; protected refs of `infra`: main"
+    );
+    let mut refused = run.clone();
+    refused.status = RunStatus::Failed;
+    refused.message = Some(message);
+    // The commit status, cut to the forge's 140 characters.
+    assert_eq!(
+        run_status(&refused),
+        (
+            StatusState::Failure,
+            "run #1 failed in 2.5s: not started: secret `db_password` is protected: runs at \
+             `refs/heads/feature` get only secrets set with --unprotected…"
+                .into()
+        )
+    );
+    store
+        .update_run(&run.id, |r| {
+            r.status = RunStatus::Failed;
+            r.message = refused.message.clone();
+        })
+        .expect("refuse");
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        head_branch: Some("feature".into()),
+        comment_id: None,
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        invalid: BTreeMap::new(),
+        from_fork: false,
+    };
+    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    assert!(
+        text.contains(
+            "<details><summary><code>provision-db</code> #1: failed</summary>\n\nnot started: \
+             secret `db_password` is protected: runs at `refs/heads/feature` get only secrets \
+             set with --unprotected; protected refs of `infra`: main\n\n"
+        ),
+        "{text}"
+    );
+}

@@ -8,6 +8,7 @@
 
 pub mod queue;
 pub mod recover;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -70,6 +71,13 @@ pub struct Prepared {
     /// Set when the run must fail before any step starts (a missing variable or secret).
     refusal: Option<String>,
     keep_run_dir: bool,
+}
+
+impl Prepared {
+    /// Why the run will fail before any step starts, if it will (it ends with this message).
+    pub fn refusal(&self) -> Option<&str> {
+        self.refusal.as_deref()
+    }
 }
 
 /// "variables `a`, `b` not set (gantry vars set a ...)" when declared names have no value.
@@ -190,6 +198,7 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             limits: req.limits,
             keep_run_dir: req.keep_run_dir,
             var_overrides: req.var_overrides,
+            release: trust::Release::All,
         },
     )
 }
@@ -273,6 +282,8 @@ pub struct Start {
     pub keep_run_dir: bool,
     /// Variables given for this run only; they win over stored ones.
     pub var_overrides: BTreeMap<String, String>,
+    /// Which secrets the run's ref is trusted with (`trust::release_for`).
+    pub release: trust::Release,
 }
 
 /// The scope of a pipeline's own variables and secrets: `source/name`, or the bare name for a
@@ -303,7 +314,9 @@ pub fn param_texts(run: &RunRecord) -> BTreeMap<String, String> {
 }
 
 /// Takes a recorded run to the start line: this process becomes its owner, and its variables
-/// and secrets are resolved (a missing one makes the run fail before any step starts).
+/// and secrets are resolved (a missing one, or a protected one its ref may not have, makes the
+/// run fail before any step starts). The pipeline's own scope counts only when the run's file is
+/// the pipeline's file (`trust::scope_for`).
 pub fn start(
     store: &Store,
     run: RunRecord,
@@ -311,22 +324,41 @@ pub fn start(
     how: Start,
 ) -> Result<Prepared, StartError> {
     let name = pipeline.name().to_string();
-    let scope = config_scope(&run.source, &name);
+    let scope = trust::scope_for(store, &run, &name)?;
+    // Where a missing value would be set: the pipeline's scope, or the global one when the run
+    // may not use the pipeline's.
+    let hint_scope = scope
+        .own()
+        .map(|s| format!(" --pipeline {s}"))
+        .unwrap_or_default();
     let plan = plan::plan(pipeline);
-    let mut vars = store.resolve_vars(&scope, &pipeline.variables)?;
+    let mut vars = store.resolve_vars_for(scope.own(), &pipeline.variables)?;
     vars.extend(how.var_overrides);
-    let secrets = store.resolve_secrets(&scope, &pipeline.secrets)?;
-    let problems: Vec<String> = [
+    let resolved =
+        store.resolve_secrets_for(scope.own(), &pipeline.secrets, how.release.allowed())?;
+    let secrets = resolved.values;
+    // A withheld secret is reported as protected, not as missing.
+    let mut have = secrets.clone();
+    for name in &resolved.withheld {
+        have.insert(name.clone(), String::new());
+    }
+    let mut problems: Vec<String> = [
+        how.release.refusal(&resolved.withheld),
         missing("variable", &pipeline.variables, &vars, |v| {
-            format!("gantry vars set {v} VALUE --pipeline {scope}, or --var {v}=VALUE")
+            format!("gantry vars set {v} VALUE{hint_scope}, or --var {v}=VALUE")
         }),
-        missing("secret", &pipeline.secrets, &secrets, |v| {
-            format!("gantry secrets set {v} --pipeline {scope}, value on stdin")
+        missing("secret", &pipeline.secrets, &have, |v| {
+            format!("gantry secrets set {v}{hint_scope}, value on stdin")
         }),
     ]
     .into_iter()
     .flatten()
     .collect();
+    if !problems.is_empty()
+        && let Some(note) = scope.note()
+    {
+        problems.push(note);
+    }
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
     let run = if run.owner.is_none() {
         store.update_run(&run.id, |r| r.owner = recover::current_owner())?

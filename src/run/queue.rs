@@ -12,7 +12,9 @@
 //! - `skip`: it is recorded as skipped and never starts.
 //!
 //! A group is resolved once, when the run is submitted, from its parameters, variables, git ref
-//! and trigger; groups are global to the service, so pipelines can share one on purpose.
+//! and trigger. Groups are namespaced by the run's source: pipelines of one repository (or of
+//! `local`) can share a group on purpose, but a repository can never wait on, skip or cancel
+//! another source's runs by naming the same group.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::trust::{ProtectedRefs, release_for};
 use super::{Enqueue, Start, StartError, check_params};
 use crate::executor::{Checkout, Executor, GitInfo, Limits, Values};
 use crate::spec::model::{ConcurrencyPolicy, Pipeline};
@@ -41,6 +44,8 @@ pub struct QueueConfig {
     pub limits: Limits,
     pub checkout: Arc<CheckoutFor>,
     pub on_transition: Option<Arc<OnTransition>>,
+    /// The protected refs of each watched repository, by source name (`trust::release_for`).
+    pub protected: BTreeMap<String, ProtectedRefs>,
 }
 
 /// A run to submit.
@@ -83,9 +88,15 @@ struct Inner {
     changes: watch::Sender<u64>,
 }
 
+/// The queue's key of a run's concurrency group: its source and the group as resolved (`\0`
+/// cannot occur in a source name).
+fn group_key(source: &str, group: &str) -> String {
+    format!("{source}\0{group}")
+}
+
 #[derive(Default)]
 struct State {
-    /// Queued run ids, oldest first, with their group.
+    /// Queued run ids, oldest first, with their group key (`group_key`).
     queued: VecDeque<(String, Option<String>)>,
     running: HashMap<String, Active>,
 }
@@ -133,7 +144,11 @@ impl Queue {
     ) -> Result<Queue, StoreError> {
         let mut state = State::default();
         for run in store.queued_runs()? {
-            state.queued.push_back((run.id, run.concurrency));
+            let key = run
+                .concurrency
+                .as_deref()
+                .map(|g| group_key(&run.source, g));
+            state.queued.push_back((run.id, key));
         }
         let (changes, _) = watch::channel(0);
         let queue = Queue {
@@ -189,13 +204,14 @@ impl Queue {
         let store = &self.inner.store;
         let group = match &s.pipeline.concurrency {
             Some(c) => {
-                let scope = super::config_scope(&s.source, s.pipeline.name());
+                // The same variables the run will see (`trust::scope_of`).
+                let scope = super::trust::scope_of(store, &s.source, s.pipeline.name(), s.version)?;
                 let values = Values {
                     params: params
                         .iter()
                         .map(|(k, v)| (k.clone(), v.to_string()))
                         .collect(),
-                    vars: store.resolve_vars(&scope, &s.pipeline.variables)?,
+                    vars: store.resolve_vars_for(scope.own(), &s.pipeline.variables)?,
                     git: s.git.clone(),
                     trigger: s.trigger.kind.clone(),
                     ..Values::default()
@@ -208,12 +224,13 @@ impl Queue {
             }
             None => None,
         };
+        let key = group.as_ref().map(|(g, _)| group_key(&s.source, g));
         let mut state = self.lock();
         let mut status = RunStatus::Queued;
         let mut message = None;
         let mut to_cancel = Vec::new();
-        if let Some((g, policy)) = &group
-            && let Some(busy) = state.group_busy(g, store)
+        if let (Some((g, policy)), Some(key)) = (&group, &key)
+            && let Some(busy) = state.group_busy(key, store)
         {
             match policy {
                 ConcurrencyPolicy::Queue => {}
@@ -227,11 +244,11 @@ impl Queue {
                     to_cancel = state
                         .queued
                         .iter()
-                        .filter(|(_, qg)| qg.as_deref() == Some(g.as_str()))
+                        .filter(|(_, qg)| qg.as_deref() == Some(key.as_str()))
                         .map(|(id, _)| id.clone())
                         .collect();
                     for a in state.running.values() {
-                        if a.group.as_deref() == Some(g.as_str()) {
+                        if a.group.as_deref() == Some(key.as_str()) {
                             a.cancel.cancel();
                         }
                     }
@@ -264,9 +281,7 @@ impl Queue {
             )?;
         }
         if run.status == RunStatus::Queued {
-            state
-                .queued
-                .push_back((run.id.clone(), run.concurrency.clone()));
+            state.queued.push_back((run.id.clone(), key));
         }
         drop(state);
         // The new run was flushed by `enqueue`; the runs it cancelled still need it.
@@ -400,6 +415,7 @@ impl Queue {
             limits: self.inner.config.limits,
             keep_run_dir: false,
             var_overrides: BTreeMap::new(),
+            release: release_for(&run, &self.inner.config.protected),
         };
         let prepared = super::start(&store, run, &pipeline, how).map_err(|e| e.to_string())?;
         store

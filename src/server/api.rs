@@ -22,7 +22,7 @@ use crate::catalog::{self, CatalogError, LOCAL_SOURCE};
 use crate::run::queue::{QueueError, Submit};
 use crate::run::{self, StartError};
 use crate::spec::values;
-use crate::store::{PipelineRecord, RunRecord, RunStatus, StoreError, Trigger};
+use crate::store::{PipelineRecord, RunRecord, RunStatus, SecretRelease, StoreError, Trigger};
 
 /// An API error: a status and a sentence.
 #[derive(Debug)]
@@ -381,10 +381,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "put",
         path: "/api/v1/secrets/{var}",
-        summary: "Set a global secret (write-only, encrypted at rest)",
+        summary: "Set a global secret (write-only, encrypted at rest; protected unless `unprotected` is true)",
         auth: true,
         query: &[],
-        body: Some("Value"),
+        body: Some("SecretValue"),
         responses: &[
             (204, "set", None),
             (400, "a bad name", Some("Error")),
@@ -407,10 +407,10 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "put",
         path: "/api/v1/pipelines/{source}/{name}/secrets/{var}",
-        summary: "Set a secret of one pipeline (write-only, encrypted at rest)",
+        summary: "Set a secret of one pipeline (write-only, encrypted at rest; protected unless `unprotected` is true)",
         auth: true,
         query: &[],
-        body: Some("Value"),
+        body: Some("SecretValue"),
         responses: &[
             (204, "set", None),
             (400, "a bad name", Some("Error")),
@@ -1096,6 +1096,9 @@ fn tokio_stream_from<T: Send + 'static>(
 #[derive(Deserialize)]
 struct ValueBody {
     value: String,
+    /// Secrets only: release to runs at unprotected refs.
+    #[serde(default)]
+    unprotected: Option<bool>,
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -1131,10 +1134,28 @@ fn set_config(
     body: &Bytes,
 ) -> ApiResult<StatusCode> {
     check_name(name)?;
-    let ValueBody { value } = parse_json(body, "{\"value\": \"...\"}")?;
+    let ValueBody { value, unprotected } = match kind {
+        Kind::Var => parse_json(body, "{\"value\": \"...\"}")?,
+        Kind::Secret => parse_json(body, "{\"value\": \"...\", \"unprotected\": false}")?,
+    };
     match kind {
+        Kind::Var if unprotected.is_some() => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "`unprotected` applies to secrets only; variables go to every run",
+            ));
+        }
         Kind::Var => state.store.set_var(scope.as_deref(), name, &value)?,
-        Kind::Secret => state.store.set_secret(scope.as_deref(), name, &value)?,
+        Kind::Secret => {
+            let release = if unprotected.unwrap_or(false) {
+                SecretRelease::Unprotected
+            } else {
+                SecretRelease::Protected
+            };
+            state
+                .store
+                .set_secret_with(scope.as_deref(), name, &value, release)?
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -487,8 +487,10 @@ async fn changed_paths(mirror: &Mirror, old: Option<String>, new: &str) -> Vec<S
     .unwrap_or_default()
 }
 
-/// The version a run of `at` uses: the pipeline's current one when the text is the same, else
-/// the text recorded as a new version pinned to `commit` (a branch or PR head that changed it).
+/// The version a run of `at` uses: the pipeline's current one when the text and the file are the
+/// same, else the text recorded as a new version pinned to `commit` (a branch or PR head that
+/// changed it, or a file of another path naming the same pipeline: the version's path is what
+/// decides whether the run gets the pipeline's own scope, see `run::trust`).
 fn version_for(store: &Store, source: &str, at: &AtCommit, commit: &str) -> Result<u32, String> {
     let current = store
         .get_pipeline(source, &at.name)
@@ -497,6 +499,7 @@ fn version_for(store: &Store, source: &str, at: &AtCommit, commit: &str) -> Resu
     if let Some(v) = current
         && let Ok(Some(version)) = store.get_version(source, &at.name, v)
         && version.text == at.text
+        && version.path == at.path
     {
         return Ok(v);
     }

@@ -7,12 +7,14 @@
 //!   `poll_interval` or when woken), so a slow or unreachable repository delays only itself;
 //! - the scheduler loop (`trigger::schedule`), which submits due ticks to the queue;
 //! - the run queue (`run::queue`);
+//! - the retention loop, which prunes old runs and webhook bodies (`store::prune`);
 //! - the HTTP server (`api.rs`, with bearer-token auth in `auth`).
 //!
 //! SIGTERM or SIGINT stops the listener and the loops, gives running runs the grace period to
 //! finish, and marks the rest interrupted; queued runs wait in the store for the next start.
 
 pub mod api;
+pub mod guard;
 pub mod hooks;
 pub mod openapi;
 
@@ -86,6 +88,8 @@ pub struct Options {
     pub shutdown_grace: Duration,
     /// Called with the bound address once the server listens (`gantry up` prints it).
     pub announce: bool,
+    /// Serve without `[[auth.tokens]]` (`--insecure-no-auth`), on loopback only.
+    pub insecure_no_auth: bool,
 }
 
 impl Default for Options {
@@ -94,6 +98,7 @@ impl Default for Options {
             max_running: 4,
             shutdown_grace: Duration::from_secs(30),
             announce: true,
+            insecure_no_auth: false,
         }
     }
 }
@@ -112,6 +117,8 @@ pub enum ServeError {
     },
     #[error("the HTTP server stopped: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Trust(#[from] crate::run::trust::TrustError),
     #[error("the route table names `{method} {path}`, which has no handler")]
     Route { method: String, path: String },
     #[error(transparent)]
@@ -212,6 +219,20 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
         .collect()
 }
 
+/// The protected refs of every watched repository.
+pub fn protected_refs(
+    config: &Config,
+) -> Result<BTreeMap<String, crate::run::trust::ProtectedRefs>, crate::run::trust::TrustError> {
+    config
+        .repos
+        .iter()
+        .map(|r| {
+            crate::run::trust::ProtectedRefs::new(&r.name, &r.branch, &r.protected)
+                .map(|p| (r.name.clone(), p))
+        })
+        .collect()
+}
+
 /// The forge client of every repository that reports to a forge.
 pub fn forge_clients(config: &Config) -> BTreeMap<String, crate::forge::api::ClientConfig> {
     use crate::forge::api::{Auth, ClientConfig};
@@ -257,7 +278,12 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
             open = open.route(route.path, handler);
         }
     }
-    let guarded = guarded.layer(middleware::from_fn_with_state(state.clone(), auth));
+    let guarded = guarded
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::same_site,
+        ));
     Ok(open
         .merge(guarded)
         .fallback(|| async {
@@ -327,7 +353,16 @@ pub async fn serve(
     options: Options,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
-    config.check_listen_safety().map_err(ServeError::Unsafe)?;
+    config
+        .check_auth(options.insecure_no_auth)
+        .map_err(ServeError::Unsafe)?;
+    if config.tokens.is_empty() {
+        eprintln!(
+            "gantry: warning: serving without an API token (--insecure-no-auth): every local \
+             user and process that can reach {} can run pipelines and read their logs",
+            config.server.listen
+        );
+    }
     harden_process();
     let (executor, limits) = local_executor(&config.local)?;
     let data_dir = config.storage.data_dir.clone();
@@ -400,6 +435,7 @@ pub async fn serve(
             limits,
             checkout: Arc::new(checkout),
             on_transition: Some(Arc::new(on_transition)),
+            protected: protected_refs(&config)?,
         },
     )?;
     let state = AppState {
@@ -442,6 +478,14 @@ pub async fn serve(
     tasks.spawn(schedule_loop(store.clone(), queue.clone(), loops.clone()));
     tasks.spawn(hooks::process_loop(state.clone(), loops.clone()));
     tasks.spawn(outbox.clone().run(loops.clone()));
+    tasks.spawn(retention_loop(
+        store.clone(),
+        crate::store::Retention {
+            max_age: config.storage.retention,
+            keep_runs: config.storage.keep_runs,
+        },
+        loops.clone(),
+    ));
 
     let signal = stop.clone();
     tokio::spawn(async move {
@@ -466,6 +510,41 @@ pub async fn serve(
     while tasks.join_next().await.is_some() {}
     store.flush_async().await?;
     served.map_err(ServeError::Http)
+}
+
+/// How often the retention loop prunes: a quarter of the retention age, between a second and an
+/// hour (pruning is a pass over the runs and deliveries, cheap next to the age it enforces).
+fn prune_interval(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+/// Prunes ended runs and processed delivery bodies past the retention age (`store::prune`) soon
+/// after start and then every `prune_interval`; a zero age keeps everything.
+async fn retention_loop(store: Store, policy: crate::store::Retention, stop: CancellationToken) {
+    if policy.max_age.is_zero() {
+        return;
+    }
+    let every = prune_interval(policy.max_age);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let store = store.clone();
+        let pruned =
+            tokio::task::spawn_blocking(move || store.prune(chrono::Utc::now(), &policy)).await;
+        match pruned {
+            Ok(Ok(p)) if p.runs > 0 || p.delivery_bodies > 0 => eprintln!(
+                "gantry: retention: pruned {} runs and {} webhook delivery bodies older than {}",
+                p.runs,
+                p.delivery_bodies,
+                crate::spec::values::format_duration(policy.max_age)
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("gantry: warning: retention: {e}"),
+            Err(e) => eprintln!("gantry: warning: retention stopped abnormally: {e}"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

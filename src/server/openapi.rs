@@ -74,7 +74,8 @@ fn schemas() -> Value {
     }
     let config_entry = json!({"type": "object", "required": ["name"],
         "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
-            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"}}});
+            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"},
+            "unprotected": {"type": "boolean", "description": "secrets only: released to runs at unprotected refs; absent means protected"}}});
     json!({
         "Error": error,
         "Run": run,
@@ -83,11 +84,14 @@ fn schemas() -> Value {
         "Pipeline": pipeline,
         "PipelineDetail": detail,
         "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
-        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself"}}},
+        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"}}},
         "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1}}},
         "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
         "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
+        "SecretValue": {"type": "object", "required": ["value"], "properties": {
+            "value": {"type": "string"},
+            "unprotected": {"type": "boolean", "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
         "ConfigList": {"type": "object", "properties": {
             "variables": {"type": "array", "items": config_entry.clone()},
             "secrets": {"type": "array", "items": config_entry}}},
@@ -117,6 +121,17 @@ pub fn document() -> Value {
                 r["content"] = content(schema);
             }
             responses.insert(status.to_string(), r);
+        }
+        // The guard in front of state-changing calls (`guard.rs`).
+        if route.path.starts_with("/api/v1/") && matches!(route.method, "post" | "put" | "delete") {
+            responses.insert(
+                "415".into(),
+                json!({"description": "no `Content-Type: application/json`", "content": content("Error")}),
+            );
+            responses.insert(
+                "403".into(),
+                json!({"description": "a Host or Origin that is neither public_url nor loopback", "content": content("Error")}),
+            );
         }
         let mut parameters: Vec<Value> = route
             .path
@@ -152,7 +167,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Gantry API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Pipelines, runs, logs, variables and secrets of a Gantry server. Authenticate with `Authorization: Bearer <token>` (a token from [[auth.tokens]] in gantry.toml)."
+            "description": "Pipelines, runs, logs, variables and secrets of a Gantry server. Authenticate with `Authorization: Bearer <token>` (a token from [[auth.tokens]] in gantry.toml). State-changing calls (POST, PUT, DELETE) must send `Content-Type: application/json`, also without a body (415 otherwise; a pipeline's PUT also takes the YAML itself as `application/yaml`), and a `Host`, and an `Origin` when there is one, naming the server's public_url or a loopback address (403 otherwise): no cross-site requests, no DNS rebinding. Webhooks under /hooks are checked by their signatures instead."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -187,6 +202,15 @@ mod tests {
             if let Some(b) = route.body {
                 assert!(schemas.contains_key(b), "schema {b}");
             }
+            let op = &doc["paths"][route.path][route.method];
+            let guarded = route.path.starts_with("/api/v1/") && route.method != "get";
+            assert_eq!(
+                op["responses"]["415"].is_object() && op["responses"]["403"].is_object(),
+                guarded,
+                "{} {} documents the guard exactly when it applies",
+                route.method,
+                route.path
+            );
             assert!(
                 super::super::api::handler(route.method, route.path).is_some(),
                 "no handler for {} {}",

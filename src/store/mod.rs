@@ -1,6 +1,6 @@
 //! The store: the only module that touches the embedded database (sled).
 //!
-//! # Layout (schema version 1)
+//! # Layout (schema version 2)
 //!
 //! Every value is JSON unless noted; `\0` separates key parts; numbers in keys are big-endian so
 //! that sled's byte order is their numeric order.
@@ -16,7 +16,7 @@
 //! | `outputs` | `run id \0 step \0 name` | `{secret, value}`; a secret value is sealed |
 //! | `publications` | `run id \0 step` | the resolved resource; secret credential values sealed |
 //! | `vars` | `pipeline or "" \0 name` | the value (UTF-8 bytes) |
-//! | `secrets` | `pipeline or "" \0 name` | sealed value (`crypto.rs`), the key is its associated data |
+//! | `secrets` | `pipeline or "" \0 name` | a release flag byte (0 protected, 1 unprotected), then the sealed value (`crypto.rs`); the associated data is the key (protected) or `key \0 unprotected` |
 //! | `pipelines` | `source \0 name` | `PipelineRecord` |
 //! | `sources` | repository name | `SourceState` |
 //! | `schedule_marks` | `source \0 name \0 schedule index:u16` | last fire time, ms since the epoch, i64 big-endian |
@@ -43,17 +43,30 @@
 //! be as fresh as the background flush keeps them. Flushing each one would cost an fsync per step,
 //! more than starting the step's process does.
 //!
+//! # Retention
+//!
+//! `prune` (in `retention.rs`) removes ended runs older than the configured age (with their
+//! steps, log chunks and outputs) beyond a floor of the newest runs per pipeline, and empties the
+//! body of old processed deliveries (their record stays, so their id is still a duplicate).
+//! Queued and running runs, runs that published something, and unprocessed deliveries are never
+//! pruned.
+//!
 //! # Migrations
 //!
 //! `open` reads `meta/schema_version`: a new database gets the current version; an older one is
 //! migrated step by step in `migrate`; a newer one is refused (an older Gantry must not rewrite a
 //! layout it does not know).
+//!
+//! - 1 → 2: each `secrets` value gets the release flag byte in front, 0 (protected): secrets set
+//!   before releases existed stay where they were trusted. The sealed bytes and their associated
+//!   data do not change, so the migration needs no master key.
 
 mod catalog;
 mod config;
 pub mod crypto;
 mod forge;
 pub mod records;
+mod retention;
 mod runs;
 
 use std::path::{Path, PathBuf};
@@ -62,12 +75,14 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use config::ResolvedSecrets;
 pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
 pub use records::*;
+pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, new_run_id};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -398,7 +413,9 @@ impl Store {
     /// what changed and records its version, so an interrupted migration resumes where it stopped.
     fn migrate(&self, mut from: u32) -> Result<(), StoreError> {
         while from < SCHEMA_VERSION {
-            // No earlier layout has shipped; the first migration goes here, as `from => { ... }`.
+            if from == 1 {
+                self.migrate_secrets_v2()?;
+            }
             from += 1;
             self.inner
                 .meta
@@ -407,6 +424,31 @@ impl Store {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// 1 → 2: the release flag in front of every secret (protected). The values and the new
+    /// schema version are written in one transaction, so a crash leaves either all of it or
+    /// none (a half-done run would otherwise prefix some values twice when resumed).
+    fn migrate_secrets_v2(&self) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let mut old = Vec::new();
+        for entry in self.inner.secrets.iter() {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            old.push((k, v));
+        }
+        let written: Result<(), sled::transaction::TransactionError<()>> =
+            (&self.inner.secrets, &self.inner.meta).transaction(|(secrets, meta)| {
+                for (k, v) in &old {
+                    secrets.insert(k.as_ref(), config::v1_secret_to_v2(v))?;
+                }
+                meta.insert(b"schema_version".as_ref(), &2u32.to_be_bytes())?;
+                Ok(())
+            });
+        match written {
+            Ok(()) => Ok(()),
+            Err(sled::transaction::TransactionError::Storage(e)) => Err(self.db_err(e)),
+            Err(sled::transaction::TransactionError::Abort(())) => Ok(()),
+        }
     }
 
     /// Makes every write so far durable.

@@ -246,6 +246,21 @@ pub struct ConfigEntry {
     /// The value of a variable; always `None` for a secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// A secret released to runs at unprotected refs (`--unprotected`); always false for a
+    /// variable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unprotected: bool,
+}
+
+/// Which runs a secret is released to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretRelease {
+    /// Only runs at a protected ref of their repository (and runs Gantry trusts: local pipelines,
+    /// `gantry run FILE`, manual and scheduled runs). What a secret is unless set otherwise.
+    Protected,
+    /// Every run that declares it, also at a feature branch, a pull request's head or a fork.
+    Unprotected,
 }
 
 /// A pipeline Gantry knows of: from a watched repository (`source` is the repository's name) or

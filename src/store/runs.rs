@@ -73,7 +73,8 @@ struct StoredOutput {
 impl Store {
     // ---- pipeline versions -------------------------------------------------------------------
 
-    /// Records `text` as the newest version of `source/name` unless it equals the newest already;
+    /// Records `text` (read from `path`) as the newest version of `source/name` unless the newest
+    /// already has the same text, path and commit;
     /// returns the version number in either case.
     pub fn record_version(
         &self,
@@ -87,6 +88,7 @@ impl Store {
         let latest = self.latest_version(source, name)?;
         if let Some(latest) = &latest
             && latest.text == text
+            && latest.path == path
             && latest.commit.as_deref() == commit
         {
             return Ok(latest.version);

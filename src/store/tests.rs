@@ -514,3 +514,299 @@ fn a_log_is_followed_by_seeking_and_its_tail_read_from_the_end() {
     assert_eq!(texts[11], "s0 c5 new");
     assert_eq!(store.log_tail("r1", 7, 5).expect("no such step").len(), 0);
 }
+
+#[test]
+fn unprotected_runs_get_only_unprotected_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .set_secret(None, "apply_key", "apply-value")
+        .expect("set");
+    store
+        .set_secret_with(None, "plan_key", "plan-value", SecretRelease::Unprotected)
+        .expect("set");
+    // The pipeline's own entry is protected; the global one of the same name is released.
+    store
+        .set_secret(Some("infra/deploy"), "cloud", "pipeline-apply")
+        .expect("set");
+    store
+        .set_secret_with(None, "cloud", "global-plan", SecretRelease::Unprotected)
+        .expect("set");
+    let names: Vec<String> = ["apply_key", "plan_key", "cloud", "unset"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let trusted = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(trusted.withheld, Vec::<String>::new());
+    assert_eq!(trusted.values["apply_key"], "apply-value");
+    assert_eq!(trusted.values["plan_key"], "plan-value");
+    assert_eq!(trusted.values["cloud"], "pipeline-apply");
+    assert!(!trusted.values.contains_key("unset"));
+
+    let branch = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert_eq!(branch.withheld, vec!["apply_key".to_string()]);
+    assert_eq!(branch.values.get("apply_key"), None);
+    assert_eq!(branch.values["plan_key"], "plan-value");
+    assert_eq!(branch.values["cloud"], "global-plan");
+    assert!(!branch.values.contains_key("unset"));
+
+    // Without a scope only global entries count.
+    let unscoped = store
+        .resolve_secrets_for(None, &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(unscoped.values["cloud"], "global-plan");
+
+    let listed: Vec<(Option<String>, String, bool)> = store
+        .list_secrets()
+        .expect("list")
+        .into_iter()
+        .map(|e| (e.pipeline, e.name, e.unprotected))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (None, "apply_key".into(), false),
+            (None, "cloud".into(), true),
+            (None, "plan_key".into(), true),
+            (Some("infra/deploy".into()), "cloud".into(), false),
+        ]
+    );
+    // Setting a secret again without the release makes it protected again.
+    store.set_secret(None, "plan_key", "plan-2").expect("set");
+    let again = store
+        .resolve_secrets_for(None, &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert!(again.withheld.contains(&"plan_key".to_string()));
+}
+
+#[test]
+fn a_flipped_release_flag_does_not_release_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store
+        .set_secret(None, "apply_key", "apply-value")
+        .expect("set");
+    let k = super::key(&[b"", b"apply_key"]);
+    let mut stored = store
+        .inner
+        .secrets
+        .get(&k)
+        .expect("get")
+        .expect("stored")
+        .to_vec();
+    assert_eq!(stored[0], 0, "protected flag first");
+    stored[0] = 1;
+    store.inner.secrets.insert(&k, stored).expect("write");
+    let err = store
+        .resolve_secrets_for(None, &["apply_key".into()], SecretRelease::Unprotected)
+        .expect_err("a tampered flag must not open");
+    assert!(err.to_string().contains("secret `apply_key`"), "{err}");
+}
+
+#[test]
+fn secrets_of_a_version_1_store_read_as_protected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = Store::open(dir.path()).expect("open");
+        // What version 1 wrote: the sealed value alone, with its key as associated data.
+        let k = super::key(&[b"infra/deploy", b"apply_key"]);
+        let sealed = store
+            .master_key(true)
+            .expect("key")
+            .seal(&k, b"old-value")
+            .expect("seal");
+        store.inner.secrets.insert(&k, sealed).expect("write");
+        store
+            .inner
+            .meta
+            .insert(b"schema_version", &1u32.to_be_bytes())
+            .expect("write");
+        store.flush().expect("flush");
+    }
+    let store = Store::open(dir.path()).expect("migrated");
+    let version = store
+        .inner
+        .meta
+        .get(b"schema_version")
+        .expect("get")
+        .expect("version");
+    assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+    let names = vec!["apply_key".to_string()];
+    let trusted = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Protected)
+        .expect("resolve");
+    assert_eq!(trusted.values["apply_key"], "old-value");
+    let branch = store
+        .resolve_secrets_for(Some("infra/deploy"), &names, SecretRelease::Unprotected)
+        .expect("resolve");
+    assert_eq!(branch.withheld, names);
+    drop(store);
+    // Opening again does not migrate twice.
+    let store = Store::open(dir.path()).expect("reopen");
+    assert_eq!(
+        store
+            .resolve_secrets("infra/deploy", &names)
+            .expect("resolve")["apply_key"],
+        "old-value"
+    );
+}
+
+fn ended_run(store: &Store, source: &str, pipeline: &str) -> RunRecord {
+    let mut new = new_run(pipeline);
+    new.source = source.into();
+    let run = store.create_run(new).expect("run");
+    store
+        .put_log_chunk(
+            &run.id,
+            0,
+            0,
+            &[LogLine {
+                at: Utc::now(),
+                attempt: 1,
+                stream: Stream::Stdout,
+                text: format!("log of {}", run.id),
+            }],
+        )
+        .expect("log");
+    store
+        .put_output(&run.id, "a", "out", "v", false)
+        .expect("output");
+    store
+        .end_run(&run.id, RunStatus::Succeeded, None)
+        .expect("end")
+}
+
+#[test]
+fn prune_keeps_active_recent_published_and_the_newest_runs_per_pipeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    // The oldest run of `a` is still queued, and one is running.
+    let queued = store.create_run(new_run("a")).expect("run");
+    let running = store.create_run(new_run("a")).expect("run");
+    store
+        .update_run(&running.id, |r| r.status = RunStatus::Running)
+        .expect("running");
+    let published = ended_run(&store, "file", "a");
+    store
+        .put_publication(
+            &published.id,
+            "a",
+            &Publication {
+                name: "db".into(),
+                version: "1.0.0".into(),
+                category: Category::Database,
+                description: None,
+                tags: Vec::new(),
+                properties: BTreeMap::new(),
+                credentials: Vec::new(),
+            },
+        )
+        .expect("publication");
+    let a: Vec<RunRecord> = (0..25).map(|_| ended_run(&store, "file", "a")).collect();
+    let b: Vec<RunRecord> = (0..3).map(|_| ended_run(&store, "file", "b")).collect();
+    // Same pipeline name, another source: its own floor.
+    let other: Vec<RunRecord> = (0..2).map(|_| ended_run(&store, "infra", "a")).collect();
+    let policy = Retention {
+        max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+        keep_runs: 20,
+    };
+
+    // Nothing is old yet.
+    let now = Utc::now();
+    assert_eq!(store.prune(now, &policy).expect("prune"), Pruned::default());
+
+    let later = now + chrono::Duration::days(31);
+    let pruned = store.prune(later, &policy).expect("prune");
+    assert_eq!(pruned.runs, 5, "{pruned:?}");
+    // The newest 20 of file/a are kept; the 5 before them went; the active and the published
+    // run stay whatever their age.
+    for r in &a[..5] {
+        assert_eq!(store.get_run(&r.id).expect("get"), None, "{}", r.id);
+        assert!(store.steps(&r.id).expect("steps").is_empty());
+        assert!(store.logs(&r.id, None, None).expect("logs").0.is_empty());
+        assert!(store.outputs(&r.id).expect("outputs").is_empty());
+    }
+    for r in a[5..].iter().chain(&b).chain(&other) {
+        assert!(store.get_run(&r.id).expect("get").is_some(), "{}", r.id);
+        assert_eq!(store.logs(&r.id, None, None).expect("logs").0.len(), 1);
+    }
+    for id in [&queued.id, &running.id, &published.id] {
+        assert!(store.get_run(id).expect("get").is_some(), "{id}");
+    }
+    assert_eq!(store.steps(&queued.id).expect("steps").len(), 2);
+    // Pruning again removes nothing more.
+    assert_eq!(store.prune(later, &policy).expect("prune").runs, 0);
+    // A smaller floor lets more go.
+    let tight = Retention {
+        keep_runs: 1,
+        ..policy
+    };
+    assert_eq!(store.prune(later, &tight).expect("prune").runs, 19 + 2 + 1);
+}
+
+#[test]
+fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let delivery = |id: &str| DeliveryRecord {
+        forge: "github".into(),
+        id: id.into(),
+        source: "infra".into(),
+        event: "push".into(),
+        body: "{\"ref\":\"refs/heads/main\"}".into(),
+        received_at: Utc::now(),
+        outcome: None,
+        processed_at: None,
+        attempts: 0,
+        retry_at: None,
+        last_error: None,
+        head: None,
+    };
+    assert!(store.accept_delivery(&delivery("done")).expect("accept"));
+    assert!(store.accept_delivery(&delivery("waiting")).expect("accept"));
+    let (seq, record) = store
+        .pending_deliveries(10, usize::MAX)
+        .expect("pending")
+        .into_iter()
+        .find(|(_, r)| r.id == "done")
+        .expect("queued");
+    store
+        .finish_delivery(seq, &record, "ran 1".into(), true)
+        .expect("finish");
+    let policy = Retention {
+        max_age: std::time::Duration::from_secs(24 * 3600),
+        keep_runs: 0,
+    };
+    assert_eq!(
+        store
+            .prune(Utc::now(), &policy)
+            .expect("prune")
+            .delivery_bodies,
+        0
+    );
+    let later = Utc::now() + chrono::Duration::days(2);
+    assert_eq!(
+        store.prune(later, &policy).expect("prune").delivery_bodies,
+        1
+    );
+    let done = store
+        .get_delivery("github", "done")
+        .expect("get")
+        .expect("kept");
+    assert_eq!(done.body, "");
+    assert_eq!(done.outcome.as_deref(), Some("ran 1"));
+    let waiting = store
+        .get_delivery("github", "waiting")
+        .expect("get")
+        .expect("kept");
+    assert!(
+        !waiting.body.is_empty(),
+        "an unprocessed delivery keeps its body"
+    );
+    // Its id is still known: a redelivery is a duplicate.
+    assert!(!store.accept_delivery(&delivery("done")).expect("accept"));
+}

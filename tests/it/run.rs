@@ -669,6 +669,58 @@ steps:
 }
 
 #[test]
+fn secrets_set_unprotected_is_listed_and_setting_again_protects() {
+    let s = Scratch::new();
+    let set = |args: &[&str]| {
+        let mut child = s
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"plan-value")
+            .expect("write secret");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let said = set(&["secrets", "set", "plan_key", "--unprotected"]);
+    assert!(
+        said.contains(
+            "secret `plan_key` set in the global scope (unprotected: runs at any ref get it)"
+        ),
+        "{said}"
+    );
+    s.secret("apply_key", "apply-value", Some("infra/deploy"));
+    let listed = text(&s.gantry(&["secrets", "list"]).stdout);
+    assert_eq!(
+        listed, "plan_key (unprotected)\ninfra/deploy/apply_key\n",
+        "{listed}"
+    );
+    let json = s.gantry(&["secrets", "list", "--json"]);
+    let v: Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"pipeline": null, "name": "plan_key", "unprotected": true},
+            {"pipeline": "infra/deploy", "name": "apply_key"}
+        ])
+    );
+    let said = set(&["secrets", "set", "plan_key"]);
+    assert!(
+        said.contains("(protected: only runs at protected refs get it)"),
+        "{said}"
+    );
+    let listed = text(&s.gantry(&["secrets", "list"]).stdout);
+    assert!(listed.starts_with("plan_key\n"), "{listed}");
+}
+
+#[test]
 fn vars_and_secrets_commands() {
     let s = Scratch::new();
     assert_eq!(

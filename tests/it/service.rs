@@ -674,6 +674,188 @@ fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
     assert_eq!(s.get_json("/api/v1/sources")["sources"], json!([]));
 }
 
+/// Runs `gantry serve` on `config` until it exits (it must refuse within the timeout); returns
+/// its exit code and what it printed on stderr.
+fn serve_refusal(config: &str, args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("gantry.toml");
+    std::fs::write(&path, config).expect("write the config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .env_remove("GANTRY_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gantry starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("gantry serve did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token_unless_told_and_then_only_on_loopback() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let tokenless = ServerConfig {
+        tokens: Vec::new(),
+        ..ServerConfig::new()
+    };
+    let port = free_port();
+    let config = tokenless.render(port, data.path());
+    let (code, stderr) = serve_refusal(&config, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "refusing to start without an API token: anyone who can reach the API could run \
+             pipelines and read their logs; add an [[auth.tokens]] entry, or pass \
+             --insecure-no-auth to serve without one on a loopback address"
+        ),
+        "{stderr}"
+    );
+    let everywhere = config.replace(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        &format!("listen = \"0.0.0.0:{port}\""),
+    );
+    let (code, stderr) = serve_refusal(&everywhere, &["--insecure-no-auth"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("refusing to listen on 0.0.0.0"), "{stderr}");
+
+    // Told, on loopback: it serves, and the API needs no token.
+    let s = GantryServer::start(ServerConfig::new().without_tokens());
+    let (status, body) = s.get_without_token("/api/v1/runs");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        s.logs()
+            .contains("gantry: warning: serving without an API token (--insecure-no-auth)"),
+        "{}",
+        s.logs()
+    );
+}
+
+#[test]
+fn state_changing_calls_need_json_and_this_servers_host_or_origin() {
+    let s = GantryServer::start(ServerConfig::new());
+    let bearer = ("authorization".to_owned(), format!("Bearer {TOKEN}"));
+    let json_type = ("content-type".to_owned(), "application/json".to_owned());
+    let value = br#"{"value": "x"}"#.to_vec();
+
+    // No content type, or a type a form can send: 415, with the JSON error shape.
+    let (status, body) = s.request_with(
+        "POST",
+        "/api/v1/sources/nope/sync",
+        std::slice::from_ref(&bearer),
+        None,
+    );
+    assert_eq!(status, 415, "{body}");
+    assert!(
+        parse(&body)["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("needs `Content-Type: application/json`")),
+        "{body}"
+    );
+    for form in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let (status, body) = s.request(
+            "PUT",
+            "/api/v1/variables/greeting",
+            Some(TOKEN),
+            Some((form, value.clone())),
+        );
+        assert_eq!(status, 415, "{form}: {body}");
+    }
+    assert_eq!(
+        s.get_json("/api/v1/variables")["variables"],
+        json!([]),
+        "nothing was set"
+    );
+
+    // Another name for this server (DNS rebinding) or another site's page: 403.
+    let foreign_host = ("host".to_owned(), format!("evil.example:{}", s.port()));
+    let (status, body) = s.request_with(
+        "PUT",
+        "/api/v1/variables/greeting",
+        &[bearer.clone(), json_type.clone(), foreign_host],
+        Some(value.clone()),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("DNS rebinding"), "{body}");
+    let foreign_origin = ("origin".to_owned(), "https://evil.example".to_owned());
+    let (status, body) = s.request_with(
+        "DELETE",
+        "/api/v1/variables/greeting",
+        &[bearer.clone(), json_type.clone(), foreign_origin],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(parse(&body)["error"].is_string(), "{body}");
+
+    // JSON from this server's own page (its public_url, here loopback) is fine.
+    let own_origin = ("origin".to_owned(), s.url());
+    let (status, body) = s.request_with(
+        "PUT",
+        "/api/v1/variables/greeting",
+        &[bearer.clone(), json_type.clone(), own_origin],
+        Some(value.clone()),
+    );
+    assert_eq!(status, 204, "{body}");
+
+    // Webhooks are not subject to it: they are checked by signature.
+    let (status, body) = s.request_with(
+        "POST",
+        "/hooks/github",
+        &[("content-type".to_owned(), "text/plain".to_owned())],
+        Some(b"{}".to_vec()),
+    );
+    assert!(status != 415 && status != 403, "{status} {body}");
+}
+
+#[test]
+fn the_server_prunes_ended_runs_past_the_retention_age_but_not_active_ones() {
+    let s =
+        GantryServer::start(ServerConfig::new().storage_toml("retention = \"2s\"\nkeep_runs = 1"));
+    put_local(&s, "quick", &pipeline("quick", "", "echo quick"));
+    put_local(&s, "slow", &pipeline("slow", "", "sleep 30"));
+    let first = start(&s, "local/quick", json!({}));
+    assert_eq!(wait_ended(&s, &id(&first))["status"], "succeeded");
+    let second = start(&s, "local/quick", json!({}));
+    assert_eq!(wait_ended(&s, &id(&second))["status"], "succeeded");
+    // Two runs of `slow`: the older one is past the floor but running.
+    let slow = start(&s, "local/slow", json!({}));
+    start(&s, "local/slow", json!({}));
+    // The older run of `quick` goes once it is past the age; the newest stays (the floor).
+    s.wait_until("the older run to be pruned", WAIT, || {
+        s.get(&format!("/api/v1/runs/{}", id(&first))).0 == 404
+    });
+    assert_eq!(s.get(&format!("/api/v1/runs/{}", id(&second))).0, 200);
+    let (status, body) = s.get(&format!("/api/v1/runs/{}/logs", id(&first)));
+    assert_eq!(status, 404, "{body}");
+    // A running run is never pruned, whatever its age.
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, body) = s.get(&format!("/api/v1/runs/{}", id(&slow)));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["status"], "running", "{body}");
+    assert!(
+        s.logs().contains("gantry: retention: pruned 1 runs"),
+        "{}",
+        s.logs()
+    );
+}
+
 /// A run stays in the queue's in-memory `running` map for a moment after its end is stored;
 /// cancelling it in that window must still answer 409, as the API already shows it ended.
 #[test]

@@ -436,9 +436,11 @@ fn a_github_pull_request_runs_its_head_definition_and_edits_one_comment() {
     );
     let head = remote.push_branch("feature", "change the text");
     let w = World::start(Forge::Github, remote, "0s");
-    let (status, body) = w
-        .server
-        .put_json("/api/v1/secrets/api_token", &json!({ "value": secret }));
+    let (status, body) = w.server.put_json(
+        "/api/v1/secrets/api_token",
+        // A pull request's head is not a protected ref: only released secrets reach it.
+        &json!({ "value": secret, "unprotected": true }),
+    );
     assert_eq!(status, 204, "{body}");
 
     let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
@@ -492,6 +494,153 @@ fn a_github_pull_request_runs_its_head_definition_and_edits_one_comment() {
         assert!(allowed, "unexpected call {}: {lines:?}", r.line());
         assert!(!r.body.contains(secret), "{} leaks the secret", r.line());
     }
+}
+
+/// A pipeline `deploy` that runs on pushes to main and feature branches and prints its secret
+/// `apply_key` after `label`.
+fn apply_pipeline(label: &str) -> String {
+    pipeline(
+        "deploy",
+        "on: {push: {branches: [main, \"feature/*\"]}}\nsecrets: [apply_key]\n",
+        &format!("echo \"{label} apply=$KEY\""),
+        "    env:\n      KEY: \"{{secrets.apply_key}}\"\n",
+    )
+}
+
+/// A push of `sha` to `branch`.
+fn push_to(sha: &str, branch: &str) -> Hook {
+    github_push(sha).set("/ref", json!(format!("refs/heads/{branch}")))
+}
+
+/// Waits until `count` runs at commit `sha` have ended; returns them.
+fn wait_runs_at(w: &World, sha: &str, count: usize) -> Vec<Value> {
+    let mut found = Vec::new();
+    w.server
+        .wait_until(&format!("{count} runs at {sha} to end"), WAIT, || {
+            found = w
+                .runs()
+                .into_iter()
+                .filter(|r| r["git"]["sha"] == sha)
+                .collect();
+            found.len() == count
+                && found
+                    .iter()
+                    .all(|r| r["status"] != "queued" && r["status"] != "running")
+        });
+    found
+}
+
+// 5b. Secrets by ref: a feature-branch push gets no protected secret and its run says why; a
+// push to the watched branch gets it; released with `unprotected`, it reaches the branch too,
+// masked.
+#[test]
+fn a_feature_branch_push_gets_only_unprotected_secrets() {
+    let value = "apply-s3cr3t-4b1d";
+    let (remote, _) = remote_with(&[("deploy.yaml", &apply_pipeline("deploy"))]);
+    let w = World::start(Forge::Github, remote, "0s");
+    let (status, body) = w
+        .server
+        .put_json("/api/v1/secrets/apply_key", &json!({ "value": value }));
+    assert_eq!(status, 204, "{body}");
+
+    let feature = w.remote.push_branch("feature/x", "a feature");
+    w.accept(&push_to(&feature, "feature/x"), "feature-1");
+    let run = wait_runs_at(&w, &feature, 1).remove(0);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["git"]["ref"], "refs/heads/feature/x", "{run}");
+    assert_eq!(
+        run["message"],
+        "not started: secret `apply_key` is protected: runs at `refs/heads/feature/x` get only \
+         secrets set with --unprotected; protected refs of `infra`: main",
+        "{run}"
+    );
+    let detail = w.server.get_json(&format!("/api/v1/runs/{}", id(&run)));
+    assert_eq!(detail["steps"][0]["state"], "skipped", "{detail}");
+    assert!(!w.log(&run).contains("apply="), "no step ran");
+
+    let main = w.remote.push_branch("main", "to main");
+    w.accept(&push_to(&main, "main"), "main-1");
+    let run = wait_runs_at(&w, &main, 1).remove(0);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let log = w.log(&run);
+    assert!(log.contains("deploy apply=***"), "{log}");
+    assert!(!log.contains(value), "{log}");
+
+    let (status, body) = w.server.put_json(
+        "/api/v1/secrets/apply_key",
+        &json!({ "value": value, "unprotected": true }),
+    );
+    assert_eq!(status, 204, "{body}");
+    let listed = w.server.get_json("/api/v1/secrets");
+    assert_eq!(
+        listed["secrets"],
+        json!([{"pipeline": null, "name": "apply_key", "unprotected": true}]),
+        "{listed}"
+    );
+    let later = w.remote.push_branch("feature/x", "more of the feature");
+    w.accept(&push_to(&later, "feature/x"), "feature-2");
+    let run = wait_runs_at(&w, &later, 1).remove(0);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let log = w.log(&run);
+    assert!(log.contains("deploy apply=***"), "{log}");
+    assert!(!log.contains(value), "{log}");
+    for r in w.fake.requests() {
+        assert!(!r.body.contains(value), "{} leaks the secret", r.line());
+    }
+}
+
+// 5c. A file on a branch cannot claim another pipeline's scope by naming itself after it: only
+// the pipeline's own file (the catalog's path on the watched branch) gets its scoped secrets.
+#[test]
+fn a_renamed_file_on_a_branch_does_not_get_another_pipelines_secrets() {
+    let value = "scoped-s3cr3t-77c2";
+    let (remote, _) = remote_with(&[("deploy.yaml", &apply_pipeline("genuine"))]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.server
+        .wait_until("the catalog to know infra/deploy", WAIT, || {
+            w.server.get("/api/v1/pipelines/infra/deploy").0 == 200
+        });
+    // Released to every ref, so only the scope rule can keep it from the impostor.
+    let (status, body) = w.server.put_json(
+        "/api/v1/pipelines/infra/deploy/secrets/apply_key",
+        &json!({ "value": value, "unprotected": true }),
+    );
+    assert_eq!(status, 204, "{body}");
+
+    w.remote.write("evil.yaml", &apply_pipeline("evil"));
+    let sha = w.remote.push_branch("feature/evil", "claim deploy's scope");
+    w.accept(&push_to(&sha, "feature/evil"), "evil-1");
+    // Both files at the commit name `deploy` and match the push.
+    let runs = wait_runs_at(&w, &sha, 2);
+    let (failed, ok): (Vec<&Value>, Vec<&Value>) =
+        runs.iter().partition(|r| r["status"] == "failed");
+    assert_eq!((failed.len(), ok.len()), (1, 1), "{runs:?}");
+    let evil = failed[0];
+    let message = evil["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "not started: secret `apply_key` not set (gantry secrets set apply_key, value on \
+             stdin)"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "the variables and secrets of `infra/deploy` go only to its file \
+             `.gantry/pipelines/deploy.yaml`, and this run's file is \
+             `.gantry/pipelines/evil.yaml`, so it sees only global ones"
+        ),
+        "{message}"
+    );
+    assert!(
+        !w.log(evil).contains("apply="),
+        "no step of the impostor ran"
+    );
+    let genuine = ok[0];
+    assert_eq!(genuine["status"], "succeeded", "{genuine}");
+    let log = w.log(genuine);
+    assert!(log.contains("genuine apply=***"), "{log}");
+    assert!(!log.contains(value), "{log}");
 }
 
 // 6. A pipeline that fails validation at the PR head gets a failing status naming the error.

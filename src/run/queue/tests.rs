@@ -28,6 +28,7 @@ fn queue(store: &Store, max_running: usize) -> Queue {
             },
             checkout: Arc::new(|_: &RunRecord| Checkout::None),
             on_transition: None,
+            protected: BTreeMap::new(),
         },
     )
     .expect("queue")
@@ -167,4 +168,69 @@ async fn the_global_limit_holds_and_queued_runs_survive_a_restart() {
     );
     assert!(third.started_at >= second.finished_at);
     drop(q);
+}
+
+fn submit_from(
+    store: &Store,
+    q: &Queue,
+    source: &str,
+    p: &Pipeline,
+    text: &str,
+    env: &str,
+) -> RunRecord {
+    let version = store
+        .record_version(source, p.name(), text, ".gantry/pipelines/x.yaml", None)
+        .expect("version");
+    q.submit(Submit {
+        source: source.into(),
+        pipeline: p.clone(),
+        version,
+        params: [("env".to_string(), env.to_string())].into(),
+        trigger: Trigger {
+            kind: "push".into(),
+            detail: None,
+        },
+        git: None,
+        pr: None,
+    })
+    .expect("submit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_groups_are_namespaced_by_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let q = queue(&store, 4);
+    let (slow, slow_text) = pipeline("deploy", "cancel-running", "30");
+    let victim = submit_from(&store, &q, "infra", &slow, &slow_text, "prod");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.find_run(&victim.id).expect("run").status != RunStatus::Running {
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another repository names the same group (`db-prod`) with each policy: it neither cancels
+    // nor waits for nor is skipped by infra's run.
+    let (fast, fast_text) = pipeline("deploy", "cancel-running", "0");
+    let other = submit_from(&store, &q, "other", &fast, &fast_text, "prod");
+    assert_eq!(other.concurrency.as_deref(), Some("db-prod"));
+    let (skip, skip_text) = pipeline("nightly", "skip", "0");
+    let skipper = submit_from(&store, &q, "fourth", &skip, &skip_text, "prod");
+    assert_eq!(skipper.status, RunStatus::Queued, "{skipper:?}");
+    let (queued, queued_text) = pipeline("migrate", "queue", "0");
+    let waiter = submit_from(&store, &q, "third", &queued, &queued_text, "prod");
+    for id in [&other.id, &skipper.id, &waiter.id] {
+        assert_eq!(wait_end(&store, id).await.status, RunStatus::Succeeded);
+    }
+    assert_eq!(
+        store.find_run(&victim.id).expect("run").status,
+        RunStatus::Running,
+        "another source's run must not cancel it"
+    );
+    // Within its own source the group still works.
+    let own = submit_from(&store, &q, "infra", &fast, &fast_text, "prod");
+    assert_eq!(
+        wait_end(&store, &victim.id).await.status,
+        RunStatus::Cancelled
+    );
+    assert_eq!(wait_end(&store, &own.id).await.status, RunStatus::Succeeded);
 }

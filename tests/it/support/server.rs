@@ -102,6 +102,8 @@ pub struct ServerConfig {
     pub repos: Vec<RepoSpec>,
     /// Raw TOML lines added to `[server]`.
     pub server_toml: String,
+    /// Raw TOML lines added to `[storage]`.
+    pub storage_toml: String,
     /// Raw TOML added at the end of the file; it must start with a table header.
     pub extra_toml: String,
     /// Environment variables of the server process (on top of the test's, without
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             tokens: vec![("admin".to_owned(), TOKEN.to_owned())],
             repos: Vec::new(),
             server_toml: String::new(),
+            storage_toml: String::new(),
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
@@ -142,6 +145,13 @@ impl ServerConfig {
         self
     }
 
+    /// Raw TOML lines added to `[storage]`, e.g. `retention = "2s"`.
+    pub fn storage_toml(mut self, toml: &str) -> ServerConfig {
+        self.storage_toml.push_str(toml);
+        self.storage_toml.push('\n');
+        self
+    }
+
     /// Raw TOML added at the end of the file, starting with a table header.
     pub fn extra_toml(mut self, toml: &str) -> ServerConfig {
         self.extra_toml.push_str(toml);
@@ -151,6 +161,14 @@ impl ServerConfig {
 
     pub fn env(mut self, name: &str, value: &str) -> ServerConfig {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// No `[[auth.tokens]]`: the server then needs `--insecure-no-auth` (it listens on
+    /// loopback), which this adds.
+    pub fn without_tokens(mut self) -> ServerConfig {
+        self.tokens.clear();
+        self.args.push("--insecure-no-auth".to_owned());
         self
     }
 
@@ -173,6 +191,7 @@ impl ServerConfig {
         out.push_str("\n[storage]\n");
         let data_dir = data_dir.to_str().expect("utf-8 data dir");
         key(&mut out, "data_dir", &quoted(data_dir));
+        out.push_str(&self.storage_toml);
         for (name, token) in &self.tokens {
             out.push_str("\n[[auth.tokens]]\n");
             key(&mut out, "name", &quoted(name));
@@ -304,8 +323,9 @@ impl GantryServer {
     }
 
     /// Sends a request with `token` as bearer token (none for `None`) and an optional body with
-    /// its content type; returns the status and the body text. Transport failures panic with the
-    /// server's logs.
+    /// its content type; returns the status and the body text. A POST, PUT or DELETE without a
+    /// body says `Content-Type: application/json`, as the CLI does (the server refuses
+    /// state-changing calls without it). Transport failures panic with the server's logs.
     pub fn request(
         &self,
         method: &str,
@@ -313,16 +333,36 @@ impl GantryServer {
         token: Option<&str>,
         body: Option<(&str, Vec<u8>)>,
     ) -> (u16, String) {
+        let writes = matches!(method, "POST" | "PUT" | "DELETE");
+        let body = body.or_else(|| writes.then(|| ("application/json", Vec::new())));
+        let mut headers = Vec::new();
+        if let Some(token) = token {
+            headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+        }
+        let bytes = body.map(|(content_type, bytes)| {
+            headers.push(("content-type".to_owned(), content_type.to_owned()));
+            bytes
+        });
+        self.request_with(method, path, &headers, bytes)
+    }
+
+    /// Sends a request with exactly `headers` (besides what the HTTP client adds: Host, ...) and
+    /// an optional body; returns the status and the body text.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: Option<Vec<u8>>,
+    ) -> (u16, String) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
         let url = format!("{}{path}", self.url());
         let mut request = self.client.request(method.clone(), &url);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
+        for (name, value) in headers {
+            request = request.header(name.as_str(), value.as_str());
         }
-        if let Some((content_type, bytes)) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(bytes);
+        if let Some(bytes) = body {
+            request = request.body(bytes);
         }
         let response = request
             .send()
@@ -364,8 +404,9 @@ impl GantryServer {
         self.request("PUT", path, self.bearer(), Some(json_body(body)))
     }
 
+    /// A PUT of YAML text itself (`application/yaml`, which a pipeline's PUT accepts).
     pub fn put_text(&self, path: &str, text: &str) -> (u16, String) {
-        let body = ("text/plain; charset=utf-8", text.as_bytes().to_vec());
+        let body = ("application/yaml", text.as_bytes().to_vec());
         self.request("PUT", path, self.bearer(), Some(body))
     }
 
