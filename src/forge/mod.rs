@@ -38,6 +38,22 @@ impl Forge {
     pub fn from_name(name: &str) -> Option<Forge> {
         Forge::ALL.into_iter().find(|f| f.as_str() == name)
     }
+
+    /// The ref under which the forge keeps a pull request's head (a fork's commits are on no
+    /// branch of the repository), where it has one.
+    pub fn pr_head_ref(self, number: u64) -> Option<String> {
+        match self {
+            Forge::Github => Some(format!("refs/pull/{number}/head")),
+            Forge::Gitlab => Some(format!("refs/merge-requests/{number}/head")),
+            Forge::Bitbucket => None,
+        }
+    }
+
+    /// The refspec that fetches a pull request's head into a mirror, as `refs/gantry/pr/<n>`.
+    pub fn pr_refspec(self, number: u64) -> Option<String> {
+        self.pr_head_ref(number)
+            .map(|r| format!("+{r}:refs/gantry/pr/{number}"))
+    }
 }
 
 impl fmt::Display for Forge {
@@ -103,6 +119,8 @@ pub enum ForgeEvent {
         author: String,
         /// Missing on GitHub (`issue_comment` has no head): ask the forge (`ForgeClient::pr_head`).
         head_sha: Option<String>,
+        /// When the comment was written, where the payload says (and it parses).
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// GitHub's `ping` when a hook is created.
     Ping { repo: Option<String> },
@@ -121,6 +139,38 @@ impl ForgeEvent {
             ForgeEvent::Ignored { .. } => None,
         }
     }
+}
+
+/// A payload's timestamp: RFC 3339 (GitHub, Bitbucket, newer GitLab) or GitLab's older
+/// `2015-05-17 18:21:36 UTC`.
+pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let bare = text.strip_suffix(" UTC")?;
+    chrono::NaiveDateTime::parse_from_str(bare, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// `text` as an inline code span for a forge's markdown: shown as typed, so text quoted from a
+/// user cannot mention anyone, link anywhere or format the message. Backticks and line breaks
+/// inside become plain quotes and spaces (a span cannot hold them safely), and very long text is
+/// cut to 300 characters.
+pub fn code_span(text: &str) -> String {
+    let mut clean: String = text
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        clean.push('…');
+    }
+    format!("`{clean}`")
 }
 
 /// The state of a commit status, in Gantry's terms; each forge maps it to its own words.

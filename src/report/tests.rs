@@ -38,6 +38,7 @@ fn finished_run(store: &Store) -> RunRecord {
             concurrency: None,
             message: None,
             pr: Some(7),
+            idempotency_key: None,
         })
         .expect("run");
     let start = Utc
@@ -96,6 +97,7 @@ fn the_pr_comment_lists_runs_steps_outputs_and_errors_without_secrets() {
         )]
         .into(),
         from_fork: false,
+        head_seen_at: None,
     };
     let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
     let expected = format!(
@@ -187,7 +189,15 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         "a line of the comment reads as a command:\n{text}"
     );
     assert!(comment::is_gantry_comment(&text));
-    reply(&store, "infra", 9, "@bob /gantry run needs a name".into()).expect("reply");
+    let queued = reply(
+        &store,
+        "infra",
+        9,
+        "@bob /gantry run needs a name".into(),
+        "github/d-1/reply",
+    )
+    .expect("reply");
+    assert!(queued);
     let jobs = store.outbox().expect("outbox");
     let body = jobs
         .iter()
@@ -197,4 +207,12 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         })
         .expect("a reply");
     assert!(comment::is_gantry_comment(&body), "{body}");
+    // The same delivery answered again (processed again after a crash, even after the first
+    // reply was sent) queues nothing.
+    for job in &jobs {
+        store.remove_outbox(job).expect("sent");
+    }
+    let again = reply(&store, "infra", 9, "again".into(), "github/d-1/reply").expect("reply");
+    assert!(!again);
+    assert!(store.outbox().expect("outbox").is_empty());
 }

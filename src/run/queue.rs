@@ -55,6 +55,9 @@ pub struct Submit {
     pub git: Option<GitInfo>,
     /// The pull request the run belongs to.
     pub pr: Option<u64>,
+    /// Submitted at most once under this key: a second submit returns the first run and queues
+    /// nothing (a webhook delivery processed again after a crash).
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +212,12 @@ impl Queue {
             None => None,
         };
         let mut state = self.lock();
+        if let Some(k) = &s.idempotency_key
+            && let Some(id) = store.done_for(k)?
+            && let Some(run) = store.get_run(&id)?
+        {
+            return Ok(run);
+        }
         let mut status = RunStatus::Queued;
         let mut message = None;
         let mut to_cancel = Vec::new();
@@ -252,6 +261,7 @@ impl Queue {
                 message,
                 owner: None,
                 pr: s.pr,
+                idempotency_key: s.idempotency_key,
             },
         )?;
         let cancelled = to_cancel.clone();

@@ -233,6 +233,21 @@ impl Mirror {
         Ok(resolve_commit(&repo, short_or_full_sha, &self.git_dir)?.to_string())
     }
 
+    /// When `commit` was committed (its committer time), in seconds since the epoch.
+    pub fn commit_time(&self, commit: &str) -> Result<i64, SourceError> {
+        let repo = self.open()?;
+        let id = resolve_commit(&repo, commit, &self.git_dir)?;
+        let err = |source| SourceError::Object {
+            what: "the committer time".to_owned(),
+            commit: id.to_string(),
+            git_dir: self.git_dir.clone(),
+            source,
+        };
+        let commit = repo.find_commit(id).map_err(|e| err(e.into()))?;
+        let time = commit.time().map_err(|e| err(e.into()))?;
+        Ok(time.seconds)
+    }
+
     /// The content of the file (or symlink target) at `path` in `commit`, or `None` if the commit
     /// has no file there (nothing at all, or a directory or submodule).
     pub fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, SourceError> {

@@ -25,6 +25,7 @@ fn new_run(pipeline: &str) -> NewRun {
         concurrency: None,
         message: None,
         pr: None,
+        idempotency_key: None,
     }
 }
 

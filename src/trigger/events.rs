@@ -111,7 +111,17 @@ pub enum Command {
     Run {
         pipeline: String,
         params: Vec<(String, String)>,
+        /// The commit the commenter means (`@abc1234`): the command runs only if it is still
+        /// the head.
+        at: Option<String>,
     },
+}
+
+/// `@<4 to 40 hex digits>`: the commit a command names.
+fn commit_word(word: &str) -> Option<String> {
+    let hex = word.strip_prefix('@')?;
+    ((4..=40).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| hex.to_ascii_lowercase())
 }
 
 /// The command in a comment: `None` when the comment has no line starting with `/gantry`;
@@ -130,17 +140,33 @@ pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
         Some("run") => {
             let Some(pipeline) = words.next() else {
                 return Some(Err(
-                    "`/gantry run` needs a pipeline name: `/gantry run <pipeline> [key=value ...]`"
+                    "`/gantry run` needs a pipeline name: `/gantry run <pipeline> [@commit] \
+                     [key=value ...]`"
                         .to_string(),
                 ));
             };
             let mut params = Vec::new();
+            let mut at = None;
             for word in words {
+                if word.starts_with('@') {
+                    match commit_word(word) {
+                        Some(c) if at.is_none() => at = Some(c),
+                        _ => {
+                            return Some(Err(format!(
+                                "{} does not name a commit; write `@` and 4 to 40 hex digits of \
+                                 the head you mean, once",
+                                crate::forge::code_span(word)
+                            )));
+                        }
+                    }
+                    continue;
+                }
                 match word.split_once('=') {
                     Some((k, v)) if !k.is_empty() => params.push((k.to_string(), v.to_string())),
                     _ => {
                         return Some(Err(format!(
-                            "`{word}` is not a parameter; write parameters as key=value"
+                            "{} is not a parameter; write parameters as key=value",
+                            crate::forge::code_span(word)
                         )));
                     }
                 }
@@ -148,11 +174,13 @@ pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
             Ok(Command::Run {
                 pipeline: pipeline.to_string(),
                 params,
+                at,
             })
         }
         Some(other) => Err(format!(
-            "unknown command `/gantry {other}`; the commands are `/gantry run <pipeline> \
-             [key=value ...]` and `/gantry help`"
+            "unknown command {}; the commands are `/gantry run <pipeline> [@commit] \
+             [key=value ...]` and `/gantry help`",
+            crate::forge::code_span(&format!("/gantry {other}"))
         )),
     })
 }
@@ -160,8 +188,9 @@ pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
 /// The reply to `/gantry help`, listing the pipelines that take comment commands.
 pub fn help_text(commentable: &[(String, Vec<String>)]) -> String {
     let mut out = String::from(
-        "**Gantry commands**\n\n- `/gantry run <pipeline> [key=value ...]`: run a pipeline on this \
-         pull request's head\n- `/gantry help`: this message\n\nOnly users with write access to \
+        "**Gantry commands**\n\n- `/gantry run <pipeline> [@commit] [key=value ...]`: run a \
+         pipeline on this pull request's head (naming the head you reviewed, if you like: it runs \
+         only if that is still the head)\n- `/gantry help`: this message\n\nOnly users with write access to \
          the repository can run pipelines.\n",
     );
     if commentable.is_empty() {
@@ -243,8 +272,19 @@ mod tests {
                     ("db_name".into(), "orders".into()),
                     ("size".into(), "small".into())
                 ],
+                at: None,
             }))
         );
+        assert_eq!(
+            parse_command("/gantry run plan @ABC1234 env=dev"),
+            Some(Ok(Command::Run {
+                pipeline: "plan".into(),
+                params: vec![("env".into(), "dev".into())],
+                at: Some("abc1234".into()),
+            }))
+        );
+        assert!(matches!(parse_command("/gantry run plan @octocat"), Some(Err(m)) if m.contains("commit")));
+        assert!(matches!(parse_command("/gantry run plan @abcd @abce"), Some(Err(_))));
         assert!(matches!(parse_command("/gantry run"), Some(Err(_))));
         assert!(matches!(parse_command("/gantry run p oops"), Some(Err(m)) if m.contains("oops")));
         assert!(matches!(parse_command("/gantry deploy"), Some(Err(m)) if m.contains("unknown")));

@@ -390,6 +390,7 @@ fn github_comments_on_pull_requests_only() {
             body: "/build".into(),
             author: "chhsia0".into(),
             head_sha: None,
+            created_at: crate::forge::parse_time("2019-10-26T16:09:23Z"),
         }
     );
     let mut on_issue = fixture_json("github-issue_comment-created-on-pr.json");
@@ -546,6 +547,7 @@ fn gitlab_notes_on_merge_requests_only() {
             body: "This MR needs work.".into(),
             author: "root".into(),
             head_sha: Some("562e173be03b8ff2efb05345d12df18815438a4b".into()),
+            created_at: crate::forge::parse_time("2015-05-17T18:21:36Z"),
         }
     );
     let mut on_issue = fixture_json("gitlab-note-hook-merge-request.json");
@@ -686,6 +688,7 @@ fn bitbucket_comments() {
             body: "test comment".into(),
             author: "Rutvij Mehta".into(),
             head_sha: Some("b9437f32dddd".into()),
+            created_at: crate::forge::parse_time("2022-06-23T22:10:09.939925+00:00"),
         }
     );
 }
