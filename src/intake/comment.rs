@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use super::run_at::blocking;
 use super::run_at::{
     Delivery, RunAt, RunAtError, first_error, pipelines_at, pr_record, reply, resolve, run_at,
     save_pr, sync, watched_head,
 };
-use super::run_at::blocking;
 use super::{Intake, WatchedRepo};
 use crate::forge::code_span;
 use crate::store::{DeliveryRecord, Trigger};
@@ -161,8 +161,9 @@ pub(super) async fn on_comment(
         Some(_) => {}
         None => {
             let moved = head_moved_at(intake, &source, pr, &mirror, &head).await?;
+            // Forges give comment times in whole seconds.
             if let (Some(said), Some(moved)) = (created_at, moved)
-                && moved > said
+                && moved.timestamp() > said.timestamp()
             {
                 say(format!(
                     "@{author} not started: the head of #{pr} moved to `{}` after your comment; \
@@ -232,10 +233,7 @@ pub(super) async fn on_comment(
     let run = match submitted {
         Ok(r) => r,
         Err(RunAtError::Parameter(message)) => {
-            say(format!(
-                "@{author} not started: {}",
-                code_span(&message)
-            ))?;
+            say(format!("@{author} not started: {}", code_span(&message)))?;
             return Ok(format!("parameter error: {message}"));
         }
         Err(RunAtError::Other(e)) => return Err(e),

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::run_at::{
-    Delivery, RunAt, RunAtError, changed_paths, pipelines_at, reconcile_later, refused_text, report_invalid,
-    resolve, run_at, sync,
+    Delivery, RunAt, RunAtError, changed_paths, pipelines_at, reconcile_later, refused_text,
+    report_invalid, resolve, run_at, sync,
 };
 use super::{Intake, WatchedRepo};
 use crate::store::Trigger;

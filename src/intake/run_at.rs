@@ -110,7 +110,10 @@ pub(super) async fn resolve(
 }
 
 /// The head of the watched branch, where a fork's pull request reads its pipelines.
-pub(super) async fn watched_head(repo: &Arc<WatchedRepo>, mirror: &Mirror) -> Result<String, String> {
+pub(super) async fn watched_head(
+    repo: &Arc<WatchedRepo>,
+    mirror: &Mirror,
+) -> Result<String, String> {
     let (m, branch) = (mirror.clone(), repo.source.branch.clone());
     blocking(move || {
         m.head(&branch)
@@ -169,7 +172,12 @@ pub(super) fn first_error(at: &AtCommit) -> String {
 }
 
 /// A failing commit status for every invalid pipeline file at `sha`.
-pub(super) fn report_invalid(intake: &Intake, repo: &WatchedRepo, sha: &str, pipelines: &[AtCommit]) {
+pub(super) fn report_invalid(
+    intake: &Intake,
+    repo: &WatchedRepo,
+    sha: &str,
+    pipelines: &[AtCommit],
+) {
     if !intake.outbox.reports(&repo.source.name) {
         return;
     }

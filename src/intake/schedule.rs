@@ -81,4 +81,3 @@ fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fir
         eprintln!("gantry: warning: schedule of {label} at {}: {e}", fire.tick);
     }
 }
-

@@ -123,10 +123,8 @@ pub async fn receive(
             .unwrap_or_default();
         if secrets * body.len() > INLINE_HASHING {
             let (body, candidates) = (body.clone(), candidates.clone());
-            match tokio::task::spawn_blocking(move || {
-                verified_by(forge, &auth, &body, &candidates)
-            })
-            .await
+            match tokio::task::spawn_blocking(move || verified_by(forge, &auth, &body, &candidates))
+                .await
             {
                 Ok(v) => v,
                 Err(e) => {

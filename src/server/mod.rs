@@ -34,11 +34,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::RepoSource;
-use crate::forge::Forge;
-use crate::intake::{self, Intake, WatchedRepo};
 use crate::config::{ApiToken, Config, Provider};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{Checkout, Limits};
+use crate::forge::Forge;
+use crate::intake::{self, Intake, WatchedRepo};
 use crate::report::outbox::Outbox;
 use crate::run::queue::{Queue, QueueConfig};
 use crate::source::mirror::Credentials;
@@ -362,7 +362,11 @@ pub async fn serve(
             interrupt.clone(),
         ));
     }
-    tasks.spawn(intake::schedule_loop(store.clone(), queue.clone(), loops.clone()));
+    tasks.spawn(intake::schedule_loop(
+        store.clone(),
+        queue.clone(),
+        loops.clone(),
+    ));
     tasks.spawn(intake::process_loop(
         Intake {
             store: store.clone(),

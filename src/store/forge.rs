@@ -288,8 +288,8 @@ impl Store {
             key: job.key.clone(),
             source,
         })?;
-        let stored: Result<bool, TransactionError<()>> = (&self.inner.outbox, &self.inner.idempotency)
-            .transaction(|(outbox, keys)| {
+        let stored: Result<bool, TransactionError<()>> =
+            (&self.inner.outbox, &self.inner.idempotency).transaction(|(outbox, keys)| {
                 if keys.get(idempotency_key.as_bytes())?.is_some() {
                     return Ok(false);
                 }

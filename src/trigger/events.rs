@@ -283,8 +283,13 @@ mod tests {
                 at: Some("abc1234".into()),
             }))
         );
-        assert!(matches!(parse_command("/gantry run plan @octocat"), Some(Err(m)) if m.contains("commit")));
-        assert!(matches!(parse_command("/gantry run plan @abcd @abce"), Some(Err(_))));
+        assert!(
+            matches!(parse_command("/gantry run plan @octocat"), Some(Err(m)) if m.contains("commit"))
+        );
+        assert!(matches!(
+            parse_command("/gantry run plan @abcd @abce"),
+            Some(Err(_))
+        ));
         assert!(matches!(parse_command("/gantry run"), Some(Err(_))));
         assert!(matches!(parse_command("/gantry run p oops"), Some(Err(m)) if m.contains("oops")));
         assert!(matches!(parse_command("/gantry deploy"), Some(Err(m)) if m.contains("unknown")));

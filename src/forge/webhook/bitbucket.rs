@@ -127,6 +127,8 @@ fn comment(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         head_sha: f
             .opt_str("pullrequest.source.commit.hash")
             .map(str::to_string),
-        created_at: f.opt_str("comment.created_on").and_then(crate::forge::parse_time),
+        created_at: f
+            .opt_str("comment.created_on")
+            .and_then(crate::forge::parse_time),
     })
 }

@@ -108,6 +108,8 @@ fn issue_comment(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         body: f.string("comment.body")?,
         author: f.string("comment.user.login")?,
         head_sha: None,
-        created_at: f.opt_str("comment.created_at").and_then(crate::forge::parse_time),
+        created_at: f
+            .opt_str("comment.created_at")
+            .and_then(crate::forge::parse_time),
     })
 }

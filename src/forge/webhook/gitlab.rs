@@ -126,6 +126,8 @@ fn note(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         head_sha: f
             .opt_str("merge_request.last_commit.id")
             .map(str::to_string),
-        created_at: f.opt_str("object_attributes.created_at").and_then(crate::forge::parse_time),
+        created_at: f
+            .opt_str("object_attributes.created_at")
+            .and_then(crate::forge::parse_time),
     })
 }
