@@ -243,8 +243,8 @@ impl Mirror {
             git_dir: self.git_dir.clone(),
             source,
         };
-        let commit = repo.find_commit(id).map_err(|e| err(e.into()))?;
-        let time = commit.time().map_err(|e| err(e.into()))?;
+        let commit = repo.find_commit(id).map_err(err)?;
+        let time = commit.time().map_err(err)?;
         Ok(time.seconds)
     }
 
