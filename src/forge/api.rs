@@ -558,8 +558,9 @@ impl ForgeClient {
     /// - Bitbucket: `GET /workspaces/{ws}/permissions/repositories/{slug}?q=...` (the effective
     ///   permission, explicit or through a group or the workspace; the token needs workspace
     ///   admin, which `user/permissions/repositories` would not avoid since that one only answers
-    ///   for the token's own user). `user` is matched as uuid, account id or nickname;
-    ///   `permission` is `admin` or `write`. No entry: false.
+    ///   for the token's own user). `user` is matched as account id or uuid, never as a
+    ///   nickname (not unique, chosen by its owner); `permission` is `admin` or `write`. No
+    ///   entry: false.
     pub async fn can_write(&self, user: &str) -> Result<bool, ApiError> {
         let call = "can_write";
         if user.is_empty() || user.contains(['/', '?', '#', '\n', '\r']) {

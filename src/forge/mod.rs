@@ -116,7 +116,12 @@ pub enum ForgeEvent {
         pr_number: u64,
         comment_id: String,
         body: String,
+        /// The author's name as people see it (for a reply's mention).
         author: String,
+        /// The author's stable identity, the one a permission check asks about: the GitHub
+        /// login, the GitLab username, the Bitbucket `account_id` (else `uuid`); never a
+        /// Bitbucket nickname or display name, which anyone can choose.
+        author_id: String,
         /// Missing on GitHub (`issue_comment` has no head): ask the forge (`ForgeClient::pr_head`).
         head_sha: Option<String>,
         /// When the comment was written, where the payload says (and it parses).

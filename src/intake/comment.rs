@@ -22,6 +22,8 @@ pub(super) struct CommentEvent {
     pub pr: u64,
     pub body: String,
     pub author: String,
+    /// Who the forge's permission check asks about (see `ForgeEvent::Comment`).
+    pub author_id: String,
     pub head_sha: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
 }
@@ -63,6 +65,7 @@ pub(super) async fn on_comment(
         pr,
         body,
         author,
+        author_id,
         head_sha,
         created_at,
     } = comment;
@@ -137,7 +140,10 @@ pub(super) async fn on_comment(
         } => (pipeline, params, at),
     };
     let quoted = code_span(&name);
-    let allowed = client.can_write(author).await.map_err(|e| e.to_string())?;
+    let allowed = client
+        .can_write(&author_id)
+        .await
+        .map_err(|e| e.to_string())?;
     if !allowed {
         say(format!(
             "@{author} only users with write access to {} can run pipelines; ask a maintainer to \

@@ -147,6 +147,7 @@ async fn dispatch(intake: &Intake, record: &DeliveryRecord) -> Result<String, St
             pr_number,
             body,
             author,
+            author_id,
             head_sha,
             created_at,
             ..
@@ -155,6 +156,7 @@ async fn dispatch(intake: &Intake, record: &DeliveryRecord) -> Result<String, St
                 pr: pr_number,
                 body,
                 author,
+                author_id,
                 head_sha: head_sha.or_else(|| record.head.clone()),
                 created_at,
             };

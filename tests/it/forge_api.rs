@@ -433,7 +433,9 @@ async fn can_write() {
                     paths.contains(&"GET /2.0/workspaces/ws/permissions/repositories/slug".into())
                 );
                 let q = calls(&fake)[0].query_pairs()["q"].clone();
-                assert!(q.contains("user.nickname=\"alice\""), "{q}");
+                // By account id (or uuid), never by nickname: nicknames are not unique.
+                assert!(q.contains("user.account_id=\"alice\""), "{q}");
+                assert!(!q.contains("nickname"), "{q}");
             }
         }
         assert_token_only_in_auth(&fake, forge);

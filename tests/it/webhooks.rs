@@ -1140,3 +1140,62 @@ fn a_kill_9_between_queueing_and_finishing_a_delivery_queues_nothing_twice() {
         "a pipeline queued twice: {per_pipeline:?}"
     );
 }
+
+/// A Bitbucket comment on pull request #1 at `head` by the user with `nickname` and
+/// `account_id`, written now.
+fn bitbucket_comment(head: &str, nickname: &str, account_id: &str, text: &str) -> Hook {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Hook::sample(Forge::Bitbucket, "comment-run.json")
+        .head(Forge::Bitbucket, head)
+        .set("/comment/content/raw", json!(text))
+        .set("/comment/created_on", json!(now))
+        .set("/comment/user/nickname", json!(nickname))
+        .set("/comment/user/display_name", json!(nickname))
+        .set("/comment/user/account_id", json!(account_id))
+        .set("/comment/user/uuid", json!(format!("{{{account_id}}}")))
+}
+
+// 16. Bitbucket commenters are who their account id says: a nickname another user with write
+// access has grants nothing.
+#[test]
+fn a_bitbucket_nickname_clash_grants_nothing() {
+    let bb = Forge::Bitbucket;
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    let head = remote.push_branch("feature", "a change");
+    let w = World::start(bb, remote, "0s");
+    w.fake.set_permission("557058:maint", "write");
+    w.fake.set_nickname("557058:maint", "maintainer");
+    let pr = Hook::sample(bb, "pull-request-opened.json")
+        .head(bb, &head)
+        .set("/pullrequest/id", json!(1))
+        .set("/pullrequest/source/branch/name", json!("feature"));
+    w.accept(&pr, "bb-pr-clash");
+
+    // Someone else who took the nickname `maintainer`.
+    w.accept(
+        &bitbucket_comment(&head, "maintainer", "557058:impostor", "/gantry run deploy"),
+        "bb-impostor",
+    );
+    let refusal = wait_comment(&w, 1, "write access");
+    assert!(refusal.contains("@maintainer"), "{refusal}");
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+    let asked: Vec<String> = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/permissions/repositories/"))
+        .map(|r| r.query_pairs().get("q").cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|l| !l.contains("nickname")),
+        "{asked:?}"
+    );
+    // The maintainer's own account.
+    w.accept(
+        &bitbucket_comment(&head, "maintainer", "557058:maint", "/gantry run deploy"),
+        "bb-maintainer",
+    );
+    let run = w.wait_run("deploy", "comment");
+    assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
+}

@@ -204,8 +204,8 @@ impl Client {
     pub(super) async fn can_write(&self, user: &str) -> Result<bool, ApiError> {
         let call = "can_write";
         let quoted = format!("\"{}\"", user.replace('\\', "\\\\").replace('"', "\\\""));
-        let query =
-            format!("user.uuid={quoted} OR user.account_id={quoted} OR user.nickname={quoted}");
+        // Never by nickname: anyone can take a nickname another user has.
+        let query = format!("user.account_id={quoted} OR user.uuid={quoted}");
         let mut url = self.url(&[
             "workspaces",
             self.workspace.as_str(),

@@ -123,6 +123,7 @@ fn note(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         comment_id: f.id("object_attributes.id")?,
         body: f.string("object_attributes.note")?,
         author: f.string("user.username")?,
+        author_id: f.string("user.username")?,
         head_sha: f
             .opt_str("merge_request.last_commit.id")
             .map(str::to_string),

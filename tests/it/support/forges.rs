@@ -96,6 +96,8 @@ struct State {
     comments: BTreeMap<u64, Vec<(u64, String)>>,
     next_comment_id: u64,
     permissions: HashMap<String, String>,
+    /// Bitbucket: the nickname of a user (keyed as in `permissions`, by account id).
+    nicknames: HashMap<String, String>,
     pr_heads: HashMap<u64, String>,
     /// GitLab: the last state per (sha, name).
     gitlab_statuses: HashMap<(String, String), String>,
@@ -201,6 +203,14 @@ impl FakeForge {
         self.lock()
             .permissions
             .insert(user.to_string(), level.to_string());
+    }
+
+    /// Bitbucket: gives the user whose account id is `account_id` the nickname `nickname`
+    /// (nicknames are not unique: several users may share one).
+    pub fn set_nickname(&self, account_id: &str, nickname: &str) {
+        self.lock()
+            .nicknames
+            .insert(account_id.to_string(), nickname.to_string());
     }
 
     pub fn set_pr_head(&self, pr: u64, sha: &str) {
@@ -929,25 +939,43 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
         }
         ("GET", ["workspaces", ws, "permissions", "repositories", slug]) => {
             let q = request.query_pairs().get("q").cloned().unwrap_or_default();
-            // The first quoted value: `user.uuid="x" OR ...`.
-            let wanted = q
-                .split('"')
-                .nth(1)
-                .map(|v| v.replace("\\\"", "\"").replace("\\\\", "\\"))
-                .unwrap_or_default();
-            let values: Vec<Value> = state
-                .permissions
-                .get(&wanted)
-                .map(|level| {
+            // `user.<field>="<value>" OR ...`, as Bitbucket filters: the users (keyed by account
+            // id in `permissions`) any clause matches. A user's uuid here is `{<account id>}`.
+            let mut matched: Vec<String> = Vec::new();
+            for clause in q.split(" OR ") {
+                let Some((field, value)) = clause.trim().split_once('=') else {
+                    continue;
+                };
+                let value = value
+                    .trim()
+                    .trim_matches('"')
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\");
+                for account in state.permissions.keys() {
+                    let nickname = state.nicknames.get(account).unwrap_or(account);
+                    let hit = match field.trim() {
+                        "user.account_id" => *account == value,
+                        "user.uuid" => format!("{{{account}}}") == value,
+                        "user.nickname" => *nickname == value,
+                        _ => false,
+                    };
+                    if hit && !matched.contains(account) {
+                        matched.push(account.clone());
+                    }
+                }
+            }
+            let values: Vec<Value> = matched
+                .iter()
+                .map(|account| {
+                    let nickname = state.nicknames.get(account).unwrap_or(account);
                     json!({
                         "type": "repository_permission",
-                        "permission": level,
-                        "user": { "type": "user", "nickname": wanted, "display_name": wanted,
-                                  "uuid": "{00000000-0000-0000-0000-000000000001}", "account_id": "557058:0001" },
+                        "permission": state.permissions[account],
+                        "user": { "type": "user", "nickname": nickname, "display_name": nickname,
+                                  "uuid": format!("{{{account}}}"), "account_id": account },
                         "repository": { "type": "repository", "full_name": format!("{ws}/{slug}"), "name": slug },
                     })
                 })
-                .into_iter()
                 .collect();
             answer(
                 200,
