@@ -675,3 +675,34 @@ async fn github_app_exchanges_an_installation_token() {
     assert_eq!((err.status, err.retryable), (Some(500), true), "{err}");
     assert!(!err.to_string().contains("PRIVATE KEY"));
 }
+
+/// Gantry's comment is found only among the comments of the token's own account, which is
+/// asked once (`GET /user`, `GET /2.0/user`) and cached.
+#[tokio::test]
+async fn find_comment_skips_marked_comments_by_others() {
+    for forge in Forge::ALL {
+        let (fake, client) = setup(forge).await;
+        fake.add_comment_by(6, "mallory", &format!("{MARKER} copied"));
+        assert_eq!(
+            client.find_comment(6, MARKER).await.unwrap(),
+            None,
+            "{forge}"
+        );
+        let own = fake.add_comment(6, &format!("{MARKER} ours"));
+        assert_eq!(
+            client.find_comment(6, MARKER).await.unwrap(),
+            Some(own.to_string()),
+            "{forge}"
+        );
+        let who = match forge {
+            Forge::Github => "GET /user",
+            Forge::Gitlab => "GET /api/v4/user",
+            Forge::Bitbucket => "GET /2.0/user",
+        };
+        // All requests: `calls` leaves out GitLab's `GET /user`.
+        let lines: Vec<String> = fake.requests().iter().map(Recorded::line).collect();
+        let asked = lines.iter().filter(|l| *l == who).count();
+        assert_eq!(asked, 1, "{forge}: asked once: {lines:?}");
+        assert_token_only_in_auth(&fake, forge);
+    }
+}

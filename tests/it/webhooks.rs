@@ -1199,3 +1199,42 @@ fn a_bitbucket_nickname_clash_grants_nothing() {
     let run = w.wait_run("deploy", "comment");
     assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
 }
+
+// 17. Gantry's PR comment is found again only among its own account's comments: a comment by
+// someone else that carries Gantry's marker is left alone, and Gantry writes its own.
+#[test]
+fn a_marked_comment_by_another_account_is_not_edited() {
+    let ci = pipeline("ci", "on: {pullRequest: {}}\n", "echo ci", "");
+    let (remote, _) = remote_with(&[("ci.yaml", &ci)]);
+    let head = remote.push_branch("feature", "a change");
+    let w = World::start(Forge::Github, remote, "0s");
+    let planted = format!(
+        "{}\nGantry says: all green, merge away",
+        gantry::report::comment::MARKER
+    );
+    let foreign = w.fake.add_comment_by(4, "mallory", &planted);
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &head)
+        .set("/number", json!(4))
+        .set("/pull_request/head/ref", json!("feature"));
+    w.accept(&pr, "pr-4");
+    w.wait_run("ci", "pullRequest");
+    w.server
+        .wait_until("Gantry's own comment to show the run", WAIT, || {
+            w.fake
+                .comments(4)
+                .iter()
+                .any(|(id, b)| *id != foreign && b.contains("`ci`") && b.contains("succeeded"))
+        });
+    let comments = w.fake.comments(4);
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert_eq!(comments[0], (foreign.clone(), planted), "left as it was");
+    let lines: Vec<String> = w.fake.requests().iter().map(Recorded::line).collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.ends_with(&format!("/issues/comments/{foreign}"))),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "GET /user"), "{lines:?}");
+}

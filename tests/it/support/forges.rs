@@ -19,6 +19,23 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The login of the account the fake forges' tokens act as (`GET /user`).
+pub const OWN_LOGIN: &str = "gantry-bot";
+/// Its Bitbucket account id.
+pub const OWN_ACCOUNT_ID: &str = "557058:gantry-bot";
+
+/// A Bitbucket user object as the API returns it (`GET /2.0/user`, a comment's `user`).
+fn bitbucket_user(nickname: &str, account_id: &str) -> Value {
+    json!({
+        "type": "user",
+        "display_name": nickname,
+        "nickname": nickname,
+        "account_id": account_id,
+        "uuid": format!("{{{account_id}}}"),
+        "links": { "self": { "href": format!("https://api.bitbucket.org/2.0/users/{account_id}") } },
+    })
+}
+
 /// The installation id the fake GitHub answers for every repository.
 pub const INSTALLATION_ID: u64 = 7;
 /// The installation token the fake GitHub hands out for `INSTALLATION_ID`.
@@ -96,6 +113,8 @@ struct State {
     comments: BTreeMap<u64, Vec<(u64, String)>>,
     next_comment_id: u64,
     permissions: HashMap<String, String>,
+    /// Comments written by someone other than the token's account: comment id to login.
+    comment_authors: HashMap<u64, String>,
     /// Bitbucket: the nickname of a user (keyed as in `permissions`, by account id).
     nicknames: HashMap<String, String>,
     pr_heads: HashMap<u64, String>,
@@ -203,6 +222,21 @@ impl FakeForge {
         self.lock()
             .permissions
             .insert(user.to_string(), level.to_string());
+    }
+
+    /// Adds a comment on `pr` written by `author` (not by the token's own account); returns its
+    /// id.
+    pub fn add_comment_by(&self, pr: u64, author: &str, body: &str) -> String {
+        let mut state = self.lock();
+        let id = state.next_comment_id;
+        state.next_comment_id += 1;
+        state
+            .comments
+            .entry(pr)
+            .or_default()
+            .push((id, body.to_string()));
+        state.comment_authors.insert(id, author.to_string());
+        id.to_string()
     }
 
     /// Bitbucket: gives the user whose account id is `account_id` the nickname `nickname`
@@ -581,6 +615,15 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             }
             not_found()
         }
+        ("GET", ["user"]) => {
+            let mut user = fixture("github-api-issue-comment-response.json")["user"].clone();
+            user["login"] = json!(OWN_LOGIN);
+            answer(200, user)
+        }
+        ("GET", ["app"]) => answer(
+            200,
+            json!({ "id": 1, "slug": "gantry-app", "name": "Gantry", "owner": { "login": "acme" } }),
+        ),
         ("GET", ["repos", _, _, "issues", number, "comments"]) => {
             let pr: u64 = number.parse().unwrap_or(0);
             let query = request.query_pairs();
@@ -596,6 +639,11 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                     let mut comment = fixture("github-api-issue-comment-response.json");
                     comment["id"] = json!(id);
                     comment["body"] = json!(body);
+                    let author = state
+                        .comment_authors
+                        .get(&id)
+                        .map_or(OWN_LOGIN, String::as_str);
+                    comment["user"]["login"] = json!(author);
                     comment
                 })
                 .collect();
@@ -756,6 +804,17 @@ fn gitlab(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                     note["id"] = json!(id);
                     note["body"] = json!(body);
                     note["noteable_iid"] = json!(pr);
+                    // The token's user is id 1 (`GET /user`); anyone else id 2.
+                    match state.comment_authors.get(&id) {
+                        Some(author) => {
+                            note["author"]["id"] = json!(2);
+                            note["author"]["username"] = json!(author);
+                        }
+                        None => {
+                            note["author"]["id"] = json!(1);
+                            note["author"]["username"] = json!(OWN_LOGIN);
+                        }
+                    }
                     note
                 })
                 .collect();
@@ -910,6 +969,7 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             entry.1 = raw.clone();
             answer(200, comment_json(id, &raw, pr))
         }
+        ("GET", ["user"]) => answer(200, bitbucket_user(OWN_LOGIN, OWN_ACCOUNT_ID)),
         ("GET", ["repositories", ws, slug, "pullrequests", id, "comments"]) => {
             let pr: u64 = id.parse().unwrap_or(0);
             let query = request.query_pairs();
@@ -924,7 +984,14 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             let all = state.comments.get(&pr).cloned().unwrap_or_default();
             let values: Vec<Value> = page_of(&all, page, pagelen)
                 .into_iter()
-                .map(|(id, raw)| comment_json(id, &raw, pr))
+                .map(|(id, raw)| {
+                    let mut comment = comment_json(id, &raw, pr);
+                    comment["user"] = match state.comment_authors.get(&id) {
+                        Some(author) => bitbucket_user(author, author),
+                        None => bitbucket_user(OWN_LOGIN, OWN_ACCOUNT_ID),
+                    };
+                    comment
+                })
                 .collect();
             let mut body =
                 json!({ "pagelen": pagelen, "size": all.len(), "page": page, "values": values });
