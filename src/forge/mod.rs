@@ -158,6 +158,41 @@ pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// Text quoted from a user, made inert for a forge's markdown while it still reads the same:
+/// markdown punctuation is backslash-escaped, a zero-width space after `@` keeps it from
+/// mentioning anyone and one inside `://` and `www.` keeps it from becoming a link, and line
+/// breaks become spaces (it stays on its line). Use it for prose; `code_span` for names.
+pub fn escape_markdown(text: &str) -> String {
+    const ZWSP: char = '\u{200B}';
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '|' | '~' | '!'
+            | '{' | '}' | '&' | '=' | '+' | '-' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '@' => {
+                out.push('@');
+                out.push(ZWSP);
+            }
+            ':' if rest.starts_with("//") => {
+                out.push(':');
+                out.push(ZWSP);
+            }
+            'w' | 'W' if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("ww.") => {
+                out.push(c);
+                out.push(ZWSP);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `text` as an inline code span for a forge's markdown: shown as typed, so text quoted from a
 /// user cannot mention anyone, link anywhere or format the message. Backticks and line breaks
 /// inside become plain quotes and spaces (a span cannot hold them safely), and very long text is
@@ -189,4 +224,23 @@ pub enum StatusState {
     /// Gantry could not run it (invalid pipeline, refused to start, interrupted).
     Error,
     Canceled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{code_span, escape_markdown};
+
+    #[test]
+    fn quoted_user_text_cannot_mention_link_or_format() {
+        // Snapshots: what a forge gets for hostile text.
+        assert_eq!(
+            escape_markdown("@octocat see [this](https://evil.example) **now**\n# or www.x.io"),
+            "@\u{200B}octocat see \\[this\\]\\(https:\u{200B}//evil.example\\) \\*\\*now\\*\\* \\# \
+             or w\u{200B}ww.x.io"
+        );
+        assert_eq!(escape_markdown("plain words, 2.5s"), "plain words, 2.5s");
+        assert_eq!(code_span("a`b`\n@x <img src=x>"), "`a'b' @x <img src=x>`");
+        let long = "x".repeat(400);
+        assert_eq!(code_span(&long), format!("`{}…`", "x".repeat(300)));
+    }
 }

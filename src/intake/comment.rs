@@ -69,7 +69,11 @@ pub(super) async fn on_comment(
         head_sha,
         created_at,
     } = comment;
-    let (body, author) = (body.as_str(), author.as_str());
+    let body = body.as_str();
+    // The mention of the commenter is the one thing a reply says unescaped: `@` and their name,
+    // itself made inert.
+    let mention = crate::forge::escape_markdown(&author);
+    let author = author.as_str();
     let source = repo.source.name.clone();
     let say = |text: String| reply(intake, delivery, &source, pr, text);
     if crate::report::comment::is_gantry_comment(body) {
@@ -78,7 +82,7 @@ pub(super) async fn on_comment(
     let command = match events::parse_command(body) {
         None => return Ok("comment without a /gantry command".into()),
         Some(Err(message)) => {
-            say(format!("@{author} {message}"))?;
+            say(format!("@{mention} {message}"))?;
             return Ok(format!("malformed command: {message}"));
         }
         Some(Ok(c)) => c,
@@ -146,7 +150,7 @@ pub(super) async fn on_comment(
         .map_err(|e| e.to_string())?;
     if !allowed {
         say(format!(
-            "@{author} only users with write access to {} can run pipelines; ask a maintainer to \
+            "@{mention} only users with write access to {} can run pipelines; ask a maintainer to \
              comment `/gantry run {}`.",
             repo.forge_id,
             name.replace('`', "'")
@@ -157,7 +161,7 @@ pub(super) async fn on_comment(
     match named_commit {
         Some(named) if !head.starts_with(&named) => {
             say(format!(
-                "@{author} not started: {} is not the head of #{pr} any more (it is now `{}`); \
+                "@{mention} not started: {} is not the head of #{pr} any more (it is now `{}`); \
                  look at the new head and comment again.",
                 code_span(&named),
                 short(&head)
@@ -172,7 +176,7 @@ pub(super) async fn on_comment(
                 && moved.timestamp() > said.timestamp()
             {
                 say(format!(
-                    "@{author} not started: the head of #{pr} moved to `{}` after your comment; \
+                    "@{mention} not started: the head of #{pr} moved to `{}` after your comment; \
                      look at the new head and comment again (or name it: `/gantry run {} @{}`).",
                     short(&head),
                     name.replace('`', "'"),
@@ -185,7 +189,7 @@ pub(super) async fn on_comment(
     let Some(at) = pipelines.iter().find(|at| at.name == name) else {
         let known: Vec<String> = pipelines.iter().map(|a| code_span(&a.name)).collect();
         say(format!(
-            "@{author} there is no pipeline {quoted} at `{}`; pipelines here: {}",
+            "@{mention} there is no pipeline {quoted} at `{}`; pipelines here: {}",
             short(&defined_at),
             if known.is_empty() {
                 "none".to_string()
@@ -197,7 +201,7 @@ pub(super) async fn on_comment(
     };
     let Some(p) = &at.pipeline else {
         say(format!(
-            "@{author} {quoted} fails validation at `{}`: {}",
+            "@{mention} {quoted} fails validation at `{}`: {}",
             short(&defined_at),
             code_span(&first_error(at))
         ))?;
@@ -205,7 +209,7 @@ pub(super) async fn on_comment(
     };
     if !p.on.comment {
         say(format!(
-            "@{author} {quoted} does not take comment commands (add `on: {{comment: true}}` to \
+            "@{mention} {quoted} does not take comment commands (add `on: {{comment: true}}` to \
              its file{})",
             if own { "" } else { " on the watched branch" }
         ))?;
@@ -239,7 +243,7 @@ pub(super) async fn on_comment(
     let run = match submitted {
         Ok(r) => r,
         Err(RunAtError::Parameter(message)) => {
-            say(format!("@{author} not started: {}", code_span(&message)))?;
+            say(format!("@{mention} not started: {}", code_span(&message)))?;
             return Ok(format!("parameter error: {message}"));
         }
         Err(RunAtError::Other(e)) => return Err(e),

@@ -216,3 +216,43 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
     assert!(!again);
     assert!(store.outbox().expect("outbox").is_empty());
 }
+
+#[test]
+fn text_quoted_in_the_pr_comment_cannot_mention_link_or_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = finished_run(&store);
+    store
+        .put_output(
+            &run.id,
+            "create",
+            "note",
+            "`x` @everyone [a](http://e.x)",
+            false,
+        )
+        .expect("output");
+    store
+        .update_run(&run.id, |r| {
+            r.message = Some("ask @admin: **[docs](https://evil.example)**".into());
+        })
+        .expect("message");
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        ..PrRecord::default()
+    };
+    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(
+            &"ask @\u{200B}admin: \\*\\*\\[docs\\]\\(https:\u{200B}//evil.example\\)\\*\\*"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"- `create.note` = `'x' @everyone [a](http://e.x)`"),
+        "{text}"
+    );
+}

@@ -1238,3 +1238,53 @@ fn a_marked_comment_by_another_account_is_not_edited() {
     );
     assert!(lines.iter().any(|l| l == "GET /user"), "{lines:?}");
 }
+
+/// The reply on `pr` containing `needle`, without its hidden marker line.
+fn reply_text(w: &World, pr: u64, needle: &str) -> String {
+    let body = wait_comment(w, pr, needle);
+    body.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+// 18. Text quoted back from a comment is shown as code: it cannot mention anyone, link or
+// format (snapshots of the replies).
+#[test]
+fn replies_quote_user_text_as_code() {
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_permission("maintainer", "write");
+    w.fake.set_pr_head(5, &w.remote.repo.head());
+    w.accept(
+        &github_comment(
+            5,
+            "maintainer",
+            "/gantry run deploy [x](https://evil.example)",
+        ),
+        "quote-link",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "not a parameter"),
+        "@maintainer `[x](https://evil.example)` is not a parameter; write parameters as key=value"
+    );
+    w.accept(
+        &github_comment(5, "maintainer", "/gantry run deploy @everyone"),
+        "quote-mention",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "does not name a commit"),
+        "@maintainer `@everyone` does not name a commit; write `@` and 4 to 40 hex digits of the \
+         head you mean, once"
+    );
+    w.accept(
+        &github_comment(5, "maintainer", "/gantry run **bold**`x`"),
+        "quote-name",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "there is no pipeline"),
+        format!(
+            "@maintainer there is no pipeline `**bold**'x'` at `{}`; pipelines here: `deploy`",
+            &w.remote.repo.head()[..7]
+        )
+    );
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+}
