@@ -133,7 +133,10 @@ pub(super) async fn pipelines_at(
         commit.to_string(),
         repo.source.paths.clone(),
     );
-    blocking(move || events::pipelines_at(&m, &c, &globs).map_err(|e| e.to_string())).await
+    blocking(move || {
+        events::pipelines_at(&m, &c, &globs, events::ReadCap::default()).map_err(|e| e.to_string())
+    })
+    .await
 }
 
 pub(super) async fn changed_paths(mirror: &Mirror, old: Option<String>, new: &str) -> Vec<String> {

@@ -233,6 +233,27 @@ impl Mirror {
         Ok(resolve_commit(&repo, short_or_full_sha, &self.git_dir)?.to_string())
     }
 
+    /// The size in bytes of the file at `path` in `commit` (read from the object's header, not
+    /// its content), or `None` if the commit has no file there.
+    pub fn file_size(&self, commit: &str, path: &str) -> Result<Option<u64>, SourceError> {
+        let repo = self.open()?;
+        let (id, tree) = self.commit_tree(&repo, commit)?;
+        let err = |source: gix::Error| SourceError::Object {
+            what: format!("the size of `{path}`"),
+            commit: id.to_string(),
+            git_dir: self.git_dir.clone(),
+            source,
+        };
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+            return Ok(None);
+        };
+        if !(entry.mode().is_blob() || entry.mode().is_link()) {
+            return Ok(None);
+        }
+        let header = repo.find_header(entry.object_id()).map_err(err)?;
+        Ok(Some(header.size()))
+    }
+
     /// When `commit` was committed (its committer time), in seconds since the epoch.
     pub fn commit_time(&self, commit: &str) -> Result<i64, SourceError> {
         let repo = self.open()?;

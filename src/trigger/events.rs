@@ -21,15 +21,88 @@ pub struct AtCommit {
     pub errors: Vec<PipelineError>,
 }
 
-/// Every pipeline file matching `globs` at `commit`, checked. The definitions a pull request runs
-/// are these, read at its head: a PR can change a pipeline and see it run.
+/// How much of a commit's pipeline files an event reads: a commit anyone can push (a branch, a
+/// pull request's head) must not make Gantry read or parse without bound.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadCap {
+    /// Pipeline files read at one commit; the rest are reported, not read.
+    pub max_files: usize,
+    /// Bytes read at one commit, all files together.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ReadCap {
+    fn default() -> ReadCap {
+        ReadCap {
+            max_files: 200,
+            max_total_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// A file at a commit that was not read: invalid, with the reason at its first line.
+fn not_read(path: String, message: String) -> AtCommit {
+    let name = std::path::Path::new(&path)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.clone());
+    AtCommit {
+        errors: vec![PipelineError {
+            path: path.clone(),
+            line: 1,
+            column: 1,
+            message,
+        }],
+        path,
+        name,
+        text: String::new(),
+        pipeline: None,
+    }
+}
+
+/// Every pipeline file matching `globs` at `commit`, checked, within `cap`: sizes are looked up
+/// before anything is read, and a file over the cap (too many files, too many bytes, larger
+/// than a pipeline file may be) is reported invalid without being read. The definitions a pull
+/// request runs are these, read at its head: a PR can change a pipeline and see it run.
 pub fn pipelines_at(
     mirror: &Mirror,
     commit: &str,
     globs: &[String],
+    cap: ReadCap,
 ) -> Result<Vec<AtCommit>, SourceError> {
     let mut out = Vec::new();
-    for path in mirror.list_files(commit, globs)? {
+    let max_file = crate::spec::yaml::Limits::default().max_bytes as u64;
+    let mut total: u64 = 0;
+    for (i, path) in mirror.list_files(commit, globs)?.into_iter().enumerate() {
+        if i >= cap.max_files {
+            out.push(not_read(
+                path,
+                format!(
+                    "not read: a commit may hold at most {} pipeline files",
+                    cap.max_files
+                ),
+            ));
+            continue;
+        }
+        let size = mirror.file_size(commit, &path)?.unwrap_or(0);
+        if size > max_file {
+            out.push(not_read(
+                path,
+                format!("not read: {size} bytes, more than a pipeline file may have ({max_file})"),
+            ));
+            continue;
+        }
+        if total + size > cap.max_total_bytes {
+            out.push(not_read(
+                path,
+                format!(
+                    "not read: the pipeline files of a commit may hold at most {} bytes together",
+                    cap.max_total_bytes
+                ),
+            ));
+            continue;
+        }
+        total += size;
         let bytes = mirror.read_file(commit, &path)?.unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let checked = crate::spec::check(&text);
