@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 
 use super::run_at::blocking;
 use super::run_at::{
-    Delivery, RunAt, RunAtError, first_error, pipelines_at, pr_record, reply, resolve, run_at,
-    save_pr, sync, watched_head,
+    Delivery, RunAt, RunAtError, pipelines_at, pr_record, reply, resolve, run_at, save_pr, sync,
+    watched_head,
 };
 use super::{Intake, WatchedRepo};
 use crate::forge::code_span;
 use crate::store::{DeliveryRecord, Trigger};
-use crate::trigger::events::{self, Command};
+use crate::trigger::events::{self, Command, CommentDecision, RunCommand};
 
 pub(super) struct CommentEvent {
     pub pr: u64,
@@ -26,10 +26,6 @@ pub(super) struct CommentEvent {
     pub author_id: String,
     pub head_sha: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
 }
 
 /// When `head` became the pull request's head, as far as Gantry can tell: its commit time, or
@@ -143,78 +139,40 @@ pub(super) async fn on_comment(
             at,
         } => (pipeline, params, at),
     };
-    let quoted = code_span(&name);
-    let allowed = client
+    let can_write = client
         .can_write(&author_id)
         .await
         .map_err(|e| e.to_string())?;
-    if !allowed {
-        say(format!(
-            "@{mention} only users with write access to {} can run pipelines; ask a maintainer to \
-             comment `/gantry run {}`.",
-            repo.forge_id,
-            name.replace('`', "'")
-        ))?;
-        return Ok(format!("refused: {author} has no write access"));
-    }
-    // The command runs the head its author saw, or nothing.
-    match named_commit {
-        Some(named) if !head.starts_with(&named) => {
-            say(format!(
-                "@{mention} not started: {} is not the head of #{pr} any more (it is now `{}`); \
-                 look at the new head and comment again.",
-                code_span(&named),
-                short(&head)
-            ))?;
-            return Ok(format!("not started: @{named} is not the head"));
-        }
-        Some(_) => {}
-        None => {
+    let moved_after_comment = match (&named_commit, created_at) {
+        (None, Some(said)) => {
             let moved = head_moved_at(intake, &source, pr, &mirror, &head).await?;
             // Forges give comment times in whole seconds.
-            if let (Some(said), Some(moved)) = (created_at, moved)
-                && moved.timestamp() > said.timestamp()
-            {
-                say(format!(
-                    "@{mention} not started: the head of #{pr} moved to `{}` after your comment; \
-                     look at the new head and comment again (or name it: `/gantry run {} @{}`).",
-                    short(&head),
-                    name.replace('`', "'"),
-                    short(&head)
-                ))?;
-                return Ok(format!("not started: the head moved to {}", short(&head)));
-            }
+            moved.is_some_and(|m| m.timestamp() > said.timestamp())
         }
-    }
-    let Some(at) = pipelines.iter().find(|at| at.name == name) else {
-        let known: Vec<String> = pipelines.iter().map(|a| code_span(&a.name)).collect();
-        say(format!(
-            "@{mention} there is no pipeline {quoted} at `{}`; pipelines here: {}",
-            short(&defined_at),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ))?;
-        return Ok(format!("no pipeline `{name}`"));
+        _ => false,
     };
-    let Some(p) = &at.pipeline else {
-        say(format!(
-            "@{mention} {quoted} fails validation at `{}`: {}",
-            short(&defined_at),
-            code_span(&first_error(at))
-        ))?;
-        return Ok(format!("`{name}` is invalid"));
+    let decision = events::decide_run(
+        &RunCommand {
+            mention: &mention,
+            pr,
+            repo: &repo.forge_id,
+            name: &name,
+            head: &head,
+            defined_at: &defined_at,
+            watched_branch: !own,
+            can_write,
+            named_commit: named_commit.as_deref(),
+            moved_after_comment,
+        },
+        &pipelines,
+    );
+    let (at, p) = match decision {
+        CommentDecision::Reply { text, outcome } => {
+            say(text)?;
+            return Ok(outcome);
+        }
+        CommentDecision::Run { at, pipeline } => (at, pipeline),
     };
-    if !p.on.comment {
-        say(format!(
-            "@{mention} {quoted} does not take comment commands (add `on: {{comment: true}}` to \
-             its file{})",
-            if own { "" } else { " on the watched branch" }
-        ))?;
-        return Ok(format!("`{name}` does not take comment commands"));
-    }
     let given: BTreeMap<String, String> = params.into_iter().collect();
     // A fork's branch names are the fork's (its `main` is not ours): its runs carry the PR's
     // own ref.

@@ -258,6 +258,145 @@ pub fn parse_command(body: &str) -> Option<Result<Command, String>> {
     })
 }
 
+/// What intake learned about a `/gantry run` command before deciding it.
+#[derive(Debug, Clone)]
+pub struct RunCommand<'a> {
+    /// The commenter's name, already escaped for markdown (the reply mentions it).
+    pub mention: &'a str,
+    pub pr: u64,
+    /// The repository as the forge names it.
+    pub repo: &'a str,
+    /// The pipeline named.
+    pub name: &'a str,
+    /// The pull request's head now (full sha).
+    pub head: &'a str,
+    /// The commit the pipelines were read at: the head, or the watched branch's head for a fork.
+    pub defined_at: &'a str,
+    /// Whether `defined_at` is the watched branch (a fork's pull request).
+    pub watched_branch: bool,
+    /// Whether the forge says the commenter has write access.
+    pub can_write: bool,
+    /// The commit the command named (`@abc1234`), lower case.
+    pub named_commit: Option<&'a str>,
+    /// Whether the head moved after the comment was written.
+    pub moved_after_comment: bool,
+}
+
+/// What a `/gantry run` command comes to; intake carries it out.
+#[derive(Debug)]
+pub enum CommentDecision<'a> {
+    /// Run nothing; reply `text`. `outcome` is for the delivery's record.
+    Reply { text: String, outcome: String },
+    /// Queue a run of this pipeline at the head.
+    Run {
+        at: &'a AtCommit,
+        pipeline: &'a Pipeline,
+    },
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// Decides a `/gantry run` command from what intake learned and the pipelines at
+/// `cmd.defined_at`: in order, the commenter's access, the head the commenter saw, the
+/// pipeline's existence, validity and `on.comment`. Text quoted from the comment is a code span.
+pub fn decide_run<'a>(cmd: &RunCommand<'_>, pipelines: &'a [AtCommit]) -> CommentDecision<'a> {
+    let RunCommand {
+        mention,
+        pr,
+        repo,
+        name,
+        head,
+        defined_at,
+        ..
+    } = *cmd;
+    let reply = |text: String, outcome: String| CommentDecision::Reply { text, outcome };
+    let quoted = crate::forge::code_span(name);
+    let plain_name = name.replace('`', "'");
+    if !cmd.can_write {
+        return reply(
+            format!(
+                "@{mention} only users with write access to {repo} can run pipelines; ask a \
+                 maintainer to comment `/gantry run {plain_name}`."
+            ),
+            format!("refused: {mention} has no write access"),
+        );
+    }
+    if let Some(named) = cmd.named_commit
+        && !head.starts_with(named)
+    {
+        return reply(
+            format!(
+                "@{mention} not started: {} is not the head of #{pr} any more (it is now `{}`); \
+                 look at the new head and comment again.",
+                crate::forge::code_span(named),
+                short(head)
+            ),
+            format!("not started: @{named} is not the head"),
+        );
+    }
+    if cmd.named_commit.is_none() && cmd.moved_after_comment {
+        return reply(
+            format!(
+                "@{mention} not started: the head of #{pr} moved to `{}` after your comment; look \
+                 at the new head and comment again (or name it: `/gantry run {plain_name} @{}`).",
+                short(head),
+                short(head)
+            ),
+            format!("not started: the head moved to {}", short(head)),
+        );
+    }
+    let Some(at) = pipelines.iter().find(|at| at.name == name) else {
+        let known: Vec<String> = pipelines
+            .iter()
+            .map(|a| crate::forge::code_span(&a.name))
+            .collect();
+        return reply(
+            format!(
+                "@{mention} there is no pipeline {quoted} at `{}`; pipelines here: {}",
+                short(defined_at),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            format!("no pipeline `{name}`"),
+        );
+    };
+    let Some(pipeline) = &at.pipeline else {
+        let first = at
+            .errors
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| format!("{}: invalid", at.path));
+        return reply(
+            format!(
+                "@{mention} {quoted} fails validation at `{}`: {}",
+                short(defined_at),
+                crate::forge::code_span(&first)
+            ),
+            format!("`{name}` is invalid"),
+        );
+    };
+    if !pipeline.on.comment {
+        return reply(
+            format!(
+                "@{mention} {quoted} does not take comment commands (add `on: {{comment: true}}` \
+                 to its file{})",
+                if cmd.watched_branch {
+                    " on the watched branch"
+                } else {
+                    ""
+                }
+            ),
+            format!("`{name}` does not take comment commands"),
+        );
+    }
+    CommentDecision::Run { at, pipeline }
+}
+
 /// The reply to `/gantry help`, listing the pipelines that take comment commands.
 pub fn help_text(commentable: &[(String, Vec<String>)]) -> String {
     let mut out = String::from(
@@ -367,5 +506,133 @@ mod tests {
         assert!(matches!(parse_command("/gantry run p oops"), Some(Err(m)) if m.contains("oops")));
         assert!(matches!(parse_command("/gantry deploy"), Some(Err(m)) if m.contains("unknown")));
         assert_eq!(parse_command("/gantryx run p"), None);
+    }
+
+    fn at(name: &str, text: &str) -> AtCommit {
+        let checked = crate::spec::check(text);
+        AtCommit {
+            path: format!(".gantry/pipelines/{name}.yaml"),
+            name: name.to_string(),
+            text: text.to_string(),
+            errors: crate::catalog::errors_of(&format!(".gantry/pipelines/{name}.yaml"), &checked),
+            pipeline: checked.pipeline,
+        }
+    }
+
+    fn reply_of(d: CommentDecision<'_>) -> String {
+        match d {
+            CommentDecision::Reply { text, .. } => text,
+            CommentDecision::Run { at, .. } => panic!("runs {}", at.name),
+        }
+    }
+
+    #[test]
+    fn comment_commands_decide_in_order_and_quote_as_code() {
+        let head = "1234567890abcdef1234567890abcdef12345678";
+        let pipelines = vec![
+            at(
+                "deploy",
+                "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: deploy\non: {comment: true}\nsteps:\n  - name: s\n    script: 'true'\n",
+            ),
+            at(
+                "plan",
+                "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: plan\non: {push: {}}\nsteps:\n  - name: s\n    script: 'true'\n",
+            ),
+        ];
+        let cmd = RunCommand {
+            mention: "maintainer",
+            pr: 7,
+            repo: "acme/infra",
+            name: "deploy",
+            head,
+            defined_at: "abcdef0123456789",
+            watched_branch: true,
+            can_write: true,
+            named_commit: None,
+            moved_after_comment: false,
+        };
+        assert!(matches!(
+            decide_run(&cmd, &pipelines),
+            CommentDecision::Run { at, .. } if at.name == "deploy"
+        ));
+        // Snapshots of every reply.
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    can_write: false,
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer only users with write access to acme/infra can run pipelines; ask a \
+             maintainer to comment `/gantry run deploy`."
+        );
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    named_commit: Some("abcd"),
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer not started: `abcd` is not the head of #7 any more (it is now \
+             `1234567`); look at the new head and comment again."
+        );
+        assert!(
+            matches!(
+                decide_run(
+                    &RunCommand {
+                        named_commit: Some("12345"),
+                        moved_after_comment: true,
+                        ..cmd.clone()
+                    },
+                    &pipelines
+                ),
+                CommentDecision::Run { .. }
+            ),
+            "a named head wins over times"
+        );
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    moved_after_comment: true,
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer not started: the head of #7 moved to `1234567` after your comment; look \
+             at the new head and comment again (or name it: `/gantry run deploy @1234567`)."
+        );
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    name: "[x](http://e.x) @all",
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer there is no pipeline `[x](http://e.x) @all` at `abcdef0`; pipelines \
+             here: `deploy`, `plan`"
+        );
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    name: "plan",
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer `plan` does not take comment commands (add `on: {comment: true}` to its \
+             file on the watched branch)"
+        );
+        let broken = vec![at(
+            "deploy",
+            "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: deploy\nstpes: []\n",
+        )];
+        let text = reply_of(decide_run(&cmd, &broken));
+        assert!(
+            text.starts_with("@maintainer `deploy` fails validation at `abcdef0`: `"),
+            "{text}"
+        );
     }
 }
