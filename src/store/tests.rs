@@ -410,3 +410,82 @@ fn versions_are_recorded_only_when_the_text_changes() {
         Some(2)
     );
 }
+
+#[test]
+fn a_run_with_an_idempotency_key_is_created_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let key = "github/d-1/run/build";
+    assert_eq!(store.done_for(key).expect("read"), None);
+    let first = store
+        .create_run(NewRun {
+            idempotency_key: Some(key.into()),
+            ..new_run("build")
+        })
+        .expect("first");
+    assert_eq!(store.done_for(key).expect("read"), Some(first.id.clone()));
+    let again = store
+        .create_run(NewRun {
+            idempotency_key: Some(key.into()),
+            ..new_run("build")
+        })
+        .expect("again");
+    assert_eq!(again.id, first.id, "the first run, not a second");
+    assert_eq!(store.list_runs(None, 10).expect("list").len(), 1);
+    // Another key is another run.
+    let other = store
+        .create_run(NewRun {
+            idempotency_key: Some("github/d-2/run/build".into()),
+            ..new_run("build")
+        })
+        .expect("other");
+    assert_ne!(other.id, first.id);
+}
+
+fn delivery(id: &str, body: &str) -> DeliveryRecord {
+    DeliveryRecord {
+        forge: "github".into(),
+        id: id.into(),
+        source: "infra".into(),
+        event: "push".into(),
+        body: body.into(),
+        received_at: Utc::now(),
+        outcome: None,
+        processed_at: None,
+        attempts: 0,
+        retry_at: None,
+        last_error: None,
+        head: None,
+    }
+}
+
+#[test]
+fn a_body_accepted_once_is_a_duplicate_under_any_delivery_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let hash = |b: &str| -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(b.as_bytes()).into()
+    };
+    assert!(
+        store
+            .accept_delivery(&delivery("a", "{1}"), &hash("{1}"))
+            .expect("a")
+    );
+    assert!(
+        !store
+            .accept_delivery(&delivery("a", "{1}"), &hash("{1}"))
+            .expect("redelivery")
+    );
+    assert!(
+        !store
+            .accept_delivery(&delivery("b", "{1}"), &hash("{1}"))
+            .expect("replay")
+    );
+    assert!(
+        store
+            .accept_delivery(&delivery("c", "{2}"), &hash("{2}"))
+            .expect("c")
+    );
+    assert_eq!(store.pending_deliveries(10).expect("pending").len(), 2);
+}
