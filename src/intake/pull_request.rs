@@ -76,13 +76,7 @@ pub(super) async fn on_pull_request(
     let mut started = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     let mut transient = None;
-    for at in &pipelines {
-        let Some(p) = &at.pipeline else {
-            continue;
-        };
-        if !events::pr_matches(p, pr.action, &pr.base_branch, &changed) {
-            continue;
-        }
+    for (at, p) in events::pr_runs(&pipelines, pr.action, &pr.base_branch, &changed) {
         let run = run_at(
             intake,
             repo,

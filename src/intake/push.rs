@@ -28,13 +28,7 @@ pub(super) async fn on_push(
     let mut started = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     let mut transient = None;
-    for at in &pipelines {
-        let Some(p) = &at.pipeline else {
-            continue;
-        };
-        if !events::push_matches(p, branch, &repo.source.branch, &changed) {
-            continue;
-        }
+    for (at, p) in events::push_runs(&pipelines, branch, &repo.source.branch, &changed) {
         let run = run_at(
             intake,
             repo,

@@ -177,6 +177,35 @@ pub fn pr_matches(p: &Pipeline, action: PrAction, base: &str, changed: &[String]
     type_ok && any_match(&pr.branches, base, false, true) && paths_match(&pr.paths, changed)
 }
 
+/// The valid pipelines among `pipelines` that a push to `branch` (changing `changed`) runs; intake
+/// queues them.
+pub fn push_runs<'a>(
+    pipelines: &'a [AtCommit],
+    branch: &str,
+    watched: &str,
+    changed: &[String],
+) -> Vec<(&'a AtCommit, &'a Pipeline)> {
+    pipelines
+        .iter()
+        .filter_map(|at| at.pipeline.as_ref().map(|p| (at, p)))
+        .filter(|(_, p)| push_matches(p, branch, watched, changed))
+        .collect()
+}
+
+/// The valid pipelines among `pipelines` that a pull request event runs; intake queues them.
+pub fn pr_runs<'a>(
+    pipelines: &'a [AtCommit],
+    action: PrAction,
+    base: &str,
+    changed: &[String],
+) -> Vec<(&'a AtCommit, &'a Pipeline)> {
+    pipelines
+        .iter()
+        .filter_map(|at| at.pipeline.as_ref().map(|p| (at, p)))
+        .filter(|(_, p)| pr_matches(p, action, base, changed))
+        .collect()
+}
+
 /// A `/gantry` command found in a comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
