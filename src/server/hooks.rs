@@ -237,3 +237,46 @@ pub async fn receive(
         json!({"accepted": true, "duplicate": !new, "delivery": id, "source": repo.source.name}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(name: &str, secret: Option<&str>) -> Arc<WatchedRepo> {
+        Arc::new(WatchedRepo {
+            forge_id: format!("acme/{name}"),
+            forge: Some(Forge::Github),
+            poll_interval: std::time::Duration::ZERO,
+            webhook_secret: secret.map(str::to_string),
+            source: crate::catalog::RepoSource {
+                name: name.to_string(),
+                url: String::new(),
+                branch: "main".into(),
+                paths: Vec::new(),
+                credentials: None,
+                mirror_dir: std::path::PathBuf::new(),
+            },
+            wake: tokio::sync::Notify::new(),
+            sync_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    #[test]
+    fn every_repository_sharing_the_signing_secret_is_verified() {
+        let body = br#"{"zen": "x"}"#;
+        let candidates = vec![
+            repo("a", Some("shared")),
+            repo("b", Some("other")),
+            repo("c", Some("shared")),
+            repo("d", None),
+        ];
+        let auth = webhook::sign(Forge::Github, body, "shared");
+        let names: Vec<String> = verified_by(Forge::Github, &auth, body, &candidates)
+            .iter()
+            .map(|r| r.source.name.clone())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        let wrong = webhook::sign(Forge::Github, body, "nobody's");
+        assert!(verified_by(Forge::Github, &wrong, body, &candidates).is_empty());
+    }
+}
