@@ -655,6 +655,24 @@ async fn github_app_exchanges_an_installation_token() {
     for r in &requests {
         assert!(!r.body.contains("PRIVATE KEY"));
     }
+    // An App's comments are its bot user's: found again as `<slug>[bot]` (`GET /app`, with the
+    // JWT), and a marked comment by anyone else is not.
+    fake.add_comment_by(1, "mallory", &format!("{MARKER} not ours"));
+    let ours = client
+        .create_comment(1, &format!("{MARKER} ours"))
+        .await
+        .unwrap();
+    fake.clear_requests();
+    assert_eq!(client.find_comment(1, MARKER).await.unwrap(), Some(ours));
+    let app = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.line() == "GET /app")
+        .expect("GET /app");
+    assert!(
+        app.header("authorization")
+            .is_some_and(|a| a.split('.').count() == 3)
+    );
 
     // A failing token exchange: retryable with its status, no key in the message.
     let fake = FakeForge::start(Forge::Github);

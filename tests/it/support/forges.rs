@@ -21,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The login of the account the fake forges' tokens act as (`GET /user`).
 pub const OWN_LOGIN: &str = "gantry-bot";
+/// The login of the fake GitHub App's bot user (`<slug>[bot]`, the slug from `GET /app`).
+pub const APP_LOGIN: &str = "gantry-app[bot]";
 /// Its Bitbucket account id.
 pub const OWN_ACCOUNT_ID: &str = "557058:gantry-bot";
 
@@ -587,6 +589,10 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                 .entry(pr)
                 .or_default()
                 .push((id, text.clone()));
+            // An App's installation token writes as the App's bot user.
+            if request.header("authorization") == Some(&format!("Bearer {INSTALLATION_TOKEN}")) {
+                state.comment_authors.insert(id, APP_LOGIN.to_string());
+            }
             let mut comment = fixture("github-api-issue-comment-response.json");
             comment["id"] = json!(id);
             comment["body"] = json!(text);
