@@ -188,12 +188,13 @@ fn delivery(
 }
 
 /// A PR comment without a command: stored like any delivery, and processed without a fetch, so
-/// the intake figure is not the processor's.
-fn comment_body() -> Vec<u8> {
+/// the intake figure is not the processor's. Each delivery id has its own body (Gantry takes the
+/// same body under a new id for a replay); a redelivery sends the same id and body again.
+fn comment_body(delivery: &str) -> Vec<u8> {
     json!({
         "action": "created",
         "issue": {"number": 1, "pull_request": {"url": "x"}},
-        "comment": {"id": 1, "body": "looks good", "user": {"login": "alice"}},
+        "comment": {"id": delivery, "body": "looks good", "user": {"login": "alice"}},
         "repository": {"full_name": REPO},
         "sender": {"login": "alice"}
     })
@@ -213,17 +214,13 @@ async fn load(
         .pool_max_idle_per_host(connections)
         .build()
         .map_err(|e| e.to_string())?;
-    let body = Arc::new(comment_body());
-    let signature = Arc::new(sign(Forge::Github, &body, SECRET));
     let sent = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..connections {
-        let (client, body, sent, failures) =
-            (client.clone(), body.clone(), sent.clone(), failures.clone());
-        let signature = signature.clone();
+        let (client, sent, failures) = (client.clone(), sent.clone(), failures.clone());
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
@@ -235,14 +232,15 @@ async fn load(
                 } else {
                     format!("c{c}-{n}")
                 };
-                // The body is the same every time, so it is signed once (below); only the
-                // delivery id changes. The baseline gets the same headers, unchecked.
+                // The baseline gets the same headers, unchecked.
+                let body = comment_body(&id);
+                let signature = sign(Forge::Github, &body, SECRET);
                 let mut request = client
                     .post(&url)
                     .header("content-type", "application/json")
                     .header("x-github-event", "issue_comment")
                     .header("x-github-delivery", &id)
-                    .body(body.to_vec());
+                    .body(body);
                 for (k, v) in signature.iter() {
                     request = request.header(k, v);
                 }

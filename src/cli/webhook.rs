@@ -50,8 +50,8 @@ pub struct ReplayArgs {
         value_name = "SECRET"
     )]
     pub secret: String,
-    /// The delivery id to send (default: a new random one, so the server does not skip it as a
-    /// repeat)
+    /// The delivery id to send (default: a new random one; the server still skips a body it
+    /// accepted before as a replay, so change --sha or the body to send it again)
     #[arg(long, value_name = "ID")]
     pub delivery_id: Option<String>,
     /// Point the delivery at this repository (GitHub owner/name, GitLab group/project,

@@ -340,12 +340,24 @@ fn parse_json(
 /// An id field that may be a number or a string, as text.
 /// One page of comments (a JSON list with `body` and `id`): the id of the first whose body holds
 /// `marker`, and whether a next page may follow (the page was full).
+/// Whether the value at any of `pointers` in `item` is one of `own` (ids as text).
+fn written_by(item: &serde_json::Value, pointers: &[&str], own: &[String]) -> bool {
+    pointers.iter().any(|p| {
+        item.pointer(p)
+            .and_then(id_text)
+            .is_some_and(|id| own.contains(&id))
+    })
+}
+
+/// The marked comment on a page written by `own` (its author at `author`), and whether another
+/// page may follow.
 fn marked_on_page(
     forge: Forge,
     call: &str,
     status: u16,
     page: &serde_json::Value,
     marker: &str,
+    (author, own): (&str, &[String]),
 ) -> Result<(Option<String>, bool), ApiError> {
     let Some(items) = page.as_array() else {
         return Err(ApiError::invalid_answer(forge, call, status, "not a list"));
@@ -355,7 +367,7 @@ fn marked_on_page(
             .get("body")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
-        if body.contains(marker) {
+        if body.contains(marker) && written_by(item, &[author], own) {
             item.get("id").and_then(id_text)
         } else {
             None
@@ -384,6 +396,8 @@ struct Inner {
     /// What must never appear in an error: the token, the App's private key.
     secrets: Vec<String>,
     backend: Backend,
+    /// The account the token acts as (`own_account`), asked once.
+    me: tokio::sync::OnceCell<Vec<String>>,
 }
 
 enum Backend {
@@ -430,8 +444,28 @@ impl ForgeClient {
                 timeout: config.timeout,
                 secrets,
                 backend,
+                me: tokio::sync::OnceCell::new(),
             }),
         })
+    }
+
+    /// Who the token is, as the ids a comment's author carries, asked of the forge once and
+    /// cached: GitHub `GET /user` (`login`; for an App, `GET /app` and `<slug>[bot]`), GitLab
+    /// `GET /user` (`id`), Bitbucket `GET /2.0/user` (`account_id` and `uuid`).
+    pub async fn own_account(&self) -> Result<&[String], ApiError> {
+        let call = "own_account";
+        let me = self
+            .inner
+            .me
+            .get_or_try_init(|| async {
+                match &self.inner.backend {
+                    Backend::Github(c) => self.run(call, c.own_account()).await,
+                    Backend::Gitlab(c) => self.run(call, c.own_account()).await,
+                    Backend::Bitbucket(c) => self.run(call, c.own_account()).await,
+                }
+            })
+            .await?;
+        Ok(me.as_slice())
     }
 
     /// Bounds `call` by the timeout and scrubs secrets from its error.
@@ -533,18 +567,20 @@ impl ForgeClient {
         }
     }
 
-    /// The id of the first PR comment whose body contains `marker` (a hidden HTML comment), to find
-    /// Gantry's comment again if the store lost its id. Reads the comments oldest first, page by
-    /// page (at most 50 pages); the whole walk is bounded by the timeout.
+    /// The id of the first PR comment written by the token's own account (`own_account`) whose
+    /// body contains `marker` (a hidden HTML comment), to find Gantry's comment again if the store
+    /// lost its id; a marked comment by anyone else is not Gantry's. Reads the comments oldest
+    /// first, page by page (at most 50 pages); the whole walk is bounded by the timeout.
     pub async fn find_comment(&self, pr: u64, marker: &str) -> Result<Option<String>, ApiError> {
         let call = "find_comment";
         if marker.is_empty() {
             return Err(ApiError::config(self.inner.forge, call, "empty marker"));
         }
+        let own = self.own_account().await?;
         match &self.inner.backend {
-            Backend::Github(c) => self.run(call, c.find_comment(pr, marker)).await,
-            Backend::Gitlab(c) => self.run(call, c.find_comment(pr, marker)).await,
-            Backend::Bitbucket(c) => self.run(call, c.find_comment(pr, marker)).await,
+            Backend::Github(c) => self.run(call, c.find_comment(pr, marker, own)).await,
+            Backend::Gitlab(c) => self.run(call, c.find_comment(pr, marker, own)).await,
+            Backend::Bitbucket(c) => self.run(call, c.find_comment(pr, marker, own)).await,
         }
     }
 
@@ -558,8 +594,9 @@ impl ForgeClient {
     /// - Bitbucket: `GET /workspaces/{ws}/permissions/repositories/{slug}?q=...` (the effective
     ///   permission, explicit or through a group or the workspace; the token needs workspace
     ///   admin, which `user/permissions/repositories` would not avoid since that one only answers
-    ///   for the token's own user). `user` is matched as uuid, account id or nickname;
-    ///   `permission` is `admin` or `write`. No entry: false.
+    ///   for the token's own user). `user` is matched as account id or uuid, never as a
+    ///   nickname (not unique, chosen by its owner); `permission` is `admin` or `write`. No
+    ///   entry: false.
     pub async fn can_write(&self, user: &str) -> Result<bool, ApiError> {
         let call = "can_write";
         if user.is_empty() || user.contains(['/', '?', '#', '\n', '\r']) {

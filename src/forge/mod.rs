@@ -38,6 +38,22 @@ impl Forge {
     pub fn from_name(name: &str) -> Option<Forge> {
         Forge::ALL.into_iter().find(|f| f.as_str() == name)
     }
+
+    /// The ref under which the forge keeps a pull request's head (a fork's commits are on no
+    /// branch of the repository), where it has one.
+    pub fn pr_head_ref(self, number: u64) -> Option<String> {
+        match self {
+            Forge::Github => Some(format!("refs/pull/{number}/head")),
+            Forge::Gitlab => Some(format!("refs/merge-requests/{number}/head")),
+            Forge::Bitbucket => None,
+        }
+    }
+
+    /// The refspec that fetches a pull request's head into a mirror, as `refs/gantry/pr/<n>`.
+    pub fn pr_refspec(self, number: u64) -> Option<String> {
+        self.pr_head_ref(number)
+            .map(|r| format!("+{r}:refs/gantry/pr/{number}"))
+    }
 }
 
 impl fmt::Display for Forge {
@@ -100,9 +116,16 @@ pub enum ForgeEvent {
         pr_number: u64,
         comment_id: String,
         body: String,
+        /// The author's name as people see it (for a reply's mention).
         author: String,
+        /// The author's stable identity, the one a permission check asks about: the GitHub
+        /// login, the GitLab username, the Bitbucket `account_id` (else `uuid`); never a
+        /// Bitbucket nickname or display name, which anyone can choose.
+        author_id: String,
         /// Missing on GitHub (`issue_comment` has no head): ask the forge (`ForgeClient::pr_head`).
         head_sha: Option<String>,
+        /// When the comment was written, where the payload says (and it parses).
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// GitHub's `ping` when a hook is created.
     Ping { repo: Option<String> },
@@ -123,6 +146,73 @@ impl ForgeEvent {
     }
 }
 
+/// A payload's timestamp: RFC 3339 (GitHub, Bitbucket, newer GitLab) or GitLab's older
+/// `2015-05-17 18:21:36 UTC`.
+pub fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    let bare = text.strip_suffix(" UTC")?;
+    chrono::NaiveDateTime::parse_from_str(bare, "%Y-%m-%d %H:%M:%S")
+        .ok()
+        .map(|t| t.and_utc())
+}
+
+/// Text quoted from a user, made inert for a forge's markdown while it still reads the same:
+/// markdown punctuation is backslash-escaped, a zero-width space after `@` keeps it from
+/// mentioning anyone and one inside `://` and `www.` keeps it from becoming a link, and line
+/// breaks become spaces (it stays on its line). Use it for prose; `code_span` for names.
+pub fn escape_markdown(text: &str) -> String {
+    const ZWSP: char = '\u{200B}';
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        rest = &rest[c.len_utf8()..];
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '(' | ')' | '<' | '>' | '#' | '|' | '~' | '!'
+            | '{' | '}' | '&' | '=' | '+' | '-' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '@' => {
+                out.push('@');
+                out.push(ZWSP);
+            }
+            ':' if rest.starts_with("//") => {
+                out.push(':');
+                out.push(ZWSP);
+            }
+            'w' | 'W' if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case("ww.") => {
+                out.push(c);
+                out.push(ZWSP);
+            }
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` as an inline code span for a forge's markdown: shown as typed, so text quoted from a
+/// user cannot mention anyone, link anywhere or format the message. Backticks and line breaks
+/// inside become plain quotes and spaces (a span cannot hold them safely), and very long text is
+/// cut to 300 characters.
+pub fn code_span(text: &str) -> String {
+    let mut clean: String = text
+        .chars()
+        .map(|c| match c {
+            '`' => '\'',
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .take(300)
+        .collect();
+    if text.chars().count() > 300 {
+        clean.push('…');
+    }
+    format!("`{clean}`")
+}
+
 /// The state of a commit status, in Gantry's terms; each forge maps it to its own words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum StatusState {
@@ -134,4 +224,23 @@ pub enum StatusState {
     /// Gantry could not run it (invalid pipeline, refused to start, interrupted).
     Error,
     Canceled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{code_span, escape_markdown};
+
+    #[test]
+    fn quoted_user_text_cannot_mention_link_or_format() {
+        // Snapshots: what a forge gets for hostile text.
+        assert_eq!(
+            escape_markdown("@octocat see [this](https://evil.example) **now**\n# or www.x.io"),
+            "@\u{200B}octocat see \\[this\\]\\(https:\u{200B}//evil.example\\) \\*\\*now\\*\\* \\# \
+             or w\u{200B}ww.x.io"
+        );
+        assert_eq!(escape_markdown("plain words, 2.5s"), "plain words, 2.5s");
+        assert_eq!(code_span("a`b`\n@x <img src=x>"), "`a'b' @x <img src=x>`");
+        let long = "x".repeat(400);
+        assert_eq!(code_span(&long), format!("`{}…`", "x".repeat(300)));
+    }
 }

@@ -197,12 +197,34 @@ pub fn event_name<H: Headers + ?Sized>(forge: Forge, headers: &H) -> Option<Stri
 /// The repository id the body names (GitHub and Bitbucket `repository.full_name`, GitLab
 /// `project.path_with_namespace`); only for finding the `[[repos]]` entry whose secret checks
 /// the delivery. `None` when the body is not JSON or names none.
+///
+/// Cheap enough to run before verifying: the body is scanned, not built into a tree; only the
+/// one string is kept.
 pub fn repo_of(forge: Forge, body: &[u8]) -> Option<String> {
-    let json: Value = serde_json::from_slice(body).ok()?;
-    json.pointer(repo_pointer(forge))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    #[derive(serde::Deserialize)]
+    struct Repository {
+        full_name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Project {
+        path_with_namespace: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        repository: Option<Repository>,
+        project: Option<Project>,
+    }
+    let peek: Peek = serde_json::from_slice(body).ok()?;
+    match forge {
+        Forge::Github | Forge::Bitbucket => peek.repository.and_then(|r| r.full_name),
+        Forge::Gitlab => peek.project.and_then(|p| p.path_with_namespace),
+    }
+    .filter(|s| !s.is_empty())
+}
+
+/// The sha256 of a delivery's raw body: a body accepted once is a replay under any delivery id.
+pub fn body_hash(body: &[u8]) -> [u8; 32] {
+    Sha256::digest(body).into()
 }
 
 /// Normalises a delivery (already verified) into a `ForgeEvent`. Events, actions and refs that

@@ -42,6 +42,12 @@ fn seconds(ms: i64) -> String {
 }
 
 /// Markdown table cells must not break the table.
+/// Text a run or step recorded (which may quote a pipeline's or a user's words), inert in
+/// markdown and on one line.
+fn quoted(text: &str) -> String {
+    crate::forge::escape_markdown(&one_line(text))
+}
+
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
@@ -103,14 +109,14 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
             run.status.as_str()
         ));
         if let Some(m) = &run.message {
-            details.push_str(&format!("{}\n\n", one_line(&secrets.mask(m))));
+            details.push_str(&format!("{}\n\n", quoted(&secrets.mask(m))));
         }
         for step in &steps {
             let took = step.duration_ms().map(seconds).unwrap_or_default();
             let note = step
                 .message
                 .as_deref()
-                .map(|m| format!(": {}", one_line(&secrets.mask(m))))
+                .map(|m| format!(": {}", quoted(&secrets.mask(m))))
                 .unwrap_or_default();
             let state = match step.state {
                 StepState::Succeeded => "✅",
@@ -129,9 +135,14 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
             .iter()
             .filter(|o| !o.secret)
             .filter_map(|o| {
-                o.value
-                    .as_ref()
-                    .map(|v| format!("- `{}.{}` = `{}`", o.step, o.name, cell(&secrets.mask(v))))
+                o.value.as_ref().map(|v| {
+                    format!(
+                        "- `{}.{}` = {}",
+                        o.step,
+                        o.name,
+                        crate::forge::code_span(&secrets.mask(v))
+                    )
+                })
             })
             .collect();
         if !shown.is_empty() {

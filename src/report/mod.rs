@@ -201,15 +201,21 @@ pub fn invalid_pipeline(
     Ok(())
 }
 
-/// Queues a one-off reply on a pull request.
-pub fn reply(store: &Store, source: &str, pr: u64, body: String) -> Result<(), StoreError> {
-    let key = format!(
-        "reply\u{0}{source}\u{0}{pr}\u{0}{}",
-        crate::store::new_run_id(Utc::now())
-    );
+/// Queues a one-off reply on a pull request, once per `idempotency_key` (the delivery it
+/// answers): returns whether it was queued now.
+pub fn reply(
+    store: &Store,
+    source: &str,
+    pr: u64,
+    body: String,
+    idempotency_key: &str,
+) -> Result<bool, StoreError> {
+    let key = format!("reply\u{0}{source}\u{0}{pr}\u{0}{idempotency_key}");
     let body = format!("{}\n{body}", comment::REPLY_MARKER);
-    store.put_outbox(job(source, key, None, OutboxAction::Reply { pr, body }))?;
-    Ok(())
+    store.put_outbox_once(
+        job(source, key, None, OutboxAction::Reply { pr, body }),
+        idempotency_key,
+    )
 }
 
 #[cfg(test)]

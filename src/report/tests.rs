@@ -38,6 +38,7 @@ fn finished_run(store: &Store) -> RunRecord {
             concurrency: None,
             message: None,
             pr: Some(7),
+            idempotency_key: None,
         })
         .expect("run");
     let start = Utc
@@ -96,6 +97,7 @@ fn the_pr_comment_lists_runs_steps_outputs_and_errors_without_secrets() {
         )]
         .into(),
         from_fork: false,
+        head_seen_at: None,
     };
     let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
     let expected = format!(
@@ -187,7 +189,15 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         "a line of the comment reads as a command:\n{text}"
     );
     assert!(comment::is_gantry_comment(&text));
-    reply(&store, "infra", 9, "@bob /gantry run needs a name".into()).expect("reply");
+    let queued = reply(
+        &store,
+        "infra",
+        9,
+        "@bob /gantry run needs a name".into(),
+        "github/d-1/reply",
+    )
+    .expect("reply");
+    assert!(queued);
     let jobs = store.outbox().expect("outbox");
     let body = jobs
         .iter()
@@ -197,6 +207,54 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         })
         .expect("a reply");
     assert!(comment::is_gantry_comment(&body), "{body}");
+    // The same delivery answered again (processed again after a crash, even after the first
+    // reply was sent) queues nothing.
+    for job in &jobs {
+        store.remove_outbox(job).expect("sent");
+    }
+    let again = reply(&store, "infra", 9, "again".into(), "github/d-1/reply").expect("reply");
+    assert!(!again);
+    assert!(store.outbox().expect("outbox").is_empty());
+}
+
+#[test]
+fn text_quoted_in_the_pr_comment_cannot_mention_link_or_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = finished_run(&store);
+    store
+        .put_output(
+            &run.id,
+            "create",
+            "note",
+            "`x` @everyone [a](http://e.x)",
+            false,
+        )
+        .expect("output");
+    store
+        .update_run(&run.id, |r| {
+            r.message = Some("ask @admin: **[docs](https://evil.example)**".into());
+        })
+        .expect("message");
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        ..PrRecord::default()
+    };
+    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(
+            &"ask @\u{200B}admin: \\*\\*\\[docs\\]\\(https:\u{200B}//evil.example\\)\\*\\*"
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"- `create.note` = `'x' @everyone [a](http://e.x)`"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -273,13 +331,15 @@ fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
         runs: [("provision-db".to_string(), run.id.clone())].into(),
         invalid: BTreeMap::new(),
         from_fork: false,
+        head_seen_at: None,
     };
     let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
     assert!(
         text.contains(
+            // The run's message is quoted inert: markdown escaped, so it cannot mention or link.
             "<details><summary><code>provision-db</code> #1: failed</summary>\n\nnot started: \
-             secret `db_password` is protected: runs at `refs/heads/feature` get only secrets \
-             set with --unprotected; protected refs of `infra`: main\n\n"
+             secret \\`db\\_password\\` is protected: runs at \\`refs/heads/feature\\` get only \
+             secrets set with \\-\\-unprotected; protected refs of \\`infra\\`: main\n\n"
         ),
         "{text}"
     );

@@ -187,6 +187,7 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             message: None,
             owner: recover::current_owner(),
             pr: None,
+            idempotency_key: None,
         },
     )?;
     start(
@@ -249,6 +250,8 @@ pub struct Enqueue {
     pub owner: Option<crate::store::Owner>,
     /// The pull request the run belongs to.
     pub pr: Option<u64>,
+    /// Created at most once under this key (see `store::NewRun`).
+    pub idempotency_key: Option<String>,
 }
 
 /// Records a run (flushed) with a pending record per step of its plan.
@@ -271,6 +274,7 @@ pub fn enqueue(store: &Store, pipeline: &Pipeline, e: Enqueue) -> Result<RunReco
         concurrency: e.concurrency,
         message: e.message,
         pr: e.pr,
+        idempotency_key: e.idempotency_key,
     })
 }
 

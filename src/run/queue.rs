@@ -60,6 +60,9 @@ pub struct Submit {
     pub git: Option<GitInfo>,
     /// The pull request the run belongs to.
     pub pr: Option<u64>,
+    /// Submitted at most once under this key: a second submit returns the first run and queues
+    /// nothing (a webhook delivery processed again after a crash).
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +229,12 @@ impl Queue {
         };
         let key = group.as_ref().map(|(g, _)| group_key(&s.source, g));
         let mut state = self.lock();
+        if let Some(k) = &s.idempotency_key
+            && let Some(id) = store.done_for(k)?
+            && let Some(run) = store.get_run(&id)?
+        {
+            return Ok(run);
+        }
         let mut status = RunStatus::Queued;
         let mut message = None;
         let mut to_cancel = Vec::new();
@@ -269,6 +278,7 @@ impl Queue {
                 message,
                 owner: None,
                 pr: s.pr,
+                idempotency_key: s.idempotency_key,
             },
         )?;
         let cancelled = to_cancel.clone();

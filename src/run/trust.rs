@@ -319,6 +319,7 @@ mod tests {
             concurrency: None,
             pr: None,
             writeback_error: None,
+            idempotency_key: None,
         }
     }
 

@@ -852,6 +852,7 @@ async fn start_run(
             detail: who(&headers),
         },
         pr: None,
+        idempotency_key: None,
     };
     let queue = state.queue.clone();
     let run = blocking(move || queue.submit(submit)).await??;
@@ -965,6 +966,7 @@ async fn rerun(
         },
         git: old.git.clone(),
         pr: old.pr,
+        idempotency_key: None,
     };
     let queue = state.queue.clone();
     let run = blocking(move || queue.submit(submit)).await??;

@@ -2,10 +2,12 @@
 //! pipelines in step with their repositories, fires schedules, runs the queue and answers the
 //! REST API.
 //!
-//! Tasks, all on one tokio runtime:
+//! Tasks, all on one tokio runtime (the loops of the trigger path live in `intake`, which gets
+//! its context from here):
 //! - one sync loop per watched repository (fetch + reconcile on `spawn_blocking`, every
 //!   `poll_interval` or when woken), so a slow or unreachable repository delays only itself;
 //! - the scheduler loop (`trigger::schedule`), which submits due ticks to the queue;
+//! - the delivery processor, which turns stored webhook deliveries into runs and replies;
 //! - the run queue (`run::queue`);
 //! - the retention loop, which prunes old runs and webhook bodies (`store::prune`);
 //! - the HTTP server (`api.rs`, with bearer-token auth in `auth`).
@@ -33,34 +35,20 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{self, RepoSource};
+use crate::catalog::RepoSource;
 use crate::config::{ApiToken, Config, Provider};
 use crate::executor::local::LocalExecutor;
 use crate::executor::{Checkout, Limits};
+use crate::forge::Forge;
+use crate::intake::{self, Intake, WatchedRepo};
 use crate::report::outbox::Outbox;
-use crate::run::queue::{Queue, QueueConfig, Submit};
+use crate::run::queue::{Queue, QueueConfig};
 use crate::source::mirror::Credentials;
-use crate::store::{RunRecord, Store, Trigger};
-use crate::trigger::schedule::Scheduler;
+use crate::store::{RunRecord, Store};
 
 /// Set by the auth layer to the name of the token a request used (a client cannot set it: the
 /// layer removes any such header first).
 pub const TOKEN_NAME_HEADER: &str = "x-gantry-token-name";
-
-/// A watched repository as the server keeps it.
-pub struct WatchedRepo {
-    /// The forge's id (`owner/repo`), or the source name for plain git.
-    pub forge_id: String,
-    pub provider: Provider,
-    pub poll_interval: Duration,
-    pub webhook_secret: Option<String>,
-    pub source: RepoSource,
-    /// Wakes the repository's sync loop (the API's sync endpoint, push webhooks).
-    pub wake: Notify,
-    /// Held while the mirror is fetched or the catalog reconciled, so the sync loop and webhook
-    /// processing never interleave (an older head reconciled last would revert pipelines).
-    pub sync_lock: tokio::sync::Mutex<()>,
-}
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -77,6 +65,16 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Unprocessed deliveries beyond which webhooks are answered 503 (`[server] max_backlog`).
     pub max_backlog: u64,
+}
+
+/// The forge of a provider, if it has one.
+pub fn forge_of(provider: Provider) -> Option<Forge> {
+    match provider {
+        Provider::Github => Some(Forge::Github),
+        Provider::Gitlab => Some(Forge::Gitlab),
+        Provider::Bitbucket => Some(Forge::Bitbucket),
+        Provider::Git => None,
+    }
 }
 
 /// Knobs of a server that are not in the config file.
@@ -201,7 +199,7 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                 .map(|t| Credentials::for_provider(r.provider.as_str(), t));
             Arc::new(WatchedRepo {
                 forge_id: r.repo.clone().unwrap_or_else(|| r.name.clone()),
-                provider: r.provider,
+                forge: forge_of(r.provider),
                 poll_interval: r.poll_interval,
                 webhook_secret: r.webhook_secret.clone(),
                 source: RepoSource {
@@ -240,7 +238,7 @@ pub fn forge_clients(config: &Config) -> BTreeMap<String, crate::forge::api::Cli
         .repos
         .iter()
         .filter_map(|r| {
-            let forge = hooks::forge_of(r.provider)?;
+            let forge = forge_of(r.provider)?;
             let auth = match (&r.github_app, &r.token) {
                 (Some(app), _) => Auth::GithubApp {
                     app_id: app.app_id,
@@ -468,15 +466,29 @@ pub async fn serve(
     let interrupt = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
     for repo in repos.values() {
-        tasks.spawn(sync_loop(
+        tasks.spawn(intake::sync_loop(
             store.clone(),
             repo.clone(),
             loops.clone(),
             interrupt.clone(),
         ));
     }
-    tasks.spawn(schedule_loop(store.clone(), queue.clone(), loops.clone()));
-    tasks.spawn(hooks::process_loop(state.clone(), loops.clone()));
+    tasks.spawn(intake::schedule_loop(
+        store.clone(),
+        queue.clone(),
+        loops.clone(),
+    ));
+    tasks.spawn(intake::process_loop(
+        Intake {
+            store: store.clone(),
+            queue: queue.clone(),
+            repos: repos.clone(),
+            public_url: config.server.public_url.clone(),
+            outbox: outbox.clone(),
+            deliveries: state.deliveries.clone(),
+        },
+        loops.clone(),
+    ));
     tasks.spawn(outbox.clone().run(loops.clone()));
     tasks.spawn(retention_loop(
         store.clone(),
@@ -560,135 +572,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-/// Keeps one repository in sync: at start, every `poll_interval` (unless zero), and when woken.
-async fn sync_loop(
-    store: Store,
-    repo: Arc<WatchedRepo>,
-    stop: CancellationToken,
-    interrupt: Arc<AtomicBool>,
-) {
-    let mut failures: u32 = 0;
-    loop {
-        let (st, r, i) = (store.clone(), repo.clone(), interrupt.clone());
-        let guard = repo.sync_lock.lock().await;
-        let result = tokio::task::spawn_blocking(move || catalog::sync(&st, &r.source, &i)).await;
-        drop(guard);
-        match result {
-            Ok(Ok(report)) => {
-                failures = 0;
-                if !report.unchanged {
-                    eprintln!(
-                        "gantry: {} at {}: {} new version(s), {} invalid, {} retired",
-                        repo.source.name,
-                        &report.head[..report.head.len().min(12)],
-                        report.new_versions.len(),
-                        report.invalid.len(),
-                        report.retired.len()
-                    );
-                }
-            }
-            Ok(Err(e)) => {
-                failures = failures.saturating_add(1);
-                eprintln!("gantry: warning: sync of {}: {e}", repo.source.name);
-            }
-            Err(e) => eprintln!("gantry: warning: sync of {} stopped: {e}", repo.source.name),
-        }
-        // After failures, wait longer (up to 5 minutes) so an unreachable remote is not hammered.
-        let wait = if repo.poll_interval.is_zero() {
-            None
-        } else {
-            let backoff = repo.poll_interval * 2u32.saturating_pow(failures.min(8));
-            Some(
-                backoff
-                    .min(Duration::from_secs(300))
-                    .max(repo.poll_interval),
-            )
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = repo.wake.notified() => {}
-            _ = async {
-                match wait {
-                    Some(w) => tokio::time::sleep(w).await,
-                    None => std::future::pending::<()>().await,
-                }
-            } => {}
-        }
-    }
-}
-
-/// Fires due schedule ticks into the queue.
-async fn schedule_loop(store: Store, queue: Queue, stop: CancellationToken) {
-    let mut scheduler = Scheduler::new();
-    loop {
-        let now = chrono::Utc::now();
-        match scheduler.due(&store, now) {
-            Ok(fires) => {
-                for fire in fires {
-                    submit_fire(&store, &queue, fire);
-                }
-            }
-            Err(e) => eprintln!("gantry: warning: schedules: {e}"),
-        }
-        // Sleep to the next tick, but look again at least every second: pipelines change.
-        let until_next = scheduler
-            .next_wake(chrono::Utc::now())
-            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
-            .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(until_next + Duration::from_millis(5)) => {}
-        }
-    }
-}
-
-fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fire) {
-    let label = format!("{}/{}", fire.source, fire.name);
-    let pipeline = match store.get_version(&fire.source, &fire.name, fire.version) {
-        Ok(Some(v)) => crate::spec::check(&v.text).pipeline,
-        _ => None,
-    };
-    let Some(pipeline) = pipeline else {
-        eprintln!("gantry: warning: schedule of {label}: its version is gone");
-        return;
-    };
-    let git = store
-        .source_state(&fire.source)
-        .ok()
-        .and_then(|s| s.head)
-        .map(|sha| crate::executor::GitInfo {
-            sha,
-            reference: String::new(),
-            repo: fire.source.clone(),
-        });
-    let tick = fire.tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let detail = if fire.catch_up {
-        format!("cron {}, catch-up for the tick at {tick}", fire.cron)
-    } else {
-        format!("cron {}, tick at {tick}", fire.cron)
-    };
-    let submit = Submit {
-        source: fire.source.clone(),
-        pipeline,
-        version: fire.version,
-        params: fire
-            .params
-            .iter()
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
-        trigger: Trigger {
-            kind: "schedule".into(),
-            detail: Some(detail),
-        },
-        git,
-        pr: None,
-    };
-    if let Err(e) = queue.submit(submit) {
-        eprintln!("gantry: warning: schedule of {label} at {}: {e}", fire.tick);
     }
 }
 

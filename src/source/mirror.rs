@@ -233,6 +233,42 @@ impl Mirror {
         Ok(resolve_commit(&repo, short_or_full_sha, &self.git_dir)?.to_string())
     }
 
+    /// The size in bytes of the file at `path` in `commit` (read from the object's header, not
+    /// its content), or `None` if the commit has no file there.
+    pub fn file_size(&self, commit: &str, path: &str) -> Result<Option<u64>, SourceError> {
+        let repo = self.open()?;
+        let (id, tree) = self.commit_tree(&repo, commit)?;
+        let err = |source: gix::Error| SourceError::Object {
+            what: format!("the size of `{path}`"),
+            commit: id.to_string(),
+            git_dir: self.git_dir.clone(),
+            source,
+        };
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+            return Ok(None);
+        };
+        if !(entry.mode().is_blob() || entry.mode().is_link()) {
+            return Ok(None);
+        }
+        let header = repo.find_header(entry.object_id()).map_err(err)?;
+        Ok(Some(header.size()))
+    }
+
+    /// When `commit` was committed (its committer time), in seconds since the epoch.
+    pub fn commit_time(&self, commit: &str) -> Result<i64, SourceError> {
+        let repo = self.open()?;
+        let id = resolve_commit(&repo, commit, &self.git_dir)?;
+        let err = |source| SourceError::Object {
+            what: "the committer time".to_owned(),
+            commit: id.to_string(),
+            git_dir: self.git_dir.clone(),
+            source,
+        };
+        let commit = repo.find_commit(id).map_err(err)?;
+        let time = commit.time().map_err(err)?;
+        Ok(time.seconds)
+    }
+
     /// The content of the file (or symlink target) at `path` in `commit`, or `None` if the commit
     /// has no file there (nothing at all, or a directory or submodule).
     pub fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, SourceError> {

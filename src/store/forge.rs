@@ -7,6 +7,8 @@ use std::sync::atomic::Ordering;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::TransactionError;
 
 use super::records::PipelineError;
 use super::{Store, StoreError, decode, key};
@@ -102,6 +104,10 @@ pub struct PrRecord {
     pub invalid: BTreeMap<String, Vec<PipelineError>>,
     #[serde(default)]
     pub from_fork: bool,
+    /// When Gantry first heard of `head_sha` (the pull request delivery that moved the head
+    /// arrived): a comment command written before it was written about an older head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_seen_at: Option<DateTime<Utc>>,
 }
 
 fn delivery_key(forge: &str, id: &str) -> Vec<u8> {
@@ -134,10 +140,27 @@ impl Store {
         }
     }
 
-    /// Records a delivery unless one with its id was recorded before; returns whether it is new.
-    /// A new delivery is also queued for processing. Not flushed: call `durable` before answering.
-    pub fn accept_delivery(&self, record: &DeliveryRecord) -> Result<bool, StoreError> {
+    /// Records a delivery unless one with its id, or one with the same body (`body_hash`, the
+    /// sha256 of the raw body: a replay under a new id), was recorded before; returns whether it
+    /// is new. A new delivery is also queued for processing. Not flushed: call `durable` before
+    /// answering.
+    pub fn accept_delivery(
+        &self,
+        record: &DeliveryRecord,
+        body_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
         let k = delivery_key(&record.forge, &record.id);
+        // The first delivery to claim a body owns it; any other id with that body is a replay.
+        let claimed = self
+            .inner
+            .delivery_hashes
+            .compare_and_swap(&body_hash[..], None as Option<&[u8]>, Some(k.clone()))
+            .map_err(|e| self.db_err(e))?;
+        if let Err(existing) = claimed
+            && existing.current.as_deref() != Some(&k[..])
+        {
+            return Ok(false);
+        }
         let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
             key: format!("{}/{}", record.forge, record.id),
             source,
@@ -273,9 +296,41 @@ impl Store {
     pub fn put_outbox(&self, mut job: OutboxJob) -> Result<OutboxJob, StoreError> {
         job.revision = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
         self.put_json(&self.inner.outbox, job.key.as_bytes(), &job)?;
-        self.acted();
         self.flush()?;
         Ok(job)
+    }
+
+    /// Stores a job unless `idempotency_key` was used before, recording the key in the same
+    /// transaction (a delivery processed again after a crash does not reply twice); flushed.
+    /// Returns whether the job was stored.
+    pub fn put_outbox_once(
+        &self,
+        mut job: OutboxJob,
+        idempotency_key: &str,
+    ) -> Result<bool, StoreError> {
+        job.revision = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
+        let bytes = serde_json::to_vec(&job).map_err(|source| StoreError::Corrupt {
+            key: job.key.clone(),
+            source,
+        })?;
+        let stored: Result<bool, TransactionError<()>> =
+            (&self.inner.outbox, &self.inner.idempotency).transaction(|(outbox, keys)| {
+                if keys.get(idempotency_key.as_bytes())?.is_some() {
+                    return Ok(false);
+                }
+                keys.insert(idempotency_key.as_bytes(), &b"reply"[..])?;
+                outbox.insert(job.key.as_bytes(), bytes.clone())?;
+                Ok(true)
+            });
+        let stored = match stored {
+            Ok(s) => s,
+            Err(TransactionError::Abort(())) => false,
+            Err(TransactionError::Storage(e)) => return Err(self.db_err(e)),
+        };
+        if stored {
+            self.flush()?;
+        }
+        Ok(stored)
     }
 
     /// Every waiting job, in key order.
@@ -374,7 +429,6 @@ impl Store {
             &pr_key(&record.source, record.number),
             record,
         )?;
-        self.acted();
         self.flush()
     }
 }

@@ -24,6 +24,8 @@
 //! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
 //! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
+//! | `idempotency` | idempotency key (`<forge>/<delivery id>/run/<pipeline>`, `.../reply`) | what it made, once: a run id, or `reply` (UTF-8) |
+//! | `delivery_hashes` | sha256 of a delivery's raw body, 32 bytes | the `deliveries` key of the first delivery with that body |
 //!
 //! Variables and secrets scoped to a pipeline use `source/name` as the scope (`gantry run FILE`
 //! uses the bare pipeline name, as its source is the file).
@@ -159,9 +161,9 @@ struct Inner {
     delivery_queue: sled::Tree,
     outbox: sled::Tree,
     prs: sled::Tree,
+    idempotency: sled::Tree,
+    delivery_hashes: sled::Tree,
     group: forge::GroupCommit,
-    /// Counts writes that act on the world (runs, outbox jobs, PR records), see `acts`.
-    acts: std::sync::atomic::AtomicU64,
     key: OnceLock<crypto::MasterKey>,
     /// Where run directories live (`[storage] work_dir`); a sibling of the data dir unless set.
     work_dir: OnceLock<PathBuf>,
@@ -324,8 +326,9 @@ impl Store {
             delivery_queue: tree("delivery_queue")?,
             outbox: tree("outbox")?,
             prs: tree("prs")?,
+            idempotency: tree("idempotency")?,
+            delivery_hashes: tree("delivery_hashes")?,
             group: forge::GroupCommit::new(),
-            acts: std::sync::atomic::AtomicU64::new(0),
             db,
             dir: dir.to_path_buf(),
             key: OnceLock::new(),
@@ -366,18 +369,6 @@ impl Store {
     /// The directory of run `id`.
     pub fn run_dir(&self, id: &str) -> PathBuf {
         self.work_dir().join(id)
-    }
-
-    /// A counter of writes that start something (a run, an outbox job, a PR record): compare two
-    /// readings to learn whether work in between started anything.
-    pub fn acts(&self) -> u64 {
-        self.inner.acts.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn acted(&self) {
-        self.inner
-            .acts
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn db_err(&self, source: sled::Error) -> StoreError {

@@ -97,6 +97,9 @@ pub struct RunRecord {
     /// Why reporting the run to its forge failed, after the outbox gave up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writeback_error: Option<String>,
+    /// The key it was created under, once (a webhook delivery's run): see `NewRun`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The state of one step of a run.

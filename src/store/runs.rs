@@ -30,6 +30,16 @@ pub struct NewRun {
     /// Why the run has the status it is created with (a skipped run says which run it yielded to).
     pub message: Option<String>,
     pub pr: Option<u64>,
+    /// Who asked for it, once (`<forge>/<delivery id>/run/<pipeline>` for a webhook's run): a
+    /// run with a key is created at most once, the key stored in the same transaction.
+    pub idempotency_key: Option<String>,
+}
+
+/// Why the transaction creating a run stopped.
+enum CreateAbort {
+    Json(serde_json::Error),
+    /// A run with the same idempotency key exists: its id.
+    Exists(String),
 }
 
 /// A sortable run id: 48 bits of milliseconds since the epoch and 80 random bits, in Crockford
@@ -156,9 +166,23 @@ impl Store {
             concurrency: new.concurrency,
             pr: new.pr,
             writeback_error: None,
+            idempotency_key: new.idempotency_key.clone(),
         };
-        let result: Result<u64, TransactionError<serde_json::Error>> =
-            (&self.inner.runs, &self.inner.run_numbers).transaction(|(runs, numbers)| {
+        let result: Result<u64, TransactionError<CreateAbort>> = (
+            &self.inner.runs,
+            &self.inner.run_numbers,
+            &self.inner.idempotency,
+        )
+            .transaction(|(runs, numbers, keys)| {
+                if let Some(k) = &new.idempotency_key {
+                    if let Some(done) = keys.get(k.as_bytes())? {
+                        let existing = String::from_utf8_lossy(&done).into_owned();
+                        return Err(ConflictableTransactionError::Abort(CreateAbort::Exists(
+                            existing,
+                        )));
+                    }
+                    keys.insert(k.as_bytes(), id.as_bytes())?;
+                }
                 let last = numbers
                     .get(counter_key.as_bytes())?
                     .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -168,23 +192,38 @@ impl Store {
                 let mut with_number = record.clone();
                 with_number.number = number;
                 let bytes = serde_json::to_vec(&with_number)
-                    .map_err(ConflictableTransactionError::Abort)?;
+                    .map_err(|e| ConflictableTransactionError::Abort(CreateAbort::Json(e)))?;
                 runs.insert(id.as_bytes(), bytes)?;
                 Ok(number)
             });
         record.number = match result {
             Ok(n) => n,
-            Err(TransactionError::Abort(source)) => {
+            Err(TransactionError::Abort(CreateAbort::Json(source))) => {
                 return Err(StoreError::Corrupt { key: id, source });
+            }
+            Err(TransactionError::Abort(CreateAbort::Exists(existing))) => {
+                // Created before (a delivery processed again after a crash): that run it is.
+                return self
+                    .get_run(&existing)?
+                    .ok_or(StoreError::NoSuchRun(existing));
             }
             Err(TransactionError::Storage(e)) => return Err(self.db_err(e)),
         };
         for (index, name) in record.steps.iter().enumerate() {
             self.put_step(&record.id, index, &StepRecord::pending(name))?;
         }
-        self.acted();
         self.flush()?;
         Ok(record)
+    }
+
+    /// What was recorded under an idempotency key (a run id, or `reply`), if anything.
+    pub fn done_for(&self, idempotency_key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .inner
+            .idempotency
+            .get(idempotency_key.as_bytes())
+            .map_err(|e| self.db_err(e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Applies `change` to a run and stores it (not flushed: see the module doc).

@@ -25,6 +25,7 @@ fn new_run(pipeline: &str) -> NewRun {
         concurrency: None,
         message: None,
         pr: None,
+        idempotency_key: None,
     }
 }
 
@@ -410,13 +411,19 @@ fn versions_are_recorded_only_when_the_text_changes() {
     );
 }
 
+/// The body hash a receiver would claim for `record`.
+fn body_hash(record: &crate::store::DeliveryRecord) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(record.body.as_bytes()).into()
+}
+
 fn delivery(id: &str, body_len: usize) -> crate::store::DeliveryRecord {
     crate::store::DeliveryRecord {
         forge: "github".into(),
         id: id.into(),
         source: "infra".into(),
         event: "push".into(),
-        body: "x".repeat(body_len),
+        body: format!("{id}{}", "x".repeat(body_len.saturating_sub(id.len()))),
         received_at: chrono::Utc::now(),
         outcome: None,
         processed_at: None,
@@ -434,13 +441,16 @@ fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_b
     for i in 0..10 {
         assert!(
             store
-                .accept_delivery(&delivery(&format!("d{i}"), 1000))
+                .accept_delivery(
+                    &delivery(&format!("d{i}"), 1000),
+                    &body_hash(&delivery(&format!("d{i}"), 1000))
+                )
                 .expect("accept")
         );
     }
     assert!(
         !store
-            .accept_delivery(&delivery("d3", 1000))
+            .accept_delivery(&delivery("d3", 1000), &body_hash(&delivery("d3", 1000)))
             .expect("redelivery")
     );
     assert_eq!(store.delivery_backlog(), 10);
@@ -757,7 +767,7 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
         id: id.into(),
         source: "infra".into(),
         event: "push".into(),
-        body: "{\"ref\":\"refs/heads/main\"}".into(),
+        body: format!("{{\"ref\":\"refs/heads/main\",\"id\":\"{id}\"}}"),
         received_at: Utc::now(),
         outcome: None,
         processed_at: None,
@@ -766,8 +776,16 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
         last_error: None,
         head: None,
     };
-    assert!(store.accept_delivery(&delivery("done")).expect("accept"));
-    assert!(store.accept_delivery(&delivery("waiting")).expect("accept"));
+    assert!(
+        store
+            .accept_delivery(&delivery("done"), &body_hash(&delivery("done")))
+            .expect("accept")
+    );
+    assert!(
+        store
+            .accept_delivery(&delivery("waiting"), &body_hash(&delivery("waiting")))
+            .expect("accept")
+    );
     let (seq, record) = store
         .pending_deliveries(10, usize::MAX)
         .expect("pending")
@@ -808,5 +826,94 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
         "an unprocessed delivery keeps its body"
     );
     // Its id is still known: a redelivery is a duplicate.
-    assert!(!store.accept_delivery(&delivery("done")).expect("accept"));
+    assert!(
+        !store
+            .accept_delivery(&delivery("done"), &body_hash(&delivery("done")))
+            .expect("accept")
+    );
+}
+
+#[test]
+fn a_run_with_an_idempotency_key_is_created_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let key = "github/d-1/run/build";
+    assert_eq!(store.done_for(key).expect("read"), None);
+    let first = store
+        .create_run(NewRun {
+            idempotency_key: Some(key.into()),
+            ..new_run("build")
+        })
+        .expect("first");
+    assert_eq!(store.done_for(key).expect("read"), Some(first.id.clone()));
+    let again = store
+        .create_run(NewRun {
+            idempotency_key: Some(key.into()),
+            ..new_run("build")
+        })
+        .expect("again");
+    assert_eq!(again.id, first.id, "the first run, not a second");
+    assert_eq!(store.list_runs(None, 10).expect("list").len(), 1);
+    // Another key is another run.
+    let other = store
+        .create_run(NewRun {
+            idempotency_key: Some("github/d-2/run/build".into()),
+            ..new_run("build")
+        })
+        .expect("other");
+    assert_ne!(other.id, first.id);
+}
+
+fn delivery_with(id: &str, body: &str) -> DeliveryRecord {
+    DeliveryRecord {
+        forge: "github".into(),
+        id: id.into(),
+        source: "infra".into(),
+        event: "push".into(),
+        body: body.into(),
+        received_at: Utc::now(),
+        outcome: None,
+        processed_at: None,
+        attempts: 0,
+        retry_at: None,
+        last_error: None,
+        head: None,
+    }
+}
+
+#[test]
+fn a_body_accepted_once_is_a_duplicate_under_any_delivery_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let hash = |b: &str| -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(b.as_bytes()).into()
+    };
+    assert!(
+        store
+            .accept_delivery(&delivery_with("a", "{1}"), &hash("{1}"))
+            .expect("a")
+    );
+    assert!(
+        !store
+            .accept_delivery(&delivery_with("a", "{1}"), &hash("{1}"))
+            .expect("redelivery")
+    );
+    assert!(
+        !store
+            .accept_delivery(&delivery_with("b", "{1}"), &hash("{1}"))
+            .expect("replay")
+    );
+    assert!(
+        store
+            .accept_delivery(&delivery_with("c", "{2}"), &hash("{2}"))
+            .expect("c")
+    );
+    assert_eq!(
+        store
+            .pending_deliveries(10, usize::MAX)
+            .expect("pending")
+            .len(),
+        2
+    );
 }

@@ -433,7 +433,9 @@ async fn can_write() {
                     paths.contains(&"GET /2.0/workspaces/ws/permissions/repositories/slug".into())
                 );
                 let q = calls(&fake)[0].query_pairs()["q"].clone();
-                assert!(q.contains("user.nickname=\"alice\""), "{q}");
+                // By account id (or uuid), never by nickname: nicknames are not unique.
+                assert!(q.contains("user.account_id=\"alice\""), "{q}");
+                assert!(!q.contains("nickname"), "{q}");
             }
         }
         assert_token_only_in_auth(&fake, forge);
@@ -653,6 +655,24 @@ async fn github_app_exchanges_an_installation_token() {
     for r in &requests {
         assert!(!r.body.contains("PRIVATE KEY"));
     }
+    // An App's comments are its bot user's: found again as `<slug>[bot]` (`GET /app`, with the
+    // JWT), and a marked comment by anyone else is not.
+    fake.add_comment_by(1, "mallory", &format!("{MARKER} not ours"));
+    let ours = client
+        .create_comment(1, &format!("{MARKER} ours"))
+        .await
+        .unwrap();
+    fake.clear_requests();
+    assert_eq!(client.find_comment(1, MARKER).await.unwrap(), Some(ours));
+    let app = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.line() == "GET /app")
+        .expect("GET /app");
+    assert!(
+        app.header("authorization")
+            .is_some_and(|a| a.split('.').count() == 3)
+    );
 
     // A failing token exchange: retryable with its status, no key in the message.
     let fake = FakeForge::start(Forge::Github);
@@ -672,4 +692,35 @@ async fn github_app_exchanges_an_installation_token() {
     let err = client.pr_head(1).await.unwrap_err();
     assert_eq!((err.status, err.retryable), (Some(500), true), "{err}");
     assert!(!err.to_string().contains("PRIVATE KEY"));
+}
+
+/// Gantry's comment is found only among the comments of the token's own account, which is
+/// asked once (`GET /user`, `GET /2.0/user`) and cached.
+#[tokio::test]
+async fn find_comment_skips_marked_comments_by_others() {
+    for forge in Forge::ALL {
+        let (fake, client) = setup(forge).await;
+        fake.add_comment_by(6, "mallory", &format!("{MARKER} copied"));
+        assert_eq!(
+            client.find_comment(6, MARKER).await.unwrap(),
+            None,
+            "{forge}"
+        );
+        let own = fake.add_comment(6, &format!("{MARKER} ours"));
+        assert_eq!(
+            client.find_comment(6, MARKER).await.unwrap(),
+            Some(own.to_string()),
+            "{forge}"
+        );
+        let who = match forge {
+            Forge::Github => "GET /user",
+            Forge::Gitlab => "GET /api/v4/user",
+            Forge::Bitbucket => "GET /2.0/user",
+        };
+        // All requests: `calls` leaves out GitLab's `GET /user`.
+        let lines: Vec<String> = fake.requests().iter().map(Recorded::line).collect();
+        let asked = lines.iter().filter(|l| *l == who).count();
+        assert_eq!(asked, 1, "{forge}: asked once: {lines:?}");
+        assert_token_only_in_auth(&fake, forge);
+    }
 }

@@ -160,3 +160,90 @@ fn a_token_is_never_sent_over_plain_http() {
         "no Authorization header reached the server"
     );
 }
+
+/// The pipeline files an event reads at a commit are capped in count and bytes; sizes come from
+/// the objects' headers, so a file over the cap is reported without being read or parsed.
+#[test]
+fn pipeline_files_at_a_commit_are_read_within_a_cap() {
+    use gantry::trigger::events::{ReadCap, pipelines_at};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let served = tmp.path().join("served");
+    let mut repo = Repo::create(&served, "repo.git");
+    let daemon = GitDaemon::start(&served);
+    let url = daemon.url("repo.git");
+    repo.set_remote(&url);
+    let text = |name: &str| {
+        format!(
+            "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: {name}\nsteps:\n  - name: s\n    script: 'true'\n"
+        )
+    };
+    for name in ["a", "b", "c", "d"] {
+        repo.write(&format!(".gantry/pipelines/{name}.yaml"), &text(name));
+    }
+    // Larger than any pipeline file may be (1 MiB).
+    repo.write(
+        ".gantry/pipelines/big.yaml",
+        &format!("# {}\n", "x".repeat(2 * 1024 * 1024)),
+    );
+    let head = repo.commit_and_push("files");
+    let mirror = Mirror::open_or_clone(&tmp.path().join("m"), &url, "main", None).expect("clone");
+    assert_eq!(
+        mirror
+            .file_size(&head, ".gantry/pipelines/a.yaml")
+            .expect("size"),
+        Some(text("a").len() as u64)
+    );
+
+    let per_file = text("a").len() as u64;
+    let cap = ReadCap {
+        max_files: 4,
+        max_total_bytes: 2 * per_file,
+    };
+    let found = pipelines_at(&mirror, &head, &default_globs(), cap).expect("pipelines");
+    let summary: Vec<(String, bool, String)> = found
+        .iter()
+        .map(|at| {
+            (
+                at.path.clone(),
+                at.pipeline.is_some(),
+                at.errors
+                    .first()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (".gantry/pipelines/a.yaml".into(), true, String::new()),
+            (".gantry/pipelines/b.yaml".into(), true, String::new()),
+            (
+                ".gantry/pipelines/big.yaml".into(),
+                false,
+                format!(
+                    "not read: {} bytes, more than a pipeline file may have (1048576)",
+                    2 * 1024 * 1024 + 3
+                )
+            ),
+            (
+                ".gantry/pipelines/c.yaml".into(),
+                false,
+                format!(
+                    "not read: the pipeline files of a commit may hold at most {} bytes together",
+                    2 * per_file
+                )
+            ),
+            (
+                ".gantry/pipelines/d.yaml".into(),
+                false,
+                "not read: a commit may hold at most 4 pipeline files".into()
+            ),
+        ],
+    );
+    assert!(
+        found
+            .iter()
+            .all(|at| at.pipeline.is_some() || at.text.is_empty())
+    );
+}

@@ -34,6 +34,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "intake",
+        &[
+            "spec", "plan", "source", "catalog", "store", "executor", "trigger", "run", "report",
+            "forge",
+        ],
+    ),
+    (
         "server",
         &[
             "spec",
@@ -48,6 +55,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "run",
             "report",
             "forge",
+            "intake",
         ],
     ),
     (
@@ -65,6 +73,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "run",
             "report",
             "forge",
+            "intake",
             "server",
         ],
     ),

@@ -371,11 +371,26 @@ fn unknown_repos_ignored_events_and_huge_bodies_get_their_own_answers() {
     let (status, answer) = w.deliver(&other, "other-1");
     assert_eq!(status, 401, "{answer}");
     assert!(answer.to_string().contains("acme/other"), "{answer}");
-    // Not signed by anyone, about an unknown repository: 404 naming it.
+    // Not signed by anyone, about an unknown repository: the same 401 as a wrong signature
+    // (an unauthenticated caller learns nothing about which repositories are configured).
     let body = serde_json::to_vec(&other.body).expect("JSON");
-    let (status, answer) = w.post("push", "other-2", body, &[]);
-    assert_eq!(status, 404, "{answer}");
-    assert!(answer.to_string().contains("acme/other"), "{answer}");
+    let (status, unknown) = w.post("push", "other-2", body, &[]);
+    assert_eq!(status, 401, "{unknown}");
+    assert_eq!(unknown, answer, "unknown and wrongly signed answer alike");
+    // A configured repository with a wrong signature: the same answer but for the name the
+    // caller sent.
+    let known = serde_json::to_vec(&github_push(&sha).body).expect("JSON");
+    let (status, wrong) = w.post(
+        "push",
+        "other-3",
+        known,
+        &sign(Forge::Github, b"another body", SECRET),
+    );
+    assert_eq!(status, 401, "{wrong}");
+    assert_eq!(
+        wrong.to_string(),
+        answer.to_string().replace("acme/other", FORGE_ID)
+    );
 
     // Genuine but nothing to do: 202 with a reason, nothing stored.
     let tag = github_push(&sha).set("/ref", json!("refs/tags/v1.0.0"));
@@ -399,6 +414,24 @@ fn unknown_repos_ignored_events_and_huge_bodies_get_their_own_answers() {
             .is_some_and(|r| r.contains("issues")),
         "{answer}"
     );
+
+    // A large genuine body is verified off the async threads, with the same result.
+    let mut large = github_push(&sha).set("/ref", json!("refs/tags/v1.0.1"));
+    large.body["padding"] = json!("x".repeat(1024 * 1024));
+    let (status, answer) = w.deliver(&large, "large-1");
+    assert_eq!(status, 202, "{answer}");
+    assert!(
+        answer["reason"].as_str().is_some_and(|r| r.contains("tag")),
+        "{answer}"
+    );
+    let body = serde_json::to_vec(&large.body).expect("JSON");
+    let (status, answer) = w.post(
+        "push",
+        "large-2",
+        body,
+        &sign(Forge::Github, b"not this body", SECRET),
+    );
+    assert_eq!(status, 401, "{answer}");
 
     // More than 5 MiB: refused before anything reads it.
     let mut huge = github_push(&sha);
@@ -490,7 +523,9 @@ fn a_github_pull_request_runs_its_head_definition_and_edits_one_comment() {
         let allowed = (r.method == "POST"
             && (r.path == create || r.path == format!("/repos/{FORGE_ID}/statuses/{head}")))
             || (r.method == "PATCH" && r.path == edit)
-            || (r.method == "GET" && r.path == create);
+            || (r.method == "GET" && r.path == create)
+            // Who the token is, asked once before looking for Gantry's comment.
+            || (r.method == "GET" && r.path == "/user");
         assert!(allowed, "unexpected call {}: {lines:?}", r.line());
         assert!(!r.body.contains(secret), "{} leaks the secret", r.line());
     }
@@ -695,7 +730,10 @@ fn deploy_pipeline(text: &str) -> String {
 }
 
 fn github_comment(pr: u64, author: &str, text: &str) -> Hook {
+    // Written now: after the head it is about was pushed.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Hook::sample(Forge::Github, "comment-run.json")
+        .set("/comment/created_at", json!(now))
         .set("/issue/number", json!(pr))
         .set("/comment/body", json!(text))
         .set("/comment/user/login", json!(author))
@@ -725,12 +763,23 @@ fn wait_comment(w: &World, pr: u64, needle: &str) -> String {
 }
 
 // 7. A fork's pull request never runs on its own; a `/gantry run` comment by a user with write
-// access does, at the fork's head.
+// access does, at the fork's head, with the pipeline as the watched branch defines it.
 #[test]
 fn a_fork_pr_runs_only_on_a_comment_by_a_writer() {
-    let (remote, _) = remote_with(&[("deploy.yaml", &deploy_pipeline("from-main"))]);
+    // The steps read a file of the checked-out code: the fork's.
+    let remote = Remote::new();
+    remote.write(
+        "deploy.yaml",
+        &deploy_pipeline("from-main code=$(cat code.txt)").replace(
+            "steps:\n",
+            "steps:\n  - {name: checkout, template: gantry/git-checkout@v1}\n",
+        ),
+    );
+    remote.repo.write("code.txt", "main-code\n");
+    remote.repo.commit_and_push("pipelines");
     // The fork's commit lives only under the forge's PR ref, not on any branch.
     remote.write("deploy.yaml", &deploy_pipeline("from-fork"));
+    remote.repo.write("code.txt", "fork-code\n");
     remote.repo.git(&["add", "-A"]);
     remote.repo.git(&["commit", "-q", "-m", "fork change"]);
     let fork_head = remote.repo.head();
@@ -781,7 +830,9 @@ fn a_fork_pr_runs_only_on_a_comment_by_a_writer() {
     assert_eq!(run["git"]["sha"], fork_head.as_str(), "{run}");
     assert_eq!(run["parameters"]["environment"], "prod", "{run}");
     let log = w.log(&run);
-    assert!(log.contains("from-fork env=prod"), "{log}");
+    // The pipeline as the watched branch defines it, on the fork's code.
+    assert!(log.contains("from-main code=fork-code env=prod"), "{log}");
+    assert!(!log.contains("from-fork"), "{log}");
     assert_eq!(w.runs().len(), 1, "{:?}", w.runs());
     w.wait_state(&fork_head, "success");
     let permission_checks = w
@@ -1066,4 +1117,343 @@ fn a_delivery_that_failed_on_a_git_outage_runs_once_the_server_is_back() {
     assert!((200..300).contains(&status), "{answer}");
     let run = w.wait_run("build", "push");
     assert_eq!(run["git"]["sha"], sha.as_str(), "{run}");
+}
+
+// 12. A fork cannot shadow a pipeline of the watched branch, enable `on.comment` on one, or
+// add one: which pipelines exist and which take commands is read from the watched branch.
+#[test]
+fn a_fork_pr_cannot_shadow_a_base_pipeline_or_enable_comment_commands() {
+    let plan = |text: &str, on: &str| pipeline("plan", on, &format!("echo {text}"), "");
+    let (remote, _) = remote_with(&[("plan.yaml", &plan("base-plan", "on: {push: {}}\n"))]);
+    // The fork turns comments on for `plan` and adds a pipeline of its own.
+    remote.write(
+        "plan.yaml",
+        &plan("fork-plan", "on: {push: {}, comment: true}\n"),
+    );
+    remote.write(
+        "evil.yaml",
+        &pipeline("evil", "on: {comment: true}\n", "echo evil", ""),
+    );
+    remote.repo.git(&["add", "-A"]);
+    remote.repo.git(&["commit", "-q", "-m", "fork change"]);
+    let fork_head = remote.repo.head();
+    remote.push_ref("refs/pull/8/head");
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_pr_head(8, &fork_head);
+    w.fake.set_permission("maintainer", "write");
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &fork_head)
+        .set("/number", json!(8))
+        .set("/pull_request/head/ref", json!("main"))
+        .set("/pull_request/head/repo/full_name", json!("stranger/infra"));
+    w.accept(&pr, "fork-pr-8");
+    wait_comment(&w, 8, "comes from a fork");
+
+    w.accept(
+        &github_comment(8, "maintainer", "/gantry run plan"),
+        "fork-plan",
+    );
+    let refusal = wait_comment(&w, 8, "does not take comment commands");
+    assert!(refusal.contains("watched branch"), "{refusal}");
+    w.accept(
+        &github_comment(8, "maintainer", "/gantry run evil"),
+        "fork-evil",
+    );
+    let missing = wait_comment(&w, 8, "there is no pipeline");
+    assert!(
+        missing.contains("`plan`") && !missing.contains("`evil`,"),
+        "{missing}"
+    );
+    w.accept(
+        &github_comment(8, "maintainer", "/gantry help"),
+        "fork-help",
+    );
+    let help = wait_comment(&w, 8, "Gantry commands");
+    assert!(
+        !help.contains("`evil`") && !help.contains("`plan`"),
+        "{help}"
+    );
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+}
+
+// 13. A comment command runs the head its author saw: written before the head moved, or
+// naming another commit, it runs nothing and says why; naming the head, it runs.
+#[test]
+fn a_comment_command_after_a_newer_push_runs_nothing() {
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    remote.repo.write("README.md", "first\n");
+    let first = remote.push_branch("feature", "first");
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_permission("maintainer", "write");
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &first)
+        .set("/number", json!(9))
+        .set("/pull_request/head/ref", json!("feature"));
+    w.accept(&pr, "pr-9");
+    // The comment is written; then (before Gantry reads it) a newer commit is pushed.
+    let written = chrono::Utc::now() - chrono::Duration::seconds(30);
+    w.remote.repo.write("README.md", "second\n");
+    let second = w.remote.push_branch("feature", "second");
+    w.fake.set_pr_head(9, &second);
+    let late = github_comment(9, "maintainer", "/gantry run deploy").set(
+        "/comment/created_at",
+        json!(written.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
+    w.accept(&late, "late-comment");
+    let moved = wait_comment(&w, 9, "moved");
+    assert!(
+        moved.contains("@maintainer") && moved.contains(&second[..7]),
+        "{moved}"
+    );
+    // Naming the commit it was about: also nothing.
+    w.accept(
+        &github_comment(
+            9,
+            "maintainer",
+            &format!("/gantry run deploy @{}", &first[..8]),
+        ),
+        "named-old",
+    );
+    let stale = wait_comment(&w, 9, "is not the head");
+    assert!(stale.contains(&first[..8]), "{stale}");
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+    // Naming the head: runs there.
+    w.accept(
+        &github_comment(
+            9,
+            "maintainer",
+            &format!("/gantry run deploy @{}", &second[..8]),
+        ),
+        "named-head",
+    );
+    let run = w.wait_run("deploy", "comment");
+    assert_eq!(run["git"]["sha"], second.as_str(), "{run}");
+    assert_eq!(w.runs().len(), 1, "{:?}", w.runs());
+}
+
+// 14. A replay: a genuine body delivered again under a new delivery id is a duplicate.
+#[test]
+fn a_replayed_body_with_a_new_delivery_id_runs_nothing() {
+    let (remote, sha) = remote_with(&[("build.yaml", &build_pipeline())]);
+    let w = World::start(Forge::Github, remote, "0s");
+    let hook = github_push(&sha);
+    w.accept(&hook, "replay-1");
+    let (status, answer) = w.deliver(&hook, "replay-2");
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["duplicate"], true, "{answer}");
+    w.wait_run("build", "push");
+    w.wait_state(&sha, "success");
+    // The same push with one byte changed is another delivery.
+    let other = github_push(&sha).set("/pusher/name", json!("someone-else"));
+    w.accept(&other, "replay-3");
+    w.server
+        .wait_until("the second push's run", WAIT, || w.runs().len() == 2);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(w.runs().len(), 2, "{:?}", w.runs());
+}
+
+// 15. Exactly once across a crash: gantry is killed (SIGKILL) while it queues a delivery's
+// runs; after the restart the delivery is processed again and queues only what was missing.
+#[test]
+fn a_kill_9_between_queueing_and_finishing_a_delivery_queues_nothing_twice() {
+    const PIPELINES: usize = 40;
+    let files: Vec<(String, String)> = (0..PIPELINES)
+        .map(|i| {
+            let name = format!("p{i:02}");
+            let text = pipeline(&name, "on: {push: {}}\n", "echo ok", "");
+            (format!("{name}.yaml"), text)
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let (remote, sha) = remote_with(&refs);
+    let mut w = World::start(Forge::Github, remote, "0s");
+    w.accept(&github_push(&sha), "crash-push");
+    // Kill as soon as the first run exists: the delivery is then being processed.
+    let started = std::time::Instant::now();
+    let mut first_seen = 0;
+    while started.elapsed() < WAIT {
+        first_seen = w.runs().len();
+        if first_seen > 0 {
+            break;
+        }
+    }
+    let exit = w.server.kill9();
+    assert!(!exit.success(), "{exit}");
+    assert!(first_seen > 0, "no run appeared\n{}", w.server.logs());
+    // Killed before the delivery had queued all its runs (it finishes only after the last).
+    assert!(first_seen < PIPELINES, "{first_seen} runs before the kill");
+    w.server.restart();
+    w.server.wait_until("a run of every pipeline", WAIT, || {
+        w.runs().len() >= PIPELINES
+    });
+    // The delivery is done: a later delivery (processed after it) has answered.
+    w.accept(
+        &github_comment(3, "someone", "/gantry bogus"),
+        "crash-marker",
+    );
+    wait_comment(&w, 3, "unknown command");
+    let runs = w.runs();
+    let mut per_pipeline: std::collections::BTreeMap<String, usize> = Default::default();
+    for r in &runs {
+        *per_pipeline
+            .entry(r["pipeline"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_pipeline.len(), PIPELINES, "{per_pipeline:?}");
+    assert!(
+        per_pipeline.values().all(|n| *n == 1),
+        "a pipeline queued twice: {per_pipeline:?}"
+    );
+}
+
+/// A Bitbucket comment on pull request #1 at `head` by the user with `nickname` and
+/// `account_id`, written now.
+fn bitbucket_comment(head: &str, nickname: &str, account_id: &str, text: &str) -> Hook {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Hook::sample(Forge::Bitbucket, "comment-run.json")
+        .head(Forge::Bitbucket, head)
+        .set("/comment/content/raw", json!(text))
+        .set("/comment/created_on", json!(now))
+        .set("/comment/user/nickname", json!(nickname))
+        .set("/comment/user/display_name", json!(nickname))
+        .set("/comment/user/account_id", json!(account_id))
+        .set("/comment/user/uuid", json!(format!("{{{account_id}}}")))
+}
+
+// 16. Bitbucket commenters are who their account id says: a nickname another user with write
+// access has grants nothing.
+#[test]
+fn a_bitbucket_nickname_clash_grants_nothing() {
+    let bb = Forge::Bitbucket;
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    let head = remote.push_branch("feature", "a change");
+    let w = World::start(bb, remote, "0s");
+    w.fake.set_permission("557058:maint", "write");
+    w.fake.set_nickname("557058:maint", "maintainer");
+    let pr = Hook::sample(bb, "pull-request-opened.json")
+        .head(bb, &head)
+        .set("/pullrequest/id", json!(1))
+        .set("/pullrequest/source/branch/name", json!("feature"));
+    w.accept(&pr, "bb-pr-clash");
+
+    // Someone else who took the nickname `maintainer`.
+    w.accept(
+        &bitbucket_comment(&head, "maintainer", "557058:impostor", "/gantry run deploy"),
+        "bb-impostor",
+    );
+    let refusal = wait_comment(&w, 1, "write access");
+    assert!(refusal.contains("@maintainer"), "{refusal}");
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+    let asked: Vec<String> = w
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/permissions/repositories/"))
+        .map(|r| r.query_pairs().get("q").cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|l| !l.contains("nickname")),
+        "{asked:?}"
+    );
+    // The maintainer's own account.
+    w.accept(
+        &bitbucket_comment(&head, "maintainer", "557058:maint", "/gantry run deploy"),
+        "bb-maintainer",
+    );
+    let run = w.wait_run("deploy", "comment");
+    assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
+}
+
+// 17. Gantry's PR comment is found again only among its own account's comments: a comment by
+// someone else that carries Gantry's marker is left alone, and Gantry writes its own.
+#[test]
+fn a_marked_comment_by_another_account_is_not_edited() {
+    let ci = pipeline("ci", "on: {pullRequest: {}}\n", "echo ci", "");
+    let (remote, _) = remote_with(&[("ci.yaml", &ci)]);
+    let head = remote.push_branch("feature", "a change");
+    let w = World::start(Forge::Github, remote, "0s");
+    let planted = format!(
+        "{}\nGantry says: all green, merge away",
+        gantry::report::comment::MARKER
+    );
+    let foreign = w.fake.add_comment_by(4, "mallory", &planted);
+    let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+        .head(Forge::Github, &head)
+        .set("/number", json!(4))
+        .set("/pull_request/head/ref", json!("feature"));
+    w.accept(&pr, "pr-4");
+    w.wait_run("ci", "pullRequest");
+    w.server
+        .wait_until("Gantry's own comment to show the run", WAIT, || {
+            w.fake
+                .comments(4)
+                .iter()
+                .any(|(id, b)| *id != foreign && b.contains("`ci`") && b.contains("succeeded"))
+        });
+    let comments = w.fake.comments(4);
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert_eq!(comments[0], (foreign.clone(), planted), "left as it was");
+    let lines: Vec<String> = w.fake.requests().iter().map(Recorded::line).collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.ends_with(&format!("/issues/comments/{foreign}"))),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l == "GET /user"), "{lines:?}");
+}
+
+/// The reply on `pr` containing `needle`, without its hidden marker line.
+fn reply_text(w: &World, pr: u64, needle: &str) -> String {
+    let body = wait_comment(w, pr, needle);
+    body.lines().skip(1).collect::<Vec<_>>().join("\n")
+}
+
+// 18. Text quoted back from a comment is shown as code: it cannot mention anyone, link or
+// format (snapshots of the replies).
+#[test]
+fn replies_quote_user_text_as_code() {
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_permission("maintainer", "write");
+    w.fake.set_pr_head(5, &w.remote.repo.head());
+    w.accept(
+        &github_comment(
+            5,
+            "maintainer",
+            "/gantry run deploy [x](https://evil.example)",
+        ),
+        "quote-link",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "not a parameter"),
+        "@maintainer `[x](https://evil.example)` is not a parameter; write parameters as key=value"
+    );
+    w.accept(
+        &github_comment(5, "maintainer", "/gantry run deploy @everyone"),
+        "quote-mention",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "does not name a commit"),
+        "@maintainer `@everyone` does not name a commit; write `@` and 4 to 40 hex digits of the \
+         head you mean, once"
+    );
+    w.accept(
+        &github_comment(5, "maintainer", "/gantry run **bold**`x`"),
+        "quote-name",
+    );
+    assert_eq!(
+        reply_text(&w, 5, "there is no pipeline"),
+        format!(
+            "@maintainer there is no pipeline `**bold**'x'` at `{}`; pipelines here: `deploy`",
+            &w.remote.repo.head()[..7]
+        )
+    );
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
 }

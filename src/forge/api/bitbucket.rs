@@ -158,10 +158,30 @@ impl Client {
         .map(|_| ())
     }
 
+    pub(super) async fn own_account(&self) -> Result<Vec<String>, ApiError> {
+        let call = "own_account";
+        let url = self.url(&["user"]);
+        let (status, value) = self.send(call, reqwest::Method::GET, url, None).await?;
+        let ids: Vec<String> = ["account_id", "uuid"]
+            .iter()
+            .filter_map(|k| value.get(*k).and_then(id_text))
+            .collect();
+        if ids.is_empty() {
+            return Err(ApiError::invalid_answer(
+                FORGE,
+                call,
+                status,
+                "no account_id or uuid",
+            ));
+        }
+        Ok(ids)
+    }
+
     pub(super) async fn find_comment(
         &self,
         pr: u64,
         marker: &str,
+        own: &[String],
     ) -> Result<Option<String>, ApiError> {
         let call = "find_comment";
         let pr = pr.to_string();
@@ -183,6 +203,7 @@ impl Client {
                     .and_then(Value::as_str)
                     .unwrap_or_default();
                 if raw.contains(marker)
+                    && super::written_by(item, &["/user/account_id", "/user/uuid"], own)
                     && let Some(id) = item.get("id").and_then(id_text)
                 {
                     return Ok(Some(id));
@@ -204,8 +225,8 @@ impl Client {
     pub(super) async fn can_write(&self, user: &str) -> Result<bool, ApiError> {
         let call = "can_write";
         let quoted = format!("\"{}\"", user.replace('\\', "\\\\").replace('"', "\\\""));
-        let query =
-            format!("user.uuid={quoted} OR user.account_id={quoted} OR user.nickname={quoted}");
+        // Never by nickname: anyone can take a nickname another user has.
+        let query = format!("user.account_id={quoted} OR user.uuid={quoted}");
         let mut url = self.url(&[
             "workspaces",
             self.workspace.as_str(),

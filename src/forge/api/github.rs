@@ -184,10 +184,36 @@ impl Client {
         .map(|_| ())
     }
 
+    pub(super) async fn own_account(&self) -> Result<Vec<String>, ApiError> {
+        let call = "own_account";
+        match &self.auth {
+            GithubAuth::Token(crab) => {
+                let (status, value) = request(crab, call, Method::GET, "/user", None).await?;
+                let login = value
+                    .get("login")
+                    .and_then(Value::as_str)
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| ApiError::invalid_answer(FORGE, call, status, "no login"))?;
+                Ok(vec![login.to_string()])
+            }
+            // An App's comments are written by its bot user, `<slug>[bot]`.
+            GithubAuth::App { app, .. } => {
+                let (status, value) = request(app, call, Method::GET, "/app", None).await?;
+                let slug = value
+                    .get("slug")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| ApiError::invalid_answer(FORGE, call, status, "no slug"))?;
+                Ok(vec![format!("{slug}[bot]")])
+            }
+        }
+    }
+
     pub(super) async fn find_comment(
         &self,
         pr: u64,
         marker: &str,
+        own: &[String],
     ) -> Result<Option<String>, ApiError> {
         let call = "find_comment";
         for page in 1..=MAX_PAGES {
@@ -196,7 +222,8 @@ impl Client {
                 self.repo_path()
             );
             let (status, value) = self.send(call, Method::GET, &path, None).await?;
-            let (found, more) = marked_on_page(FORGE, call, status, &value, marker)?;
+            let (found, more) =
+                marked_on_page(FORGE, call, status, &value, marker, ("/user/login", own))?;
             if found.is_some() {
                 return Ok(found);
             }

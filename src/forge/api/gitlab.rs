@@ -13,7 +13,7 @@ use ::gitlab::api::projects::merge_requests::notes::{
     CreateMergeRequestNote, EditMergeRequestNote, MergeRequestNotes, NoteOrderBy,
 };
 use ::gitlab::api::projects::repository::commits::{CommitStatusState, CreateCommitStatus};
-use ::gitlab::api::users::Users;
+use ::gitlab::api::users::{CurrentUser, Users};
 use serde_json::Value;
 
 use super::{
@@ -163,10 +163,24 @@ impl Client {
         self.send(call, &endpoint, None).await.map(|_| ())
     }
 
+    pub(super) async fn own_account(&self) -> Result<Vec<String>, ApiError> {
+        let call = "own_account";
+        let endpoint = CurrentUser::builder()
+            .build()
+            .map_err(|e| ApiError::config(FORGE, call, e))?;
+        let (status, value) = self.send(call, &endpoint, None).await?;
+        let id = value
+            .get("id")
+            .and_then(super::id_text)
+            .ok_or_else(|| ApiError::invalid_answer(FORGE, call, status, "no id"))?;
+        Ok(vec![id])
+    }
+
     pub(super) async fn find_comment(
         &self,
         pr: u64,
         marker: &str,
+        own: &[String],
     ) -> Result<Option<String>, ApiError> {
         let call = "find_comment";
         let endpoint = MergeRequestNotes::builder()
@@ -178,7 +192,8 @@ impl Client {
             .map_err(|e| ApiError::config(FORGE, call, e))?;
         for page in 1..=MAX_PAGES {
             let (status, value) = self.send(call, &endpoint, Some(page)).await?;
-            let (found, more) = marked_on_page(FORGE, call, status, &value, marker)?;
+            let (found, more) =
+                marked_on_page(FORGE, call, status, &value, marker, ("/author/id", own))?;
             if found.is_some() {
                 return Ok(found);
             }

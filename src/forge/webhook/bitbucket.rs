@@ -41,6 +41,19 @@ fn user(f: &Fields, path: &str) -> Result<String, PayloadError> {
         .ok_or_else(|| f.missing(&format!("{path}.nickname"), "string"))
 }
 
+/// The stable identity of the user at `path`: `account_id`, else `uuid`. Nicknames and display
+/// names are chosen by their owners and need not be unique, so they never identify anyone.
+fn user_id(f: &Fields, path: &str) -> Result<String, PayloadError> {
+    ["account_id", "uuid"]
+        .iter()
+        .find_map(|key| {
+            f.opt_str(&format!("{path}.{key}"))
+                .filter(|s| !s.is_empty())
+        })
+        .map(str::to_string)
+        .ok_or_else(|| f.missing(&format!("{path}.account_id"), "string"))
+}
+
 fn repo(f: &Fields) -> Result<String, PayloadError> {
     f.string("repository.full_name")
 }
@@ -114,18 +127,24 @@ fn pull_request(f: &Fields, action: PrAction) -> Result<ForgeEvent, PayloadError
 }
 
 fn comment(f: &Fields) -> Result<ForgeEvent, PayloadError> {
-    let author = match f.get("comment.user") {
-        Some(_) => user(f, "comment.user")?,
-        None => user(f, "actor")?,
+    let who = if f.get("comment.user").is_some() {
+        "comment.user"
+    } else {
+        "actor"
     };
+    let (author, author_id) = (user(f, who)?, user_id(f, who)?);
     Ok(ForgeEvent::Comment {
         repo: repo(f)?,
         pr_number: f.number("pullrequest.id")?,
         comment_id: f.id("comment.id")?,
         body: f.string("comment.content.raw")?,
         author,
+        author_id,
         head_sha: f
             .opt_str("pullrequest.source.commit.hash")
             .map(str::to_string),
+        created_at: f
+            .opt_str("comment.created_on")
+            .and_then(crate::forge::parse_time),
     })
 }

@@ -107,6 +107,10 @@ fn issue_comment(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         comment_id: f.id("comment.id")?,
         body: f.string("comment.body")?,
         author: f.string("comment.user.login")?,
+        author_id: f.string("comment.user.login")?,
         head_sha: None,
+        created_at: f
+            .opt_str("comment.created_at")
+            .and_then(crate::forge::parse_time),
     })
 }

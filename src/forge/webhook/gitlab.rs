@@ -123,8 +123,12 @@ fn note(f: &Fields) -> Result<ForgeEvent, PayloadError> {
         comment_id: f.id("object_attributes.id")?,
         body: f.string("object_attributes.note")?,
         author: f.string("user.username")?,
+        author_id: f.string("user.username")?,
         head_sha: f
             .opt_str("merge_request.last_commit.id")
             .map(str::to_string),
+        created_at: f
+            .opt_str("object_attributes.created_at")
+            .and_then(crate::forge::parse_time),
     })
 }

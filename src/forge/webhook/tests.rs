@@ -389,7 +389,9 @@ fn github_comments_on_pull_requests_only() {
             comment_id: "546616131".into(),
             body: "/build".into(),
             author: "chhsia0".into(),
+            author_id: "chhsia0".into(),
             head_sha: None,
+            created_at: crate::forge::parse_time("2019-10-26T16:09:23Z"),
         }
     );
     let mut on_issue = fixture_json("github-issue_comment-created-on-pr.json");
@@ -545,7 +547,9 @@ fn gitlab_notes_on_merge_requests_only() {
             comment_id: "1244".into(),
             body: "This MR needs work.".into(),
             author: "root".into(),
+            author_id: "root".into(),
             head_sha: Some("562e173be03b8ff2efb05345d12df18815438a4b".into()),
+            created_at: crate::forge::parse_time("2015-05-17T18:21:36Z"),
         }
     );
     let mut on_issue = fixture_json("gitlab-note-hook-merge-request.json");
@@ -685,7 +689,9 @@ fn bitbucket_comments() {
             comment_id: "311512047".into(),
             body: "test comment".into(),
             author: "Rutvij Mehta".into(),
+            author_id: "624de6f6fd5e450070486936".into(),
             head_sha: Some("b9437f32dddd".into()),
+            created_at: crate::forge::parse_time("2022-06-23T22:10:09.939925+00:00"),
         }
     );
 }

@@ -49,6 +49,7 @@ fn submit(store: &Store, q: &Queue, p: &Pipeline, text: &str, env: &str) -> RunR
         },
         git: None,
         pr: None,
+        idempotency_key: None,
     })
     .expect("submit")
 }
@@ -141,6 +142,7 @@ async fn the_global_limit_holds_and_queued_runs_survive_a_restart() {
                 },
                 git: None,
                 pr: None,
+                idempotency_key: None,
             })
             .expect("submit");
         ids.push(run.id);
@@ -192,6 +194,7 @@ fn submit_from(
         },
         git: None,
         pr: None,
+        idempotency_key: None,
     })
     .expect("submit")
 }

@@ -19,6 +19,25 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The login of the account the fake forges' tokens act as (`GET /user`).
+pub const OWN_LOGIN: &str = "gantry-bot";
+/// The login of the fake GitHub App's bot user (`<slug>[bot]`, the slug from `GET /app`).
+pub const APP_LOGIN: &str = "gantry-app[bot]";
+/// Its Bitbucket account id.
+pub const OWN_ACCOUNT_ID: &str = "557058:gantry-bot";
+
+/// A Bitbucket user object as the API returns it (`GET /2.0/user`, a comment's `user`).
+fn bitbucket_user(nickname: &str, account_id: &str) -> Value {
+    json!({
+        "type": "user",
+        "display_name": nickname,
+        "nickname": nickname,
+        "account_id": account_id,
+        "uuid": format!("{{{account_id}}}"),
+        "links": { "self": { "href": format!("https://api.bitbucket.org/2.0/users/{account_id}") } },
+    })
+}
+
 /// The installation id the fake GitHub answers for every repository.
 pub const INSTALLATION_ID: u64 = 7;
 /// The installation token the fake GitHub hands out for `INSTALLATION_ID`.
@@ -96,6 +115,10 @@ struct State {
     comments: BTreeMap<u64, Vec<(u64, String)>>,
     next_comment_id: u64,
     permissions: HashMap<String, String>,
+    /// Comments written by someone other than the token's account: comment id to login.
+    comment_authors: HashMap<u64, String>,
+    /// Bitbucket: the nickname of a user (keyed as in `permissions`, by account id).
+    nicknames: HashMap<String, String>,
     pr_heads: HashMap<u64, String>,
     /// GitLab: the last state per (sha, name).
     gitlab_statuses: HashMap<(String, String), String>,
@@ -201,6 +224,29 @@ impl FakeForge {
         self.lock()
             .permissions
             .insert(user.to_string(), level.to_string());
+    }
+
+    /// Adds a comment on `pr` written by `author` (not by the token's own account); returns its
+    /// id.
+    pub fn add_comment_by(&self, pr: u64, author: &str, body: &str) -> String {
+        let mut state = self.lock();
+        let id = state.next_comment_id;
+        state.next_comment_id += 1;
+        state
+            .comments
+            .entry(pr)
+            .or_default()
+            .push((id, body.to_string()));
+        state.comment_authors.insert(id, author.to_string());
+        id.to_string()
+    }
+
+    /// Bitbucket: gives the user whose account id is `account_id` the nickname `nickname`
+    /// (nicknames are not unique: several users may share one).
+    pub fn set_nickname(&self, account_id: &str, nickname: &str) {
+        self.lock()
+            .nicknames
+            .insert(account_id.to_string(), nickname.to_string());
     }
 
     pub fn set_pr_head(&self, pr: u64, sha: &str) {
@@ -543,6 +589,10 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                 .entry(pr)
                 .or_default()
                 .push((id, text.clone()));
+            // An App's installation token writes as the App's bot user.
+            if request.header("authorization") == Some(&format!("Bearer {INSTALLATION_TOKEN}")) {
+                state.comment_authors.insert(id, APP_LOGIN.to_string());
+            }
             let mut comment = fixture("github-api-issue-comment-response.json");
             comment["id"] = json!(id);
             comment["body"] = json!(text);
@@ -571,6 +621,15 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             }
             not_found()
         }
+        ("GET", ["user"]) => {
+            let mut user = fixture("github-api-issue-comment-response.json")["user"].clone();
+            user["login"] = json!(OWN_LOGIN);
+            answer(200, user)
+        }
+        ("GET", ["app"]) => answer(
+            200,
+            json!({ "id": 1, "slug": "gantry-app", "name": "Gantry", "owner": { "login": "acme" } }),
+        ),
         ("GET", ["repos", _, _, "issues", number, "comments"]) => {
             let pr: u64 = number.parse().unwrap_or(0);
             let query = request.query_pairs();
@@ -586,6 +645,11 @@ fn github(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                     let mut comment = fixture("github-api-issue-comment-response.json");
                     comment["id"] = json!(id);
                     comment["body"] = json!(body);
+                    let author = state
+                        .comment_authors
+                        .get(&id)
+                        .map_or(OWN_LOGIN, String::as_str);
+                    comment["user"]["login"] = json!(author);
                     comment
                 })
                 .collect();
@@ -746,6 +810,17 @@ fn gitlab(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
                     note["id"] = json!(id);
                     note["body"] = json!(body);
                     note["noteable_iid"] = json!(pr);
+                    // The token's user is id 1 (`GET /user`); anyone else id 2.
+                    match state.comment_authors.get(&id) {
+                        Some(author) => {
+                            note["author"]["id"] = json!(2);
+                            note["author"]["username"] = json!(author);
+                        }
+                        None => {
+                            note["author"]["id"] = json!(1);
+                            note["author"]["username"] = json!(OWN_LOGIN);
+                        }
+                    }
                     note
                 })
                 .collect();
@@ -900,6 +975,7 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             entry.1 = raw.clone();
             answer(200, comment_json(id, &raw, pr))
         }
+        ("GET", ["user"]) => answer(200, bitbucket_user(OWN_LOGIN, OWN_ACCOUNT_ID)),
         ("GET", ["repositories", ws, slug, "pullrequests", id, "comments"]) => {
             let pr: u64 = id.parse().unwrap_or(0);
             let query = request.query_pairs();
@@ -914,7 +990,14 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
             let all = state.comments.get(&pr).cloned().unwrap_or_default();
             let values: Vec<Value> = page_of(&all, page, pagelen)
                 .into_iter()
-                .map(|(id, raw)| comment_json(id, &raw, pr))
+                .map(|(id, raw)| {
+                    let mut comment = comment_json(id, &raw, pr);
+                    comment["user"] = match state.comment_authors.get(&id) {
+                        Some(author) => bitbucket_user(author, author),
+                        None => bitbucket_user(OWN_LOGIN, OWN_ACCOUNT_ID),
+                    };
+                    comment
+                })
                 .collect();
             let mut body =
                 json!({ "pagelen": pagelen, "size": all.len(), "page": page, "values": values });
@@ -929,25 +1012,43 @@ fn bitbucket(request: &Recorded, segs: &[&str], state: &mut State) -> Answer {
         }
         ("GET", ["workspaces", ws, "permissions", "repositories", slug]) => {
             let q = request.query_pairs().get("q").cloned().unwrap_or_default();
-            // The first quoted value: `user.uuid="x" OR ...`.
-            let wanted = q
-                .split('"')
-                .nth(1)
-                .map(|v| v.replace("\\\"", "\"").replace("\\\\", "\\"))
-                .unwrap_or_default();
-            let values: Vec<Value> = state
-                .permissions
-                .get(&wanted)
-                .map(|level| {
+            // `user.<field>="<value>" OR ...`, as Bitbucket filters: the users (keyed by account
+            // id in `permissions`) any clause matches. A user's uuid here is `{<account id>}`.
+            let mut matched: Vec<String> = Vec::new();
+            for clause in q.split(" OR ") {
+                let Some((field, value)) = clause.trim().split_once('=') else {
+                    continue;
+                };
+                let value = value
+                    .trim()
+                    .trim_matches('"')
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\");
+                for account in state.permissions.keys() {
+                    let nickname = state.nicknames.get(account).unwrap_or(account);
+                    let hit = match field.trim() {
+                        "user.account_id" => *account == value,
+                        "user.uuid" => format!("{{{account}}}") == value,
+                        "user.nickname" => *nickname == value,
+                        _ => false,
+                    };
+                    if hit && !matched.contains(account) {
+                        matched.push(account.clone());
+                    }
+                }
+            }
+            let values: Vec<Value> = matched
+                .iter()
+                .map(|account| {
+                    let nickname = state.nicknames.get(account).unwrap_or(account);
                     json!({
                         "type": "repository_permission",
-                        "permission": level,
-                        "user": { "type": "user", "nickname": wanted, "display_name": wanted,
-                                  "uuid": "{00000000-0000-0000-0000-000000000001}", "account_id": "557058:0001" },
+                        "permission": state.permissions[account],
+                        "user": { "type": "user", "nickname": nickname, "display_name": nickname,
+                                  "uuid": format!("{{{account}}}"), "account_id": account },
                         "repository": { "type": "repository", "full_name": format!("{ws}/{slug}"), "name": slug },
                     })
                 })
-                .into_iter()
                 .collect();
             answer(
                 200,
