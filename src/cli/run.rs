@@ -81,7 +81,7 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
             return exit::USAGE;
         }
     };
-    let checked = spec::check(&text);
+    let checked = spec::check_file(&text, Some(&shown));
     for d in checked.diagnostics.iter() {
         eprint!(
             "{}",
