@@ -91,11 +91,12 @@ pub fn check_named(source: &str, limits: &Limits, file_name: Option<&str>) -> Ch
             }
         }
     }
+    // Where the Choreo reading reported an error already, the native one would say it twice.
     for d in native.0 {
         if !diagnostics
             .0
             .iter()
-            .any(|e| e.pos == d.pos && e.message == d.message)
+            .any(|e| e.pos == d.pos && (e.is_error() || e.message == d.message))
         {
             diagnostics.push(d);
         }

@@ -1,5 +1,6 @@
 //! Gantry's integration tests: one binary, one module per area (see ARCHITECTURE.md, "Testing").
 
+mod choreo;
 mod cli;
 mod forge_api;
 mod mirror;
