@@ -899,6 +899,13 @@ impl Rw<'_> {
             let value = get("value")
                 .cloned()
                 .unwrap_or_else(|| str_node("", name.pos));
+            if entries
+                .iter()
+                .any(|(k, _): &(Node, Node)| k.value == name.value)
+            {
+                self.err(name.pos, "duplicate `env` name: each variable is set once");
+                continue;
+            }
             entries.push((name.clone(), value));
         }
         Node {
@@ -1336,6 +1343,13 @@ impl Rw<'_> {
                         continue;
                     }
                 };
+                if entries.iter().any(|(k, _)| k.value == name.value) {
+                    self.err(
+                        name.pos,
+                        "duplicate argument name in `arguments.parameters`: each input gets one value",
+                    );
+                    continue;
+                }
                 entries.push((name.clone(), value));
             }
         }
