@@ -98,7 +98,8 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
     let request = RunRequest {
         source: "file".into(),
         pipeline,
-        text,
+        // A Choreo-shaped file is recorded in Gantry's form: it reads the same without its path.
+        text: spec::self_contained(&text, Some(&shown)).into_owned(),
         path: shown.clone(),
         params: args.params.iter().cloned().collect::<BTreeMap<_, _>>(),
         var_overrides: args.vars.iter().cloned().collect(),

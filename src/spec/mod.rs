@@ -146,3 +146,12 @@ pub fn convert(source: &str, file_name: Option<&str>) -> Converted {
         diagnostics: checked.diagnostics,
     }
 }
+
+/// The text to store for a pipeline file: a valid Choreo-shaped file in Gantry's form (so that it
+/// reads the same without its file name), any other file as it is.
+pub fn self_contained<'a>(source: &'a str, file_name: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match convert(source, file_name).text {
+        Some(text) => std::borrow::Cow::Owned(text),
+        None => std::borrow::Cow::Borrowed(source),
+    }
+}
