@@ -1522,6 +1522,8 @@ fn with_copies(script: &Node, paths: &[PathOutput]) -> Node {
         if first.starts_with("#!") {
             // Without `-e` the script's last status would be lost to the copies.
             body.push_str("status=$?; [ \"$status\" -eq 0 ] || exit \"$status\"\n");
+            // A missing file fails the step, whatever the script's own options.
+            body.push_str("set -e\n");
         }
         body.push_str(&copies);
         body

@@ -293,3 +293,24 @@ fn the_provisioning_pipeline_publishes_with_gantry_s_built_in() {
         "{warnings:?}"
     );
 }
+
+/// A `valueFrom.path` that was not written fails the step (without `default`), also under a
+/// `#!/bin/bash` script without `set -e`, and a failing script keeps its own exit status.
+#[test]
+fn a_missing_output_file_fails_the_step_and_a_failing_script_keeps_its_status() {
+    let scratch = Scratch::new();
+    let missing = scratch.pipeline(
+        "missing-output.yaml",
+        "steps:\n  - name: a\n    inlineScript: |\n      #!/bin/bash\n      echo no file\n    outputs:\n      parameters:\n        - name: x\n          valueFrom: {path: /tmp/never}\n        - name: y\n          valueFrom: {path: /tmp/y, default: d}\n",
+    );
+    let out = scratch.run_file(&missing, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let failing = scratch.pipeline(
+        "failing-script.yaml",
+        "steps:\n  - name: a\n    inlineScript: |\n      #!/bin/bash\n      echo value > /tmp/x\n      false\n    outputs:\n      parameters:\n        - name: x\n          valueFrom: {path: /tmp/x}\n",
+    );
+    let out = scratch.run_file(&failing, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("exited with code 1"), "{stdout}");
+}
