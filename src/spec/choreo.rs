@@ -1010,15 +1010,10 @@ impl Rw<'_> {
             .iter()
             .flat_map(|(steps, _, _)| steps)
             .any(|s| !s.dependencies.is_empty());
-        let expanded = items
-            .iter()
-            .any(|(steps, _, _)| steps.len() > 1 && !steps.is_empty())
-            && items.iter().any(|(_, group, _)| !group);
         let set_used = items
             .iter()
             .flat_map(|(steps, _, _)| steps)
-            .any(|s| s.node.iter().any(|(k, _)| k == "dependsOn"));
-        let _ = expanded;
+            .any(|s| s.node.iter().any(|(k, _)| k == "x-choreo-call"));
         if !dag && !set_used {
             // Sequence mode, as written.
             let out = items
@@ -1076,10 +1071,10 @@ impl Rw<'_> {
                 if !deps.is_empty() {
                     let pos = s.pos;
                     let mut list: Vec<Node> = Vec::new();
-                    if let Some(i) = s.node.iter().position(|(k, _)| k == "dependsOn") {
-                        if let Value::Seq(items) = s.node.remove(i).1.value {
-                            list.extend(items);
-                        }
+                    if let Some(i) = s.node.iter().position(|(k, _)| k == "dependsOn")
+                        && let Value::Seq(items) = s.node.remove(i).1.value
+                    {
+                        list.extend(items);
                     }
                     for (d, p) in deps {
                         if !list.iter().any(|n| n.value == Value::Str(d.clone())) {

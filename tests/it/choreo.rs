@@ -314,3 +314,41 @@ fn a_missing_output_file_fails_the_step_and_a_failing_script_keeps_its_status() 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("exited with code 1"), "{stdout}");
 }
+
+/// Containers without `dependencies` start together, after the item before them; the item after
+/// waits for all of them.
+#[test]
+fn a_container_set_without_dependencies_runs_its_containers_side_by_side() {
+    let source = "\
+templates:
+  - name: pair
+    containerSet:
+      containers:
+        - {name: one, image: alpine, command: [sh, -c, 'echo 1']}
+        - {name: two, image: alpine, command: [sh, -c, 'echo 2']}
+steps:
+  - name: first
+    inlineScript: echo first
+  - name: both
+    template: pair
+  - name: last
+    inlineScript: echo last
+";
+    let pipeline = spec::check_file(source, Some("pair.yaml"))
+        .pipeline
+        .expect("valid");
+    let deps: Vec<(String, Vec<String>)> = pipeline
+        .all_steps()
+        .map(|s| (s.name.clone(), s.depends_on.clone()))
+        .collect();
+    let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        deps,
+        vec![
+            ("first".to_string(), owned(&[])),
+            ("both-one".to_string(), owned(&["first"])),
+            ("both-two".to_string(), owned(&["first"])),
+            ("last".to_string(), owned(&["both-one", "both-two"])),
+        ]
+    );
+}
