@@ -271,14 +271,31 @@ pub fn reword(message: &str) -> String {
             "under the template's `inputs:`",
             "under the template's `inputs.parameters`",
         ),
-        (
-            "add `outputs: [{name:",
-            "add `outputs: {parameters: [{name:",
-        ),
     ];
     let mut out = message.to_string();
     for (from, to) in WORDS {
         out = out.replace(from, to);
+    }
+    // `outputs: [{name: x}]` and `arguments: {a: ...}` in Choreo's shapes.
+    if let Some(start) = out.find("`outputs: [{name: ")
+        && let Some(len) = out[start..].find("}]`")
+    {
+        let name = out[start + "`outputs: [{name: ".len()..start + len].to_string();
+        out.replace_range(
+            start..start + len + 3,
+            &format!("`outputs: {{parameters: [{{name: {name}}}]}}`"),
+        );
+    }
+    if let Some(start) = out.find("`arguments: {")
+        && let Some(len) = out[start..].find(": ...}`")
+    {
+        let name = out[start + "`arguments: {".len()..start + len].to_string();
+        if values::is_identifier(&name) {
+            out.replace_range(
+                start..start + len + 7,
+                &format!("`arguments: {{parameters: [{{name: {name}, value: ...}}]}}`"),
+            );
+        }
     }
     out
 }
@@ -1769,7 +1786,9 @@ fn string(s: &str, indent: usize) -> String {
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./@".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "_-./@ ,()".contains(c))
+        && !s.ends_with(' ')
+        && !s.contains("  ")
         && !matches!(
             s.to_ascii_lowercase().as_str(),
             "true" | "false" | "null" | "yes" | "no" | "on" | "off"
@@ -1834,6 +1853,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn native_advice_is_written_in_choreo_s_shapes() {
+        assert_eq!(
+            reword("step `two` declares no outputs; add `outputs: [{name: x}]` to it"),
+            "step `two` declares no outputs; add `outputs: {parameters: [{name: x}]}` to it"
+        );
+        assert_eq!(
+            reword("add `arguments: {a: ...}`"),
+            "add `arguments: {parameters: [{name: a, value: ...}]}`"
+        );
+        assert_eq!(
+            reword("`retry.limit` must be a whole number"),
+            "`retryStrategy.limit` must be a whole number"
+        );
+    }
+
+    #[test]
     fn names_come_from_file_names() {
         assert_eq!(
             name_from_file("a/b/Rotate_Keys.yaml").as_deref(),
@@ -1856,6 +1891,8 @@ mod tests {
     #[test]
     fn strings_are_printed_so_that_they_read_back() {
         assert_eq!(string("hello", 0), "hello");
+        assert_eq!(string("MSSQL database (dev)", 0), "MSSQL database (dev)");
+        assert_eq!(string("ends ", 0), "\"ends \"");
         assert_eq!(string("true", 0), "\"true\"");
         assert_eq!(string("1.0.0", 0), "\"1.0.0\"");
         assert_eq!(string("{{a}}", 0), "\"{{a}}\"");
