@@ -1659,7 +1659,15 @@ pub fn emit(root: &Node, source: &str, header: &str) -> String {
         line_starts: &line_starts,
         out: &mut out,
     };
-    let mut seen = BTreeSet::new();
+    // The header is printed already.
+    let header_lines = source
+        .lines()
+        .take_while(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#') || t == "---"
+        })
+        .count();
+    let mut seen: BTreeSet<usize> = (1..=header_lines).collect();
     e.block(root, 0, &mut seen);
     out
 }
@@ -1671,11 +1679,72 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
+    /// The comment lines right above the line of `key` in the source, at its indentation (or up
+    /// to the `- ` before it), each printed once. Lines inside a block scalar are indented deeper
+    /// than the next key, so a `#` line of a script is never taken for a comment.
+    fn comments(&mut self, key: &Node, pad: &str, seen: &mut BTreeSet<usize>) {
+        let lines: Vec<&str> = self.source.lines().collect();
+        let Value::Str(name) = &key.value else {
+            return;
+        };
+        // The key's own line: a rewritten key stands where its value does, on the key's line
+        // (a scalar) or on the line after it (a block), under its Choreo name.
+        let names: &[&str] = match name.as_str() {
+            "script" => &["script", "inlineScript"],
+            "retry" => &["retry", "retryStrategy"],
+            "template" => &["template", "templateRef"],
+            "dependsOn" => &["dependsOn", "dependencies"],
+            other => &[other],
+        };
+        let is_key_line = |i: usize| {
+            lines.get(i.wrapping_sub(1)).is_some_and(|l| {
+                let t = l.trim_start_matches([' ', '-']);
+                names
+                    .iter()
+                    .any(|n| t.strip_prefix(n).is_some_and(|rest| rest.starts_with(':')))
+            })
+        };
+        let at_value = key.pos.line as usize;
+        let line = if is_key_line(at_value) {
+            at_value
+        } else if at_value > 1 && is_key_line(at_value - 1) {
+            at_value - 1
+        } else {
+            return;
+        };
+        let Some(text) = lines.get(line - 1) else {
+            return;
+        };
+        let key_indent = text.len() - text.trim_start_matches([' ', '-']).len();
+        let mut found = Vec::new();
+        let mut at = line - 1;
+        while at >= 1 {
+            let Some(above) = lines.get(at - 1) else {
+                break;
+            };
+            let indent = above.len() - above.trim_start().len();
+            if !above.trim_start().starts_with('#')
+                || indent > key_indent
+                || key_indent - indent > 2
+                || seen.contains(&at)
+            {
+                break;
+            }
+            found.push(above.trim());
+            seen.insert(at);
+            at -= 1;
+        }
+        for comment in found.into_iter().rev() {
+            self.out.push_str(&format!("{pad}{comment}\n"));
+        }
+    }
+
     fn block(&mut self, node: &Node, indent: usize, seen: &mut BTreeSet<usize>) {
         let pad = " ".repeat(indent);
         match &node.value {
             Value::Map(entries) if !entries.is_empty() => {
                 for (k, v) in entries {
+                    self.comments(k, &pad, seen);
                     let key = self.scalar(k, indent);
                     self.out.push_str(&format!("{pad}{key}:"));
                     self.value_after_key(v, indent, seen);
@@ -1683,6 +1752,11 @@ impl Emitter<'_> {
             }
             Value::Seq(items) if !items.is_empty() => {
                 for item in items {
+                    if let Value::Map(entries) = &item.value
+                        && let Some((k, _)) = entries.first()
+                    {
+                        self.comments(k, &pad, seen);
+                    }
                     self.out.push_str(&format!("{pad}-"));
                     self.item(item, indent, seen);
                 }
@@ -1721,6 +1795,7 @@ impl Emitter<'_> {
                     if i == 0 {
                         self.out.push_str(&format!(" {key}:"));
                     } else {
+                        self.comments(k, &pad, seen);
                         self.out.push_str(&format!("{pad}{key}:"));
                     }
                     self.value_after_key(v, indent + 2, seen);

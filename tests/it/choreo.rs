@@ -352,3 +352,62 @@ steps:
         ]
     );
 }
+
+/// `gantry convert` keeps the comments at the top, the comment lines above a key, and everything
+/// inside scripts; it prints Gantry's concise form.
+#[test]
+fn convert_prints_gantry_s_form_with_the_comments_it_can_keep() {
+    let source = "\
+# Header line one
+# Header line two
+
+metadata:
+  # the name
+  name: commented
+steps:
+  # first step
+  - name: a
+    # runs a script
+    inlineScript: |
+      echo a
+      # inside the script
+    env:
+      - name: GREETING
+        value: hello
+    # five minutes
+    timeout: 300
+    retryStrategy:
+      limit: 2
+      backoff: {duration: 5s, factor: 2}
+  - - name: b   # trailing comments are not kept
+      inlineScript: echo b
+";
+    let converted = spec::convert(source, Some("commented.yaml"));
+    let expected = "\
+# Header line one
+# Header line two
+apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata:
+  # the name
+  name: commented
+steps:
+  # first step
+  - name: a
+    # runs a script
+    script: |
+      echo a
+      # inside the script
+    env:
+      GREETING: hello
+    retry:
+      limit: 2
+      backoff: \"5s\"
+      factor: 2
+    # five minutes
+    timeout: \"300s\"
+  - - name: b
+      script: echo b
+";
+    assert_eq!(converted.text.as_deref(), Some(expected));
+}
