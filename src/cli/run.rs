@@ -88,6 +88,8 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
             diagnostic::render(&shown, &text, d, diagnostic::Style::default())
         );
     }
+    // A Choreo-shaped file is recorded in Gantry's form: it reads the same without its path.
+    let stored = spec::self_contained(&text, Some(&shown), &checked).into_owned();
     let Some(pipeline) = checked.pipeline else {
         eprintln!("gantry: {shown} is not a valid pipeline; nothing was run");
         return exit::FAILURE;
@@ -98,8 +100,7 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
     let request = RunRequest {
         source: "file".into(),
         pipeline,
-        // A Choreo-shaped file is recorded in Gantry's form: it reads the same without its path.
-        text: spec::self_contained(&text, Some(&shown)).into_owned(),
+        text: stored,
         path: shown.clone(),
         params: args.params.iter().cloned().collect::<BTreeMap<_, _>>(),
         var_overrides: args.vars.iter().cloned().collect(),

@@ -31,6 +31,8 @@ pub struct Checked {
     /// `metadata.name` when it is valid, even if the file has other errors (for checks across
     /// files, such as unique pipeline names).
     pub name: Option<String>,
+    /// The file is in Choreo's shape (see [`choreo`]).
+    pub choreo: bool,
 }
 
 /// Parses and validates the text of one pipeline file with the default limits.
@@ -75,6 +77,7 @@ pub fn check_named(source: &str, limits: &Limits, file_name: Option<&str>) -> Ch
                 diagnostics,
                 name_pos: e.pos,
                 name: None,
+                choreo: false,
             };
         }
     };
@@ -110,6 +113,7 @@ pub fn check_named(source: &str, limits: &Limits, file_name: Option<&str>) -> Ch
         diagnostics,
         name_pos: map.name,
         name,
+        choreo: is_choreo,
     }
 }
 
@@ -149,7 +153,14 @@ pub fn convert(source: &str, file_name: Option<&str>) -> Converted {
 
 /// The text to store for a pipeline file: a valid Choreo-shaped file in Gantry's form (so that it
 /// reads the same without its file name), any other file as it is.
-pub fn self_contained<'a>(source: &'a str, file_name: Option<&str>) -> std::borrow::Cow<'a, str> {
+pub fn self_contained<'a>(
+    source: &'a str,
+    file_name: Option<&str>,
+    checked: &Checked,
+) -> std::borrow::Cow<'a, str> {
+    if !checked.choreo || checked.pipeline.is_none() {
+        return std::borrow::Cow::Borrowed(source);
+    }
     match convert(source, file_name).text {
         Some(text) => std::borrow::Cow::Owned(text),
         None => std::borrow::Cow::Borrowed(source),
