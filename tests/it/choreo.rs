@@ -411,3 +411,23 @@ steps:
 ";
     assert_eq!(converted.text.as_deref(), Some(expected));
 }
+
+/// `gantry pipeline apply -f FILE` takes a Choreo file as it is, named after the file.
+#[test]
+fn a_choreo_file_can_be_applied_as_a_local_pipeline() {
+    let scratch = Scratch::new();
+    let file = scratch.pipeline(
+        "Nightly_Checks.yaml",
+        "steps:\n  - name: a\n    inlineScript: echo hi\n",
+    );
+    let out = scratch.gantry(&["pipeline", "apply", "-f", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("local/nightly-checks"), "{stdout}");
+    let list = scratch.gantry(&["pipeline", "list"]);
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("nightly-checks"),
+        "{list:?}"
+    );
+}
