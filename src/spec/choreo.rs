@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::diagnostic::{Diagnostic, did_you_mean};
+use super::expr::parse_text;
 use super::model::{API_VERSION, Builtin, KIND};
 use super::values;
 use super::yaml::{Node, Pos, Value};
@@ -76,7 +77,13 @@ const TEMPLATE: &[&str] = &[
     "resources",
     "securityContext",
     "volumeMounts",
+    "retryStrategy",
+    "timeout",
+    "when",
+    "continueOn",
 ];
+/// Template keys that belong on the calling step in Gantry.
+const STEP_ONLY: &[&str] = &["retryStrategy", "timeout", "when", "continueOn"];
 const ARGO_SCRIPT: &[&str] = &[
     "image",
     "command",
@@ -548,6 +555,13 @@ impl Rw<'_> {
         for (key, k, _) in &f {
             if NO_EFFECT.contains(key) {
                 self.no_effect(key, k);
+            }
+            if STEP_ONLY.contains(key) {
+                self.err_help(
+                    k.pos.with_len(key.chars().count() as u32),
+                    format!("`{key}` on a template is not read by Gantry"),
+                    format!("put `{key}` on each step that calls template `{raw_name}`"),
+                );
             }
         }
         let inputs = get("inputs").map(|i| self.inputs(i));
@@ -1827,7 +1841,7 @@ impl Emitter<'_> {
             Value::Bool(b) => self.written_or(node, b.to_string()),
             Value::Int(i) => self.written_or(node, i.to_string()),
             Value::Float(f) => self.written_or(node, format!("{f:?}")),
-            Value::Str(s) => string(s, indent),
+            Value::Str(s) => string(&canonical(s), indent),
         }
     }
 
@@ -1837,6 +1851,21 @@ impl Emitter<'_> {
             Some(w) if reads_as(&w, &node.value) => w,
             _ => fallback,
         }
+    }
+}
+
+/// A string with its `{{...}}` references in Gantry's canonical spelling (`{{SECRETS.X}}` is
+/// `{{secrets.X}}`, `{{steps.S.outputs.parameters.X}}` is `{{steps.S.outputs.X}}`); a string with
+/// a malformed reference is left as it is.
+fn canonical(s: &str) -> String {
+    if !s.contains("{{") {
+        return s.to_string();
+    }
+    let (text, errors) = parse_text(s, |_, _| Pos::default());
+    if errors.is_empty() {
+        text.to_string()
+    } else {
+        s.to_string()
     }
 }
 

@@ -431,3 +431,52 @@ fn a_choreo_file_can_be_applied_as_a_local_pipeline() {
         "{list:?}"
     );
 }
+
+/// What `gantry convert` prints is a contract a user reads: pinned for three fixtures.
+#[test]
+fn convert_output_matches_the_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/choreo");
+    for name in ["templates-with-io", "provision-database", "container-set"] {
+        let file = dir.join(format!("{name}.yaml"));
+        let (source, shown) = read(&file);
+        let converted = spec::convert(&source, Some(&shown)).text.expect("converts");
+        let snapshot =
+            std::fs::read_to_string(dir.join(format!("converted/{name}.yaml"))).expect("snapshot");
+        assert_eq!(converted, snapshot, "{name}");
+        // The snapshot is a Gantry file that validates as it is.
+        assert!(spec::check(&snapshot).pipeline.is_some(), "{name}");
+    }
+}
+
+#[test]
+fn step_fields_on_a_template_are_refused_with_where_they_go() {
+    let source = "\
+templates:
+  - name: t
+    inlineScript: echo t
+    retryStrategy: {limit: 2}
+steps:
+  - name: a
+    template: t
+";
+    let checked = spec::check_file(source, Some("t.yaml"));
+    let errors: Vec<String> = checked
+        .diagnostics
+        .errors()
+        .map(|d| {
+            format!(
+                "{}:{}: {} ({})",
+                d.pos.line,
+                d.pos.col,
+                d.message,
+                d.help.as_deref().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "4:5: `retryStrategy` on a template is not read by Gantry (put `retryStrategy` on each step that calls template `t`)"
+        ]
+    );
+}
