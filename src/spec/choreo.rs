@@ -1028,6 +1028,9 @@ impl Rw<'_> {
         for item in list {
             match &item.value {
                 Value::Seq(group) => {
+                    if group.is_empty() {
+                        self.err(item.pos, "a parallel group must hold at least one step");
+                    }
                     let mut steps = Vec::new();
                     for s in group {
                         steps.extend(self.step(s));

@@ -480,3 +480,18 @@ steps:
         ]
     );
 }
+
+#[test]
+fn an_empty_parallel_group_is_an_error() {
+    let source = "steps:\n  - name: a\n    inlineScript: echo a\n  - []\n";
+    let checked = spec::check_file(source, Some("g.yaml"));
+    let errors: Vec<(u32, &str)> = checked
+        .diagnostics
+        .errors()
+        .map(|d| (d.pos.line, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(4, "a parallel group must hold at least one step")]
+    );
+}
