@@ -222,6 +222,8 @@ struct RwStep {
     pos: Pos,
     /// Gantry names of the steps it depends on (Choreo's `dependencies`).
     dependencies: Vec<(String, Pos)>,
+    /// The step calling a containerSet that this step is one container of.
+    part_of: Option<String>,
 }
 
 struct Rw<'s> {
@@ -1047,7 +1049,7 @@ impl Rw<'_> {
         let set_used = items
             .iter()
             .flat_map(|(steps, _, _)| steps)
-            .any(|s| s.node.iter().any(|(k, _)| k == "x-choreo-call"));
+            .any(|s| s.part_of.is_some());
         if !dag && !set_used {
             // Sequence mode, as written.
             let out = items
@@ -1074,15 +1076,7 @@ impl Rw<'_> {
         let expansions: BTreeMap<String, Vec<String>> = items
             .iter()
             .flat_map(|(steps, _, _)| steps)
-            .filter_map(|s| {
-                s.node
-                    .iter()
-                    .find(|(k, _)| k == "x-choreo-call")
-                    .and_then(|(_, v)| match &v.value {
-                        Value::Str(call) => Some((call.clone(), s.name.clone())),
-                        _ => None,
-                    })
-            })
+            .filter_map(|s| s.part_of.clone().map(|call| (call, s.name.clone())))
             .fold(BTreeMap::new(), |mut acc, (call, name)| {
                 acc.entry(call).or_insert_with(Vec::new).push(name);
                 acc
@@ -1280,6 +1274,7 @@ impl Rw<'_> {
             name: name.clone(),
             pos: node.pos,
             dependencies,
+            part_of: None,
         };
         match calls_set {
             Some(set) => self.expand_set(step, &set),
@@ -1306,7 +1301,6 @@ impl Rw<'_> {
                     _ => node.push((k.clone(), v.clone())),
                 }
             }
-            node.push(("x-choreo-call".into(), str_node(&step.name, step.pos)));
             if !deps.is_empty() {
                 let list = deps
                     .iter()
@@ -1319,6 +1313,7 @@ impl Rw<'_> {
                 name,
                 pos: step.pos,
                 dependencies: step.dependencies.clone(),
+                part_of: Some(step.name.clone()),
             });
         }
         out
@@ -1456,12 +1451,11 @@ impl Rw<'_> {
     }
 }
 
-/// A step's entries as a node; the marker of a containerSet call is dropped.
+/// A step's entries as a node.
 fn step_node(step: RwStep) -> Node {
     let entries = step
         .node
         .into_iter()
-        .filter(|(k, _)| k != "x-choreo-call")
         .map(|(k, v)| (str_node(k, v.pos), v))
         .collect();
     Node {
