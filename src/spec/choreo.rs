@@ -275,6 +275,8 @@ pub fn reword(message: &str) -> String {
         ("retry policy", "`retryStrategy.retryPolicy`"),
         ("`script`", "`inlineScript`"),
         ("`dependsOn`", "`dependencies`"),
+        ("default of parameter", "`value` of parameter"),
+        ("an input default", "an input `value`"),
         ("`arguments`", "`arguments.parameters`"),
         (
             "under the template's `inputs:`",
@@ -1962,6 +1964,10 @@ mod tests {
         assert_eq!(
             reword("add `arguments: {a: ...}`"),
             "add `arguments: {parameters: [{name: a, value: ...}]}`"
+        );
+        assert_eq!(
+            reword("default of parameter `env` must be one of `dev`, `prod`, got `qa`"),
+            "`value` of parameter `env` must be one of `dev`, `prod`, got `qa`"
         );
         assert_eq!(
             reword("`retry.limit` must be a whole number"),
