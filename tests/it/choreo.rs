@@ -495,3 +495,27 @@ fn an_empty_parallel_group_is_an_error() {
         [(4, "a parallel group must hold at least one step")]
     );
 }
+
+/// `gantry validate` reads Choreo files as they are and names them after their files.
+#[test]
+fn gantry_validate_accepts_the_choreo_fixtures() {
+    let scratch = Scratch::new();
+    let files: Vec<String> = fixtures()
+        .iter()
+        .map(|p| p.to_str().expect("utf-8").to_string())
+        .collect();
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(String::as_str));
+    let out = scratch.gantry(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("sequence-and-parallel.yaml (pipeline `sequence-and-parallel`)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(": error:"), "{stdout}");
+}
