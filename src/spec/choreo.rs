@@ -570,6 +570,15 @@ impl Rw<'_> {
         }
         let inputs = get("inputs").map(|i| self.inputs(i));
         if let Some(set) = get("containerSet") {
+            if let Some((body, k, _)) = f
+                .iter()
+                .find(|(k, _, _)| matches!(*k, "inlineScript" | "script" | "container" | "command"))
+            {
+                self.err(
+                    k.pos.with_len(body.chars().count() as u32),
+                    format!("template `{raw_name}` has a `containerSet` and `{body}`; a template runs exactly one of them"),
+                );
+            }
             if let Some(o) = get("outputs") {
                 self.err_help(
                     o.pos,
@@ -816,6 +825,11 @@ impl Rw<'_> {
             }
         } else if let Some(c) = get("command") {
             command = Some((c.clone(), get("args").cloned()));
+        }
+        if get("command").is_none()
+            && let Some((_, k, _)) = f.iter().find(|(k, _, _)| *k == "args")
+        {
+            self.err(k.pos.with_len(4), "`args` needs `command`");
         }
         if !paths.is_empty() {
             match (&script, &command) {
@@ -1187,6 +1201,19 @@ impl Rw<'_> {
             (None, None) => None,
         };
         let mut calls_set = None;
+        if template.is_some()
+            && let Some((body, k, _)) = f
+                .iter()
+                .find(|(k, _, _)| matches!(*k, "inlineScript" | "script" | "container"))
+        {
+            self.err_help(
+                k.pos.with_len(body.chars().count() as u32),
+                format!(
+                    "step `{raw}` has a template and `{body}`; a step runs exactly one of them"
+                ),
+                "keep the template call, or the body, not both",
+            );
+        }
         if let Some(t) = &template {
             let reference = match &t.value {
                 Value::Str(s) => Some(s.clone()),

@@ -519,3 +519,63 @@ fn gantry_validate_accepts_the_choreo_fixtures() {
     );
     assert!(!stdout.contains(": error:"), "{stdout}");
 }
+
+#[test]
+fn a_step_with_a_template_and_a_body_is_an_error() {
+    let source = "\
+templates:
+  - name: t
+    inlineScript: echo t
+steps:
+  - name: a
+    template: t
+    inlineScript: echo a
+";
+    let checked = spec::check_file(source, Some("both.yaml"));
+    let errors: Vec<(u32, &str)> = checked
+        .diagnostics
+        .errors()
+        .map(|d| (d.pos.line, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            7,
+            "step `a` has a template and `inlineScript`; a step runs exactly one of them"
+        )]
+    );
+}
+
+#[test]
+fn nothing_a_template_gives_is_silently_dropped() {
+    let source = "\
+templates:
+  - name: t
+    inlineScript: echo t
+    containerSet:
+      containers:
+        - {name: c, command: ['true']}
+  - name: u
+    args: [x]
+    inlineScript: echo u
+steps:
+  - name: a
+    template: t
+";
+    let checked = spec::check_file(source, Some("t.yaml"));
+    let errors: Vec<(u32, &str)> = checked
+        .diagnostics
+        .errors()
+        .map(|d| (d.pos.line, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                3,
+                "template `t` has a `containerSet` and `inlineScript`; a template runs exactly one of them"
+            ),
+            (8, "`args` needs `command`"),
+        ]
+    );
+}
