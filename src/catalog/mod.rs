@@ -242,7 +242,9 @@ fn apply_files(
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (path, bytes) in files {
         let text = String::from_utf8_lossy(bytes);
-        let checked = crate::spec::check(&text);
+        let checked = crate::spec::check_file(&text, Some(path));
+        // A Choreo-shaped file is stored in Gantry's form: it then reads the same anywhere.
+        let text = crate::spec::self_contained(&text, Some(path), &checked).into_owned();
         let name = name_of(path, &checked);
         if let Some(first) = seen.get(&name) {
             // Two files, one name: the first (in path order) keeps it, the other is reported on it.

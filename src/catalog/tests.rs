@@ -197,3 +197,31 @@ fn local_pipelines_apply_refuse_invalid_text_and_roll_back() {
     let err = rollback_local(&store, "db", 9).expect_err("no v9");
     assert!(err.to_string().contains("versions: 1, 2, 3"), "{err}");
 }
+
+#[test]
+fn a_choreo_file_is_named_after_its_path_and_stored_in_gantry_s_form() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let mut report = Report::default();
+    let choreo = "steps:\n  - name: say\n    inlineScript: |\n      echo hi\n";
+    apply_files(
+        &store,
+        "infra",
+        "c1",
+        &files(&[(".gantry/pipelines/Nightly_Build.yaml", choreo)]),
+        &mut report,
+    )
+    .expect("sync");
+    assert_eq!(report.new_versions, vec!["nightly-build"]);
+    let record = store
+        .get_pipeline("infra", "nightly-build")
+        .expect("get")
+        .expect("record");
+    let version = store
+        .get_version("infra", "nightly-build", record.version.expect("a version"))
+        .expect("get")
+        .expect("stored");
+    // Everything that re-reads the stored text (queue, API, comments) finds the same pipeline.
+    let again = crate::spec::check(&version.text);
+    assert_eq!(again.pipeline.expect("valid").name(), "nightly-build");
+}

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod convert;
 pub mod pipeline;
 pub mod progress;
 pub mod remote;
@@ -87,6 +88,13 @@ Examples:
   gantry validate examples/repo-layout
   gantry validate pipeline.yaml other.yml --format json")]
     Validate(validate::Args),
+    /// Print a Choreo-shaped pipeline file in Gantry's own form.
+    #[command(after_help = "\
+FILE is read as `gantry validate` reads it. The converted pipeline plans exactly as the original; the
+comments at the top of the file are kept. With --write, FILE is replaced by its converted form.
+Exit status: 0 when converted (or already in Gantry's form), 1 when FILE has errors, 2 when it cannot
+be read or written.")]
+    Convert(convert::Args),
     /// Run a pipeline file on this machine, with live progress and step logs.
     #[command(after_help = "\
 The repository holding the file's .gantry/ folder is what gantry/git-checkout@v1 copies into the
@@ -158,6 +166,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Serve(args) => serve::serve(&args),
         Command::Up(args) => serve::up(&data_dir, &args),
         Command::Validate(args) => validate::run(&args),
+        Command::Convert(args) => convert::run(&args),
         Command::Run(args) => run::run(&data_dir, &args),
         Command::Runs(args) => runs::list(&data_dir, &args),
         Command::Logs(args) => runs::logs(&data_dir, &args),

@@ -95,6 +95,9 @@ fn apply(data_dir: &Path, server: Option<&Client>, file: &Path) -> u8 {
             return exit::USAGE;
         }
     };
+    // A valid Choreo-shaped file is applied in Gantry's form, named after its file if need be.
+    let checked = crate::spec::check_file(&text, Some(&shown));
+    let text = crate::spec::self_contained(&text, Some(&shown), &checked).into_owned();
     if let Some(client) = server {
         let checked = crate::spec::check(&text);
         let Some(name) = checked.name.clone() else {

@@ -81,13 +81,15 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
             return exit::USAGE;
         }
     };
-    let checked = spec::check(&text);
+    let checked = spec::check_file(&text, Some(&shown));
     for d in checked.diagnostics.iter() {
         eprint!(
             "{}",
             diagnostic::render(&shown, &text, d, diagnostic::Style::default())
         );
     }
+    // A Choreo-shaped file is recorded in Gantry's form: it reads the same without its path.
+    let stored = spec::self_contained(&text, Some(&shown), &checked).into_owned();
     let Some(pipeline) = checked.pipeline else {
         eprintln!("gantry: {shown} is not a valid pipeline; nothing was run");
         return exit::FAILURE;
@@ -98,7 +100,7 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
     let request = RunRequest {
         source: "file".into(),
         pipeline,
-        text,
+        text: stored,
         path: shown.clone(),
         params: args.params.iter().cloned().collect::<BTreeMap<_, _>>(),
         var_overrides: args.vars.iter().cloned().collect(),

@@ -121,7 +121,7 @@ pub fn run(args: &Args) -> u8 {
                 });
                 continue;
             };
-            let checked = spec::check(&source);
+            let checked = spec::check_file(&source, Some(&shown));
             let mut diagnostics = checked.diagnostics;
             let pipeline = checked.pipeline.as_ref().map(|p| p.name().to_string());
             // Any file with a valid name takes part, also one with other errors.

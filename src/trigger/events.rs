@@ -105,7 +105,9 @@ pub fn pipelines_at(
         total += size;
         let bytes = mirror.read_file(commit, &path)?.unwrap_or_default();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        let checked = crate::spec::check(&text);
+        let checked = crate::spec::check_file(&text, Some(&path));
+        // A Choreo-shaped file runs in Gantry's form: it then reads the same without its path.
+        let text = crate::spec::self_contained(&text, Some(&path), &checked).into_owned();
         let name = crate::catalog::name_of(&path, &checked);
         let errors = crate::catalog::errors_of(&path, &checked);
         out.push(AtCommit {

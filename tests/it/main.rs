@@ -1,6 +1,7 @@
 //! Gantry's integration tests: one binary, one module per area (see ARCHITECTURE.md, "Testing").
 
 mod argo;
+mod choreo;
 mod cli;
 mod forge_api;
 mod mirror;

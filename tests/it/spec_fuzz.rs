@@ -263,3 +263,41 @@ fn hostile_documents_are_refused_within_the_budget() {
         assert!(checked.diagnostics.has_errors());
     }
 }
+
+/// Choreo-shaped files: mutated, they never panic the Choreo reading or `convert`, every
+/// diagnostic stays inside the file, and whatever `convert` prints validates.
+#[test]
+fn mutated_choreo_pipelines_never_panic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/choreo");
+    let mut seeds: Vec<String> = std::fs::read_dir(&root)
+        .expect("choreo fixtures")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 5, "expected Choreo fixtures to mutate");
+    let mut rng = Rng(seed() ^ 0xC0FF_EE00);
+    for _ in 0..iterations() / 2 {
+        let base = &seeds[rng.below(seeds.len())];
+        let text = mutate(&mut rng, base);
+        exercise(&text);
+        let lines = text.lines().count() as u32 + 1;
+        let converted = spec::convert(&text, Some("fuzzed.yaml"));
+        for d in converted.diagnostics.iter() {
+            assert!(
+                d.pos.line >= 1 && d.pos.line <= lines.max(1) && d.pos.col >= 1,
+                "diagnostic outside the file: {d:?}\n---\n{text}"
+            );
+        }
+        if let Some(out) = converted.text {
+            let again = spec::check(&out);
+            assert!(
+                again.pipeline.is_some(),
+                "converted text does not validate:\n{out}\n{:?}\n--- from\n{text}",
+                again.diagnostics
+            );
+        }
+    }
+}

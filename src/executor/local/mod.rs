@@ -443,6 +443,8 @@ fn base_env(
         set("TMPDIR", "/tmp".into());
     }
     set("GANTRY_WORKSPACE", workspace.as_os_str().to_owned());
+    // Choreo's name for it (Choreo-shaped pipelines use it everywhere).
+    set("WORKSPACE", workspace.as_os_str().to_owned());
     set("GANTRY_RUN_ID", input.run_id.clone().into());
     set("GANTRY_RUN_NUMBER", input.run_number.to_string().into());
     set("GANTRY_PIPELINE", input.pipeline.clone().into());

@@ -123,6 +123,7 @@ async fn the_step_environment_is_a_whitelist_plus_gantry_variables() {
     let outputs = dir.path().join("outputs/.unread");
     for want in [
         format!("GANTRY_WORKSPACE={}", workspace.display()),
+        format!("WORKSPACE={}", workspace.display()),
         format!("GANTRY_OUTPUTS={}", outputs.display()),
         "GANTRY_RUN_ID=run-1".into(),
         "GANTRY_RUN_NUMBER=7".into(),
@@ -140,7 +141,8 @@ async fn the_step_environment_is_a_whitelist_plus_gantry_variables() {
     ];
     for name in names {
         assert!(
-            name.starts_with("GANTRY_") || allowed.contains(&name),
+            // `WORKSPACE`: Choreo's name for the workspace.
+            name.starts_with("GANTRY_") || name == "WORKSPACE" || allowed.contains(&name),
             "unexpected variable {name}"
         );
     }
