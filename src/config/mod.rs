@@ -63,6 +63,8 @@ pub struct LocalExecutorConfig {
     pub processes: Option<u64>,
     pub file_size: Option<u64>,
     pub memory: Option<u64>,
+    /// The size of the sandbox's memory-backed `/tmp`.
+    pub tmp_size: Option<u64>,
     /// Log bytes kept per step and per run.
     pub max_step_log: Option<u64>,
     pub max_run_log: Option<u64>,
@@ -531,6 +533,7 @@ impl Checker<'_> {
                 "processes",
                 "file_size",
                 "memory",
+                "tmp_size",
                 "max_step_log",
                 "max_run_log",
             ],
@@ -560,6 +563,7 @@ impl Checker<'_> {
         c.processes = self.count(t, P, "processes");
         c.file_size = self.size(t, P, "file_size");
         c.memory = self.size(t, P, "memory");
+        c.tmp_size = self.size(t, P, "tmp_size");
         c.max_step_log = self.size(t, P, "max_step_log");
         c.max_run_log = self.size(t, P, "max_run_log");
         c

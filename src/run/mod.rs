@@ -363,6 +363,9 @@ pub fn start(
     {
         problems.push(note);
     }
+    if let Err(problem) = prepare_work_dir(store.work_dir()) {
+        problems.push(problem);
+    }
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
     let run = if run.owner.is_none() {
         store.update_run(&run.id, |r| r.owner = recover::current_owner())?
@@ -446,7 +449,9 @@ pub async fn execute(
     while let Some(first) = rx.recv().await {
         // Take whatever else is waiting, so log lines are stored as chunks.
         batch.push(first);
-        while let Ok(more) = rx.try_recv() {
+        while batch.len() < EVENT_BACKLOG
+            && let Ok(more) = rx.try_recv()
+        {
             batch.push(more);
         }
         if let Err(e) = record_batch(store, &run.id, &plan, &mut book, &batch) {
@@ -497,6 +502,35 @@ pub async fn execute(
     let run = store.end_run(&run.id, status, message)?;
     store.flush_async().await?;
     Ok(run)
+}
+
+/// Makes sure the work dir exists and is Gantry's own, writable by nobody else (checked for
+/// every run, or another local user could swap a run directory under Gantry's feet), and that it
+/// is never copied by a `gantry run` whose repository holds it.
+fn prepare_work_dir(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(dir)
+        .map_err(|e| format!("cannot create the work dir {}: {e}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot read the work dir {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the work dir {} must be a folder of Gantry's own user that nobody else can write to (owner {}, mode {:o}); set `work_dir` under [storage] to such a folder",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ));
+    }
+    let ignore = dir.join(".gitignore");
+    if !ignore.exists() {
+        let _ = std::fs::write(&ignore, "# Gantry's run directories.\n*\n");
+    }
+    Ok(())
 }
 
 /// Events between an executor and the recorder: at most this many wait in memory (with lines of

@@ -153,6 +153,7 @@ pub fn local_executor(
                 processes: config.processes.unwrap_or(defaults.processes),
                 file_size: config.file_size.unwrap_or(defaults.file_size),
                 memory: config.memory.or(defaults.memory),
+                tmp_size: config.tmp_size.unwrap_or(defaults.tmp_size),
             };
             let user = match &config.user {
                 None => UserChoice::Default,

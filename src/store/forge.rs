@@ -221,6 +221,7 @@ impl Store {
     ) -> Result<Vec<(u64, DeliveryRecord)>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let now = Utc::now();
         for entry in self.inner.delivery_queue.iter().take(limit) {
             if bytes >= max_bytes && !out.is_empty() {
                 break;
@@ -232,13 +233,19 @@ impl Store {
             let Some(raw) = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))? else {
                 continue;
             };
-            bytes += raw.len();
-            let record = serde_json::from_slice::<DeliveryRecord>(&raw).map_err(|source| {
+            let mut record = serde_json::from_slice::<DeliveryRecord>(&raw).map_err(|source| {
                 StoreError::Corrupt {
                     key: String::from_utf8_lossy(&k).into_owned(),
                     source,
                 }
             })?;
+            // One waiting to be retried costs nothing here (its body is not needed now), so it
+            // cannot hold back the due ones behind it.
+            if record.retry_at.is_some_and(|at| at > now) {
+                record.body = String::new();
+            } else {
+                bytes += raw.len();
+            }
             out.push((seq, record));
         }
         Ok(out)

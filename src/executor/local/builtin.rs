@@ -27,28 +27,48 @@ pub(super) async fn checkout(
 ) -> AttemptEnd {
     shared.started(job.index, attempt, 0).await;
     let source = shared.checkout.clone();
-    // Written as Gantry's user; when steps run as another, the copy becomes theirs.
+    // The copy is written into a staging folder of Gantry's own inside the run directory, which
+    // no step can write to (nor, when steps run as another user, enter); it becomes the step
+    // user's there, and is then moved into the workspace entry by entry with `renameat` on
+    // folders opened without following symlinks. A step that planted a symlink on the way, or
+    // swaps folders while the copy runs, can never redirect one of Gantry's writes.
     let owner = shared.step_user();
-    let own = move |copied: Result<CopyStats, SourceError>, dest: &std::fs::File| {
-        if let (Ok(_), Some(user)) = (&copied, owner) {
-            let _ = super::dirs::own_tree(dest, user);
-        }
-        copied
-    };
-    // The destination is opened from the workspace one folder at a time without following a
-    // symlink, and the copy goes through that open folder (`/proc/self/fd/N`): an earlier or a
-    // parallel step that planted a symlink on the way cannot redirect Gantry's writes.
+    let stage = shared
+        .run_dir
+        .join(format!(".checkout-{}-{attempt}", job.index));
     let workspace = shared.workspace.clone();
     let rel_path = dest
         .strip_prefix(&workspace)
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let open_dest = move || {
-        super::dirs::open_beneath(&workspace, &rel_path, owner).map_err(|source| SourceError::Io {
-            action: "open the checkout destination",
-            path: workspace.join(&rel_path),
-            source,
-        })
+    let land = move |copy: &dyn Fn(&Path) -> Result<CopyStats, SourceError>| {
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SourceError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        super::dirs::fresh_private_dir(&stage).map_err(io("create the staging folder", &stage))?;
+        let result = (|| {
+            let stats = copy(&stage)?;
+            let staged = super::dirs::open_beneath(&stage, Path::new(""), None)
+                .map_err(io("open the staging folder", &stage))?;
+            if let Some(user) = owner {
+                super::dirs::own_tree(&staged, user, false)
+                    .map_err(io("give the checkout to the step user", &stage))?;
+            }
+            let dest = super::dirs::open_beneath(&workspace, &rel_path, owner).map_err(io(
+                "open the checkout destination",
+                &workspace.join(&rel_path),
+            ))?;
+            super::dirs::merge_into(&staged, &dest)
+                .map_err(io("move the checkout into", &workspace.join(&rel_path)))?;
+            Ok(stats)
+        })();
+        let _ = std::fs::remove_dir_all(&stage);
+        result
     };
     let (what, mut copy) = match source {
         Checkout::None => {
@@ -58,10 +78,7 @@ pub(super) async fn checkout(
             let what = format!("the work tree {}", root.display());
             (
                 what,
-                tokio::task::spawn_blocking(move || {
-                    let (dir, dest) = super::dirs::through(open_dest()?);
-                    own(copy_worktree(&root, &dest), &dir)
-                }),
+                tokio::task::spawn_blocking(move || land(&|to| copy_worktree(&root, to))),
             )
         }
         Checkout::Commit { git_dir, sha } => {
@@ -69,8 +86,7 @@ pub(super) async fn checkout(
             (
                 what,
                 tokio::task::spawn_blocking(move || {
-                    let (dir, dest) = super::dirs::through(open_dest()?);
-                    own(checkout_commit(&git_dir, &sha, &dest), &dir)
+                    land(&|to| checkout_commit(&git_dir, &sha, to))
                 }),
             )
         }

@@ -111,7 +111,11 @@ pub(super) fn own(dir: &Path, owner: Option<StepUser>) -> io::Result<()> {
 /// Gives everything under the open folder `root` (a checkout) to the step user, never following a symlink: every
 /// folder is opened from `root` one component at a time with `O_NOFOLLOW`, so a step that swaps a
 /// folder for a symlink while this runs only makes that folder fail to open.
-pub(super) fn own_tree(root: &std::fs::File, owner: StepUser) -> io::Result<()> {
+pub(super) fn own_tree(
+    root: &std::fs::File,
+    owner: StepUser,
+    include_root: bool,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     let open_dir = |rel: &Path| -> io::Result<std::fs::File> {
@@ -124,9 +128,11 @@ pub(super) fn own_tree(root: &std::fs::File, owner: StepUser) -> io::Result<()> 
     let mut pending = vec![PathBuf::new()];
     while let Some(rel) = pending.pop() {
         let Ok(dir) = open_dir(&rel) else { continue };
-        // SAFETY: fchown on a descriptor this function owns.
-        unsafe {
-            libc::fchown(dir.as_raw_fd(), owner.uid, owner.gid);
+        if include_root || !rel.as_os_str().is_empty() {
+            // SAFETY: fchown on a descriptor this function owns.
+            unsafe {
+                libc::fchown(dir.as_raw_fd(), owner.uid, owner.gid);
+            }
         }
         let listing = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
         for entry in listing.flatten() {
@@ -218,10 +224,88 @@ pub(super) fn open_beneath(
     Ok(dir)
 }
 
-/// An open folder and the path that reaches it through the descriptor, whatever happens to the
-/// path it was opened by.
-pub(super) fn through(dir: std::fs::File) -> (std::fs::File, PathBuf) {
+/// A new, empty folder of Gantry's own (mode 0700) at `dir`, replacing whatever was there.
+pub(super) fn fresh_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(dir)?,
+        Ok(_) => std::fs::remove_file(dir)?,
+        Err(_) => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+/// Moves every entry of the folder `from` into the folder `to`, both open descriptors: an entry
+/// replaces a file or symlink of the same name, and is merged into a folder of the same name.
+/// Every step is `renameat`/`unlinkat`/`openat` on a single name relative to an open folder, so
+/// nothing is ever resolved through a path a step could have changed.
+pub(super) fn merge_into(from: &std::fs::File, to: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let path = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    (dir, path)
+    use std::os::unix::ffi::OsStrExt;
+    let mut pending = vec![(from.try_clone()?, to.try_clone()?)];
+    while let Some((src, dst)) = pending.pop() {
+        let listing = std::fs::read_dir(format!("/proc/self/fd/{}", src.as_raw_fd()))?;
+        for entry in listing {
+            let entry = entry?;
+            let name = entry.file_name();
+            let c_name =
+                std::ffi::CString::new(name.as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+            let is_dir = entry.file_type()?.is_dir();
+            // SAFETY: renameat with valid descriptors and a NUL-terminated name.
+            let moved = unsafe {
+                libc::renameat(
+                    src.as_raw_fd(),
+                    c_name.as_ptr(),
+                    dst.as_raw_fd(),
+                    c_name.as_ptr(),
+                )
+            };
+            if moved == 0 {
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            let there_is_dir = open_nofollow(Some(&dst), name.as_bytes());
+            match (is_dir, there_is_dir) {
+                // A folder onto a folder: merge them.
+                (true, Ok(existing)) => {
+                    let inner = open_nofollow(Some(&src), name.as_bytes())?;
+                    pending.push((inner, existing));
+                }
+                // Anything onto a file or symlink: replace it (the name, not what it points at).
+                (_, Err(_))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EISDIR)
+                            | Some(libc::ENOTDIR)
+                            | Some(libc::EEXIST)
+                            | Some(libc::ENOTEMPTY)
+                    ) =>
+                {
+                    // SAFETY: unlinkat/renameat on valid descriptors and a NUL-terminated name.
+                    unsafe {
+                        if libc::unlinkat(dst.as_raw_fd(), c_name.as_ptr(), 0) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        if libc::renameat(
+                            src.as_raw_fd(),
+                            c_name.as_ptr(),
+                            dst.as_raw_fd(),
+                            c_name.as_ptr(),
+                        ) != 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                }
+                (false, Ok(_)) => {
+                    return Err(io::Error::other(format!(
+                        "`{}` is a folder in the workspace and a file in the checkout",
+                        name.to_string_lossy()
+                    )));
+                }
+                (_, Err(_)) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }

@@ -189,13 +189,20 @@ impl Shared {
         let Some(step_log) = self.step_log.get(step) else {
             return false;
         };
-        if step_log.load(Ordering::Relaxed) + n > self.limits.max_step_log
-            || self.run_log.load(Ordering::Relaxed) + n > self.limits.max_run_log
-        {
+        let take = |counter: &AtomicU64, cap: u64| {
+            counter
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + n <= cap).then_some(used + n)
+                })
+                .is_ok()
+        };
+        if !take(step_log, self.limits.max_step_log) {
             return false;
         }
-        step_log.fetch_add(n, Ordering::Relaxed);
-        self.run_log.fetch_add(n, Ordering::Relaxed);
+        if !take(&self.run_log, self.limits.max_run_log) {
+            step_log.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
         true
     }
 

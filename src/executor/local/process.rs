@@ -169,6 +169,10 @@ async fn run_in(
                 } else if exit.is_some() {
                     abandoned = true;
                     break;
+                } else {
+                    // Killed, and still no exit after DRAIN: in a sandbox a step may have stopped
+                    // the spawner (same user, same PID namespace). The sandbox goes as a whole.
+                    group.abort();
                 }
                 phase_timer.as_mut().reset(later(DRAIN));
             }
@@ -380,6 +384,14 @@ impl Group {
     fn kill(&mut self) {
         self.signal(libc::SIGKILL);
         self.killed = true;
+    }
+
+    /// Ends the run's whole sandbox from outside (a sandboxed group only): for a spawner that no
+    /// longer answers.
+    fn abort(&self) {
+        if let Target::Jailed(jail, _) = &self.target {
+            jail.abort();
+        }
     }
 }
 

@@ -82,6 +82,9 @@ pub struct ProcessLimits {
     pub file_size: u64,
     /// Address space per process, when set.
     pub memory: Option<u64>,
+    /// The size of the sandbox's private `/tmp` (memory-backed); `/var/tmp` and `/run` get a
+    /// sixteenth of it each.
+    pub tmp_size: u64,
 }
 
 impl Default for ProcessLimits {
@@ -91,6 +94,7 @@ impl Default for ProcessLimits {
             processes: 4096,
             file_size: 8 << 30,
             memory: None,
+            tmp_size: 1 << 30,
         }
     }
 }
@@ -250,6 +254,9 @@ impl Remote {
     }
 }
 
+/// How long the spawner may take to say it started a step.
+const SPAWN_ANSWER: Duration = Duration::from_secs(30);
+
 /// Paths the sandbox shows from the host, read-only, when they exist.
 const ETC: [&str; 17] = [
     "/etc/alternatives",
@@ -285,15 +292,18 @@ impl Jail {
         }
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot create the sandbox's socket: {e}"))?;
-        let exe = File::open(&config.spawner).map_err(|e| {
-            format!(
-                "cannot open Gantry's binary {} for the sandbox: {e}",
-                config.spawner.display()
-            )
-        })?;
+        // This process's own binary, also when the file at its path was replaced by an upgrade.
+        let exe = File::open("/proc/self/exe")
+            .or_else(|_| File::open(&config.spawner))
+            .map_err(|e| {
+                format!(
+                    "cannot open Gantry's binary {} for the sandbox: {e}",
+                    config.spawner.display()
+                )
+            })?;
         let inherit = [theirs.as_raw_fd(), exe.as_raw_fd()];
         let mut cmd = Command::new(&config.bwrap);
-        cmd.args(bwrap_args(run_dir, network));
+        cmd.args(bwrap_args(run_dir, network, config.limits.tmp_size));
         cmd.arg("--")
             .arg(format!("/proc/self/fd/{}", exe.as_raw_fd()))
             .arg("__spawner")
@@ -422,16 +432,39 @@ impl Jail {
         };
         let body = serde_json::to_vec(&request).map_err(io::Error::other)?;
         let fds: [RawFd; 2] = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
-        spawner::write_frame(&self.sock, &body, &fds)?;
+        if let Err(e) = spawner::write_frame(&self.sock, &body, &fds) {
+            // A frame cut half-way leaves the stream out of step: this sandbox is done.
+            if let Ok(mut w) = self.waiters.lock() {
+                w.steps.remove(&id);
+            }
+            self.abort();
+            return Err(e);
+        }
         drop(pipes);
-        match started_rx.await {
-            Ok(Ok(pid)) => Ok(Remote {
+        // A spawner that stopped answering (a step can stop it) must not hold the step forever.
+        match tokio::time::timeout(SPAWN_ANSWER, started_rx).await {
+            Ok(Ok(Ok(pid))) => Ok(Remote {
                 id,
                 pid,
                 exited: exited_rx,
             }),
-            Ok(Err(errno)) => Err(io::Error::from_raw_os_error(errno)),
-            Err(_) => Err(io::Error::other("the run's sandbox ended")),
+            Ok(Ok(Err(errno))) => Err(io::Error::from_raw_os_error(errno)),
+            Ok(Err(_)) => Err(io::Error::other("the run's sandbox ended")),
+            Err(_) => {
+                self.abort();
+                Err(io::Error::other(
+                    "the run's sandbox did not answer within 30s and was ended",
+                ))
+            }
+        }
+    }
+
+    /// Ends the sandbox from outside: bubblewrap gets SIGKILL, and its PID namespace (every step
+    /// process, and the spawner) goes with it. Every waiting step then learns the sandbox ended.
+    pub fn abort(&self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Ok(mut child) = self.bwrap.lock() {
+            let _ = child.kill();
         }
     }
 
@@ -553,13 +586,16 @@ fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>) {
 }
 
 /// bubblewrap's arguments for a run directory.
-fn bwrap_args(run_dir: &Path, network: bool) -> Vec<String> {
+fn bwrap_args(run_dir: &Path, network: bool, tmp_size: u64) -> Vec<String> {
     let mut a: Vec<String> = [
         "--die-with-parent",
         "--new-session",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
+        // No capabilities inside, also when bubblewrap runs as root (`user = "root"`).
+        "--cap-drop",
+        "ALL",
         "--hostname",
         "gantry-step",
         "--ro-bind",
@@ -589,13 +625,23 @@ fn bwrap_args(run_dir: &Path, network: bool) -> Vec<String> {
         a.extend(["--ro-bind-try".into(), path.into(), path.into()]);
     }
     a.extend(
-        [
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp",
-            "--tmpfs", "/run",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
+        ["--proc", "/proc", "--dev", "/dev"]
+            .iter()
+            .map(|s| s.to_string()),
     );
+    // Memory-backed: sized, so a step cannot fill the machine's memory through them.
+    for (dir, size) in [
+        ("/tmp", tmp_size),
+        ("/var/tmp", tmp_size / 16),
+        ("/run", tmp_size / 16),
+    ] {
+        a.extend([
+            "--size".into(),
+            size.max(1 << 20).to_string(),
+            "--tmpfs".into(),
+            dir.into(),
+        ]);
+    }
     let run = run_dir.to_string_lossy().into_owned();
     let workspace = run_dir.join("workspace").to_string_lossy().into_owned();
     let outputs = run_dir.join("outputs").to_string_lossy().into_owned();
