@@ -487,3 +487,28 @@ fn a_kill_9_of_gantry_takes_the_sandboxed_steps_with_it() {
         .join(runs[0]["id"].as_str().expect("id"));
     assert!(!run_dir.exists(), "recovery removes the run directory");
 }
+
+#[test]
+fn a_step_that_stops_the_spawner_does_not_hold_the_run() {
+    let s = Scratch::new();
+    // The spawner is pid 2 of the sandbox (bubblewrap is 1): a step of the same user can stop it,
+    // and then no signal reaches the step's group through it.
+    let file = s.pipeline(
+        "stopper.yaml",
+        &format!(
+            "{}steps:\n  - name: stop\n    script: 'kill -STOP 2; sleep 300'\n    timeout: 2s\n",
+            head("stopper")
+        ),
+    );
+    let started = Instant::now();
+    let out = s.run_file(&file, &["--kill-grace", "1"]);
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "the run took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let runs = s.runs();
+    let step = &runs[0]["steps"][0];
+    assert_eq!(step["status"], "timed-out", "{step}");
+}
