@@ -107,7 +107,7 @@ async fn run_in(
     };
     let started = match jail {
         None => start_direct(launch).await,
-        Some(jail) => start_jailed(jail, launch).await,
+        Some(jail) => start_jailed(jail, launch, &shared.stop).await,
     };
     let (mut child, mut group, out, err) = match started {
         Ok(started) => started,
@@ -308,7 +308,11 @@ async fn start_direct(launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
 }
 
 /// Starts `launch` inside the run's sandbox, with two fresh pipes as its stdout and stderr.
-async fn start_jailed(jail: Arc<Jail>, launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
+async fn start_jailed(
+    jail: Arc<Jail>,
+    launch: Launch,
+    stop: &tokio_util::sync::CancellationToken,
+) -> io::Result<(Proc, Group, Pipe, Pipe)> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let text = |s: &OsString| s.to_string_lossy().into_owned();
@@ -322,6 +326,7 @@ async fn start_jailed(jail: Arc<Jail>, launch: Launch) -> io::Result<(Proc, Grou
             launch.cwd,
             path,
             [out_w, err_w],
+            stop,
         )
         .await?;
     let out: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?);

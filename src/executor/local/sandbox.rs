@@ -255,7 +255,7 @@ impl Remote {
 }
 
 /// How long the spawner may take to say it started a step.
-const SPAWN_ANSWER: Duration = Duration::from_secs(30);
+const SPAWN_ANSWER: Duration = Duration::from_secs(10);
 
 /// Paths the sandbox shows from the host, read-only, when they exist.
 const ETC: [&str; 17] = [
@@ -402,6 +402,7 @@ impl Jail {
         cwd: PathBuf,
         path: Option<String>,
         pipes: [OwnedFd; 2],
+        stop: &tokio_util::sync::CancellationToken,
     ) -> io::Result<Remote> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
@@ -441,8 +442,16 @@ impl Jail {
             return Err(e);
         }
         drop(pipes);
-        // A spawner that stopped answering (a step can stop it) must not hold the step forever.
-        match tokio::time::timeout(SPAWN_ANSWER, started_rx).await {
+        // A spawner that stopped answering (a step can stop it, even one that has just been
+        // started and is not reported yet) must not hold the step, or a stopped run, forever.
+        let answer = tokio::select! {
+            a = tokio::time::timeout(SPAWN_ANSWER, started_rx) => a,
+            () = stop.cancelled() => {
+                self.abort();
+                return Err(io::Error::other("the run stopped while its sandbox started a step"));
+            }
+        };
+        match answer {
             Ok(Ok(Ok(pid))) => Ok(Remote {
                 id,
                 pid,
@@ -452,9 +461,10 @@ impl Jail {
             Ok(Err(_)) => Err(io::Error::other("the run's sandbox ended")),
             Err(_) => {
                 self.abort();
-                Err(io::Error::other(
-                    "the run's sandbox did not answer within 30s and was ended",
-                ))
+                Err(io::Error::other(format!(
+                    "the run's sandbox did not answer within {}s and was ended",
+                    SPAWN_ANSWER.as_secs()
+                )))
             }
         }
     }
