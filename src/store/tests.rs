@@ -417,21 +417,11 @@ fn body_hash(record: &crate::store::DeliveryRecord) -> [u8; 32] {
     sha2::Sha256::digest(record.body.as_bytes()).into()
 }
 
+/// A delivery whose body of `body_len` bytes starts with its id (bodies differ, so none is a
+/// replay of another).
 fn delivery(id: &str, body_len: usize) -> crate::store::DeliveryRecord {
-    crate::store::DeliveryRecord {
-        forge: "github".into(),
-        id: id.into(),
-        source: "infra".into(),
-        event: "push".into(),
-        body: format!("{id}{}", "x".repeat(body_len.saturating_sub(id.len()))),
-        received_at: chrono::Utc::now(),
-        outcome: None,
-        processed_at: None,
-        attempts: 0,
-        retry_at: None,
-        last_error: None,
-        head: None,
-    }
+    let body = format!("{id}{}", "x".repeat(body_len.saturating_sub(id.len())));
+    delivery_with(id, &body)
 }
 
 #[test]
@@ -762,19 +752,11 @@ fn prune_keeps_active_recent_published_and_the_newest_runs_per_pipeline() {
 fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
-    let delivery = |id: &str| DeliveryRecord {
-        forge: "github".into(),
-        id: id.into(),
-        source: "infra".into(),
-        event: "push".into(),
-        body: format!("{{\"ref\":\"refs/heads/main\",\"id\":\"{id}\"}}"),
-        received_at: Utc::now(),
-        outcome: None,
-        processed_at: None,
-        attempts: 0,
-        retry_at: None,
-        last_error: None,
-        head: None,
+    let delivery = |id: &str| {
+        delivery_with(
+            id,
+            &format!("{{\"ref\":\"refs/heads/main\",\"id\":\"{id}\"}}"),
+        )
     };
     assert!(
         store
