@@ -193,7 +193,12 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
 
     let dir = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
     use crate::executor::local::sandbox::{ProcessLimits, Sandbox, UserChoice};
+    // As `gantry serve` has it: a sandbox kept warm for the next run.
     let sandbox = match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
+        Ok(Sandbox::Bubblewrap(mut b)) => {
+            b.prewarm = true;
+            Sandbox::Bubblewrap(b)
+        }
         Ok(sandbox) => sandbox,
         Err(e) => {
             eprintln!("gantry: the sandboxed figures need bubblewrap: {e}");

@@ -76,6 +76,19 @@ pub fn kill_run_processes(run_id: &str) -> usize {
 /// Marks runs whose owner is gone as interrupted and kills what they left behind. Returns the
 /// runs it interrupted.
 pub fn recover(store: &Store) -> Result<Vec<RunRecord>, StoreError> {
+    // Spare sandboxes of a process that went away left their (empty) run directories; only one
+    // process uses a data dir, and so its work dir, at a time.
+    if let Ok(entries) = std::fs::read_dir(store.work_dir()) {
+        for entry in entries.flatten() {
+            let spare = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(crate::executor::local::sandbox::SPARE_PREFIX));
+            if spare {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let mut interrupted = Vec::new();
     for run in store.active_runs()? {
         if run.owner.as_ref().is_some_and(owner_alive) {

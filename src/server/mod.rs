@@ -165,6 +165,10 @@ pub fn local_executor(
                 Some(StepUserSpec::Name(name)) => UserChoice::Name(name.clone()),
             };
             match Sandbox::bubblewrap(user, process_limits) {
+                Ok(Sandbox::Bubblewrap(mut b)) => {
+                    b.prewarm = true;
+                    Sandbox::Bubblewrap(b)
+                }
                 Ok(sandbox) => sandbox,
                 // The service still starts (its API, webhooks and reports work), but no step
                 // runs unsandboxed by accident: each refuses to start, saying how to fix it.

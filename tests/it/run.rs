@@ -230,6 +230,7 @@ fn dag_order_and_outputs_flow_between_steps() {
 
 #[test]
 fn parallel_group_members_really_overlap() {
+    // The test watches the step from outside (files it writes): no sandbox.
     let s = Scratch::new();
     let d = s.dir.path().display();
     // Each member waits for the other's marker: run one after the other, the first would time out.
@@ -251,7 +252,7 @@ fn parallel_group_members_really_overlap() {
             head("par")
         ),
     );
-    let out = s.run_file(&file, &[]);
+    let out = s.run_file(&file, &["--no-sandbox"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -591,6 +592,7 @@ fn logged_prefix(stdout: &str, step: &str, start: &str) -> bool {
 
 #[test]
 fn bad_parameter_values_are_rejected_before_anything_runs() {
+    // The test watches the step from outside (files it writes): no sandbox.
     let s = Scratch::new();
     let marker = s.path("ran");
     let file = s.pipeline(
@@ -625,7 +627,10 @@ steps:
     }
     assert!(!marker.exists());
     assert!(s.runs().is_empty(), "a rejected run must not be recorded");
-    let out = s.run_file(&file, &["-p", "replicas=5", "-p", "env=prod"]);
+    let out = s.run_file(
+        &file,
+        &["-p", "replicas=5", "-p", "env=prod", "--no-sandbox"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(s.runs()[0]["parameters"]["replicas"], 5);
 }

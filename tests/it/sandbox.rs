@@ -45,8 +45,8 @@ fn a_probe_step_finds_nothing_of_gantry() {
             "echo \"uid=$(id -u)\"".to_string(),
             format!("if ls {} >/dev/null 2>&1; then echo data=seen; else echo data=hidden; fi", data.display()),
             format!("if cat {} >/dev/null 2>&1; then echo config=seen; else echo config=hidden; fi", config.display()),
-            // Inside, the path may exist in the sandbox's own `/tmp`; the host never sees it.
-            format!("touch {} 2>/dev/null; echo write=tried", outside.display()),
+            // The host's paths do not exist inside; the host never sees the file.
+            format!("touch {} 2>/dev/null || true; echo write=tried", outside.display()),
             // Every environment and command line this step can reach.
             // The patterns are put together at run time, so the script's own command line does
             // not match them.
@@ -251,11 +251,10 @@ fn no_sandbox_is_an_explicit_choice() {
     let sandboxed = s.run_file(&file, &[]);
     assert_eq!(
         sandboxed.status.code(),
-        Some(0),
-        "{}",
-        text(&sandboxed.stderr)
+        Some(1),
+        "the host's path does not exist in the sandbox"
     );
-    assert!(!outside.exists(), "the write stayed inside the sandbox");
+    assert!(!outside.exists());
     let open = s.run_file(&file, &["--no-sandbox"]);
     assert_eq!(open.status.code(), Some(0), "{}", text(&open.stderr));
     assert!(
@@ -510,5 +509,13 @@ fn a_step_that_stops_the_spawner_does_not_hold_the_run() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let runs = s.runs();
     let step = &runs[0]["steps"][0];
-    assert_eq!(step["status"], "timed-out", "{step}");
+    // Stopped after it was reported started, the step times out; stopped before (the step can
+    // be that quick), its start times out. Either way the sandbox was ended from outside.
+    assert!(
+        step["status"] == "timed-out"
+            || step["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not answer within 10s")),
+        "{step}"
+    );
 }

@@ -227,6 +227,15 @@ impl Shared {
             .map(Some)
     }
 
+    /// Where a path of the run directory is for a step: the same path without a sandbox; under
+    /// `/gantry` inside one.
+    fn inside(&self, host: &std::path::Path) -> PathBuf {
+        match (&self.sandbox, host.strip_prefix(&self.run_dir)) {
+            (Sandbox::Bubblewrap(_), Ok(rest)) => std::path::Path::new(sandbox::INSIDE).join(rest),
+            _ => host.to_path_buf(),
+        }
+    }
+
     /// The user that owns what steps may write, when steps run as another user than Gantry.
     fn step_user(&self) -> Option<StepUser> {
         match &self.sandbox {
@@ -318,7 +327,36 @@ async fn run(
     });
     let mut s = Scheduler::new(plan, input, shared.clone());
 
-    if let Err(message) = create_dirs(&shared) {
+    // A sandbox started ahead of time, with its run directory laid out, saves a bubblewrap start
+    // (the largest fixed cost of a sandboxed run); the next one starts warming at once.
+    let mut from_spare = false;
+    if let Sandbox::Bubblewrap(config) = sandbox
+        && config.prewarm
+        && let Some(work_dir) = run_dir.parent()
+    {
+        let spare = if plan.network && !run_dir.exists() {
+            config.spares.take(work_dir)
+        } else {
+            None
+        };
+        match spare {
+            Some(spare) => match std::fs::rename(&spare.dir, &run_dir) {
+                Ok(()) => {
+                    let _ = shared.jail.set(Ok(spare.jail.clone()));
+                    from_spare = true;
+                }
+                Err(_) => drop(spare),
+            },
+            None => {}
+        }
+        config.spares.warm(config, work_dir);
+    }
+    let laid_out = if from_spare {
+        Ok(())
+    } else {
+        create_dirs(&shared)
+    };
+    if let Err(message) = laid_out {
         for i in 0..plan.steps.len() {
             s.finish(i, StepStatus::Error, Some(message.clone()), None);
         }
@@ -444,11 +482,17 @@ fn base_env(
         .filter(|&&k| !(sandboxed && matches!(k, "HOME" | "TMPDIR")))
         .filter_map(|&k| std::env::var_os(k).map(|v| (OsString::from(k), v)))
         .collect();
-    let mut set = |k: &str, v: OsString| env.push((OsString::from(k), v));
     if sandboxed {
-        set("HOME", "/tmp".into());
-        set("TMPDIR", "/tmp".into());
+        env.push(("HOME".into(), "/tmp".into()));
+        env.push(("TMPDIR".into(), "/tmp".into()));
     }
+    // In a sandbox the run directory is at `/gantry` (see `sandbox.rs`).
+    let workspace = if sandboxed {
+        std::path::Path::new(sandbox::INSIDE).join("workspace")
+    } else {
+        workspace.to_path_buf()
+    };
+    let mut set = |k: &str, v: OsString| env.push((OsString::from(k), v));
     set("GANTRY_WORKSPACE", workspace.as_os_str().to_owned());
     // Choreo's name for it (Choreo-shaped pipelines use it everywhere).
     set("WORKSPACE", workspace.as_os_str().to_owned());
@@ -472,10 +516,16 @@ pub(super) const UNREAD_OUTPUTS: &str = ".unread";
 /// Gantry reads or writes for a symlink. Without a user of their own, the sandbox mounts the same
 /// parts read-only.
 fn create_dirs(shared: &Shared) -> Result<(), String> {
+    lay_out(&shared.run_dir, shared.step_user())
+}
+
+/// Makes the run directory layout at `run_dir` (see `create_dirs`).
+fn lay_out(run_dir: &std::path::Path, user: Option<StepUser>) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let user = shared.step_user();
     let mode = if user.is_some() { 0o711 } else { 0o700 };
-    let run_dir = &shared.run_dir;
+    let outputs = run_dir.join("outputs");
+    let scripts = run_dir.join("scripts");
+    let workspace = run_dir.join("workspace");
     let fail = |dir: &std::path::Path, e: std::io::Error| {
         format!("cannot create the run directory {}: {e}", dir.display())
     };
@@ -486,7 +536,7 @@ fn create_dirs(shared: &Shared) -> Result<(), String> {
             .create(parent)
             .map_err(|e| fail(parent, e))?;
     }
-    for dir in [run_dir, &shared.outputs, &shared.scripts] {
+    for dir in [run_dir, &outputs, &scripts] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(mode)
@@ -495,7 +545,7 @@ fn create_dirs(shared: &Shared) -> Result<(), String> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
             .map_err(|e| fail(dir, e))?;
     }
-    for dir in [&shared.workspace, &shared.outputs.join(UNREAD_OUTPUTS)] {
+    for dir in [&workspace, &outputs.join(UNREAD_OUTPUTS)] {
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(dir)

@@ -604,7 +604,10 @@ async fn launch(
             })
             .await
             .map_err(|e| format!("cannot write the script: {e}"))??;
-            (path.to_string_lossy().into_owned(), Vec::new())
+            (
+                shared.inside(&path).to_string_lossy().into_owned(),
+                Vec::new(),
+            )
         }
         Program::Exec(argv) => {
             let Some((program, args)) = argv.split_first() else {
@@ -627,14 +630,17 @@ async fn launch(
                 .map(|(_, v)| v.clone())
         });
     let mut env = shared.base_env.clone();
-    env.push(("GANTRY_OUTPUTS".into(), outdir.as_os_str().to_owned()));
+    env.push((
+        "GANTRY_OUTPUTS".into(),
+        shared.inside(outdir).into_os_string(),
+    ));
     env.push(("GANTRY_STEP".into(), job.name.clone().into()));
     env.extend(spawn.env.iter().map(|(k, v)| (k.into(), v.into())));
     Ok(Launch {
         program,
         args,
         env,
-        cwd: spawn.cwd.clone(),
+        cwd: shared.inside(&spawn.cwd),
         path,
     })
 }

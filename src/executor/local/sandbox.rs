@@ -16,6 +16,7 @@
 //! run's process can inherit it.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -54,6 +55,83 @@ pub struct Bubblewrap {
     /// config says so).
     pub user: Option<StepUser>,
     pub limits: ProcessLimits,
+    /// Whether to keep a sandbox started ahead of time for the next run (a long-lived server;
+    /// not a one-shot `gantry run`).
+    pub prewarm: bool,
+    /// That sandbox (shared by every clone of the config).
+    pub spares: Arc<Spares>,
+}
+
+/// A sandbox started ahead of time, with its run directory (`<work dir>/.spare-<random>`) laid
+/// out, waiting for a run to rename the folder to its own and take it.
+pub(super) struct Spare {
+    pub dir: PathBuf,
+    pub jail: Arc<Jail>,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        // Taken spares were renamed away first; this removes one nobody took.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// At most one spare sandbox per work dir, warmed in the background.
+#[derive(Default)]
+pub struct Spares {
+    slot: Mutex<Option<Spare>>,
+    warming: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for Spares {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ready = self.slot.lock().map(|s| s.is_some()).unwrap_or(false);
+        f.debug_struct("Spares").field("ready", &ready).finish()
+    }
+}
+
+/// The prefix of spare run directories in the work dir.
+pub const SPARE_PREFIX: &str = ".spare-";
+
+impl Spares {
+    /// The spare sandbox, if one is ready in `work_dir`.
+    pub(super) fn take(&self, work_dir: &Path) -> Option<Spare> {
+        let mut slot = self.slot.lock().ok()?;
+        match slot.take() {
+            Some(spare) if spare.dir.parent() == Some(work_dir) => Some(spare),
+            // A spare of another work dir is of no use: drop it.
+            _ => None,
+        }
+    }
+
+    /// Starts warming a spare in `work_dir` unless one is ready or warming.
+    pub(super) fn warm(self: &Arc<Self>, config: &Bubblewrap, work_dir: &Path) {
+        let ready = self.slot.lock().map(|s| s.is_some()).unwrap_or(true);
+        if ready || self.warming.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (spares, config, work_dir) = (self.clone(), config.clone(), work_dir.to_path_buf());
+        tokio::spawn(async move {
+            let mut tag = [0u8; 8];
+            let _ = getrandom::getrandom(&mut tag);
+            let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+            let dir = work_dir.join(format!("{SPARE_PREFIX}{name}"));
+            let laid = {
+                let (dir, user) = (dir.clone(), config.user);
+                tokio::task::spawn_blocking(move || super::lay_out(&dir, user)).await
+            };
+            if let Ok(Ok(())) = laid
+                && let Ok(jail) = Jail::start(&config, &dir, true, "spare").await
+            {
+                if let Ok(mut slot) = spares.slot.lock() {
+                    *slot = Some(Spare { dir, jail });
+                }
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            spares.warming.store(false, Ordering::SeqCst);
+        });
+    }
 }
 
 /// An unprivileged user for steps.
@@ -180,6 +258,8 @@ impl Sandbox {
             spawner,
             user,
             limits,
+            prewarm: false,
+            spares: Arc::new(Spares::default()),
         }))
     }
 }
@@ -253,6 +333,9 @@ impl Remote {
         }
     }
 }
+
+/// Where a run's directory is inside its sandbox.
+pub const INSIDE: &str = "/gantry";
 
 /// How long the spawner may take to say it started a step.
 const SPAWN_ANSWER: Duration = Duration::from_secs(10);
@@ -652,12 +735,18 @@ fn bwrap_args(run_dir: &Path, network: bool, tmp_size: u64) -> Vec<String> {
             dir.into(),
         ]);
     }
-    let run = run_dir.to_string_lossy().into_owned();
-    let workspace = run_dir.join("workspace").to_string_lossy().into_owned();
-    let outputs = run_dir.join("outputs").to_string_lossy().into_owned();
-    a.extend(["--ro-bind".into(), run.clone(), run]);
-    a.extend(["--bind".into(), workspace.clone(), workspace.clone()]);
-    a.extend(["--bind".into(), outputs.clone(), outputs]);
-    a.extend(["--chdir".into(), workspace]);
+    // The run directory is at a fixed place inside: the host's layout stays hidden, and a
+    // sandbox started ahead of time serves whichever run takes it (its folder is renamed on the
+    // host; the mounts follow the folder, not its name).
+    let host = |p: &str| run_dir.join(p).to_string_lossy().into_owned();
+    let inside = |p: &str| format!("{INSIDE}/{p}");
+    a.extend([
+        "--ro-bind".into(),
+        run_dir.to_string_lossy().into_owned(),
+        INSIDE.into(),
+    ]);
+    a.extend(["--bind".into(), host("workspace"), inside("workspace")]);
+    a.extend(["--bind".into(), host("outputs"), inside("outputs")]);
+    a.extend(["--chdir".into(), inside("workspace")]);
     a
 }
