@@ -339,15 +339,11 @@ async fn run(
         } else {
             None
         };
-        match spare {
-            Some(spare) => match std::fs::rename(&spare.dir, &run_dir) {
-                Ok(()) => {
-                    let _ = shared.jail.set(Ok(spare.jail.clone()));
-                    from_spare = true;
-                }
-                Err(_) => drop(spare),
-            },
-            None => {}
+        if let Some(spare) = spare
+            && std::fs::rename(&spare.dir, &run_dir).is_ok()
+        {
+            let _ = shared.jail.set(Ok(spare.jail.clone()));
+            from_spare = true;
         }
         config.spares.warm(config, work_dir);
     }

@@ -42,7 +42,7 @@ use super::Shared;
 use super::attempt::{AttemptEnd, open_output, strip_newline};
 use super::dirs::fresh_dir;
 use super::prepare::{Job, Program, Spawn};
-use super::sandbox::{Jail, Remote, StepUser};
+use super::sandbox::{Jail, Remote, StepCommand, StepUser};
 use crate::executor::mask::LineSplitter;
 use crate::executor::{Event, StepStatus, Stream};
 use crate::spec::values::format_duration;
@@ -318,17 +318,14 @@ async fn start_jailed(
     let text = |s: &OsString| s.to_string_lossy().into_owned();
     let env = launch.env.iter().map(|(k, v)| (text(k), text(v))).collect();
     let path = launch.path.as_ref().map(text);
-    let remote = jail
-        .spawn(
-            launch.program,
-            launch.args,
-            env,
-            launch.cwd,
-            path,
-            [out_w, err_w],
-            stop,
-        )
-        .await?;
+    let command = StepCommand {
+        program: launch.program,
+        args: launch.args,
+        env,
+        cwd: launch.cwd,
+        path,
+    };
+    let remote = jail.spawn(command, [out_w, err_w], stop).await?;
     let out: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?);
     let err: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?);
     let group = Group {

@@ -317,6 +317,16 @@ pub(super) struct Jail {
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
+/// What to start inside a sandbox, with paths as the sandbox sees them.
+pub(super) struct StepCommand {
+    /// A path, or a bare name to look up in `path`.
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub path: Option<String>,
+}
+
 /// A step process inside a sandbox.
 pub(super) struct Remote {
     pub id: u64,
@@ -479,14 +489,17 @@ impl Jail {
     /// Starts a process inside the sandbox with the given pipes as its stdout and stderr.
     pub async fn spawn(
         &self,
-        program: String,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-        cwd: PathBuf,
-        path: Option<String>,
+        command: StepCommand,
         pipes: [OwnedFd; 2],
         stop: &tokio_util::sync::CancellationToken,
     ) -> io::Result<Remote> {
+        let StepCommand {
+            program,
+            args,
+            env,
+            cwd,
+            path,
+        } = command;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
         let (exited_tx, exited_rx) = oneshot::channel();
