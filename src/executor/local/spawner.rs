@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -254,6 +254,17 @@ pub fn serve(args: &[String]) -> u8 {
         Err(_) => return 2,
     };
     let groups: Arc<Mutex<HashMap<u64, i32>>> = Arc::new(Mutex::new(HashMap::new()));
+    let children: Reaper = Arc::default();
+    {
+        let (children, writer) = (children.clone(), writer.clone());
+        if std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap(&children, &writer))
+            .is_err()
+        {
+            return 2;
+        }
+    }
     if reply(&writer, &Reply::Ready).is_err() {
         return 2;
     }
@@ -274,13 +285,30 @@ pub fn serve(args: &[String]) -> u8 {
                 cwd,
                 path,
             } => {
-                let answer = spawn_one(id, &program, args, env, cwd, path, fds, &writer);
+                let answer = spawn_one((program, args, env, cwd, path), fds, &children);
                 match answer {
                     Ok(pid) => {
+                        let pgid = i32::try_from(pid).unwrap_or(0);
                         if let Ok(mut g) = groups.lock() {
-                            g.insert(id, i32::try_from(pid).unwrap_or(0));
+                            g.insert(id, pgid);
                         }
                         let _ = reply(&writer, &Reply::Started { id, pid });
+                        // Record who waits for it; if the reaper was quicker, report the exit.
+                        let early =
+                            children
+                                .0
+                                .lock()
+                                .ok()
+                                .and_then(|mut c| match c.early.remove(&pgid) {
+                                    Some(status) => Some(status),
+                                    None => {
+                                        c.ids.insert(pgid, id);
+                                        None
+                                    }
+                                });
+                        if let Some(status) = early {
+                            let _ = reply(&writer, &Reply::Exited { id, status });
+                        }
                     }
                     Err(e) => {
                         let errno = e.raw_os_error().unwrap_or(libc::EIO);
@@ -318,24 +346,76 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
     write_frame(&sock, &body, &[])
 }
 
-/// Starts one step process and a thread that reports its exit.
-#[allow(clippy::too_many_arguments)]
+/// Who is waiting for which child: one reaper thread (`waitpid(-1)`) serves every step, so a
+/// step costs no thread of its own. A child may be reaped before the main loop has recorded it
+/// (it can exit at once); its status then waits in `early`.
+#[derive(Default)]
+struct Children {
+    ids: HashMap<i32, u64>,
+    early: HashMap<i32, i32>,
+    /// Children started and not reaped yet.
+    alive: usize,
+}
+
+type Reaper = Arc<(Mutex<Children>, std::sync::Condvar)>;
+
+/// Reaps every child of the spawner and reports each step's exit.
+fn reap(children: &Reaper, writer: &Mutex<UnixStream>) {
+    let (lock, wake) = &**children;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a valid int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid > 0 {
+            let id = {
+                let Ok(mut c) = lock.lock() else { return };
+                c.alive = c.alive.saturating_sub(1);
+                match c.ids.remove(&pid) {
+                    Some(id) => Some(id),
+                    None => {
+                        c.early.insert(pid, status);
+                        None
+                    }
+                }
+            };
+            if let Some(id) = id {
+                let _ = reply(writer, &Reply::Exited { id, status });
+            }
+            continue;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) => {}
+            // No child right now: wait until one is started.
+            Some(libc::ECHILD) => {
+                let Ok(c) = lock.lock() else { return };
+                if wake.wait_while(c, |c| c.alive == 0).is_err() {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Starts one step process; its exit is reported by the reaper.
 fn spawn_one(
-    id: u64,
-    program: &str,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    cwd: PathBuf,
-    path: Option<String>,
+    request: (
+        String,
+        Vec<String>,
+        Vec<(String, String)>,
+        PathBuf,
+        Option<String>,
+    ),
     fds: Vec<OwnedFd>,
-    writer: &Arc<Mutex<UnixStream>>,
+    children: &Reaper,
 ) -> io::Result<u32> {
+    let (program, args, env, cwd, path) = request;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     };
     let path = path.map(OsString::from);
-    let program = super::process::resolve(program, path.as_deref(), &cwd);
+    let program = super::process::resolve(&program, path.as_deref(), &cwd);
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -345,19 +425,17 @@ fn spawn_one(
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr))
         .process_group(0);
-    let mut child = cmd.spawn()?;
-    drop(cmd);
+    let (lock, wake) = &**children;
+    // Held across the spawn, so the reaper never waits for "no children" while one is starting.
+    let mut c = lock
+        .lock()
+        .map_err(|_| io::Error::other("spawner state poisoned"))?;
+    let child = cmd.spawn()?;
     let pid = child.id();
-    let writer = writer.clone();
-    std::thread::Builder::new()
-        .name(format!("wait-{id}"))
-        .spawn(move || {
-            let status = match child.wait() {
-                Ok(status) => status.into_raw(),
-                // Treat a lost child as killed: the executor reports it as such.
-                Err(_) => libc::SIGKILL,
-            };
-            let _ = reply(&writer, &Reply::Exited { id, status });
-        })?;
+    // The reaper waits for it; std's handle is not needed (dropping it neither waits nor kills).
+    drop(child);
+    c.alive += 1;
+    wake.notify_one();
+    drop(c);
     Ok(pid)
 }
