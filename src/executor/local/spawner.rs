@@ -398,17 +398,16 @@ fn reap(children: &Reaper, writer: &Mutex<UnixStream>) {
 }
 
 /// Starts one step process; its exit is reported by the reaper.
-fn spawn_one(
-    request: (
-        String,
-        Vec<String>,
-        Vec<(String, String)>,
-        PathBuf,
-        Option<String>,
-    ),
-    fds: Vec<OwnedFd>,
-    children: &Reaper,
-) -> io::Result<u32> {
+/// A `Spawn` request's process: program, arguments, environment, working directory, `PATH`.
+type Launch = (
+    String,
+    Vec<String>,
+    Vec<(String, String)>,
+    PathBuf,
+    Option<String>,
+);
+
+fn spawn_one(request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Result<u32> {
     let (program, args, env, cwd, path) = request;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
