@@ -21,10 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::exit;
 use super::reconcile::percentile;
-use crate::config::{ApiToken, Config, Provider, RepoConfig, Server, Storage};
 use crate::forge::Forge;
 use crate::forge::webhook::sign;
-use crate::server::{self, Options};
 use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
@@ -38,14 +36,14 @@ pub struct WebhookOptions {
     /// Sequential pushes for the latency measurement
     #[arg(long, default_value_t = 200)]
     pub pushes: usize,
-    /// The server's `[storage] cache` in MiB (default: the store's, 64); 1024 is sled's own
+    /// The server's `[storage] cache` in MiB (default: the store's, 32); 1024 is sled's own
     /// default, for a before/after figure
     #[arg(long)]
     pub cache_mib: Option<u64>,
 }
 
 const SECRET: &str = "bench-webhook-secret";
-const TOKEN: &str = "bench-token";
+const TOKEN: &str = "bench-token-0123456789abcdef";
 const REPO: &str = "acme/bench";
 
 /// Git for the benchmark's repositories (isolated from the machine's configuration), its
@@ -132,42 +130,73 @@ fn setup_repo(root: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((served, work))
 }
 
-fn config(data_dir: &Path, listen: SocketAddr, url: &str, cache: Option<u64>) -> Config {
-    Config {
-        server: Server {
-            listen,
-            public_url: format!("http://{listen}"),
-            max_backlog: crate::config::DEFAULT_MAX_BACKLOG,
-        },
-        storage: Storage {
-            data_dir: data_dir.to_path_buf(),
-            work_dir: None,
-            cache,
-            retention: crate::config::DEFAULT_RETENTION,
-            keep_runs: crate::config::DEFAULT_KEEP_RUNS,
-        },
-        tokens: vec![ApiToken {
-            name: "bench".into(),
-            token: TOKEN.into(),
-        }],
-        repos: vec![RepoConfig {
-            name: "bench".into(),
-            url: url.to_string(),
-            provider: Provider::Github,
-            repo: Some(REPO.into()),
-            branch: "main".into(),
-            paths: crate::spec::model::DEFAULT_PIPELINE_GLOBS
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            poll_interval: Duration::ZERO,
-            token: None,
-            webhook_secret: Some(SECRET.into()),
-            api_url: None,
-            github_app: None,
-            protected: vec!["main".into()],
-        }],
-        local: Default::default(),
+/// The benchmark server's `gantry.toml`.
+fn config_toml(data_dir: &Path, listen: SocketAddr, url: &str, cache_mib: Option<u64>) -> String {
+    let cache = cache_mib
+        .map(|m| format!("cache = \"{m}MiB\"\n"))
+        .unwrap_or_default();
+    format!(
+        "[server]\nlisten = \"{listen}\"\npublic_url = \"http://{listen}\"\n\
+         [storage]\ndata_dir = \"{}\"\n{cache}\
+         [[auth.tokens]]\nname = \"bench\"\ntoken = \"{TOKEN}\"\n\
+         [[repos]]\nname = \"bench\"\nurl = \"{url}\"\nprovider = \"github\"\nrepo = \"{REPO}\"\n\
+         branch = \"main\"\npoll_interval = \"0s\"\nwebhook_secret = \"{SECRET}\"\n",
+        data_dir.display()
+    )
+}
+
+/// The server under test: `gantry serve` as a process of its own, so its memory is its own.
+struct ServerProcess {
+    child: std::process::Child,
+}
+
+impl ServerProcess {
+    fn start(dir: &Path, toml: &str) -> Result<ServerProcess, String> {
+        let config = dir.join("gantry.toml");
+        std::fs::write(&config, toml).map_err(|e| format!("cannot write the config: {e}"))?;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("serve.log")).map_err(|e| e.to_string())?;
+        let child = std::process::Command::new(exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--max-running", "4", "--shutdown-grace", "5s"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start gantry serve: {e}"))?;
+        Ok(ServerProcess { child })
+    }
+
+    /// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
+    fn memory(&self, field: &str) -> u64 {
+        memory(&format!("/proc/{}/status", self.child.id()), field)
+    }
+
+    /// Resets the peak RSS (VmHWM) to the current RSS (Linux: `5` into `clear_refs`).
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// SIGTERM, then waits for the graceful stop.
+    fn stop(mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -324,17 +353,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?)
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
-        config(&data_dir, listen, &url, opts.cache_mib.map(|m| m << 20)),
-        Options {
-            max_running: 4,
-            shutdown_grace: Duration::from_secs(5),
-            announce: false,
-            insecure_no_auth: false,
-        },
-        stop.clone(),
-    ));
+    let server = ServerProcess::start(&dir, &config_toml(&data_dir, listen, &url, opts.cache_mib))?;
     let base = format!("http://{listen}");
     wait_healthy(&base).await?;
     let hook = format!("{base}/hooks/github");
@@ -393,18 +412,18 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     let fetch_p50 = percentile(&fetches, 50);
 
     // ---- intake: signed deliveries per second ----------------------------------------------
-    let rss_before = memory("VmRSS:");
-    reset_peak_rss();
+    let rss_before = server.memory("VmRSS:");
+    server.reset_peak();
     let (rate, accepted, failures) = load(&hook, opts.connections, opts.seconds, true).await?;
-    let peak = memory("VmHWM:");
+    let peak = server.memory("VmHWM:");
     // The backlog drains in the background; RSS is read once it has settled (four readings in a
     // row within 2%), or after 60 s.
     let settle_start = Instant::now();
-    let mut settled = memory("VmRSS:");
+    let mut settled = server.memory("VmRSS:");
     let mut steady = 0;
     while steady < 4 && settle_start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = memory("VmRSS:");
+        let now = server.memory("VmRSS:");
         if now.abs_diff(settled) * 50 <= settled.max(1) {
             steady += 1;
         } else {
@@ -422,8 +441,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     )
     .await?;
     base_stop.cancel();
-    stop.cancel();
-    let _ = server.await;
+    server.stop();
 
     // Every accepted delivery is in the store.
     let store = Store::open(&data_dir).map_err(|e| e.to_string())?;
@@ -455,7 +473,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     };
     w(
         out,
-        "webhook benchmark (loopback, in-process server)".into(),
+        "webhook benchmark (loopback; `gantry serve` as its own process, the load generator in this one)".into(),
     );
     w(
         out,
@@ -500,7 +518,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     w(
         out,
         format!(
-            "  memory (this process: the server and the load generator): RSS {:.1} MiB before the intake run, peak {:.1} MiB during it (VmHWM), {:.1} MiB after it settled ({:.1} s later; {processed} of {} deliveries processed by shutdown)",
+            "  memory of `gantry serve` (a process of its own): RSS {:.1} MiB before the intake run, peak {:.1} MiB during it (VmHWM), {:.1} MiB after it settled ({:.1} s later; {processed} of {} deliveries processed by shutdown)",
             mib(rss_before),
             mib(peak),
             mib(settled),
@@ -521,9 +539,9 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     Ok(missing == 0 && dup_ok && failures == 0)
 }
 
-/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 when unreadable.
-fn memory(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A figure in KiB (`VmRSS:`, `VmHWM:`) of a `/proc/<pid>/status` file, 0 when unreadable.
+fn memory(status: &str, field: &str) -> u64 {
+    std::fs::read_to_string(status)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -531,11 +549,6 @@ fn memory(field: &str) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Resets the peak RSS (VmHWM) to the current RSS (Linux: `5` into `clear_refs`).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The start time of the first step of the run at `sha`.

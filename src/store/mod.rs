@@ -196,7 +196,7 @@ fn open_db(path: &Path, cache: u64) -> sled::Result<sled::Db> {
 }
 
 /// sled's page cache when the config does not say: small, since everything in it is on disk.
-pub const DEFAULT_CACHE: u64 = 64 << 20;
+pub const DEFAULT_CACHE: u64 = 32 << 20;
 
 /// The default work dir for a data dir.
 ///
