@@ -1018,13 +1018,30 @@ async fn logs(
     let run = state.store.find_run(&id)?;
     let step = step_index(&run, q.step.as_deref())?;
     if !q.follow {
-        let (lines, _) = state.store.logs(&run.id, step, None)?;
-        let mut out = String::new();
-        for (s, line) in &lines {
-            out.push_str(&log_line(&run, step.is_some(), *s, &line.text));
-            out.push('\n');
-        }
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response());
+        // Streamed a page at a time: a log of tens of MiB is never held in memory whole.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cursor = None;
+            loop {
+                let page = store.logs_page(&run.id, step, cursor.as_ref(), LOG_PAGE_BYTES);
+                let Ok((lines, next)) = page else { return };
+                if lines.is_empty() {
+                    return;
+                }
+                cursor = Some(next);
+                let mut out = String::new();
+                for (s, line) in &lines {
+                    out.push_str(&log_line(&run, step.is_some(), *s, &line.text));
+                    out.push('\n');
+                }
+                if tx.blocking_send(Ok(Bytes::from(out))).is_err() {
+                    return;
+                }
+            }
+        });
+        let body = axum::body::Body::from_stream(tokio_stream_from(rx));
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     let mut changes = state.queue.changes();
@@ -1049,10 +1066,13 @@ async fn logs(
                 }
                 None => !current.status.is_active(),
             };
-            let Ok((lines, next)) = store.logs(&run.id, step, cursor.as_ref()) else {
+            let Ok((lines, next)) = store.logs_page(&run.id, step, cursor.as_ref(), LOG_PAGE_BYTES)
+            else {
                 break;
             };
             cursor = Some(next);
+            // More may wait than one page held: read on before waiting for news.
+            let more = !lines.is_empty();
             for (s, line) in lines {
                 let data = log_line(&current, step.is_some(), s, &line.text);
                 if tx
@@ -1062,6 +1082,9 @@ async fn logs(
                 {
                     return;
                 }
+            }
+            if more {
+                continue;
             }
             if finished {
                 let end = json!({ "status": current.status, "message": current.message });
@@ -1083,6 +1106,9 @@ async fn logs(
         .keep_alive(KeepAlive::default())
         .into_response())
 }
+
+/// Log bytes (as stored) read from the store at a time for one answer.
+const LOG_PAGE_BYTES: usize = 1 << 20;
 
 /// A stream over a channel receiver.
 fn tokio_stream_from<T: Send + 'static>(

@@ -376,6 +376,20 @@ impl Store {
         step: Option<usize>,
         after: Option<&LogCursor>,
     ) -> Result<(Vec<(usize, LogLine)>, LogCursor), StoreError> {
+        self.logs_page(run_id, step, after, usize::MAX)
+    }
+
+    /// Like `logs`, but stops once the chunks read reach `max_bytes` (at least one chunk): a big
+    /// log is served page by page from the cursor, never loaded whole. An empty page means
+    /// nothing new.
+    pub fn logs_page(
+        &self,
+        run_id: &str,
+        step: Option<usize>,
+        after: Option<&LogCursor>,
+        max_bytes: usize,
+    ) -> Result<(Vec<(usize, LogLine)>, LogCursor), StoreError> {
+        let mut read = 0usize;
         let prefix = match step {
             Some(s) => key(&[run_id.as_bytes(), &step_index(s), b""]),
             None => key(&[run_id.as_bytes(), b""]),
@@ -409,6 +423,10 @@ impl Store {
                         _ => continue,
                     }
                 }
+                if read >= max_bytes && !out.is_empty() {
+                    break 'steps;
+                }
+                read += v.len();
                 let lines: Vec<LogLine> = decode(&k, &v)?;
                 out.extend(lines.into_iter().map(|l| (s, l)));
                 cursor.seen.insert(s, n);

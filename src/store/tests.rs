@@ -492,6 +492,21 @@ fn a_log_is_followed_by_seeking_and_its_tail_read_from_the_end() {
     }
     let (all, cursor) = store.logs("r1", None, None).expect("logs");
     assert_eq!(all.len(), 100);
+    // Paged by bytes: a tiny budget gives one chunk a page, and the pages add up to the whole.
+    let mut paged = 0;
+    let mut pages = 0;
+    let mut at = None;
+    loop {
+        let (page, next) = store.logs_page("r1", None, at.as_ref(), 1).expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert_eq!(page.len(), 10, "one chunk per page");
+        paged += page.len();
+        pages += 1;
+        at = Some(next);
+    }
+    assert_eq!((paged, pages), (100, 10));
     let (none, cursor) = store.logs("r1", None, Some(&cursor)).expect("nothing new");
     assert!(none.is_empty());
     store
