@@ -125,7 +125,9 @@ Exit status: 0 when the file compiled, 1 when it is invalid or cannot run on Arg
 
 Examples:
   gantry render --argo .gantry/pipelines/provision-postgres.yaml -p db_name=orders
-  gantry render --argo pipeline.yaml --namespace gantry --format json | argo submit -")]
+  gantry render --argo pipeline.yaml --namespace gantry > run.yaml
+The output holds the Workflow and, when the pipeline uses secrets, a Secret (values redacted)
+as a second YAML document (JSON: an array): fill in and apply the Secret first.")]
     Render(render::Args),
     /// Measure Gantry's own speed and print the figures.
     Bench(bench::Args),
