@@ -516,7 +516,12 @@ impl Cx<'_> {
                 });
             }
             Action::Exec { argv } => {
-                let argv: Vec<String> = argv.iter().map(|a| self.text(a)).collect();
+                // Kubernetes expands `$(VAR)` in a container's command: `$$(` keeps it literal,
+                // as it is for the same command run locally.
+                let argv: Vec<String> = argv
+                    .iter()
+                    .map(|a| self.text(a).replace("$(", "$$("))
+                    .collect();
                 template["container"] = json!({
                     "image": image, "command": argv,
                     "env": env, "workingDir": working_dir, "volumeMounts": mounts,
@@ -742,6 +747,18 @@ mod tests {
                 step: "gen".into(),
                 output: "pw".into()
             })
+        );
+    }
+
+    #[test]
+    fn a_command_keeps_dollar_parens_literal() {
+        let plan = plan_of(&format!(
+            "{HEAD}steps:\n  - name: echo\n    command: [echo, '$(HOME)']\n"
+        ));
+        let compiled = compile(&plan, &run(), &Options::default()).expect("compiles");
+        assert_eq!(
+            compiled.workflow["spec"]["templates"][1]["container"]["command"],
+            json!(["echo", "$$(HOME)"])
         );
     }
 
