@@ -296,9 +296,12 @@ pub(super) fn pr_record(
     let mut record = store
         .get_pr(source, number)
         .map_err(|e| e.to_string())?
+        // A pull request first heard of through a comment is of unknown origin: it counts as a
+        // fork until a pull-request event says otherwise, so it never defines its own pipelines.
         .unwrap_or_else(|| PrRecord {
             source: source.to_string(),
             number,
+            from_fork: true,
             ..PrRecord::default()
         });
     if record.head_sha != head {

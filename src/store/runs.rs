@@ -95,28 +95,41 @@ impl Store {
         commit: Option<&str>,
     ) -> Result<u32, StoreError> {
         let id = format!("{source}/{name}");
-        let latest = self.latest_version(source, name)?;
-        if let Some(latest) = &latest
-            && latest.text == text
-            && latest.path == path
-            && latest.commit.as_deref() == commit
-        {
-            return Ok(latest.version);
+        // Versions are claimed with a compare-and-swap on a new key: two writers that read the
+        // same latest version (the sync loop and a delivery, say) never give one number to two
+        // texts; the loser looks again.
+        loop {
+            let latest = self.latest_version(source, name)?;
+            if let Some(latest) = &latest
+                && latest.text == text
+                && latest.path == path
+                && latest.commit.as_deref() == commit
+            {
+                return Ok(latest.version);
+            }
+            let version = latest.map_or(1, |v| v.version + 1);
+            let record = PipelineVersion {
+                version,
+                text: text.to_string(),
+                path: path.to_string(),
+                commit: commit.map(str::to_string),
+                created_at: Utc::now(),
+            };
+            let k = key(&[id.as_bytes(), &version.to_be_bytes()]);
+            let bytes = serde_json::to_vec(&record).map_err(|source| StoreError::Corrupt {
+                key: show_key(&k),
+                source,
+            })?;
+            let claimed = self
+                .inner
+                .pipeline_versions
+                .compare_and_swap(&k, None as Option<&[u8]>, Some(bytes))
+                .map_err(|e| self.db_err(e))?
+                .is_ok();
+            if claimed {
+                return Ok(version);
+            }
         }
-        let version = latest.map_or(1, |v| v.version + 1);
-        let record = PipelineVersion {
-            version,
-            text: text.to_string(),
-            path: path.to_string(),
-            commit: commit.map(str::to_string),
-            created_at: Utc::now(),
-        };
-        self.put_json(
-            &self.inner.pipeline_versions,
-            &key(&[id.as_bytes(), &version.to_be_bytes()]),
-            &record,
-        )?;
-        Ok(version)
     }
 
     pub fn latest_version(

@@ -914,3 +914,42 @@ fn a_body_accepted_once_is_a_duplicate_under_any_delivery_id() {
         2
     );
 }
+
+#[test]
+fn concurrent_versions_of_one_pipeline_get_distinct_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|j| {
+                        let text = format!("text {i}-{j}");
+                        let v = store
+                            .record_version("infra", "deploy", &text, "p.yaml", None)
+                            .expect("record");
+                        (v, text)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeMap::new();
+    for w in writers {
+        for (v, text) in w.join().expect("writer") {
+            assert!(seen.insert(v, text).is_none(), "version {v} given twice");
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    for (v, text) in &seen {
+        let stored = store
+            .get_version("infra", "deploy", *v)
+            .expect("get")
+            .expect("stored");
+        assert_eq!(
+            &stored.text, text,
+            "version {v} holds the text it was given for"
+        );
+    }
+}
