@@ -237,21 +237,39 @@ impl Mirror {
     /// its content), or `None` if the commit has no file there.
     pub fn file_size(&self, commit: &str, path: &str) -> Result<Option<u64>, SourceError> {
         let repo = self.open()?;
-        let (id, tree) = self.commit_tree(&repo, commit)?;
-        let err = |source: gix::Error| SourceError::Object {
-            what: format!("the size of `{path}`"),
-            commit: id.to_string(),
-            git_dir: self.git_dir.clone(),
+        let what = || format!("the size of `{path}`");
+        let Some((oid, err)) = self.file_at(&repo, commit, path, what)? else {
+            return Ok(None);
+        };
+        let header = repo.find_header(oid).map_err(err)?;
+        Ok(Some(header.size()))
+    }
+
+    /// The object of the file (or symlink) at `path` in `commit`, and how to report an error
+    /// reading it (as `what`); `None` if the commit has no file there (nothing at all, or a
+    /// directory or submodule).
+    fn file_at(
+        &self,
+        repo: &gix::Repository,
+        commit: &str,
+        path: &str,
+        what: impl Fn() -> String,
+    ) -> Result<Option<(gix::ObjectId, impl Fn(gix::Error) -> SourceError)>, SourceError> {
+        let (id, tree) = self.commit_tree(repo, commit)?;
+        let (commit, git_dir) = (id.to_string(), self.git_dir.clone());
+        let err = move |source: gix::Error| SourceError::Object {
+            what: what(),
+            commit: commit.clone(),
+            git_dir: git_dir.clone(),
             source,
         };
-        let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(&err)? else {
             return Ok(None);
         };
         if !(entry.mode().is_blob() || entry.mode().is_link()) {
             return Ok(None);
         }
-        let header = repo.find_header(entry.object_id()).map_err(err)?;
-        Ok(Some(header.size()))
+        Ok(Some((entry.object_id(), err)))
     }
 
     /// When `commit` was committed (its committer time), in seconds since the epoch.
@@ -273,20 +291,11 @@ impl Mirror {
     /// has no file there (nothing at all, or a directory or submodule).
     pub fn read_file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, SourceError> {
         let repo = self.open()?;
-        let (id, tree) = self.commit_tree(&repo, commit)?;
-        let err = |source| SourceError::Object {
-            what: format!("the file `{path}`"),
-            commit: id.to_string(),
-            git_dir: self.git_dir.clone(),
-            source,
-        };
-        let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+        let what = || format!("the file `{path}`");
+        let Some((oid, err)) = self.file_at(&repo, commit, path, what)? else {
             return Ok(None);
         };
-        if !(entry.mode().is_blob() || entry.mode().is_link()) {
-            return Ok(None);
-        }
-        let object = entry.object().map_err(err)?;
+        let object = repo.find_object(oid).map_err(err)?;
         Ok(Some(object.detach().data))
     }
 
