@@ -326,6 +326,27 @@ impl Rw<'_> {
     }
 
     /// The entries of a mapping with string keys in `allowed`; others are reported.
+    /// The required `name` of a template or a step (`what`), with its node; a missing or
+    /// non-string name is reported (nothing is said of an entry that reported no fields at all).
+    fn name_of<'n>(
+        &mut self,
+        node: &Node,
+        f: &[(&'n str, &'n Node, &'n Node)],
+        what: &str,
+    ) -> Option<(&'n Node, String)> {
+        let Some((_, _, name_node)) = f.iter().find(|(k, _, _)| *k == "name") else {
+            if !f.is_empty() {
+                self.err(
+                    node.pos.with_len(1),
+                    format!("{what} is missing the required field `name`"),
+                );
+            }
+            return None;
+        };
+        let raw = self.string(name_node, &format!("{what} `name`"))?;
+        Some((*name_node, raw))
+    }
+
     fn fields<'n>(
         &mut self,
         node: &'n Node,
@@ -543,16 +564,7 @@ impl Rw<'_> {
     fn template(&mut self, node: &Node) -> Vec<Node> {
         let f = self.fields(node, "a template", TEMPLATE);
         let get = |key: &str| f.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v);
-        let Some(name_node) = get("name") else {
-            if !f.is_empty() {
-                self.err(
-                    node.pos.with_len(1),
-                    "a template is missing the required field `name`",
-                );
-            }
-            return Vec::new();
-        };
-        let Some(raw_name) = self.string(name_node, "a template `name`") else {
+        let Some((name_node, raw_name)) = self.name_of(node, &f, "a template") else {
             return Vec::new();
         };
         let name = gantry_name(&raw_name);
@@ -1137,16 +1149,7 @@ impl Rw<'_> {
     fn step(&mut self, node: &Node) -> Vec<RwStep> {
         let f = self.fields(node, "a step", STEP);
         let get = |key: &str| f.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v);
-        let Some(name_node) = get("name") else {
-            if !f.is_empty() {
-                self.err(
-                    node.pos.with_len(1),
-                    "a step is missing the required field `name`",
-                );
-            }
-            return Vec::new();
-        };
-        let Some(raw) = self.string(name_node, "a step `name`") else {
+        let Some((name_node, raw)) = self.name_of(node, &f, "a step") else {
             return Vec::new();
         };
         let name = gantry_name(&raw);
