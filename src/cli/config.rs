@@ -1,13 +1,14 @@
 //! `gantry vars ...` and `gantry secrets ...`: plain variables and write-only secrets, global or
-//! per pipeline. Secret values are read from standard input, never from the command line (where
+//! per pipeline, in the data dir or on a server (`--server`). Secret values are read from standard input, never from the command line (where
 //! `ps` and shell history would see them), and no command ever prints one.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
+use super::remote::{Client, ConfigKind, Failure, wait};
 use super::{exit, open_store};
 use crate::spec::values::{is_identifier, is_pipeline_name};
-use crate::store::{ConfigEntry, SecretRelease};
+use crate::store::{ConfigEntry, SecretRelease, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct VarsArgs {
@@ -136,7 +137,97 @@ fn print_entries(entries: &[ConfigEntry], json: bool, empty: &str) -> u8 {
     exit::OK
 }
 
-pub fn vars(data_dir: &Path, args: &VarsArgs) -> u8 {
+/// Where variables and secrets are kept: this data dir's store, or a server's API.
+enum Backend<'a> {
+    Store(Store),
+    Server(&'a Client),
+}
+
+impl Backend<'_> {
+    fn open<'a>(data_dir: &Path, client: Option<&'a Client>) -> Option<Backend<'a>> {
+        match client {
+            Some(c) => Some(Backend::Server(c)),
+            None => open_store(data_dir).map(Backend::Store),
+        }
+    }
+
+    fn set(
+        &self,
+        kind: ConfigKind,
+        scope: Option<&str>,
+        name: &str,
+        value: &str,
+        release: SecretRelease,
+    ) -> Result<(), Failure> {
+        match self {
+            Backend::Store(store) => match kind {
+                ConfigKind::Variable => store.set_var(scope, name, value),
+                ConfigKind::Secret => store.set_secret_with(scope, name, value, release),
+            }
+            .map_err(store_failure),
+            Backend::Server(client) => {
+                let unprotected = release == SecretRelease::Unprotected;
+                wait(client.set_config(kind, scope, name, value, unprotected))
+            }
+        }
+    }
+
+    /// Removes an entry; `Ok(Err(words))` when there was none.
+    fn remove(
+        &self,
+        kind: ConfigKind,
+        scope: Option<&str>,
+        name: &str,
+    ) -> Result<Result<(), String>, Failure> {
+        match self {
+            Backend::Store(store) => {
+                let existed = match kind {
+                    ConfigKind::Variable => store.remove_var(scope, name),
+                    ConfigKind::Secret => store.remove_secret(scope, name),
+                }
+                .map_err(store_failure)?;
+                let what = match kind {
+                    ConfigKind::Variable => "variable",
+                    ConfigKind::Secret => "secret",
+                };
+                Ok(if existed {
+                    Ok(())
+                } else {
+                    Err(format!("no {what} `{name}`{}", scope_words(scope)))
+                })
+            }
+            Backend::Server(client) => wait(client.remove_config(kind, scope, name)),
+        }
+    }
+
+    fn list(&self, kind: ConfigKind) -> Result<Vec<ConfigEntry>, Failure> {
+        match self {
+            Backend::Store(store) => match kind {
+                ConfigKind::Variable => store.list_vars(),
+                ConfigKind::Secret => store.list_secrets(),
+            }
+            .map_err(store_failure),
+            Backend::Server(client) => wait(client.list_config(kind)),
+        }
+    }
+}
+
+fn store_failure(e: crate::store::StoreError) -> Failure {
+    Failure {
+        message: e.to_string(),
+        code: exit::USAGE,
+    }
+}
+
+/// Prints a failure and returns its exit code.
+fn report(result: Result<u8, Failure>) -> u8 {
+    result.unwrap_or_else(|f| {
+        eprintln!("gantry: {}", f.message);
+        f.code
+    })
+}
+
+pub fn vars(data_dir: &Path, client: Option<&Client>, args: &VarsArgs) -> u8 {
     let scope = match &args.action {
         VarsAction::Set { pipeline, .. } | VarsAction::Rm { pipeline, .. } => pipeline.as_deref(),
         VarsAction::List { .. } => None,
@@ -144,42 +235,46 @@ pub fn vars(data_dir: &Path, args: &VarsArgs) -> u8 {
     if !check_scope(scope) {
         return exit::USAGE;
     }
-    let Some(store) = open_store(data_dir) else {
+    if let VarsAction::Set { name, .. } = &args.action
+        && !check_name(name, "variable")
+    {
+        return exit::USAGE;
+    }
+    let Some(backend) = Backend::open(data_dir, client) else {
         return exit::USAGE;
     };
-    let result = match &args.action {
+    let kind = ConfigKind::Variable;
+    report(match &args.action {
         VarsAction::Set {
             name,
             value,
             pipeline,
-        } => {
-            if !check_name(name, "variable") {
-                return exit::USAGE;
-            }
-            store
-                .set_var(pipeline.as_deref(), name, value)
-                .map(|()| exit::OK)
-        }
-        VarsAction::List { json } => store
-            .list_vars()
+        } => backend
+            .set(
+                kind,
+                pipeline.as_deref(),
+                name,
+                value,
+                SecretRelease::Protected,
+            )
+            .map(|()| exit::OK),
+        VarsAction::List { json } => backend
+            .list(kind)
             .map(|entries| print_entries(&entries, *json, "no variables")),
-        VarsAction::Rm { name, pipeline } => store
-            .remove_var(pipeline.as_deref(), name)
-            .map(|existed| removed(existed, "variable", name, pipeline.as_deref())),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("gantry: {e}");
-        exit::USAGE
+        VarsAction::Rm { name, pipeline } => {
+            backend.remove(kind, pipeline.as_deref(), name).map(removed)
+        }
     })
 }
 
 /// The exit code of an `rm`, with a message when there was nothing to remove.
-fn removed(existed: bool, what: &str, name: &str, pipeline: Option<&str>) -> u8 {
-    if existed {
-        exit::OK
-    } else {
-        eprintln!("gantry: no {what} `{name}`{}", scope_words(pipeline));
-        exit::FAILURE
+fn removed(outcome: Result<(), String>) -> u8 {
+    match outcome {
+        Ok(()) => exit::OK,
+        Err(words) => {
+            eprintln!("gantry: {words}");
+            exit::FAILURE
+        }
     }
 }
 
@@ -256,7 +351,7 @@ impl Drop for EchoOff {
     }
 }
 
-pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
+pub fn secrets(data_dir: &Path, client: Option<&Client>, args: &SecretsArgs) -> u8 {
     let scope = match &args.action {
         SecretsAction::Set { pipeline, .. } | SecretsAction::Rm { pipeline, .. } => {
             pipeline.as_deref()
@@ -282,10 +377,11 @@ pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
         },
         _ => None,
     };
-    let Some(store) = open_store(data_dir) else {
+    let Some(backend) = Backend::open(data_dir, client) else {
         return exit::USAGE;
     };
-    let result = match &args.action {
+    let kind = ConfigKind::Secret;
+    report(match &args.action {
         SecretsAction::Set {
             name,
             pipeline,
@@ -296,8 +392,9 @@ pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
             } else {
                 SecretRelease::Protected
             };
-            store
-                .set_secret_with(
+            backend
+                .set(
+                    kind,
                     pipeline.as_deref(),
                     name,
                     value.as_deref().unwrap_or_default(),
@@ -316,15 +413,11 @@ pub fn secrets(data_dir: &Path, args: &SecretsArgs) -> u8 {
                     exit::OK
                 })
         }
-        SecretsAction::List { json } => store
-            .list_secrets()
+        SecretsAction::List { json } => backend
+            .list(kind)
             .map(|entries| print_entries(&entries, *json, "no secrets")),
-        SecretsAction::Rm { name, pipeline } => store
-            .remove_secret(pipeline.as_deref(), name)
-            .map(|existed| removed(existed, "secret", name, pipeline.as_deref())),
-    };
-    result.unwrap_or_else(|e| {
-        eprintln!("gantry: {e}");
-        exit::USAGE
+        SecretsAction::Rm { name, pipeline } => {
+            backend.remove(kind, pipeline.as_deref(), name).map(removed)
+        }
     })
 }

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod config;
 pub mod convert;
+pub mod demo_postgres;
 pub mod pipeline;
 pub mod progress;
 pub mod remote;
@@ -38,7 +39,7 @@ Examples:
   gantry run .gantry/pipelines/provision-postgres.yaml -p db_name=orders --var pg_host=localhost
   printf %s \"$PGPASSWORD\" | gantry secrets set pg_admin_password --pipeline provision-postgres
   gantry runs --pipeline provision-postgres
-  gantry logs 01JD --step create-database
+  gantry logs 01KBZ4 --step create-database
   gantry bench spec --seconds 3";
 
 #[derive(Debug, Parser)]
@@ -60,7 +61,8 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
-    /// Talk to a running Gantry server instead of the data dir (runs, logs, run, pipeline)
+    /// Talk to a running Gantry server instead of the data dir (runs, logs, run, pipeline, vars,
+    /// secrets)
     #[arg(long, global = true, env = "GANTRY_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// The server's API token (a token from [[auth.tokens]])
@@ -135,8 +137,39 @@ as a second YAML document (JSON: an array): fill in and apply the Secret first."
     Webhook(webhook::Args),
 }
 
+impl Command {
+    /// Commands whose work is printing, that a closed pipe may simply end. The others (the
+    /// service, runs, benchmarks) write to pipes of their own children and must see EPIPE as an
+    /// error, not die of it.
+    fn prints_for_pipes(&self) -> bool {
+        match self {
+            Command::Validate(_)
+            | Command::Convert(_)
+            | Command::Runs(_)
+            | Command::Logs(_)
+            | Command::Vars(_)
+            | Command::Secrets(_)
+            | Command::Pipeline(_)
+            | Command::Render(_) => true,
+            Command::Run(_)
+            | Command::Serve(_)
+            | Command::Up(_)
+            | Command::Bench(_)
+            | Command::Webhook(_) => false,
+        }
+    }
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
+    if cli.command.prints_for_pipes() {
+        // Rust ignores SIGPIPE, so a closed stdout (`gantry runs | head -1`) would make the
+        // next print panic. Commands that only print end quietly instead, as Unix tools do.
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let data_dir = cli.data_dir;
     let client = match &cli.server {
         Some(url) => match remote::Client::new(url, cli.token.clone()) {
@@ -153,13 +186,6 @@ pub fn run(cli: Cli) -> u8 {
             Command::Run(args) => return run::run_remote(client, args),
             Command::Runs(args) => return runs::list_remote(client, args),
             Command::Logs(args) => return runs::logs_remote(client, args),
-            Command::Vars(_) | Command::Secrets(_) => {
-                eprintln!(
-                    "gantry: vars and secrets talk to the data dir; on a server use \
-                     PUT /api/v1/variables/NAME and /api/v1/secrets/NAME"
-                );
-                return exit::USAGE;
-            }
             _ => {}
         }
     }
@@ -172,8 +198,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run(args) => run::run(&data_dir, &args),
         Command::Runs(args) => runs::list(&data_dir, &args),
         Command::Logs(args) => runs::logs(&data_dir, &args),
-        Command::Vars(args) => config::vars(&data_dir, &args),
-        Command::Secrets(args) => config::secrets(&data_dir, &args),
+        Command::Vars(args) => config::vars(&data_dir, client.as_ref(), &args),
+        Command::Secrets(args) => config::secrets(&data_dir, client.as_ref(), &args),
         Command::Bench(args) => bench::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Webhook(args) => webhook::run(&args),

@@ -1,12 +1,12 @@
 //! The CLI as a client of a running server (`--server URL --token T`): runs, logs, starting a
-//! run, and local pipelines, over the REST API.
+//! run, local pipelines, variables and secrets, over the REST API.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use super::exit;
-use crate::store::{RunRecord, RunStatus};
+use crate::store::{ConfigEntry, RunRecord, RunStatus};
 
 /// A connection to a server.
 pub struct Client {
@@ -63,25 +63,26 @@ impl Client {
         if response.status().is_success() {
             return Ok(response);
         }
+        Err(Self::failure(response).await)
+    }
+
+    /// A non-2xx answer in words: the server's `{"error"}` text, with a hint for a 401.
+    async fn failure(response: reqwest::Response) -> Failure {
         let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(text);
+        let message = error_text(response.text().await.unwrap_or_default());
         let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
             " (give a token with --token or GANTRY_TOKEN)"
         } else {
             ""
         };
-        Err(Failure {
+        Failure {
             message: format!("the server answered {status}: {message}{hint}"),
             code: if status.is_client_error() {
                 exit::USAGE
             } else {
                 exit::FAILURE
             },
-        })
+        }
     }
 
     async fn json(&self, r: reqwest::RequestBuilder) -> Result<Value, Failure> {
@@ -114,6 +115,18 @@ impl Client {
     pub async fn run(&self, id: &str) -> Result<Value, Failure> {
         self.json(self.request(reqwest::Method::GET, &format!("/api/v1/runs/{id}")))
             .await
+    }
+
+    /// A run as a record (what `run` answers, without its steps).
+    pub async fn run_record(&self, id: &str) -> Result<RunRecord, Failure> {
+        let mut run = self.run(id).await?;
+        // The answer lists the step records where the record itself names the steps.
+        let names: Vec<Value> = run["steps"]
+            .as_array()
+            .map(|steps| steps.iter().map(|s| s["name"].clone()).collect())
+            .unwrap_or_default();
+        run["steps"] = Value::Array(names);
+        serde_json::from_value(run).map_err(|e| Failure::usage(format!("unexpected run: {e}")))
     }
 
     /// Prints a run's log; with `follow`, streams it until the step or run ends and returns the
@@ -224,34 +237,121 @@ impl Client {
         .await
     }
 
+    /// Sets a variable or secret, global or of one pipeline (`scope` is `SOURCE/NAME`).
+    pub async fn set_config(
+        &self,
+        kind: ConfigKind,
+        scope: Option<&str>,
+        name: &str,
+        value: &str,
+        unprotected: bool,
+    ) -> Result<(), Failure> {
+        let path = config_path(kind, scope, name)?;
+        let body = match kind {
+            ConfigKind::Variable => json!({ "value": value }),
+            ConfigKind::Secret => json!({ "value": value, "unprotected": unprotected }),
+        };
+        self.send(self.request(reqwest::Method::PUT, &path).json(&body))
+            .await
+            .map(drop)
+    }
+
+    /// Removes a variable or secret; `Ok(false)` when there was none (the server's words are
+    /// returned with it).
+    pub async fn remove_config(
+        &self,
+        kind: ConfigKind,
+        scope: Option<&str>,
+        name: &str,
+    ) -> Result<Result<(), String>, Failure> {
+        let path = config_path(kind, scope, name)?;
+        // A bodyless state-changing call still names its content type (the server asks for it).
+        let r = self
+            .request(reqwest::Method::DELETE, &path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        let response = r.send().await.map_err(|e| {
+            Failure::usage(format!("cannot reach the server at {}: {e}", self.base))
+        })?;
+        if response.status().is_success() {
+            return Ok(Ok(()));
+        }
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Err(error_text(response.text().await.unwrap_or_default())));
+        }
+        Err(Self::failure(response).await)
+    }
+
+    /// Every variable (with values) or secret (names only), global and per pipeline.
+    pub async fn list_config(&self, kind: ConfigKind) -> Result<Vec<ConfigEntry>, Failure> {
+        let (path, key) = match kind {
+            ConfigKind::Variable => ("/api/v1/variables", "variables"),
+            ConfigKind::Secret => ("/api/v1/secrets", "secrets"),
+        };
+        let body = self.json(self.request(reqwest::Method::GET, path)).await?;
+        serde_json::from_value(body[key].clone())
+            .map_err(|e| Failure::usage(format!("unexpected {key} list: {e}")))
+    }
+
     pub async fn pipelines(&self) -> Result<Value, Failure> {
         self.json(self.request(reqwest::Method::GET, "/api/v1/pipelines"))
             .await
     }
 }
 
-/// Runs `f` on a small runtime of its own and turns a failure into its message and exit code.
+/// The message of an error answer: its `{"error"}` text, else the body as it is.
+fn error_text(body: String) -> String {
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or(body)
+}
+
+/// A variable or a secret, for the calls that treat both alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigKind {
+    Variable,
+    Secret,
+}
+
+/// The API path of a variable or secret: `/api/v1/variables/NAME`, or under its pipeline when
+/// `scope` is given (as `SOURCE/NAME`, the way a server addresses pipelines).
+fn config_path(kind: ConfigKind, scope: Option<&str>, name: &str) -> Result<String, Failure> {
+    let plural = match kind {
+        ConfigKind::Variable => "variables",
+        ConfigKind::Secret => "secrets",
+    };
+    match scope {
+        None => Ok(format!("/api/v1/{plural}/{name}")),
+        Some(scope) => match scope.split_once('/') {
+            Some((source, pipeline)) => Ok(format!(
+                "/api/v1/pipelines/{source}/{pipeline}/{plural}/{name}"
+            )),
+            None => Err(Failure::usage(format!(
+                "with --server, --pipeline names a pipeline as SOURCE/NAME (e.g. local/{scope}), \
+                 not `{scope}`"
+            ))),
+        },
+    }
+}
+
+/// Runs `f` to its end on a small runtime of its own.
+pub fn wait<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::usage(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(f)
+}
+
+/// Runs `f` (`wait`) and turns a failure into its message on stderr and its exit code.
 pub fn block_on<F>(f: F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("gantry: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
-    };
-    match runtime.block_on(f) {
-        Ok(code) => code,
-        Err(failure) => {
-            eprintln!("gantry: {}", failure.message);
-            failure.code
-        }
-    }
+    wait(f).unwrap_or_else(|failure| {
+        eprintln!("gantry: {}", failure.message);
+        failure.code
+    })
 }
 
 /// The exit code of a run that ended with `status`.

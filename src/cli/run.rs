@@ -230,13 +230,12 @@ pub fn run_remote(client: &super::remote::Client, args: &Args) -> u8 {
             run.number,
             run.status.as_str()
         );
-        if !run.status.is_active() {
-            return Ok(super::remote::exit_for(Some(run.status)));
+        if run.status.is_active() {
+            client.logs(&run.id, None, true).await?;
         }
-        let status = client.logs(&run.id, None, true).await?;
-        if let Some(s) = status {
-            eprintln!("gantry: run {} {}", run.id, s.as_str());
-        }
-        Ok(super::remote::exit_for(status))
+        // The run as it ended, with the message that says why it failed or did not start.
+        let ended = client.run_record(&run.id).await?;
+        eprintln!("gantry: {}", super::runs::ending(&ended));
+        Ok(super::remote::exit_for(Some(ended.status)))
     })
 }

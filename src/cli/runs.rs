@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{exit, open_store};
-use crate::store::{RunRecord, StepRecord, Store};
+use crate::store::{RunRecord, RunStatus, StepRecord, Store};
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
@@ -141,10 +141,43 @@ pub fn list(data_dir: &Path, args: &ListArgs) -> u8 {
     exit::OK
 }
 
-/// Prints runs as a table, newest first.
+/// How a run ended, in one line: `run ID #N of PIPELINE failed: MESSAGE` (the message says why
+/// a run failed or never started).
+pub fn ending(run: &RunRecord) -> String {
+    let message = run
+        .message
+        .as_deref()
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    format!(
+        "run {} #{} of {} {}{message}",
+        run.id,
+        run.number,
+        run.pipeline,
+        run.status.as_str()
+    )
+}
+
+/// The first line of a run's message, cut to fit a table column.
+fn message_cell(run: &RunRecord) -> String {
+    const WIDTH: usize = 72;
+    let first = run
+        .message
+        .as_deref()
+        .and_then(|m| m.lines().next())
+        .unwrap_or("");
+    if first.chars().count() > WIDTH {
+        let cut: String = first.chars().take(WIDTH - 1).collect();
+        format!("{cut}…")
+    } else {
+        first.to_string()
+    }
+}
+
+/// Prints runs as a table, newest first; the last column says why a run failed.
 pub fn print_table(runs: &[RunRecord]) {
     println!(
-        "{:<26}  {:>4}  {:<24}  {:<11}  {:<8}  {:<20}  {:>9}",
+        "{:<26}  {:>4}  {:<24}  {:<11}  {:<8}  {:<20}  {:>9}  MESSAGE",
         "ID", "#", "PIPELINE", "STATUS", "TRIGGER", "STARTED", "DURATION"
     );
     for run in runs {
@@ -158,16 +191,18 @@ pub fn print_table(runs: &[RunRecord]) {
             .unwrap_or(run.created_at)
             .format("%Y-%m-%d %H:%M:%S")
             .to_string();
-        println!(
-            "{:<26}  {:>4}  {:<24}  {:<11}  {:<8}  {:<20}  {:>9}",
+        let line = format!(
+            "{:<26}  {:>4}  {:<24}  {:<11}  {:<8}  {:<20}  {:>9}  {}",
             run.id,
             run.number,
             run.pipeline,
             run.status.as_str(),
             run.trigger.kind,
             started,
-            duration
+            duration,
+            message_cell(run)
         );
+        println!("{}", line.trim_end());
     }
 }
 
@@ -232,7 +267,21 @@ fn print_logs(store: &Store, args: &LogArgs) -> Result<u8, crate::store::StoreEr
         let (lines, _) = store.logs(&run.id, step, cursor.as_ref())?;
         print(lines);
     }
-    Ok(exit::OK)
+    let ended = store.get_run(&run.id)?.unwrap_or(run);
+    Ok(after_log(&ended, args.follow))
+}
+
+/// After a run's log: why it failed, or never started (then it has no log at all), and the exit
+/// code (with `--follow`, the run's own; else 0, the log was printed).
+fn after_log(ended: &RunRecord, follow: bool) -> u8 {
+    if !ended.status.is_active() && ended.status != RunStatus::Succeeded {
+        eprintln!("gantry: {}", ending(ended));
+    }
+    if follow {
+        super::remote::exit_for(Some(ended.status))
+    } else {
+        exit::OK
+    }
 }
 
 pub fn list_remote(client: &super::remote::Client, args: &ListArgs) -> u8 {
@@ -261,13 +310,10 @@ pub fn list_remote(client: &super::remote::Client, args: &ListArgs) -> u8 {
 
 pub fn logs_remote(client: &super::remote::Client, args: &LogArgs) -> u8 {
     super::remote::block_on(async {
-        let status = client
+        client
             .logs(&args.run, args.step.as_deref(), args.follow)
             .await?;
-        Ok(if args.follow {
-            super::remote::exit_for(status)
-        } else {
-            exit::OK
-        })
+        let ended = client.run_record(&args.run).await?;
+        Ok(after_log(&ended, args.follow))
     })
 }

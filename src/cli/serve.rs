@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::demo_postgres::{self, DemoPostgres};
 use super::exit;
 use crate::config::{ApiToken, Config, Provider, RepoConfig, Server, Storage};
 use crate::server::{self, Options};
+use crate::store::SecretRelease;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -186,7 +188,9 @@ fn admin_token(data_dir: &Path) -> Result<String, String> {
     if let Ok(t) = std::env::var("GANTRY_ADMIN_TOKEN")
         && !t.trim().is_empty()
     {
-        return Ok(t.trim().to_string());
+        let token = t.trim();
+        crate::config::check_token(token).map_err(|p| format!("GANTRY_ADMIN_TOKEN {p}"))?;
+        return Ok(token.to_string());
     }
     let (_, path) = server::demo_paths(data_dir);
     if let Ok(t) = std::fs::read_to_string(&path)
@@ -264,13 +268,106 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
         }],
         local: Default::default(),
     };
+    let demo = demo_services(&data_dir);
+    let gantry = self_command();
     println!("Gantry is up at {url}");
     println!("  API token:   {token}");
     println!(
         "  demo repo:   {} (commit to it; Gantry polls every 5s)",
         repo.display()
     );
-    println!("  try:         curl -H 'Authorization: Bearer {token}' {url}/api/v1/pipelines");
-    println!("  or:          gantry --server {url} --token {token} runs");
-    serve_config(config, options(&args.knobs))
+    let client = format!("{gantry} --server {url} --token {token}");
+    match &demo {
+        Ok(pg) => {
+            println!(
+                "  PostgreSQL:  127.0.0.1:{} for the demo, stopped with Gantry (log: {}); \
+                 the demo's variables and secrets are set",
+                pg.port,
+                pg.log_path().display()
+            );
+            println!("  run a demo:  {client} run demo/provision-postgres");
+            println!("  then:        {client} run demo/drift-check");
+        }
+        Err(e) => {
+            println!("  PostgreSQL:  none: {e}");
+            println!("  list runs:   {client} runs");
+        }
+    }
+    println!(
+        "  need a cloud: {} (their variables and secrets are yours to set: `{client} vars set ...`)",
+        CLOUD_PIPELINES.join(", ")
+    );
+    let code = serve_config(config, options(&args.knobs));
+    drop(demo);
+    code
+}
+
+/// Demo pipelines that need a service this machine cannot have.
+const CLOUD_PIPELINES: [&str; 2] = [
+    "demo/provision-bucket (an S3 API)",
+    "demo/provision-cache (Terraform and an AWS account)",
+];
+
+/// Starts the demo's PostgreSQL server and gives the PostgreSQL pipelines its variables and
+/// secrets (scoped to them; secrets sealed in the store like any other).
+fn demo_services(data_dir: &Path) -> Result<DemoPostgres, String> {
+    let pg = DemoPostgres::start(data_dir).map_err(|e| e.to_string())?;
+    let store = crate::store::Store::open(data_dir).map_err(|e| e.to_string())?;
+    let port = pg.port.to_string();
+    let provision = Some("demo/provision-postgres");
+    let drift = Some("demo/drift-check");
+    let set = |scope: Option<&str>, name: &str, value: &str| {
+        store
+            .set_var(scope, name, value)
+            .map_err(|e| format!("setting the demo's variable {name}: {e}"))
+    };
+    let seal = |scope: Option<&str>, name: &str, value: &str| {
+        store
+            .set_secret_with(scope, name, value, SecretRelease::Protected)
+            .map_err(|e| format!("setting the demo's secret {name}: {e}"))
+    };
+    for scope in [provision, drift] {
+        set(scope, "pg_host", "127.0.0.1")?;
+        set(scope, "pg_port", &port)?;
+    }
+    set(provision, "pg_admin_user", demo_postgres::ADMIN_USER)?;
+    seal(provision, "pg_admin_password", &pg.admin_password)?;
+    set(drift, "pg_monitor_user", demo_postgres::MONITOR_USER)?;
+    seal(drift, "pg_monitor_password", &pg.monitor_password)?;
+    // Where drift reports go: a chat webhook of the user's, kept once set. Until then a name
+    // that cannot resolve, so a report fails visibly (the step may fail; the run does not).
+    let has_webhook = store
+        .list_secrets()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|e| e.name == "drift_webhook_url" && e.pipeline.as_deref() == drift);
+    if !has_webhook {
+        seal(
+            drift,
+            "drift_webhook_url",
+            "https://chat.invalid/hooks/gantry-demo",
+        )?;
+    }
+    Ok(pg)
+}
+
+/// How to call this binary from the current directory: `gantry` when that is what the shell
+/// finds, else its path (relative when it is below here, as `./target/release/gantry` is).
+fn self_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "gantry".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|dir| {
+            std::fs::canonicalize(dir.join("gantry")).ok().as_deref() == Some(exe.as_path())
+        })
+    });
+    if on_path {
+        return "gantry".into();
+    }
+    let here = std::env::current_dir().ok();
+    match here.as_deref().and_then(|h| exe.strip_prefix(h).ok()) {
+        Some(rel) => format!("./{}", rel.display()),
+        None => exe.display().to_string(),
+    }
 }

@@ -53,7 +53,7 @@ struct JsonReport {
 struct JsonFile {
     path: String,
     valid: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The pipeline's name; `null` when the file has errors that leave it without one.
     pipeline: Option<String>,
     errors: Vec<JsonDiagnostic>,
 }
@@ -65,7 +65,13 @@ pub fn pipeline_files(path: &Path) -> Result<Vec<PathBuf>, String> {
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let dir = path.join(".gantry").join("pipelines");
+    // `gantry validate .` shows `.gantry/pipelines/…`, as the files are named from here.
+    let base = if path == Path::new(".") {
+        Path::new("")
+    } else {
+        path
+    };
+    let dir = base.join(".gantry").join("pipelines");
     let entries = std::fs::read_dir(&dir).map_err(|e| {
         format!(
             "{} is a directory without a readable .gantry/pipelines folder ({e}); name a pipeline file or a repository root",

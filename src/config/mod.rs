@@ -33,6 +33,23 @@ pub const DEFAULT_BRANCH: &str = "main";
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// API tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The one rule for an API token, wherever it comes from (`[[auth.tokens]]`, or
+/// `GANTRY_ADMIN_TOKEN` for `gantry up`): not empty, at least `MIN_TOKEN_LEN` characters. The
+/// error completes "token … ".
+pub fn check_token(token: &str) -> Result<(), String> {
+    let len = token.chars().count();
+    if len == 0 {
+        return Err("is empty".into());
+    }
+    if len < MIN_TOKEN_LEN {
+        return Err(format!(
+            "is too short ({len} characters); use at least {MIN_TOKEN_LEN} random characters, a \
+             short token can be guessed"
+        ));
+    }
+    Ok(())
+}
 /// How long ended runs and webhook delivery bodies are kept by default (30 days).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The newest runs per pipeline kept whatever their age, by default.
@@ -695,23 +712,11 @@ impl Checker<'_> {
         }
         seen.push(name.clone());
         let (token, token_span) = token?;
-        let len = token.chars().count();
-        if len == 0 {
+        if let Err(problem) = check_token(&token) {
             self.error(
                 &join(path, "token"),
                 &token_span,
-                format!("token of [[auth.tokens]] `{name}` is empty"),
-            );
-            return None;
-        }
-        if len < MIN_TOKEN_LEN {
-            self.error(
-                &join(path, "token"),
-                &token_span,
-                format!(
-                    "token of [[auth.tokens]] `{name}` is too short ({len} characters); use at \
-                     least {MIN_TOKEN_LEN} random characters, a short token can be guessed"
-                ),
+                format!("token of [[auth.tokens]] `{name}` {problem}"),
             );
             return None;
         }

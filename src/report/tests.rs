@@ -293,6 +293,7 @@ fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
             keep_run_dir: false,
             var_overrides: BTreeMap::new(),
             release,
+            hints: crate::run::Hints::Server("http://127.0.0.1:8080".into()),
         },
     )
     .expect("start");

@@ -200,6 +200,7 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             keep_run_dir: req.keep_run_dir,
             var_overrides: req.var_overrides,
             release: trust::Release::All,
+            hints: Hints::DataDir,
         },
     )
 }
@@ -288,6 +289,36 @@ pub struct Start {
     pub var_overrides: BTreeMap<String, String>,
     /// Which secrets the run's ref is trusted with (`trust::release_for`).
     pub release: trust::Release,
+    /// Where the user sets what is missing, for the refusal's hint.
+    pub hints: Hints,
+}
+
+/// Where a missing variable or secret is set, so that a refusal's hint works where it is read:
+/// `gantry vars set` writes the data dir, which a server holds locked, so a run of a server
+/// names the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hints {
+    /// `gantry run FILE` in this data dir (and `--var` for a variable).
+    DataDir,
+    /// The server at this URL.
+    Server(String),
+}
+
+impl Hints {
+    fn set_var(&self, name: &str, scope: &str) -> String {
+        match self {
+            Hints::DataDir => format!("gantry vars set {name} VALUE{scope}, or --var {name}=VALUE"),
+            Hints::Server(url) => format!("gantry --server {url} vars set {name} VALUE{scope}"),
+        }
+    }
+
+    fn set_secret(&self, name: &str, scope: &str) -> String {
+        let server = match self {
+            Hints::DataDir => String::new(),
+            Hints::Server(url) => format!("--server {url} "),
+        };
+        format!("gantry {server}secrets set {name}{scope}, value on stdin")
+    }
 }
 
 /// The scope of a pipeline's own variables and secrets: `source/name`, or the bare name for a
@@ -349,10 +380,10 @@ pub fn start(
     let mut problems: Vec<String> = [
         how.release.refusal(&resolved.withheld),
         missing("variable", &pipeline.variables, &vars, |v| {
-            format!("gantry vars set {v} VALUE{hint_scope}, or --var {v}=VALUE")
+            how.hints.set_var(v, &hint_scope)
         }),
         missing("secret", &pipeline.secrets, &have, |v| {
-            format!("gantry secrets set {v}{hint_scope}, value on stdin")
+            how.hints.set_secret(v, &hint_scope)
         }),
     ]
     .into_iter()

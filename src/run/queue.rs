@@ -46,6 +46,8 @@ pub struct QueueConfig {
     pub on_transition: Option<Arc<OnTransition>>,
     /// The protected refs of each watched repository, by source name (`trust::release_for`).
     pub protected: BTreeMap<String, ProtectedRefs>,
+    /// How a run's refusal names the command that sets what is missing.
+    pub hints: super::Hints,
 }
 
 /// A run to submit.
@@ -426,6 +428,7 @@ impl Queue {
             keep_run_dir: false,
             var_overrides: BTreeMap::new(),
             release: release_for(&run, &self.inner.config.protected),
+            hints: self.inner.config.hints.clone(),
         };
         let prepared = super::start(&store, run, &pipeline, how).map_err(|e| e.to_string())?;
         store

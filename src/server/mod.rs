@@ -439,6 +439,7 @@ pub async fn serve(
             checkout: Arc::new(checkout),
             on_transition: Some(Arc::new(on_transition)),
             protected: protected_refs(&config)?,
+            hints: crate::run::Hints::Server(config.server.public_url.clone()),
         },
     )?;
     let state = AppState {

@@ -187,8 +187,9 @@ fn io_err<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-/// Copies the files of the git work tree that contains `root` into `dest`, relative to the work
-/// tree's root (not to `root`), creating `dest` if needed.
+/// Copies the files under `root`, a folder of a git work tree (its root, or the folder of a
+/// repository layout kept inside a bigger repository, as `examples/repo-layout` is), into `dest`,
+/// relative to `root`, creating `dest` if needed. Only what lies under `root` is copied.
 ///
 /// Copied: every index entry that exists in the work tree, with its current content on disk
 /// (uncommitted changes included; tracked files deleted from disk are skipped), and every
@@ -210,21 +211,23 @@ pub fn copy_worktree(root: &Path, dest: &Path) -> Result<CopyStats, SourceError>
         None => return Err(not_a_work_tree(None)),
     };
 
+    // `root` relative to the work tree: what every copied path starts with.
+    let below = root
+        .strip_prefix(&workdir)
+        .map(Path::to_owned)
+        .unwrap_or_default();
+
     fs::create_dir_all(dest).map_err(io_err("create directory", dest))?;
     let dest_real = fs::canonicalize(dest).map_err(io_err("resolve", dest))?;
-    if workdir.starts_with(&dest_real) {
+    if root.starts_with(&dest_real) {
         return Err(SourceError::DestinationOverlaps {
-            workdir,
+            workdir: root,
             dest: dest_real,
         });
     }
-    // A destination inside the work tree is not copied into itself.
-    let dest_in_workdir = dest_real.strip_prefix(&workdir).ok().map(Path::to_owned);
-    let skipped = |rel: &Path| {
-        dest_in_workdir
-            .as_deref()
-            .is_some_and(|d| rel.starts_with(d))
-    };
+    // A destination inside the copied folder is not copied into itself.
+    let dest_in_root = dest_real.strip_prefix(&root).ok().map(Path::to_owned);
+    let skipped = |sub: &Path| dest_in_root.as_deref().is_some_and(|d| sub.starts_with(d));
 
     let index = repo.index_or_empty().map_err(|source| SourceError::Index {
         path: repo.index_path(),
@@ -245,10 +248,13 @@ pub fn copy_worktree(root: &Path, dest: &Path) -> Result<CopyStats, SourceError>
             continue;
         }
         let rel = writer.checked_path(rela)?;
-        if skipped(&rel) || !source_dirs.all_real(&workdir, &rel)? {
+        let Ok(sub) = rel.strip_prefix(&below) else {
+            continue;
+        };
+        if skipped(sub) || !source_dirs.all_real(&workdir, &rel)? {
             continue;
         }
-        writer.copy_from_disk(&workdir, &rel)?;
+        writer.copy_from_disk(&root, sub)?;
     }
 
     let untracked = untracked_paths(&repo, &index, &workdir)?;
@@ -258,10 +264,13 @@ pub fn copy_worktree(root: &Path, dest: &Path) -> Result<CopyStats, SourceError>
         let Ok(rel) = writer.checked_path(rela.as_bstr()) else {
             continue;
         };
-        if skipped(&rel) {
+        let Ok(sub) = rel.strip_prefix(&below) else {
+            continue;
+        };
+        if skipped(sub) {
             continue;
         }
-        writer.copy_from_disk(&workdir, &rel)?;
+        writer.copy_from_disk(&root, sub)?;
     }
     Ok(writer.stats)
 }

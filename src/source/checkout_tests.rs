@@ -170,15 +170,28 @@ fn copies_the_work_tree_as_git_sees_it() {
     assert_eq!(stats.bytes, bytes as u64);
 }
 
+/// A repository layout kept in a folder of a bigger repository (`examples/repo-layout` in
+/// Gantry's own) is what a run of its pipeline checks out: that folder, at the workspace's root.
 #[test]
-fn copying_from_a_subdirectory_copies_the_whole_repository() {
+fn copying_from_a_subdirectory_copies_that_folder_only() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let repo = fixture_worktree(tmp.path());
-    let dest = tmp.path().join("ws");
 
-    copy_worktree(&repo.join(".gantry"), &dest).expect("copy");
-
-    assert_eq!(snapshot(&dest), expected_worktree());
+    for (folder, want) in [
+        (
+            "scripts",
+            expected(vec![("run.sh", file("#!/bin/sh\necho hi\n", 0o755))]),
+        ),
+        (
+            "new",
+            expected(vec![("deep/file.txt", file("untracked nested\n", 0o644))]),
+        ),
+    ] {
+        let dest = tmp.path().join(format!("ws-{folder}"));
+        let stats = copy_worktree(&repo.join(folder), &dest).expect("copy");
+        assert_eq!(snapshot(&dest), want, "{folder}");
+        assert_eq!(stats.files, want.len() as u64);
+    }
 }
 
 #[test]

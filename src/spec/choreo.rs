@@ -39,12 +39,20 @@ const MARKERS: &[&str] = &[
     "volumes",
 ];
 const METADATA: &[&str] = &["name", "displayName", "description", "labels"];
-const PARAMETER: &[&str] = &["name", "value", "default", "description", "enum"];
+const PARAMETER: &[&str] = &[
+    "name",
+    "displayName",
+    "value",
+    "default",
+    "description",
+    "enum",
+];
 const STEP: &[&str] = &[
     "name",
     "inlineScript",
     "script",
     "container",
+    "containerSet",
     "template",
     "templateRef",
     "arguments",
@@ -97,6 +105,8 @@ const ARGO_SCRIPT: &[&str] = &[
 const CONTAINER: &[&str] = &[
     "name",
     "image",
+    "inlineScript",
+    "containerTemplate",
     "command",
     "args",
     "env",
@@ -233,6 +243,10 @@ struct Rw<'s> {
     container_sets: BTreeMap<String, ContainerSet>,
     /// Original step names that Gantry reads under another name.
     renamed_steps: BTreeMap<String, String>,
+    /// The entries of `containerTemplates` by name, for containers that name one.
+    container_templates: BTreeMap<String, Node>,
+    /// Templates made of the containers of a step's own `containerSet`.
+    step_templates: Vec<Node>,
 }
 
 /// The result of [`rewrite`].
@@ -254,6 +268,8 @@ pub fn rewrite(root: &Node, source: &str, file_name: Option<&str>) -> Rewritten 
         diags: Vec::new(),
         container_sets: BTreeMap::new(),
         renamed_steps: BTreeMap::new(),
+        container_templates: BTreeMap::new(),
+        step_templates: Vec::new(),
     };
     let root = rw.pipeline(root, file_name);
     let mut root = root;
@@ -263,6 +279,11 @@ pub fn rewrite(root: &Node, source: &str, file_name: Option<&str>) -> Rewritten 
         root,
         diagnostics: rw.diags,
     }
+}
+
+/// Keys that give a step, template or container its body (exactly one of them).
+fn is_body(key: &str) -> bool {
+    matches!(key, "inlineScript" | "script" | "container" | "command")
 }
 
 /// Native messages name Gantry's fields; in a Choreo file the user wrote Choreo's.
@@ -470,6 +491,23 @@ impl Rw<'_> {
         if !params.is_empty() {
             out.push(("parameters", seq_node(params, pos)));
         }
+        if let Some(Value::Seq(items)) = get("containerTemplates").map(|t| &t.value) {
+            for item in items {
+                if let Value::Map(entries) = &item.value
+                    && let Some((
+                        _,
+                        Node {
+                            value: Value::Str(n),
+                            ..
+                        },
+                    )) = entries
+                        .iter()
+                        .find(|(k, _)| k.value == Value::Str("name".into()))
+                {
+                    self.container_templates.insert(n.clone(), item.clone());
+                }
+            }
+        }
         let mut templates = Vec::new();
         for key in ["templates", "containerTemplates"] {
             if let Some(t) = get(key) {
@@ -478,19 +516,23 @@ impl Rw<'_> {
                 }
             }
         }
+        let steps = match get("steps") {
+            Some(s) => Some(self.steps(s)),
+            None => {
+                self.err_help(
+                    pos.with_len(1),
+                    "the Choreo pipeline has no `steps`",
+                    "list what it runs under `steps:`",
+                );
+                None
+            }
+        };
+        templates.append(&mut self.step_templates);
         if !templates.is_empty() {
             out.push(("templates", seq_node(templates, pos)));
         }
-        match get("steps") {
-            Some(s) => {
-                let steps = self.steps(s);
-                out.push(("steps", steps));
-            }
-            None => self.err_help(
-                pos.with_len(1),
-                "the Choreo pipeline has no `steps`",
-                "list what it runs under `steps:`",
-            ),
+        if let Some(steps) = steps {
+            out.push(("steps", steps));
         }
         map_node(out, pos)
     }
@@ -1020,11 +1062,42 @@ impl Rw<'_> {
                 }
                 let mut fc_no_deps: Vec<_> = fc
                     .iter()
-                    .filter(|(k, _, _)| !matches!(*k, "name" | "dependencies"))
+                    .filter(|(k, _, _)| {
+                        !matches!(*k, "name" | "dependencies" | "containerTemplate")
+                    })
                     .copied()
                     .collect();
+                // `containerTemplate: NAME`: the container is that entry of `containerTemplates`,
+                // with the container's own fields on top.
+                let base = gc("containerTemplate").and_then(|t| self.container_template(t));
+                let ft = base
+                    .as_ref()
+                    .map(|b| self.fields(b, "a container template", TEMPLATE))
+                    .unwrap_or_default();
+                let own: Vec<&str> = fc_no_deps.iter().map(|(k, _, _)| *k).collect();
+                for (key, k, v) in &ft {
+                    let body_key = matches!(
+                        *key,
+                        "image"
+                            | "command"
+                            | "args"
+                            | "env"
+                            | "workingDir"
+                            | "inlineScript"
+                            | "script"
+                            | "container"
+                    );
+                    let overridden = own.iter().any(|own| {
+                        own == key
+                            || (is_body(own) && is_body(key))
+                            || (*own == "command" && *key == "args")
+                    });
+                    if body_key && !overridden {
+                        fc_no_deps.push((key, k, v));
+                    }
+                }
                 if let Some(e) = env
-                    && gc("env").is_none()
+                    && !fc_no_deps.iter().any(|(k, _, _)| *k == "env")
                 {
                     fc_no_deps.push(("env", e, e));
                 }
@@ -1045,6 +1118,30 @@ impl Rw<'_> {
         self.container_sets
             .insert(name.to_string(), ContainerSet { containers });
         templates
+    }
+
+    /// The `containerTemplates` entry a container names, or an error at the name.
+    fn container_template(&mut self, name: &Node) -> Option<Node> {
+        let wanted = self.string(name, "`containerTemplate`")?;
+        if let Some(t) = self.container_templates.get(&wanted) {
+            return Some(t.clone());
+        }
+        let known: Vec<&str> = self
+            .container_templates
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let help = match did_you_mean(&wanted, known.iter().copied()) {
+            Some(s) => format!("did you mean `{s}`?"),
+            None if known.is_empty() => "the file has no `containerTemplates`".to_string(),
+            None => format!("`containerTemplates` has: {}", known.join(", ")),
+        };
+        self.err_help(
+            name.pos,
+            format!("`containerTemplate` `{wanted}` is not an entry of `containerTemplates`"),
+            help,
+        );
+        None
     }
 
     // ---- steps -------------------------------------------------------------------------------
@@ -1204,6 +1301,38 @@ impl Rw<'_> {
             (None, None) => None,
         };
         let mut calls_set = None;
+        // A step's own `containerSet`: a template of its containers, named after the step.
+        let own_set = get("containerSet");
+        if let Some(set) = own_set {
+            let others: Vec<&str> = f
+                .iter()
+                .map(|(k, _, _)| *k)
+                .filter(|k| {
+                    matches!(
+                        *k,
+                        "template" | "templateRef" | "inlineScript" | "script" | "container"
+                    )
+                })
+                .collect();
+            if let Some(other) = others.first() {
+                let at = f
+                    .iter()
+                    .find(|(k, _, _)| k == other)
+                    .map(|(_, k, _)| k.pos.with_len(other.chars().count() as u32))
+                    .unwrap_or(node.pos);
+                self.err(
+                    at,
+                    format!(
+                        "step `{raw}` has a `containerSet` and `{other}`; a Choreo step has exactly one of `template`, `templateRef`, `containerSet` and `inlineScript`"
+                    ),
+                );
+            } else {
+                let made = self.container_set(&name, name_node.pos, set, None, get("env"));
+                self.step_templates.extend(made);
+                entries.push(("template".into(), str_node(&name, set.pos)));
+                calls_set = Some(name.clone());
+            }
+        }
         if template.is_some()
             && let Some((body, k, _)) = f
                 .iter()
@@ -1253,13 +1382,19 @@ impl Rw<'_> {
             if let Some(a) = arguments {
                 entries.push(("arguments".into(), a));
             }
-        } else {
+        } else if own_set.is_none() {
             if let Some(a) = get("arguments") {
                 self.err(a.pos, "`arguments` needs `template` or `templateRef`");
             }
             for (k, v) in self.body(&f, name_node.pos, &paths) {
                 entries.push((k.into(), v));
             }
+        } else if let Some(o) = get("outputs") {
+            self.err_help(
+                o.pos,
+                "a step with a `containerSet` cannot declare `outputs` in Gantry",
+                "write the outputs of a container to \"$GANTRY_OUTPUTS/NAME\" and read them from that container's step",
+            );
         }
         if template.is_some() {
             for key in ["image", "env", "workingDir"] {

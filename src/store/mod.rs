@@ -11,8 +11,8 @@
 //! | `pipeline_versions` | `source/name \0 version:u32` | `PipelineVersion` |
 //! | `run_numbers` | `source/name` | last run number, u64 big-endian |
 //! | `runs` | run id (26-char sortable id) | `RunRecord` |
-//! | `steps` | `run id \0 step index:u16` | `StepRecord` |
-//! | `logs` | `run id \0 step index:u16 \0 chunk:u32` | a chunk: `[LogLine]` |
+//! | `steps` | `run id \0 step index:u32` | `StepRecord` |
+//! | `logs` | `run id \0 step index:u32 \0 chunk:u32` | a chunk: `[LogLine]` |
 //! | `outputs` | `run id \0 step \0 name` | `{secret, value}`; a secret value is sealed |
 //! | `publications` | `run id \0 step` | the resolved resource; secret credential values sealed |
 //! | `vars` | `pipeline or "" \0 name` | the value (UTF-8 bytes) |
@@ -24,7 +24,7 @@
 //! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
 //! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
-//! | `idempotency` | idempotency key (`<forge>/<delivery id>/run/<pipeline>`, `.../reply`) | what it made, once: a run id, or `reply` (UTF-8) |
+//! | `idempotency` | idempotency key (`<forge>/<delivery id>/run/<pipeline file path>`, `.../reply`) | what it made, once: a run id, or `reply` (UTF-8) |
 //! | `delivery_hashes` | sha256 of a delivery's raw body, 32 bytes | the `deliveries` key of the first delivery with that body |
 //!
 //! Variables and secrets scoped to a pipeline use `source/name` as the scope (`gantry run FILE`
@@ -234,7 +234,7 @@ fn default_work_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// Whether every folder from `dir` up is traversable by users other than its owner and group.
-fn open_to_others(dir: &Path) -> bool {
+pub fn open_to_others(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     dir.ancestors().all(|d| {
         std::fs::metadata(d)
@@ -245,7 +245,7 @@ fn open_to_others(dir: &Path) -> bool {
 
 /// Makes (or finds) `dir` as a folder of this process's user, mode 0711, refusing a symlink or a
 /// folder of anyone else.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o711).create(dir) {
         Ok(()) => {}

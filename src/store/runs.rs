@@ -30,8 +30,8 @@ pub struct NewRun {
     /// Why the run has the status it is created with (a skipped run says which run it yielded to).
     pub message: Option<String>,
     pub pr: Option<u64>,
-    /// Who asked for it, once (`<forge>/<delivery id>/run/<pipeline>` for a webhook's run): a
-    /// run with a key is created at most once, the key stored in the same transaction.
+    /// Who asked for it, once (`<forge>/<delivery id>/run/<pipeline file path>` for a webhook's
+    /// run): a run with a key is created at most once, the key stored in the same transaction.
     pub idempotency_key: Option<String>,
 }
 

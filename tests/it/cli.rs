@@ -104,6 +104,57 @@ fn json_output_has_the_documented_shape() {
     assert_eq!(err["column"], 1);
     assert_eq!(err["severity"], "error");
     assert_eq!(err["message"], "unknown field `stpes` in the pipeline");
+    // Every key README lists is there: `pipeline` is null for a file that has none.
+    assert_eq!(files[0]["pipeline"], "ok");
+    let invalid = files[1].as_object().expect("an object");
+    assert_eq!(invalid.get("pipeline"), Some(&serde_json::Value::Null));
+}
+
+#[test]
+fn the_current_directory_shows_paths_as_readme_does() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(tmp.path(), ".gantry/pipelines/bad.yaml", INVALID);
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["validate", "."])
+        .current_dir(tmp.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("gantry runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with(".gantry/pipelines/bad.yaml:4:1: error:"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// `gantry runs | head -1`: a reader that goes away ends the command quietly, as it ends other
+/// Unix tools (by SIGPIPE), never with a panic and its backtrace.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bad = write(tmp.path(), "bad.yaml", INVALID);
+    let bad = bad.to_str().expect("utf-8 path");
+    // Far more than a pipe holds, so the writer meets the closed pipe.
+    let mut args = vec!["validate"];
+    args.extend(std::iter::repeat_n(bad, 3000));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(&args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gantry runs");
+    {
+        use std::io::Read;
+        let mut first = [0u8; 16];
+        let mut out = child.stdout.take().expect("stdout");
+        out.read_exact(&mut first).expect("some output");
+    }
+    let out = child.wait_with_output().expect("gantry ends");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
 
 #[test]

@@ -303,3 +303,67 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
         text(&out.stderr)
     );
 }
+
+/// README's "On one machine" example, each line as written, from the root of this repository
+/// against a PostgreSQL server of the test's: the checkout step copies `examples/repo-layout`
+/// (the folder holding the file's `.gantry/`), so its scripts are found, and the run succeeds.
+#[test]
+fn the_readme_s_local_example_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let after = readme
+        .split("With a PostgreSQL server of yours")
+        .nth(1)
+        .expect("README has the local example");
+    let block = after
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the example's sh block");
+    let lines: Vec<&str> = block.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.last().is_some_and(|l| l.starts_with("gantry run ")),
+        "{block}"
+    );
+
+    let admin_password = "readme-admin-pw-0451";
+    let pg = Postgres::start(admin_password);
+    let s = Scratch::new();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_gantry"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let mut said = String::new();
+    for line in lines {
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(root)
+            .env("PATH", &path)
+            .env("GANTRY_DATA_DIR", s.data())
+            .env("PGPORT", pg.port.to_string())
+            .env("PGUSER", Postgres::ADMIN)
+            .env("ADMIN_PASSWORD", admin_password)
+            .env("NO_COLOR", "1")
+            .env_remove("GANTRY_SERVER")
+            .env_remove("GANTRY_TOKEN")
+            .env_remove("GANTRY_MASTER_KEY")
+            .output()
+            .expect("sh runs");
+        said.push_str(&text(&out.stdout));
+        said.push_str(&text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "`{line}`:\n{said}");
+    }
+    assert!(
+        said.contains("database orders is ready for role orders_app"),
+        "{said}"
+    );
+    assert!(
+        said.contains("examples/repo-layout into"),
+        "the checkout says what it copied: {said}"
+    );
+    assert!(!said.contains(admin_password), "{said}");
+}

@@ -959,6 +959,114 @@ fn a_followed_log_streams_lines_in_order_then_the_end() {
     assert_eq!(status, 404, "{body}");
 }
 
+/// The CLI against a server, on a run that cannot start and one that fails: it says why, and
+/// the hint it prints (setting what is missing through the server) works as printed.
+#[test]
+fn the_cli_says_why_a_server_run_failed_and_its_hint_works() {
+    let s = GantryServer::start(ServerConfig::new());
+    let extra = "variables: [region]\nsecrets: [api_key]\n";
+    let text = format!(
+        "{}    env:\n      REGION: \"{{{{vars.region}}}}\"\n      KEY: \"{{{{secrets.api_key}}}}\"\n",
+        pipeline("needs", extra, "echo \"region $REGION key $KEY\"")
+    );
+    put_local(&s, "needs", &text);
+    put_local(&s, "boom", &pipeline("boom", "", "echo going down\nexit 3"));
+    let gantry = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["--server", &s.url(), "--token", TOKEN])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("GANTRY_SERVER")
+            .env_remove("GANTRY_TOKEN")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the gantry binary runs");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            input
+                .write_all(stdin.unwrap_or("").as_bytes())
+                .expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("gantry ends");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+
+    // Not started: exit 1, the reason, and a hint that names the server.
+    let (code, stdout, stderr) = gantry(&["run", "local/needs"], None);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let hint = format!(
+        "gantry --server {} vars set region VALUE --pipeline local/needs",
+        s.url()
+    );
+    assert!(
+        stderr.contains("not started: variable `region` not set") && stderr.contains(&hint),
+        "{stderr}"
+    );
+    let run_id = id(&runs(&s, "?pipeline=local/needs")[0]);
+    let (code, stdout, _) = gantry(&["runs"], None);
+    assert_eq!(code, Some(0));
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(&run_id))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains("failed") && row.contains("not started"),
+        "{row}"
+    );
+    let (code, stdout, stderr) = gantry(&["logs", &run_id[..10]], None);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("not started: variable `region`"),
+        "{stderr}"
+    );
+
+    // The hint, as printed (the token comes from the environment in real use).
+    let (code, _, stderr) = gantry(
+        &["vars", "set", "region", "eu-1", "--pipeline", "local/needs"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = gantry(
+        &["secrets", "set", "api_key", "--pipeline", "local/needs"],
+        Some("k3y-value-17\n"),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = gantry(&["vars", "list"], None);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("local/needs/region=eu-1"), "{stdout}");
+    let (code, stdout, _) = gantry(&["secrets", "list", "--json"], None);
+    assert_eq!(code, Some(0));
+    let listed: Value = parse(&stdout);
+    assert_eq!(listed[0]["name"], "api_key", "{stdout}");
+    assert_eq!(listed[0]["pipeline"], "local/needs", "{stdout}");
+    assert!(!stdout.contains("k3y-value-17"), "{stdout}");
+
+    let (code, stdout, stderr) = gantry(&["run", "local/needs"], None);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("region eu-1 key ***"), "{stdout}");
+
+    // A failing step: exit 1 and the run's own message.
+    let (code, stdout, stderr) = gantry(&["run", "local/boom"], None);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let failed = &runs(&s, "?pipeline=local/boom")[0];
+    let message = failed["message"].as_str().expect("a failed run says why");
+    assert!(stderr.contains(message), "{message:?} in {stderr}");
+
+    // Removing: once, then there is nothing left to remove (exit 1).
+    let rm = ["vars", "rm", "region", "--pipeline", "local/needs"];
+    assert_eq!(gantry(&rm, None).0, Some(0));
+    let (code, _, stderr) = gantry(&rm, None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no variable `region`"), "{stderr}");
+    let (code, _, stderr) = gantry(&["vars", "rm", "region", "--pipeline", "needs"], None);
+    assert_eq!(code, Some(2), "a server scope is SOURCE/NAME: {stderr}");
+}
+
 #[test]
 fn the_cli_starts_and_lists_runs_on_a_server() {
     let s = GantryServer::start(ServerConfig::new());

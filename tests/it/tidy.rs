@@ -1,5 +1,6 @@
 //! Tidy checks that keep ARCHITECTURE.md true: every source file opens with a `//!` line saying what
-//! it owns, and modules import only the modules below them in the data flow.
+//! it owns, and each module imports only what `ALLOWED` (the import table of ARCHITECTURE.md) gives
+//! it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -19,18 +19,120 @@ impl Drop for Up {
 }
 
 fn start(data_dir: &std::path::Path, port: u16) -> Up {
+    start_with_output(data_dir, port, Stdio::null())
+}
+
+/// `gantry up` as the README says, from the source tree, its stdout going to `stdout`.
+fn start_with_output(data_dir: &std::path::Path, port: u16, stdout: Stdio) -> Up {
     let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["--data-dir"])
         .arg(data_dir)
         .args(["up", "--listen", &format!("127.0.0.1:{port}")])
         .env_remove("GANTRY_ADMIN_TOKEN")
+        .env_remove("GANTRY_SERVER")
+        .env_remove("GANTRY_TOKEN")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("gantry up starts");
     Up { child }
+}
+
+/// Runs a command line that `gantry up` printed, word by word, from the source tree.
+fn run_printed(line: &str) -> std::process::Output {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    Command::new(words[0])
+        .args(&words[1..])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("GANTRY_SERVER")
+        .env_remove("GANTRY_TOKEN")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+/// The first day: `gantry up` on a fresh data dir starts a PostgreSQL server of its own, sets the
+/// demo's variables and secrets, and prints a command that runs the provisioning pipeline to
+/// success; the drift check after it finds no drift; the database is published.
+#[test]
+fn the_demo_provisions_postgres_and_finds_no_drift_out_of_the_box() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let out_path = dir.path().join("up.out");
+    let out = std::fs::File::create(&out_path).expect("output file");
+    let mut up = start_with_output(&data_dir, port, Stdio::from(out));
+    let printed = |label: &str| {
+        poll(
+            || {
+                let text = std::fs::read_to_string(&out_path).ok()?;
+                text.lines()
+                    .find_map(|l| l.trim_start().strip_prefix(label))
+                    .map(|rest| rest.trim().to_string())
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|| {
+            panic!(
+                "`{label}` in: {}",
+                std::fs::read_to_string(&out_path).unwrap_or_default()
+            )
+        })
+    };
+    let demo = printed("run a demo:");
+    let drift = printed("then:");
+    let text = std::fs::read_to_string(&out_path).expect("output");
+    assert!(
+        text.contains("demo/provision-bucket") && text.contains("demo/provision-cache"),
+        "the pipelines that need a cloud are named: {text}"
+    );
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).expect("token");
+    poll(|| pipelines(port, &token), Duration::from_secs(30)).expect("the demo pipelines");
+
+    let ran = run_printed(&demo);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(ran.status.code(), Some(0), "{demo}\n{said}");
+    assert!(said.contains("succeeded"), "{said}");
+    let ran = run_printed(&drift);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(ran.status.code(), Some(0), "{drift}\n{said}");
+    assert!(said.contains("no drift in dev"), "{said}");
+
+    // SIGTERM stops Gantry and its PostgreSQL server.
+    // SAFETY: kill(2) with the pid of our own child.
+    unsafe {
+        libc::kill(up.child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(up.child.wait().expect("wait").success());
+    let store = gantry::store::Store::open(&data_dir).expect("the store");
+    let run = store
+        .list_runs(Some("demo/provision-postgres"), 1)
+        .expect("runs")
+        .pop()
+        .expect("the demo run");
+    let published = store.publications(&run.id, false).expect("publications");
+    let (_, resource) = published
+        .iter()
+        .find(|(step, _)| step == "publish")
+        .expect("the database is published");
+    assert_eq!(resource.name, "orders-db");
+    let password = resource.credentials[0]
+        .parameters
+        .iter()
+        .find(|p| p.key == "DB_PASSWORD")
+        .expect("a password");
+    assert_eq!(password.value, "***", "secret values stay hidden");
 }
 
 fn pipelines(port: u16, token: &str) -> Option<Vec<String>> {
@@ -101,4 +203,24 @@ fn up_serves_the_example_repository_with_a_kept_token() {
     let _again = start(&data_dir, port);
     assert!(poll(|| pipelines(port, &token), Duration::from_secs(30)).is_some());
     assert_eq!(std::fs::read_to_string(&token_file).expect("token"), token);
+}
+
+/// One rule for API tokens: `gantry up` refuses a `GANTRY_ADMIN_TOKEN` that `gantry serve` would.
+#[test]
+fn up_refuses_a_short_admin_token_as_serve_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["up", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("GANTRY_ADMIN_TOKEN", "0123456789")
+        .output()
+        .expect("gantry up runs");
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("GANTRY_ADMIN_TOKEN is too short (10 characters); use at least 16"),
+        "{said}"
+    );
 }

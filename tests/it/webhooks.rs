@@ -652,13 +652,14 @@ fn a_renamed_file_on_a_branch_does_not_get_another_pipelines_secrets() {
     assert_eq!((failed.len(), ok.len()), (1, 1), "{runs:?}");
     let evil = failed[0];
     let message = evil["message"].as_str().unwrap_or_default();
-    assert!(
-        message.starts_with(
-            "not started: secret `apply_key` not set (gantry secrets set apply_key, value on \
-             stdin)"
-        ),
-        "{message}"
+    // The hint names the server: `gantry secrets set` alone would write a data dir the server
+    // holds locked.
+    let hint = format!(
+        "not started: secret `apply_key` not set (gantry --server {} secrets set apply_key, value \
+         on stdin)",
+        w.server.url()
     );
+    assert!(message.starts_with(&hint), "{message}");
     assert!(
         message.contains(
             "the variables and secrets of `infra/deploy` go only to its file \

@@ -29,6 +29,7 @@ fn queue(store: &Store, max_running: usize) -> Queue {
             checkout: Arc::new(|_: &RunRecord| Checkout::None),
             on_transition: None,
             protected: BTreeMap::new(),
+            hints: crate::run::Hints::Server("http://127.0.0.1:8080".into()),
         },
     )
     .expect("queue")
