@@ -1301,8 +1301,9 @@ impl Rw<'_> {
             (None, None) => None,
         };
         let mut calls_set = None;
-        // A step's own `containerSet`: a template of its containers, named after the step.
-        let own_set = get("containerSet");
+        // A step's own `containerSet`: a template of its containers, named after the step. Beside
+        // another body it is reported and left out, and the other body is read.
+        let mut own_set = get("containerSet");
         if let Some(set) = own_set {
             let others: Vec<&str> = f
                 .iter()
@@ -1326,6 +1327,7 @@ impl Rw<'_> {
                         "step `{raw}` has a `containerSet` and `{other}`; a Choreo step has exactly one of `template`, `templateRef`, `containerSet` and `inlineScript`"
                     ),
                 );
+                own_set = None;
             } else {
                 let made = self.container_set(&name, name_node.pos, set, None, get("env"));
                 self.step_templates.extend(made);

@@ -579,3 +579,51 @@ steps:
         ]
     );
 }
+
+#[test]
+fn a_step_s_container_set_is_its_only_body_and_names_real_container_templates() {
+    let source = "\
+containerTemplates:
+  - name: lint
+    image: alpine:3.20
+    command: ['true']
+steps:
+  - name: a
+    inlineScript: echo a
+    containerSet:
+      containers:
+        - {name: c, command: ['true']}
+  - name: b
+    containerSet:
+      containers:
+        - {name: c, containerTemplate: lnt}
+";
+    let checked = spec::check_file(source, Some("sets.yaml"));
+    let errors: Vec<(u32, &str)> = checked
+        .diagnostics
+        .errors()
+        .map(|d| (d.pos.line, d.message.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                7,
+                "step `a` has a `containerSet` and `inlineScript`; a Choreo step has exactly one of `template`, `templateRef`, `containerSet` and `inlineScript`"
+            ),
+            // The container that names no template has nothing to run either.
+            (14, "template `b-c` has nothing to run"),
+            (
+                14,
+                "`containerTemplate` `lnt` is not an entry of `containerTemplates`"
+            ),
+        ]
+    );
+    let help = checked
+        .diagnostics
+        .errors()
+        .find(|d| d.message.starts_with("`containerTemplate`"))
+        .and_then(|d| d.help.clone())
+        .unwrap_or_default();
+    assert!(help.contains("did you mean `lint`?"), "{help}");
+}

@@ -1067,6 +1067,40 @@ fn the_cli_says_why_a_server_run_failed_and_its_hint_works() {
     assert_eq!(code, Some(2), "a server scope is SOURCE/NAME: {stderr}");
 }
 
+/// README's lines after `gantry up`: `examples/hello.yaml` applied as a local pipeline and run,
+/// with the server and token taken from the environment as README exports them.
+#[test]
+fn readme_s_server_example_applies_and_runs_examples_hello() {
+    let s = GantryServer::start(ServerConfig::new());
+    let gantry = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .env("GANTRY_SERVER", s.url())
+            .env("GANTRY_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("the gantry binary runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let (code, said) = gantry(&["pipeline", "apply", "-f", "examples/hello.yaml"]);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = gantry(&["run", "local/hello", "-p", "who=world"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("hello, world"), "{said}");
+    let (code, said) = gantry(&["run", "local/hello", "-p", "who=$(id)"]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a value outside the pattern is refused: {said}"
+    );
+}
+
 #[test]
 fn the_cli_starts_and_lists_runs_on_a_server() {
     let s = GantryServer::start(ServerConfig::new());
