@@ -171,8 +171,10 @@ fn time_executor_only(
     });
     let elapsed = start.elapsed();
     let _ = std::fs::remove_dir_all(&input.run_dir);
-    if outcome != RunOutcome::Succeeded {
-        return Err(format!("executor-only run ended {outcome:?}"));
+    match outcome {
+        Ok(RunOutcome::Succeeded) => {}
+        Ok(other) => return Err(format!("executor-only run ended {other:?}")),
+        Err(e) => return Err(format!("executor-only run: {e}")),
     }
     Ok(elapsed)
 }

@@ -53,6 +53,7 @@ impl Progress {
     pub fn event(&mut self, plan: &Plan, event: &Event) {
         let name = |i: usize| plan.steps.get(i).map(|s| s.name.as_str()).unwrap_or("?");
         match event {
+            Event::Attached { .. } => {}
             Event::StepStarted { step, attempt, .. } => {
                 if let Some(started) = self.started.get_mut(*step) {
                     started.get_or_insert_with(Instant::now);

@@ -190,15 +190,70 @@ impl fmt::Debug for PublishedCredential {
     }
 }
 
+/// What an attempt is, in the words of the executor that runs it: the identity to find it by
+/// (to follow it, stop it, or tell after a restart whether it is still there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum AttemptHandle {
+    /// A process on this machine, also the id of its process group.
+    Process { pid: u32 },
+    /// Work done inside Gantry's own process (a built-in, or an attempt that could not start).
+    Builtin,
+    /// A node of an Argo Workflow, and the pod that runs it once there is one.
+    Argo {
+        workflow: String,
+        node: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pod: Option<String>,
+    },
+}
+
+impl AttemptHandle {
+    /// A process, or `Builtin` for pid 0 (how attempts were recorded before handles existed).
+    pub fn process(pid: u32) -> AttemptHandle {
+        if pid == 0 {
+            AttemptHandle::Builtin
+        } else {
+            AttemptHandle::Process { pid }
+        }
+    }
+
+    /// The process id, for a process.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            AttemptHandle::Process { pid } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+/// Why an executor could not run a run at all, as opposed to a step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// What runs the steps cannot be reached (an Argo Server that is down or answers 5xx): the
+    /// steps did not fail, they were never run to an end.
+    #[error("executor `{executor}` is unavailable: {server} {reason}")]
+    Unavailable {
+        /// The executor's name.
+        executor: String,
+        /// The server it could not reach (an address, never a token).
+        server: String,
+        reason: String,
+    },
+}
+
 /// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`. Its
 /// `Debug` hides the values of secret outputs.
 #[derive(Clone, PartialEq)]
 pub enum Event {
-    /// An attempt started; `pid` is also the process group id (0 for built-ins).
+    /// The run has an identity outside Gantry (an Argo Workflow's name), sent once, before any
+    /// step starts; the local executor has none and never sends it.
+    Attached { external_id: String },
+    /// An attempt started.
     StepStarted {
         step: usize,
         attempt: u32,
-        pid: u32,
+        handle: AttemptHandle,
         at: DateTime<Utc>,
     },
     /// One masked log line.
@@ -241,16 +296,20 @@ pub enum Event {
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Event::Attached { external_id } => f
+                .debug_struct("Attached")
+                .field("external_id", external_id)
+                .finish(),
             Event::StepStarted {
                 step,
                 attempt,
-                pid,
+                handle,
                 at,
             } => f
                 .debug_struct("StepStarted")
                 .field("step", step)
                 .field("attempt", attempt)
-                .field("pid", pid)
+                .field("handle", handle)
                 .field("at", at)
                 .finish(),
             Event::Log {
@@ -353,16 +412,21 @@ impl fmt::Debug for OutputValues<'_> {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Runs plans. Implementations must send a `StepFinished` for every step of the plan (skipped and
-/// cancelled ones included) before the returned future completes.
+/// Runs plans. When `execute` answers `Ok`, the implementation has sent a `StepFinished` for
+/// every step of the plan (skipped and cancelled ones included). `Err` means the run could not be
+/// carried to its end by this executor (`ExecutorError::Unavailable`); the steps it did not
+/// finish are then ended by the caller, with the error's words.
 pub trait Executor: Send + Sync {
+    /// What kind of executor this is (`local`, `argo`), recorded on the runs it runs.
+    fn kind(&self) -> &'static str;
+
     fn execute<'a>(
         &'a self,
         plan: &'a Plan,
         input: &'a RunInput,
         events: Sender<Event>,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, RunOutcome>;
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>>;
 }
 
 /// The values references resolve to during a run: the input plus the outputs written so far. Its

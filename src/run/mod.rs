@@ -463,6 +463,7 @@ pub async fn execute(
     store.update_run(&run.id, |r| {
         r.status = RunStatus::Running;
         r.started_at = Some(Utc::now());
+        r.executor = Some(executor.kind().to_string());
     })?;
 
     // Bounded: a step that floods its log waits for the store instead of growing memory.
@@ -497,8 +498,14 @@ pub async fn execute(
             observe(&plan, &e);
         }
     }
+    // An executor that could not carry the run to its end says why; its steps did not fail.
+    let mut unavailable = None;
     let outcome = match exec.await {
-        Ok(outcome) => outcome,
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            unavailable = Some(e.to_string());
+            RunOutcome::Failed
+        }
         Err(e) => {
             warn(&format!(
                 "the executor of run {} stopped abnormally: {e}",
@@ -507,13 +514,17 @@ pub async fn execute(
             RunOutcome::Failed
         }
     };
+    let unfinished = match &unavailable {
+        Some(why) => format!("not run to its end: {why}"),
+        None => "the executor stopped before this step finished".to_string(),
+    };
     // An executor must finish every step; if one did not, the step must not stay "running".
     for i in 0..book.steps.len() {
         if !book.steps[i].state.is_done() {
             book.change(i, |s| {
                 s.state = StepState::Error;
                 s.finished_at = Some(Utc::now());
-                s.message = Some("the executor stopped before this step finished".into());
+                s.message = Some(unfinished.clone());
             });
         }
     }
@@ -530,6 +541,8 @@ pub async fn execute(
             )),
         ),
     };
+    // An unavailable executor is the reason, whatever its steps say.
+    let message = unavailable.or(message);
     let run = store.end_run(&run.id, status, message)?;
     store.flush_async().await?;
     Ok(run)
@@ -698,10 +711,13 @@ fn record_event(
 ) -> Result<(), StoreError> {
     use crate::store::Attempt;
     match event {
+        Event::Attached { external_id } => {
+            store.update_run(run_id, |r| r.external_id = Some(external_id.clone()))?;
+        }
         Event::StepStarted {
             step,
             attempt,
-            pid,
+            handle,
             at,
         } => book.change(*step, |s| {
             s.state = StepState::Running;
@@ -712,7 +728,7 @@ fn record_event(
                 finished_at: None,
                 status: None,
                 exit_code: None,
-                pid: *pid,
+                handle: handle.clone(),
                 message: None,
             });
         }),

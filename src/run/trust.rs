@@ -320,6 +320,8 @@ mod tests {
             pr: None,
             writeback_error: None,
             idempotency_key: None,
+            executor: None,
+            external_id: None,
         }
     }
 

@@ -25,7 +25,9 @@ fn schemas() -> Value {
         "finished_at": {"type": "string", "format": "date-time"},
         "message": {"type": "string"},
         "steps": {"type": "array", "items": {"type": "string"}},
-        "concurrency": {"type": "string"}
+        "concurrency": {"type": "string"},
+        "executor": {"type": "string", "description": "the kind of executor that ran it (`local`, `argo`); absent for runs that never started"},
+        "external_id": {"type": "string", "description": "the run's identity in its executor, when it has one (an Argo Workflow's name)"}
     }});
     let pipeline = json!({"type": "object",
     "required": ["source", "name", "path", "version", "commit", "valid", "errors", "retired", "last_run"],
@@ -62,7 +64,12 @@ fn schemas() -> Value {
     if let Some(props) = run_detail["properties"].as_object_mut() {
         props.insert("steps".into(), json!({"type": "array", "items": {"type": "object",
             "required": ["name", "state", "attempts"],
-            "properties": {"name": {"type": "string"}, "state": {"type": "string"}, "attempts": {"type": "array"}}}}));
+            "properties": {"name": {"type": "string"}, "state": {"type": "string"}, "attempts": {"type": "array",
+                "items": {"type": "object", "required": ["number", "started_at", "handle", "pid"],
+                "properties": {"number": {"type": "integer"}, "started_at": {"type": "string", "format": "date-time"},
+                    "handle": {"type": "object", "required": ["kind"], "description": "what ran the attempt: `{kind: process, pid}`, `{kind: builtin}`, or `{kind: argo, workflow, node, pod}`",
+                        "properties": {"kind": {"type": "string", "enum": ["process", "builtin", "argo"]}}},
+                    "pid": {"type": "integer", "description": "the process id for a process, else 0"}}}}}}}));
         props.insert(
             "outputs".into(),
             json!({"type": "array", "items": {"type": "object",

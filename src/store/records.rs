@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::{GitInfo, Stream};
+use crate::executor::{AttemptHandle, GitInfo, Stream};
 
 /// Where a run is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +100,14 @@ pub struct RunRecord {
     /// The key it was created under, once (a webhook delivery's run): see `NewRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The executor that ran it (`local`, `argo`), once it started; runs recorded before this
+    /// existed read as `None`, and ran locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
+    /// The run's identity in its executor, when it has one outside Gantry (an Argo Workflow's
+    /// name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// The state of one step of a run.
@@ -154,19 +162,69 @@ impl From<crate::executor::StepStatus> for StepState {
 
 /// One attempt of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "AttemptWire", into = "AttemptWire")]
 pub struct Attempt {
     pub number: u32,
     pub started_at: DateTime<Utc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<StepState>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    /// Process id and process group id of the attempt (0 for built-ins).
-    pub pid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What ran the attempt, in its executor's words (a process, an Argo node).
+    pub handle: AttemptHandle,
     pub message: Option<String>,
+}
+
+/// An attempt as stored and answered: `handle`, and `pid` beside it for a process (what records
+/// held before handles existed, and what API clients of that time read). A record with only a
+/// `pid` reads as a process, or as a built-in for pid 0.
+#[derive(Serialize, Deserialize)]
+struct AttemptWire {
+    number: u32,
+    started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<StepState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handle: Option<AttemptHandle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+impl From<AttemptWire> for Attempt {
+    fn from(w: AttemptWire) -> Attempt {
+        let handle = w
+            .handle
+            .unwrap_or_else(|| AttemptHandle::process(w.pid.unwrap_or(0)));
+        Attempt {
+            number: w.number,
+            started_at: w.started_at,
+            finished_at: w.finished_at,
+            status: w.status,
+            exit_code: w.exit_code,
+            handle,
+            message: w.message,
+        }
+    }
+}
+
+impl From<Attempt> for AttemptWire {
+    fn from(a: Attempt) -> AttemptWire {
+        AttemptWire {
+            number: a.number,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            status: a.status,
+            exit_code: a.exit_code,
+            pid: Some(a.handle.pid().unwrap_or(0)),
+            handle: Some(a.handle),
+            message: a.message,
+        }
+    }
 }
 
 /// One step of a run.

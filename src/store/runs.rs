@@ -180,6 +180,8 @@ impl Store {
             pr: new.pr,
             writeback_error: None,
             idempotency_key: new.idempotency_key.clone(),
+            executor: None,
+            external_id: None,
         };
         let result: Result<u64, TransactionError<CreateAbort>> = (
             &self.inner.runs,

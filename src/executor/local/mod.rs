@@ -62,7 +62,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::mask::Secrets;
 use super::{
-    BoxFuture, Checkout, Event, Executor, Limits, RunInput, RunOutcome, StepStatus, Stream, Values,
+    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, RunInput,
+    RunOutcome, StepStatus, Stream, Values,
 };
 use crate::plan::{Plan, PlanStep};
 use prepare::Job;
@@ -95,14 +96,19 @@ impl LocalExecutor {
 }
 
 impl Executor for LocalExecutor {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    /// Never `Err`: this machine is always there; what goes wrong here is a step's error.
     fn execute<'a>(
         &'a self,
         plan: &'a Plan,
         input: &'a RunInput,
         events: Sender<Event>,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, RunOutcome> {
-        Box::pin(run(plan, input, events, cancel, &self.sandbox))
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        Box::pin(async move { Ok(run(plan, input, events, cancel, &self.sandbox).await) })
     }
 }
 
@@ -165,7 +171,7 @@ impl Shared {
         self.send(Event::StepStarted {
             step,
             attempt,
-            pid,
+            handle: AttemptHandle::process(pid),
             at: Utc::now(),
         })
         .await;

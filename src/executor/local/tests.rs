@@ -142,6 +142,7 @@ pub(super) async fn run_with(yaml: &str, input: &RunInput, cancel: CancellationT
     let Ok(outcome) = tokio::time::timeout(Duration::from_secs(60), run).await else {
         panic!("the run did not end within 60 s");
     };
+    let outcome = outcome.expect("the local executor is always available");
     let events = collect.await.expect("the collector ends with the run");
     check_grammar(&plan, &events);
     Ran {
@@ -157,8 +158,10 @@ pub(super) async fn run(yaml: &str) -> (tempfile::TempDir, Ran) {
     (dir, ran)
 }
 
+/// The step an event is about; `usize::MAX` for the run's own (`Attached`).
 fn step_of(e: &Event) -> usize {
     match e {
+        Event::Attached { .. } => usize::MAX,
         Event::StepStarted { step, .. }
         | Event::Log { step, .. }
         | Event::AttemptFinished { step, .. }
@@ -198,6 +201,7 @@ fn check_grammar(plan: &Plan, events: &[Event]) {
                     }
                 }
                 Event::Published { .. } => assert_eq!(state, 1, "{name}: {e:?}"),
+                Event::Attached { .. } => panic!("the local executor has no external id: {e:?}"),
                 Event::Outputs { .. } => assert_eq!(state, 2, "{name}: {e:?}"),
                 Event::StepFinished { .. } => panic!("{name}: two StepFinished"),
             }
@@ -237,7 +241,7 @@ async fn a_sequence_runs_in_file_order() {
         ]
     );
     let pid = ran.events.iter().find_map(|e| match e {
-        Event::StepStarted { pid, .. } => Some(*pid),
+        Event::StepStarted { handle, .. } => handle.pid(),
         _ => None,
     });
     assert!(pid.is_some_and(|p| p > 1));

@@ -286,9 +286,11 @@ async fn a_step_that_cannot_start_is_an_error_that_continue_on_tolerates() {
     assert_eq!(ran.status("nope"), StepStatus::Error);
     assert_eq!(ran.status("next"), StepStatus::Succeeded);
     assert_eq!(ran.outcome, RunOutcome::Succeeded);
-    let started_pid = ran.events.iter().find_map(|e| match e {
-        Event::StepStarted { step: 0, pid, .. } => Some(*pid),
+    let started = ran.events.iter().find_map(|e| match e {
+        Event::StepStarted {
+            step: 0, handle, ..
+        } => Some(handle.clone()),
         _ => None,
     });
-    assert_eq!(started_pid, Some(0));
+    assert_eq!(started, Some(crate::executor::AttemptHandle::Builtin));
 }

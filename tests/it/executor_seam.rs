@@ -1,0 +1,160 @@
+//! The executor seam as a second executor sees it: an executor that cannot reach its server says
+//! so apart from a failed step, its run and attempt identities are recorded, and records written
+//! before those existed still read.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gantry::executor::{
+    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, RunInput,
+    RunOutcome,
+};
+use gantry::plan::Plan;
+use gantry::store::{RunRecord, RunStatus, StepRecord, StepState, Store, Trigger};
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+
+/// An executor whose server goes away after the run was submitted and its first step started.
+struct LostServer;
+
+impl Executor for LostServer {
+    fn kind(&self) -> &'static str {
+        "argo"
+    }
+
+    fn execute<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _input: &'a RunInput,
+        events: Sender<Event>,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        Box::pin(async move {
+            let workflow = "gantry-run-01abc-x7k2p".to_string();
+            let _ = events
+                .send(Event::Attached {
+                    external_id: workflow.clone(),
+                })
+                .await;
+            let _ = events
+                .send(Event::StepStarted {
+                    step: 0,
+                    attempt: 1,
+                    handle: AttemptHandle::Argo {
+                        node: format!("{workflow}-3141592653"),
+                        workflow,
+                        pod: None,
+                    },
+                    at: chrono::Utc::now(),
+                })
+                .await;
+            Err(ExecutorError::Unavailable {
+                executor: "argo".into(),
+                server: "https://argo.internal:2746".into(),
+                reason: "answered 503 Service Unavailable three times".into(),
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_executor_fails_the_run_naming_its_server_not_a_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: two\nsteps:\n  - name: first\n    script: 'true'\n  - name: second\n    script: 'true'\n";
+    let pipeline = gantry::spec::check(text).pipeline.expect("valid");
+    let prepared = gantry::run::prepare(
+        &store,
+        gantry::run::RunRequest {
+            source: "file".into(),
+            pipeline,
+            text: text.into(),
+            path: "two.yaml".into(),
+            params: BTreeMap::new(),
+            var_overrides: BTreeMap::new(),
+            trigger: Trigger {
+                kind: "manual".into(),
+                detail: None,
+            },
+            git: None,
+            version: None,
+            checkout: Checkout::None,
+            limits: Limits::default(),
+            keep_run_dir: false,
+        },
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(LostServer),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+
+    assert_eq!(run.status, RunStatus::Failed);
+    assert_eq!(
+        run.message.as_deref(),
+        Some(
+            "executor `argo` is unavailable: https://argo.internal:2746 answered 503 Service \
+             Unavailable three times"
+        )
+    );
+    assert_eq!(run.executor.as_deref(), Some("argo"));
+    assert_eq!(run.external_id.as_deref(), Some("gantry-run-01abc-x7k2p"));
+    let steps = store.steps(&run.id).expect("steps");
+    for step in &steps {
+        assert_eq!(step.state, StepState::Error, "{step:?}");
+        assert!(
+            step.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("not run to its end: executor `argo`")),
+            "{step:?}"
+        );
+    }
+    assert_eq!(
+        steps[0].attempts[0].handle,
+        AttemptHandle::Argo {
+            workflow: "gantry-run-01abc-x7k2p".into(),
+            node: "gantry-run-01abc-x7k2p-3141592653".into(),
+            pod: None,
+        }
+    );
+}
+
+/// A run and a step as stored before executors had names and attempts had handles.
+#[test]
+fn records_from_before_handles_still_read() {
+    let run: RunRecord = serde_json::from_str(
+        r#"{"id":"01JD00000000000000000000AA","number":3,"source":"local","pipeline":"p",
+            "version":1,"parameters":{},"trigger":{"kind":"manual"},"status":"succeeded",
+            "created_at":"2026-01-02T03:04:05Z","steps":["a","b"]}"#,
+    )
+    .expect("an old run reads");
+    assert_eq!((run.executor, run.external_id), (None, None));
+
+    let step: StepRecord = serde_json::from_str(
+        r#"{"name":"a","state":"succeeded","attempts":[
+            {"number":1,"started_at":"2026-01-02T03:04:05Z","status":"failed","exit_code":1,"pid":4242},
+            {"number":2,"started_at":"2026-01-02T03:04:06Z","status":"succeeded","pid":0}]}"#,
+    )
+    .expect("an old step reads");
+    assert_eq!(
+        step.attempts[0].handle,
+        AttemptHandle::Process { pid: 4242 }
+    );
+    assert_eq!(step.attempts[1].handle, AttemptHandle::Builtin);
+
+    // Written now: the handle, and the pid beside it for readers of the old shape.
+    let written = serde_json::to_value(&step).expect("json");
+    assert_eq!(
+        written["attempts"][0]["handle"],
+        serde_json::json!({"kind": "process", "pid": 4242})
+    );
+    assert_eq!(written["attempts"][0]["pid"], 4242);
+    assert_eq!(written["attempts"][1]["pid"], 0);
+    let again: StepRecord = serde_json::from_value(written).expect("reads back");
+    assert_eq!(again, step);
+}
