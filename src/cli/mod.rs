@@ -216,7 +216,9 @@ pub fn open_store(data_dir: &Path) -> Option<Store> {
             return None;
         }
     };
-    match crate::run::recover::recover(&store) {
+    // Runs of this data dir outside a server are `gantry run`'s, which runs steps locally.
+    let executor = crate::executor::local::LocalExecutor::new();
+    match crate::run::recover::recover(&store, &executor) {
         Ok(runs) => {
             for r in runs {
                 eprintln!(

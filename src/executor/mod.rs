@@ -8,11 +8,12 @@
 pub mod argo;
 pub mod local;
 pub mod mask;
+pub mod rules;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -242,6 +243,22 @@ pub enum ExecutorError {
     },
 }
 
+/// A run whose Gantry process went away (a crash, kill -9), as its executor knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRun {
+    pub run_id: String,
+    /// Its identity in the executor, when it has one (`Event::Attached`).
+    pub external_id: Option<String>,
+}
+
+/// What an executor did about a lost run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Nothing of it runs any more; `stopped` leftover processes (or pods) were stopped. The run
+    /// is interrupted.
+    Ended { stopped: usize },
+}
+
 /// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`. Its
 /// `Debug` hides the values of secret outputs.
 #[derive(Clone, PartialEq)]
@@ -427,6 +444,10 @@ pub trait Executor: Send + Sync {
         events: Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>>;
+
+    /// After Gantry starts, before it runs anything: cleans up after `lost` runs (one `Recovery`
+    /// each, in order) and whatever else it left in `work_dir`, the folder of run directories.
+    fn recover(&self, work_dir: &Path, lost: &[LostRun]) -> Vec<Recovery>;
 }
 
 /// The values references resolve to during a run: the input plus the outputs written so far. Its

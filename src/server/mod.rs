@@ -379,7 +379,7 @@ pub async fn serve(
     if let Some(dir) = &config.storage.work_dir {
         store.set_work_dir(dir.clone());
     }
-    let interrupted = crate::run::recover::recover(&store)?;
+    let interrupted = crate::run::recover::recover(&store, &executor)?;
     for run in &interrupted {
         eprintln!(
             "gantry: run {} of {}/{} was interrupted by the last shutdown",

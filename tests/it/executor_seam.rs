@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gantry::executor::{
-    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, RunInput,
-    RunOutcome,
+    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
+    RunInput, RunOutcome,
 };
 use gantry::plan::Plan;
 use gantry::store::{RunRecord, RunStatus, StepRecord, StepState, Store, Trigger};
@@ -20,6 +20,12 @@ struct LostServer;
 impl Executor for LostServer {
     fn kind(&self) -> &'static str {
         "argo"
+    }
+
+    fn recover(&self, _work_dir: &std::path::Path, lost: &[LostRun]) -> Vec<Recovery> {
+        lost.iter()
+            .map(|_| Recovery::Ended { stopped: 0 })
+            .collect()
     }
 
     fn execute<'a>(

@@ -12,8 +12,8 @@ use chrono::Utc;
 
 use super::prepare::{Job, Work};
 use super::{Shared, builtin, process};
+use crate::executor::rules;
 use crate::executor::{Event, OutputValues, StepStatus};
-use crate::spec::model::RetryPolicy;
 use crate::spec::values::format_duration;
 
 /// How a step ended, for the scheduler. Its `Debug` hides the values of secret outputs.
@@ -112,11 +112,7 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             }
         };
         end.message = end.message.map(|m| shared.secrets.mask(&m));
-        let retry_in = job
-            .retry
-            .as_ref()
-            .filter(|r| attempt < attempts && retries(r.policy, end.status))
-            .map(|r| r.delay(attempt));
+        let retry_in = rules::retry_after(job.retry.as_ref(), attempt, end.status);
         if end.status != StepStatus::Succeeded
             && let Some(message) = &end.message
         {
@@ -161,17 +157,6 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             () = shared.stop.cancelled() => return StepResult::cancelled(shared.stop_message()),
         }
         attempt += 1;
-    }
-}
-
-/// Whether an attempt that ended with `status` is tried again under `policy`.
-fn retries(policy: RetryPolicy, status: StepStatus) -> bool {
-    match policy {
-        RetryPolicy::OnFailure => status == StepStatus::Failed,
-        RetryPolicy::Always => matches!(
-            status,
-            StepStatus::Failed | StepStatus::TimedOut | StepStatus::Error
-        ),
     }
 }
 

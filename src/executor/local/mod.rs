@@ -40,6 +40,7 @@ mod builtin;
 mod dirs;
 mod prepare;
 mod process;
+mod recover;
 pub mod sandbox;
 mod set;
 pub mod spawner;
@@ -61,9 +62,10 @@ use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use super::mask::Secrets;
+use super::rules::{self, WhenDecision};
 use super::{
-    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, RunInput,
-    RunOutcome, StepStatus, Stream, Values,
+    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
+    RunInput, RunOutcome, StepStatus, Stream, Values,
 };
 use crate::plan::{Plan, PlanStep};
 use prepare::Job;
@@ -98,6 +100,10 @@ impl LocalExecutor {
 impl Executor for LocalExecutor {
     fn kind(&self) -> &'static str {
         "local"
+    }
+
+    fn recover(&self, work_dir: &std::path::Path, lost: &[LostRun]) -> Vec<Recovery> {
+        recover::recover(work_dir, lost)
     }
 
     /// Never `Err`: this machine is always there; what goes wrong here is a step's error.
@@ -616,17 +622,15 @@ impl<'a> Scheduler<'a> {
             self.finish_blocked(i, StepStatus::Skipped, message, reason);
             return;
         }
-        if let Some(when) = &step.when {
-            match when.eval(&mut |r| self.values.resolve(r)) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.finish(i, StepStatus::Skipped, Some("when was false".into()), None);
-                    return;
-                }
-                Err(e) => {
-                    self.finish(i, StepStatus::Error, Some(format!("when: {e}")), None);
-                    return;
-                }
+        match rules::when(step, &self.values) {
+            WhenDecision::Run => {}
+            WhenDecision::Skip => {
+                self.finish(i, StepStatus::Skipped, Some("when was false".into()), None);
+                return;
+            }
+            WhenDecision::Error(message) => {
+                self.finish(i, StepStatus::Error, Some(message), None);
+                return;
             }
         }
         match prepare::prepare(i, step, &self.values, &self.shared) {
@@ -648,15 +652,7 @@ impl<'a> Scheduler<'a> {
     ) {
         let plan = self.plan;
         let step = &plan.steps[i];
-        let blocks = (!passes(step, status)).then(|| {
-            let what = match status {
-                StepStatus::Failed => "failed",
-                StepStatus::TimedOut => "timed out",
-                StepStatus::Cancelled => "was cancelled",
-                _ => "could not run",
-            };
-            format!("`{}` {what}", step.name)
-        });
+        let blocks = rules::blocks(step, status);
         match status {
             StepStatus::Succeeded => {
                 let map: BTreeMap<String, String> = outputs
@@ -666,6 +662,8 @@ impl<'a> Scheduler<'a> {
                     .collect();
                 self.values.outputs.insert(step.name.clone(), map);
             }
+            // Its outputs read as `rules::SKIPPED_OUTPUT` (`Values::resolve` of an output the
+            // step's map lacks).
             StepStatus::Skipped => {
                 self.values
                     .outputs
@@ -728,18 +726,8 @@ impl<'a> Scheduler<'a> {
             .iter()
             .zip(&self.plan.steps)
             .all(|(state, step)| match state {
-                State::Done { status, .. } => passes(step, *status),
+                State::Done { status, .. } => rules::passes(step.continue_on, *status),
                 _ => false,
             })
-    }
-}
-
-/// Whether a step that ended with `status` lets its dependents run and the run succeed.
-fn passes(step: &PlanStep, status: StepStatus) -> bool {
-    match status {
-        StepStatus::Succeeded | StepStatus::Skipped => true,
-        StepStatus::Failed => step.continue_on.failed,
-        StepStatus::Error | StepStatus::TimedOut => step.continue_on.error,
-        StepStatus::Cancelled => false,
     }
 }

@@ -1,0 +1,108 @@
+//! What the local executor does after a restart (`Executor::recover`): the processes of a run
+//! whose Gantry process went away are found by the `GANTRY_RUN_ID` that every step process (and
+//! whatever it starts) has in its environment, read from /proc, and killed; this needs no
+//! per-step bookkeeping and also finds grandchildren that left their process group. Spare sandbox
+//! folders left in the work dir are removed.
+
+use std::path::Path;
+
+use super::sandbox::SPARE_PREFIX;
+use crate::executor::{LostRun, Recovery};
+
+/// Cleans up after `lost` runs and the work dir's spare sandboxes.
+pub(super) fn recover(work_dir: &Path, lost: &[LostRun]) -> Vec<Recovery> {
+    if let Ok(entries) = std::fs::read_dir(work_dir) {
+        for entry in entries.flatten() {
+            let spare = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SPARE_PREFIX));
+            if spare {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    lost.iter()
+        .map(|run| Recovery::Ended {
+            stopped: kill_run_processes(&run.run_id),
+        })
+        .collect()
+}
+
+/// Processes whose environment holds `GANTRY_RUN_ID=<run_id>`.
+fn processes_of_run(run_id: &str) -> Vec<u32> {
+    let needle = format!("GANTRY_RUN_ID={run_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Kills every process of a run and their process groups. Returns how many processes were found.
+/// They are orphans of a Gantry that is gone, so there is no one to wait for a grace period.
+fn kill_run_processes(run_id: &str) -> usize {
+    let pids = processes_of_run(run_id);
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    for &pid in &pids {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            continue;
+        };
+        if pid <= 1 {
+            continue;
+        }
+        // SAFETY: kill(2) takes plain integers; a stale pid at worst fails with ESRCH. Step
+        // processes lead their own group; never signal ours (or group 0/1).
+        unsafe {
+            if pid != own_group {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    pids.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_are_found_by_their_run_id() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("GANTRY_RUN_ID", "TESTRUNID123")
+            .spawn()
+            .expect("spawn sleep");
+        // The child may need a moment to exec before its environ is readable.
+        let mut found = Vec::new();
+        for _ in 0..50 {
+            found = processes_of_run("TESTRUNID123");
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(found, vec![child.id()]);
+        let lost = [LostRun {
+            run_id: "TESTRUNID123".into(),
+            external_id: None,
+        }];
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join(format!("{SPARE_PREFIX}x"))).expect("spare");
+        assert_eq!(recover(dir.path(), &lost), [Recovery::Ended { stopped: 1 }]);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        let status = child.wait().expect("wait");
+        assert!(!status.success());
+    }
+}
