@@ -80,11 +80,26 @@ pub struct GitInfo {
 pub enum Checkout {
     /// No repository: the built-in fails with a message saying so.
     None,
-    /// A local work tree (`gantry run FILE`): its files as git sees them, uncommitted changes
-    /// included, ignored files left out.
+    /// A folder of a local work tree (`gantry run FILE`): its files as git sees them, uncommitted
+    /// changes included, ignored files left out. Only an executor on this machine can copy it.
     WorkTree { root: PathBuf },
-    /// A commit of a repository (a watched repository's mirror).
-    Commit { git_dir: PathBuf, sha: String },
+    /// A commit of a repository, by reference: what any executor can fetch, wherever it runs.
+    Commit(CommitRef),
+}
+
+/// A commit of a watched repository, described by reference rather than by a folder of this
+/// machine. The local executor finds the server's mirror of `repo` through the lookup it is given
+/// (`LocalExecutor::with_mirrors`); a remote executor fetches `url` at `sha`, with `credentials`
+/// kept out of any manifest (the run's own Secret on Argo). `Debug` hides the credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitRef {
+    /// The repository's name in Gantry (its source).
+    pub repo: String,
+    /// Where it is fetched from.
+    pub url: String,
+    pub sha: String,
+    /// For fetching `url` over https.
+    pub credentials: Option<crate::source::mirror::Credentials>,
 }
 
 /// Knobs of one run.

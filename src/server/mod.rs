@@ -37,8 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::RepoSource;
 use crate::config::{ApiToken, Config, Provider};
-use crate::executor::local::LocalExecutor;
-use crate::executor::{Checkout, Limits};
+use crate::executor::local::{LocalExecutor, Mirrors};
+use crate::executor::{Checkout, CommitRef, Limits};
 use crate::forge::Forge;
 use crate::intake::{self, Intake, WatchedRepo};
 use crate::report::outbox::Outbox;
@@ -394,13 +394,22 @@ pub async fn serve(
     let checkout_repos = repos.clone();
     let checkout = move |run: &RunRecord| -> Checkout {
         match (checkout_repos.get(&run.source), &run.git) {
-            (Some(repo), Some(git)) => Checkout::Commit {
-                git_dir: repo.source.mirror_dir.clone(),
+            (Some(repo), Some(git)) => Checkout::Commit(CommitRef {
+                repo: repo.source.name.clone(),
+                url: repo.source.url.clone(),
                 sha: git.sha.clone(),
-            },
+                credentials: repo.source.credentials.clone(),
+            }),
             _ => Checkout::None,
         }
     };
+    // The local executor checks a commit out of this server's mirror of its repository.
+    let mirror_repos = repos.clone();
+    let executor = executor.with_mirrors(Mirrors::new(move |commit: &CommitRef| {
+        mirror_repos
+            .get(&commit.repo)
+            .map(|r| r.source.mirror_dir.clone())
+    }));
     let outbox = Arc::new(Outbox::new(
         store.clone(),
         config.server.public_url.clone(),

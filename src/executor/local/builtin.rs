@@ -4,14 +4,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::LocalSource;
 use super::Shared;
 use super::attempt::AttemptEnd;
 use super::prepare::Job;
-use crate::executor::{Checkout, Event, Publication, StepStatus};
+use crate::executor::{Event, Publication, StepStatus};
 use crate::source::checkout::{CopyStats, SourceError, checkout_commit, copy_worktree};
 use crate::spec::values::format_duration;
 
-const NO_REPOSITORY: &str = "no repository to check out: this run has no repository \
+pub(super) const NO_REPOSITORY: &str = "no repository to check out: this run has no repository \
     (run `gantry run` inside a git work tree, or trigger the pipeline from a watched repository)";
 
 /// Copies the run's repository into `dest` (`rel` inside the workspace) on a blocking thread.
@@ -71,17 +72,17 @@ pub(super) async fn checkout(
         result
     };
     let (what, mut copy) = match source {
-        Checkout::None => {
-            return AttemptEnd::new(StepStatus::Error, Some(NO_REPOSITORY.into()));
+        LocalSource::Missing(why) => {
+            return AttemptEnd::new(StepStatus::Error, Some(why));
         }
-        Checkout::WorkTree { root } => {
+        LocalSource::WorkTree(root) => {
             let what = format!("the work tree {}", root.display());
             (
                 what,
                 tokio::task::spawn_blocking(move || land(&|to| copy_worktree(&root, to))),
             )
         }
-        Checkout::Commit { git_dir, sha } => {
+        LocalSource::Commit { git_dir, sha } => {
             let what = format!("commit {sha}");
             (
                 what,
@@ -132,7 +133,7 @@ async fn copied(
             );
             shared.system(job.index, attempt, &line).await;
             let sha = shared.git_sha.clone().or_else(|| match &shared.checkout {
-                Checkout::Commit { sha, .. } => Some(sha.clone()),
+                LocalSource::Commit { sha, .. } => Some(sha.clone()),
                 _ => None,
             });
             let mut end = AttemptEnd::new(StepStatus::Succeeded, None);

@@ -64,8 +64,8 @@ use tokio_util::sync::CancellationToken;
 use super::mask::Secrets;
 use super::rules::{self, WhenDecision};
 use super::{
-    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
-    RunInput, RunOutcome, StepStatus, Stream, Values,
+    AttemptHandle, BoxFuture, Checkout, CommitRef, Event, Executor, ExecutorError, Limits, LostRun,
+    Recovery, RunInput, RunOutcome, StepStatus, Stream, Values,
 };
 use crate::plan::{Plan, PlanStep};
 use prepare::Job;
@@ -81,6 +81,32 @@ const HOST_ENV: [&str; 11] = [
 #[derive(Debug, Clone, Default)]
 pub struct LocalExecutor {
     sandbox: Sandbox,
+    mirrors: Option<Mirrors>,
+}
+
+/// Where this machine keeps the mirror (a bare git directory) of the repository a checkout names:
+/// the server's lookup, given to the executor when the server builds it.
+#[derive(Clone)]
+pub struct Mirrors(Arc<MirrorLookup>);
+
+/// The lookup behind [`Mirrors`].
+pub type MirrorLookup = dyn Fn(&CommitRef) -> Option<PathBuf> + Send + Sync;
+
+impl Mirrors {
+    pub fn new(lookup: impl Fn(&CommitRef) -> Option<PathBuf> + Send + Sync + 'static) -> Mirrors {
+        Mirrors(Arc::new(lookup))
+    }
+
+    /// The mirror of `commit`'s repository, when this machine has one.
+    pub fn find(&self, commit: &CommitRef) -> Option<PathBuf> {
+        (self.0)(commit)
+    }
+}
+
+impl std::fmt::Debug for Mirrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mirrors(..)")
+    }
 }
 
 impl LocalExecutor {
@@ -88,12 +114,23 @@ impl LocalExecutor {
     pub fn new() -> LocalExecutor {
         LocalExecutor {
             sandbox: Sandbox::None,
+            mirrors: None,
         }
     }
 
     /// Steps run in `sandbox`.
     pub fn with_sandbox(sandbox: Sandbox) -> LocalExecutor {
-        LocalExecutor { sandbox }
+        LocalExecutor {
+            sandbox,
+            mirrors: None,
+        }
+    }
+
+    /// Checkouts of a commit find their repository's mirror with `mirrors`; without it (or when
+    /// it knows no mirror) such a checkout fails, naming the repository.
+    pub fn with_mirrors(mut self, mirrors: Mirrors) -> LocalExecutor {
+        self.mirrors = Some(mirrors);
+        self
     }
 }
 
@@ -114,7 +151,10 @@ impl Executor for LocalExecutor {
         events: Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
-        Box::pin(async move { Ok(run(plan, input, events, cancel, &self.sandbox).await) })
+        Box::pin(async move {
+            let checkout = resolve_checkout(&input.checkout, self.mirrors.as_ref());
+            Ok(run(plan, input, checkout, events, cancel, &self.sandbox).await)
+        })
     }
 }
 
@@ -146,7 +186,7 @@ struct Shared {
     scripts: PathBuf,
     /// The host whitelist and the run-wide `GANTRY_*` variables.
     base_env: Vec<(OsString, OsString)>,
-    checkout: Checkout,
+    checkout: LocalSource,
     git_sha: Option<String>,
     /// Cancelled when the run is cancelled or times out; `why` is set first.
     stop: CancellationToken,
@@ -296,9 +336,42 @@ struct Scheduler<'a> {
     pending: Vec<Event>,
 }
 
+/// What `gantry/git-checkout@v1` copies from on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LocalSource {
+    /// Nothing: the built-in fails with this message.
+    Missing(String),
+    WorkTree(PathBuf),
+    /// A commit of a bare repository (a mirror).
+    Commit {
+        git_dir: PathBuf,
+        sha: String,
+    },
+}
+
+/// A checkout as this machine can do it: a commit through the mirror the lookup names.
+fn resolve_checkout(checkout: &Checkout, mirrors: Option<&Mirrors>) -> LocalSource {
+    match checkout {
+        Checkout::None => LocalSource::Missing(builtin::NO_REPOSITORY.into()),
+        Checkout::WorkTree { root } => LocalSource::WorkTree(root.clone()),
+        Checkout::Commit(commit) => match mirrors.and_then(|m| m.find(commit)) {
+            Some(git_dir) => LocalSource::Commit {
+                git_dir,
+                sha: commit.sha.clone(),
+            },
+            None => LocalSource::Missing(format!(
+                "gantry/git-checkout@v1: this machine has no mirror of repository `{}` to check out \
+                 {} from",
+                commit.repo, commit.sha
+            )),
+        },
+    }
+}
+
 async fn run(
     plan: &Plan,
     input: &RunInput,
+    checkout: LocalSource,
     events: Sender<Event>,
     cancel: CancellationToken,
     sandbox: &Sandbox,
@@ -322,7 +395,7 @@ async fn run(
         outputs,
         dirs: Arc::new(dirs::OutputDirs::new(plan.steps.len())),
         scripts: run_dir.join("scripts"),
-        checkout: input.checkout.clone(),
+        checkout,
         git_sha: input.git.as_ref().map(|g| g.sha.clone()),
         stop: CancellationToken::new(),
         why: OnceLock::new(),

@@ -486,3 +486,41 @@ async fn the_step_set_yields_steps_as_they_finish_and_contains_panics() {
         ]
     );
 }
+
+/// A commit is checked out by reference: the server's lookup names the mirror, and a repository
+/// this machine has no mirror of is an error that names it. The reference's credentials never
+/// show in `Debug`.
+#[test]
+fn a_commit_is_found_through_the_mirror_lookup() {
+    let commit = super::CommitRef {
+        repo: "infra".into(),
+        url: "https://git.example/acme/infra.git".into(),
+        sha: "0123abcd".into(),
+        credentials: Some(crate::source::mirror::Credentials::new(
+            "x-access-token",
+            "ghs_tok3n_value",
+        )),
+    };
+    let checkout = Checkout::Commit(commit.clone());
+    assert!(!format!("{checkout:?}").contains("ghs_tok3n_value"));
+    let mirrors = super::Mirrors::new(|c: &super::CommitRef| {
+        (c.repo == "infra").then(|| std::path::PathBuf::from("/data/mirrors/infra.git"))
+    });
+    assert_eq!(
+        super::resolve_checkout(&checkout, Some(&mirrors)),
+        super::LocalSource::Commit {
+            git_dir: "/data/mirrors/infra.git".into(),
+            sha: "0123abcd".into(),
+        }
+    );
+    let other = Checkout::Commit(super::CommitRef {
+        repo: "apps".into(),
+        ..commit
+    });
+    for mirrors in [Some(&mirrors), None] {
+        let super::LocalSource::Missing(why) = super::resolve_checkout(&other, mirrors) else {
+            panic!("no mirror of `apps`");
+        };
+        assert!(why.contains("no mirror of repository `apps`"), "{why}");
+    }
+}
