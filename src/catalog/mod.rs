@@ -194,6 +194,7 @@ fn record_definition(
         errors: Vec::new(),
         retired: false,
         updated_at: Utc::now(),
+        executor: None,
     });
     let mut change = Change::None;
     record.path = path.to_string();
@@ -342,6 +343,25 @@ pub fn apply_local(
         record,
         changed: matches!(change, Change::NewVersion),
     })
+}
+
+/// Sends the runs of a local pipeline to `executor` (`None`: the default). The caller checks
+/// that the executor exists.
+pub fn set_local_executor(
+    store: &Store,
+    name: &str,
+    executor: Option<String>,
+) -> Result<PipelineRecord, CatalogError> {
+    let mut record = store
+        .get_pipeline(LOCAL_SOURCE, name)?
+        .ok_or_else(|| CatalogError::NotFound(format!("{LOCAL_SOURCE}/{name}")))?;
+    if record.executor != executor {
+        record.executor = executor;
+        record.updated_at = Utc::now();
+        store.put_pipeline(&record)?;
+        store.flush()?;
+    }
+    Ok(record)
 }
 
 /// Makes version `to` of a local pipeline current again, as a new version with its text.

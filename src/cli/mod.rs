@@ -217,8 +217,12 @@ pub fn open_store(data_dir: &Path) -> Option<Store> {
         }
     };
     // Runs of this data dir outside a server are `gantry run`'s, which runs steps locally.
-    let executor = crate::executor::local::LocalExecutor::new();
-    match crate::run::recover::recover(&store, &executor) {
+    let executors = crate::run::executors::Executors::single(
+        crate::config::DEFAULT_EXECUTOR,
+        std::sync::Arc::new(crate::executor::local::LocalExecutor::new()),
+        crate::executor::Limits::default(),
+    );
+    match crate::run::recover::recover(&store, &executors) {
         Ok(runs) => {
             for r in runs {
                 eprintln!(

@@ -20,6 +20,10 @@ pub enum PipelineCommand {
         /// The pipeline file
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        /// The executor its runs go to (a name of `[executor.NAME]`; "" for the server's
+        /// default); left as it was when not given
+        #[arg(long, value_name = "NAME")]
+        executor: Option<String>,
     },
     /// Make an earlier version of a local pipeline current again (recorded as a new version).
     Rollback {
@@ -46,7 +50,15 @@ fn local_name(given: &str) -> Result<&str, String> {
 
 pub fn run(data_dir: &Path, server: Option<&Client>, args: &Args) -> u8 {
     match &args.command {
-        PipelineCommand::Apply { file } => apply(data_dir, server, file),
+        PipelineCommand::Apply { file, executor } => {
+            if let Some(e) = executor.as_deref().filter(|e| !e.is_empty())
+                && let Err(m) = crate::config::check_executor_name(e)
+            {
+                eprintln!("gantry: {m}");
+                return exit::USAGE;
+            }
+            apply(data_dir, server, file, executor.as_deref())
+        }
         PipelineCommand::Rollback { pipeline, to } => {
             let name = match local_name(pipeline) {
                 Ok(n) => n,
@@ -86,7 +98,7 @@ pub fn run(data_dir: &Path, server: Option<&Client>, args: &Args) -> u8 {
     }
 }
 
-fn apply(data_dir: &Path, server: Option<&Client>, file: &Path) -> u8 {
+fn apply(data_dir: &Path, server: Option<&Client>, file: &Path, executor: Option<&str>) -> u8 {
     let shown = file.display().to_string();
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -105,7 +117,7 @@ fn apply(data_dir: &Path, server: Option<&Client>, file: &Path) -> u8 {
             return exit::FAILURE;
         };
         return block_on(async {
-            let p = client.apply(&name, &text).await?;
+            let p = client.apply(&name, &text, executor).await?;
             let verb = if p["changed"] == true {
                 "is now at"
             } else {
@@ -118,7 +130,14 @@ fn apply(data_dir: &Path, server: Option<&Client>, file: &Path) -> u8 {
     let Some(store) = open_store(data_dir) else {
         return exit::USAGE;
     };
-    match catalog::apply_local(&store, &text, &shown, None) {
+    let applied = catalog::apply_local(&store, &text, &shown, None).and_then(|mut a| {
+        if let Some(e) = executor {
+            let chosen = (!e.is_empty()).then(|| e.to_string());
+            a.record = catalog::set_local_executor(&store, &a.record.name, chosen)?;
+        }
+        Ok(a)
+    });
+    match applied {
         Ok(a) => {
             let verb = if a.changed {
                 "is now at"

@@ -215,13 +215,23 @@ impl Client {
         serde_json::from_value(run).map_err(|e| Failure::usage(format!("unexpected run: {e}")))
     }
 
-    pub async fn apply(&self, name: &str, text: &str) -> Result<Value, Failure> {
+    /// Applies a local pipeline; `executor` (a name, or "" for the default) when given.
+    pub async fn apply(
+        &self,
+        name: &str,
+        text: &str,
+        executor: Option<&str>,
+    ) -> Result<Value, Failure> {
+        let mut body = json!({ "spec": text });
+        if let Some(e) = executor {
+            body["executor"] = json!(e);
+        }
         self.json(
             self.request(
                 reqwest::Method::PUT,
                 &format!("/api/v1/pipelines/local/{name}"),
             )
-            .json(&json!({ "spec": text })),
+            .json(&body),
         )
         .await
     }

@@ -265,8 +265,9 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             api_url: None,
             github_app: None,
             protected: vec!["main".into()],
+            executor: None,
         }],
-        local: Default::default(),
+        executors: Default::default(),
     };
     let demo = demo_services(&data_dir);
     let gantry = self_command();

@@ -8,6 +8,7 @@
 //!
 //! Tokens and webhook secrets never appear in `Debug` output or in error messages.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -65,8 +66,42 @@ pub struct Config {
     /// `[[auth.tokens]]`: bearer tokens for the API.
     pub tokens: Vec<ApiToken>,
     pub repos: Vec<RepoConfig>,
-    /// `[executor.local]`.
-    pub local: LocalExecutorConfig,
+    /// `[executor]`: the executors runs go to.
+    pub executors: ExecutorsConfig,
+}
+
+/// The executor a run goes to when nothing names one, and the name of the built-in one.
+pub const DEFAULT_EXECUTOR: &str = "local";
+
+/// `[executor]`: the executors, by name, and which one runs what nothing else assigns. A repository
+/// names its executor (`[[repos]] executor`), a pipeline defined in Gantry its own (`gantry
+/// pipeline apply --executor`), everything else goes to `default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorsConfig {
+    /// `[executor] default`; `local` unless written.
+    pub default: String,
+    /// `[executor.NAME]` tables. `local`, a local executor with default settings, is always
+    /// there unless configured otherwise.
+    pub named: BTreeMap<String, ExecutorConfig>,
+}
+
+impl Default for ExecutorsConfig {
+    fn default() -> ExecutorsConfig {
+        ExecutorsConfig {
+            default: DEFAULT_EXECUTOR.to_string(),
+            named: BTreeMap::from([(
+                DEFAULT_EXECUTOR.to_string(),
+                ExecutorConfig::Local(LocalExecutorConfig::default()),
+            )]),
+        }
+    }
+}
+
+/// One `[executor.NAME]` table, by its `kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorConfig {
+    /// `kind = "local"` (the default kind): steps run on this machine.
+    Local(LocalExecutorConfig),
 }
 
 /// `[executor.local]`: how the local executor isolates and limits steps.
@@ -236,6 +271,8 @@ pub struct RepoConfig {
     /// Globs of the refs whose runs get protected secrets: a bare name is a branch (`main`,
     /// `release/*`), a full ref names any ref (`refs/tags/v*`). Default: the watched branch.
     pub protected: Vec<String>,
+    /// The executor its runs go to; `[executor] default` when `None`.
+    pub executor: Option<String>,
 }
 
 /// A GitHub App's credentials.
@@ -270,6 +307,7 @@ impl fmt::Debug for RepoConfig {
             .field("api_url", &self.api_url)
             .field("github_app", &self.github_app)
             .field("protected", &self.protected)
+            .field("executor", &self.executor)
             .finish()
     }
 }
@@ -498,15 +536,9 @@ impl Checker<'_> {
             Path::new(data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR)),
         );
         let work_dir = work_dir.map(|w| resolve(origin, Path::new(&w)));
-        let local = match self.table(table, "", "executor") {
-            Some(t) => {
-                self.unknown_keys(t, "executor", &["local"]);
-                match self.table(t, "executor", "local") {
-                    Some(l) => self.local_executor(l),
-                    None => LocalExecutorConfig::default(),
-                }
-            }
-            None => LocalExecutorConfig::default(),
+        let executors = match self.table(table, "", "executor") {
+            Some(t) => self.executors(t),
+            None => ExecutorsConfig::default(),
         };
 
         let mut tokens = Vec::new();
@@ -521,7 +553,7 @@ impl Checker<'_> {
         let mut repos = Vec::new();
         let mut names = Vec::new();
         for (i, item) in self.tables(table, "", "repos") {
-            repos.extend(self.repo(&format!("repos[{i}]"), item, &mut names));
+            repos.extend(self.repo(&format!("repos[{i}]"), item, &mut names, &executors));
         }
         Config {
             server,
@@ -534,16 +566,79 @@ impl Checker<'_> {
             },
             tokens,
             repos,
-            local,
+            executors,
         }
     }
 
-    fn local_executor(&mut self, t: &DeTable<'_>) -> LocalExecutorConfig {
-        const P: &str = "executor.local";
+    /// `[executor]`: `default`, and a table per executor.
+    fn executors(&mut self, t: &DeTable<'_>) -> ExecutorsConfig {
+        let mut named = BTreeMap::new();
+        for (name, value) in t.iter() {
+            let name = name.get_ref().to_string();
+            if name == "default" {
+                continue;
+            }
+            let path = join("executor", &name);
+            if let Err(m) = check_executor_name(&name) {
+                self.error(&path, &value.span(), m);
+                continue;
+            }
+            let Some(table) = value.get_ref().as_table() else {
+                self.error(
+                    &path,
+                    &value.span(),
+                    format!(
+                        "expected a table `[executor.{name}]`, found {}",
+                        value.get_ref().type_str()
+                    ),
+                );
+                continue;
+            };
+            let kind = match self.string(table, &path, "kind") {
+                Some((kind, span)) => match kind.as_str() {
+                    "local" => Some("local"),
+                    other => {
+                        self.error(
+                            &join(&path, "kind"),
+                            &span,
+                            format!(
+                                "unknown executor kind `{other}`: this version of Gantry runs \
+                                 steps with kind `local` only"
+                            ),
+                        );
+                        None
+                    }
+                },
+                None => Some("local"),
+            };
+            if kind == Some("local") {
+                let local = self.local_executor(table, &path);
+                named.insert(name, ExecutorConfig::Local(local));
+            }
+        }
+        named
+            .entry(DEFAULT_EXECUTOR.to_string())
+            .or_insert_with(|| ExecutorConfig::Local(LocalExecutorConfig::default()));
+        let default = match self.string(t, "executor", "default") {
+            Some((d, span)) => {
+                if !named.contains_key(&d) {
+                    let message = unknown_executor(&d, &named);
+                    self.error("executor.default", &span, message);
+                }
+                d
+            }
+            None => DEFAULT_EXECUTOR.to_string(),
+        };
+        ExecutorsConfig { default, named }
+    }
+
+    fn local_executor(&mut self, t: &DeTable<'_>, path: &str) -> LocalExecutorConfig {
+        let p = path;
         self.unknown_keys(
             t,
-            P,
+            p,
             &[
+                "kind",
                 "sandbox",
                 "user",
                 "open_files",
@@ -556,33 +651,33 @@ impl Checker<'_> {
             ],
         );
         let mut c = LocalExecutorConfig::default();
-        if let Some((mode, span)) = self.string(t, P, "sandbox") {
+        if let Some((mode, span)) = self.string(t, p, "sandbox") {
             match mode.as_str() {
                 "bubblewrap" => c.sandbox = SandboxMode::Bubblewrap,
                 "none" => c.sandbox = SandboxMode::None,
                 other => self.error(
-                    &join(P, "sandbox"),
+                    &join(p, "sandbox"),
                     &span,
                     format!("unknown sandbox `{other}`: expected `bubblewrap` or `none`"),
                 ),
             }
         }
-        if let Some((user, span)) = self.string(t, P, "user") {
+        if let Some((user, span)) = self.string(t, p, "user") {
             c.user = match parse_step_user(&user) {
                 Ok(u) => Some(u),
                 Err(m) => {
-                    self.error(&join(P, "user"), &span, m);
+                    self.error(&join(p, "user"), &span, m);
                     None
                 }
             };
         }
-        c.open_files = self.count(t, P, "open_files");
-        c.processes = self.count(t, P, "processes");
-        c.file_size = self.size(t, P, "file_size");
-        c.memory = self.size(t, P, "memory");
-        c.tmp_size = self.size(t, P, "tmp_size");
-        c.max_step_log = self.size(t, P, "max_step_log");
-        c.max_run_log = self.size(t, P, "max_run_log");
+        c.open_files = self.count(t, p, "open_files");
+        c.processes = self.count(t, p, "processes");
+        c.file_size = self.size(t, p, "file_size");
+        c.memory = self.size(t, p, "memory");
+        c.tmp_size = self.size(t, p, "tmp_size");
+        c.max_step_log = self.size(t, p, "max_step_log");
+        c.max_run_log = self.size(t, p, "max_run_log");
         c
     }
 
@@ -724,7 +819,13 @@ impl Checker<'_> {
     }
 
     /// `seen` collects the names of the entries checked so far, to report duplicates.
-    fn repo(&mut self, path: &str, item: &Value<'_>, seen: &mut Vec<String>) -> Option<RepoConfig> {
+    fn repo(
+        &mut self,
+        path: &str,
+        item: &Value<'_>,
+        seen: &mut Vec<String>,
+        executors: &ExecutorsConfig,
+    ) -> Option<RepoConfig> {
         let table = item.get_ref().as_table()?;
         let header = item.span();
         self.unknown_keys(
@@ -744,9 +845,22 @@ impl Checker<'_> {
                 "github_app_id",
                 "github_private_key",
                 "protected",
+                "executor",
             ],
         );
         let mut ok = true;
+
+        let executor = match self.string(table, path, "executor") {
+            Some((e, span)) => {
+                if !executors.named.contains_key(&e) {
+                    let message = unknown_executor(&e, &executors.named);
+                    self.error(&join(path, "executor"), &span, message);
+                    ok = false;
+                }
+                Some(e)
+            }
+            None => None,
+        };
 
         let name = match self.required_string(table, header.clone(), path, "name") {
             Some((name, span)) => {
@@ -995,6 +1109,7 @@ impl Checker<'_> {
             api_url,
             github_app,
             protected,
+            executor,
         })
         .filter(|_| ok)
     }
@@ -1265,6 +1380,34 @@ fn resolve(origin: &Path, path: &Path) -> PathBuf {
 }
 
 /// `^[a-z][a-z0-9-]{0,62}$`, not reserved.
+/// An executor's name: what `[[repos]] executor`, `[executor] default` and runs use.
+pub fn check_executor_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let shape = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.len() <= 63;
+    if shape {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid executor name `{name}`: use 1 to 63 lowercase letters, digits and `-`, \
+             starting with a letter"
+        ))
+    }
+}
+
+/// "no executor `x`", with a suggestion or the names there are.
+fn unknown_executor(name: &str, named: &BTreeMap<String, ExecutorConfig>) -> String {
+    let known: Vec<&str> = named.keys().map(String::as_str).collect();
+    match did_you_mean(name, known.iter().copied()) {
+        Some(s) => format!("no executor `{name}`; did you mean `{s}`?"),
+        None => format!(
+            "no executor `{name}`; the executors are {} (tables `[executor.NAME]`)",
+            known.join(", ")
+        ),
+    }
+}
+
 fn check_repo_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let shape = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())

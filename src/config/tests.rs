@@ -220,7 +220,7 @@ fn unknown_keys_are_reported_with_a_suggestion() {
         )),
         "5:3: repos[0].poll_intervall: unknown key `poll_intervall`; expected name, url, \
          provider, repo, branch, paths, poll_interval, token, webhook_secret, api_url, \
-         github_app_id, github_private_key, protected (did you mean `poll_interval`?)"
+         github_app_id, github_private_key, protected, executor (did you mean `poll_interval`?)"
     );
     assert_eq!(
         one_error("[sever]\n"),
@@ -649,4 +649,51 @@ fn the_readmes_service_config_parses() {
     assert_eq!(r.protected, vec!["main", "release/*", "refs/tags/v*"]);
     assert_eq!(c.storage.retention, Duration::from_secs(30 * 24 * 3600));
     assert_eq!(c.storage.keep_runs, 20);
+}
+
+#[test]
+fn executors_are_named_tables_with_a_default_and_repositories_name_theirs() {
+    use super::{ExecutorConfig, LocalExecutorConfig, SandboxMode};
+    // Nothing written: one local executor with its defaults, the default.
+    let c = ok("");
+    assert_eq!(c.executors.default, "local");
+    assert_eq!(
+        c.executors.named.get("local"),
+        Some(&ExecutorConfig::Local(LocalExecutorConfig::default()))
+    );
+
+    let c = ok(&format!(
+        "[executor]\ndefault = \"roomy\"\n[executor.local]\nsandbox = \"bubblewrap\"\n\
+         [executor.roomy]\nkind = \"local\"\nmemory = \"16GiB\"\n\
+         {REPO}provider = \"git\"\nexecutor = \"local\"\n"
+    ));
+    assert_eq!(c.executors.default, "roomy");
+    let Some(ExecutorConfig::Local(roomy)) = c.executors.named.get("roomy") else {
+        panic!("roomy: {:?}", c.executors);
+    };
+    assert_eq!(roomy.memory, Some(16 << 30));
+    assert_eq!(roomy.sandbox, SandboxMode::Bubblewrap);
+    assert_eq!(c.repos[0].executor.as_deref(), Some("local"));
+
+    assert_eq!(
+        one_error(&format!(
+            "[executor.local]\n{REPO}provider = \"git\"\nexecutor = \"locl\"\n"
+        )),
+        "6:12: repos[0].executor: no executor `locl`; did you mean `local`?"
+    );
+    assert_eq!(
+        one_error("[executor]\ndefault = \"far\"\n"),
+        "2:11: executor.default: no executor `far`; the executors are local (tables \
+         `[executor.NAME]`)"
+    );
+    assert_eq!(
+        one_error("[executor.cluster]\nkind = \"argo\"\n"),
+        "2:8: executor.cluster.kind: unknown executor kind `argo`: this version of Gantry runs \
+         steps with kind `local` only"
+    );
+    assert_eq!(
+        one_error("[executor.Big]\nkind = \"local\"\n"),
+        "1:1: executor.Big: invalid executor name `Big`: use 1 to 63 lowercase letters, digits \
+         and `-`, starting with a letter"
+    );
 }

@@ -274,6 +274,7 @@ fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
             errors: Vec::new(),
             retired: false,
             updated_at: Utc::now(),
+            executor: None,
         })
         .expect("catalog");
     let pipeline = crate::spec::check(PIPELINE).pipeline.expect("valid");

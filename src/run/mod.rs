@@ -6,6 +6,7 @@
 //! while passing them on to an observer (the CLI's progress display). `recover` marks runs whose
 //! process is gone as interrupted and kills what they left running.
 
+pub mod executors;
 pub mod queue;
 pub mod recover;
 pub mod trust;
@@ -463,7 +464,10 @@ pub async fn execute(
     store.update_run(&run.id, |r| {
         r.status = RunStatus::Running;
         r.started_at = Some(Utc::now());
-        r.executor = Some(executor.kind().to_string());
+        // The queue records the executor's name as it starts the run; a run started otherwise
+        // (`gantry run FILE`) is known by the executor's kind.
+        r.executor
+            .get_or_insert_with(|| executor.kind().to_string());
     })?;
 
     // Bounded: a step that floods its log waits for the store instead of growing memory.

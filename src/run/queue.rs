@@ -24,14 +24,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::executors::Executors;
 use super::trust::{ProtectedRefs, release_for};
 use super::{Enqueue, Start, StartError, check_params};
-use crate::executor::{Checkout, Executor, GitInfo, Limits, Values};
+use crate::executor::{Checkout, GitInfo, Values};
 use crate::spec::model::{ConcurrencyPolicy, Pipeline};
 use crate::store::{RunRecord, RunStatus, Store, StoreError, Trigger};
 
 /// Chooses the files a run sees: the commit of its repository's mirror, or none.
 pub type CheckoutFor = dyn Fn(&RunRecord) -> Checkout + Send + Sync;
+
+/// Names the executor a run goes to (its repository's, its local pipeline's), or `None` for the
+/// default.
+pub type ExecutorFor = dyn Fn(&RunRecord) -> Option<String> + Send + Sync;
 
 /// Told about every run state the queue stores (queued or skipped, running, ended), after it is
 /// stored; reporting hangs off this. Called on the thread that made the change: keep it quick.
@@ -41,8 +46,9 @@ pub type OnTransition = dyn Fn(&RunRecord) + Send + Sync;
 pub struct QueueConfig {
     /// Runs executing at once, over all pipelines.
     pub max_running: usize,
-    pub limits: Limits,
     pub checkout: Arc<CheckoutFor>,
+    /// `None`: every run goes to the default executor.
+    pub executor_for: Option<Arc<ExecutorFor>>,
     pub on_transition: Option<Arc<OnTransition>>,
     /// The protected refs of each watched repository, by source name (`trust::release_for`).
     pub protected: BTreeMap<String, ProtectedRefs>,
@@ -85,7 +91,7 @@ pub struct Queue {
 
 struct Inner {
     store: Store,
-    executor: Arc<dyn Executor>,
+    executors: Executors,
     config: QueueConfig,
     state: Mutex<State>,
     accepting: AtomicBool,
@@ -144,7 +150,7 @@ impl Queue {
     /// recovery, inside a tokio runtime.
     pub fn start(
         store: Store,
-        executor: Arc<dyn Executor>,
+        executors: Executors,
         config: QueueConfig,
     ) -> Result<Queue, StoreError> {
         let mut state = State::default();
@@ -159,7 +165,7 @@ impl Queue {
         let queue = Queue {
             inner: Arc::new(Inner {
                 store,
-                executor,
+                executors,
                 config,
                 state: Mutex::new(state),
                 accepting: AtomicBool::new(true),
@@ -422,9 +428,28 @@ impl Queue {
                 run.version, run.source, run.pipeline
             ));
         };
+        let wanted = self
+            .inner
+            .config
+            .executor_for
+            .as_ref()
+            .and_then(|f| f(&run));
+        let Some((name, registered)) = self.inner.executors.get(wanted.as_deref()) else {
+            let name = wanted.unwrap_or_else(|| self.inner.executors.default_name().into());
+            let known: Vec<&str> = self.inner.executors.names().collect();
+            return Err(format!(
+                "no executor `{name}` is configured (the executors are {})",
+                known.join(", ")
+            ));
+        };
+        let (name, executor, limits) = (
+            name.to_string(),
+            registered.executor.clone(),
+            registered.limits,
+        );
         let how = Start {
             checkout: (self.inner.config.checkout)(&run),
-            limits: self.inner.config.limits,
+            limits,
             keep_run_dir: false,
             var_overrides: BTreeMap::new(),
             release: release_for(&run, &self.inner.config.protected),
@@ -435,18 +460,15 @@ impl Queue {
             .update_run(id, |r| {
                 r.status = RunStatus::Running;
                 r.started_at.get_or_insert_with(chrono::Utc::now);
+                r.executor = Some(name.clone());
             })
             .map_err(|e| e.to_string())?;
         self.bump();
         self.report(id);
         let changes = self.inner.changes.clone();
-        let ended = super::execute(
-            &store,
-            self.inner.executor.clone(),
-            prepared,
-            cancel,
-            move |_, _| changes.send_modify(|n| *n = n.wrapping_add(1)),
-        )
+        let ended = super::execute(&store, executor, prepared, cancel, move |_, _| {
+            changes.send_modify(|n| *n = n.wrapping_add(1))
+        })
         .await
         .map_err(|e| e.to_string())?;
         if interrupted.load(Ordering::SeqCst) {
@@ -489,7 +511,7 @@ impl Queue {
             state.running.values().map(|a| a.done.clone()).collect()
         };
         // Cancelled steps get SIGTERM, then SIGKILL after the kill grace; wait a little longer.
-        let bound = self.inner.config.limits.kill_grace + Duration::from_secs(5);
+        let bound = self.inner.executors.longest_kill_grace() + Duration::from_secs(5);
         let _ = tokio::time::timeout(bound, async {
             for mut done in left {
                 let _ = done.wait_for(|d| *d).await;

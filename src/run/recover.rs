@@ -7,7 +7,8 @@
 
 use chrono::Utc;
 
-use crate::executor::{Executor, LostRun, Recovery};
+use super::executors::Executors;
+use crate::executor::{LostRun, Recovery};
 use crate::store::{Owner, RunRecord, RunStatus, StepState, Store, StoreError};
 
 /// The start time of a process, in clock ticks since boot (field 22 of /proc/PID/stat).
@@ -29,9 +30,10 @@ fn owner_alive(owner: &Owner) -> bool {
     start_time(owner.pid) == Some(owner.start_time)
 }
 
-/// Marks runs whose owner is gone as interrupted, after their executor cleaned up what they left
-/// behind (`Executor::recover`). Returns the runs it interrupted.
-pub fn recover(store: &Store, executor: &dyn Executor) -> Result<Vec<RunRecord>, StoreError> {
+/// Marks runs whose owner is gone as interrupted, after the executor that ran each cleaned up
+/// what it left behind (`Executor::recover`; every executor is asked, also with no lost run, for
+/// what it left in the work dir). Returns the runs it interrupted.
+pub fn recover(store: &Store, executors: &Executors) -> Result<Vec<RunRecord>, StoreError> {
     let mut lost_runs = Vec::new();
     for run in store.active_runs()? {
         if run.owner.as_ref().is_some_and(owner_alive) {
@@ -43,22 +45,38 @@ pub fn recover(store: &Store, executor: &dyn Executor) -> Result<Vec<RunRecord>,
         }
         lost_runs.push(run);
     }
-    let lost: Vec<LostRun> = lost_runs
-        .iter()
-        .map(|r| LostRun {
-            run_id: r.id.clone(),
-            external_id: r.external_id.clone(),
-        })
-        .collect();
-    // Called with no lost run too: only one process uses a data dir, and so its work dir, at a
-    // time, so what an executor left there (spare sandboxes) is nobody's now.
-    let recovered = executor.recover(store.work_dir(), &lost);
+    // Runs recorded before executors had names, or whose executor is no longer configured, go
+    // to the default one (the local executor, unless configured otherwise).
+    let owner_of = |run: &RunRecord| {
+        executors
+            .get(run.executor.as_deref())
+            .or_else(|| executors.get(None))
+            .map(|(name, _)| name.to_string())
+    };
+    let mut stopped: Vec<usize> = vec![0; lost_runs.len()];
+    for (name, registered) in executors.iter() {
+        let mine: Vec<usize> = (0..lost_runs.len())
+            .filter(|&i| owner_of(&lost_runs[i]).as_deref() == Some(name))
+            .collect();
+        let lost: Vec<LostRun> = mine
+            .iter()
+            .map(|&i| LostRun {
+                run_id: lost_runs[i].id.clone(),
+                external_id: lost_runs[i].external_id.clone(),
+            })
+            .collect();
+        // Only one process uses a data dir, and so its work dir, at a time: what an executor
+        // left there (spare sandboxes) is nobody's now.
+        let recovered = registered.executor.recover(store.work_dir(), &lost);
+        for (k, &i) in mine.iter().enumerate() {
+            stopped[i] = match recovered.get(k) {
+                Some(Recovery::Ended { stopped }) => *stopped,
+                None => 0,
+            };
+        }
+    }
     let mut interrupted = Vec::new();
-    for (i, run) in lost_runs.into_iter().enumerate() {
-        let killed = match recovered.get(i) {
-            Some(Recovery::Ended { stopped }) => *stopped,
-            None => 0,
-        };
+    for (run, killed) in lost_runs.into_iter().zip(stopped) {
         let now = Utc::now();
         for (i, step) in store.steps(&run.id)?.iter().enumerate() {
             if !step.state.is_done() {

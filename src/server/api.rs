@@ -538,6 +538,7 @@ fn pipeline_json(p: &PipelineRecord, last_run: Option<&RunRecord>) -> Value {
             "text": e.to_string(),
         })).collect::<Vec<_>>(),
         "retired": p.retired,
+        "executor": p.executor,
         "updated_at": p.updated_at,
         "last_run": last_run.map(run_summary),
     })
@@ -648,10 +649,14 @@ fn require_local(source: &str) -> ApiResult<()> {
 #[derive(Deserialize)]
 struct SpecBody {
     spec: String,
+    /// The executor its runs go to: a name, `""` for the default, absent to leave it.
+    #[serde(default)]
+    executor: Option<String>,
 }
 
-/// Accepts `{"spec": "..."}` or the YAML text itself.
-fn spec_text(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+/// Accepts `{"spec": "...", "executor": "..."}` or the YAML text itself; returns the text and the
+/// executor the body asks for.
+fn spec_text(headers: &HeaderMap, body: &Bytes) -> ApiResult<(String, Option<String>)> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -663,9 +668,10 @@ fn spec_text(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
                 format!("expected {{\"spec\": \"<pipeline YAML>\"}}: {e}"),
             )
         })?;
-        Ok(parsed.spec)
+        Ok((parsed.spec, parsed.executor))
     } else {
         String::from_utf8(body.to_vec())
+            .map(|text| (text, None))
             .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the pipeline text is not UTF-8"))
     }
 }
@@ -677,12 +683,32 @@ async fn put_pipeline(
     body: Bytes,
 ) -> ApiResult<Response> {
     require_local(&source)?;
-    let text = spec_text(&headers, &body)?;
+    let (text, executor) = spec_text(&headers, &body)?;
+    // Checked before anything is written: a bad name changes nothing.
+    if let Some(e) = executor.as_deref()
+        && !e.is_empty()
+        && !state.executors.iter().any(|known| known == e)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "no executor `{e}`; the executors are {}",
+                state.executors.join(", ")
+            ),
+        ));
+    }
     let existed = state.store.get_pipeline(&source, &name)?.is_some();
     let origin = format!("{LOCAL_SOURCE}/{name}");
     let store = state.store.clone();
-    let applied =
-        blocking(move || catalog::apply_local(&store, &text, &origin, Some(&name))).await??;
+    let applied = blocking(move || {
+        let mut applied = catalog::apply_local(&store, &text, &origin, Some(&name))?;
+        if let Some(e) = executor {
+            let chosen = (!e.is_empty()).then_some(e);
+            applied.record = catalog::set_local_executor(&store, &name, chosen)?;
+        }
+        Ok::<_, catalog::CatalogError>(applied)
+    })
+    .await??;
     let status = if existed {
         StatusCode::OK
     } else {

@@ -42,6 +42,7 @@ use crate::executor::{Checkout, CommitRef, Limits};
 use crate::forge::Forge;
 use crate::intake::{self, Intake, WatchedRepo};
 use crate::report::outbox::Outbox;
+use crate::run::executors::Executors;
 use crate::run::queue::{Queue, QueueConfig};
 use crate::source::mirror::Credentials;
 use crate::store::{RunRecord, Store};
@@ -65,6 +66,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Unprocessed deliveries beyond which webhooks are answered 503 (`[server] max_backlog`).
     pub max_backlog: u64,
+    /// The configured executors' names: what a local pipeline may name.
+    pub executors: Arc<Vec<String>>,
 }
 
 /// The forge of a provider, if it has one.
@@ -123,7 +126,32 @@ pub enum ServeError {
     Sandbox(#[from] crate::executor::local::sandbox::SandboxError),
 }
 
-/// The local executor and the run limits that `[executor.local]` asks for. Without a sandbox
+/// The executors of `[executor]`, by name. A local executor checks a commit out of this server's
+/// mirror of its repository.
+pub fn executors(
+    config: &crate::config::ExecutorsConfig,
+    repos: &Arc<BTreeMap<String, Arc<WatchedRepo>>>,
+) -> Result<Executors, ServeError> {
+    use crate::config::ExecutorConfig;
+    let mut set = Executors::with_default(&config.default);
+    for (name, executor) in &config.named {
+        match executor {
+            ExecutorConfig::Local(local) => {
+                let (executor, limits) = local_executor(local)?;
+                let mirror_repos = repos.clone();
+                let executor = executor.with_mirrors(Mirrors::new(move |commit: &CommitRef| {
+                    mirror_repos
+                        .get(&commit.repo)
+                        .map(|r| r.source.mirror_dir.clone())
+                }));
+                set.register(name, Arc::new(executor), limits);
+            }
+        }
+    }
+    Ok(set)
+}
+
+/// A local executor and the run limits that its `[executor.NAME]` table asks for. Without a sandbox
 /// (written explicitly) a warning names the risk.
 pub fn local_executor(
     config: &crate::config::LocalExecutorConfig,
@@ -367,8 +395,13 @@ pub async fn serve(
         );
     }
     harden_process();
-    let (executor, limits) = local_executor(&config.local)?;
     let data_dir = config.storage.data_dir.clone();
+    let repos: BTreeMap<String, Arc<WatchedRepo>> = repo_sources(&config, &data_dir)
+        .into_iter()
+        .map(|r| (r.source.name.clone(), r))
+        .collect();
+    let repos = Arc::new(repos);
+    let executors = executors(&config.executors, &repos)?;
     let store = {
         let dir = data_dir.clone();
         let cache = config.storage.cache.unwrap_or(crate::store::DEFAULT_CACHE);
@@ -379,18 +412,13 @@ pub async fn serve(
     if let Some(dir) = &config.storage.work_dir {
         store.set_work_dir(dir.clone());
     }
-    let interrupted = crate::run::recover::recover(&store, &executor)?;
+    let interrupted = crate::run::recover::recover(&store, &executors)?;
     for run in &interrupted {
         eprintln!(
             "gantry: run {} of {}/{} was interrupted by the last shutdown",
             run.id, run.source, run.pipeline
         );
     }
-    let repos: BTreeMap<String, Arc<WatchedRepo>> = repo_sources(&config, &data_dir)
-        .into_iter()
-        .map(|r| (r.source.name.clone(), r))
-        .collect();
-    let repos = Arc::new(repos);
     let checkout_repos = repos.clone();
     let checkout = move |run: &RunRecord| -> Checkout {
         match (checkout_repos.get(&run.source), &run.git) {
@@ -403,13 +431,25 @@ pub async fn serve(
             _ => Checkout::None,
         }
     };
-    // The local executor checks a commit out of this server's mirror of its repository.
-    let mirror_repos = repos.clone();
-    let executor = executor.with_mirrors(Mirrors::new(move |commit: &CommitRef| {
-        mirror_repos
-            .get(&commit.repo)
-            .map(|r| r.source.mirror_dir.clone())
-    }));
+    // A run goes to its repository's executor, or its local pipeline's, else the default.
+    let executor_for = {
+        let by_repo: BTreeMap<String, String> = config
+            .repos
+            .iter()
+            .filter_map(|r| Some((r.name.clone(), r.executor.clone()?)))
+            .collect();
+        let store = store.clone();
+        move |run: &RunRecord| -> Option<String> {
+            if run.source == crate::catalog::LOCAL_SOURCE {
+                return store
+                    .get_pipeline(&run.source, &run.pipeline)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.executor);
+            }
+            by_repo.get(&run.source).cloned()
+        }
+    };
     let outbox = Arc::new(Outbox::new(
         store.clone(),
         config.server.public_url.clone(),
@@ -439,13 +479,14 @@ pub async fn serve(
             eprintln!("gantry: warning: reporting run {}: {e}", run.id);
         }
     }
+    let executor_names: Vec<String> = executors.names().map(str::to_string).collect();
     let queue = Queue::start(
         store.clone(),
-        Arc::new(executor),
+        executors,
         QueueConfig {
             max_running: options.max_running,
-            limits,
             checkout: Arc::new(checkout),
+            executor_for: Some(Arc::new(executor_for)),
             on_transition: Some(Arc::new(on_transition)),
             protected: protected_refs(&config)?,
             hints: crate::run::Hints::Server(config.server.public_url.clone()),
@@ -461,6 +502,7 @@ pub async fn serve(
         deliveries: Arc::new(Notify::new()),
         shutdown: stop.clone(),
         max_backlog: config.server.max_backlog,
+        executors: Arc::new(executor_names),
     };
     let app = router(state.clone())?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)

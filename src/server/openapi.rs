@@ -43,6 +43,7 @@ fn schemas() -> Value {
             "properties": {"path": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"},
                 "message": {"type": "string"}, "text": {"type": "string", "description": "path:line:col: message"}}}},
         "retired": {"type": "boolean"},
+        "executor": {"type": ["string", "null"], "description": "a local pipeline's executor; null: the default (a repository's pipelines go to its `executor`)"},
         "last_run": {"type": ["object", "null"]}
     }});
     let mut detail = pipeline.clone();
@@ -91,7 +92,8 @@ fn schemas() -> Value {
         "Pipeline": pipeline,
         "PipelineDetail": detail,
         "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
-        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"}}},
+        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
+            "executor": {"type": "string", "description": "the executor its runs go to (a name of `[executor.NAME]`); \"\" for the default; left as it was when absent"}}},
         "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1}}},
         "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]}}}},

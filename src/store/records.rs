@@ -347,6 +347,10 @@ pub struct PipelineRecord {
     #[serde(default)]
     pub retired: bool,
     pub updated_at: DateTime<Utc>,
+    /// The executor its runs go to, for a pipeline defined in Gantry (`local`); the default when
+    /// `None`. A repository's pipelines go where `[[repos]] executor` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<String>,
 }
 
 /// One validation error of a pipeline file, with its place in the file.

@@ -186,6 +186,7 @@ mod tests {
                 errors: Vec::new(),
                 retired: false,
                 updated_at: Utc::now(),
+                executor: None,
             })
             .expect("put");
     }

@@ -3,6 +3,7 @@
 mod argo;
 mod choreo;
 mod cli;
+mod conformance;
 mod executor_seam;
 mod forge_api;
 mod mirror;

@@ -1101,6 +1101,57 @@ fn readme_s_server_example_applies_and_runs_examples_hello() {
     );
 }
 
+/// Executors by name: a local pipeline names its own (here one with a small log cap, so where
+/// it ran shows in its log), the rest go to the default; the run records which ran it; a name
+/// that is not configured is refused before anything changes.
+#[test]
+fn a_local_pipeline_runs_on_the_executor_it_names() {
+    let s = GantryServer::start(
+        ServerConfig::new().extra_toml("[executor.small]\nkind = \"local\"\nmax_step_log = 256\n"),
+    );
+    let text = pipeline(
+        "chatty",
+        "",
+        "i=0; while [ $i -lt 100 ]; do echo \"line $i of a chatty step\"; i=$((i+1)); done",
+    );
+    let put = |executor: &str| {
+        s.put_json(
+            "/api/v1/pipelines/local/chatty",
+            &json!({ "spec": text, "executor": executor }),
+        )
+    };
+    let (status, body) = put("small");
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(parse(&body)["executor"], "small");
+    let run = wait_ended(&s, &id(&start(&s, "local/chatty", json!({}))));
+    assert_eq!(run["executor"], "small", "{run}");
+    let (_, log) = s.get(&format!("/api/v1/runs/{}/logs", id(&run)));
+    assert!(
+        log.contains("log cut here") && !log.contains("line 99 "),
+        "{log}"
+    );
+
+    let (status, body) = put("elsewhere");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        error_of(&body).contains("no executor `elsewhere`"),
+        "{body}"
+    );
+    assert_eq!(
+        find(&s, "local", "chatty").expect("kept")["executor"],
+        "small"
+    );
+
+    // "" sends it back to the default.
+    let (status, body) = put("");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse(&body)["executor"], Value::Null);
+    let run = wait_ended(&s, &id(&start(&s, "local/chatty", json!({}))));
+    assert_eq!(run["executor"], "local", "{run}");
+    let (_, log) = s.get(&format!("/api/v1/runs/{}/logs", id(&run)));
+    assert!(log.contains("line 99 of a chatty step"), "{log}");
+}
+
 #[test]
 fn the_cli_starts_and_lists_runs_on_a_server() {
     let s = GantryServer::start(ServerConfig::new());

@@ -19,14 +19,18 @@ fn pipeline(name: &str, policy: &str, seconds: &str) -> (Pipeline, String) {
 fn queue(store: &Store, max_running: usize) -> Queue {
     Queue::start(
         store.clone(),
-        Arc::new(LocalExecutor::new()),
+        Executors::single(
+            "local",
+            Arc::new(LocalExecutor::new()),
+            crate::executor::Limits {
+                kill_grace: Duration::from_millis(500),
+                ..crate::executor::Limits::default()
+            },
+        ),
         QueueConfig {
             max_running,
-            limits: Limits {
-                kill_grace: Duration::from_millis(500),
-                ..Limits::default()
-            },
             checkout: Arc::new(|_: &RunRecord| Checkout::None),
+            executor_for: None,
             on_transition: None,
             protected: BTreeMap::new(),
             hints: crate::run::Hints::Server("http://127.0.0.1:8080".into()),
