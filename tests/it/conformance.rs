@@ -3,13 +3,12 @@
 //! run status, with secrets masked in every log. Only the local executor is registered today; an
 //! executor added later joins `executors()` and must pass unchanged.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gantry::executor::local::LocalExecutor;
-use gantry::executor::{Checkout, Event, Executor, Limits};
-use gantry::store::{RunStatus, SecretRelease, StepRecord, Store, Trigger};
+use gantry::executor::{Event, Executor, Limits};
+use gantry::store::{RunStatus, SecretRelease, StepRecord, Store};
 use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "c0nf0rm-s3cret-v4lue";
@@ -181,32 +180,13 @@ async fn run_case(
     case: &Case,
 ) -> (RunStatus, Vec<Seen>, String) {
     let text = pipeline_text(case);
-    let checked = gantry::spec::check(&text);
-    let pipeline = checked
-        .pipeline
-        .unwrap_or_else(|| panic!("{}: {:?}", case.name, checked.diagnostics));
+    let limits = Limits {
+        kill_grace: Duration::from_millis(500),
+        ..Limits::default()
+    };
     let prepared = gantry::run::prepare(
         store,
-        gantry::run::RunRequest {
-            source: "file".into(),
-            pipeline,
-            text: text.clone(),
-            path: format!("{}.yaml", case.name),
-            params: BTreeMap::new(),
-            var_overrides: BTreeMap::new(),
-            trigger: Trigger {
-                kind: "manual".into(),
-                detail: None,
-            },
-            git: None,
-            version: None,
-            checkout: Checkout::None,
-            limits: Limits {
-                kill_grace: Duration::from_millis(500),
-                ..Limits::default()
-            },
-            keep_run_dir: false,
-        },
+        crate::support::file_run(&text, &format!("{}.yaml", case.name), limits),
     )
     .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     let cancel = CancellationToken::new();

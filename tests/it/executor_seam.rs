@@ -2,15 +2,14 @@
 //! so apart from a failed step, its run and attempt identities are recorded, and records written
 //! before those existed still read.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gantry::executor::{
-    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
-    RunInput, RunOutcome,
+    AttemptHandle, BoxFuture, Event, Executor, ExecutorError, Limits, LostRun, Recovery, RunInput,
+    RunOutcome,
 };
 use gantry::plan::Plan;
-use gantry::store::{RunRecord, RunStatus, StepRecord, StepState, Store, Trigger};
+use gantry::store::{RunRecord, RunStatus, StepRecord, StepState, Store};
 use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
@@ -68,26 +67,9 @@ async fn an_unavailable_executor_fails_the_run_naming_its_server_not_a_step() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: two\nsteps:\n  - name: first\n    script: 'true'\n  - name: second\n    script: 'true'\n";
-    let pipeline = gantry::spec::check(text).pipeline.expect("valid");
     let prepared = gantry::run::prepare(
         &store,
-        gantry::run::RunRequest {
-            source: "file".into(),
-            pipeline,
-            text: text.into(),
-            path: "two.yaml".into(),
-            params: BTreeMap::new(),
-            var_overrides: BTreeMap::new(),
-            trigger: Trigger {
-                kind: "manual".into(),
-                detail: None,
-            },
-            git: None,
-            version: None,
-            checkout: Checkout::None,
-            limits: Limits::default(),
-            keep_run_dir: false,
-        },
+        crate::support::file_run(text, "two.yaml", Limits::default()),
     )
     .expect("prepared");
     let run = gantry::run::execute(

@@ -34,3 +34,33 @@ pub fn poll<T>(mut probe: impl FnMut() -> Option<T>, timeout: Duration) -> Optio
         thread::sleep(POLL_EVERY);
     }
 }
+
+/// A run request for a pipeline given as text, as `gantry run FILE` makes one (source `file`,
+/// manual, no repository), with `limits`. Panics on an invalid pipeline.
+pub fn file_run(
+    text: &str,
+    path: &str,
+    limits: gantry::executor::Limits,
+) -> gantry::run::RunRequest {
+    let checked = gantry::spec::check(text);
+    let pipeline = checked
+        .pipeline
+        .unwrap_or_else(|| panic!("{path}: {:?}", checked.diagnostics));
+    gantry::run::RunRequest {
+        source: "file".into(),
+        pipeline,
+        text: text.into(),
+        path: path.into(),
+        params: Default::default(),
+        var_overrides: Default::default(),
+        trigger: gantry::store::Trigger {
+            kind: "manual".into(),
+            detail: None,
+        },
+        git: None,
+        version: None,
+        checkout: gantry::executor::Checkout::None,
+        limits,
+        keep_run_dir: false,
+    }
+}
