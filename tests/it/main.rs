@@ -1,6 +1,7 @@
 //! Gantry's integration tests: one binary, one module per area (see ARCHITECTURE.md, "Testing").
 
 mod argo;
+mod argo_standin;
 mod choreo;
 mod cli;
 mod conformance;

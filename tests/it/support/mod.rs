@@ -4,6 +4,7 @@
 // Each test module uses the part of this API it needs; the rest is not dead, only unused there.
 #![allow(dead_code)]
 
+pub mod argo;
 pub mod forges;
 pub mod git;
 pub mod server;
@@ -63,4 +64,29 @@ pub fn file_run(
         limits,
         keep_run_dir: false,
     }
+}
+
+/// Decodes `%XX` and `+` in a URL query part.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).to_string()
 }
