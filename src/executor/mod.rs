@@ -8,6 +8,7 @@
 pub mod argo;
 pub mod local;
 pub mod mask;
+pub mod publish;
 pub mod rules;
 
 use std::collections::BTreeMap;

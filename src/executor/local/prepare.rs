@@ -8,10 +8,10 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::Shared;
-use crate::executor::{Publication, PublishedCredential, PublishedCredentials, Values};
+use crate::executor::{Publication, Values};
 use crate::plan::{Action, PlanStep};
 use crate::spec::expr::{Ref, Text};
-use crate::spec::model::{Output, Resource, Retry};
+use crate::spec::model::{Output, Retry};
 
 /// A step ready to run, with nothing left to resolve.
 #[derive(Debug)]
@@ -117,7 +117,9 @@ pub(super) fn prepare(
                 rel: shown,
             }
         }
-        Action::Publish(resource) => Work::Publish(Box::new(publication(resource, values)?)),
+        Action::Publish(resource) => {
+            Work::Publish(Box::new(crate::executor::publish::resolve(resource, values)?))
+        }
     };
     Ok(Job {
         index,
@@ -181,54 +183,6 @@ pub(super) fn inside_workspace(what: &str, raw: &str) -> Result<PathBuf, String>
         }
     }
     Ok(rel)
-}
-
-fn publication(r: &Resource, values: &Values) -> Result<Publication, String> {
-    let text = |t: &Text, what: &str| render(t, values, &format!("resource {what}"));
-    let mut properties = std::collections::BTreeMap::new();
-    for (k, v) in &r.properties {
-        properties.insert(k.clone(), text(v, &format!("property `{k}`"))?);
-    }
-    let mut credentials = Vec::with_capacity(r.connection_credentials.len());
-    for set in &r.connection_credentials {
-        let environments = set
-            .environments
-            .iter()
-            .map(|e| text(e, "environment"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let parameters = set
-            .parameters
-            .iter()
-            .map(|p| {
-                Ok(PublishedCredential {
-                    key: p.key.clone(),
-                    value: text(&p.value, &format!("credential `{}`", p.key))?,
-                    is_secret: p.is_secret,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        credentials.push(PublishedCredentials {
-            environments,
-            parameters,
-        });
-    }
-    Ok(Publication {
-        name: text(&r.name, "name")?,
-        version: text(&r.version, "version")?,
-        category: r.category,
-        description: r
-            .description
-            .as_ref()
-            .map(|d| text(d, "description"))
-            .transpose()?,
-        tags: r
-            .tags
-            .iter()
-            .map(|t| text(t, "tag"))
-            .collect::<Result<Vec<_>, _>>()?,
-        properties,
-        credentials,
-    })
 }
 
 #[cfg(test)]
