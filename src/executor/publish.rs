@@ -57,4 +57,3 @@ pub fn resolve(r: &Resource, values: &Values) -> Result<Publication, String> {
         credentials,
     })
 }
-

@@ -32,13 +32,18 @@ pub fn blocks(step: &PlanStep, status: StepStatus) -> Option<String> {
     if passes(step.continue_on, status) {
         return None;
     }
+    Some(ended(&step.name, status))
+}
+
+/// How a step that did not succeed ended, in the words of a "not run" reason: "`x` failed".
+pub fn ended(step: &str, status: StepStatus) -> String {
     let what = match status {
         StepStatus::Failed => "failed",
         StepStatus::TimedOut => "timed out",
         StepStatus::Cancelled => "was cancelled",
         _ => "could not run",
     };
-    Some(format!("`{}` {what}", step.name))
+    format!("`{step}` {what}")
 }
 
 /// Whether an attempt that ended with `status` is tried again under `policy`: `OnFailure` only

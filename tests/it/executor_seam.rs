@@ -146,3 +146,57 @@ fn records_from_before_handles_still_read() {
     let again: StepRecord = serde_json::from_value(written).expect("reads back");
     assert_eq!(again, step);
 }
+
+/// The Argo executor against a server that keeps answering 503: after its retries the run fails
+/// as unavailable, naming the server, and no step is said to have failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argo_executor_names_a_server_that_stays_down() {
+    use gantry::executor::argo::client::Connection;
+    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    stand_in.fail_next(1000);
+    let argo = ArgoExecutor::new(
+        "cluster",
+        Connection {
+            server: stand_in.url(),
+            kube: stand_in.url(),
+            namespace: "gantry".into(),
+            token: crate::support::argo::TOKEN.into(),
+        },
+        ArgoOptions::default(),
+    )
+    .expect("executor")
+    .with_backoff(
+        vec![std::time::Duration::from_millis(20); 3],
+        std::time::Duration::from_millis(20),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: one\nsteps:\n  - {name: a, script: 'true'}\n";
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(text, "one.yaml", Limits::default()),
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Failed);
+    let message = run.message.unwrap_or_default();
+    assert!(
+        message.starts_with(&format!(
+            "executor `cluster` is unavailable: {} answered 503 Service Unavailable",
+            stand_in.url()
+        )),
+        "{message}"
+    );
+    assert_eq!(run.executor.as_deref(), Some("argo"));
+    // The first call and its three retries.
+    assert_eq!(stand_in.calls().len(), 4, "{:?}", stand_in.calls());
+}

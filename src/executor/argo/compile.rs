@@ -80,6 +80,8 @@ pub struct Compiled {
     pub secret_name: String,
     /// The run's secrets the Workflow reads, by name (each a key of the Secret).
     pub secret_keys: Vec<String>,
+    /// The DAG task of each plan step, in plan order.
+    pub tasks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -226,6 +228,7 @@ pub fn compile(plan: &Plan, run: &RunFacts, options: &Options) -> Result<Compile
         workflow,
         secret_name,
         secret_keys: secrets.into_iter().collect(),
+        tasks: names,
     })
 }
 

@@ -15,4 +15,8 @@
 //! land in `status.nodes[].outputs` in plaintext, so a pipeline that declares one does not
 //! compile for Argo (the error names the step and the output).
 
+pub mod client;
 pub mod compile;
+mod executor;
+
+pub use executor::{ArgoExecutor, ArgoOptions};

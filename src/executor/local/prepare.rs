@@ -117,9 +117,9 @@ pub(super) fn prepare(
                 rel: shown,
             }
         }
-        Action::Publish(resource) => {
-            Work::Publish(Box::new(crate::executor::publish::resolve(resource, values)?))
-        }
+        Action::Publish(resource) => Work::Publish(Box::new(crate::executor::publish::resolve(
+            resource, values,
+        )?)),
     };
     Ok(Job {
         index,

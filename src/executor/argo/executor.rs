@@ -1,0 +1,687 @@
+//! The Argo executor: a run becomes a Workflow on an Argo Workflows installation.
+//!
+//! `execute` compiles the plan (`compile.rs`), creates the run's Secret with the values the
+//! Workflow reads by `secretKeyRef`, submits the Workflow, makes it the Secret's owner, and then
+//! follows it: the Workflow's event stream (opened again, after reading the Workflow, whenever it
+//! ends early) is turned into the same `Event`s the local executor sends. A task's node is its
+//! step; a `Retry` node's children are the attempts; a pod's lines are copied into the log,
+//! masked and within the caps, when its attempt ends; outputs come from the node's
+//! `outputs.parameters`, and a publish step publishes, in Gantry, once its task succeeded. A step
+//! whose task got no node was kept from running by a step it needs (`rules::blocks`). Cancel
+//! terminates the Workflow; the Secret is deleted at the end. A server that cannot be reached
+//! (after retries) ends the run with `ExecutorError::Unavailable`, naming it.
+//!
+//! Argo and the rules differ where noted in `tests/it/conformance.rs`; the mapping here makes
+//! Argo's words Gantry's: a deadline is `timed-out` with `timed out after …`, an exit code
+//! `exited with code N`, a terminated pod `cancelled`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::mpsc::Sender;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Client, ClientError, Connection};
+use super::compile::{self, Compiled, RunFacts};
+use crate::executor::mask::Secrets;
+use crate::executor::rules;
+use crate::executor::{
+    AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
+    RunInput, RunOutcome, StepStatus, Stream, Values,
+};
+use crate::plan::{Action, Plan};
+use crate::spec::values::format_duration;
+
+/// How Workflows are built for this installation.
+pub type ArgoOptions = compile::Options;
+
+/// Runs plans as Argo Workflows.
+#[derive(Debug, Clone)]
+pub struct ArgoExecutor {
+    /// Its name in `[executor]`, for messages.
+    name: String,
+    client: Client,
+    options: ArgoOptions,
+    /// Waits before the event stream is opened again.
+    reconnect: Duration,
+}
+
+impl ArgoExecutor {
+    pub fn new(
+        name: &str,
+        connection: Connection,
+        mut options: ArgoOptions,
+    ) -> Result<ArgoExecutor, ExecutorError> {
+        options.namespace = connection.namespace.clone();
+        let client = Client::new(connection).map_err(|e| unavailable(name, e))?;
+        Ok(ArgoExecutor {
+            name: name.to_string(),
+            client,
+            options,
+            reconnect: Duration::from_secs(1),
+        })
+    }
+
+    /// Waits between tries of an unavailable server, and before a stream is opened again.
+    pub fn with_backoff(mut self, backoff: Vec<Duration>, reconnect: Duration) -> ArgoExecutor {
+        self.client = self.client.with_backoff(backoff);
+        self.reconnect = reconnect;
+        self
+    }
+}
+
+fn unavailable(executor: &str, e: ClientError) -> ExecutorError {
+    match e {
+        ClientError::Unavailable { server, reason } => ExecutorError::Unavailable {
+            executor: executor.to_string(),
+            server,
+            reason,
+        },
+        ClientError::Refused {
+            server,
+            status,
+            message,
+        } => ExecutorError::Unavailable {
+            executor: executor.to_string(),
+            server,
+            reason: format!("refused a call ({status}): {message}"),
+        },
+    }
+}
+
+impl Executor for ArgoExecutor {
+    fn kind(&self) -> &'static str {
+        "argo"
+    }
+
+    /// A lost run's Workflow is terminated and its Secret deleted (following it again after a
+    /// restart comes later); runs without a Workflow have nothing to stop.
+    fn recover(&self, _work_dir: &Path, lost: &[LostRun]) -> Vec<Recovery> {
+        let client = self.client.clone();
+        let ids: Vec<(String, Option<String>)> = lost
+            .iter()
+            .map(|l| (l.run_id.clone(), l.external_id.clone()))
+            .collect();
+        // Recovery is called from inside the service's runtime: the calls get a thread and a
+        // runtime of their own.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return vec![Recovery::Ended { stopped: 0 }; ids.len()];
+                    };
+                    runtime.block_on(async {
+                        let mut out = Vec::new();
+                        for (run_id, workflow) in &ids {
+                            let mut stopped = 0;
+                            if let Some(name) = workflow
+                                && client.terminate(name).await.is_ok()
+                            {
+                                stopped = 1;
+                            }
+                            let _ = client.delete_secret(&compile::secret_name(run_id)).await;
+                            out.push(Recovery::Ended { stopped });
+                        }
+                        out
+                    })
+                })
+                .join()
+                .unwrap_or_default()
+        })
+    }
+
+    fn execute<'a>(
+        &'a self,
+        plan: &'a Plan,
+        input: &'a RunInput,
+        events: Sender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        Box::pin(self.run(plan, input, events, cancel))
+    }
+}
+
+impl ArgoExecutor {
+    async fn run(
+        &self,
+        plan: &Plan,
+        input: &RunInput,
+        events: Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError> {
+        let secrets = Secrets::new();
+        for value in input.secrets.values() {
+            secrets.add(value);
+        }
+        let facts = RunFacts {
+            id: input.run_id.clone(),
+            number: input.run_number,
+            source: input
+                .git
+                .as_ref()
+                .map(|g| g.repo.clone())
+                .unwrap_or_default(),
+            pipeline: input.pipeline.clone(),
+            params: input.params.clone(),
+            unset_params: Vec::new(),
+            vars: input.vars.clone(),
+            git: input.git.clone(),
+            checkout_url: match &input.checkout {
+                Checkout::Commit(c) => Some(c.url.clone()),
+                _ => None,
+            },
+            trigger: input.trigger.clone(),
+            pr: input.pr_number,
+        };
+        let mut book = Book::new(plan, input, secrets, events);
+        let compiled = match compile::compile(plan, &facts, &self.options) {
+            Ok(c) => c,
+            Err(e) => {
+                book.refuse(&e.to_string()).await;
+                return Ok(RunOutcome::Failed);
+            }
+        };
+        let result = self
+            .submit_and_follow(&compiled, input, &mut book, cancel)
+            .await;
+        // The Secret goes whatever happened; Kubernetes deletes it with the Workflow anyway.
+        if !compiled.secret_keys.is_empty() {
+            let _ = self.client.delete_secret(&compiled.secret_name).await;
+        }
+        result
+    }
+
+    async fn submit_and_follow(
+        &self,
+        compiled: &Compiled,
+        input: &RunInput,
+        book: &mut Book<'_>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError> {
+        let lost = |e| unavailable(&self.name, e);
+        if !compiled.secret_keys.is_empty() {
+            let manifest = compile::secret_manifest(
+                compiled,
+                &self.options.namespace,
+                &input.run_id,
+                Some(&input.secrets),
+            );
+            self.client.create_secret(&manifest).await.map_err(lost)?;
+        }
+        let created = match self.client.submit(&compiled.workflow).await {
+            Ok(w) => w,
+            Err(ClientError::Refused {
+                server, message, ..
+            }) => {
+                book.refuse(&format!("{server} refused the Workflow: {message}"))
+                    .await;
+                return Ok(RunOutcome::Failed);
+            }
+            Err(e) => return Err(lost(e)),
+        };
+        let name = created["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let uid = created["metadata"]["uid"].as_str().unwrap_or_default();
+        book.send(Event::Attached {
+            external_id: name.clone(),
+        })
+        .await;
+        if !compiled.secret_keys.is_empty() {
+            self.client
+                .own_secret(&compiled.secret_name, &name, uid)
+                .await
+                .map_err(lost)?;
+        }
+        let mut follow = Follow {
+            client: &self.client,
+            workflow: name.clone(),
+            tasks: &compiled.tasks,
+            terminated: false,
+        };
+        loop {
+            let mut stream = match self.client.events(&name).await {
+                Ok(s) => Some(s),
+                Err(ClientError::Unavailable { .. }) => None,
+                Err(e) => return Err(lost(e)),
+            };
+            while let Some(s) = stream.as_mut() {
+                let event = tokio::select! {
+                    e = s.next() => e,
+                    () = cancel.cancelled(), if !follow.terminated => {
+                        follow.terminated = true;
+                        self.client.terminate(&name).await.map_err(lost)?;
+                        continue;
+                    }
+                };
+                let Some(event) = event else { break };
+                if event["type"] == "DELETED" {
+                    return Err(ExecutorError::Unavailable {
+                        executor: self.name.clone(),
+                        server: self.client.connection().server.clone(),
+                        reason: format!("deleted the Workflow {name} before it finished"),
+                    });
+                }
+                if let Some(outcome) = follow.observe(&event["object"], book).await {
+                    return Ok(outcome);
+                }
+            }
+            // The stream ended early: read the Workflow, then follow again.
+            tokio::time::sleep(self.reconnect).await;
+            match self.client.get(&name).await.map_err(lost)? {
+                Some(wf) => {
+                    if let Some(outcome) = follow.observe(&wf, book).await {
+                        return Ok(outcome);
+                    }
+                }
+                None => {
+                    return Err(ExecutorError::Unavailable {
+                        executor: self.name.clone(),
+                        server: self.client.connection().server.clone(),
+                        reason: format!("has no Workflow {name} any more"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What has been told about each step so far, and the values later steps resolve with.
+struct Book<'a> {
+    plan: &'a Plan,
+    events: Sender<Event>,
+    secrets: Secrets,
+    limits: Limits,
+    values: Values,
+    steps: Vec<StepBook>,
+    run_log: u64,
+}
+
+#[derive(Default, Clone)]
+struct StepBook {
+    started: u32,
+    finished: u32,
+    /// Its final status, once told.
+    done: Option<StepStatus>,
+    /// Why its dependents do not run, when it did not pass (or was kept from running itself).
+    blocks: Option<String>,
+    log: u64,
+    cut: bool,
+}
+
+impl<'a> Book<'a> {
+    fn new(plan: &'a Plan, input: &RunInput, secrets: Secrets, events: Sender<Event>) -> Book<'a> {
+        Book {
+            plan,
+            events,
+            secrets,
+            limits: input.limits,
+            values: Values::from_input(input),
+            steps: vec![StepBook::default(); plan.steps.len()],
+            run_log: 0,
+        }
+    }
+
+    async fn send(&self, event: Event) {
+        let _ = self.events.send(event).await;
+    }
+
+    /// Every step ends as an error with `why`: the run never got onto the cluster.
+    async fn refuse(&mut self, why: &str) {
+        let message = self.secrets.mask(why);
+        for i in 0..self.plan.steps.len() {
+            self.finish(i, StepStatus::Error, Some(message.clone()))
+                .await;
+        }
+    }
+
+    async fn finish(&mut self, i: usize, status: StepStatus, message: Option<String>) {
+        if self.steps[i].done.is_some() {
+            return;
+        }
+        let step = &self.plan.steps[i];
+        self.steps[i].done = Some(status);
+        if self.steps[i].blocks.is_none() {
+            self.steps[i].blocks = rules::blocks(step, status);
+        }
+        if status != StepStatus::Succeeded {
+            self.values.outputs.entry(step.name.clone()).or_default();
+        }
+        self.send(Event::StepFinished {
+            step: i,
+            status,
+            message: message.map(|m| self.secrets.mask(&m)),
+            at: Utc::now(),
+        })
+        .await;
+    }
+
+    /// A pod's lines, masked, within the per-step and per-run caps.
+    async fn log(&mut self, i: usize, attempt: u32, lines: Vec<String>) {
+        for line in lines {
+            let cost = line.len() as u64 + 1;
+            let book = &mut self.steps[i];
+            if book.log + cost > self.limits.max_step_log
+                || self.run_log + cost > self.limits.max_run_log
+            {
+                if !book.cut {
+                    book.cut = true;
+                    let text = format!(
+                        "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
+                        self.limits.max_step_log, self.limits.max_run_log
+                    );
+                    self.send(Event::Log {
+                        step: i,
+                        attempt,
+                        stream: Stream::System,
+                        line: text,
+                        at: Utc::now(),
+                    })
+                    .await;
+                }
+                continue;
+            }
+            book.log += cost;
+            self.run_log += cost;
+            let line = self.secrets.mask(&line);
+            self.send(Event::Log {
+                step: i,
+                attempt,
+                stream: Stream::Stdout,
+                line,
+                at: Utc::now(),
+            })
+            .await;
+        }
+    }
+}
+
+/// Following one Workflow.
+struct Follow<'c> {
+    client: &'c Client,
+    workflow: String,
+    tasks: &'c [String],
+    /// Set once Gantry terminated it (a cancel).
+    terminated: bool,
+}
+
+fn is_final(phase: &str) -> bool {
+    matches!(
+        phase,
+        "Succeeded" | "Failed" | "Error" | "Skipped" | "Omitted"
+    )
+}
+
+impl Follow<'_> {
+    /// The task node of step `i`, and its attempt nodes in order.
+    fn nodes<'w>(&self, wf: &'w Value, i: usize) -> Option<(&'w Value, Vec<&'w Value>)> {
+        let nodes = wf["status"]["nodes"].as_object()?;
+        let task = self.tasks.get(i)?;
+        let node = nodes.values().find(|n| {
+            n["displayName"] == task.as_str() && n["boundaryID"] == self.workflow.as_str()
+        })?;
+        let attempts = match node["type"].as_str() {
+            Some("Retry") => node["children"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().and_then(|id| nodes.get(id)))
+                .collect(),
+            Some("Pod") => vec![node],
+            _ => Vec::new(),
+        };
+        Some((node, attempts))
+    }
+
+    /// The name of a pod node's pod, as Argo names pods (`<workflow>-<template>-<hash>`, the
+    /// hash being the node id's).
+    fn pod_name(&self, pod: &Value) -> String {
+        let id = pod["id"].as_str().unwrap_or_default();
+        let hash = id
+            .strip_prefix(&format!("{}-", self.workflow))
+            .unwrap_or(id);
+        let template = pod["templateName"].as_str().unwrap_or_default();
+        format!("{}-{template}-{hash}", self.workflow)
+    }
+
+    /// A pod node's end in Gantry's words.
+    fn attempt_end(
+        &self,
+        pod: &Value,
+        i: usize,
+        book: &Book,
+    ) -> (StepStatus, Option<i32>, Option<String>) {
+        let message = pod["message"].as_str().unwrap_or("");
+        let exit_code = pod["outputs"]["exitCode"]
+            .as_str()
+            .and_then(|c| c.parse::<i32>().ok());
+        match pod["phase"].as_str().unwrap_or("") {
+            "Succeeded" => (StepStatus::Succeeded, exit_code.or(Some(0)), None),
+            "Failed" if message.contains("longer than the specified deadline") => {
+                let timeout = book.plan.steps[i].timeout.unwrap_or_default();
+                (
+                    StepStatus::TimedOut,
+                    None,
+                    Some(format!("timed out after {}", format_duration(timeout))),
+                )
+            }
+            "Failed" if self.terminated => {
+                (StepStatus::Cancelled, None, Some("run cancelled".into()))
+            }
+            "Failed" if message == "Max duration limit exceeded" => {
+                (StepStatus::Cancelled, None, Some("run timed out".into()))
+            }
+            "Failed" => match exit_code {
+                Some(code) => (
+                    StepStatus::Failed,
+                    Some(code),
+                    Some(format!("exited with code {code}")),
+                ),
+                None => (StepStatus::Error, None, Some(message.to_string())),
+            },
+            _ => (StepStatus::Error, exit_code, Some(message.to_string())),
+        }
+    }
+
+    /// Tells what changed since the last look; returns the run's outcome once it ended.
+    async fn observe(&mut self, wf: &Value, book: &mut Book<'_>) -> Option<RunOutcome> {
+        for i in 0..book.plan.steps.len() {
+            if book.steps[i].done.is_some() {
+                continue;
+            }
+            let Some((node, attempts)) = self.nodes(wf, i) else {
+                continue;
+            };
+            if node["type"] == "Skipped" {
+                book.finish(i, StepStatus::Skipped, Some("when was false".into()))
+                    .await;
+                continue;
+            }
+            let task_final = is_final(node["phase"].as_str().unwrap_or(""));
+            let mut last = None;
+            for (k, pod) in attempts.iter().enumerate() {
+                let attempt = u32::try_from(k + 1).unwrap_or(u32::MAX);
+                let phase = pod["phase"].as_str().unwrap_or("");
+                if attempt > book.steps[i].started && phase != "Pending" && !phase.is_empty() {
+                    book.send(Event::StepStarted {
+                        step: i,
+                        attempt,
+                        handle: AttemptHandle::Argo {
+                            workflow: self.workflow.clone(),
+                            node: pod["id"].as_str().unwrap_or_default().to_string(),
+                            pod: Some(self.pod_name(pod)),
+                        },
+                        at: Utc::now(),
+                    })
+                    .await;
+                    book.steps[i].started = attempt;
+                }
+                // An attempt is over when its pod is, and, under a Retry node, when the next
+                // attempt exists or the task itself is over (so a retry is never missed).
+                let over = is_final(phase) && (k + 1 < attempts.len() || task_final);
+                if attempt > book.steps[i].finished && over {
+                    let lines = self
+                        .client
+                        .pod_logs(&self.workflow, &self.pod_name(pod))
+                        .await
+                        .unwrap_or_default();
+                    book.log(i, attempt, lines).await;
+                    let (status, exit_code, message) = self.attempt_end(pod, i, book);
+                    if status == StepStatus::Succeeded
+                        && let Action::Publish(resource) = &book.plan.steps[i].action
+                    {
+                        match crate::executor::publish::resolve(resource, &book.values) {
+                            Ok(publication) => {
+                                book.send(Event::Published {
+                                    step: i,
+                                    publication,
+                                })
+                                .await
+                            }
+                            Err(e) => {
+                                book.finish(i, StepStatus::Error, Some(e)).await;
+                                break;
+                            }
+                        }
+                    }
+                    let more = k + 1 < attempts.len();
+                    let retry_in = more.then(|| {
+                        rules::retry_after(book.plan.steps[i].retry.as_ref(), attempt, status)
+                            .unwrap_or_default()
+                    });
+                    book.send(Event::AttemptFinished {
+                        step: i,
+                        attempt,
+                        status,
+                        exit_code,
+                        message: message.clone().map(|m| book.secrets.mask(&m)),
+                        retry_in,
+                        at: Utc::now(),
+                    })
+                    .await;
+                    book.steps[i].finished = attempt;
+                    last = Some((status, message));
+                }
+            }
+            if task_final
+                && book.steps[i].done.is_none()
+                && let Some((status, message)) = last
+            {
+                if status == StepStatus::Succeeded {
+                    let values: Vec<(String, String, bool)> = node["outputs"]["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| {
+                            Some((
+                                p["name"].as_str()?.to_string(),
+                                p["value"].as_str().unwrap_or_default().to_string(),
+                                false,
+                            ))
+                        })
+                        .filter(|(n, _, _)| book.plan.steps[i].outputs.iter().any(|o| &o.name == n))
+                        .map(|(n, v, s)| (n, book.secrets.mask(&v), s))
+                        .collect();
+                    book.values.outputs.insert(
+                        book.plan.steps[i].name.clone(),
+                        values
+                            .iter()
+                            .map(|(n, v, _)| (n.clone(), v.clone()))
+                            .collect(),
+                    );
+                    if !values.is_empty() {
+                        book.send(Event::Outputs { step: i, values }).await;
+                    }
+                }
+                book.finish(i, status, message).await;
+            }
+        }
+        if wf["status"]["finishedAt"].is_null()
+            || !is_final(wf["status"]["phase"].as_str().unwrap_or(""))
+        {
+            return None;
+        }
+        Some(self.conclude(wf, book).await)
+    }
+
+    /// The Workflow is over: steps it never ran end as the rules say, and the outcome follows.
+    async fn conclude(&self, wf: &Value, book: &mut Book<'_>) -> RunOutcome {
+        let timed_out = wf["status"]["message"] == "Max duration limit exceeded";
+        for i in book.plan.topological_order() {
+            if book.steps[i].done.is_some() {
+                continue;
+            }
+            // An attempt that started and was cut off ends with the run.
+            let (status, why) = if self.terminated {
+                (StepStatus::Cancelled, "run cancelled".to_string())
+            } else if timed_out {
+                (StepStatus::Cancelled, "run timed out".to_string())
+            } else {
+                // What kept it: a needed step that did not pass, or (where Argo tolerates less
+                // than the rules, as a deadline under `continueOn: {error: true}`) one that did
+                // not succeed.
+                let plan = book.plan;
+                let reason = plan.steps[i].needs.iter().find_map(|&d| {
+                    let s = book.steps.get(d)?;
+                    s.blocks.clone().or_else(|| {
+                        s.done
+                            .filter(|st| !matches!(st, StepStatus::Succeeded | StepStatus::Skipped))
+                            .map(|st| rules::ended(&plan.steps[d].name, st))
+                    })
+                });
+                match reason {
+                    Some(r) => {
+                        book.steps[i].blocks = Some(r.clone());
+                        (StepStatus::Skipped, format!("not run: {r}"))
+                    }
+                    // Argo's own reason, such as an output it could not resolve.
+                    None => (
+                        StepStatus::Error,
+                        match wf["status"]["message"].as_str() {
+                            Some(m) if !m.is_empty() => format!("not run on Argo: {m}"),
+                            _ => "the Workflow ended without running this step".to_string(),
+                        },
+                    ),
+                }
+            };
+            let started = book.steps[i].started;
+            if started > book.steps[i].finished {
+                book.send(Event::AttemptFinished {
+                    step: i,
+                    attempt: started,
+                    status,
+                    exit_code: None,
+                    message: Some(why.clone()),
+                    retry_in: None,
+                    at: Utc::now(),
+                })
+                .await;
+            }
+            book.finish(i, status, Some(why)).await;
+        }
+        if self.terminated {
+            return RunOutcome::Cancelled;
+        }
+        if timed_out {
+            return RunOutcome::TimedOut;
+        }
+        let all_passed = book
+            .plan
+            .steps
+            .iter()
+            .zip(&book.steps)
+            .all(|(step, s)| s.done.is_some_and(|st| rules::passes(step.continue_on, st)));
+        // Argo's own verdict counts too: it fails a Workflow the rules would let pass.
+        if all_passed && wf["status"]["phase"] == "Succeeded" {
+            RunOutcome::Succeeded
+        } else {
+            RunOutcome::Failed
+        }
+    }
+}
