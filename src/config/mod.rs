@@ -102,6 +102,41 @@ impl Default for ExecutorsConfig {
 pub enum ExecutorConfig {
     /// `kind = "local"` (the default kind): steps run on this machine.
     Local(LocalExecutorConfig),
+    /// `kind = "argo"`: runs become Workflows of an Argo Workflows installation.
+    Argo(ArgoExecutorConfig),
+}
+
+/// `[executor.NAME]` with `kind = "argo"`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ArgoExecutorConfig {
+    /// `server`: the Argo Server, `https://argo.example:2746`.
+    pub server: String,
+    /// `kube_api`: the Kubernetes API server, for the run's Secret (default: `server`).
+    pub kube_api: String,
+    pub namespace: String,
+    /// `token`: a service account's bearer token, usually `"${ARGO_TOKEN}"`.
+    pub token: String,
+    /// `image`: for steps that name none.
+    pub image: Option<String>,
+    pub checkout_image: Option<String>,
+    pub service_account: Option<String>,
+    /// `workspace_size`: the workspace volume claim, e.g. `"1Gi"`.
+    pub workspace_size: Option<String>,
+}
+
+impl fmt::Debug for ArgoExecutorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArgoExecutorConfig")
+            .field("server", &self.server)
+            .field("kube_api", &self.kube_api)
+            .field("namespace", &self.namespace)
+            .field("token", &"***")
+            .field("image", &self.image)
+            .field("checkout_image", &self.checkout_image)
+            .field("service_account", &self.service_account)
+            .field("workspace_size", &self.workspace_size)
+            .finish()
+    }
 }
 
 /// `[executor.local]`: how the local executor isolates and limits steps.
@@ -597,23 +632,29 @@ impl Checker<'_> {
             let kind = match self.string(table, &path, "kind") {
                 Some((kind, span)) => match kind.as_str() {
                     "local" => Some("local"),
+                    "argo" => Some("argo"),
                     other => {
                         self.error(
                             &join(&path, "kind"),
                             &span,
-                            format!(
-                                "unknown executor kind `{other}`: this version of Gantry runs \
-                                 steps with kind `local` only"
-                            ),
+                            format!("unknown executor kind `{other}`: expected `local` or `argo`"),
                         );
                         None
                     }
                 },
                 None => Some("local"),
             };
-            if kind == Some("local") {
-                let local = self.local_executor(table, &path);
-                named.insert(name, ExecutorConfig::Local(local));
+            match kind {
+                Some("local") => {
+                    let local = self.local_executor(table, &path);
+                    named.insert(name, ExecutorConfig::Local(local));
+                }
+                Some(_) => {
+                    if let Some(argo) = self.argo_executor(table, value.span(), &path) {
+                        named.insert(name, ExecutorConfig::Argo(argo));
+                    }
+                }
+                None => {}
             }
         }
         named
@@ -630,6 +671,78 @@ impl Checker<'_> {
             None => DEFAULT_EXECUTOR.to_string(),
         };
         ExecutorsConfig { default, named }
+    }
+
+    fn argo_executor(
+        &mut self,
+        t: &DeTable<'_>,
+        header: Range<usize>,
+        path: &str,
+    ) -> Option<ArgoExecutorConfig> {
+        self.unknown_keys(
+            t,
+            path,
+            &[
+                "kind",
+                "server",
+                "kube_api",
+                "namespace",
+                "token",
+                "image",
+                "checkout_image",
+                "service_account",
+                "workspace_size",
+            ],
+        );
+        let url = |c: &mut Self, key: &str, required: bool| {
+            let found = if required {
+                c.required_string(t, header.clone(), path, key)
+            } else {
+                c.string(t, path, key)
+            };
+            let (u, span) = found?;
+            let shape = (u.starts_with("https://") || u.starts_with("http://"))
+                && !u.chars().any(char::is_whitespace);
+            if !shape {
+                c.error(
+                    &join(path, key),
+                    &span,
+                    "must be an http:// or https:// URL",
+                );
+                return None;
+            }
+            Some(u.trim_end_matches('/').to_string())
+        };
+        let server = url(self, "server", true);
+        let kube_api = url(self, "kube_api", false);
+        let namespace = self.required_string(t, header.clone(), path, "namespace");
+        let token = self.required_string(t, header, path, "token");
+        if let Some((token, span)) = &token
+            && token.is_empty()
+        {
+            self.error(
+                &join(path, "token"),
+                span,
+                "is empty; set a value or remove the key",
+            );
+            return None;
+        }
+        let mut optional = |key: &str| self.string(t, path, key).map(|(v, _)| v);
+        let image = optional("image");
+        let checkout_image = optional("checkout_image");
+        let service_account = optional("service_account");
+        let workspace_size = optional("workspace_size");
+        let server = server?;
+        Some(ArgoExecutorConfig {
+            kube_api: kube_api.unwrap_or_else(|| server.clone()),
+            server,
+            namespace: namespace?.0,
+            token: token?.0,
+            image,
+            checkout_image,
+            service_account,
+            workspace_size,
+        })
     }
 
     fn local_executor(&mut self, t: &DeTable<'_>, path: &str) -> LocalExecutorConfig {

@@ -687,13 +687,37 @@ fn executors_are_named_tables_with_a_default_and_repositories_name_theirs() {
          `[executor.NAME]`)"
     );
     assert_eq!(
-        one_error("[executor.cluster]\nkind = \"argo\"\n"),
-        "2:8: executor.cluster.kind: unknown executor kind `argo`: this version of Gantry runs \
-         steps with kind `local` only"
+        one_error("[executor.cluster]\nkind = \"tekton\"\n"),
+        "2:8: executor.cluster.kind: unknown executor kind `tekton`: expected `local` or `argo`"
     );
     assert_eq!(
         one_error("[executor.Big]\nkind = \"local\"\n"),
         "1:1: executor.Big: invalid executor name `Big`: use 1 to 63 lowercase letters, digits \
          and `-`, starting with a letter"
+    );
+}
+
+#[test]
+fn an_argo_executor_names_its_server_namespace_and_token_and_hides_the_token() {
+    use super::ExecutorConfig;
+    let c = ok(
+        "[executor.cluster]\nkind = \"argo\"\nserver = \"https://argo.example:2746/\"\n\
+                namespace = \"gantry\"\ntoken = \"${GANTRY_ADMIN_TOKEN}\"\n",
+    );
+    let Some(ExecutorConfig::Argo(argo)) = c.executors.named.get("cluster") else {
+        panic!("{:?}", c.executors);
+    };
+    assert_eq!(argo.server, "https://argo.example:2746");
+    assert_eq!(argo.kube_api, argo.server);
+    assert_eq!(argo.namespace, "gantry");
+    assert_eq!(argo.token, ADMIN_TOKEN);
+    assert!(!format!("{c:?}").contains(ADMIN_TOKEN));
+    assert_eq!(
+        errors("[executor.cluster]\nkind = \"argo\"\nserver = \"argo:2746\"\n"),
+        [
+            "1:1: executor.cluster.namespace: missing key `namespace`",
+            "1:1: executor.cluster.token: missing key `token`",
+            "3:10: executor.cluster.server: must be an http:// or https:// URL",
+        ]
     );
 }

@@ -109,6 +109,8 @@ pub enum ServeError {
     #[error("{0}")]
     Unsafe(String),
     #[error(transparent)]
+    Executor(crate::executor::ExecutorError),
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -145,6 +147,34 @@ pub fn executors(
                         .map(|r| r.source.mirror_dir.clone())
                 }));
                 set.register(name, Arc::new(executor), limits);
+            }
+            ExecutorConfig::Argo(argo) => {
+                use crate::executor::argo::client::Connection;
+                use crate::executor::argo::{ArgoExecutor, ArgoOptions};
+                let defaults = ArgoOptions::default();
+                let options = ArgoOptions {
+                    namespace: argo.namespace.clone(),
+                    image: argo.image.clone().unwrap_or(defaults.image.clone()),
+                    checkout_image: argo
+                        .checkout_image
+                        .clone()
+                        .unwrap_or(defaults.checkout_image.clone()),
+                    service_account: argo.service_account.clone(),
+                    workspace_size: argo
+                        .workspace_size
+                        .clone()
+                        .unwrap_or(defaults.workspace_size.clone()),
+                    ..defaults
+                };
+                let connection = Connection {
+                    server: argo.server.clone(),
+                    kube: argo.kube_api.clone(),
+                    namespace: argo.namespace.clone(),
+                    token: argo.token.clone(),
+                };
+                let executor =
+                    ArgoExecutor::new(name, connection, options).map_err(ServeError::Executor)?;
+                set.register(name, Arc::new(executor), Limits::default());
             }
         }
     }

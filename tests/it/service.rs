@@ -1101,6 +1101,62 @@ fn readme_s_server_example_applies_and_runs_examples_hello() {
     );
 }
 
+/// A repository bound to an Argo executor: its runs become Workflows on the Argo stand-in, the
+/// checkout fetches the run's commit from the repository's URL, and the run, its steps, its log
+/// and its outputs come back as from a local run; the run records its executor and Workflow.
+#[test]
+fn a_repository_bound_to_argo_runs_its_pipelines_as_workflows() {
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    let remote = Remote::new();
+    remote
+        .repo
+        .write("data/greeting.txt", "hello from the repository\n");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: on-argo\nsecrets: [token]\nsteps:\n  - name: checkout\n    template: gantry/git-checkout@v1\n  - name: read\n    script: 'cat \"$GANTRY_WORKSPACE/data/greeting.txt\"; echo \"token $T\"; printf 42 > \"$GANTRY_OUTPUTS/answer\"'\n    env: {T: '{{secrets.token}}'}\n    outputs: [answer]\n";
+    remote.write("on-argo.yaml", text);
+    let sha = remote.repo.commit_and_push("a pipeline for Argo");
+    let s = GantryServer::start(
+        ServerConfig::new()
+            .repo(RepoSpec::new("infra", &remote.url()).extra("executor = \"cluster\"\n"))
+            .extra_toml(&format!(
+                "[executor.cluster]\nkind = \"argo\"\nserver = \"{}\"\nnamespace = \"gantry\"\ntoken = \"{}\"\n",
+                stand_in.url(),
+                crate::support::argo::TOKEN
+            )),
+    );
+    let (status, body) = s.put_json(
+        "/api/v1/pipelines/infra/on-argo/secrets/token",
+        &json!({"value": "argo-s3cret-value"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    wait_pipeline(&s, "infra", "on-argo", "synced", |p| p["version"] == 1);
+    let run = wait_ended(&s, &id(&start(&s, "infra/on-argo", json!({}))));
+    assert_eq!(run["status"], "succeeded", "{run}\n{}", s.logs());
+    assert_eq!(run["executor"], "cluster");
+    let workflow = run["external_id"].as_str().expect("the Workflow's name");
+    assert!(workflow.starts_with("gantry-on-argo-"), "{workflow}");
+    assert_eq!(run["git"]["sha"], sha.as_str());
+    assert_eq!(run["outputs"][0]["value"], "42", "{run}");
+    let (_, log) = s.get(&format!("/api/v1/runs/{}/logs", id(&run)));
+    assert!(log.contains("hello from the repository"), "{log}");
+    assert!(
+        log.contains("token ***") && !log.contains("argo-s3cret-value"),
+        "{log}"
+    );
+    let steps = run["steps"].as_array().expect("steps");
+    assert_eq!(steps[1]["attempts"][0]["handle"]["kind"], "argo", "{run}");
+    // The Workflow holds no secret, and its Secret went with the run.
+    let wf = stand_in.workflow("gantry", workflow).expect("the Workflow");
+    assert!(!wf.to_string().contains("argo-s3cret-value"));
+    assert!(
+        stand_in
+            .secret(
+                "gantry",
+                &gantry::executor::argo::compile::secret_name(&id(&run))
+            )
+            .is_none()
+    );
+}
+
 /// Executors by name: a local pipeline names its own (here one with a small log cap, so where
 /// it ran shows in its log), the rest go to the default; the run records which ran it; a name
 /// that is not configured is refused before anything changes.
