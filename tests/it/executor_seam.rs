@@ -200,3 +200,58 @@ async fn the_argo_executor_names_a_server_that_stays_down() {
     // The first call and its three retries.
     assert_eq!(stand_in.calls().len(), 4, "{:?}", stand_in.calls());
 }
+
+/// Event streams that end after one event, every time: the Argo executor reads the Workflow
+/// again, follows anew, and still sees the run through, attempts and output included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argo_executor_follows_through_streams_that_keep_ending() {
+    use gantry::executor::argo::client::Connection;
+    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    stand_in.cut_event_streams_after(Some(1));
+    let argo = ArgoExecutor::new(
+        "cluster",
+        Connection {
+            server: stand_in.url(),
+            kube: stand_in.url(),
+            namespace: "gantry".into(),
+            token: crate::support::argo::TOKEN.into(),
+        },
+        ArgoOptions::default(),
+    )
+    .expect("executor")
+    .with_backoff(
+        vec![std::time::Duration::from_millis(20)],
+        std::time::Duration::from_millis(20),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: cut\nsteps:\n  - name: a\n    script: 'sleep 0.3; printf done > \"$GANTRY_OUTPUTS/r\"'\n    outputs: [r]\n  - {name: b, script: 'echo after'}\n";
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(text, "cut.yaml", Limits::default()),
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    let outputs = store.outputs(&run.id).expect("outputs");
+    assert_eq!(outputs[0].value.as_deref(), Some("done"), "{outputs:?}");
+    let opened = stand_in
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("GET /api/v1/workflow-events/"))
+        .count();
+    assert!(
+        opened > 1,
+        "the stream was opened again: {:?}",
+        stand_in.calls()
+    );
+}

@@ -46,6 +46,8 @@ pub struct ArgoExecutor {
     options: ArgoOptions,
     /// Waits before the event stream is opened again.
     reconnect: Duration,
+    /// How long an event stream may stay silent before the Workflow is read again.
+    idle: Duration,
 }
 
 impl ArgoExecutor {
@@ -61,6 +63,7 @@ impl ArgoExecutor {
             client,
             options,
             reconnect: Duration::from_secs(1),
+            idle: Duration::from_secs(60),
         })
     }
 
@@ -68,6 +71,12 @@ impl ArgoExecutor {
     pub fn with_backoff(mut self, backoff: Vec<Duration>, reconnect: Duration) -> ArgoExecutor {
         self.client = self.client.with_backoff(backoff);
         self.reconnect = reconnect;
+        self
+    }
+
+    /// How long an event stream may stay silent before the Workflow is read again.
+    pub fn with_idle(mut self, idle: Duration) -> ArgoExecutor {
+        self.idle = idle;
         self
     }
 }
@@ -254,6 +263,9 @@ impl ArgoExecutor {
             while let Some(s) = stream.as_mut() {
                 let event = tokio::select! {
                     e = s.next() => e,
+                    // A stream that stays silent may be a connection that died unseen: read the
+                    // Workflow and follow anew, so a run never hangs on it.
+                    () = tokio::time::sleep(self.idle) => None,
                     () = cancel.cancelled(), if !follow.terminated => {
                         follow.terminated = true;
                         self.client.terminate(&name).await.map_err(lost)?;
