@@ -45,15 +45,34 @@ struct World {
 impl World {
     /// Starts the fake forge and the server; `remote` already holds the pushed `main`.
     fn start(forge: Forge, remote: Remote, poll: &str) -> World {
+        World::start_on(forge, remote, poll, None)
+    }
+
+    /// `start`, with the repository's runs going to an Argo executor on `argo` when given.
+    fn start_on(
+        forge: Forge,
+        remote: Remote,
+        poll: &str,
+        argo: Option<&crate::support::argo::ArgoStandIn>,
+    ) -> World {
         let fake = FakeForge::start(forge);
-        let spec = RepoSpec::new("infra", &remote.url())
+        let mut spec = RepoSpec::new("infra", &remote.url())
             .forge(forge.as_str(), FORGE_ID)
             .poll_interval(poll)
             .extra(&format!(
-                "api_url = \"{}\"\ntoken = \"{API_TOKEN}\"\nwebhook_secret = \"{SECRET}\"",
+                "api_url = \"{}\"\ntoken = \"{API_TOKEN}\"\nwebhook_secret = \"{SECRET}\"\n",
                 fake.url()
             ));
-        let server = GantryServer::start(ServerConfig::new().repo(spec));
+        let mut config = ServerConfig::new();
+        if let Some(stand_in) = argo {
+            spec = spec.extra("executor = \"cluster\"\n");
+            config = config.extra_toml(&format!(
+                "[executor.cluster]\nkind = \"argo\"\nserver = \"{}\"\nnamespace = \"gantry\"\ntoken = \"{}\"\n",
+                stand_in.url(),
+                crate::support::argo::TOKEN
+            ));
+        }
+        let server = GantryServer::start(config.repo(spec));
         let http = reqwest::blocking::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -529,6 +548,67 @@ fn a_github_pull_request_runs_its_head_definition_and_edits_one_comment() {
         assert!(allowed, "unexpected call {}: {lines:?}", r.line());
         assert!(!r.body.contains(secret), "{} leaks the secret", r.line());
     }
+}
+
+/// The forge sees the same from a run on Argo as from a local one: statuses pending then success
+/// on the head, and one PR comment, created once and edited, showing the run, its steps and its
+/// output, without the secret.
+#[test]
+fn a_pull_request_on_argo_reports_like_one_run_locally() {
+    let secret = "argo-pr-s3cr3t-77aa";
+    let mut comments = Vec::new();
+    for on_argo in [false, true] {
+        let stand_in = crate::support::argo::ArgoStandIn::start();
+        let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: ci\non: {pullRequest: {}}\nsecrets: [api_token]\nsteps:\n  - name: test\n    script: 'echo \"testing with $T\"; printf ok > \"$GANTRY_OUTPUTS/verdict\"'\n    env: {T: '{{secrets.api_token}}'}\n    outputs: [verdict]\n";
+        let (remote, _) = remote_with(&[("ci.yaml", text)]);
+        let head = remote.push_branch("feature", "a change");
+        let w = World::start_on(Forge::Github, remote, "0s", on_argo.then_some(&stand_in));
+        let (status, body) = w.server.put_json(
+            "/api/v1/secrets/api_token",
+            &json!({ "value": secret, "unprotected": true }),
+        );
+        assert_eq!(status, 204, "{body}");
+        let pr = Hook::sample(Forge::Github, "pull-request-opened.json")
+            .head(Forge::Github, &head)
+            .set("/pull_request/head/ref", json!("feature"))
+            .set("/number", json!(4));
+        w.accept(&pr, "pr-4-opened");
+        let run = w.wait_run("ci", "pullRequest");
+        assert_eq!(run["status"], "succeeded", "argo: {on_argo}: {run}");
+        assert_eq!(run["executor"], if on_argo { "cluster" } else { "local" });
+        w.wait_state(&head, "success");
+        let states = w.states(&head);
+        assert!(
+            states.iter().all(|s| s == "pending" || s == "success"),
+            "{states:?}"
+        );
+        w.server
+            .wait_until("the PR comment to show the run succeeded", WAIT, || {
+                w.fake
+                    .comments(4)
+                    .iter()
+                    .any(|(_, body)| body.contains("succeeded"))
+            });
+        let all = w.fake.comments(4);
+        assert_eq!(all.len(), 1, "{all:?}");
+        let text = all[0].1.clone();
+        assert!(!text.contains(secret), "{text}");
+        assert!(!w.log(&run).contains(secret));
+        // What differs between two runs: their ids, commits, servers and durations.
+        let normal: String = text
+            .replace(&id(&run), "RUN")
+            .replace(&head[..7], "SHA")
+            .replace(&w.server.url(), "URL")
+            .split_whitespace()
+            .filter(|w| !w.ends_with('s') || !w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        comments.push(normal);
+    }
+    assert_eq!(
+        comments[0], comments[1],
+        "the same comment on both executors"
+    );
 }
 
 /// A pipeline `deploy` that runs on pushes to main and feature branches and prints its secret
