@@ -217,6 +217,18 @@ fn cases() -> Vec<Case> {
             argo: None,
         },
         Case {
+            name: "secret-output-passed-on",
+            steps: "  - name: mint\n    script: 'head -c 12 /dev/urandom | od -An -tx1 | tr -d \" \\\\n\" > \"$GANTRY_OUTPUTS/pw\"; echo minted'\n    outputs: [{name: pw, secret: true}]\n  - name: use\n    script: 'echo \"got $PW\"; [ ${#PW} -eq 24 ] && echo \"length ok\"'\n    env: {PW: '{{steps.mint.outputs.pw}}'}\n",
+            drive: Drive::ToTheEnd,
+            status: RunStatus::Succeeded,
+            want: vec![
+                step("mint", "succeeded", 1, Some(0), None),
+                step("use", "succeeded", 1, Some(0), None),
+            ],
+            logged: &["minted", "got ***", "length ok"],
+            argo: None,
+        },
+        Case {
             name: "masked-secrets",
             steps: "  - name: leak\n    script: 'echo \"token=$T\"; printf \"pre-%s-post\\\\n\" \"$T\"; echo \"$T\" >&2'\n    env: {T: '{{secrets.token}}'}\n",
             drive: Drive::ToTheEnd,

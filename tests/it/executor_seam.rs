@@ -255,3 +255,74 @@ async fn the_argo_executor_follows_through_streams_that_keep_ending() {
         stand_in.calls()
     );
 }
+
+/// A secret output on Argo: sealed in its pod, so the Workflow holds only ciphertext; opened for
+/// the step that reads it, and by Gantry, which stores it sealed like any secret output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_output_crosses_argo_sealed() {
+    use gantry::executor::argo::client::Connection;
+    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
+    let value = "pl41ntext-secret-output-9f3c";
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    let argo = ArgoExecutor::new(
+        "cluster",
+        Connection {
+            server: stand_in.url(),
+            kube: stand_in.url(),
+            namespace: "gantry".into(),
+            token: crate::support::argo::TOKEN.into(),
+        },
+        ArgoOptions::default(),
+    )
+    .expect("executor");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    store
+        .set_secret_with(
+            None,
+            "token",
+            value,
+            gantry::store::SecretRelease::Protected,
+        )
+        .expect("secret");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: sealed\nsecrets: [token]\nsteps:\n  - name: mint\n    script: 'printf \"%s\\n\" \"$T\" > \"$GANTRY_OUTPUTS/pw\"'\n    env: {T: '{{secrets.token}}'}\n    outputs: [{name: pw, secret: true}]\n  - name: use\n    script: '[ \"$PW\" = \"$T\" ] && echo \"the same value\"'\n    env: {PW: '{{steps.mint.outputs.pw}}', T: '{{secrets.token}}'}\n";
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(text, "sealed.yaml", Limits::default()),
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    let (lines, _) = store.logs(&run.id, None, None).expect("logs");
+    assert!(lines.iter().any(|(_, l)| l.text == "the same value"));
+    let workflow = run.external_id.expect("a Workflow");
+    let wf = stand_in.workflow("gantry", &workflow).expect("stored");
+    let sealed = wf["status"]["nodes"]
+        .as_object()
+        .expect("nodes")
+        .values()
+        .find_map(|n| {
+            n["outputs"]["parameters"][0]["value"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("the sealed output");
+    assert_eq!(sealed.len(), 2 * (value.len() + 1), "{sealed}");
+    assert!(
+        !wf.to_string().contains(value),
+        "no plaintext in the Workflow"
+    );
+    let outputs = store.outputs(&run.id).expect("outputs");
+    assert!(
+        outputs[0].secret && outputs[0].value.is_none(),
+        "{outputs:?}"
+    );
+}

@@ -82,14 +82,49 @@ pub struct Compiled {
     pub secret_keys: Vec<String>,
     /// The DAG task of each plan step, in plan order.
     pub tasks: Vec<String>,
+    /// The one-time pad of each secret output: its step, its output, and its key in the Secret
+    /// (whose value, `PAD_BYTES` random bytes in hex, the executor supplies).
+    pub pads: Vec<(usize, String, String)>,
+}
+
+/// The largest secret output on Argo, in bytes: the length of its one-time pad.
+pub const PAD_BYTES: usize = 4096;
+
+/// The Secret key of the pad that seals output `output` of task `task`.
+pub fn pad_key(task: &str, output: &str) -> String {
+    format!("gantry-pad.{task}.{output}")
+}
+
+/// The shell functions of the sealing wrapper (POSIX `sh`, `od`, `awk`): `gantry_seal FILE PAD`
+/// replaces a secret output file by its bytes XORed with the pad, in hex; `gantry_open HEX PAD`
+/// prints the bytes again. Argo then holds only the hex, which without the pad (in the run's
+/// Secret, deleted with the run) says nothing of the value.
+const SEAL_FUNCTIONS: &str = r#"gantry_hex='BEGIN { for (i = 0; i < 256; i++) h[sprintf("%02x", i)] = i }
+function xor(a, b,   x, bit, j) { x = 0; bit = 1; for (j = 0; j < 8; j++) { if ((a % 2) != (b % 2)) x += bit; a = int(a / 2); b = int(b / 2); bit *= 2 } return x }'
+gantry_seal() {
+  [ -f "$1" ] || return 0
+  size=$(wc -c < "$1")
+  if [ "$size" -gt PAD_BYTES ]; then echo "gantry: the secret output ${1##*/} is $size bytes; on Argo a secret output holds at most PAD_BYTES" >&2; return 1; fi
+  od -An -v -tu1 "$1" | LC_ALL=C awk -v pad="$2" "$gantry_hex"'
+{ for (i = 1; i <= NF; i++) { k++; printf "%02x", xor($i, h[substr(pad, 2 * k - 1, 2)]) } }' > "$1.sealed" && mv "$1.sealed" "$1"
+}
+gantry_open() {
+  LC_ALL=C awk -v data="$1" -v pad="$2" "$gantry_hex"'
+END { n = length(data) / 2; for (k = 1; k <= n; k++) printf "%c", xor(h[substr(data, 2 * k - 1, 2)], h[substr(pad, 2 * k - 1, 2)]) }' < /dev/null
+}
+"#;
+
+/// A word quoted for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CompileError {
     #[error(
-        "step `{step}` declares the secret output `{output}`: on Argo an output parameter is stored in plaintext in the Workflow's status, so secret outputs cannot run there; write the value to a file in the workspace and read it in the next step instead"
+        "step `{step}` uses the secret output `{output}` inside a longer text: on Argo a secret output reaches a step sealed, and only a whole env value (`NAME: \"{{{{steps.….outputs.{output}}}}}\"`) is opened for it"
     )]
-    SecretOutput { step: String, output: String },
+    SealedInText { step: String, output: String },
     #[error(
         "step `{step}` retries with backoff factor {factor}: Argo takes whole factors; use 1, 2, 3..."
     )]
@@ -108,15 +143,15 @@ pub fn compile(plan: &Plan, run: &RunFacts, options: &Options) -> Result<Compile
     let mut templates = Vec::new();
     let mut tasks = Vec::new();
     let mut publish_steps = Vec::new();
+    let mut pads: Vec<(usize, String, String)> = Vec::new();
     for (i, step) in plan.steps.iter().enumerate() {
-        for output in &step.outputs {
-            if output.secret {
-                return Err(CompileError::SecretOutput {
-                    step: step.name.clone(),
-                    output: output.name.clone(),
-                });
-            }
+        for output in step.outputs.iter().filter(|o| o.secret) {
+            let key = pad_key(&names[i], &output.name);
+            secrets.insert(key.clone());
+            pads.push((i, output.name.clone(), key));
         }
+    }
+    for (i, step) in plan.steps.iter().enumerate() {
         let cx = Cx {
             run,
             names: &names,
@@ -126,7 +161,7 @@ pub fn compile(plan: &Plan, run: &RunFacts, options: &Options) -> Result<Compile
         if matches!(step.action, Action::Publish(_)) {
             publish_steps.push(step.name.clone());
         }
-        templates.push(cx.template(step, name, options, &secret_name, &mut secrets)?);
+        templates.push(cx.template(step, name, options, &secret_name, &mut secrets, &mut pads)?);
         let mut task = json!({"name": name, "template": name});
         let deps: Vec<&String> = step.needs.iter().filter_map(|&d| names.get(d)).collect();
         if !deps.is_empty() {
@@ -229,6 +264,7 @@ pub fn compile(plan: &Plan, run: &RunFacts, options: &Options) -> Result<Compile
         secret_name,
         secret_keys: secrets.into_iter().collect(),
         tasks: names,
+        pads,
     })
 }
 
@@ -461,8 +497,14 @@ impl Cx<'_> {
         options: &Options,
         secret_name: &str,
         secrets: &mut BTreeSet<String>,
+        pads: &mut [(usize, String, String)],
     ) -> Result<Value, CompileError> {
         let mut hidden = Vec::new();
+        // The sealing wrapper's lines: opening sealed values before the step, sealing its own
+        // secret outputs after it.
+        let mut open_lines: Vec<String> = Vec::new();
+        let mut seal_lines: Vec<String> = Vec::new();
+        let secret_ref = |key: &str| json!({"secretKeyRef": {"name": secret_name, "key": key}});
         let mut env = vec![
             json!({"name": "GANTRY_WORKSPACE", "value": WORKSPACE}),
             json!({"name": "WORKSPACE", "value": WORKSPACE}),
@@ -478,7 +520,57 @@ impl Cx<'_> {
         }
         let mut own = Vec::new();
         for (k, v) in &step.env {
+            // A secret output arrives sealed: its pad too, and the wrapper opens it.
+            let sealed: Vec<(String, String)> = v
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    Part::Ref {
+                        reference: Ref::StepOutput { step: from, output },
+                        ..
+                    } if self.plan.is_secret_output(from, output) => {
+                        Some((from.clone(), output.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if let Some((from, output)) = sealed.first() {
+                if v.parts.len() != 1 {
+                    return Err(CompileError::SealedInText {
+                        step: step.name.clone(),
+                        output: output.clone(),
+                    });
+                }
+                let task = self
+                    .plan
+                    .steps
+                    .iter()
+                    .position(|s| &s.name == from)
+                    .and_then(|i| self.names.get(i))
+                    .cloned()
+                    .unwrap_or_default();
+                let pad_var = format!("GANTRY_OPEN_{}", open_lines.len());
+                hidden.push(
+                    json!({"name": pad_var, "valueFrom": secret_ref(&pad_key(&task, output))}),
+                );
+                open_lines.push(format!(
+                    "{k}=$(gantry_open \"${k}\" \"${pad_var}\") || exit 1; export {k}; unset {pad_var}"
+                ));
+            }
             own.push(self.env(k, v, secret_name, secrets, &mut hidden));
+        }
+        for (n, (_, output, key)) in pads
+            .iter()
+            .filter(|(i, _, _)| self.names.get(*i).map(String::as_str) == Some(name))
+            .enumerate()
+        {
+            let pad_var = format!("GANTRY_PAD_{n}");
+            hidden.push(json!({"name": pad_var, "valueFrom": secret_ref(key)}));
+            open_lines.push(format!("gantry_pad_{n}=${pad_var}; unset {pad_var}"));
+            seal_lines.push(format!(
+                "gantry_seal \"$GANTRY_OUTPUTS\"/{} \"$gantry_pad_{n}\" || exit 1",
+                sh_quote(output)
+            ));
         }
         // Hidden secret variables first: `$(VAR)` expands only variables defined before it.
         env.extend(hidden);
@@ -568,6 +660,34 @@ printf %s \"${GANTRY_CHECKOUT_DEST#/workspace/}\" > \"$GANTRY_OUTPUTS/path\"\n";
                     "source": "echo 'published by Gantry once the outputs it needs are in'\n",
                     "env": env, "workingDir": WORKSPACE, "volumeMounts": mounts,
                 });
+            }
+        }
+        if !open_lines.is_empty() || !seal_lines.is_empty() {
+            // `sh -c WRAPPER gantry-step COMMAND...`: Argo appends a script's file to the
+            // command, so `"$@"` runs the step as it would have run.
+            let mut wrapper = SEAL_FUNCTIONS.replace("PAD_BYTES", &PAD_BYTES.to_string());
+            for line in &open_lines {
+                wrapper.push_str(line);
+                wrapper.push('\n');
+            }
+            wrapper.push_str("\"$@\"; rc=$?; [ \"$rc\" -eq 0 ] || exit \"$rc\"\n");
+            for line in &seal_lines {
+                wrapper.push_str(line);
+                wrapper.push('\n');
+            }
+            // Kubernetes expands `$(VAR)` in a command: `$$(` keeps the shell's own.
+            let wrapper = wrapper.replace("$(", "$$(");
+            for body in ["script", "container"] {
+                if let Some(command) = template[body]["command"].as_array().cloned() {
+                    let mut wrapped = vec![
+                        json!("sh"),
+                        json!("-c"),
+                        json!(wrapper),
+                        json!("gantry-step"),
+                    ];
+                    wrapped.extend(command);
+                    template[body]["command"] = json!(wrapped);
+                }
             }
         }
         if !step.outputs.is_empty() {
@@ -740,14 +860,43 @@ mod tests {
     }
 
     #[test]
-    fn secret_outputs_and_fractional_factors_do_not_compile() {
+    fn secret_outputs_are_sealed_and_only_opened_whole() {
         let plan = plan_of(&format!(
-            "{HEAD}steps:\n  - name: gen\n    script: 'true'\n    outputs: [{{name: pw, secret: true}}]\n"
+            "{HEAD}steps:\n  - name: gen\n    script: 'true'\n    outputs: [{{name: pw, secret: true}}]\n  - name: use\n    script: 'true'\n    env: {{PW: '{{{{steps.gen.outputs.pw}}}}'}}\n"
+        ));
+        let c = compile(&plan, &run(), &Options::default()).expect("compiles");
+        assert_eq!(
+            c.pads,
+            [(0, "pw".to_string(), "gantry-pad.gen.pw".to_string())]
+        );
+        assert!(c.secret_keys.contains(&"gantry-pad.gen.pw".to_string()));
+        let templates = c.workflow["spec"]["templates"]
+            .as_array()
+            .expect("templates");
+        let make = &templates[1]["script"];
+        assert_eq!(make["command"][0], "sh");
+        assert!(
+            make["command"][2]
+                .as_str()
+                .is_some_and(|w| w.contains("gantry_seal \"$GANTRY_OUTPUTS\"/'pw'"))
+        );
+        let use_ = &templates[2]["script"];
+        assert!(
+            use_["command"][2]
+                .as_str()
+                .is_some_and(|w| w.contains("PW=$$(gantry_open \"$PW\""))
+        );
+        let env = use_["env"].as_array().expect("env");
+        assert!(env.iter().any(|e| e["name"] == "GANTRY_OPEN_0"
+            && e["valueFrom"]["secretKeyRef"]["key"] == "gantry-pad.gen.pw"));
+
+        let mixed = plan_of(&format!(
+            "{HEAD}steps:\n  - name: gen\n    script: 'true'\n    outputs: [{{name: pw, secret: true}}]\n  - name: use\n    script: 'true'\n    env: {{AUTH: 'Bearer {{{{steps.gen.outputs.pw}}}}'}}\n"
         ));
         assert_eq!(
-            compile(&plan, &run(), &Options::default()),
-            Err(CompileError::SecretOutput {
-                step: "gen".into(),
+            compile(&mixed, &run(), &Options::default()).map(|_| ()),
+            Err(CompileError::SealedInText {
+                step: "use".into(),
                 output: "pw".into()
             })
         );

@@ -195,8 +195,23 @@ impl ArgoExecutor {
                 return Ok(RunOutcome::Failed);
             }
         };
+        // One fresh pad per secret output, in the run's Secret beside its secrets.
+        let mut values = input.secrets.clone();
+        for (step, output, key) in &compiled.pads {
+            let mut pad = vec![0u8; compile::PAD_BYTES];
+            if let Err(e) = getrandom::getrandom(&mut pad) {
+                book.refuse(&format!("no randomness to seal secret outputs: {e}"))
+                    .await;
+                return Ok(RunOutcome::Failed);
+            }
+            values.insert(
+                key.clone(),
+                pad.iter().map(|b| format!("{b:02x}")).collect(),
+            );
+            book.pads.insert((*step, output.clone()), pad);
+        }
         let result = self
-            .submit_and_follow(&compiled, input, &mut book, cancel)
+            .submit_and_follow(&compiled, input, &values, &mut book, cancel)
             .await;
         // The Secret goes whatever happened; Kubernetes deletes it with the Workflow anyway.
         if !compiled.secret_keys.is_empty() {
@@ -209,6 +224,7 @@ impl ArgoExecutor {
         &self,
         compiled: &Compiled,
         input: &RunInput,
+        secret_values: &std::collections::BTreeMap<String, String>,
         book: &mut Book<'_>,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError> {
@@ -218,7 +234,7 @@ impl ArgoExecutor {
                 compiled,
                 &self.options.namespace,
                 &input.run_id,
-                Some(&input.secrets),
+                Some(secret_values),
             );
             self.client.create_secret(&manifest).await.map_err(lost)?;
         }
@@ -313,6 +329,8 @@ struct Book<'a> {
     values: Values,
     steps: Vec<StepBook>,
     run_log: u64,
+    /// The pad of each secret output, by step and output.
+    pads: std::collections::BTreeMap<(usize, String), Vec<u8>>,
 }
 
 #[derive(Default, Clone)]
@@ -337,6 +355,7 @@ impl<'a> Book<'a> {
             values: Values::from_input(input),
             steps: vec![StepBook::default(); plan.steps.len()],
             run_log: 0,
+            pads: std::collections::BTreeMap::new(),
         }
     }
 
@@ -597,8 +616,18 @@ impl Follow<'_> {
                                 false,
                             ))
                         })
-                        .filter(|(n, _, _)| book.plan.steps[i].outputs.iter().any(|o| &o.name == n))
-                        .map(|(n, v, s)| (n, book.secrets.mask(&v), s))
+                        .filter_map(|(n, v, _)| {
+                            let declared =
+                                book.plan.steps[i].outputs.iter().find(|o| o.name == n)?;
+                            if !declared.secret {
+                                return Some((n, book.secrets.mask(&v), false));
+                            }
+                            // Sealed in the pod: opened here with its pad, masked from now on.
+                            let pad = book.pads.get(&(i, n.clone()))?;
+                            let value = unseal(&v, pad)?;
+                            book.secrets.add(&value);
+                            Some((n, value, true))
+                        })
                         .collect();
                     book.values.outputs.insert(
                         book.plan.steps[i].name.clone(),
@@ -695,5 +724,45 @@ impl Follow<'_> {
         } else {
             RunOutcome::Failed
         }
+    }
+}
+
+/// Opens a sealed output: its hex XORed with the pad, one trailing newline dropped (as Gantry
+/// reads every output); `None` for text that is not the hex of at most a pad's bytes.
+fn unseal(hex: &str, pad: &[u8]) -> Option<String> {
+    let hex = hex.trim();
+    if !hex.len().is_multiple_of(2) || hex.len() / 2 > pad.len() {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+        .map(|k| {
+            let b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
+            Some(b ^ pad[k])
+        })
+        .collect();
+    let mut value = String::from_utf8_lossy(&bytes?).into_owned();
+    if value.ends_with('\n') {
+        value.pop();
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unseal;
+
+    #[test]
+    fn a_sealed_value_opens_with_its_pad_only() {
+        let pad = [0x5a, 0x01, 0xff, 0x10, 0x00];
+        let sealed: String = b"pw1\n"
+            .iter()
+            .zip(pad)
+            .map(|(b, p)| format!("{:02x}", b ^ p))
+            .collect();
+        assert_eq!(unseal(&sealed, &pad).as_deref(), Some("pw1"));
+        assert_ne!(unseal(&sealed, &[0; 5]).as_deref(), Some("pw1"));
+        assert_eq!(unseal("abc", &pad), None);
+        assert_eq!(unseal("zz", &pad), None);
+        assert_eq!(unseal(&"00".repeat(6), &pad), None);
     }
 }

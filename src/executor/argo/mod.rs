@@ -12,8 +12,9 @@
 //! Secrets never enter the Workflow: every secret the run uses is a key of one Kubernetes Secret
 //! per run, read by `env[].valueFrom.secretKeyRef`; a value that mixes a secret with text is
 //! assembled by Kubernetes' own `$(VAR)` expansion from a hidden variable. Secret *outputs* would
-//! land in `status.nodes[].outputs` in plaintext, so a pipeline that declares one does not
-//! compile for Argo (the error names the step and the output).
+//! land in `status.nodes[].outputs` in plaintext, so each is sealed in its pod with a one-time pad
+//! from the run's Secret and opened by Gantry, and by the steps that read it (ARCHITECTURE.md,
+//! "Secret outputs on Argo").
 
 pub mod client;
 pub mod compile;
