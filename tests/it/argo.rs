@@ -133,3 +133,56 @@ fn a_bad_file_is_reported_with_its_location() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.yaml:4:1"), "{stderr}");
 }
+
+/// `deploy/kubernetes/gantry.yaml`: every document is YAML with a kind, the config it carries is
+/// one `gantry serve` accepts, and the Deployment runs one replica of it.
+#[test]
+fn the_kubernetes_manifests_parse_and_carry_a_valid_config() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/gantry.yaml"),
+    )
+    .expect("the manifests");
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Secret",
+            "Role",
+            "RoleBinding",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service"
+        ]
+    );
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the config");
+    let toml = config["data"]["gantry.toml"].as_str().expect("gantry.toml");
+    // The variables the manifests give the pod.
+    let env = [
+        ("GANTRY_ADMIN_TOKEN", "an-admin-token-of-enough-length"),
+        ("ARGO_TOKEN", "a-service-account-token"),
+        ("GITHUB_TOKEN", "ghp_example"),
+    ];
+    let checked =
+        gantry::config::parse(toml, Path::new("/etc/gantry/gantry.toml"), &|name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        });
+    let config = checked.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.executors.default, "cluster");
+}
