@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry::executor::argo::client::Connection;
-use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
 use gantry::executor::local::LocalExecutor;
 use gantry::executor::{Event, Executor, Limits};
 use gantry::store::{RunStatus, SecretRelease, StepRecord, Store};
@@ -20,18 +18,7 @@ const SECRET: &str = "c0nf0rm-s3cret-v4lue";
 /// Every executor under test, by name, with what keeps it running (the Argo stand-in).
 fn executors() -> Vec<(&'static str, Arc<dyn Executor>, Option<ArgoStandIn>)> {
     let stand_in = ArgoStandIn::start();
-    let argo = ArgoExecutor::new(
-        "argo",
-        Connection {
-            server: stand_in.url(),
-            kube: stand_in.url(),
-            namespace: "gantry".into(),
-            token: crate::support::argo::TOKEN.into(),
-        },
-        ArgoOptions::default(),
-    )
-    .expect("argo executor")
-    .with_backoff(vec![Duration::from_millis(50)], Duration::from_millis(50));
+    let argo = stand_in.executor("argo");
     vec![
         ("local", Arc::new(LocalExecutor::new()), None),
         ("argo", Arc::new(argo), Some(stand_in)),

@@ -151,25 +151,9 @@ fn records_from_before_handles_still_read() {
 /// as unavailable, naming the server, and no step is said to have failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_argo_executor_names_a_server_that_stays_down() {
-    use gantry::executor::argo::client::Connection;
-    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
     let stand_in = crate::support::argo::ArgoStandIn::start();
     stand_in.fail_next(1000);
-    let argo = ArgoExecutor::new(
-        "cluster",
-        Connection {
-            server: stand_in.url(),
-            kube: stand_in.url(),
-            namespace: "gantry".into(),
-            token: crate::support::argo::TOKEN.into(),
-        },
-        ArgoOptions::default(),
-    )
-    .expect("executor")
-    .with_backoff(
-        vec![std::time::Duration::from_millis(20); 3],
-        std::time::Duration::from_millis(20),
-    );
+    let argo = stand_in.executor("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: one\nsteps:\n  - {name: a, script: 'true'}\n";
@@ -205,25 +189,9 @@ async fn the_argo_executor_names_a_server_that_stays_down() {
 /// again, follows anew, and still sees the run through, attempts and output included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_argo_executor_follows_through_streams_that_keep_ending() {
-    use gantry::executor::argo::client::Connection;
-    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
     let stand_in = crate::support::argo::ArgoStandIn::start();
     stand_in.cut_event_streams_after(Some(1));
-    let argo = ArgoExecutor::new(
-        "cluster",
-        Connection {
-            server: stand_in.url(),
-            kube: stand_in.url(),
-            namespace: "gantry".into(),
-            token: crate::support::argo::TOKEN.into(),
-        },
-        ArgoOptions::default(),
-    )
-    .expect("executor")
-    .with_backoff(
-        vec![std::time::Duration::from_millis(20)],
-        std::time::Duration::from_millis(20),
-    );
+    let argo = stand_in.executor("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: cut\nsteps:\n  - name: a\n    script: 'sleep 0.3; printf done > \"$GANTRY_OUTPUTS/r\"'\n    outputs: [r]\n  - {name: b, script: 'echo after'}\n";
@@ -260,21 +228,9 @@ async fn the_argo_executor_follows_through_streams_that_keep_ending() {
 /// the step that reads it, and by Gantry, which stores it sealed like any secret output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_output_crosses_argo_sealed() {
-    use gantry::executor::argo::client::Connection;
-    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
     let value = "pl41ntext-secret-output-9f3c";
     let stand_in = crate::support::argo::ArgoStandIn::start();
-    let argo = ArgoExecutor::new(
-        "cluster",
-        Connection {
-            server: stand_in.url(),
-            kube: stand_in.url(),
-            namespace: "gantry".into(),
-            token: crate::support::argo::TOKEN.into(),
-        },
-        ArgoOptions::default(),
-    )
-    .expect("executor");
+    let argo = stand_in.executor("cluster");
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     store
@@ -325,4 +281,43 @@ async fn a_secret_output_crosses_argo_sealed() {
         outputs[0].secret && outputs[0].value.is_none(),
         "{outputs:?}"
     );
+}
+
+/// A pod's lines reach the run's log while the pod runs: this step waits for a file that the test
+/// writes only once it has seen the step's first line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argo_logs_arrive_while_the_pod_runs() {
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    let argo = stand_in.executor("cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = format!(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: live\nsteps:\n  - name: wait\n    script: 'echo early; i=0; while [ ! -e {} ]; do i=$((i+1)); [ $i -lt 400 ] || exit 7; sleep 0.05; done; echo late'\n",
+        go.display()
+    );
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(&text, "live.yaml", Limits::default()),
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        move |_, event| {
+            if let gantry::executor::Event::Log { line, .. } = event
+                && line == "early"
+            {
+                let _ = std::fs::write(&go, "go");
+            }
+        },
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    let (lines, _) = store.logs(&run.id, None, None).expect("logs");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.text.as_str()).collect();
+    assert_eq!(texts, ["early", "late"]);
 }

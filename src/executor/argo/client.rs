@@ -278,13 +278,37 @@ impl Client {
 
     /// Opens the event stream of one Workflow: `ADDED` with its state now, then every change.
     pub async fn events(&self, name: &str) -> Result<Events, ClientError> {
-        let server = self.conn.server.clone();
         let url = self.argo(&format!("/api/v1/workflow-events/{}", self.conn.namespace));
         let selector = format!("metadata.name={name}");
+        self.stream(&url, &[("listOptions.fieldSelector", selector.as_str())])
+            .await
+    }
+
+    /// Follows the log of one pod's main container: `{"podName", "content"}` per line, until the
+    /// pod ends.
+    pub async fn follow_pod_log(&self, workflow: &str, pod: &str) -> Result<Events, ClientError> {
+        let url = self.argo(&format!(
+            "/api/v1/workflows/{}/{workflow}/log",
+            self.conn.namespace
+        ));
+        self.stream(
+            &url,
+            &[
+                ("podName", pod),
+                ("logOptions.container", "main"),
+                ("logOptions.follow", "true"),
+            ],
+        )
+        .await
+    }
+
+    /// Opens a server-sent-events answer.
+    async fn stream(&self, url: &str, query: &[(&str, &str)]) -> Result<Events, ClientError> {
+        let server = self.conn.server.clone();
         let response = self
             .http
-            .get(&url)
-            .query(&[("listOptions.fieldSelector", selector.as_str())])
+            .get(url)
+            .query(query)
             .header("Accept", "text/event-stream")
             .bearer_auth(&self.conn.token)
             .send()
@@ -345,15 +369,15 @@ impl Client {
     }
 }
 
-/// A Workflow's event stream.
+/// A stream of server-sent events (a Workflow's events, a pod's log lines).
 pub struct Events {
     response: reqwest::Response,
     pending: Vec<u8>,
 }
 
 impl Events {
-    /// The next event (`{"type", "object"}`), or `None` when the stream ended (with or without a
-    /// final event: the caller reads the Workflow again).
+    /// The next event's `result` (`{"type", "object"}`, `{"podName", "content"}`), or `None`
+    /// when the stream ended (with or without a final event: the caller reads anew).
     pub async fn next(&mut self) -> Option<Value> {
         loop {
             while let Some(at) = self.pending.iter().position(|b| *b == b'\n') {

@@ -4,8 +4,8 @@
 //! Workflow reads by `secretKeyRef`, submits the Workflow, makes it the Secret's owner, and then
 //! follows it: the Workflow's event stream (opened again, after reading the Workflow, whenever it
 //! ends early) is turned into the same `Event`s the local executor sends. A task's node is its
-//! step; a `Retry` node's children are the attempts; a pod's lines are copied into the log,
-//! masked and within the caps, when its attempt ends; outputs come from the node's
+//! step; a `Retry` node's children are the attempts; a pod's lines are followed into the log
+//! while it runs, masked and within the caps (its attempt ends once the log is complete); outputs come from the node's
 //! `outputs.parameters`, and a publish step publishes, in Gantry, once its task succeeded. A step
 //! whose task got no node was kept from running by a step it needs (`rules::blocks`). Cancel
 //! terminates the Workflow; the Secret is deleted at the end. A server that cannot be reached
@@ -325,12 +325,77 @@ struct Book<'a> {
     plan: &'a Plan,
     events: Sender<Event>,
     secrets: Secrets,
-    limits: Limits,
     values: Values,
     steps: Vec<StepBook>,
-    run_log: u64,
+    /// Where pod lines go, shared with the tasks that follow pods' logs.
+    sink: LogSink,
+    /// The task following the log of each running attempt, by step and attempt.
+    followers: std::collections::BTreeMap<(usize, u32), tokio::task::JoinHandle<bool>>,
     /// The pad of each secret output, by step and output.
     pads: std::collections::BTreeMap<(usize, String), Vec<u8>>,
+}
+
+/// Pod lines into the run's log: masked, within the per-step and per-run caps.
+#[derive(Clone)]
+struct LogSink {
+    events: Sender<Event>,
+    secrets: Secrets,
+    limits: Limits,
+    budget: std::sync::Arc<std::sync::Mutex<Budget>>,
+}
+
+/// Log bytes kept so far.
+struct Budget {
+    step: Vec<u64>,
+    cut: Vec<bool>,
+    run: u64,
+}
+
+impl LogSink {
+    async fn line(&self, i: usize, attempt: u32, line: &str) {
+        let cost = line.len() as u64 + 1;
+        // None: drop it; Some(true): keep it; Some(false): drop it and say where the log was cut.
+        let verdict = {
+            let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+            let over = b.step.get(i).copied().unwrap_or(0) + cost > self.limits.max_step_log
+                || b.run + cost > self.limits.max_run_log;
+            if !over {
+                if let Some(s) = b.step.get_mut(i) {
+                    *s += cost;
+                }
+                b.run += cost;
+                Some(true)
+            } else if b.cut.get(i).copied().unwrap_or(true) {
+                None
+            } else {
+                if let Some(c) = b.cut.get_mut(i) {
+                    *c = true;
+                }
+                Some(false)
+            }
+        };
+        let (stream, text) = match verdict {
+            None => return,
+            Some(true) => (Stream::Stdout, self.secrets.mask(line)),
+            Some(false) => (
+                Stream::System,
+                format!(
+                    "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
+                    self.limits.max_step_log, self.limits.max_run_log
+                ),
+            ),
+        };
+        let _ = self
+            .events
+            .send(Event::Log {
+                step: i,
+                attempt,
+                stream,
+                line: text,
+                at: Utc::now(),
+            })
+            .await;
+    }
 }
 
 #[derive(Default, Clone)]
@@ -341,20 +406,28 @@ struct StepBook {
     done: Option<StepStatus>,
     /// Why its dependents do not run, when it did not pass (or was kept from running itself).
     blocks: Option<String>,
-    log: u64,
-    cut: bool,
 }
 
 impl<'a> Book<'a> {
     fn new(plan: &'a Plan, input: &RunInput, secrets: Secrets, events: Sender<Event>) -> Book<'a> {
+        let n = plan.steps.len();
         Book {
             plan,
+            sink: LogSink {
+                events: events.clone(),
+                secrets: secrets.clone(),
+                limits: input.limits,
+                budget: std::sync::Arc::new(std::sync::Mutex::new(Budget {
+                    step: vec![0; n],
+                    cut: vec![false; n],
+                    run: 0,
+                })),
+            },
             events,
             secrets,
-            limits: input.limits,
             values: Values::from_input(input),
-            steps: vec![StepBook::default(); plan.steps.len()],
-            run_log: 0,
+            steps: vec![StepBook::default(); n],
+            followers: std::collections::BTreeMap::new(),
             pads: std::collections::BTreeMap::new(),
         }
     }
@@ -393,42 +466,27 @@ impl<'a> Book<'a> {
         .await;
     }
 
-    /// A pod's lines, masked, within the per-step and per-run caps.
-    async fn log(&mut self, i: usize, attempt: u32, lines: Vec<String>) {
-        for line in lines {
-            let cost = line.len() as u64 + 1;
-            let book = &mut self.steps[i];
-            if book.log + cost > self.limits.max_step_log
-                || self.run_log + cost > self.limits.max_run_log
-            {
-                if !book.cut {
-                    book.cut = true;
-                    let text = format!(
-                        "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
-                        self.limits.max_step_log, self.limits.max_run_log
-                    );
-                    self.send(Event::Log {
-                        step: i,
-                        attempt,
-                        stream: Stream::System,
-                        line: text,
-                        at: Utc::now(),
-                    })
-                    .await;
-                }
-                continue;
+    /// An attempt's log is complete: the task that followed it has ended (given half a minute
+    /// after the pod), else what the pod printed is read whole.
+    async fn attempt_log(
+        &mut self,
+        client: &Client,
+        workflow: &str,
+        pod: &str,
+        i: usize,
+        attempt: u32,
+    ) {
+        let followed = match self.followers.remove(&(i, attempt)) {
+            Some(task) => matches!(
+                tokio::time::timeout(Duration::from_secs(30), task).await,
+                Ok(Ok(true))
+            ),
+            None => false,
+        };
+        if !followed {
+            for line in client.pod_logs(workflow, pod).await.unwrap_or_default() {
+                self.sink.line(i, attempt, &line).await;
             }
-            book.log += cost;
-            self.run_log += cost;
-            let line = self.secrets.mask(&line);
-            self.send(Event::Log {
-                step: i,
-                attempt,
-                stream: Stream::Stdout,
-                line,
-                at: Utc::now(),
-            })
-            .await;
         }
     }
 }
@@ -552,17 +610,29 @@ impl Follow<'_> {
                     })
                     .await;
                     book.steps[i].started = attempt;
+                    // Its lines reach the log as the pod prints them.
+                    let (client, sink) = (self.client.clone(), book.sink.clone());
+                    let (workflow, pod_name) = (self.workflow.clone(), self.pod_name(pod));
+                    let follower = tokio::spawn(async move {
+                        let Ok(mut lines) = client.follow_pod_log(&workflow, &pod_name).await
+                        else {
+                            return false;
+                        };
+                        while let Some(entry) = lines.next().await {
+                            if let Some(line) = entry["content"].as_str() {
+                                sink.line(i, attempt, line).await;
+                            }
+                        }
+                        true
+                    });
+                    book.followers.insert((i, attempt), follower);
                 }
                 // An attempt is over when its pod is, and, under a Retry node, when the next
                 // attempt exists or the task itself is over (so a retry is never missed).
                 let over = is_final(phase) && (k + 1 < attempts.len() || task_final);
                 if attempt > book.steps[i].finished && over {
-                    let lines = self
-                        .client
-                        .pod_logs(&self.workflow, &self.pod_name(pod))
-                        .await
-                        .unwrap_or_default();
-                    book.log(i, attempt, lines).await;
+                    book.attempt_log(self.client, &self.workflow, &self.pod_name(pod), i, attempt)
+                        .await;
                     let (status, exit_code, message) = self.attempt_end(pod, i, book);
                     if status == StepStatus::Succeeded
                         && let Action::Publish(resource) = &book.plan.steps[i].action
@@ -693,6 +763,10 @@ impl Follow<'_> {
             };
             let started = book.steps[i].started;
             if started > book.steps[i].finished {
+                // The Workflow is over, so is the pod's log: let its follower finish.
+                if let Some(task) = book.followers.remove(&(i, started)) {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+                }
                 book.send(Event::AttemptFinished {
                     step: i,
                     attempt: started,

@@ -70,6 +70,8 @@ struct Wf {
     cancel: CancellationToken,
     /// Set when it was terminated, with the message the status gets.
     terminated: bool,
+    /// Pods whose process has ended (their log is complete).
+    ended_pods: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -190,6 +192,26 @@ impl ArgoStandIn {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// An Argo executor named `name` for this stand-in (Argo Server and Kubernetes API alike),
+    /// namespace `gantry`, retrying quickly.
+    pub fn executor(&self, name: &str) -> gantry::executor::argo::ArgoExecutor {
+        gantry::executor::argo::ArgoExecutor::new(
+            name,
+            gantry::executor::argo::client::Connection {
+                server: self.url(),
+                kube: self.url(),
+                namespace: "gantry".into(),
+                token: TOKEN.into(),
+            },
+            gantry::executor::argo::ArgoOptions::default(),
+        )
+        .expect("an Argo executor")
+        .with_backoff(
+            vec![Duration::from_millis(20); 3],
+            Duration::from_millis(20),
+        )
     }
 
     /// The next `n` calls are answered 503 Service Unavailable.
@@ -569,6 +591,7 @@ fn create_workflow(shared: &Arc<Shared>, ns: &str, body: &[u8]) -> Response {
                 logs: Vec::new(),
                 cancel: cancel.clone(),
                 terminated: false,
+                ended_pods: BTreeSet::new(),
             },
         );
     }
@@ -733,7 +756,9 @@ fn logs(
                 };
                 let lines: Vec<Value> = wf.logs[next..].to_vec();
                 next = wf.logs.len();
-                let done = !wf.object["status"]["finishedAt"].is_null();
+                // A pod's log is over when the pod is; the Workflow's when the Workflow is.
+                let done = !wf.object["status"]["finishedAt"].is_null()
+                    || pod.as_deref().is_some_and(|p| wf.ended_pods.contains(p));
                 (lines, done, state.faults.log_delay)
             };
             for line in lines {
@@ -1551,6 +1576,19 @@ impl PodRun {
         (end.phase.to_string(), outputs)
     }
 
+    /// Marks a pod's log complete.
+    fn pod_ended(&self, pod_name: &str) {
+        if let Some(wf) = self
+            .shared
+            .lock()
+            .workflows
+            .get_mut(&(self.ns.clone(), self.wf.clone()))
+        {
+            wf.ended_pods.insert(pod_name.to_string());
+        }
+        self.shared.bump();
+    }
+
     /// One pod: the template's process, within its deadline, its lines logged, its outputs read.
     async fn pod(&self, pod_name: &str, node: &str) -> PodEnd {
         let outputs_dir = self.shared.dir.join(&self.wf).join("pods").join(node);
@@ -1709,6 +1747,7 @@ impl PodRun {
                 }
             } => {
                 kill(pid);
+                self.pod_ended(pod_name);
                 return PodEnd {
                     phase: "Failed",
                     exit_code: None,
@@ -1718,6 +1757,7 @@ impl PodRun {
             }
             () = self.cancel.cancelled() => {
                 kill(pid);
+                self.pod_ended(pod_name);
                 return PodEnd {
                     phase: "Failed",
                     exit_code: None,
@@ -1726,6 +1766,7 @@ impl PodRun {
                 };
             }
         };
+        self.pod_ended(pod_name);
         let code = status.and_then(|s| s.code()).unwrap_or(-1);
         if code != 0 {
             return PodEnd {
