@@ -223,8 +223,8 @@ pub fn open_store(data_dir: &Path) -> Option<Store> {
         crate::executor::Limits::default(),
     );
     match crate::run::recover::recover(&store, &executors) {
-        Ok(runs) => {
-            for r in runs {
+        Ok(recovered) => {
+            for r in recovered.interrupted {
                 eprintln!(
                     "gantry: run {} #{} of {} was {}",
                     r.id,

@@ -273,6 +273,27 @@ pub enum Recovery {
     /// Nothing of it runs any more; `stopped` leftover processes (or pods) were stopped. The run
     /// is interrupted.
     Ended { stopped: usize },
+    /// It outlived Gantry where it runs (an Argo Workflow, found by its name or by its run's
+    /// label): the caller picks it up again with `Executor::reattach`.
+    Reattach { external_id: String },
+}
+
+/// What the store already holds of a run that an executor picks up again, per plan step, so that
+/// nothing is told twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resumed {
+    pub steps: Vec<ResumedStep>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumedStep {
+    /// Attempts recorded as started, and as finished.
+    pub started: u32,
+    pub finished: u32,
+    /// How the step ended, when it is over (`None` while it is not, or when it was cut off).
+    pub done: Option<StepStatus>,
+    /// Log lines recorded of the last started attempt.
+    pub lines: usize,
 }
 
 /// What an executor reports, in order, for one run. `step` is an index into `Plan::steps`. Its
@@ -464,6 +485,27 @@ pub trait Executor: Send + Sync {
     /// After Gantry starts, before it runs anything: cleans up after `lost` runs (one `Recovery`
     /// each, in order) and whatever else it left in `work_dir`, the folder of run directories.
     fn recover(&self, work_dir: &Path, lost: &[LostRun]) -> Vec<Recovery>;
+
+    /// Follows a run that `recover` answered `Reattach` for, from where the store left it, to its
+    /// end, as `execute` would have. Only executors whose runs outlive Gantry do this.
+    fn reattach<'a>(
+        &'a self,
+        plan: &'a Plan,
+        input: &'a RunInput,
+        resumed: &'a Resumed,
+        external_id: &'a str,
+        events: Sender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        let _ = (plan, input, resumed, external_id, events, cancel);
+        Box::pin(async move {
+            Err(ExecutorError::Unavailable {
+                executor: self.kind().to_string(),
+                server: "this machine".into(),
+                reason: "cannot pick up a run after a restart".into(),
+            })
+        })
+    }
 }
 
 /// The values references resolve to during a run: the input plus the outputs written so far. Its

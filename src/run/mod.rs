@@ -428,12 +428,88 @@ pub fn start(
     })
 }
 
+/// How `drive` hands a run to its executor.
+enum Handover {
+    /// From the start.
+    Execute,
+    /// Picked up again after a restart, where the store left it.
+    Reattach { external_id: String },
+}
+
 /// Executes a prepared run to its end, recording everything; `observe` sees every event after it
 /// is stored. Returns the finished run.
 pub async fn execute(
     store: &Store,
     executor: Arc<dyn Executor>,
     prepared: Prepared,
+    cancel: CancellationToken,
+    observe: impl FnMut(&Plan, &Event) + Send,
+) -> Result<RunRecord, StoreError> {
+    drive(
+        store,
+        executor,
+        prepared,
+        Handover::Execute,
+        cancel,
+        observe,
+    )
+    .await
+}
+
+/// Follows a run that its executor picked up again after a restart (`Recovery::Reattach`) to its
+/// end, recording only what the store does not hold yet.
+pub async fn reattach(
+    store: &Store,
+    executor: Arc<dyn Executor>,
+    prepared: Prepared,
+    external_id: String,
+    cancel: CancellationToken,
+    observe: impl FnMut(&Plan, &Event) + Send,
+) -> Result<RunRecord, StoreError> {
+    let handover = Handover::Reattach { external_id };
+    drive(store, executor, prepared, handover, cancel, observe).await
+}
+
+/// What the store holds of each step of a run: attempts started and finished, whether it is over,
+/// and how many log lines its last attempt has.
+fn resumed(store: &Store, run_id: &str) -> Result<crate::executor::Resumed, StoreError> {
+    let mut steps = Vec::new();
+    for (i, step) in store.steps(run_id)?.iter().enumerate() {
+        let started = step.attempts.iter().map(|a| a.number).max().unwrap_or(0);
+        let finished = step
+            .attempts
+            .iter()
+            .filter(|a| a.status.is_some())
+            .map(|a| a.number)
+            .max()
+            .unwrap_or(0);
+        let (lines, _) = store.logs(run_id, Some(i), None)?;
+        let lines = lines.iter().filter(|(_, l)| l.attempt == started).count();
+        use crate::executor::StepStatus as S;
+        let done = match step.state {
+            StepState::Succeeded => Some(S::Succeeded),
+            StepState::Failed => Some(S::Failed),
+            StepState::TimedOut => Some(S::TimedOut),
+            StepState::Error => Some(S::Error),
+            StepState::Skipped => Some(S::Skipped),
+            StepState::Cancelled => Some(S::Cancelled),
+            StepState::Pending | StepState::Running | StepState::Interrupted => None,
+        };
+        steps.push(crate::executor::ResumedStep {
+            started,
+            finished,
+            done,
+            lines,
+        });
+    }
+    Ok(crate::executor::Resumed { steps })
+}
+
+async fn drive(
+    store: &Store,
+    executor: Arc<dyn Executor>,
+    prepared: Prepared,
+    handover: Handover,
     cancel: CancellationToken,
     mut observe: impl FnMut(&Plan, &Event) + Send,
 ) -> Result<RunRecord, StoreError> {
@@ -463,7 +539,7 @@ pub async fn execute(
     };
     store.update_run(&run.id, |r| {
         r.status = RunStatus::Running;
-        r.started_at = Some(Utc::now());
+        r.started_at.get_or_insert_with(Utc::now);
         // The queue records the executor's name as it starts the run; a run started otherwise
         // (`gantry run FILE`) is known by the executor's kind.
         r.executor
@@ -478,7 +554,20 @@ pub async fn execute(
     let exec = {
         let plan = plan.clone();
         let input = input.clone();
-        tokio::spawn(async move { executor.execute(&plan, &input, tx, cancel).await })
+        let resumed = match &handover {
+            Handover::Execute => None,
+            Handover::Reattach { .. } => Some(resumed(store, &run.id)?),
+        };
+        tokio::spawn(async move {
+            match (handover, resumed) {
+                (Handover::Reattach { external_id }, Some(resumed)) => {
+                    executor
+                        .reattach(&plan, &input, &resumed, &external_id, tx, cancel)
+                        .await
+                }
+                _ => executor.execute(&plan, &input, tx, cancel).await,
+            }
+        })
     };
     let mut book = StepBook::load(store, &run.id)?;
     let mut batch: Vec<Event> = Vec::new();
@@ -716,7 +805,9 @@ fn record_event(
     use crate::store::Attempt;
     match event {
         Event::Attached { external_id } => {
+            // Durable at once: after a crash the run is found again by it, never started twice.
             store.update_run(run_id, |r| r.external_id = Some(external_id.clone()))?;
+            store.flush()?;
         }
         Event::StepStarted {
             step,
@@ -726,6 +817,11 @@ fn record_event(
         } => book.change(*step, |s| {
             s.state = StepState::Running;
             s.started_at.get_or_insert(*at);
+            // An attempt told again (a run picked up after a restart) is the same attempt.
+            if let Some(known) = s.attempts.iter_mut().find(|a| a.number == *attempt) {
+                known.handle = handle.clone();
+                return;
+            }
             s.attempts.push(Attempt {
                 number: *attempt,
                 started_at: *at,

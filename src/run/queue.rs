@@ -374,6 +374,31 @@ impl Queue {
                 continue;
             }
             state.queued.remove(i);
+            self.spawn_run(&mut state, id, group, None);
+        }
+    }
+
+    /// Follows again a run that its executor picked up after a restart (`recover::Recovered`'s
+    /// `reattach`): it counts as running, can be cancelled, and ends as any run does.
+    pub fn reattach(&self, run: RunRecord, external_id: String) {
+        let group = run
+            .concurrency
+            .as_deref()
+            .map(|g| group_key(&run.source, g));
+        let mut state = self.lock();
+        self.spawn_run(&mut state, run.id, group, Some(external_id));
+    }
+
+    /// Marks `id` running and runs it (from the start, or following `external_id` again) on a
+    /// task of its own.
+    fn spawn_run(
+        &self,
+        state: &mut State,
+        id: String,
+        group: Option<String>,
+        external_id: Option<String>,
+    ) {
+        {
             let cancel = CancellationToken::new();
             let interrupted = Arc::new(AtomicBool::new(false));
             let (done_tx, done) = watch::channel(false);
@@ -388,7 +413,7 @@ impl Queue {
             );
             let queue = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = queue.run_one(&id, cancel, &interrupted).await {
+                if let Err(e) = queue.run_one(&id, external_id, cancel, &interrupted).await {
                     eprintln!("gantry: error: run {id}: {e}");
                     let _ = queue.inner.store.end_run(
                         &id,
@@ -409,12 +434,17 @@ impl Queue {
     async fn run_one(
         &self,
         id: &str,
+        external_id: Option<String>,
         cancel: CancellationToken,
         interrupted: &AtomicBool,
     ) -> Result<(), String> {
         let store = self.inner.store.clone();
         let run = store.find_run(id).map_err(|e| e.to_string())?;
-        if run.status != RunStatus::Queued {
+        let expected = match external_id {
+            None => RunStatus::Queued,
+            Some(_) => RunStatus::Running,
+        };
+        if run.status != expected {
             return Ok(());
         }
         let version = store
@@ -428,12 +458,16 @@ impl Queue {
                 run.version, run.source, run.pipeline
             ));
         };
-        let wanted = self
-            .inner
-            .config
-            .executor_for
-            .as_ref()
-            .and_then(|f| f(&run));
+        // A run picked up again goes back to the executor that started it.
+        let wanted = match &external_id {
+            Some(_) => run.executor.clone(),
+            None => self
+                .inner
+                .config
+                .executor_for
+                .as_ref()
+                .and_then(|f| f(&run)),
+        };
         let Some((name, registered)) = self.inner.executors.get(wanted.as_deref()) else {
             let name = wanted.unwrap_or_else(|| self.inner.executors.default_name().into());
             let known: Vec<&str> = self.inner.executors.names().collect();
@@ -466,10 +500,15 @@ impl Queue {
         self.bump();
         self.report(id);
         let changes = self.inner.changes.clone();
-        let ended = super::execute(&store, executor, prepared, cancel, move |_, _| {
+        let observe = move |_: &crate::plan::Plan, _: &crate::executor::Event| {
             changes.send_modify(|n| *n = n.wrapping_add(1))
-        })
-        .await
+        };
+        let ended = match external_id {
+            None => super::execute(&store, executor, prepared, cancel, observe).await,
+            Some(external_id) => {
+                super::reattach(&store, executor, prepared, external_id, cancel, observe).await
+            }
+        }
         .map_err(|e| e.to_string())?;
         if interrupted.load(Ordering::SeqCst) {
             store

@@ -30,10 +30,20 @@ fn owner_alive(owner: &Owner) -> bool {
     start_time(owner.pid) == Some(owner.start_time)
 }
 
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Runs marked interrupted.
+    pub interrupted: Vec<RunRecord>,
+    /// Runs that go on where they run (an Argo Workflow), with their identity there: this process
+    /// is now their owner, and the queue follows them again (`Queue::reattach`).
+    pub reattach: Vec<(RunRecord, String)>,
+}
+
 /// Marks runs whose owner is gone as interrupted, after the executor that ran each cleaned up
 /// what it left behind (`Executor::recover`; every executor is asked, also with no lost run, for
-/// what it left in the work dir). Returns the runs it interrupted.
-pub fn recover(store: &Store, executors: &Executors) -> Result<Vec<RunRecord>, StoreError> {
+/// what it left in the work dir), or hands them back for following when they go on elsewhere.
+pub fn recover(store: &Store, executors: &Executors) -> Result<Recovered, StoreError> {
     let mut lost_runs = Vec::new();
     for run in store.active_runs()? {
         if run.owner.as_ref().is_some_and(owner_alive) {
@@ -54,6 +64,7 @@ pub fn recover(store: &Store, executors: &Executors) -> Result<Vec<RunRecord>, S
             .map(|(name, _)| name.to_string())
     };
     let mut stopped: Vec<usize> = vec![0; lost_runs.len()];
+    let mut going_on: Vec<Option<String>> = vec![None; lost_runs.len()];
     for (name, registered) in executors.iter() {
         let mine: Vec<usize> = (0..lost_runs.len())
             .filter(|&i| owner_of(&lost_runs[i]).as_deref() == Some(name))
@@ -69,14 +80,24 @@ pub fn recover(store: &Store, executors: &Executors) -> Result<Vec<RunRecord>, S
         // left there (spare sandboxes) is nobody's now.
         let recovered = registered.executor.recover(store.work_dir(), &lost);
         for (k, &i) in mine.iter().enumerate() {
-            stopped[i] = match recovered.get(k) {
-                Some(Recovery::Ended { stopped }) => *stopped,
-                None => 0,
-            };
+            match recovered.get(k) {
+                Some(Recovery::Ended { stopped: n }) => stopped[i] = *n,
+                Some(Recovery::Reattach { external_id }) => going_on[i] = Some(external_id.clone()),
+                None => {}
+            }
         }
     }
     let mut interrupted = Vec::new();
-    for (run, killed) in lost_runs.into_iter().zip(stopped) {
+    let mut reattach = Vec::new();
+    for ((run, killed), external) in lost_runs.into_iter().zip(stopped).zip(going_on) {
+        if let Some(external_id) = external {
+            let run = store.update_run(&run.id, |r| {
+                r.owner = current_owner();
+                r.external_id = Some(external_id.clone());
+            })?;
+            reattach.push((run, external_id));
+            continue;
+        }
         let now = Utc::now();
         for (i, step) in store.steps(&run.id)?.iter().enumerate() {
             if !step.state.is_done() {
@@ -107,10 +128,13 @@ pub fn recover(store: &Store, executors: &Executors) -> Result<Vec<RunRecord>, S
         let run = store.end_run(&run.id, RunStatus::Interrupted, Some(message))?;
         interrupted.push(run);
     }
-    if !interrupted.is_empty() {
+    if !interrupted.is_empty() || !reattach.is_empty() {
         store.flush()?;
     }
-    Ok(interrupted)
+    Ok(Recovered {
+        interrupted,
+        reattach,
+    })
 }
 
 #[cfg(test)]

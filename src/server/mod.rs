@@ -442,7 +442,8 @@ pub async fn serve(
     if let Some(dir) = &config.storage.work_dir {
         store.set_work_dir(dir.clone());
     }
-    let interrupted = crate::run::recover::recover(&store, &executors)?;
+    let recovered = crate::run::recover::recover(&store, &executors)?;
+    let interrupted = recovered.interrupted;
     for run in &interrupted {
         eprintln!(
             "gantry: run {} of {}/{} was interrupted by the last shutdown",
@@ -522,6 +523,14 @@ pub async fn serve(
             hints: crate::run::Hints::Server(config.server.public_url.clone()),
         },
     )?;
+    // Runs that went on without us (Argo Workflows): followed again from where the store left.
+    for (run, external_id) in recovered.reattach {
+        eprintln!(
+            "gantry: run {} of {}/{} goes on as {external_id}; following it again",
+            run.id, run.source, run.pipeline
+        );
+        queue.reattach(run, external_id);
+    }
     let state = AppState {
         store: store.clone(),
         queue: queue.clone(),

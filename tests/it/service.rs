@@ -1157,6 +1157,53 @@ fn a_repository_bound_to_argo_runs_its_pipelines_as_workflows() {
     );
 }
 
+/// A Gantry killed while its run goes on as a Workflow: the next start finds the Workflow,
+/// follows it again from where the store left it, and the run ends as if nothing happened, with
+/// each attempt and log line once, and its secret output opened with the pad kept in its Secret.
+#[test]
+fn a_run_on_argo_is_followed_again_after_a_crash() {
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let mut s = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[executor.cluster]\nkind = \"argo\"\nserver = \"{}\"\nnamespace = \"gantry\"\ntoken = \"{}\"\n",
+        stand_in.url(),
+        crate::support::argo::TOKEN
+    )));
+    let text = format!(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: long\nsteps:\n  - name: mint\n    script: 'printf s3aled-value > \"$GANTRY_OUTPUTS/pw\"'\n    outputs: [{{name: pw, secret: true}}]\n  - name: wait\n    script: 'echo before; i=0; while [ ! -e {} ]; do i=$((i+1)); [ $i -lt 1200 ] || exit 7; sleep 0.05; done; echo after'\n  - name: use\n    script: 'echo \"got $PW\"'\n    env: {{PW: '{{{{steps.mint.outputs.pw}}}}'}}\n",
+        go.display()
+    );
+    let (status, body) = s.put_json(
+        "/api/v1/pipelines/local/long",
+        &json!({"spec": text, "executor": "cluster"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let run = start(&s, "local/long", json!({}));
+    let run_id = id(&run);
+    s.wait_until("the wait step to print its first line", WAIT, || {
+        let (_, log) = s.get(&format!("/api/v1/runs/{run_id}/logs"));
+        log.contains("before")
+    });
+    s.kill9();
+    std::fs::write(&go, "go").expect("let the step end");
+    s.restart();
+    let done = wait_ended(&s, &run_id);
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", s.logs());
+    assert_eq!(done["executor"], "cluster");
+    for step in done["steps"].as_array().expect("steps") {
+        assert_eq!(step["attempts"].as_array().map(Vec::len), Some(1), "{step}");
+    }
+    let (_, log) = s.get(&format!("/api/v1/runs/{run_id}/logs"));
+    assert_eq!(log.matches("before").count(), 1, "{log}");
+    assert_eq!(log.matches("after").count(), 1, "{log}");
+    assert!(
+        log.contains("got ***") && !log.contains("s3aled-value"),
+        "{log}"
+    );
+    assert!(s.logs().contains("following it again"), "{}", s.logs());
+}
+
 /// Executors by name: a local pipeline names its own (here one with a small log cap, so where
 /// it ran shows in its log), the rest go to the default; the run records which ran it; a name
 /// that is not configured is refused before anything changes.

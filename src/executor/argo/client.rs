@@ -212,6 +212,20 @@ impl Client {
         Self::ok(server, answer).map(drop)
     }
 
+    /// The run's Secret as stored (`data` in base64), or `None`.
+    pub async fn get_secret(&self, name: &str) -> Result<Option<Value>, ClientError> {
+        let server = &self.conn.kube;
+        let url = self.kube(&format!(
+            "/api/v1/namespaces/{}/secrets/{name}",
+            self.conn.namespace
+        ));
+        let answer = self.call(server, || self.http.get(&url)).await?;
+        if answer.0 == 404 {
+            return Ok(None);
+        }
+        Self::ok(server, answer).map(Some)
+    }
+
     /// Deletes the run's Secret; one already gone is fine.
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
         let server = &self.conn.kube;
@@ -398,4 +412,24 @@ impl Events {
             }
         }
     }
+}
+
+/// Decodes standard base64 (a Secret's `data`); `None` for anything else.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text
+        .bytes()
+        .filter(|c| *c != b'=' && !c.is_ascii_whitespace())
+    {
+        let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }

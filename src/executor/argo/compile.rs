@@ -300,6 +300,11 @@ pub fn secret_manifest(
     })
 }
 
+/// The value of a run's `gantry.dev/run-id` label, by which its Workflow is found again.
+pub fn run_label(run_id: &str) -> String {
+    label_value(run_id)
+}
+
 /// The Secret's name for a run: DNS-1123, at most 63 characters.
 pub fn secret_name(run_id: &str) -> String {
     let mut name = format!("gantry-run-{}", dns_label(run_id));

@@ -29,7 +29,7 @@ use crate::executor::mask::Secrets;
 use crate::executor::rules;
 use crate::executor::{
     AttemptHandle, BoxFuture, Checkout, Event, Executor, ExecutorError, Limits, LostRun, Recovery,
-    RunInput, RunOutcome, StepStatus, Stream, Values,
+    Resumed, RunInput, RunOutcome, StepStatus, Stream, Values,
 };
 use crate::plan::{Action, Plan};
 use crate::spec::values::format_duration;
@@ -105,8 +105,8 @@ impl Executor for ArgoExecutor {
         "argo"
     }
 
-    /// A lost run's Workflow is terminated and its Secret deleted (following it again after a
-    /// restart comes later); runs without a Workflow have nothing to stop.
+    /// A lost run whose Workflow is still there (by its recorded name, or by its run's label) is
+    /// picked up again (`reattach`); one without a Workflow is over, and its Secret goes.
     fn recover(&self, _work_dir: &Path, lost: &[LostRun]) -> Vec<Recovery> {
         let client = self.client.clone();
         let ids: Vec<(String, Option<String>)> = lost
@@ -127,14 +127,37 @@ impl Executor for ArgoExecutor {
                     runtime.block_on(async {
                         let mut out = Vec::new();
                         for (run_id, workflow) in &ids {
-                            let mut stopped = 0;
-                            if let Some(name) = workflow
-                                && client.terminate(name).await.is_ok()
-                            {
-                                stopped = 1;
+                            // Its Workflow: by the name recorded, else by the run's label (a
+                            // Gantry that went away between submitting and recording it).
+                            let name = match workflow {
+                                Some(name) => Some(name.clone()),
+                                None => client
+                                    .list(&format!(
+                                        "gantry.dev/run-id={}",
+                                        compile::run_label(run_id)
+                                    ))
+                                    .await
+                                    .ok()
+                                    .and_then(|items| {
+                                        items.first().and_then(|w| {
+                                            w["metadata"]["name"].as_str().map(str::to_string)
+                                        })
+                                    }),
+                            };
+                            let found = match &name {
+                                Some(n) => client.get(n).await.ok().flatten().is_some(),
+                                None => false,
+                            };
+                            match name {
+                                Some(external_id) if found => {
+                                    out.push(Recovery::Reattach { external_id })
+                                }
+                                _ => {
+                                    let _ =
+                                        client.delete_secret(&compile::secret_name(run_id)).await;
+                                    out.push(Recovery::Ended { stopped: 0 });
+                                }
                             }
-                            let _ = client.delete_secret(&compile::secret_name(run_id)).await;
-                            out.push(Recovery::Ended { stopped });
                         }
                         out
                     })
@@ -153,9 +176,95 @@ impl Executor for ArgoExecutor {
     ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
         Box::pin(self.run(plan, input, events, cancel))
     }
+
+    fn reattach<'a>(
+        &'a self,
+        plan: &'a Plan,
+        input: &'a RunInput,
+        resumed: &'a Resumed,
+        external_id: &'a str,
+        events: Sender<Event>,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        Box::pin(self.run_again(plan, input, resumed, external_id, events, cancel))
+    }
+}
+
+/// The run as the compiler needs it.
+fn facts(input: &RunInput) -> RunFacts {
+    RunFacts {
+        id: input.run_id.clone(),
+        number: input.run_number,
+        source: input
+            .git
+            .as_ref()
+            .map(|g| g.repo.clone())
+            .unwrap_or_default(),
+        pipeline: input.pipeline.clone(),
+        params: input.params.clone(),
+        unset_params: Vec::new(),
+        vars: input.vars.clone(),
+        git: input.git.clone(),
+        checkout_url: match &input.checkout {
+            Checkout::Commit(c) => Some(c.url.clone()),
+            _ => None,
+        },
+        trigger: input.trigger.clone(),
+        pr: input.pr_number,
+    }
 }
 
 impl ArgoExecutor {
+    /// Picks a run up again: the Workflow it compiled to (the same plan compiles the same), the
+    /// pads of its secret outputs read back from its Secret, and what the store holds.
+    async fn run_again(
+        &self,
+        plan: &Plan,
+        input: &RunInput,
+        resumed: &Resumed,
+        name: &str,
+        events: Sender<Event>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError> {
+        let secrets = Secrets::new();
+        for value in input.secrets.values() {
+            secrets.add(value);
+        }
+        let mut book = Book::new(plan, input, secrets, events);
+        book.resume(resumed);
+        let compiled = match compile::compile(plan, &facts(input), &self.options) {
+            Ok(c) => c,
+            Err(e) => {
+                book.refuse(&e.to_string()).await;
+                return Ok(RunOutcome::Failed);
+            }
+        };
+        if !compiled.pads.is_empty() {
+            let secret = self
+                .client
+                .get_secret(&compiled.secret_name)
+                .await
+                .map_err(|e| unavailable(&self.name, e))?;
+            for (step, output, key) in &compiled.pads {
+                let pad = secret
+                    .as_ref()
+                    .and_then(|s| s["data"][key.as_str()].as_str())
+                    .and_then(super::client::base64_decode)
+                    .and_then(|hex| decode_hex(&String::from_utf8_lossy(&hex)));
+                if let Some(pad) = pad {
+                    book.pads.insert((*step, output.clone()), pad);
+                }
+            }
+        }
+        let result = self
+            .follow_workflow(name.to_string(), &compiled, &mut book, cancel)
+            .await;
+        if !compiled.secret_keys.is_empty() {
+            let _ = self.client.delete_secret(&compiled.secret_name).await;
+        }
+        result
+    }
+
     async fn run(
         &self,
         plan: &Plan,
@@ -167,28 +276,8 @@ impl ArgoExecutor {
         for value in input.secrets.values() {
             secrets.add(value);
         }
-        let facts = RunFacts {
-            id: input.run_id.clone(),
-            number: input.run_number,
-            source: input
-                .git
-                .as_ref()
-                .map(|g| g.repo.clone())
-                .unwrap_or_default(),
-            pipeline: input.pipeline.clone(),
-            params: input.params.clone(),
-            unset_params: Vec::new(),
-            vars: input.vars.clone(),
-            git: input.git.clone(),
-            checkout_url: match &input.checkout {
-                Checkout::Commit(c) => Some(c.url.clone()),
-                _ => None,
-            },
-            trigger: input.trigger.clone(),
-            pr: input.pr_number,
-        };
         let mut book = Book::new(plan, input, secrets, events);
-        let compiled = match compile::compile(plan, &facts, &self.options) {
+        let compiled = match compile::compile(plan, &facts(input), &self.options) {
             Ok(c) => c,
             Err(e) => {
                 book.refuse(&e.to_string()).await;
@@ -264,6 +353,18 @@ impl ArgoExecutor {
                 .await
                 .map_err(lost)?;
         }
+        self.follow_workflow(name, compiled, book, cancel).await
+    }
+
+    /// Follows the Workflow `name` to its end.
+    async fn follow_workflow(
+        &self,
+        name: String,
+        compiled: &Compiled,
+        book: &mut Book<'_>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutcome, ExecutorError> {
+        let lost = |e| unavailable(&self.name, e);
         let mut follow = Follow {
             client: &self.client,
             workflow: name.clone(),
@@ -331,6 +432,8 @@ struct Book<'a> {
     sink: LogSink,
     /// The task following the log of each running attempt, by step and attempt.
     followers: std::collections::BTreeMap<(usize, u32), tokio::task::JoinHandle<bool>>,
+    /// Lines of an attempt's log already in the store (a run picked up again), by step and attempt.
+    skip: std::collections::BTreeMap<(usize, u32), usize>,
     /// The pad of each secret output, by step and output.
     pads: std::collections::BTreeMap<(usize, String), Vec<u8>>,
 }
@@ -406,6 +509,8 @@ struct StepBook {
     done: Option<StepStatus>,
     /// Why its dependents do not run, when it did not pass (or was kept from running itself).
     blocks: Option<String>,
+    /// Told before a restart: its outputs are read into the values, not told again.
+    resumed: bool,
 }
 
 impl<'a> Book<'a> {
@@ -428,6 +533,7 @@ impl<'a> Book<'a> {
             values: Values::from_input(input),
             steps: vec![StepBook::default(); n],
             followers: std::collections::BTreeMap::new(),
+            skip: std::collections::BTreeMap::new(),
             pads: std::collections::BTreeMap::new(),
         }
     }
@@ -464,6 +570,25 @@ impl<'a> Book<'a> {
             at: Utc::now(),
         })
         .await;
+    }
+
+    /// Starts from what the store holds of a run picked up again.
+    fn resume(&mut self, resumed: &Resumed) {
+        for (i, r) in resumed.steps.iter().enumerate() {
+            let Some(step) = self.steps.get_mut(i) else {
+                continue;
+            };
+            step.started = r.started;
+            step.finished = r.finished;
+            step.done = r.done;
+            step.resumed = true;
+            if let Some(status) = r.done {
+                step.blocks = rules::blocks(&self.plan.steps[i], status);
+            }
+            if r.started > r.finished {
+                self.skip.insert((i, r.started), r.lines);
+            }
+        }
     }
 
     /// An attempt's log is complete: the task that followed it has ended (given half a minute
@@ -528,6 +653,50 @@ impl Follow<'_> {
         Some((node, attempts))
     }
 
+    /// Follows a pod's log into the run's log from its line `skip` on, as the pod prints it.
+    fn follow_log(&self, book: &mut Book<'_>, i: usize, attempt: u32, pod: &Value, skip: usize) {
+        let (client, sink) = (self.client.clone(), book.sink.clone());
+        let (workflow, pod_name) = (self.workflow.clone(), self.pod_name(pod));
+        let follower = tokio::spawn(async move {
+            let Ok(mut lines) = client.follow_pod_log(&workflow, &pod_name).await else {
+                return false;
+            };
+            let mut seen = 0usize;
+            while let Some(entry) = lines.next().await {
+                if let Some(line) = entry["content"].as_str() {
+                    seen += 1;
+                    if seen > skip {
+                        sink.line(i, attempt, line).await;
+                    }
+                }
+            }
+            true
+        });
+        book.followers.insert((i, attempt), follower);
+    }
+
+    /// A succeeded task's declared outputs, secret ones opened with their pads (and masked from
+    /// then on).
+    fn outputs(&self, node: &Value, i: usize, book: &Book<'_>) -> Vec<(String, String, bool)> {
+        node["outputs"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let n = p["name"].as_str()?.to_string();
+                let v = p["value"].as_str().unwrap_or_default();
+                let declared = book.plan.steps[i].outputs.iter().find(|o| o.name == n)?;
+                if !declared.secret {
+                    return Some((n, book.secrets.mask(v), false));
+                }
+                let pad = book.pads.get(&(i, n.clone()))?;
+                let value = unseal(v, pad)?;
+                book.secrets.add(&value);
+                Some((n, value, true))
+            })
+            .collect()
+    }
+
     /// The name of a pod node's pod, as Argo names pods (`<workflow>-<template>-<hash>`, the
     /// hash being the node id's).
     fn pod_name(&self, pod: &Value) -> String {
@@ -582,6 +751,19 @@ impl Follow<'_> {
     async fn observe(&mut self, wf: &Value, book: &mut Book<'_>) -> Option<RunOutcome> {
         for i in 0..book.plan.steps.len() {
             if book.steps[i].done.is_some() {
+                // Over before a restart: its outputs are only needed by the steps after it.
+                let name = &book.plan.steps[i].name;
+                if book.steps[i].resumed
+                    && !book.values.outputs.contains_key(name)
+                    && let Some((node, _)) = self.nodes(wf, i)
+                    && node["phase"] == "Succeeded"
+                {
+                    let values = self.outputs(node, i, book);
+                    book.values.outputs.insert(
+                        name.clone(),
+                        values.into_iter().map(|(n, v, _)| (n, v)).collect(),
+                    );
+                }
                 continue;
             }
             let Some((node, attempts)) = self.nodes(wf, i) else {
@@ -610,22 +792,14 @@ impl Follow<'_> {
                     })
                     .await;
                     book.steps[i].started = attempt;
-                    // Its lines reach the log as the pod prints them.
-                    let (client, sink) = (self.client.clone(), book.sink.clone());
-                    let (workflow, pod_name) = (self.workflow.clone(), self.pod_name(pod));
-                    let follower = tokio::spawn(async move {
-                        let Ok(mut lines) = client.follow_pod_log(&workflow, &pod_name).await
-                        else {
-                            return false;
-                        };
-                        while let Some(entry) = lines.next().await {
-                            if let Some(line) = entry["content"].as_str() {
-                                sink.line(i, attempt, line).await;
-                            }
-                        }
-                        true
-                    });
-                    book.followers.insert((i, attempt), follower);
+                    self.follow_log(book, i, attempt, pod, 0);
+                } else if attempt == book.steps[i].started
+                    && attempt > book.steps[i].finished
+                    && !book.followers.contains_key(&(i, attempt))
+                    && let Some(skip) = book.skip.remove(&(i, attempt))
+                {
+                    // Running when Gantry restarted: the lines the store has are not told again.
+                    self.follow_log(book, i, attempt, pod, skip);
                 }
                 // An attempt is over when its pod is, and, under a Retry node, when the next
                 // attempt exists or the task itself is over (so a retry is never missed).
@@ -675,30 +849,7 @@ impl Follow<'_> {
                 && let Some((status, message)) = last
             {
                 if status == StepStatus::Succeeded {
-                    let values: Vec<(String, String, bool)> = node["outputs"]["parameters"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|p| {
-                            Some((
-                                p["name"].as_str()?.to_string(),
-                                p["value"].as_str().unwrap_or_default().to_string(),
-                                false,
-                            ))
-                        })
-                        .filter_map(|(n, v, _)| {
-                            let declared =
-                                book.plan.steps[i].outputs.iter().find(|o| o.name == n)?;
-                            if !declared.secret {
-                                return Some((n, book.secrets.mask(&v), false));
-                            }
-                            // Sealed in the pod: opened here with its pad, masked from now on.
-                            let pad = book.pads.get(&(i, n.clone()))?;
-                            let value = unseal(&v, pad)?;
-                            book.secrets.add(&value);
-                            Some((n, value, true))
-                        })
-                        .collect();
+                    let values = self.outputs(node, i, book);
                     book.values.outputs.insert(
                         book.plan.steps[i].name.clone(),
                         values
@@ -819,6 +970,17 @@ fn unseal(hex: &str, pad: &[u8]) -> Option<String> {
         value.pop();
     }
     Some(value)
+}
+
+/// Bytes from their hex text.
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.trim();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len() / 2)
+        .map(|k| u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
