@@ -336,7 +336,8 @@ fn demo_services(data_dir: &Path) -> Result<DemoPostgres, String> {
     set(drift, "pg_monitor_user", demo_postgres::MONITOR_USER)?;
     seal(drift, "pg_monitor_password", &pg.monitor_password)?;
     // Where drift reports go: a chat webhook of the user's, kept once set. Until then a name
-    // that cannot resolve, so a report fails visibly (the step may fail; the run does not).
+    // that cannot resolve: a report fails visibly in the `notify` step, whose failure the
+    // pipeline tolerates (`continueOn`); it is the drift itself that fails the run.
     let has_webhook = store
         .list_secrets()
         .map_err(|e| e.to_string())?

@@ -372,6 +372,11 @@ impl ArgoExecutor {
             terminated: false,
         };
         loop {
+            // A cancel that came while the stream was down.
+            if cancel.is_cancelled() && !follow.terminated {
+                follow.terminated = true;
+                self.client.terminate(&name).await.map_err(lost)?;
+            }
             let mut stream = match self.client.events(&name).await {
                 Ok(s) => Some(s),
                 Err(ClientError::Unavailable { .. }) => None,
