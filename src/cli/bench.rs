@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use super::exit;
 use crate::spec;
 
+#[path = "bench_argo.rs"]
+pub mod argo;
 #[path = "bench_reconcile.rs"]
 pub mod reconcile;
 #[path = "bench_webhooks.rs"]
@@ -47,6 +49,9 @@ pub enum Which {
     /// pushes to a `git daemon` repository), and signed deliveries accepted per second against a
     /// bare 202 endpoint, with every accepted delivery checked in the store afterwards.
     Webhooks(webhooks::WebhookOptions),
+    /// The Argo executor on an Argo installation: submit → first step running, and a node's end
+    /// → Gantry's step record (p50/p99), against a bare watcher of the same event stream.
+    Argo(argo::BenchArgo),
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -59,6 +64,7 @@ pub fn run(args: &Args) -> u8 {
         } => bench_executor(steps.max(1), width.max(1), rounds.max(1)),
         Which::Reconcile(ref options) => reconcile::run(options, &mut std::io::stdout().lock()),
         Which::Webhooks(ref options) => webhooks::run(options, &mut std::io::stdout().lock()),
+        Which::Argo(ref options) => argo::run(options, &mut std::io::stdout().lock()),
     }
 }
 

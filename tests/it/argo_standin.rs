@@ -399,3 +399,34 @@ fn faults_cut_event_streams_and_slow_logs_down() {
         .collect();
     assert_eq!(contents, ["\"one\"", "\"two\""]);
 }
+
+/// `gantry bench argo` runs against an Argo Server (here the stand-in) and prints its figures
+/// with the bare watcher's as the baseline.
+#[test]
+fn the_argo_benchmark_runs_and_prints_a_ratio() {
+    let s = ArgoStandIn::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["bench", "argo", "--server", &s.url(), "--namespace", NS])
+        .args(["--steps", "3", "--runs", "2"])
+        .env("ARGO_TOKEN", TOKEN)
+        .output()
+        .expect("gantry runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "submit → first step running",
+        "node finishedAt → gantry step record",
+        "node finishedAt → bare watcher (baseline)",
+        "ratio (p50, gantry / bare watcher):",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(text.contains("(6 samples)"), "every step measured: {text}");
+    // The figures, for `cargo test -- --nocapture`.
+    eprintln!("{text}");
+}

@@ -298,8 +298,10 @@ fn query_pairs(uri: &Uri) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// An RFC 3339 time, to the millisecond (Argo writes whole seconds; finer times let `gantry
+/// bench argo` measure on the stand-in).
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn random_suffix(n: usize) -> String {
