@@ -101,6 +101,7 @@ pub fn run(args: &Args) -> u8 {
             .map(|v| (v.clone(), format!("<variable {v}>")))
             .collect(),
         git: None,
+        checkout_credentials: false,
         checkout_url: None,
         trigger: "manual".into(),
         pr: None,

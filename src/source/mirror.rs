@@ -54,6 +54,12 @@ impl Credentials {
     pub fn username(&self) -> &str {
         &self.username
     }
+
+    /// The token, for an executor that hands it to a checkout elsewhere (in a Secret, never in a
+    /// manifest).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
 }
 
 impl fmt::Debug for Credentials {

@@ -45,6 +45,7 @@ fn compiled(steps: &str, secrets: &[&str]) -> compile::Compiled {
         vars: BTreeMap::new(),
         git: None,
         checkout_url: None,
+        checkout_credentials: false,
         trigger: "manual".into(),
         pr: None,
     };

@@ -321,3 +321,57 @@ async fn argo_logs_arrive_while_the_pod_runs() {
     let texts: Vec<&str> = lines.iter().map(|(_, l)| l.text.as_str()).collect();
     assert_eq!(texts, ["early", "late"]);
 }
+
+/// A private repository on Argo: the checkout fetches the run's commit with the repository's
+/// credentials, which travel in the run's Secret and reach git through a credential helper, so
+/// neither the Workflow nor any URL holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_argo_checkout_fetches_a_private_repository_with_its_credentials() {
+    use crate::support::git::{HttpGit, Repo};
+    let token = "pr1vate-repo-t0ken-8812";
+    let served = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::create(served.path(), "infra.git");
+    repo.write("data/hello.txt", "hello from a private repository\n");
+    let sha = repo.commit_and_push("private content");
+    let http = HttpGit::start(served.path(), Some(("git", token)));
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    let argo = stand_in.executor("cluster");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: private\nsteps:\n  - name: checkout\n    template: gantry/git-checkout@v1\n  - name: read\n    script: 'cat \"$GANTRY_WORKSPACE/data/hello.txt\"'\n";
+    let mut request = crate::support::file_run(text, "private.yaml", Limits::default());
+    request.git = Some(gantry::executor::GitInfo {
+        sha: sha.clone(),
+        reference: "refs/heads/main".into(),
+        repo: "acme/infra".into(),
+    });
+    request.checkout = gantry::executor::Checkout::Commit(gantry::executor::CommitRef {
+        repo: "infra".into(),
+        url: http.url("infra.git"),
+        sha,
+        credentials: Some(gantry::source::mirror::Credentials::new("git", token)),
+    });
+    let prepared = gantry::run::prepare(&store, request).expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    let (lines, _) = store.logs(&run.id, None, None).expect("logs");
+    assert!(
+        lines
+            .iter()
+            .any(|(_, l)| l.text == "hello from a private repository"),
+        "{lines:?}"
+    );
+    assert!(http.auth_headers_seen().iter().any(|sent| *sent));
+    let wf = stand_in
+        .workflow("gantry", run.external_id.as_deref().expect("a Workflow"))
+        .expect("stored");
+    assert!(!wf.to_string().contains(token), "no token in the Workflow");
+}

@@ -68,6 +68,9 @@ pub struct RunFacts {
     pub git: Option<GitInfo>,
     /// The URL `gantry/git-checkout@v1` fetches `git.sha` from.
     pub checkout_url: Option<String>,
+    /// The fetch needs the https credentials kept in the run's Secret (`CHECKOUT_USERNAME`,
+    /// `CHECKOUT_PASSWORD` keys).
+    pub checkout_credentials: bool,
     pub trigger: String,
     pub pr: Option<u64>,
 }
@@ -86,6 +89,10 @@ pub struct Compiled {
     /// (whose value, `PAD_BYTES` random bytes in hex, the executor supplies).
     pub pads: Vec<(usize, String, String)>,
 }
+
+/// The run's Secret keys of the checkout's https credentials.
+pub const CHECKOUT_USERNAME: &str = "gantry-checkout.username";
+pub const CHECKOUT_PASSWORD: &str = "gantry-checkout.password";
 
 /// The largest secret output on Argo, in bytes: the length of its one-time pad.
 pub const PAD_BYTES: usize = 4096;
@@ -642,9 +649,22 @@ impl Cx<'_> {
                 env.push(json!({"name": "GANTRY_CHECKOUT_URL", "value": url}));
                 env.push(json!({"name": "GANTRY_CHECKOUT_SHA", "value": sha}));
                 env.push(json!({"name": "GANTRY_CHECKOUT_DEST", "value": dest}));
+                // https credentials from the run's Secret, handed to git by a credential helper
+                // that reads them from the environment: never on a command line or in a URL.
+                if self.run.checkout_credentials {
+                    for (var, key) in [
+                        ("GANTRY_CHECKOUT_USERNAME", CHECKOUT_USERNAME),
+                        ("GANTRY_CHECKOUT_PASSWORD", CHECKOUT_PASSWORD),
+                    ] {
+                        secrets.insert(key.to_string());
+                        env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}));
+                    }
+                }
                 let source = "if [ -z \"$GANTRY_CHECKOUT_URL\" ] || [ -z \"$GANTRY_CHECKOUT_SHA\" ]; then echo 'no repository to check out: this run has no repository' >&2; exit 1; fi\n\
 mkdir -p \"$GANTRY_CHECKOUT_DEST\" && cd \"$GANTRY_CHECKOUT_DEST\"\n\
-git init -q . && git fetch -q --depth 1 \"$GANTRY_CHECKOUT_URL\" \"$GANTRY_CHECKOUT_SHA\" && git checkout -q FETCH_HEAD\n\
+git init -q .\n\
+if [ -n \"${GANTRY_CHECKOUT_PASSWORD:-}\" ]; then git config credential.helper '!f() { echo \"username=$GANTRY_CHECKOUT_USERNAME\"; echo \"password=$GANTRY_CHECKOUT_PASSWORD\"; }; f'; fi\n\
+git fetch -q --depth 1 \"$GANTRY_CHECKOUT_URL\" \"$GANTRY_CHECKOUT_SHA\" && git checkout -q FETCH_HEAD\n\
 rm -rf .git\n\
 printf %s \"$GANTRY_CHECKOUT_SHA\" > \"$GANTRY_OUTPUTS/sha\"\n\
 printf %s \"${GANTRY_CHECKOUT_DEST#/workspace/}\" > \"$GANTRY_OUTPUTS/path\"\n";
@@ -808,6 +828,7 @@ mod tests {
                 repo: "acme/infra".into(),
             }),
             checkout_url: Some("https://git.example/acme/infra.git".into()),
+            checkout_credentials: false,
             trigger: "push".into(),
             pr: None,
         }

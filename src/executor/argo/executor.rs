@@ -209,6 +209,7 @@ fn facts(input: &RunInput) -> RunFacts {
             Checkout::Commit(c) => Some(c.url.clone()),
             _ => None,
         },
+        checkout_credentials: matches!(&input.checkout, Checkout::Commit(c) if c.credentials.is_some()),
         trigger: input.trigger.clone(),
         pr: input.pr_number,
     }
@@ -284,8 +285,22 @@ impl ArgoExecutor {
                 return Ok(RunOutcome::Failed);
             }
         };
-        // One fresh pad per secret output, in the run's Secret beside its secrets.
+        // One fresh pad per secret output, in the run's Secret beside its secrets, and the
+        // checkout's credentials.
         let mut values = input.secrets.clone();
+        if let Checkout::Commit(commit) = &input.checkout
+            && let Some(credentials) = &commit.credentials
+        {
+            values.insert(
+                compile::CHECKOUT_USERNAME.to_string(),
+                credentials.username().to_string(),
+            );
+            values.insert(
+                compile::CHECKOUT_PASSWORD.to_string(),
+                credentials.password().to_string(),
+            );
+            book.secrets.add(credentials.password());
+        }
         for (step, output, key) in &compiled.pads {
             let mut pad = vec![0u8; compile::PAD_BYTES];
             if let Err(e) = getrandom::getrandom(&mut pad) {
