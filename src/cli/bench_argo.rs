@@ -103,7 +103,9 @@ async fn measure(o: &BenchArgo) -> Result<Samples, String> {
         server: o.server.clone(),
         kube: o.kube.clone().unwrap_or_else(|| o.server.clone()),
         namespace: o.namespace.clone(),
-        token: o.token.clone(),
+        token: o.token.clone().into(),
+        kube_token: None,
+        ca_pem: None,
     };
     let executor = ArgoExecutor::new("bench", connection.clone(), ArgoOptions::default())
         .map_err(|e| e.to_string())?;

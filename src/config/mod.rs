@@ -114,8 +114,13 @@ pub struct ArgoExecutorConfig {
     /// `kube_api`: the Kubernetes API server, for the run's Secret (default: `server`).
     pub kube_api: String,
     pub namespace: String,
-    /// `token`: a service account's bearer token, usually `"${ARGO_TOKEN}"`.
-    pub token: String,
+    /// `token` (a service account's bearer token, usually `"${ARGO_TOKEN}"`) or `token_file` (a
+    /// file read at every call, such as the pod's projected token, which rotates).
+    pub token: ArgoToken,
+    /// `kube_token` / `kube_token_file`: the Kubernetes API's, when it is not `token`.
+    pub kube_token: Option<ArgoToken>,
+    /// `ca_file`: a PEM certificate authority to trust (the cluster's).
+    pub ca_file: Option<PathBuf>,
     /// `image`: for steps that name none.
     pub image: Option<String>,
     pub checkout_image: Option<String>,
@@ -124,13 +129,31 @@ pub struct ArgoExecutorConfig {
     pub workspace_size: Option<String>,
 }
 
+/// A bearer token of an Argo executor: its value, or a file that holds it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ArgoToken {
+    Value(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for ArgoToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgoToken::Value(_) => f.write_str("Value(***)"),
+            ArgoToken::File(p) => write!(f, "File({})", p.display()),
+        }
+    }
+}
+
 impl fmt::Debug for ArgoExecutorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ArgoExecutorConfig")
             .field("server", &self.server)
             .field("kube_api", &self.kube_api)
             .field("namespace", &self.namespace)
-            .field("token", &"***")
+            .field("token", &self.token)
+            .field("kube_token", &self.kube_token)
+            .field("ca_file", &self.ca_file)
             .field("image", &self.image)
             .field("checkout_image", &self.checkout_image)
             .field("service_account", &self.service_account)
@@ -688,6 +711,10 @@ impl Checker<'_> {
                 "kube_api",
                 "namespace",
                 "token",
+                "token_file",
+                "kube_token",
+                "kube_token_file",
+                "ca_file",
                 "image",
                 "checkout_image",
                 "service_account",
@@ -716,17 +743,44 @@ impl Checker<'_> {
         let server = url(self, "server", true);
         let kube_api = url(self, "kube_api", false);
         let namespace = self.required_string(t, header.clone(), path, "namespace");
-        let token = self.required_string(t, header, path, "token");
-        if let Some((token, span)) = &token
-            && token.is_empty()
-        {
-            self.error(
-                &join(path, "token"),
-                span,
-                "is empty; set a value or remove the key",
-            );
-            return None;
-        }
+        let token_of = |c: &mut Self, key: &str, file_key: &str, required: bool| {
+            let value = c.string(t, path, key);
+            let file = c.string(t, path, file_key);
+            match (value, file) {
+                (Some((v, span)), None) if v.is_empty() => {
+                    c.error(
+                        &join(path, key),
+                        &span,
+                        "is empty; set a value or remove the key",
+                    );
+                    Err(())
+                }
+                (Some((v, _)), None) => Ok(Some(ArgoToken::Value(v))),
+                (None, Some((f, _))) => Ok(Some(ArgoToken::File(PathBuf::from(f)))),
+                (Some(_), Some((_, span))) => {
+                    c.error(
+                        &join(path, file_key),
+                        &span,
+                        format!("give `{key}` or `{file_key}`, not both"),
+                    );
+                    Err(())
+                }
+                (None, None) if required => {
+                    c.error(
+                        &join(path, key),
+                        &header,
+                        format!("missing key `{key}` (or `{file_key}`)"),
+                    );
+                    Err(())
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        let token = token_of(self, "token", "token_file", true);
+        let kube_token = token_of(self, "kube_token", "kube_token_file", false);
+        let ca_file = self
+            .string(t, path, "ca_file")
+            .map(|(f, _)| PathBuf::from(f));
         let mut optional = |key: &str| self.string(t, path, key).map(|(v, _)| v);
         let image = optional("image");
         let checkout_image = optional("checkout_image");
@@ -737,7 +791,9 @@ impl Checker<'_> {
             kube_api: kube_api.unwrap_or_else(|| server.clone()),
             server,
             namespace: namespace?.0,
-            token: token?.0,
+            token: token.ok().flatten()?,
+            kube_token: kube_token.ok()?,
+            ca_file,
             image,
             checkout_image,
             service_account,

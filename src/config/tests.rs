@@ -710,13 +710,38 @@ fn an_argo_executor_names_its_server_namespace_and_token_and_hides_the_token() {
     assert_eq!(argo.server, "https://argo.example:2746");
     assert_eq!(argo.kube_api, argo.server);
     assert_eq!(argo.namespace, "gantry");
-    assert_eq!(argo.token, ADMIN_TOKEN);
+    assert_eq!(argo.token, super::ArgoToken::Value(ADMIN_TOKEN.into()));
+    assert_eq!(argo.kube_token, None);
     assert!(!format!("{c:?}").contains(ADMIN_TOKEN));
+
+    // In the cluster: the pod's own token, read as it rotates, and the cluster's CA.
+    let c = ok(
+        "[executor.cluster]\nkind = \"argo\"\nserver = \"https://argo:2746\"\n\
+                namespace = \"gantry\"\ntoken = \"${GANTRY_ADMIN_TOKEN}\"\n\
+                kube_token_file = \"/var/run/secrets/kubernetes.io/serviceaccount/token\"\n\
+                ca_file = \"/var/run/secrets/kubernetes.io/serviceaccount/ca.crt\"\n",
+    );
+    let Some(ExecutorConfig::Argo(argo)) = c.executors.named.get("cluster") else {
+        panic!("{:?}", c.executors);
+    };
+    assert_eq!(
+        argo.kube_token,
+        Some(super::ArgoToken::File(
+            "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+        ))
+    );
+    assert!(argo.ca_file.is_some());
+    assert_eq!(
+        one_error(
+            "[executor.c]\nkind = \"argo\"\nserver = \"https://a\"\nnamespace = \"n\"\ntoken = \"t\"\ntoken_file = \"/t\"\n"
+        ),
+        "6:14: executor.c.token_file: give `token` or `token_file`, not both"
+    );
     assert_eq!(
         errors("[executor.cluster]\nkind = \"argo\"\nserver = \"argo:2746\"\n"),
         [
             "1:1: executor.cluster.namespace: missing key `namespace`",
-            "1:1: executor.cluster.token: missing key `token`",
+            "1:1: executor.cluster.token: missing key `token` (or `token_file`)",
             "3:10: executor.cluster.server: must be an http:// or https:// URL",
         ]
     );

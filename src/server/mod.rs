@@ -149,7 +149,7 @@ pub fn executors(
                 set.register(name, Arc::new(executor), limits);
             }
             ExecutorConfig::Argo(argo) => {
-                use crate::executor::argo::client::Connection;
+                use crate::executor::argo::client::{Connection, Token};
                 use crate::executor::argo::{ArgoExecutor, ArgoOptions};
                 let defaults = ArgoOptions::default();
                 let options = ArgoOptions {
@@ -166,11 +166,26 @@ pub fn executors(
                         .unwrap_or(defaults.workspace_size.clone()),
                     ..defaults
                 };
+                let token = |t: &crate::config::ArgoToken| match t {
+                    crate::config::ArgoToken::Value(v) => Token::Value(v.clone()),
+                    crate::config::ArgoToken::File(f) => Token::File(f.clone()),
+                };
+                let ca_pem = match &argo.ca_file {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        ServeError::Unsafe(format!(
+                            "executor `{name}`: cannot read ca_file {}: {e}",
+                            path.display()
+                        ))
+                    })?),
+                    None => None,
+                };
                 let connection = Connection {
                     server: argo.server.clone(),
                     kube: argo.kube_api.clone(),
                     namespace: argo.namespace.clone(),
-                    token: argo.token.clone(),
+                    token: token(&argo.token),
+                    kube_token: argo.kube_token.as_ref().map(token),
+                    ca_pem,
                 };
                 let executor =
                     ArgoExecutor::new(name, connection, options).map_err(ServeError::Executor)?;

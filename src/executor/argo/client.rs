@@ -17,8 +17,43 @@ pub struct Connection {
     /// The Kubernetes API server (for the run's Secret); often another address.
     pub kube: String,
     pub namespace: String,
-    /// A bearer token valid for both (a service account's).
-    pub token: String,
+    /// A bearer token for the Argo Server (a service account's).
+    pub token: Token,
+    /// The Kubernetes API's token, when it is another one.
+    pub kube_token: Option<Token>,
+    /// A PEM certificate (authority) to trust besides the system's, e.g. the cluster's CA.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// A bearer token: a value, or a file read again at every call (a projected service-account
+/// token, which the kubelet rotates).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Token {
+    Value(String),
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    fn read(&self) -> String {
+        match self {
+            Token::Value(v) => v.clone(),
+            Token::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&str> for Token {
+    fn from(value: &str) -> Token {
+        Token::Value(value.to_string())
+    }
+}
+
+impl From<String> for Token {
+    fn from(value: String) -> Token {
+        Token::Value(value)
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -28,6 +63,8 @@ impl fmt::Debug for Connection {
             .field("kube", &self.kube)
             .field("namespace", &self.namespace)
             .field("token", &"***")
+            .field("kube_token", &self.kube_token.as_ref().map(|_| "***"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
             .finish()
     }
 }
@@ -72,13 +109,18 @@ fn message_of(body: &str) -> String {
 
 impl Client {
     pub fn new(conn: Connection) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ClientError::Unavailable {
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = &conn.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem).map_err(|e| ClientError::Unavailable {
                 server: conn.server.clone(),
-                reason: format!("cannot set up HTTP: {e}"),
+                reason: format!("cannot read the CA certificate: {e}"),
             })?;
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder.build().map_err(|e| ClientError::Unavailable {
+            server: conn.server.clone(),
+            reason: format!("cannot set up HTTP: {e}"),
+        })?;
         Ok(Client {
             http,
             conn,
@@ -101,6 +143,14 @@ impl Client {
         &self.conn
     }
 
+    /// The token for calls to `server`: the Kubernetes API's own when it has one.
+    fn token_for(&self, server: &str) -> String {
+        match &self.conn.kube_token {
+            Some(kube) if server == self.conn.kube => kube.read(),
+            _ => self.conn.token.read(),
+        }
+    }
+
     fn argo(&self, path: &str) -> String {
         format!("{}{path}", self.conn.server.trim_end_matches('/'))
     }
@@ -121,7 +171,7 @@ impl Client {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            match build().bearer_auth(&self.conn.token).send().await {
+            match build().bearer_auth(self.token_for(server)).send().await {
                 Ok(r) if r.status().is_server_error() => {
                     let status = r.status();
                     last = format!(
@@ -324,7 +374,7 @@ impl Client {
             .get(url)
             .query(query)
             .header("Accept", "text/event-stream")
-            .bearer_auth(&self.conn.token)
+            .bearer_auth(self.conn.token.read())
             .send()
             .await
             .map_err(|e| ClientError::Unavailable {

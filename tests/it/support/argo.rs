@@ -194,6 +194,13 @@ impl ArgoStandIn {
         format!("http://{}", self.addr)
     }
 
+    /// A file holding [`TOKEN`].
+    pub fn token_file(&self) -> PathBuf {
+        let path = self.shared.dir.join("token");
+        std::fs::write(&path, format!("{TOKEN}\n")).expect("write the token file");
+        path
+    }
+
     /// An Argo executor named `name` for this stand-in (Argo Server and Kubernetes API alike),
     /// namespace `gantry`, retrying quickly.
     pub fn executor(&self, name: &str) -> gantry::executor::argo::ArgoExecutor {
@@ -203,7 +210,13 @@ impl ArgoStandIn {
                 server: self.url(),
                 kube: self.url(),
                 namespace: "gantry".into(),
+                // The Argo Server's token as a value, the Kubernetes API's from a file (read at
+                // every call, as a projected service-account token is).
                 token: TOKEN.into(),
+                kube_token: Some(gantry::executor::argo::client::Token::File(
+                    self.token_file(),
+                )),
+                ca_pem: None,
             },
             gantry::executor::argo::ArgoOptions::default(),
         )
