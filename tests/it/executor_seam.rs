@@ -375,3 +375,54 @@ async fn an_argo_checkout_fetches_a_private_repository_with_its_credentials() {
         .expect("stored");
     assert!(!wf.to_string().contains(token), "no token in the Workflow");
 }
+
+/// Two APIs, two tokens: the Argo Server's for Workflows, the Kubernetes API's (here from a file)
+/// for the run's Secret, each sent only where it belongs, even when both APIs share an address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_argo_executor_sends_each_api_its_own_token() {
+    use gantry::executor::argo::client::{Connection, Token};
+    use gantry::executor::argo::{ArgoExecutor, ArgoOptions};
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    stand_in.separate_kube_token();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube_token = dir.path().join("kube-token");
+    std::fs::write(&kube_token, crate::support::argo::KUBE_TOKEN).expect("token file");
+    let argo = ArgoExecutor::new(
+        "cluster",
+        Connection {
+            server: stand_in.url(),
+            kube: stand_in.url(),
+            namespace: "gantry".into(),
+            token: crate::support::argo::TOKEN.into(),
+            kube_token: Some(Token::File(kube_token)),
+            ca_pem: None,
+        },
+        ArgoOptions::default(),
+    )
+    .expect("executor");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    store
+        .set_secret_with(
+            None,
+            "token",
+            "t0k",
+            gantry::store::SecretRelease::Protected,
+        )
+        .expect("secret");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: tokens\nsecrets: [token]\nsteps:\n  - {name: a, script: '[ -n \"$T\" ]', env: {T: '{{secrets.token}}'}}\n";
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(text, "tokens.yaml", Limits::default()),
+    )
+    .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        Arc::new(argo),
+        prepared,
+        CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+}

@@ -83,6 +83,13 @@ pub enum ClientError {
     },
 }
 
+/// Which of the two APIs a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Argo,
+    Kube,
+}
+
 /// A client of one installation.
 #[derive(Clone)]
 pub struct Client {
@@ -143,10 +150,10 @@ impl Client {
         &self.conn
     }
 
-    /// The token for calls to `server`: the Kubernetes API's own when it has one.
-    fn token_for(&self, server: &str) -> String {
-        match &self.conn.kube_token {
-            Some(kube) if server == self.conn.kube => kube.read(),
+    /// The token for calls to `api`: the Kubernetes API's own when it has one.
+    fn token_for(&self, api: Api) -> String {
+        match (api, &self.conn.kube_token) {
+            (Api::Kube, Some(kube)) => kube.read(),
             _ => self.conn.token.read(),
         }
     }
@@ -163,6 +170,7 @@ impl Client {
     /// Returns the status and body of the first answer that is not a 5xx.
     async fn call(
         &self,
+        api: Api,
         server: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(u16, String), ClientError> {
@@ -171,7 +179,7 @@ impl Client {
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            match build().bearer_auth(self.token_for(server)).send().await {
+            match build().bearer_auth(self.token_for(api)).send().await {
                 Ok(r) if r.status().is_server_error() => {
                     let status = r.status();
                     last = format!(
@@ -214,20 +222,20 @@ impl Client {
 
     /// Creates the run's Secret; one left by an earlier try of the same run is replaced.
     pub async fn create_secret(&self, manifest: &Value) -> Result<(), ClientError> {
-        let server = &self.conn.kube;
+        let (api, server) = (Api::Kube, &self.conn.kube);
         let url = self.kube(&format!(
             "/api/v1/namespaces/{}/secrets",
             self.conn.namespace
         ));
         let answer = self
-            .call(server, || self.http.post(&url).json(manifest))
+            .call(api, server, || self.http.post(&url).json(manifest))
             .await?;
         if answer.0 == 409
             && let Some(name) = manifest["metadata"]["name"].as_str()
         {
             self.delete_secret(name).await?;
             let again = self
-                .call(server, || self.http.post(&url).json(manifest))
+                .call(api, server, || self.http.post(&url).json(manifest))
                 .await?;
             return Self::ok(server, again).map(drop);
         }
@@ -242,7 +250,7 @@ impl Client {
         workflow: &str,
         uid: &str,
     ) -> Result<(), ClientError> {
-        let server = &self.conn.kube;
+        let (api, server) = (Api::Kube, &self.conn.kube);
         let url = self.kube(&format!(
             "/api/v1/namespaces/{}/secrets/{secret}",
             self.conn.namespace
@@ -252,7 +260,7 @@ impl Client {
             "name": workflow, "uid": uid, "blockOwnerDeletion": false,
         }]}});
         let answer = self
-            .call(server, || {
+            .call(api, server, || {
                 self.http
                     .patch(&url)
                     .header("Content-Type", "application/merge-patch+json")
@@ -264,12 +272,12 @@ impl Client {
 
     /// The run's Secret as stored (`data` in base64), or `None`.
     pub async fn get_secret(&self, name: &str) -> Result<Option<Value>, ClientError> {
-        let server = &self.conn.kube;
+        let (api, server) = (Api::Kube, &self.conn.kube);
         let url = self.kube(&format!(
             "/api/v1/namespaces/{}/secrets/{name}",
             self.conn.namespace
         ));
-        let answer = self.call(server, || self.http.get(&url)).await?;
+        let answer = self.call(api, server, || self.http.get(&url)).await?;
         if answer.0 == 404 {
             return Ok(None);
         }
@@ -278,12 +286,12 @@ impl Client {
 
     /// Deletes the run's Secret; one already gone is fine.
     pub async fn delete_secret(&self, name: &str) -> Result<(), ClientError> {
-        let server = &self.conn.kube;
+        let (api, server) = (Api::Kube, &self.conn.kube);
         let url = self.kube(&format!(
             "/api/v1/namespaces/{}/secrets/{name}",
             self.conn.namespace
         ));
-        let answer = self.call(server, || self.http.delete(&url)).await?;
+        let answer = self.call(api, server, || self.http.delete(&url)).await?;
         if answer.0 == 404 {
             return Ok(());
         }
@@ -292,20 +300,20 @@ impl Client {
 
     /// Submits a Workflow; returns it as created (its `metadata.name` and `uid` set).
     pub async fn submit(&self, workflow: &Value) -> Result<Value, ClientError> {
-        let server = &self.conn.server;
+        let (api, server) = (Api::Argo, &self.conn.server);
         let url = self.argo(&format!("/api/v1/workflows/{}", self.conn.namespace));
         let body = json!({"namespace": self.conn.namespace, "workflow": workflow});
         let answer = self
-            .call(server, || self.http.post(&url).json(&body))
+            .call(api, server, || self.http.post(&url).json(&body))
             .await?;
         Self::ok(server, answer)
     }
 
     /// A Workflow, or `None` when there is none of that name.
     pub async fn get(&self, name: &str) -> Result<Option<Value>, ClientError> {
-        let server = &self.conn.server;
+        let (api, server) = (Api::Argo, &self.conn.server);
         let url = self.argo(&format!("/api/v1/workflows/{}/{name}", self.conn.namespace));
-        let answer = self.call(server, || self.http.get(&url)).await?;
+        let answer = self.call(api, server, || self.http.get(&url)).await?;
         if answer.0 == 404 {
             return Ok(None);
         }
@@ -314,10 +322,10 @@ impl Client {
 
     /// Workflows whose labels match `selector` (`key=value,...`).
     pub async fn list(&self, selector: &str) -> Result<Vec<Value>, ClientError> {
-        let server = &self.conn.server;
+        let (api, server) = (Api::Argo, &self.conn.server);
         let url = self.argo(&format!("/api/v1/workflows/{}", self.conn.namespace));
         let answer = self
-            .call(server, || {
+            .call(api, server, || {
                 self.http
                     .get(&url)
                     .query(&[("listOptions.labelSelector", selector)])
@@ -328,14 +336,14 @@ impl Client {
     }
 
     pub async fn terminate(&self, name: &str) -> Result<(), ClientError> {
-        let server = &self.conn.server;
+        let (api, server) = (Api::Argo, &self.conn.server);
         let url = self.argo(&format!(
             "/api/v1/workflows/{}/{name}/terminate",
             self.conn.namespace
         ));
         let body = json!({"name": name, "namespace": self.conn.namespace});
         let answer = self
-            .call(server, || self.http.put(&url).json(&body))
+            .call(api, server, || self.http.put(&url).json(&body))
             .await?;
         Self::ok(server, answer).map(drop)
     }
@@ -404,13 +412,13 @@ impl Client {
 
     /// The lines a pod's main container printed.
     pub async fn pod_logs(&self, workflow: &str, pod: &str) -> Result<Vec<String>, ClientError> {
-        let server = &self.conn.server;
+        let (api, server) = (Api::Argo, &self.conn.server);
         let url = self.argo(&format!(
             "/api/v1/workflows/{}/{workflow}/log",
             self.conn.namespace
         ));
         let answer = self
-            .call(server, || {
+            .call(api, server, || {
                 self.http
                     .get(&url)
                     .query(&[("podName", pod), ("logOptions.container", "main")])

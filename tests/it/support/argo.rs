@@ -50,6 +50,8 @@ use super::percent_decode;
 
 /// The bearer token the stand-in accepts.
 pub const TOKEN: &str = "argo-stand-in-token-0001";
+/// The Kubernetes API's own token, once `separate_kube_token` asked for one.
+pub const KUBE_TOKEN: &str = "kube-stand-in-token-0002";
 
 const WORKSPACE: &str = "/workspace";
 const OUTPUTS: &str = "/gantry/outputs";
@@ -62,6 +64,8 @@ struct Faults {
     cut_streams_after: Option<usize>,
     /// Waited before each log line is served.
     log_delay: Duration,
+    /// The Kubernetes API takes `KUBE_TOKEN` only, the Argo Server `TOKEN` only.
+    separate_tokens: bool,
 }
 
 struct Wf {
@@ -235,6 +239,12 @@ impl ArgoStandIn {
     /// Event streams end, without a final event, after `n` events (`None`: they do not).
     pub fn cut_event_streams_after(&self, n: Option<usize>) {
         self.shared.lock().faults.cut_streams_after = n;
+    }
+
+    /// From now on the Kubernetes API takes [`KUBE_TOKEN`] and the Argo Server [`TOKEN`], each
+    /// only its own.
+    pub fn separate_kube_token(&self) {
+        self.shared.lock().faults.separate_tokens = true;
     }
 
     /// Every log line is served after `delay`.
@@ -413,10 +423,15 @@ async fn handle(
             };
         }
     }
+    let expected = if kube && shared.lock().faults.separate_tokens {
+        KUBE_TOKEN
+    } else {
+        TOKEN
+    };
     let authorized = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {TOKEN}"));
+        .is_some_and(|v| v == format!("Bearer {expected}"));
     if !authorized {
         return if kube {
             kube_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
