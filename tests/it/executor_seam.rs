@@ -62,25 +62,30 @@ impl Executor for LostServer {
     }
 }
 
-#[tokio::test]
-async fn an_unavailable_executor_fails_the_run_naming_its_server_not_a_step() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&dir.path().join("data")).expect("store");
-    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: two\nsteps:\n  - name: first\n    script: 'true'\n  - name: second\n    script: 'true'\n";
+/// Runs a pipeline given as text to its end on `executor`, recorded in `store`.
+async fn run_file(store: &Store, executor: Arc<dyn Executor>, text: &str, path: &str) -> RunRecord {
     let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(text, "two.yaml", Limits::default()),
+        store,
+        crate::support::file_run(text, path, Limits::default()),
     )
     .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        Arc::new(LostServer),
+    gantry::run::execute(
+        store,
+        executor,
         prepared,
         CancellationToken::new(),
         |_, _| {},
     )
     .await
-    .expect("recorded");
+    .expect("recorded")
+}
+
+#[tokio::test]
+async fn an_unavailable_executor_fails_the_run_naming_its_server_not_a_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: two\nsteps:\n  - name: first\n    script: 'true'\n  - name: second\n    script: 'true'\n";
+    let run = run_file(&store, Arc::new(LostServer), text, "two.yaml").await;
 
     assert_eq!(run.status, RunStatus::Failed);
     assert_eq!(
@@ -157,20 +162,7 @@ async fn the_argo_executor_names_a_server_that_stays_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: one\nsteps:\n  - {name: a, script: 'true'}\n";
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(text, "one.yaml", Limits::default()),
-    )
-    .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        Arc::new(argo),
-        prepared,
-        CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_file(&store, Arc::new(argo), text, "one.yaml").await;
     assert_eq!(run.status, RunStatus::Failed);
     let message = run.message.unwrap_or_default();
     assert!(
@@ -195,20 +187,7 @@ async fn the_argo_executor_follows_through_streams_that_keep_ending() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("data")).expect("store");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: cut\nsteps:\n  - name: a\n    script: 'sleep 0.3; printf done > \"$GANTRY_OUTPUTS/r\"'\n    outputs: [r]\n  - {name: b, script: 'echo after'}\n";
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(text, "cut.yaml", Limits::default()),
-    )
-    .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        Arc::new(argo),
-        prepared,
-        CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_file(&store, Arc::new(argo), text, "cut.yaml").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
     let outputs = store.outputs(&run.id).expect("outputs");
     assert_eq!(outputs[0].value.as_deref(), Some("done"), "{outputs:?}");
@@ -242,20 +221,7 @@ async fn a_secret_output_crosses_argo_sealed() {
         )
         .expect("secret");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: sealed\nsecrets: [token]\nsteps:\n  - name: mint\n    script: 'printf \"%s\\n\" \"$T\" > \"$GANTRY_OUTPUTS/pw\"'\n    env: {T: '{{secrets.token}}'}\n    outputs: [{name: pw, secret: true}]\n  - name: use\n    script: '[ \"$PW\" = \"$T\" ] && echo \"the same value\"'\n    env: {PW: '{{steps.mint.outputs.pw}}', T: '{{secrets.token}}'}\n";
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(text, "sealed.yaml", Limits::default()),
-    )
-    .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        Arc::new(argo),
-        prepared,
-        CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_file(&store, Arc::new(argo), text, "sealed.yaml").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
     let (lines, _) = store.logs(&run.id, None, None).expect("logs");
     assert!(lines.iter().any(|(_, l)| l.text == "the same value"));
@@ -410,19 +376,6 @@ async fn the_argo_executor_sends_each_api_its_own_token() {
         )
         .expect("secret");
     let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: tokens\nsecrets: [token]\nsteps:\n  - {name: a, script: '[ -n \"$T\" ]', env: {T: '{{secrets.token}}'}}\n";
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(text, "tokens.yaml", Limits::default()),
-    )
-    .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        Arc::new(argo),
-        prepared,
-        CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_file(&store, Arc::new(argo), text, "tokens.yaml").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
 }
