@@ -278,14 +278,20 @@ fn an_unreachable_repository_does_not_block_the_others() {
     );
     wait_pipeline(&s, "infra", "alpha", "synced", |p| p["version"] == 1);
     let mut sources = Value::Null;
-    s.wait_until("a sync error on `broken`", WAIT, || {
-        sources = s.get_json("/api/v1/sources");
-        sources["sources"]
-            .as_array()
-            .expect("sources")
-            .iter()
-            .any(|x| x["name"] == "broken" && x["error"].is_string())
-    });
+    // The pipelines of `infra` are stored before its source state: wait for both sources.
+    s.wait_until(
+        "a sync error on `broken` and a head on `infra`",
+        WAIT,
+        || {
+            sources = s.get_json("/api/v1/sources");
+            let list = sources["sources"].as_array().expect("sources");
+            list.iter()
+                .any(|x| x["name"] == "broken" && x["error"].is_string())
+                && list
+                    .iter()
+                    .any(|x| x["name"] == "infra" && !x["head"].is_null())
+        },
+    );
     let list = sources["sources"].as_array().expect("sources");
     let good = list.iter().find(|x| x["name"] == "infra").expect("infra");
     assert!(good["error"].is_null(), "{sources}");
