@@ -379,3 +379,40 @@ async fn the_argo_executor_sends_each_api_its_own_token() {
     let run = run_file(&store, Arc::new(argo), text, "tokens.yaml").await;
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
 }
+
+/// A Kubernetes API that refuses the run's Secret (RBAC): the run fails before any step, its
+/// message quoting the API and naming the Secret, and nothing is submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_secret_fails_the_run_with_the_api_s_words() {
+    let stand_in = crate::support::argo::ArgoStandIn::start();
+    stand_in.forbid_secrets();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    store
+        .set_secret_with(
+            None,
+            "token",
+            "t0k",
+            gantry::store::SecretRelease::Protected,
+        )
+        .expect("secret");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: rbac\nsecrets: [token]\nsteps:\n  - {name: a, script: 'true', env: {T: '{{secrets.token}}'}}\n";
+    let run = run_file(
+        &store,
+        Arc::new(stand_in.executor("cluster")),
+        text,
+        "rbac.yaml",
+    )
+    .await;
+    assert_eq!(run.status, RunStatus::Failed);
+    let message = run.message.unwrap_or_default();
+    assert!(
+        message.contains("refused the run's Secret gantry-run-")
+            && message.contains("secrets is forbidden"),
+        "{message}"
+    );
+    assert!(
+        stand_in.workflow_names("gantry").is_empty(),
+        "nothing submitted"
+    );
+}

@@ -340,7 +340,21 @@ impl ArgoExecutor {
                 &input.run_id,
                 Some(secret_values),
             );
-            self.client.create_secret(&manifest).await.map_err(lost)?;
+            match self.client.create_secret(&manifest).await {
+                Ok(()) => {}
+                // Not allowed, or not valid: the run cannot start there, and says why.
+                Err(ClientError::Refused {
+                    server, message, ..
+                }) => {
+                    let name = &compiled.secret_name;
+                    book.refuse(&format!(
+                        "{server} refused the run's Secret {name}: {message}"
+                    ))
+                    .await;
+                    return Ok(RunOutcome::Failed);
+                }
+                Err(e) => return Err(lost(e)),
+            }
         }
         let created = match self.client.submit(&compiled.workflow).await {
             Ok(w) => w,

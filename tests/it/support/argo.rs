@@ -66,6 +66,8 @@ struct Faults {
     log_delay: Duration,
     /// The Kubernetes API takes `KUBE_TOKEN` only, the Argo Server `TOKEN` only.
     separate_tokens: bool,
+    /// Creating a Secret is forbidden (RBAC without it).
+    forbid_secrets: bool,
 }
 
 struct Wf {
@@ -239,6 +241,11 @@ impl ArgoStandIn {
     /// Event streams end, without a final event, after `n` events (`None`: they do not).
     pub fn cut_event_streams_after(&self, n: Option<usize>) {
         self.shared.lock().faults.cut_streams_after = n;
+    }
+
+    /// From now on creating a Secret is forbidden, as by RBAC that does not allow it.
+    pub fn forbid_secrets(&self) {
+        self.shared.lock().faults.forbid_secrets = true;
     }
 
     /// From now on the Kubernetes API takes [`KUBE_TOKEN`] and the Argo Server [`TOKEN`], each
@@ -457,6 +464,15 @@ async fn handle(
         ("DELETE", ["api", "v1", "workflows", ns, name]) => delete_workflow(&shared, ns, name),
         ("GET", ["api", "v1", "workflow-events", ns]) => {
             events(shared.clone(), ns.to_string(), &query)
+        }
+        ("POST", ["api", "v1", "namespaces", _, "secrets"])
+            if shared.lock().faults.forbid_secrets =>
+        {
+            kube_status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "secrets is forbidden: User \"system:serviceaccount:gantry:gantry\" cannot create resource \"secrets\" in API group \"\" in the namespace \"gantry\"",
+            )
         }
         ("POST", ["api", "v1", "namespaces", ns, "secrets"]) => create_secret(&shared, ns, &body),
         ("GET", ["api", "v1", "namespaces", ns, "secrets", name]) => {
