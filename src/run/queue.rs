@@ -398,37 +398,35 @@ impl Queue {
         group: Option<String>,
         external_id: Option<String>,
     ) {
-        {
-            let cancel = CancellationToken::new();
-            let interrupted = Arc::new(AtomicBool::new(false));
-            let (done_tx, done) = watch::channel(false);
-            state.running.insert(
-                id.clone(),
-                Active {
-                    cancel: cancel.clone(),
-                    group,
-                    interrupted: interrupted.clone(),
-                    done,
-                },
-            );
-            let queue = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = queue.run_one(&id, external_id, cancel, &interrupted).await {
-                    eprintln!("gantry: error: run {id}: {e}");
-                    let _ = queue.inner.store.end_run(
-                        &id,
-                        RunStatus::Failed,
-                        Some(format!("gantry could not run it: {e}")),
-                    );
-                    let _ = queue.inner.store.flush_async().await;
-                }
-                queue.lock().running.remove(&id);
-                let _ = done_tx.send(true);
-                queue.bump();
-                queue.report(&id);
-                queue.dispatch();
-            });
-        }
+        let cancel = CancellationToken::new();
+        let interrupted = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = watch::channel(false);
+        state.running.insert(
+            id.clone(),
+            Active {
+                cancel: cancel.clone(),
+                group,
+                interrupted: interrupted.clone(),
+                done,
+            },
+        );
+        let queue = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = queue.run_one(&id, external_id, cancel, &interrupted).await {
+                eprintln!("gantry: error: run {id}: {e}");
+                let _ = queue.inner.store.end_run(
+                    &id,
+                    RunStatus::Failed,
+                    Some(format!("gantry could not run it: {e}")),
+                );
+                let _ = queue.inner.store.flush_async().await;
+            }
+            queue.lock().running.remove(&id);
+            let _ = done_tx.send(true);
+            queue.bump();
+            queue.report(&id);
+            queue.dispatch();
+        });
     }
 
     async fn run_one(
