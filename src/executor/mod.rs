@@ -120,6 +120,28 @@ pub struct Limits {
     pub max_run_log: u64,
 }
 
+impl Limits {
+    /// The line a step's log gets where the caps cut it, whichever executor ran the step.
+    pub fn cut_line(&self) -> String {
+        format!(
+            "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
+            human_bytes(self.max_step_log),
+            human_bytes(self.max_run_log)
+        )
+    }
+}
+
+/// A byte count as people write it: `16 MiB`, `4 KiB`, `100 bytes`.
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {

@@ -15,6 +15,7 @@
 //! Argo's words Gantry's: a deadline is `timed-out` with `timed out after …`, an exit code
 //! `exited with code N`, a terminated pod `cancelled`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -216,6 +217,28 @@ fn facts(input: &RunInput) -> RunFacts {
 }
 
 impl ArgoExecutor {
+    /// The book of a run (its secrets masked from the start) and its Workflow; `None` when the
+    /// plan does not compile for Argo, every step then ended with the compiler's words.
+    async fn start<'a>(
+        &self,
+        plan: &'a Plan,
+        input: &RunInput,
+        events: Sender<Event>,
+    ) -> (Book<'a>, Option<Compiled>) {
+        let secrets = Secrets::new();
+        for value in input.secrets.values() {
+            secrets.add(value);
+        }
+        let mut book = Book::new(plan, input, secrets, events);
+        match compile::compile(plan, &facts(input), &self.options) {
+            Ok(c) => (book, Some(c)),
+            Err(e) => {
+                book.refuse(&e.to_string()).await;
+                (book, None)
+            }
+        }
+    }
+
     /// Picks a run up again: the Workflow it compiled to (the same plan compiles the same), the
     /// pads of its secret outputs read back from its Secret, and what the store holds.
     async fn run_again(
@@ -227,18 +250,10 @@ impl ArgoExecutor {
         events: Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError> {
-        let secrets = Secrets::new();
-        for value in input.secrets.values() {
-            secrets.add(value);
-        }
-        let mut book = Book::new(plan, input, secrets, events);
+        let (mut book, compiled) = self.start(plan, input, events).await;
         book.resume(resumed);
-        let compiled = match compile::compile(plan, &facts(input), &self.options) {
-            Ok(c) => c,
-            Err(e) => {
-                book.refuse(&e.to_string()).await;
-                return Ok(RunOutcome::Failed);
-            }
+        let Some(compiled) = compiled else {
+            return Ok(RunOutcome::Failed);
         };
         if !compiled.pads.is_empty() {
             let secret = self
@@ -273,17 +288,9 @@ impl ArgoExecutor {
         events: Sender<Event>,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError> {
-        let secrets = Secrets::new();
-        for value in input.secrets.values() {
-            secrets.add(value);
-        }
-        let mut book = Book::new(plan, input, secrets, events);
-        let compiled = match compile::compile(plan, &facts(input), &self.options) {
-            Ok(c) => c,
-            Err(e) => {
-                book.refuse(&e.to_string()).await;
-                return Ok(RunOutcome::Failed);
-            }
+        let (mut book, compiled) = self.start(plan, input, events).await;
+        let Some(compiled) = compiled else {
+            return Ok(RunOutcome::Failed);
         };
         // One fresh pad per secret output, in the run's Secret beside its secrets, and the
         // checkout's credentials.
@@ -328,7 +335,7 @@ impl ArgoExecutor {
         &self,
         compiled: &Compiled,
         input: &RunInput,
-        secret_values: &std::collections::BTreeMap<String, String>,
+        secret_values: &BTreeMap<String, String>,
         book: &mut Book<'_>,
         cancel: CancellationToken,
     ) -> Result<RunOutcome, ExecutorError> {
@@ -465,11 +472,11 @@ struct Book<'a> {
     /// Where pod lines go, shared with the tasks that follow pods' logs.
     sink: LogSink,
     /// The task following the log of each running attempt, by step and attempt.
-    followers: std::collections::BTreeMap<(usize, u32), tokio::task::JoinHandle<bool>>,
+    followers: BTreeMap<(usize, u32), tokio::task::JoinHandle<bool>>,
     /// Lines of an attempt's log already in the store (a run picked up again), by step and attempt.
-    skip: std::collections::BTreeMap<(usize, u32), usize>,
+    skip: BTreeMap<(usize, u32), usize>,
     /// The pad of each secret output, by step and output.
-    pads: std::collections::BTreeMap<(usize, String), Vec<u8>>,
+    pads: BTreeMap<(usize, String), Vec<u8>>,
 }
 
 /// Pod lines into the run's log: masked, within the per-step and per-run caps.
@@ -514,13 +521,7 @@ impl LogSink {
         let (stream, text) = match verdict {
             None => return,
             Some(true) => (Stream::Stdout, self.secrets.mask(line)),
-            Some(false) => (
-                Stream::System,
-                format!(
-                    "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
-                    self.limits.max_step_log, self.limits.max_run_log
-                ),
-            ),
+            Some(false) => (Stream::System, self.limits.cut_line()),
         };
         let _ = self
             .events
@@ -566,9 +567,9 @@ impl<'a> Book<'a> {
             secrets,
             values: Values::from_input(input),
             steps: vec![StepBook::default(); n],
-            followers: std::collections::BTreeMap::new(),
-            skip: std::collections::BTreeMap::new(),
-            pads: std::collections::BTreeMap::new(),
+            followers: BTreeMap::new(),
+            skip: BTreeMap::new(),
+            pads: BTreeMap::new(),
         }
     }
 
@@ -667,13 +668,26 @@ fn is_final(phase: &str) -> bool {
 }
 
 impl Follow<'_> {
+    /// The Workflow's task nodes by task name (the DAG's children), read once per look.
+    fn task_nodes<'w>(&self, wf: &'w Value) -> BTreeMap<&'w str, &'w Value> {
+        wf["status"]["nodes"]
+            .as_object()
+            .into_iter()
+            .flat_map(|nodes| nodes.values())
+            .filter(|n| n["boundaryID"] == self.workflow.as_str())
+            .filter_map(|n| Some((n["displayName"].as_str()?, n)))
+            .collect()
+    }
+
     /// The task node of step `i`, and its attempt nodes in order.
-    fn nodes<'w>(&self, wf: &'w Value, i: usize) -> Option<(&'w Value, Vec<&'w Value>)> {
+    fn nodes<'w>(
+        &self,
+        wf: &'w Value,
+        tasks: &BTreeMap<&'w str, &'w Value>,
+        i: usize,
+    ) -> Option<(&'w Value, Vec<&'w Value>)> {
         let nodes = wf["status"]["nodes"].as_object()?;
-        let task = self.tasks.get(i)?;
-        let node = nodes.values().find(|n| {
-            n["displayName"] == task.as_str() && n["boundaryID"] == self.workflow.as_str()
-        })?;
+        let node = *tasks.get(self.tasks.get(i)?.as_str())?;
         let attempts = match node["type"].as_str() {
             Some("Retry") => node["children"]
                 .as_array()
@@ -783,13 +797,14 @@ impl Follow<'_> {
 
     /// Tells what changed since the last look; returns the run's outcome once it ended.
     async fn observe(&mut self, wf: &Value, book: &mut Book<'_>) -> Option<RunOutcome> {
+        let tasks = self.task_nodes(wf);
         for i in 0..book.plan.steps.len() {
             if book.steps[i].done.is_some() {
                 // Over before a restart: its outputs are only needed by the steps after it.
                 let name = &book.plan.steps[i].name;
                 if book.steps[i].resumed
                     && !book.values.outputs.contains_key(name)
-                    && let Some((node, _)) = self.nodes(wf, i)
+                    && let Some((node, _)) = self.nodes(wf, &tasks, i)
                     && node["phase"] == "Succeeded"
                 {
                     let values = self.outputs(node, i, book);
@@ -800,7 +815,7 @@ impl Follow<'_> {
                 }
                 continue;
             }
-            let Some((node, attempts)) = self.nodes(wf, i) else {
+            let Some((node, attempts)) = self.nodes(wf, &tasks, i) else {
                 continue;
             };
             if node["type"] == "Skipped" {
@@ -989,17 +1004,12 @@ impl Follow<'_> {
 /// Opens a sealed output: its hex XORed with the pad, one trailing newline dropped (as Gantry
 /// reads every output); `None` for text that is not the hex of at most a pad's bytes.
 fn unseal(hex: &str, pad: &[u8]) -> Option<String> {
-    let hex = hex.trim();
-    if !hex.len().is_multiple_of(2) || hex.len() / 2 > pad.len() {
+    let sealed = decode_hex(hex)?;
+    if sealed.len() > pad.len() {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
-        .map(|k| {
-            let b = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
-            Some(b ^ pad[k])
-        })
-        .collect();
-    let mut value = String::from_utf8_lossy(&bytes?).into_owned();
+    let bytes: Vec<u8> = sealed.iter().zip(pad).map(|(b, p)| b ^ p).collect();
+    let mut value = String::from_utf8_lossy(&bytes).into_owned();
     if value.ends_with('\n') {
         value.pop();
     }

@@ -495,15 +495,7 @@ impl<'a> Logs<'a> {
         for line in lines {
             if !self.shared.log_budget(self.step, line.len() as u64 + 1) {
                 if self.shared.log_cut(self.step) {
-                    let (step_cap, run_cap) = (
-                        self.shared.limits.max_step_log,
-                        self.shared.limits.max_run_log,
-                    );
-                    let line = format!(
-                        "log cut here: the step's output goes past the log limit ({} per step, {} per run); the step keeps running, its further output is dropped",
-                        bytes(step_cap),
-                        bytes(run_cap)
-                    );
+                    let line = self.shared.limits.cut_line();
                     self.shared.system(self.step, self.attempt, &line).await;
                 }
                 continue;
@@ -518,17 +510,6 @@ impl<'a> Logs<'a> {
                 })
                 .await;
         }
-    }
-}
-
-/// `16 MiB`, for people.
-fn bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} bytes")
     }
 }
 
