@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
-use super::remote::{Client, ConfigKind, Failure, wait};
+use super::remote::{Client, ConfigKind, Failure, report, wait};
 use super::{exit, open_store};
 use crate::spec::values::{is_identifier, is_pipeline_name};
 use crate::store::{ConfigEntry, SecretRelease, Store};
@@ -217,14 +217,6 @@ fn store_failure(e: crate::store::StoreError) -> Failure {
         message: e.to_string(),
         code: exit::USAGE,
     }
-}
-
-/// Prints a failure and returns its exit code.
-fn report(result: Result<u8, Failure>) -> u8 {
-    result.unwrap_or_else(|f| {
-        eprintln!("gantry: {}", f.message);
-        f.code
-    })
 }
 
 pub fn vars(data_dir: &Path, client: Option<&Client>, args: &VarsArgs) -> u8 {

@@ -137,12 +137,9 @@ fn cluster_base(data_dir: &Path, owner: Option<&Account>) -> Result<PathBuf, Dem
     if owner.is_none() || crate::store::open_to_others(data_dir) {
         return Ok(inside);
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
-    let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let outer = PathBuf::from(format!("/tmp/gantry-postgres-{tag}"));
-    crate::store::private_dir(&outer)
-        .map_err(|e| DemoPostgresError::Failed(format!("cannot make {}: {e}", outer.display())))?;
+    let outer = crate::store::private_tmp_dir("postgres", data_dir).map_err(|e| {
+        DemoPostgresError::Failed(format!("cannot make a folder for it under /tmp: {e}"))
+    })?;
     Ok(outer.join("cluster"))
 }
 

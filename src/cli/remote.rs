@@ -358,7 +358,12 @@ pub fn block_on<F>(f: F) -> u8
 where
     F: std::future::Future<Output = Result<u8, Failure>>,
 {
-    wait(f).unwrap_or_else(|failure| {
+    report(wait(f))
+}
+
+/// An exit code, or a failure's: its message on stderr.
+pub fn report(result: Result<u8, Failure>) -> u8 {
+    result.unwrap_or_else(|failure| {
         eprintln!("gantry: {}", failure.message);
         failure.code
     })

@@ -222,15 +222,23 @@ fn default_work_dir(data_dir: &Path) -> PathBuf {
     if !root || open_to_others(&parent) {
         return sibling;
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let fallback = PathBuf::from(format!("/tmp/gantry-work-{tag}"));
-    match private_dir(&fallback) {
-        Ok(()) => fallback,
+    match private_tmp_dir("work", &dir) {
+        Ok(fallback) => fallback,
         // Creating the run directory then fails with the sibling's path in the message.
         Err(_) => sibling,
     }
+}
+
+/// `/tmp/gantry-<what>-<tag>`, a folder of this process's user named after `data_dir` (the tag is
+/// a hash of its path), made and checked with `private_dir`: where root keeps what another user
+/// must reach when the data dir sits under a folder closed to others (as `/root` is).
+pub fn private_tmp_dir(what: &str, data_dir: &Path) -> std::io::Result<PathBuf> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let dir = PathBuf::from(format!("/tmp/gantry-{what}-{tag}"));
+    private_dir(&dir)?;
+    Ok(dir)
 }
 
 /// Whether every folder from `dir` up is traversable by users other than its owner and group.
@@ -245,7 +253,7 @@ pub fn open_to_others(dir: &Path) -> bool {
 
 /// Makes (or finds) `dir` as a folder of this process's user, mode 0711, refusing a symlink or a
 /// folder of anyone else.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match std::fs::DirBuilder::new().mode(0o711).create(dir) {
         Ok(()) => {}
