@@ -244,6 +244,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             cache: None,
             retention: crate::config::DEFAULT_RETENTION,
             keep_runs: crate::config::DEFAULT_KEEP_RUNS,
+            min_free: Default::default(),
         },
         tokens: vec![ApiToken {
             name: "admin".into(),

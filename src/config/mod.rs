@@ -228,6 +228,9 @@ pub struct Storage {
     pub retention: Duration,
     /// `keep_runs`: the newest runs of each pipeline kept whatever their age.
     pub keep_runs: usize,
+    /// `min_free`: the free space kept on the data dir's file system; below it no new work is
+    /// taken.
+    pub min_free: crate::spec::values::MinFree,
 }
 
 /// One `[[auth.tokens]]` entry. `Debug` hides the token.
@@ -547,13 +550,40 @@ impl Checker<'_> {
         let mut cache = None;
         let mut retention = DEFAULT_RETENTION;
         let mut keep_runs = DEFAULT_KEEP_RUNS;
+        let mut min_free = crate::spec::values::MinFree::Default;
         let (data_dir, work_dir) = match self.table(table, "", "storage") {
             Some(t) => {
                 self.unknown_keys(
                     t,
                     "storage",
-                    &["data_dir", "work_dir", "cache", "retention", "keep_runs"],
+                    &[
+                        "data_dir",
+                        "work_dir",
+                        "cache",
+                        "retention",
+                        "keep_runs",
+                        "min_free",
+                    ],
                 );
+                if let Some(v) = t.get("min_free") {
+                    let text = match v.get_ref() {
+                        DeValue::Integer(i) => Some(i.as_str().replace('_', "")),
+                        DeValue::String(s) => Some(s.to_string()),
+                        _ => None,
+                    };
+                    match text
+                        .as_deref()
+                        .and_then(crate::spec::values::MinFree::parse)
+                    {
+                        Some(m) => min_free = m,
+                        None => self.error(
+                            "storage.min_free",
+                            &v.span(),
+                            "expected a size such as \"1GiB\" or \"512MiB\", a number of \
+                             bytes (0 turns the reserve off), or a percentage such as \"5%\"",
+                        ),
+                    }
+                }
                 cache = self.size(t, "storage", "cache");
                 if let Some((r, span)) = self.string(t, "storage", "retention") {
                     match parse_retention(&r) {
@@ -621,6 +651,7 @@ impl Checker<'_> {
                 cache,
                 retention,
                 keep_runs,
+                min_free,
             },
             tokens,
             repos,
@@ -879,7 +910,7 @@ impl Checker<'_> {
             return self.count(table, prefix, key);
         }
         let (text, span) = self.string(table, prefix, key)?;
-        match parse_size(&text) {
+        match crate::spec::values::parse_size(&text) {
             Some(n) if n > 0 => Some(n),
             _ => {
                 self.error(
@@ -1410,22 +1441,6 @@ impl Checker<'_> {
             }
         }
     }
-}
-
-/// `"16MiB"`, `"2GiB"`, `"512KiB"` or a plain number of bytes.
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(factor)
 }
 
 /// `[executor.local] user`: `root`, `UID:GID`, or a user name.

@@ -144,6 +144,35 @@ fn retention_takes_days_or_a_duration_and_a_floor() {
 }
 
 #[test]
+fn min_free_takes_a_size_a_percentage_or_zero() {
+    use crate::spec::values::MinFree;
+    assert_eq!(ok("").storage.min_free, MinFree::Default);
+    assert_eq!(
+        ok("[storage]\nmin_free = \"2GiB\"\n").storage.min_free,
+        MinFree::Bytes(2 << 30)
+    );
+    assert_eq!(
+        ok("[storage]\nmin_free = \"10%\"\n").storage.min_free,
+        MinFree::Percent(10)
+    );
+    assert_eq!(
+        ok("[storage]\nmin_free = 0\n").storage.min_free,
+        MinFree::Bytes(0)
+    );
+    assert_eq!(
+        one_error("[storage]\nmin_free = \"plenty\"\n"),
+        "2:12: storage.min_free: expected a size such as \"1GiB\" or \"512MiB\", a number of \
+         bytes (0 turns the reserve off), or a percentage such as \"5%\""
+    );
+    assert_eq!(
+        one_error("[storage]\nmin_free = \"95%\"\n")
+            .split(':')
+            .next(),
+        Some("2")
+    );
+}
+
+#[test]
 fn a_minimal_repo_gets_the_defaults() {
     let c = ok(&format!("{REPO}provider = \"git\"\n"));
     let r = &c.repos[0];

@@ -398,6 +398,11 @@ pub fn start(
     if let Err(problem) = prepare_work_dir(store.work_dir()) {
         problems.push(problem);
     }
+    // No new run below the data dir's reserve: its logs and records would eat what the store
+    // keeps for the work already under way.
+    if let Err(low) = store.space_left() {
+        problems.insert(0, low.to_string());
+    }
     let refusal = (!problems.is_empty()).then(|| format!("not started: {}", problems.join("; ")));
     let run = if run.owner.is_none() {
         store.update_run(&run.id, |r| r.owner = recover::current_owner())?
@@ -728,6 +733,8 @@ struct StepBook {
     dirty: Vec<bool>,
     /// The next log chunk number of each step.
     chunks: Vec<u32>,
+    /// Steps whose log was cut because the data dir's file system fell below its reserve.
+    cut: Vec<bool>,
 }
 
 impl StepBook {
@@ -735,10 +742,12 @@ impl StepBook {
         let steps = store.steps(run_id)?;
         let dirty = vec![false; steps.len()];
         let chunks = vec![0; steps.len()];
+        let cut = vec![false; steps.len()];
         Ok(StepBook {
             steps,
             dirty,
             chunks,
+            cut,
         })
     }
 
@@ -785,10 +794,29 @@ fn record_batch(
             other => record_event(store, run_id, plan, book, other)?,
         }
     }
-    for (step, lines) in logs {
-        let Some(next) = book.chunks.get_mut(step) else {
+    // Below the data dir's reserve a step's log is cut with a line saying so: the run goes on and
+    // its records still fit, but its output no longer eats the space the store needs.
+    let low = if logs.is_empty() {
+        None
+    } else {
+        store.space_left().err()
+    };
+    for (step, mut lines) in logs {
+        let (Some(next), Some(cut)) = (book.chunks.get_mut(step), book.cut.get_mut(step)) else {
             continue;
         };
+        if *cut {
+            continue;
+        }
+        if let (Some(low), Some(last)) = (&low, lines.last()) {
+            *cut = true;
+            lines = vec![LogLine {
+                at: last.at,
+                attempt: last.attempt,
+                stream: crate::executor::Stream::System,
+                text: format!("[gantry: the rest of this step's log is cut: {low}]"),
+            }];
+        }
         store.put_log_chunk(run_id, step, *next, &lines)?;
         *next += 1;
     }

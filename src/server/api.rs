@@ -51,6 +51,7 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::NoSuchRun(_) => StatusCode::NOT_FOUND,
             StoreError::AmbiguousRun(_) => StatusCode::BAD_REQUEST,
+            StoreError::LowSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -94,6 +95,26 @@ impl From<QueueError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Whether `path` is a health check: answered on the HTTP runtime itself, never from the store.
+pub fn is_health(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// `GET /readyz`: 200 when the server takes new work, else 503 with the reasons.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let reasons = super::not_ready(&state);
+    let status = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": reasons.is_empty(), "reasons": reasons })),
+    )
+        .into_response()
+}
+
 /// One endpoint, as documented.
 pub struct Route {
     pub method: &'static str,
@@ -122,6 +143,18 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         body: None,
         responses: &[(200, "ok", Some("text"))],
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        summary: "Readiness: 200 while the server takes new work; 503 with the reasons while its store failed or is stuck, or its data dir is below the free-space reserve ([storage] min_free), or it is stopping",
+        auth: false,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "ready", Some("Readiness")),
+            (503, "not ready, with the reasons", Some("Readiness")),
+        ],
     },
     Route {
         method: "get",
@@ -489,6 +522,7 @@ pub const ROUTES: &[Route] = &[
 pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("get", "/healthz") => get(|| async { "ok\n" }),
+        ("get", "/readyz") => get(readyz),
         ("get", "/api/v1/openapi.json") => get(|| async { Json(super::openapi::document()) }),
         ("get", "/api/v1/pipelines") => get(list_pipelines),
         ("get", "/api/v1/pipelines/{source}/{name}") => get(get_pipeline),

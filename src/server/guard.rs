@@ -50,6 +50,32 @@ pub async fn same_site(State(state): State<AppState>, request: Request, next: Ne
     }
 }
 
+/// State-changing API calls while the data dir's file system is below its reserve: 507, naming
+/// the data dir and its free space; 503 once the store has failed (the process is about to end).
+/// Cancelling a run still works: it takes no new space and ends work that would.
+pub async fn space_for_writes(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path();
+    if changes_state(request.method()) && path.starts_with("/api/v1/") && !path.ends_with("/cancel")
+    {
+        if let Some(failure) = state.store.failure() {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{failure}; Gantry is restarting"),
+            )
+            .into_response();
+        }
+        if let Err(low) = state.store.space_left() {
+            return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, low.to_string())
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
 fn changes_state(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::DELETE)
 }

@@ -26,7 +26,7 @@ use super::api::ApiError;
 use crate::forge::webhook::{self, Headers};
 use crate::forge::{Forge, ForgeEvent};
 use crate::intake::WatchedRepo;
-use crate::store::DeliveryRecord;
+use crate::store::{DeliveryRecord, StoreError};
 
 /// Bytes of HMAC work above which verification moves to a blocking thread.
 const INLINE_HASHING: usize = 256 * 1024;
@@ -41,6 +41,21 @@ impl Headers for HeaderView<'_> {
 
 fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
+}
+
+/// 503 with `Retry-After`: forges deliver again later.
+fn come_back_later(message: String, seconds: &'static str) -> Response {
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static(seconds),
+    );
+    response
+}
+
+/// A delivery the store could not keep: never acknowledged. A forge redelivers on a 5xx.
+fn unstored(e: StoreError) -> Response {
+    come_back_later(format!("the delivery was not stored: {e}"), "10")
 }
 
 /// The one answer to a delivery that is not genuine for a configured repository.
@@ -94,22 +109,24 @@ pub async fn receive(
         )
         .into_response();
     };
+    // A failed store (the process is about to end) or a data dir below its reserve: the forge is
+    // asked to come back later, when a restarted or freed Gantry takes the delivery.
+    if let Some(failure) = state.store.failure() {
+        return come_back_later(format!("{failure}; Gantry is restarting"), "10");
+    }
+    if let Err(low) = state.store.space_left() {
+        return come_back_later(low.to_string(), "60");
+    }
     // Back-pressure: past the configured backlog the forge is asked to come back later, instead
     // of the store (and the processing behind it) growing without bound.
     if state.store.delivery_backlog() >= state.max_backlog {
-        let mut response = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return come_back_later(
             format!(
                 "{} webhook deliveries are waiting to be processed (max_backlog); try again later",
                 state.max_backlog
             ),
-        )
-        .into_response();
-        response.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("30"),
+            "30",
         );
-        return response;
     }
     let view = HeaderView(&headers);
     // Only the repositories the body claims, and only when it carries a signature at all.
@@ -241,11 +258,12 @@ pub async fn receive(
         .accept_delivery(&record, &webhook::body_hash(&body))
     {
         Ok(new) => new,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(StoreError::LowSpace(low)) => return come_back_later(low.to_string(), "60"),
+        Err(e) => return unstored(e),
     };
     if new {
         if let Err(e) = state.store.durable().await {
-            return ApiError::from(e).into_response();
+            return unstored(e);
         }
         state.deliveries.notify_one();
     }

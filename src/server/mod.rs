@@ -68,7 +68,24 @@ pub struct AppState {
     pub max_backlog: u64,
     /// The configured executors' names: what a local pipeline may name.
     pub executors: Arc<Vec<String>>,
+    /// The runtime that handlers run on (the one of the store, the queue and the loops); the
+    /// HTTP connections live on a runtime of their own (see `offload`).
+    pub work: tokio::runtime::Handle,
+    /// Requests being handled on `work`; when none is left, new ones get a 503 at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Requests handled at once on the work runtime before new ones are refused with a 503.
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// How long a store call may run before the store counts as stuck: `/readyz` says not ready.
+pub const STUCK_NOT_READY: Duration = Duration::from_secs(5);
+
+/// How long a store call may run before the watchdog ends the process (a supervisor restarts it).
+pub const STUCK_FATAL: Duration = Duration::from_secs(30);
+
+/// The exit status of `gantry serve` after a store failure (EX_IOERR).
+pub const EXIT_STORE_FAILED: i32 = 74;
 
 /// The forge of a provider, if it has one.
 pub fn forge_of(provider: Provider) -> Option<Forge> {
@@ -340,7 +357,9 @@ pub fn forge_clients(config: &Config) -> BTreeMap<String, crate::forge::api::Cli
 }
 
 /// Builds the router from the route table, with auth in front of every route that needs it.
+/// Every route but the health checks runs on the work runtime (`offload`).
 pub fn router(state: AppState) -> Result<Router, ServeError> {
+    let mut health = Router::new();
     let mut open = Router::new();
     let mut guarded = Router::new();
     for route in api::ROUTES {
@@ -348,19 +367,26 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
             method: route.method.to_uppercase(),
             path: route.path.to_string(),
         })?;
-        if route.auth {
+        if api::is_health(route.path) {
+            health = health.route(route.path, handler);
+        } else if route.auth {
             guarded = guarded.route(route.path, handler);
         } else {
             open = open.route(route.path, handler);
         }
     }
+    // Innermost first: the space check runs only for authenticated, same-site calls.
     let guarded = guarded
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::space_for_writes,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             guard::same_site,
         ));
-    Ok(open
+    let work = open
         .merge(guarded)
         .fallback(|| async {
             api::ApiError::new(
@@ -368,8 +394,131 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
                 "no such endpoint (GET /api/v1/openapi.json lists them)",
             )
         })
+        .layer(middleware::from_fn_with_state(state.clone(), offload));
+    Ok(health
+        .merge(work)
         .layer(axum::extract::DefaultBodyLimit::max(5 * 1024 * 1024))
         .with_state(state))
+}
+
+/// Hands a request to the work runtime and waits for its answer there, so that the runtime that
+/// holds the connections never runs a store call: when the store is stuck (sled spinning on a
+/// full disk, a flush that never returns), `/healthz` and `/readyz` still answer, and at most
+/// `MAX_IN_FLIGHT` requests wait before the rest are refused at once.
+async fn offload(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
+        let mut response = api::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_IN_FLIGHT} requests are being handled; try again in a moment"),
+        )
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static("1"),
+        );
+        return response;
+    };
+    let handled = state.work.spawn(async move {
+        let response = next.run(request).await;
+        drop(permit);
+        response
+    });
+    match handled.await {
+        Ok(response) => response,
+        Err(e) => api::ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the request's handler stopped: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Why the server is not ready for new work, if it is not: what `/readyz` says. Reads only what
+/// is in memory (and `statvfs`), never the store.
+pub fn not_ready(state: &AppState) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some(failure) = state.store.failure() {
+        reasons.push(failure.to_string());
+    }
+    if let Some((what, age)) = state.store.stuck(STUCK_NOT_READY) {
+        reasons.push(format!(
+            "a store call ({what}) has not returned for {:.0} s",
+            age.as_secs_f64()
+        ));
+    }
+    if let Err(low) = state.store.space_left() {
+        reasons.push(low.to_string());
+    }
+    if state.shutdown.is_cancelled() {
+        reasons.push("the server is stopping".into());
+    }
+    reasons
+}
+
+/// The runtime of the HTTP connections (see `offload`): two threads, shut down without waiting
+/// when dropped (a runtime may not be dropped from async code otherwise).
+struct HttpRuntime(Option<tokio::runtime::Runtime>);
+
+impl HttpRuntime {
+    fn start() -> std::io::Result<HttpRuntime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("gantry-http")
+            .enable_all()
+            .build()
+            .map(|r| HttpRuntime(Some(r)))
+    }
+
+    fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(|r| r.handle())
+    }
+}
+
+impl Drop for HttpRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Makes a store failure end the process within a second, and a store call that has not
+/// returned for `STUCK_FATAL` a failure, so that a supervisor restarts Gantry into sled's
+/// recovery instead of keeping a half-broken server up (crash-only; see ARCHITECTURE.md). The
+/// watchdog thread also keeps the free-space reading fresh while no request asks for it.
+fn crash_only(store: &Store) {
+    store.on_failure(|message| {
+        eprintln!(
+            "gantry: fatal: {message}; stopping (exit {EXIT_STORE_FAILED}) so that a supervisor \
+             restarts Gantry into the store's recovery"
+        );
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::exit(EXIT_STORE_FAILED);
+        });
+    });
+    let watched = store.clone();
+    let spawned = std::thread::Builder::new()
+        .name("gantry-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = watched.space_left();
+                if let Some((what, age)) = watched.stuck(STUCK_FATAL) {
+                    watched.fail(format!(
+                        "a store call ({what}) in {} has not returned for {:.0} s",
+                        watched.dir().display(),
+                        age.as_secs_f64()
+                    ));
+                }
+                if watched.failure().is_some() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("gantry: warning: cannot start the store watchdog: {e}");
+    }
 }
 
 /// Compares in time that does not depend on where the inputs differ.
@@ -457,6 +606,8 @@ pub async fn serve(
     if let Some(dir) = &config.storage.work_dir {
         store.set_work_dir(dir.clone());
     }
+    store.set_min_free(config.storage.min_free);
+    crash_only(&store);
     let recovered = crate::run::recover::recover(&store, &executors)?;
     let interrupted = recovered.interrupted;
     for run in &interrupted {
@@ -557,14 +708,27 @@ pub async fn serve(
         shutdown: stop.clone(),
         max_backlog: config.server.max_backlog,
         executors: Arc::new(executor_names),
+        work: tokio::runtime::Handle::current(),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
     let app = router(state.clone())?;
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
+    let http = HttpRuntime::start().map_err(ServeError::Http)?;
+    let http_handle = http
+        .handle()
+        .cloned()
+        .ok_or_else(|| ServeError::Http(std::io::Error::other("the HTTP runtime is gone")))?;
+    let std_listener =
+        std::net::TcpListener::bind(config.server.listen).map_err(|source| ServeError::Listen {
             addr: config.server.listen,
             source,
         })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(ServeError::Http)?;
+    let listener = {
+        let _on_http = http_handle.enter();
+        tokio::net::TcpListener::from_std(std_listener).map_err(ServeError::Http)?
+    };
     let bound = listener.local_addr().map_err(ServeError::Http)?;
     if options.announce {
         eprintln!(
@@ -620,9 +784,14 @@ pub async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
         let _ = stream.set_nodelay(true);
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { http_stop.cancelled().await })
-        .await;
+    let served = http_handle
+        .spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_stop.cancelled().await })
+                .await
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     eprintln!(
         "gantry: stopping: no new work; running runs get {} to finish",
         crate::spec::values::format_duration(options.shutdown_grace)
@@ -632,6 +801,7 @@ pub async fn serve(
     queue.shutdown(options.shutdown_grace).await;
     while tasks.join_next().await.is_some() {}
     store.flush_async().await?;
+    drop(http);
     served.map_err(ServeError::Http)
 }
 

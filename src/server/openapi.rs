@@ -106,6 +106,9 @@ fn schemas() -> Value {
             "secrets": {"type": "array", "items": config_entry}}},
         "SourceList": {"type": "object", "required": ["sources"], "properties": {"sources": {"type": "array", "items": {"type": "object",
             "required": ["name", "url", "branch", "head", "synced_at", "error"]}}}},
+        "Readiness": {"type": "object", "required": ["ready", "reasons"], "properties": {
+            "ready": {"type": "boolean"},
+            "reasons": {"type": "array", "items": {"type": "string"}, "description": "why the server takes no new work; empty when ready"}}},
         "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "boolean"}}}
     })
 }
@@ -141,6 +144,20 @@ pub fn document() -> Value {
                 "403".into(),
                 json!({"description": "a Host or Origin that is neither public_url nor loopback", "content": content("Error")}),
             );
+        }
+        if route.path.starts_with("/api/v1/")
+            && matches!(route.method, "post" | "put" | "delete")
+            && !route.path.ends_with("/cancel")
+        {
+            responses.insert(
+                "507".into(),
+                json!({"description": "the data dir's file system is below its free-space reserve ([storage] min_free); the message names the data dir and its free space", "content": content("Error")}),
+            );
+        }
+        if !super::api::is_health(route.path) {
+            responses.entry("503").or_insert_with(|| {
+                json!({"description": "too many requests in progress (with Retry-After), or the store failed and the server is restarting", "content": content("Error")})
+            });
         }
         let mut parameters: Vec<Value> = route
             .path

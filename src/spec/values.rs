@@ -1,5 +1,6 @@
 //! Leaf value formats of the spec: names, durations, cron expressions, time zones, and typed
-//! parameter values. Shared by the file parser, the CLI (`-p key=value`) and the API.
+//! parameter values. Shared by the file parser, the CLI (`-p key=value`) and the API; sizes and
+//! the free-space reserve are shared with the config file.
 
 use std::time::Duration;
 
@@ -299,5 +300,58 @@ mod tests {
         assert!(!is_identifier("1db"));
         assert!(is_env_name("PGHOST"));
         assert!(!is_env_name("pg_host"));
+    }
+}
+
+/// `"16MiB"`, `"2GiB"`, `"512KiB"` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// `[storage] min_free`: the free space kept on the data dir's file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinFree {
+    /// The smaller of 1 GiB and 5% of the file system.
+    #[default]
+    Default,
+    /// This many bytes; 0 turns the guard off.
+    Bytes(u64),
+    /// This percentage of the file system's size (1 to 90).
+    Percent(u8),
+}
+
+impl MinFree {
+    /// Parses `1GiB`, `512MiB`, a number of bytes, or `5%`.
+    pub fn parse(text: &str) -> Option<MinFree> {
+        let t = text.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            return p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=90).contains(p))
+                .map(MinFree::Percent);
+        }
+        parse_size(t).map(MinFree::Bytes)
+    }
+
+    /// The reserve in bytes on a file system of `total` bytes.
+    pub fn bytes(self, total: u64) -> u64 {
+        match self {
+            MinFree::Default => (1u64 << 30).min(total / 20),
+            MinFree::Bytes(n) => n,
+            MinFree::Percent(p) => total / 100 * u64::from(p),
+        }
     }
 }

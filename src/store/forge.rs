@@ -149,6 +149,8 @@ impl Store {
         record: &DeliveryRecord,
         body_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
+        self.space_left()?;
+        let _op = self.inner.health.op("accept a delivery");
         let k = delivery_key(&record.forge, &record.id);
         // The first delivery to claim a body owns it; any other id with that body is a replay.
         let claimed = self
@@ -165,6 +167,7 @@ impl Store {
             key: format!("{}/{}", record.forge, record.id),
             source,
         })?;
+        self.note_write(bytes.len() + k.len() + 64);
         let mut inserted = self
             .inner
             .deliveries

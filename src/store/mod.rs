@@ -67,9 +67,11 @@ mod catalog;
 mod config;
 pub mod crypto;
 mod forge;
+mod health;
 pub mod records;
 mod retention;
 mod runs;
+pub mod space;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -82,6 +84,7 @@ pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
 pub use records::*;
 pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, new_run_id};
+pub use space::{LowSpace, MinFree};
 
 /// The layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -118,6 +121,8 @@ pub enum StoreError {
     Key(String),
     #[error("{0}")]
     Crypto(String),
+    #[error(transparent)]
+    LowSpace(#[from] LowSpace),
     #[error("no run matches `{0}`")]
     NoSuchRun(String),
     #[error("run {run} has no step number {step}")]
@@ -169,6 +174,10 @@ struct Inner {
     work_dir: OnceLock<PathBuf>,
     /// Deliveries queued and not yet processed (counted at open, then kept up to date).
     backlog: std::sync::atomic::AtomicU64,
+    /// The data dir's free space and its reserve.
+    space: space::Space,
+    /// The first fatal error, and store calls in progress.
+    health: health::Health,
 }
 
 /// sled 0.34 reports a held lock as ErrorKind::Other with this text (config.rs, `try_lock`), so
@@ -342,6 +351,8 @@ impl Store {
             key: OnceLock::new(),
             work_dir: OnceLock::new(),
             backlog: std::sync::atomic::AtomicU64::new(0),
+            space: space::Space::new(dir),
+            health: health::Health::default(),
         };
         let store = Store {
             inner: std::sync::Arc::new(inner),
@@ -379,11 +390,61 @@ impl Store {
         self.work_dir().join(id)
     }
 
+    /// A sled error as the store's; a fatal one (`health::is_fatal`) is also the store's
+    /// failure, handed once to the failure handler.
     fn db_err(&self, source: sled::Error) -> StoreError {
-        StoreError::Db {
-            path: self.inner.dir.join("db"),
-            source,
+        let path = self.inner.dir.join("db");
+        if health::is_fatal(&source) {
+            self.inner
+                .health
+                .fail(format!("the store at {} failed: {source}", path.display()));
         }
+        StoreError::Db { path, source }
+    }
+
+    /// What to do on the store's first fatal error (`gantry serve` exits, so that its supervisor
+    /// restarts it into sled's recovery); called at once if one happened already.
+    pub fn on_failure(&self, handler: impl Fn(&str) + Send + Sync + 'static) {
+        self.inner.health.on_failure(Box::new(handler));
+    }
+
+    /// Marks the store failed from outside (a call that never returned, seen by a watchdog).
+    pub fn fail(&self, message: String) {
+        self.inner.health.fail(message);
+    }
+
+    /// The store's first fatal error, if there was one.
+    pub fn failure(&self) -> Option<&str> {
+        self.inner.health.failure()
+    }
+
+    /// The oldest store call that has been running for longer than `longer`, and its age.
+    pub fn stuck(
+        &self,
+        longer: std::time::Duration,
+    ) -> Option<(&'static str, std::time::Duration)> {
+        self.inner.health.stuck(longer)
+    }
+
+    /// Sets the free space kept on the data dir's file system (`[storage] min_free`).
+    pub fn set_min_free(&self, min_free: MinFree) {
+        self.inner.space.set_min_free(min_free);
+    }
+
+    /// Whether new work may be taken: the data dir's file system is above its reserve. Cheap
+    /// (a fresh reading at most once a second).
+    pub fn space_left(&self) -> Result<(), LowSpace> {
+        self.inner.space.check()
+    }
+
+    /// The data dir's free space, its size and the reserve, as of now.
+    pub fn space(&self) -> space::Reading {
+        self.inner.space.reading()
+    }
+
+    /// Counts `bytes` about to be written against the free space.
+    pub(crate) fn note_write(&self, bytes: usize) {
+        self.inner.space.note_write(bytes);
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
@@ -452,6 +513,7 @@ impl Store {
 
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _op = self.inner.health.op("flush");
         self.inner
             .db
             .flush()
@@ -461,6 +523,7 @@ impl Store {
 
     /// `flush` for async callers: runs the fsync off the async worker threads.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let _op = self.inner.health.op("flush");
         self.inner
             .db
             .flush_async()
@@ -488,6 +551,8 @@ impl Store {
             key: show_key(key),
             source,
         })?;
+        self.note_write(key.len() + bytes.len());
+        let _op = self.inner.health.op("write");
         tree.insert(key, bytes).map_err(|e| self.db_err(e))?;
         Ok(())
     }

@@ -953,3 +953,47 @@ fn concurrent_versions_of_one_pipeline_get_distinct_numbers() {
         );
     }
 }
+
+#[test]
+fn below_the_reserve_a_delivery_is_refused_and_nothing_of_it_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    store.set_min_free(MinFree::Bytes(u64::MAX));
+    let d = delivery("full", 100);
+    match store.accept_delivery(&d, &body_hash(&d)) {
+        Err(StoreError::LowSpace(low)) => {
+            assert_eq!(low.dir, dir.path());
+            assert!(low.to_string().contains("min_free"), "{low}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(store.get_delivery("github", "full").expect("read"), None);
+    assert_eq!(store.delivery_backlog(), 0);
+    // Space back: the same delivery is taken, with no reopening.
+    store.set_min_free(MinFree::Bytes(0));
+    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+}
+
+#[test]
+fn a_sled_io_error_is_the_store_failure_and_reaches_the_handler_once() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    store.on_failure(move |m| record.lock().expect("lock").push(m.to_string()));
+    // What sled hands back when a write meets a full disk.
+    let enospc = || sled::Error::Io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    assert!(matches!(store.db_err(enospc()), StoreError::Db { .. }));
+    assert!(matches!(store.db_err(enospc()), StoreError::Db { .. }));
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains(&dir.path().join("db").display().to_string()));
+    assert!(seen[0].contains("No space left on device"), "{}", seen[0]);
+    assert_eq!(store.failure(), Some(seen[0].as_str()));
+    // A missing tree is an answer, not a failure of the store.
+    let other = tempfile::tempdir().expect("tempdir");
+    let fine = Store::open(other.path()).expect("open");
+    let _ = fine.db_err(sled::Error::Unsupported("x".into()));
+    assert_eq!(fine.failure(), None);
+}

@@ -111,6 +111,8 @@ pub struct ServerConfig {
     pub env: Vec<(String, String)>,
     /// Extra arguments after `serve --config FILE`, e.g. `--shutdown-grace 1s`.
     pub args: Vec<String>,
+    /// The data dir, when not `data` in the server's temporary directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             extra_toml: String::new(),
             env: Vec::new(),
             args: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -169,6 +172,12 @@ impl ServerConfig {
     pub fn without_tokens(mut self) -> ServerConfig {
         self.tokens.clear();
         self.args.push("--insecure-no-auth".to_owned());
+        self
+    }
+
+    /// Keeps the data in `dir` (say, a small file system mounted for the test).
+    pub fn data_dir(mut self, dir: &Path) -> ServerConfig {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -309,7 +318,10 @@ impl GantryServer {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        match &self.cfg.data_dir {
+            Some(dir) => dir.clone(),
+            None => self.dir.path().join("data"),
+        }
     }
 
     /// The process id, while the server runs.
@@ -444,6 +456,13 @@ impl GantryServer {
                 );
             }
         }
+    }
+
+    /// The exit status once the process has ended by itself (it is then no longer running).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// Kills the server with SIGKILL, as a crash would, and returns its exit status.
