@@ -331,8 +331,18 @@ async fn load(
                             }
                         }
                     }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
+                    other => {
+                        if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                            let what = match other {
+                                Ok(r) => format!(
+                                    "answered {}: {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                ),
+                                Err(e) => format!("{e:?}"),
+                            };
+                            eprintln!("gantry: bench webhooks: the first failed request: {what}");
+                        }
                     }
                 }
             }

@@ -11,6 +11,7 @@
 mod bitbucket;
 mod github;
 mod gitlab;
+mod project;
 #[cfg(test)]
 mod tests;
 
@@ -235,7 +236,8 @@ pub fn parse<H: Headers + ?Sized>(
     headers: &H,
     body: &[u8],
 ) -> Result<ForgeEvent, PayloadError> {
-    let json: Value = serde_json::from_slice(body).map_err(|e| PayloadError::NotJson {
+    // Only the fields the rules read are kept (`project.rs`): most of a body is never looked at.
+    let json = project::project(forge, body).map_err(|e| PayloadError::NotJson {
         forge,
         message: e.to_string(),
     })?;
@@ -420,6 +422,12 @@ impl<'a> Fields<'a> {
 
     /// The value at `path`; `None` when missing or null.
     fn get(&self, path: &str) -> Option<&'a Value> {
+        debug_assert!(
+            project::keep(self.forge).covers(&format!("{}{path}", self.prefix)),
+            "`{}{path}` is read by the {} rules but not kept by `project::fields`",
+            self.prefix,
+            self.forge
+        );
         let mut value = self.json;
         for key in path.split('.') {
             value = value.get(key)?;

@@ -24,7 +24,10 @@ pub struct DeliveryRecord {
     pub source: String,
     /// The forge's event name (`push`, `Merge Request Hook`, `repo:push`, ...).
     pub event: String,
-    /// The raw body (JSON text).
+    /// The raw body (JSON text); empty once retention removed it. Stored apart from the rest of
+    /// the record (`delivery_bodies`), so that recording an outcome rewrites a few hundred bytes,
+    /// not the body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
     pub received_at: DateTime<Utc>,
     /// What processing did with it; `None` until it is processed.
@@ -114,6 +117,18 @@ fn delivery_key(forge: &str, id: &str) -> Vec<u8> {
     key(&[forge.as_bytes(), id.as_bytes()])
 }
 
+/// A delivery record as stored: everything but the body.
+fn record_bytes(record: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
+    let meta = DeliveryRecord {
+        body: String::new(),
+        ..record.clone()
+    };
+    serde_json::to_vec(&meta).map_err(|source| StoreError::Corrupt {
+        key: format!("{}/{}", record.forge, record.id),
+        source,
+    })
+}
+
 fn pr_key(source: &str, number: u64) -> Vec<u8> {
     key(&[source.as_bytes(), &number.to_be_bytes()])
 }
@@ -163,11 +178,8 @@ impl Store {
         {
             return Ok(false);
         }
-        let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Corrupt {
-            key: format!("{}/{}", record.forge, record.id),
-            source,
-        })?;
-        self.note_write(bytes.len() + k.len() + 64);
+        let bytes = record_bytes(record)?;
+        self.note_write(bytes.len() + record.body.len() + 2 * k.len() + 64);
         let mut inserted = self
             .inner
             .deliveries
@@ -176,17 +188,13 @@ impl Store {
             .is_ok();
         if !inserted {
             // A redelivery of one whose processing gave up is taken as a new chance.
-            let stored = self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)?;
-            if let Some(old) = stored
-                && old
+            let stored = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))?;
+            if let Some(old_bytes) = stored
+                && decode::<DeliveryRecord>(&k, &old_bytes)?
                     .outcome
                     .as_deref()
                     .is_some_and(|o| o.starts_with("failed"))
             {
-                let old_bytes = serde_json::to_vec(&old).map_err(|source| StoreError::Corrupt {
-                    key: format!("{}/{}", record.forge, record.id),
-                    source,
-                })?;
                 inserted = self
                     .inner
                     .deliveries
@@ -196,12 +204,19 @@ impl Store {
             }
         }
         if inserted {
-            let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
             self.inner
-                .delivery_queue
-                .insert(seq.to_be_bytes(), k)
+                .delivery_bodies
+                .insert(&k, record.body.as_bytes())
                 .map_err(|e| self.db_err(e))?;
-            self.inner.backlog.fetch_add(1, Ordering::Relaxed);
+            let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
+            // Counted before it is queued: the processor may take it (and count it off) before
+            // this thread runs on, and the count must never wrap below zero meanwhile (it would
+            // read as a full backlog and refuse every delivery).
+            self.inner.backlog.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = self.inner.delivery_queue.insert(seq.to_be_bytes(), k) {
+                self.inner.backlog.fetch_sub(1, Ordering::SeqCst);
+                return Err(self.db_err(e));
+            }
         }
         Ok(inserted)
     }
@@ -211,7 +226,65 @@ impl Store {
         forge: &str,
         id: &str,
     ) -> Result<Option<DeliveryRecord>, StoreError> {
-        self.get_json(&self.inner.deliveries, &delivery_key(forge, id))
+        let k = delivery_key(forge, id);
+        match self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)? {
+            Some(mut record) => {
+                self.join_body(&k, &mut record)?;
+                Ok(Some(record))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Puts a record's body back into it (a record written before bodies were kept apart holds
+    /// its own).
+    fn join_body(&self, k: &[u8], record: &mut DeliveryRecord) -> Result<(), StoreError> {
+        if record.body.is_empty()
+            && let Some(body) = self
+                .inner
+                .delivery_bodies
+                .get(k)
+                .map_err(|e| self.db_err(e))?
+        {
+            record.body = String::from_utf8_lossy(&body).into_owned();
+        }
+        Ok(())
+    }
+
+    /// Writes a delivery record without its body; a body still inline (a record written before
+    /// bodies were kept apart) moves to `delivery_bodies` first.
+    fn put_delivery(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        let k = delivery_key(&record.forge, &record.id);
+        if !record.body.is_empty()
+            && !self
+                .inner
+                .delivery_bodies
+                .contains_key(&k)
+                .map_err(|e| self.db_err(e))?
+        {
+            self.inner
+                .delivery_bodies
+                .insert(&k, record.body.as_bytes())
+                .map_err(|e| self.db_err(e))?;
+        }
+        let bytes = record_bytes(record)?;
+        self.note_write(bytes.len() + k.len());
+        self.inner
+            .deliveries
+            .insert(k, bytes)
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Removes a delivery's body (retention); its record stays, so its id is still known.
+    /// Returns whether there was one.
+    pub(super) fn drop_delivery_body(&self, k: &[u8]) -> Result<bool, StoreError> {
+        let removed = self
+            .inner
+            .delivery_bodies
+            .remove(k)
+            .map_err(|e| self.db_err(e))?;
+        Ok(removed.is_some())
     }
 
     /// Deliveries waiting to be processed, oldest first, with their queue position: at most
@@ -247,7 +320,8 @@ impl Store {
             if record.retry_at.is_some_and(|at| at > now) {
                 record.body = String::new();
             } else {
-                bytes += raw.len();
+                self.join_body(&k, &mut record)?;
+                bytes += raw.len() + record.body.len();
             }
             out.push((seq, record));
         }
@@ -273,29 +347,21 @@ impl Store {
         let mut done = record.clone();
         done.outcome = Some(outcome);
         done.processed_at = Some(Utc::now());
-        self.put_json(
-            &self.inner.deliveries,
-            &delivery_key(&record.forge, &record.id),
-            &done,
-        )?;
+        self.put_delivery(&done)?;
         let removed = self
             .inner
             .delivery_queue
             .remove(seq.to_be_bytes())
             .map_err(|e| self.db_err(e))?;
         if removed.is_some() {
-            self.inner.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.inner.backlog.fetch_sub(1, Ordering::SeqCst);
         }
         if flush { self.flush() } else { Ok(()) }
     }
 
     /// Keeps a delivery queued after a failed attempt, to be tried again at `retry_at`. Flushed.
     pub fn retry_delivery(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
-        self.put_json(
-            &self.inner.deliveries,
-            &delivery_key(&record.forge, &record.id),
-            record,
-        )?;
+        self.put_delivery(record)?;
         self.flush()
     }
 

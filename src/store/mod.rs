@@ -20,7 +20,8 @@
 //! | `pipelines` | `source \0 name` | `PipelineRecord` |
 //! | `sources` | repository name | `SourceState` |
 //! | `schedule_marks` | `source \0 name \0 schedule index:u16` | last fire time, ms since the epoch, i64 big-endian |
-//! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` (the raw body, its outcome once processed) |
+//! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` without its body (its outcome once processed); records written before `delivery_bodies` existed hold the body inline |
+//! | `delivery_bodies` | `forge \0 delivery id` | the raw body, bytes as received; removed by retention |
 //! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
 //! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
@@ -168,6 +169,7 @@ struct Inner {
     prs: sled::Tree,
     idempotency: sled::Tree,
     delivery_hashes: sled::Tree,
+    delivery_bodies: sled::Tree,
     group: forge::GroupCommit,
     key: OnceLock<crypto::MasterKey>,
     /// Where run directories live (`[storage] work_dir`); a sibling of the data dir unless set.
@@ -345,6 +347,7 @@ impl Store {
             prs: tree("prs")?,
             idempotency: tree("idempotency")?,
             delivery_hashes: tree("delivery_hashes")?,
+            delivery_bodies: tree("delivery_bodies")?,
             group: forge::GroupCommit::new(),
             db,
             dir: dir.to_path_buf(),

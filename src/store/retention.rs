@@ -68,12 +68,19 @@ impl Store {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
             let mut record: DeliveryRecord = decode(&k, &v)?;
             let processed = record.outcome.is_some() && record.processed_at.is_some();
-            if !processed || record.body.is_empty() || record.received_at >= cutoff {
+            if !processed || record.received_at >= cutoff {
                 continue;
             }
-            record.body.clear();
-            self.put_json(&self.inner.deliveries, &k, &record)?;
-            pruned.delivery_bodies += 1;
+            let mut dropped = self.drop_delivery_body(&k)?;
+            // A record written before bodies were kept apart holds its own.
+            if !record.body.is_empty() {
+                record.body.clear();
+                self.put_json(&self.inner.deliveries, &k, &record)?;
+                dropped = true;
+            }
+            if dropped {
+                pruned.delivery_bodies += 1;
+            }
         }
         if pruned != Pruned::default() {
             self.flush()?;

@@ -997,3 +997,67 @@ fn a_sled_io_error_is_the_store_failure_and_reaches_the_handler_once() {
     let _ = fine.db_err(sled::Error::Unsupported("x".into()));
     assert_eq!(fine.failure(), None);
 }
+
+#[test]
+fn a_delivery_body_lives_apart_from_its_record_and_older_inline_bodies_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let d = delivery("apart", 2000);
+    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+    let k = super::key(&[b"github", b"apart"]);
+    let raw = store
+        .inner
+        .deliveries
+        .get(&k)
+        .expect("read")
+        .expect("record");
+    assert!(
+        raw.len() < 1000,
+        "the record holds no body: {} bytes",
+        raw.len()
+    );
+    assert_eq!(
+        store.get_delivery("github", "apart").expect("get"),
+        Some(d.clone())
+    );
+    // Recording the outcome rewrites the record only; the body stays where it was.
+    let (seq, pending) = store.pending_deliveries(10, 1 << 20).expect("pending")[0].clone();
+    assert_eq!(pending.body, d.body);
+    store
+        .finish_delivery(seq, &pending, "ignored".into(), false)
+        .expect("finish");
+    let done = store
+        .get_delivery("github", "apart")
+        .expect("get")
+        .expect("there");
+    assert_eq!(
+        (done.body.as_str(), done.outcome.as_deref()),
+        (d.body.as_str(), Some("ignored"))
+    );
+
+    // A record written before bodies were kept apart holds its body inline.
+    let old = delivery("inline", 500);
+    let old_key = super::key(&[b"github", b"inline"]);
+    store
+        .put_json(&store.inner.deliveries, &old_key, &old)
+        .expect("legacy record");
+    assert_eq!(
+        store.get_delivery("github", "inline").expect("get"),
+        Some(old.clone())
+    );
+    store.retry_delivery(&old).expect("rewrite");
+    let raw = store
+        .inner
+        .deliveries
+        .get(&old_key)
+        .expect("read")
+        .expect("record");
+    assert!(raw.len() < 400, "moved out on the first rewrite");
+    assert_eq!(
+        store
+            .get_delivery("github", "inline")
+            .expect("get")
+            .map(|r| r.body),
+        Some(old.body)
+    );
+}
