@@ -204,9 +204,14 @@ impl Store {
             }
         }
         if inserted {
+            let at = self
+                .inner
+                .bodies
+                .append(record.body.as_bytes())
+                .map_err(|e| self.body_err("appending", e))?;
             self.inner
                 .delivery_bodies
-                .insert(&k, record.body.as_bytes())
+                .insert(&k, &at.encode())
                 .map_err(|e| self.db_err(e))?;
             let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
             // Counted before it is queued: the processor may take it (and count it off) before
@@ -237,18 +242,35 @@ impl Store {
     }
 
     /// Puts a record's body back into it (a record written before bodies were kept apart holds
-    /// its own).
-    fn join_body(&self, k: &[u8], record: &mut DeliveryRecord) -> Result<(), StoreError> {
-        if record.body.is_empty()
-            && let Some(body) = self
-                .inner
-                .delivery_bodies
-                .get(k)
-                .map_err(|e| self.db_err(e))?
-        {
-            record.body = String::from_utf8_lossy(&body).into_owned();
+    /// its own). `false` when the record names a body that is not there whole: one lost in a
+    /// crash before the delivery was acknowledged (see `bodies.rs`).
+    fn join_body(&self, k: &[u8], record: &mut DeliveryRecord) -> Result<bool, StoreError> {
+        if !record.body.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        let Some(at) = self
+            .inner
+            .delivery_bodies
+            .get(k)
+            .map_err(|e| self.db_err(e))?
+        else {
+            return Ok(true); // none kept: pruned by retention
+        };
+        let Some(at) = super::bodies::Location::decode(&at) else {
+            return Ok(false);
+        };
+        match self
+            .inner
+            .bodies
+            .read(at)
+            .map_err(|e| StoreError::io("reading a webhook body", e))?
+        {
+            Some(body) => {
+                record.body = String::from_utf8_lossy(&body).into_owned();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Writes a delivery record without its body; a body still inline (a record written before
@@ -262,9 +284,14 @@ impl Store {
                 .contains_key(&k)
                 .map_err(|e| self.db_err(e))?
         {
+            let at = self
+                .inner
+                .bodies
+                .append(record.body.as_bytes())
+                .map_err(|e| self.body_err("appending", e))?;
             self.inner
                 .delivery_bodies
-                .insert(&k, record.body.as_bytes())
+                .insert(&k, &at.encode())
                 .map_err(|e| self.db_err(e))?;
         }
         let bytes = record_bytes(record)?;
@@ -274,6 +301,21 @@ impl Store {
             .insert(k, bytes)
             .map_err(|e| self.db_err(e))?;
         Ok(())
+    }
+
+    /// Deletes the body segments no delivery points into any more (after retention).
+    pub(super) fn remove_unreferenced_bodies(&self) -> Result<usize, StoreError> {
+        let mut referenced = std::collections::BTreeSet::new();
+        for entry in self.inner.delivery_bodies.iter() {
+            let (_, v) = entry.map_err(|e| self.db_err(e))?;
+            if let Some(at) = super::bodies::Location::decode(&v) {
+                referenced.insert(at.segment);
+            }
+        }
+        self.inner
+            .bodies
+            .remove_unreferenced(&referenced)
+            .map_err(|e| StoreError::io("removing webhook body segments", e))
     }
 
     /// Removes a delivery's body (retention); its record stays, so its id is still known.
@@ -320,7 +362,19 @@ impl Store {
             if record.retry_at.is_some_and(|at| at > now) {
                 record.body = String::new();
             } else {
-                self.join_body(&k, &mut record)?;
+                if !self.join_body(&k, &mut record)? {
+                    // Never acknowledged (its body was not durable when the process died), so
+                    // the forge delivers it again; `failed` lets that redelivery in.
+                    self.finish_delivery(
+                        seq,
+                        &record,
+                        "failed: its body was lost in a crash before it was acknowledged; the \
+                         forge's redelivery is taken as new"
+                            .into(),
+                        false,
+                    )?;
+                    continue;
+                }
                 bytes += raw.len() + record.body.len();
             }
             out.push((seq, record));

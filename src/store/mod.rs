@@ -21,7 +21,7 @@
 //! | `sources` | repository name | `SourceState` |
 //! | `schedule_marks` | `source \0 name \0 schedule index:u16` | last fire time, ms since the epoch, i64 big-endian |
 //! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` without its body (its outcome once processed); records written before `delivery_bodies` existed hold the body inline |
-//! | `delivery_bodies` | `forge \0 delivery id` | the raw body, bytes as received; removed by retention |
+//! | `delivery_bodies` | `forge \0 delivery id` | where its raw body is in the body log (`bodies.rs`: `<data dir>/bodies/`, segment, offset, length); removed by retention |
 //! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
 //! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
@@ -64,6 +64,7 @@
 //!   before releases existed stay where they were trusted. The sealed bytes and their associated
 //!   data do not change, so the migration needs no master key.
 
+mod bodies;
 mod catalog;
 mod config;
 pub mod crypto;
@@ -170,6 +171,8 @@ struct Inner {
     idempotency: sled::Tree,
     delivery_hashes: sled::Tree,
     delivery_bodies: sled::Tree,
+    /// Delivery bodies (`bodies.rs`).
+    bodies: bodies::BodyLog,
     group: forge::GroupCommit,
     key: OnceLock<crypto::MasterKey>,
     /// Where run directories live (`[storage] work_dir`); a sibling of the data dir unless set.
@@ -348,6 +351,7 @@ impl Store {
             idempotency: tree("idempotency")?,
             delivery_hashes: tree("delivery_hashes")?,
             delivery_bodies: tree("delivery_bodies")?,
+            bodies: bodies::BodyLog::new(dir.join("bodies")),
             group: forge::GroupCommit::new(),
             db,
             dir: dir.to_path_buf(),
@@ -514,9 +518,30 @@ impl Store {
         }
     }
 
+    /// Makes the delivery bodies appended so far durable; a failure is the store's failure.
+    fn sync_bodies(&self) -> Result<(), StoreError> {
+        self.inner
+            .bodies
+            .sync()
+            .map_err(|e| self.body_err("syncing", e))
+    }
+
+    /// An I/O error of the body log: like one of sled's, the store's failure.
+    fn body_err(&self, what: &str, source: std::io::Error) -> StoreError {
+        let context = format!(
+            "{what} webhook bodies in {}",
+            self.inner.bodies.dir().display()
+        );
+        self.inner
+            .health
+            .fail(format!("the store failed {context}: {source}"));
+        StoreError::Io { context, source }
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
         let _op = self.inner.health.op("flush");
+        self.sync_bodies()?;
         self.inner
             .db
             .flush()
@@ -527,6 +552,10 @@ impl Store {
     /// `flush` for async callers: runs the fsync off the async worker threads.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let _op = self.inner.health.op("flush");
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync_bodies())
+            .await
+            .map_err(|e| StoreError::io("syncing delivery bodies", std::io::Error::other(e)))??;
         self.inner
             .db
             .flush_async()

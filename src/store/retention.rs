@@ -82,6 +82,9 @@ impl Store {
                 pruned.delivery_bodies += 1;
             }
         }
+        if pruned.delivery_bodies > 0 {
+            self.remove_unreferenced_bodies()?;
+        }
         if pruned != Pruned::default() {
             self.flush()?;
         }

@@ -1061,3 +1061,50 @@ fn a_delivery_body_lives_apart_from_its_record_and_older_inline_bodies_still_rea
         Some(old.body)
     );
 }
+
+#[test]
+fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let d = delivery("torn", 3000);
+    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+    store.flush().expect("flush");
+    drop(store);
+    // The record reached the disk, its body did not (sled flushed on its own, then a crash).
+    for entry in std::fs::read_dir(dir.path().join("bodies")).expect("bodies") {
+        let path = entry.expect("entry").path();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(100))
+            .expect("truncate");
+    }
+    let store = Store::open(dir.path()).expect("reopen");
+    assert!(
+        store
+            .pending_deliveries(10, 1 << 20)
+            .expect("pending")
+            .is_empty()
+    );
+    let lost = store
+        .get_delivery("github", "torn")
+        .expect("get")
+        .expect("record");
+    assert!(
+        lost.outcome
+            .as_deref()
+            .is_some_and(|o| o.starts_with("failed: its body was lost")),
+        "{:?}",
+        lost.outcome
+    );
+    assert_eq!(store.delivery_backlog(), 0);
+    // The forge got no 2xx, so it delivers again: taken as new, with its body.
+    assert!(
+        store
+            .accept_delivery(&d, &body_hash(&d))
+            .expect("redelivery")
+    );
+    let pending = store.pending_deliveries(10, 1 << 20).expect("pending");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.body, d.body);
+}
