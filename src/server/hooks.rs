@@ -245,6 +245,7 @@ pub async fn receive(
         source: repo.source.name.clone(),
         event: webhook::event_name(forge, &view).unwrap_or_default(),
         body: String::from_utf8_lossy(&body).into_owned(),
+        body_at: None,
         received_at: Utc::now(),
         outcome: None,
         processed_at: None,

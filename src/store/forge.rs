@@ -25,10 +25,14 @@ pub struct DeliveryRecord {
     /// The forge's event name (`push`, `Merge Request Hook`, `repo:push`, ...).
     pub event: String,
     /// The raw body (JSON text); empty once retention removed it. Stored apart from the rest of
-    /// the record (`delivery_bodies`), so that recording an outcome rewrites a few hundred bytes,
-    /// not the body.
+    /// the record, in the body log, so that recording an outcome rewrites a few hundred bytes, not
+    /// the body.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
+    /// Where the store keeps the body (set by the store; `None` before it is stored and once
+    /// retention removed the body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_at: Option<super::BodyLocation>,
     pub received_at: DateTime<Utc>,
     /// What processing did with it; `None` until it is processed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,8 +124,19 @@ fn delivery_key(forge: &str, id: &str) -> Vec<u8> {
 /// A delivery record as stored: everything but the body.
 fn record_bytes(record: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
     let meta = DeliveryRecord {
+        forge: record.forge.clone(),
+        id: record.id.clone(),
+        source: record.source.clone(),
+        event: record.event.clone(),
         body: String::new(),
-        ..record.clone()
+        body_at: record.body_at,
+        received_at: record.received_at,
+        outcome: record.outcome.clone(),
+        processed_at: record.processed_at,
+        attempts: record.attempts,
+        retry_at: record.retry_at,
+        last_error: record.last_error.clone(),
+        head: record.head.clone(),
     };
     serde_json::to_vec(&meta).map_err(|source| StoreError::Corrupt {
         key: format!("{}/{}", record.forge, record.id),
@@ -178,41 +193,37 @@ impl Store {
         {
             return Ok(false);
         }
-        let bytes = record_bytes(record)?;
+        // Known already and not given up: a redelivery, nothing to write.
+        let stored = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))?;
+        if let Some(old) = &stored
+            && !decode::<DeliveryRecord>(&k, old)?
+                .outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("failed"))
+        {
+            return Ok(false);
+        }
+        // The body first, then the record that points at it. (A redelivery racing this one may
+        // leave its body unreferenced in the log; retention removes the segment in the end.)
+        let body_at = self
+            .inner
+            .bodies
+            .append(record.body.as_bytes())
+            .map_err(|e| self.body_err("appending", e))?;
+        let bytes = record_bytes(&DeliveryRecord {
+            body_at: Some(body_at),
+            body: String::new(),
+            ..record.clone()
+        })?;
         self.note_write(bytes.len() + record.body.len() + 2 * k.len() + 64);
-        let mut inserted = self
+        // A first delivery, or a redelivery of one whose processing gave up (a new chance).
+        let inserted = self
             .inner
             .deliveries
-            .compare_and_swap(&k, None as Option<&[u8]>, Some(bytes.clone()))
+            .compare_and_swap(&k, stored, Some(bytes))
             .map_err(|e| self.db_err(e))?
             .is_ok();
-        if !inserted {
-            // A redelivery of one whose processing gave up is taken as a new chance.
-            let stored = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))?;
-            if let Some(old_bytes) = stored
-                && decode::<DeliveryRecord>(&k, &old_bytes)?
-                    .outcome
-                    .as_deref()
-                    .is_some_and(|o| o.starts_with("failed"))
-            {
-                inserted = self
-                    .inner
-                    .deliveries
-                    .compare_and_swap(&k, Some(old_bytes), Some(bytes))
-                    .map_err(|e| self.db_err(e))?
-                    .is_ok();
-            }
-        }
         if inserted {
-            let at = self
-                .inner
-                .bodies
-                .append(record.body.as_bytes())
-                .map_err(|e| self.body_err("appending", e))?;
-            self.inner
-                .delivery_bodies
-                .insert(&k, &at.encode())
-                .map_err(|e| self.db_err(e))?;
             let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
             // Counted before it is queued: the processor may take it (and count it off) before
             // this thread runs on, and the count must never wrap below zero meanwhile (it would
@@ -234,31 +245,23 @@ impl Store {
         let k = delivery_key(forge, id);
         match self.get_json::<DeliveryRecord>(&self.inner.deliveries, &k)? {
             Some(mut record) => {
-                self.join_body(&k, &mut record)?;
+                self.join_body(&mut record)?;
                 Ok(Some(record))
             }
             None => Ok(None),
         }
     }
 
-    /// Puts a record's body back into it (a record written before bodies were kept apart holds
-    /// its own). `false` when the record names a body that is not there whole: one lost in a
+    /// Puts a record's body back into it (a record written before the body log existed holds
+    /// its own). `false` when the record points at a body that is not there whole: one lost in a
     /// crash before the delivery was acknowledged (see `bodies.rs`).
-    fn join_body(&self, k: &[u8], record: &mut DeliveryRecord) -> Result<bool, StoreError> {
+    fn join_body(&self, record: &mut DeliveryRecord) -> Result<bool, StoreError> {
+        let Some(at) = record.body_at else {
+            return Ok(true); // inline, or removed by retention
+        };
         if !record.body.is_empty() {
             return Ok(true);
         }
-        let Some(at) = self
-            .inner
-            .delivery_bodies
-            .get(k)
-            .map_err(|e| self.db_err(e))?
-        else {
-            return Ok(true); // none kept: pruned by retention
-        };
-        let Some(at) = super::bodies::Location::decode(&at) else {
-            return Ok(false);
-        };
         match self
             .inner
             .bodies
@@ -266,7 +269,8 @@ impl Store {
             .map_err(|e| StoreError::io("reading a webhook body", e))?
         {
             Some(body) => {
-                record.body = String::from_utf8_lossy(&body).into_owned();
+                record.body = String::from_utf8(body)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
                 Ok(true)
             }
             None => Ok(false),
@@ -274,27 +278,23 @@ impl Store {
     }
 
     /// Writes a delivery record without its body; a body still inline (a record written before
-    /// bodies were kept apart) moves to `delivery_bodies` first.
+    /// the body log existed) moves to the body log first.
     fn put_delivery(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
         let k = delivery_key(&record.forge, &record.id);
-        if !record.body.is_empty()
-            && !self
-                .inner
-                .delivery_bodies
-                .contains_key(&k)
-                .map_err(|e| self.db_err(e))?
-        {
+        let mut body_at = record.body_at;
+        if body_at.is_none() && !record.body.is_empty() {
             let at = self
                 .inner
                 .bodies
                 .append(record.body.as_bytes())
                 .map_err(|e| self.body_err("appending", e))?;
-            self.inner
-                .delivery_bodies
-                .insert(&k, &at.encode())
-                .map_err(|e| self.db_err(e))?;
+            body_at = Some(at);
         }
-        let bytes = record_bytes(record)?;
+        let bytes = record_bytes(&DeliveryRecord {
+            body_at,
+            body: String::new(),
+            ..record.clone()
+        })?;
         self.note_write(bytes.len() + k.len());
         self.inner
             .deliveries
@@ -303,30 +303,15 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the body segments no delivery points into any more (after retention).
-    pub(super) fn remove_unreferenced_bodies(&self) -> Result<usize, StoreError> {
-        let mut referenced = std::collections::BTreeSet::new();
-        for entry in self.inner.delivery_bodies.iter() {
-            let (_, v) = entry.map_err(|e| self.db_err(e))?;
-            if let Some(at) = super::bodies::Location::decode(&v) {
-                referenced.insert(at.segment);
-            }
-        }
+    /// Deletes the body segments that none of `referenced` is in (after retention).
+    pub(super) fn remove_unreferenced_bodies(
+        &self,
+        referenced: &std::collections::BTreeSet<u64>,
+    ) -> Result<usize, StoreError> {
         self.inner
             .bodies
-            .remove_unreferenced(&referenced)
+            .remove_unreferenced(referenced)
             .map_err(|e| StoreError::io("removing webhook body segments", e))
-    }
-
-    /// Removes a delivery's body (retention); its record stays, so its id is still known.
-    /// Returns whether there was one.
-    pub(super) fn drop_delivery_body(&self, k: &[u8]) -> Result<bool, StoreError> {
-        let removed = self
-            .inner
-            .delivery_bodies
-            .remove(k)
-            .map_err(|e| self.db_err(e))?;
-        Ok(removed.is_some())
     }
 
     /// Deliveries waiting to be processed, oldest first, with their queue position: at most
@@ -362,7 +347,7 @@ impl Store {
             if record.retry_at.is_some_and(|at| at > now) {
                 record.body = String::new();
             } else {
-                if !self.join_body(&k, &mut record)? {
+                if !self.join_body(&mut record)? {
                     // Never acknowledged (its body was not durable when the process died), so
                     // the forge delivers it again; `failed` lets that redelivery in.
                     self.finish_delivery(

@@ -20,8 +20,7 @@
 //! | `pipelines` | `source \0 name` | `PipelineRecord` |
 //! | `sources` | repository name | `SourceState` |
 //! | `schedule_marks` | `source \0 name \0 schedule index:u16` | last fire time, ms since the epoch, i64 big-endian |
-//! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` without its body (its outcome once processed); records written before `delivery_bodies` existed hold the body inline |
-//! | `delivery_bodies` | `forge \0 delivery id` | where its raw body is in the body log (`bodies.rs`: `<data dir>/bodies/`, segment, offset, length); removed by retention |
+//! | `deliveries` | `forge \0 delivery id` | `DeliveryRecord` without its body, which is in the body log (`bodies.rs`, `<data dir>/bodies/`) at its `body_at`; records written before the body log existed hold the body inline |
 //! | `delivery_queue` | sequence number, u64 big-endian | the `deliveries` key of an unprocessed delivery |
 //! | `outbox` | supersede key (`status \0 source \0 sha \0 context`, `comment \0 source \0 pr`, ...) | `OutboxJob` |
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
@@ -81,6 +80,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use bodies::Location as BodyLocation;
 pub use config::ResolvedSecrets;
 pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
 pub use records::*;
@@ -170,7 +170,6 @@ struct Inner {
     prs: sled::Tree,
     idempotency: sled::Tree,
     delivery_hashes: sled::Tree,
-    delivery_bodies: sled::Tree,
     /// Delivery bodies (`bodies.rs`).
     bodies: bodies::BodyLog,
     group: forge::GroupCommit,
@@ -350,7 +349,6 @@ impl Store {
             prs: tree("prs")?,
             idempotency: tree("idempotency")?,
             delivery_hashes: tree("delivery_hashes")?,
-            delivery_bodies: tree("delivery_bodies")?,
             bodies: bodies::BodyLog::new(dir.join("bodies")),
             group: forge::GroupCommit::new(),
             db,

@@ -64,27 +64,28 @@ impl Store {
             self.remove_run(id)?;
             pruned.runs += 1;
         }
+        // Bodies of old processed deliveries go; the segments of the body log that no record
+        // points into any more go with them.
+        let mut referenced = std::collections::BTreeSet::new();
         for entry in self.inner.deliveries.iter() {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
             let mut record: DeliveryRecord = decode(&k, &v)?;
             let processed = record.outcome.is_some() && record.processed_at.is_some();
             if !processed || record.received_at >= cutoff {
+                if let Some(at) = record.body_at {
+                    referenced.insert(at.segment);
+                }
                 continue;
             }
-            let mut dropped = self.drop_delivery_body(&k)?;
-            // A record written before bodies were kept apart holds its own.
-            if !record.body.is_empty() {
-                record.body.clear();
-                self.put_json(&self.inner.deliveries, &k, &record)?;
-                dropped = true;
+            if record.body_at.is_none() && record.body.is_empty() {
+                continue;
             }
-            if dropped {
-                pruned.delivery_bodies += 1;
-            }
+            record.body_at = None;
+            record.body.clear();
+            self.put_json(&self.inner.deliveries, &k, &record)?;
+            pruned.delivery_bodies += 1;
         }
-        if pruned.delivery_bodies > 0 {
-            self.remove_unreferenced_bodies()?;
-        }
+        self.remove_unreferenced_bodies(&referenced)?;
         if pruned != Pruned::default() {
             self.flush()?;
         }

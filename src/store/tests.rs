@@ -868,6 +868,7 @@ fn delivery_with(id: &str, body: &str) -> DeliveryRecord {
         source: "infra".into(),
         event: "push".into(),
         body: body.into(),
+        body_at: None,
         received_at: Utc::now(),
         outcome: None,
         processed_at: None,
@@ -1016,9 +1017,17 @@ fn a_delivery_body_lives_apart_from_its_record_and_older_inline_bodies_still_rea
         "the record holds no body: {} bytes",
         raw.len()
     );
+    let stored = store
+        .get_delivery("github", "apart")
+        .expect("get")
+        .expect("there");
+    assert!(stored.body_at.is_some());
     assert_eq!(
-        store.get_delivery("github", "apart").expect("get"),
-        Some(d.clone())
+        DeliveryRecord {
+            body_at: None,
+            ..stored
+        },
+        d
     );
     // Recording the outcome rewrites the record only; the body stays where it was.
     let (seq, pending) = store.pending_deliveries(10, 1 << 20).expect("pending")[0].clone();
@@ -1107,4 +1116,55 @@ fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
     let pending = store.pending_deliveries(10, 1 << 20).expect("pending");
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].1.body, d.body);
+}
+
+#[test]
+fn body_segments_go_once_no_kept_delivery_points_into_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segments = || {
+        std::fs::read_dir(dir.path().join("bodies"))
+            .expect("bodies")
+            .count()
+    };
+    let store = Store::open(dir.path()).expect("open");
+    let old = delivery("old", 500);
+    assert!(
+        store
+            .accept_delivery(&old, &body_hash(&old))
+            .expect("accept")
+    );
+    let (seq, record) = store.pending_deliveries(10, usize::MAX).expect("pending")[0].clone();
+    store
+        .finish_delivery(seq, &record, "ran 1".into(), true)
+        .expect("finish");
+    drop(store);
+    // A new process writes a segment of its own; the old one is kept while a body in it is.
+    let store = Store::open(dir.path()).expect("reopen");
+    let new = delivery("new", 500);
+    assert!(
+        store
+            .accept_delivery(&new, &body_hash(&new))
+            .expect("accept")
+    );
+    assert_eq!(segments(), 2);
+    let policy = Retention {
+        max_age: std::time::Duration::from_secs(3600),
+        keep_runs: 0,
+    };
+    store.prune(Utc::now(), &policy).expect("prune");
+    assert_eq!(segments(), 2);
+    let later = Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        store.prune(later, &policy).expect("prune").delivery_bodies,
+        1
+    );
+    assert_eq!(segments(), 1, "the old segment went with its last body");
+    let waiting = store
+        .get_delivery("github", "new")
+        .expect("get")
+        .expect("kept");
+    assert_eq!(
+        waiting.body, new.body,
+        "an unprocessed body is never pruned"
+    );
 }
