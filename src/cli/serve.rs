@@ -58,6 +58,7 @@ fn options(knobs: &Knobs) -> Options {
 }
 
 fn serve_config(config: Config, options: Options) -> u8 {
+    server::bound_allocator_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

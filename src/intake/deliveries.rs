@@ -26,11 +26,16 @@ const DELIVERY_ATTEMPTS: u32 = 12;
 /// A delivery's end need not be flushed: a crash before it is durable only processes the
 /// delivery again, which queues nothing twice.
 /// Stored delivery records loaded for processing at a time (bytes of JSON, bodies included).
-const PENDING_BATCH_BYTES: usize = 4 << 20;
+const PENDING_BATCH_BYTES: usize = 1 << 20;
+/// Stored delivery records loaded for processing at a time (count).
+const PENDING_BATCH: usize = 1024;
 
 pub async fn process_loop(intake: Intake, stop: CancellationToken) {
     loop {
-        let pending = match intake.store.pending_deliveries(4096, PENDING_BATCH_BYTES) {
+        let pending = match intake
+            .store
+            .pending_deliveries(PENDING_BATCH, PENDING_BATCH_BYTES)
+        {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("gantry: warning: deliveries: {e}");

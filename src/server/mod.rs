@@ -273,6 +273,19 @@ pub fn local_executor(
     Ok((LocalExecutor::with_sandbox(sandbox), limits))
 }
 
+/// Caps glibc's malloc at two arenas, before the runtimes start their threads. By default each
+/// thread that allocates may get an arena of its own (up to eight per core), and memory freed in
+/// one is kept there for that thread: under a burst of webhooks, buffers allocated on the HTTP
+/// threads and freed on the work threads (and the store's) spread the heap over many arenas that
+/// each hold on to their share. Measured with `gantry bench webhooks`: a lower peak RSS for the
+/// same throughput.
+pub fn bound_allocator_arenas() {
+    // SAFETY: mallopt takes plain integers and only tunes the allocator.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Keeps processes of the same user from reading this one's memory and environment
 /// (`/proc/<pid>/environ` holds the master key and tokens when they came from the environment).
 pub fn harden_process() {

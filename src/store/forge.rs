@@ -121,9 +121,9 @@ fn delivery_key(forge: &str, id: &str) -> Vec<u8> {
     key(&[forge.as_bytes(), id.as_bytes()])
 }
 
-/// A delivery record as stored: everything but the body.
-fn record_bytes(record: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
-    let meta = DeliveryRecord {
+/// A copy of `record` without its body (which is not copied).
+fn without_body(record: &DeliveryRecord) -> DeliveryRecord {
+    DeliveryRecord {
         forge: record.forge.clone(),
         id: record.id.clone(),
         source: record.source.clone(),
@@ -137,7 +137,16 @@ fn record_bytes(record: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
         retry_at: record.retry_at,
         last_error: record.last_error.clone(),
         head: record.head.clone(),
-    };
+    }
+}
+
+/// A delivery record as stored: everything but the body, which is at `body_at`.
+fn record_bytes(
+    record: &DeliveryRecord,
+    body_at: Option<super::BodyLocation>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut meta = without_body(record);
+    meta.body_at = body_at;
     serde_json::to_vec(&meta).map_err(|source| StoreError::Corrupt {
         key: format!("{}/{}", record.forge, record.id),
         source,
@@ -210,11 +219,7 @@ impl Store {
             .bodies
             .append(record.body.as_bytes())
             .map_err(|e| self.body_err("appending", e))?;
-        let bytes = record_bytes(&DeliveryRecord {
-            body_at: Some(body_at),
-            body: String::new(),
-            ..record.clone()
-        })?;
+        let bytes = record_bytes(record, Some(body_at))?;
         self.note_write(bytes.len() + record.body.len() + 2 * k.len() + 64);
         // A first delivery, or a redelivery of one whose processing gave up (a new chance).
         let inserted = self
@@ -290,11 +295,7 @@ impl Store {
                 .map_err(|e| self.body_err("appending", e))?;
             body_at = Some(at);
         }
-        let bytes = record_bytes(&DeliveryRecord {
-            body_at,
-            body: String::new(),
-            ..record.clone()
-        })?;
+        let bytes = record_bytes(record, body_at)?;
         self.note_write(bytes.len() + k.len());
         self.inner
             .deliveries
@@ -383,9 +384,13 @@ impl Store {
         outcome: String,
         flush: bool,
     ) -> Result<(), StoreError> {
-        let mut done = record.clone();
+        let mut done = without_body(record);
         done.outcome = Some(outcome);
         done.processed_at = Some(Utc::now());
+        // A body still inline (a record from before the body log) moves to the log with it.
+        if done.body_at.is_none() {
+            done.body = record.body.clone();
+        }
         self.put_delivery(&done)?;
         let removed = self
             .inner
