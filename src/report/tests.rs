@@ -130,6 +130,29 @@ Outputs:
 }
 
 #[test]
+fn a_run_refused_for_disk_space_says_so_in_its_commit_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let mut run = finished_run(&store);
+    let low = crate::store::LowSpace {
+        dir: "/var/lib/gantry".into(),
+        free: 812 << 20,
+        reserve: 1 << 30,
+    };
+    run.status = RunStatus::Failed;
+    run.message = Some(format!("not started: {low}"));
+    assert_eq!(
+        run_status(&run),
+        (
+            StatusState::Failure,
+            "run #1 failed in 2.5s: not started: 812.0 MiB free for the data dir \
+             /var/lib/gantry, below its [storage] min_free of 1.0 GiB: Gantry takes …"
+                .into()
+        )
+    );
+}
+
+#[test]
 fn run_states_map_to_commit_statuses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");

@@ -17,10 +17,10 @@ pub use crate::spec::values::MinFree;
 /// Why new work is refused: the data dir's file system is below its reserve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the file system of the data dir {} has {} free, below the reserve of {} ([storage] \
-     min_free); Gantry takes no new work until space is freed, and takes it again by itself then",
-    dir.display(),
+    "{} free for the data dir {}, below its [storage] min_free of {}: Gantry takes no new work \
+     until space is freed, and takes it again by itself then",
     show_bytes(*free),
+    dir.display(),
     show_bytes(*reserve)
 )]
 pub struct LowSpace {
