@@ -555,15 +555,22 @@ impl Store {
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let _op = self.inner.health.op("flush");
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.sync_bodies())
-            .await
-            .map_err(|e| StoreError::io("syncing delivery bodies", std::io::Error::other(e)))??;
-        self.inner
-            .db
-            .flush_async()
-            .await
-            .map(|_| ())
-            .map_err(|e| self.db_err(e))
+        // The body log and sled sync side by side: an answer waits for one fsync, not two.
+        let bodies = async {
+            tokio::task::spawn_blocking(move || store.sync_bodies())
+                .await
+                .map_err(|e| StoreError::io("syncing delivery bodies", std::io::Error::other(e)))?
+        };
+        let records = async {
+            self.inner
+                .db
+                .flush_async()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.db_err(e))
+        };
+        let (bodies, records) = tokio::join!(bodies, records);
+        bodies.and(records)
     }
 
     /// The master key; `create` only on paths that seal (see `MasterKey::load`).
