@@ -109,14 +109,6 @@ pub async fn receive(
         )
         .into_response();
     };
-    // A failed store (the process is about to end) or a data dir below its reserve: the forge is
-    // asked to come back later, when a restarted or freed Gantry takes the delivery.
-    if let Some(failure) = state.store.failure() {
-        return come_back_later(format!("{failure}; Gantry is restarting"), "10");
-    }
-    if let Err(low) = state.store.space_left() {
-        return come_back_later(low.to_string(), "60");
-    }
     // Back-pressure: past the configured backlog the forge is asked to come back later, instead
     // of the store (and the processing behind it) growing without bound.
     if state.store.delivery_backlog() >= state.max_backlog {
@@ -192,6 +184,15 @@ pub async fn receive(
         );
         return not_genuine(forge, claimed.as_deref());
     };
+    // A failed store (the process is about to end) or a data dir below its reserve: the forge is
+    // asked to come back later, when a restarted or freed Gantry takes the delivery. Said only to
+    // a genuine sender: the message names the data dir.
+    if let Some(failure) = state.store.failure() {
+        return come_back_later(format!("{failure}; Gantry is restarting"), "10");
+    }
+    if let Err(low) = state.store.space_left() {
+        return come_back_later(low.to_string(), "60");
+    }
     let event = match webhook::parse(forge, &view, &body) {
         Ok(e) => e,
         Err(e) => {

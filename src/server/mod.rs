@@ -447,11 +447,12 @@ async fn offload(State(state): State<AppState>, request: Request, next: Next) ->
 }
 
 /// Why the server is not ready for new work, if it is not: what `/readyz` says. Reads only what
-/// is in memory (and `statvfs`), never the store.
+/// is in memory (and `statvfs`), never the store. `/readyz` answers without a token (probes have
+/// none), so the reasons name no path and no figure; the log and the authenticated answers do.
 pub fn not_ready(state: &AppState) -> Vec<String> {
     let mut reasons = Vec::new();
-    if let Some(failure) = state.store.failure() {
-        reasons.push(failure.to_string());
+    if state.store.failure().is_some() {
+        reasons.push("the store failed; the process is stopping for a restart".to_string());
     }
     if let Some((what, age)) = state.store.stuck(STUCK_NOT_READY) {
         reasons.push(format!(
@@ -459,8 +460,11 @@ pub fn not_ready(state: &AppState) -> Vec<String> {
             age.as_secs_f64()
         ));
     }
-    if let Err(low) = state.store.space_left() {
-        reasons.push(low.to_string());
+    if state.store.space_left().is_err() {
+        reasons.push(
+            "the data dir's file system is below its free-space reserve ([storage] min_free)"
+                .to_string(),
+        );
     }
     if state.shutdown.is_cancelled() {
         reasons.push("the server is stopping".into());

@@ -257,6 +257,10 @@ fn a_full_disk_refuses_new_work_keeps_answering_and_takes_work_again_when_space_
     assert_eq!(status, 503, "{body}");
     assert_eq!(parse(&body)["ready"], false, "{body}");
     assert!(body.contains("min_free"), "{body}");
+    assert!(
+        !body.contains(&data_dir.display().to_string()),
+        "an unauthenticated probe learns no path: {body}"
+    );
 
     // Space comes back: deliveries are taken again, without a restart.
     std::fs::remove_file(&ballast).expect("remove the ballast");
