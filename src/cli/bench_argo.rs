@@ -55,16 +55,9 @@ fn millis_since(from: &str, to: DateTime<Utc>) -> Option<f64> {
 }
 
 pub fn run(o: &BenchArgo, out: &mut dyn std::io::Write) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::multi_thread_runtime(Some(2)) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("gantry: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(measure(o)) {
         Ok((mut first, mut gantry, mut bare)) => {

@@ -699,15 +699,9 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 }
 
 pub fn run(opts: &WebhookOptions, out: &mut dyn Write) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::multi_thread_runtime(None) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("gantry: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(bench(opts, out)) {
         Ok(true) => exit::OK,

@@ -33,6 +33,19 @@ pub mod exit {
     pub const USAGE: u8 = 2;
 }
 
+/// A multi-threaded runtime for a command that runs async code to its end (`workers` threads, or
+/// one per core); when none can be started, says so and gives the exit code to return.
+pub(crate) fn multi_thread_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, u8> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("gantry: cannot start the async runtime: {e}");
+        exit::USAGE
+    })
+}
+
 const EXAMPLES: &str = "\
 Examples:
   gantry validate examples/repo-layout

@@ -59,15 +59,9 @@ fn options(knobs: &Knobs) -> Options {
 
 fn serve_config(config: Config, options: Options) -> u8 {
     server::bound_allocator_arenas();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::multi_thread_runtime(None) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("gantry: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(server::serve(config, options, CancellationToken::new())) {
         Ok(()) => exit::OK,

@@ -184,14 +184,11 @@ pub async fn receive(
         );
         return not_genuine(forge, claimed.as_deref());
     };
-    // A failed store (the process is about to end) or a data dir below its reserve: the forge is
-    // asked to come back later, when a restarted or freed Gantry takes the delivery. Said only to
-    // a genuine sender: the message names the data dir.
+    // A failed store (the process is about to end): the forge is asked to come back later, when
+    // a restarted Gantry takes the delivery. (A data dir below its reserve is `accept_delivery`'s
+    // refusal, below.) Said only to a genuine sender: the message names the data dir.
     if let Some(failure) = state.store.failure() {
         return come_back_later(format!("{failure}; Gantry is restarting"), "10");
-    }
-    if let Err(low) = state.store.space_left() {
-        return come_back_later(low.to_string(), "60");
     }
     let event = match webhook::parse(forge, &view, &body) {
         Ok(e) => e,

@@ -477,17 +477,15 @@ pub fn not_ready(state: &AppState) -> Vec<String> {
 struct HttpRuntime(Option<tokio::runtime::Runtime>);
 
 impl HttpRuntime {
-    fn start() -> std::io::Result<HttpRuntime> {
-        tokio::runtime::Builder::new_multi_thread()
+    /// The runtime, and a handle to spawn on it.
+    fn start() -> std::io::Result<(HttpRuntime, tokio::runtime::Handle)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("gantry-http")
             .enable_all()
-            .build()
-            .map(|r| HttpRuntime(Some(r)))
-    }
-
-    fn handle(&self) -> Option<&tokio::runtime::Handle> {
-        self.0.as_ref().map(|r| r.handle())
+            .build()?;
+        let handle = runtime.handle().clone();
+        Ok((HttpRuntime(Some(runtime)), handle))
     }
 }
 
@@ -729,11 +727,7 @@ pub async fn serve(
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     };
     let app = router(state.clone())?;
-    let http = HttpRuntime::start().map_err(ServeError::Http)?;
-    let http_handle = http
-        .handle()
-        .cloned()
-        .ok_or_else(|| ServeError::Http(std::io::Error::other("the HTTP runtime is gone")))?;
+    let (http, http_handle) = HttpRuntime::start().map_err(ServeError::Http)?;
     let std_listener =
         std::net::TcpListener::bind(config.server.listen).map_err(|source| ServeError::Listen {
             addr: config.server.listen,

@@ -149,8 +149,9 @@ impl Space {
         let at = self.read_at.load(Ordering::Acquire);
         let now = self.now_ms();
         let stale = at == u64::MAX || now.saturating_sub(at) >= FRESH.as_millis() as u64;
+        let min_free = self.min_free();
         let total = self.total.load(Ordering::Relaxed);
-        let reserve = self.min_free().bytes(total);
+        let reserve = min_free.bytes(total);
         let free = self.free.load(Ordering::Relaxed);
         let written = self.written.load(Ordering::Relaxed);
         // What was written since the reading may have eaten half the margin: look again.
@@ -165,7 +166,7 @@ impl Space {
                 .load(Ordering::Relaxed)
                 .saturating_sub(self.written.load(Ordering::Relaxed)),
             total,
-            reserve: self.min_free().bytes(total),
+            reserve: min_free.bytes(total),
         }
     }
 

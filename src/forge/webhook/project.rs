@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::OnceLock;
 
+use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
@@ -167,8 +168,6 @@ impl<'de> DeserializeSeed<'de> for Projected<'_> {
         deserializer.deserialize_any(self)
     }
 }
-
-use serde::Deserialize;
 
 impl<'de> Visitor<'de> for Projected<'_> {
     type Value = Value;
