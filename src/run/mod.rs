@@ -777,6 +777,8 @@ fn record_batch(
     batch: &[Event],
 ) -> Result<(), StoreError> {
     let mut logs: BTreeMap<usize, Vec<LogLine>> = BTreeMap::new();
+    // Gantry's own lines, written after the step's lines of this batch even when its log is cut.
+    let mut notes: BTreeMap<usize, Vec<LogLine>> = BTreeMap::new();
     for event in batch {
         match event {
             Event::Log {
@@ -791,6 +793,29 @@ fn record_batch(
                 stream: *stream,
                 text: line.clone(),
             }),
+            // Outputs count against the data dir's reserve as logs do: below it they are not kept
+            // in the store (the run's later steps still get them from the executor), and the
+            // step's log says so.
+            Event::Outputs { step, values } if !values.is_empty() => match store.space_left() {
+                Ok(()) => record_event(store, run_id, plan, book, event)?,
+                Err(low) => {
+                    let names: Vec<&str> = values.iter().map(|(n, _, _)| n.as_str()).collect();
+                    let attempt = book
+                        .steps
+                        .get(*step)
+                        .and_then(|s| s.attempts.last())
+                        .map_or(1, |a| a.number);
+                    notes.entry(*step).or_default().push(LogLine {
+                        at: chrono::Utc::now(),
+                        attempt,
+                        stream: crate::executor::Stream::System,
+                        text: format!(
+                            "[gantry: outputs {} not kept in the store: {low}]",
+                            names.join(", ")
+                        ),
+                    });
+                }
+            },
             other => record_event(store, run_id, plan, book, other)?,
         }
     }
@@ -819,6 +844,12 @@ fn record_batch(
         }
         store.put_log_chunk(run_id, step, *next, &lines)?;
         *next += 1;
+    }
+    for (step, lines) in notes {
+        if let Some(next) = book.chunks.get_mut(step) {
+            store.put_log_chunk(run_id, step, *next, &lines)?;
+            *next += 1;
+        }
     }
     book.write(store, run_id)
 }

@@ -393,8 +393,6 @@ fn without_a_reserve_a_full_disk_ends_the_process_and_a_restart_recovers_everyth
 
 #[tokio::test]
 async fn below_the_reserve_a_run_is_recorded_as_not_started_and_runs_no_step() {
-    use gantry::executor::Limits;
-    use gantry::executor::local::LocalExecutor;
     use gantry::store::{MinFree, RunStatus, StepState, Store};
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -406,20 +404,7 @@ async fn below_the_reserve_a_run_is_recorded_as_not_started_and_runs_no_step() {
          first\n    script: 'touch {}'\n",
         marker.display()
     );
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(&text, "full.yaml", Limits::default()),
-    )
-    .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        std::sync::Arc::new(LocalExecutor::new()),
-        prepared,
-        tokio_util::sync::CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_unsandboxed(store.clone(), text).await;
     assert_eq!(run.status, RunStatus::Failed);
     let message = run.message.clone().unwrap_or_default();
     assert!(message.starts_with("not started: "), "{message}");
@@ -428,4 +413,82 @@ async fn below_the_reserve_a_run_is_recorded_as_not_started_and_runs_no_step() {
     assert!(!marker.exists(), "a step ran");
     let steps = store.steps(&run.id).expect("steps");
     assert!(steps.iter().all(|s| s.state != StepState::Succeeded));
+}
+
+/// A run already going when the data dir falls below its reserve goes on, but its log is cut
+/// with a line saying so and its outputs are not kept in the store; a later step still reads
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_reserve_a_running_step_loses_its_log_and_outputs_not_the_store() {
+    use gantry::store::{MinFree, RunStatus, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("data")).expect("store");
+    let (started, go, seen) = (
+        dir.path().join("started"),
+        dir.path().join("go"),
+        dir.path().join("seen"),
+    );
+    let text = format!(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: cut\nsteps:\n  - name: \
+         first\n    script: |\n      echo before\n      touch {started}\n      while [ ! -e {go} \
+         ]; do sleep 0.05; done\n      echo after\n      printf v1 > \"$GANTRY_OUTPUTS/x\"\n    \
+         outputs: [x]\n  - name: second\n    script: printf %s \"$X\" > {seen}\n    env: {{X: \
+         \"{{{{steps.first.outputs.x}}}}\"}}\n",
+        started = started.display(),
+        go = go.display(),
+        seen = seen.display(),
+    );
+    let run = tokio::spawn(run_unsandboxed(store.clone(), text));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Let "before" reach the store, then take the space away.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    store.set_min_free(MinFree::Bytes(u64::MAX));
+    std::fs::write(&go, "").expect("go");
+    let run = run.await.expect("joined");
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.message);
+    assert_eq!(std::fs::read_to_string(&seen).expect("seen"), "v1");
+    let (lines, _) = store.logs(&run.id, Some(0), None).expect("logs");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.text.as_str()).collect();
+    assert!(texts.contains(&"before"), "{texts:?}");
+    assert!(!texts.contains(&"after"), "{texts:?}");
+    let cut = texts
+        .iter()
+        .find(|t| t.starts_with("[gantry: the rest of this step's log is cut: "))
+        .unwrap_or_else(|| panic!("a cut line in {texts:?}"));
+    assert!(cut.contains("[storage] min_free"), "{cut}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("[gantry: outputs x not kept in the store: ")),
+        "{texts:?}"
+    );
+    assert!(
+        store.outputs(&run.id).expect("outputs").is_empty(),
+        "no output stored"
+    );
+}
+
+/// Prepares and executes a pipeline's text on an unsandboxed local executor, to its record.
+async fn run_unsandboxed(store: gantry::store::Store, text: String) -> gantry::store::RunRecord {
+    let prepared = gantry::run::prepare(
+        &store,
+        crate::support::file_run(&text, "test.yaml", gantry::executor::Limits::default()),
+    )
+    .expect("prepared");
+    gantry::run::execute(
+        &store,
+        std::sync::Arc::new(gantry::executor::local::LocalExecutor::new()),
+        prepared,
+        tokio_util::sync::CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded")
 }
