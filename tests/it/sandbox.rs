@@ -80,8 +80,8 @@ fn a_probe_step_finds_nothing_of_gantry() {
         !outside.exists(),
         "nothing was written outside the workspace"
     );
-    // The only processes a step can see are the sandbox's own: bubblewrap, the spawner, the
-    // step's shell and the loop's subshells, none of them Gantry with its environment.
+    // The only processes a step can see are its own: its namespace's init, the step's shell and
+    // the loop's subshells, none of them Gantry with its environment.
     let environ = probe(&stdout, "environ");
     assert_eq!(
         environ, "none",
@@ -518,4 +518,65 @@ fn a_step_that_stops_the_spawner_does_not_hold_the_run() {
                 .is_some_and(|m| m.contains("did not answer within 10s")),
         "{step}"
     );
+}
+
+/// Steps of one run cannot reach each other: what step `one` leaves running (`setsid`, in the
+/// background) is gone before step `two` starts and never read `two`'s environment; `two` sees
+/// only its own processes (of the spawner only its namespace's init, which it cannot read), cannot write `one`'s outputs folder, and what it
+/// creates is its own (umask 077).
+#[test]
+fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
+    let s = Scratch::new();
+    // The patterns are put together at run time, so no command line holds them.
+    let lines_one = [
+        "setsid sh -c 'k=PROBE; k=\"${k}_SECRET=\"; while :; do echo tick >> ticks; for f in /proc/[0-9]*/environ; do tr \"\\0\" \"\\n\" < \"$f\" 2>/dev/null | grep \"^$k\" >> leak; done; sleep 0.05; done' </dev/null >/dev/null 2>&1 &",
+        "sleep 0.3",
+        "echo \"ticking=$(wc -l < ticks)\"",
+        "printf one > \"$GANTRY_OUTPUTS/x\"",
+    ];
+    let lines_two = [
+        "a=$(wc -l < ticks); sleep 0.5; b=$(wc -l < ticks)",
+        "if [ \"$a\" = \"$b\" ]; then echo leftover=gone; else echo \"leftover=running $a $b\"; fi",
+        "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo \"visible=$n\"",
+        "k=__spawn; k=\"${k}er\"; seen=''; for f in /proc/[0-9]*/cmdline; do grep -qa -e \"$k\" \"$f\" 2>/dev/null && seen=\"$seen$f \"; done; echo \"spawner=$seen\"",
+        "if cat /proc/1/environ >/dev/null 2>&1; then echo init=readable; else echo init=refused; fi",
+        "touch mine; mkdir mine.d; echo \"modes=$(stat -c %a mine mine.d | tr '\\n' ' ')\"",
+        "if [ -s leak ]; then echo leak=yes; else echo leak=no; fi",
+        "w=refused; for d in \"$GANTRY_OUTPUTS\"/../*/; do [ \"$d\" -ef \"$GANTRY_OUTPUTS\" ] && continue; if (printf evil > \"$d/x\") 2>/dev/null; then w=\"wrote $d\"; fi; done; echo \"others=$w\"",
+    ];
+    let block = |lines: &[&str]| {
+        lines
+            .iter()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    };
+    let yaml = format!(
+        "{}steps:\n  - name: one\n    outputs: [x]\n    script: |\n{}  - name: two\n    env: {{PROBE_SECRET: probe-s3cr3t}}\n    script: |\n{}  - name: three\n    env: {{X: \"{{{{steps.one.outputs.x}}}}\"}}\n    script: echo \"x=$X\"\n",
+        head("apart"),
+        block(&lines_one),
+        block(&lines_two),
+    );
+    let file = s.pipeline("apart.yaml", &yaml);
+    let out = s
+        .cmd(&["run", file.to_str().expect("utf-8"), "--plain"])
+        .output()
+        .expect("gantry runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert_ne!(probe(&stdout, "ticking"), "0", "the leftover ran: {stdout}");
+    assert_eq!(probe(&stdout, "leftover"), "gone", "{stdout}");
+    assert_eq!(probe(&stdout, "leak"), "no", "{stdout}");
+    // The spawner's only copy a step can see is its namespace's init (pid 1), which it can
+    // neither read nor trace.
+    assert_eq!(
+        probe(&stdout, "spawner").trim(),
+        "/proc/1/cmdline",
+        "{stdout}"
+    );
+    assert_eq!(probe(&stdout, "init"), "refused", "{stdout}");
+    let visible: u32 = probe(&stdout, "visible").parse().expect("a count");
+    assert!(visible <= 4, "step two sees {visible} processes: {stdout}");
+    assert_eq!(probe(&stdout, "modes").trim(), "600 700", "{stdout}");
+    assert_eq!(probe(&stdout, "others"), "refused", "{stdout}");
+    assert_eq!(probe(&stdout, "x"), "one", "{stdout}");
 }

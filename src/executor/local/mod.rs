@@ -44,6 +44,7 @@ mod recover;
 pub mod sandbox;
 mod set;
 pub mod spawner;
+mod step_ns;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -278,6 +278,8 @@ struct Launch {
     env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
     path: Option<OsString>,
+    /// `$GANTRY_OUTPUTS`, as the step sees it.
+    outputs: PathBuf,
 }
 
 /// Starts `launch` as Gantry's own child.
@@ -324,6 +326,7 @@ async fn start_jailed(
         env,
         cwd: launch.cwd,
         path,
+        outputs: Some(launch.outputs),
     };
     let remote = jail.spawn(command, [out_w, err_w], stop).await?;
     let out: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?);
@@ -608,10 +611,8 @@ async fn launch(
                 .map(|(_, v)| v.clone())
         });
     let mut env = shared.base_env.clone();
-    env.push((
-        "GANTRY_OUTPUTS".into(),
-        shared.inside(outdir).into_os_string(),
-    ));
+    let outputs = shared.inside(outdir);
+    env.push(("GANTRY_OUTPUTS".into(), outputs.clone().into_os_string()));
     env.push(("GANTRY_STEP".into(), job.name.clone().into()));
     env.extend(spawn.env.iter().map(|(k, v)| (k.into(), v.into())));
     Ok(Launch {
@@ -620,6 +621,7 @@ async fn launch(
         env,
         cwd: shared.inside(&spawn.cwd),
         path,
+        outputs,
     })
 }
 

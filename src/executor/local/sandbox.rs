@@ -325,6 +325,8 @@ pub(super) struct StepCommand {
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub path: Option<String>,
+    /// The step's outputs folder, inside the sandbox.
+    pub outputs: Option<PathBuf>,
 }
 
 /// A step process inside a sandbox.
@@ -499,6 +501,7 @@ impl Jail {
             env,
             cwd,
             path,
+            outputs,
         } = command;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (started_tx, started_rx) = oneshot::channel();
@@ -526,6 +529,7 @@ impl Jail {
             env,
             cwd,
             path,
+            outputs,
         };
         let body = serde_json::to_vec(&request).map_err(io::Error::other)?;
         let fds: [RawFd; 2] = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
@@ -699,9 +703,15 @@ fn bwrap_args(run_dir: &Path, network: bool, tmp_size: u64) -> Vec<String> {
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
-        // No capabilities inside, also when bubblewrap runs as root (`user = "root"`).
+        // Inside the sandbox's user namespace, the spawner keeps what it needs to give each
+        // step a PID and mount namespace of its own (`step_ns`); steps drop every capability.
+        "--unshare-user",
         "--cap-drop",
         "ALL",
+        "--cap-add",
+        "CAP_SYS_ADMIN",
+        "--cap-add",
+        "CAP_SETPCAP",
         "--hostname",
         "gantry-step",
         "--ro-bind",

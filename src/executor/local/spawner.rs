@@ -25,9 +25,7 @@ use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -52,6 +50,10 @@ pub(super) enum Request {
         cwd: PathBuf,
         /// The `PATH` to look `program` up in when it has no `/`.
         path: Option<String>,
+        /// The step's own outputs folder: the one folder it may write under the folder that
+        /// holds every step's.
+        #[serde(default)]
+        outputs: Option<PathBuf>,
     },
     /// Send `signal` to the process group of step process `id`.
     Signal { id: u64, signal: i32 },
@@ -249,6 +251,16 @@ pub fn serve(args: &[String]) -> u8 {
     if limits.apply().is_err() {
         return 2;
     }
+    // Steps cannot see the spawner (their PID namespaces are below its), and it is not
+    // dumpable besides: no ptrace, no /proc/<pid>/mem or environ, even for its own user. What
+    // steps create is theirs alone: files 0600, folders 0700.
+    // SAFETY: prctl(2) and umask(2) have no memory-safety preconditions.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
+            return 2;
+        }
+        libc::umask(0o077);
+    }
     let writer = match sock.try_clone() {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(_) => return 2,
@@ -284,8 +296,9 @@ pub fn serve(args: &[String]) -> u8 {
                 env,
                 cwd,
                 path,
+                outputs,
             } => {
-                let answer = spawn_one((program, args, env, cwd, path), fds, &children);
+                let answer = spawn_one((program, args, env, cwd, path, outputs), fds, &children);
                 match answer {
                     Ok(pid) => {
                         let pgid = i32::try_from(pid).unwrap_or(0);
@@ -353,6 +366,10 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
 struct Children {
     ids: HashMap<i32, u64>,
     early: HashMap<i32, i32>,
+    /// Where each step's init writes its program's wait status (see `step_ns`).
+    statuses: HashMap<i32, OwnedFd>,
+    /// Inits whose program never started: reaped without a report.
+    failed: std::collections::HashSet<i32>,
     /// Children started and not reaped yet.
     alive: usize,
 }
@@ -370,6 +387,14 @@ fn reap(children: &Reaper, writer: &Mutex<UnixStream>) {
             let id = {
                 let Ok(mut c) = lock.lock() else { return };
                 c.alive = c.alive.saturating_sub(1);
+                // The step's program's own status, which its init passed on; init's own when it
+                // was killed before it could (the program then went with it).
+                if let Some(pipe) = c.statuses.remove(&pid) {
+                    status = super::step_ns::program_status(&pipe).unwrap_or(status);
+                }
+                if c.failed.remove(&pid) {
+                    continue;
+                }
                 match c.ids.remove(&pid) {
                     Some(id) => Some(id),
                     None => {
@@ -397,44 +422,51 @@ fn reap(children: &Reaper, writer: &Mutex<UnixStream>) {
     }
 }
 
-/// Starts one step process; its exit is reported by the reaper.
-/// A `Spawn` request's process: program, arguments, environment, working directory, `PATH`.
+/// A `Spawn` request's process: program, arguments, environment, working directory, `PATH`,
+/// outputs folder.
 type Launch = (
     String,
     Vec<String>,
     Vec<(String, String)>,
     PathBuf,
     Option<String>,
+    Option<PathBuf>,
 );
 
+/// Starts one step in a PID and mount namespace of its own (`step_ns`); its exit is reported by
+/// the reaper. Returns the pid of the step's init, which leads the step's process group.
 fn spawn_one(request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Result<u32> {
-    let (program, args, env, cwd, path) = request;
+    let (program, args, env, cwd, path, outputs) = request;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     };
     let path = path.map(OsString::from);
     let program = super::process::resolve(&program, path.as_deref(), &cwd);
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .process_group(0);
+    let root = outputs.as_deref().and_then(|o| o.parent());
+    let prepared = super::step_ns::Prepared::new(&super::step_ns::Spec {
+        program: &program,
+        args: &args,
+        env: &env,
+        cwd: &cwd,
+        outputs: outputs.as_deref().zip(root),
+    })?;
     let (lock, wake) = &**children;
-    // Held across the spawn, so the reaper never waits for "no children" while one is starting.
+    // Held across the start, so the reaper never waits for "no children" while one is starting,
+    // and finds the status pipe of any init it reaps.
     let mut c = lock
         .lock()
         .map_err(|_| io::Error::other("spawner state poisoned"))?;
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    // The reaper waits for it; std's handle is not needed (dropping it neither waits nor kills).
-    drop(child);
+    let started = super::step_ns::start(&prepared, stdout, stderr)?;
     c.alive += 1;
+    c.statuses.insert(started.init, started.status);
+    if started.failed.is_some() {
+        c.failed.insert(started.init);
+    }
     wake.notify_one();
     drop(c);
-    Ok(pid)
+    match started.failed {
+        Some(e) => Err(e),
+        None => Ok(started.init as u32),
+    }
 }

@@ -1,0 +1,375 @@
+//! One PID and mount namespace per step, started by the spawner inside the run's sandbox.
+//!
+//! A step's first process is not the spawner's child but the grandchild of a small init that
+//! the spawner clones into a new PID namespace (and a new mount namespace):
+//!
+//! ```text
+//! spawner ── clone(NEWPID|NEWNS) ──▶ init (pid 1 of the step's namespace)
+//!                                     │  mounts a /proc of its own namespace, makes every
+//!                                     │  outputs folder but the step's own read-only
+//!                                     └─ clone ──▶ the step's program (pid 2), capabilities dropped
+//! ```
+//!
+//! So a step sees only its own processes (its `/proc` holds nothing else: not the spawner, not
+//! another step's processes or their environments), cannot signal the spawner (it has no pid for
+//! it), can write only its own outputs folder, and cannot leave anything behind: when the
+//! step's program exits, init writes its wait status to the spawner and exits, and the kernel
+//! kills whatever the step left in the namespace (`setsid`, double forks, `nohup` alike) before
+//! the spawner sees init exit, that is, before the executor hears that the step ended.
+//!
+//! Signals: the spawner signals the step's process group (init's, which the program inherits).
+//! The PID namespace's init ignores every signal it has no handler for, so a `SIGTERM` reaches
+//! the program while init waits on; `SIGKILL` (the end of the grace period) ends init and with it
+//! the whole namespace.
+//!
+//! The clone happens in a multi-threaded process, so the children run only async-signal-safe
+//! system calls on memory prepared before the clone (`Prepared`), and never return from
+//! [`start`]. The spawner holds `CAP_SYS_ADMIN` and `CAP_SETPCAP` inside the sandbox's user
+//! namespace for this; the step's program drops its bounding set, ambient and every other
+//! capability before it executes.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What the step's program needs, as C data made before the clone.
+pub(super) struct Prepared {
+    program: CString,
+    /// Kept for the pointers in `argv`.
+    _args: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    cwd: CString,
+    /// The step's own outputs folder, the one writable folder under the folder that holds every
+    /// step's; with the flags to remount that folder read-only with.
+    outputs: Option<(CString, CString, libc::c_ulong)>,
+}
+
+/// The flags a read-only remount of the mount at `path` must carry: its own (a remount may not
+/// drop flags the sandbox's user namespace inherited locked, such as `nodev` or the atime
+/// policy) and `MS_RDONLY`.
+fn read_only_flags(path: &CString) -> io::Result<libc::c_ulong> {
+    // SAFETY: statvfs writes into a zeroed struct of the right type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let kept = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID;
+    for (st_flag, ms_flag) in kept {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    Ok(flags)
+}
+
+/// The parts of a step's launch, as the spawner received them.
+pub(super) struct Spec<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+    /// The step's outputs folder and the folder that holds every step's.
+    pub outputs: Option<(&'a Path, &'a Path)>,
+}
+
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+impl Prepared {
+    pub(super) fn new(spec: &Spec<'_>) -> io::Result<Prepared> {
+        let program = c_string(spec.program.as_os_str().as_bytes())?;
+        let mut args = vec![program.clone()];
+        for a in spec.args {
+            args.push(c_string(a.as_bytes())?);
+        }
+        let mut env = Vec::with_capacity(spec.env.len());
+        for (k, v) in spec.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            env.push(c_string(format!("{k}={v}").as_bytes())?);
+        }
+        let pointers = |list: &[CString]| {
+            let mut p: Vec<*const libc::c_char> = list.iter().map(|s| s.as_ptr()).collect();
+            p.push(std::ptr::null());
+            p
+        };
+        let outputs = match spec.outputs {
+            Some((own, root)) => {
+                let root = c_string(root.as_os_str().as_bytes())?;
+                let flags = read_only_flags(&root)?;
+                Some((c_string(own.as_os_str().as_bytes())?, root, flags))
+            }
+            None => None,
+        };
+        Ok(Prepared {
+            argv: pointers(&args),
+            envp: pointers(&env),
+            program,
+            _args: args,
+            _env: env,
+            cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
+            outputs,
+        })
+    }
+}
+
+/// A started step: the pid of its namespace's init (in the spawner's namespace), and the pipe on
+/// which init writes the program's wait status just before it exits.
+pub(super) struct Started {
+    pub init: libc::pid_t,
+    pub status: OwnedFd,
+    /// Why the program did not start, if it did not (init then exits on its own).
+    pub failed: Option<io::Error>,
+}
+
+/// A pipe with both ends close-on-exec: (read, write).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `clone` with only an exit signal and `flags`: a fork that runs no `atfork` handlers, so it
+/// never waits on a lock another thread held. Returns 0 in the child.
+///
+/// # Safety
+/// The child may only call async-signal-safe functions and must not return into code that
+/// expects the parent's threads.
+unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
+    // SAFETY: with no CLONE_VM the child gets a copy of the address space and continues on its
+    // own copy of this stack, as after fork(2); the caller keeps to the rules above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(flags | libc::SIGCHLD),
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        ) as libc::pid_t
+    }
+}
+
+/// Starts the step described by `prepared` with `stdout` and `stderr`, in a PID and mount
+/// namespace of its own. Returns once its program is executing, or has failed to (`failed`; its
+/// init is then gone or going, and still to be reaped); an error only when no init was made.
+pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
+    let (err_r, err_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    // SAFETY: the child runs `init`, which keeps to the rules of `raw_fork` and never returns.
+    let pid = unsafe { raw_fork(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
+    if pid == 0 {
+        // SAFETY: in the child; see above.
+        unsafe {
+            init(
+                prepared,
+                stdout.as_raw_fd(),
+                stderr.as_raw_fd(),
+                err_w.as_raw_fd(),
+                status_w.as_raw_fd(),
+            )
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Also set here, so that a signal sent as soon as the pid is known reaches the group.
+    // SAFETY: setpgid has no memory-safety preconditions.
+    unsafe { libc::setpgid(pid, pid) };
+    drop((stdout, stderr, err_w, status_w));
+    // The program's exec closes the error pipe; a failure before it writes its errno there.
+    let started = |failed| Started {
+        init: pid,
+        status: status_r,
+        failed,
+    };
+    let mut errno = [0u8; 4];
+    let mut got = 0;
+    while got < errno.len() {
+        // SAFETY: reading into the unfilled part of a local buffer.
+        let n = unsafe {
+            libc::read(
+                err_r.as_raw_fd(),
+                errno[got..].as_mut_ptr().cast(),
+                errno.len() - got,
+            )
+        };
+        match n {
+            0 => break,
+            n if n > 0 => got += n as usize,
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            _ => return Ok(started(Some(io::Error::last_os_error()))),
+        }
+    }
+    if got == errno.len() {
+        let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+        return Ok(started(Some(e)));
+    }
+    Ok(started(None))
+}
+
+/// Reads the program's wait status that init wrote, if it did (it did not when init itself was
+/// killed, e.g. by the grace period's `SIGKILL`).
+pub(super) fn program_status(status: &OwnedFd) -> Option<i32> {
+    let mut bytes = [0u8; 4];
+    // SAFETY: reading into a local buffer; init wrote its 4 bytes before exiting, and the pipe
+    // holds them (or nothing) once init is reaped.
+    let n = unsafe { libc::read(status.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
+    (n == 4).then(|| i32::from_ne_bytes(bytes))
+}
+
+/// Writes the calling thread's errno to `fd` and exits.
+///
+/// # Safety
+/// Async-signal-safe only.
+unsafe fn fail(fd: RawFd) -> ! {
+    let errno = io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO);
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+    unsafe {
+        libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+/// Pid 1 of the step's namespace.
+///
+/// # Safety
+/// Runs in the child of `raw_fork`: only async-signal-safe calls, on memory made before the
+/// clone.
+unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_w: RawFd) -> ! {
+    // SAFETY: every call below is a plain system call on C strings made before the clone.
+    unsafe {
+        libc::setpgid(0, 0);
+        // Mounts made here stay in this namespace.
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(err_w);
+        }
+        if libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        ) != 0
+        {
+            fail(err_w);
+        }
+        if let Some((own, root, flags)) = &p.outputs {
+            // The step's own folder keeps a writable mount of its own; the rest goes read-only.
+            if libc::mount(
+                own.as_ptr(),
+                own.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    *flags,
+                    std::ptr::null(),
+                ) != 0
+            {
+                fail(err_w);
+            }
+        }
+        let program = raw_fork(0);
+        if program < 0 {
+            fail(err_w);
+        }
+        if program == 0 {
+            exec_program(p, stdout, stderr, err_w);
+        }
+        libc::close(err_w);
+        libc::close(stdout);
+        libc::close(stderr);
+        loop {
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, 0);
+            if pid == program {
+                let bytes = status.to_ne_bytes();
+                libc::write(status_w, bytes.as_ptr().cast(), bytes.len());
+                // The kernel now kills whatever else is left in this namespace.
+                libc::_exit(0);
+            }
+            if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                libc::_exit(127);
+            }
+        }
+    }
+}
+
+/// The capability header version that takes two 32-bit data words.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The step's program: its descriptors, its folder, no capabilities, then exec.
+///
+/// # Safety
+/// As `init`.
+unsafe fn exec_program(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd) -> ! {
+    // SAFETY: plain system calls on memory made before the clone.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null < 0
+            || libc::dup2(null, 0) < 0
+            || libc::dup2(stdout, 1) < 0
+            || libc::dup2(stderr, 2) < 0
+            || libc::chdir(p.cwd.as_ptr()) != 0
+        {
+            fail(err_w);
+        }
+        // Nothing of the spawner's capabilities reaches the step: the bounding set first (it
+        // needs CAP_SETPCAP), then ambient, then the rest.
+        for cap in 0..64 {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+        }
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
+        let header = [CAPABILITY_VERSION_3, 0];
+        let data = [0u32; 6];
+        if libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) != 0 {
+            fail(err_w);
+        }
+        // The spawner ignores SIGPIPE, as every Rust program does; the step gets the default.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
+        fail(err_w)
+    }
+}
