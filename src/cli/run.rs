@@ -45,6 +45,11 @@ pub struct Args {
     /// machine (the sandbox is used wherever `bwrap` is installed)
     #[arg(long)]
     pub no_sandbox: bool,
+    /// A port of this machine's loopback that steps may reach at the same port of theirs (a
+    /// database on this machine, say); steps have a network of their own, away from the
+    /// machine's loopback. Repeat for more
+    #[arg(long = "host-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub host_ports: Vec<u16>,
 }
 
 /// The sandbox of a `gantry run`: bubblewrap where it is installed, unless `--no-sandbox`.
@@ -53,6 +58,10 @@ fn sandbox(args: &Args) -> Sandbox {
         return Sandbox::None;
     }
     match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
+        Ok(Sandbox::Bubblewrap(mut b)) => {
+            b.net.host_ports = args.host_ports.clone();
+            Sandbox::Bubblewrap(b)
+        }
         Ok(sandbox) => sandbox,
         Err(e) => {
             eprintln!("gantry: warning: steps run unsandboxed: {e}");

@@ -266,6 +266,17 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
         executors: Default::default(),
     };
     let demo = demo_services(&data_dir);
+    let mut config = config;
+    // Steps have a network of their own: the demo's PostgreSQL on the host's loopback is one of
+    // the host ports they may reach.
+    if let Ok(pg) = &demo
+        && let Some(crate::config::ExecutorConfig::Local(local)) = config
+            .executors
+            .named
+            .get_mut(crate::config::DEFAULT_EXECUTOR)
+    {
+        local.host_ports.push(pg.port);
+    }
     let gantry = self_command();
     println!("Gantry is up at {url}");
     println!("  API token:   {token}");

@@ -178,6 +178,9 @@ pub struct LocalExecutorConfig {
     /// Log bytes kept per step and per run.
     pub max_step_log: Option<u64>,
     pub max_run_log: Option<u64>,
+    /// Ports of the host's loopback that steps may reach (at the same port of their own
+    /// loopback) when their network is on.
+    pub host_ports: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -848,6 +851,7 @@ impl Checker<'_> {
                 "tmp_size",
                 "max_step_log",
                 "max_run_log",
+                "host_ports",
             ],
         );
         let mut c = LocalExecutorConfig::default();
@@ -878,7 +882,34 @@ impl Checker<'_> {
         c.tmp_size = self.size(t, p, "tmp_size");
         c.max_step_log = self.size(t, p, "max_step_log");
         c.max_run_log = self.size(t, p, "max_run_log");
+        c.host_ports = self.ports(t, p, "host_ports");
         c
+    }
+
+    /// An array of TCP ports (1–65535) at `key`.
+    fn ports(&mut self, table: &DeTable<'_>, prefix: &str, key: &str) -> Vec<u16> {
+        let Some((items, _)) = self.array(table, prefix, key) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let port = match item.get_ref() {
+                DeValue::Integer(n) => u16::from_str_radix(&n.as_str().replace('_', ""), n.radix())
+                    .ok()
+                    .filter(|&p| p > 0),
+                _ => None,
+            };
+            match port {
+                Some(p) if !out.contains(&p) => out.push(p),
+                Some(_) => {}
+                None => self.error(
+                    &format!("{}[{i}]", join(prefix, key)),
+                    &item.span(),
+                    "expected a port number from 1 to 65535".to_string(),
+                ),
+            }
+        }
+        out
     }
 
     /// A positive integer at `key`.

@@ -257,6 +257,13 @@ pub fn local_executor(
             match Sandbox::bubblewrap(user, process_limits) {
                 Ok(Sandbox::Bubblewrap(mut b)) => {
                     b.prewarm = true;
+                    b.net.host_ports = config.host_ports.clone();
+                    if b.net.slirp.is_none() {
+                        eprintln!(
+                            "gantry: warning: steps of pipelines with the network on will refuse to start: {}",
+                            crate::executor::local::NO_SLIRP
+                        );
+                    }
                     Sandbox::Bubblewrap(b)
                 }
                 Ok(sandbox) => sandbox,

@@ -210,10 +210,17 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
     );
 
     let file = repo.join(".gantry/pipelines/provision-postgres.yaml");
-    let out = s.run_file(
-        &file,
-        &["-p", "db_name=orders_it", "-p", "owner_role=orders_it_app"],
-    );
+    // Steps have a network of their own; the server on this machine's loopback is let in.
+    let port = pg.port.to_string();
+    let run_args = [
+        "-p",
+        "db_name=orders_it",
+        "-p",
+        "owner_role=orders_it_app",
+        "--host-port",
+        port.as_str(),
+    ];
+    let out = s.run_file(&file, &run_args);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert!(!stdout.contains(admin_password), "{stdout}");
@@ -291,10 +298,7 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
     assert!(hits.is_empty(), "plaintext found in {hits:?}");
 
     // Running again is safe: the role's password is rotated, the database kept.
-    let out = s.run_file(
-        &file,
-        &["-p", "db_name=orders_it", "-p", "owner_role=orders_it_app"],
-    );
+    let out = s.run_file(&file, &run_args);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -392,6 +392,78 @@ mod served {
         assert_eq!(status, 200, "the server still answers after the run");
     }
 
+    /// A listener on the host that greets whoever connects with `greeting`.
+    fn greeter(addr: &str, greeting: &'static str) -> u16 {
+        let listener = std::net::TcpListener::bind(addr).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                use std::io::Write;
+                let _ = stream.write_all(greeting.as_bytes());
+            }
+        });
+        port
+    }
+
+    /// This machine's address on its default route, if it has one.
+    fn host_address() -> Option<String> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect("192.0.2.200:9").ok()?;
+        let ip = socket.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+    }
+
+    /// With the network on, a step has a network of its own: the host's loopback (Gantry's API,
+    /// a service on 127.0.0.1), the host's own address and link-local addresses are closed to
+    /// it; a host port the operator names is open, at the same port of the step's loopback.
+    #[test]
+    fn a_served_step_with_the_network_on_reaches_only_the_host_ports_it_is_given() {
+        if gantry::executor::local::sandbox::Sandbox::bubblewrap(
+            gantry::executor::local::sandbox::UserChoice::Default,
+            Default::default(),
+        )
+        .map(|s| match s {
+            gantry::executor::local::sandbox::Sandbox::Bubblewrap(b) => b.net.slirp.is_none(),
+            _ => true,
+        })
+        .unwrap_or(true)
+        {
+            panic!("this test needs bwrap and slirp4netns (the test command installs both)");
+        }
+        let allowed = greeter("127.0.0.1:0", "hello-allowed");
+        let denied = greeter("0.0.0.0:0", "hello-denied");
+        let s = GantryServer::start(
+            ServerConfig::new()
+                .extra_toml(&format!("[executor.local]\nhost_ports = [{allowed}]\n")),
+        );
+        let host = host_address().unwrap_or_else(|| "127.0.0.1".into());
+        let probes = [
+            ("allowed", "127.0.0.1".to_string(), allowed),
+            ("denied", "127.0.0.1".to_string(), denied),
+            ("api", "127.0.0.1".to_string(), s.port()),
+            ("gateway", "10.0.2.2".to_string(), denied),
+            ("host", host, denied),
+            ("metadata", "169.254.169.254".to_string(), 80),
+        ];
+        let mut script = String::from(
+            "      try() { timeout 3 bash -c \"exec 3<>/dev/tcp/$1/$2; head -c 20 <&3\" 2>/dev/null || echo closed; }\n",
+        );
+        for (name, addr, port) in &probes {
+            script.push_str(&format!("      echo \"{name}=$(try {addr} {port})\"\n"));
+        }
+        let yaml = format!(
+            "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {{name: net}}\nsteps:\n  - name: probe\n    script: |\n{script}"
+        );
+        let id = run_local(&s, "net", &yaml);
+        let run = wait_ended(&s, &id);
+        let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
+        assert_eq!(run["status"], "succeeded", "{run} {log}");
+        assert!(log.contains("allowed=hello-allowed"), "{log}");
+        for (name, _, _) in &probes[1..] {
+            assert!(log.contains(&format!("{name}=closed")), "{name}: {log}");
+        }
+    }
+
     #[test]
     fn without_bubblewrap_the_server_runs_and_every_step_says_how_to_get_it() {
         // A PATH without bwrap (git lives in /usr/local/bin here and in /usr/bin on Debian).

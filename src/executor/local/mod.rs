@@ -38,6 +38,8 @@
 mod attempt;
 mod builtin;
 mod dirs;
+mod netns;
+pub use netns::MISSING as NO_SLIRP;
 mod prepare;
 mod process;
 mod recover;

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -60,6 +60,17 @@ pub struct Bubblewrap {
     pub prewarm: bool,
     /// That sandbox (shared by every clone of the config).
     pub spares: Arc<Spares>,
+    /// How a run with the network on reaches the outside.
+    pub net: Net,
+}
+
+/// The network of runs with the network on (see `netns.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct Net {
+    /// `slirp4netns`, when installed; without it such runs refuse to start their steps.
+    pub slirp: Option<PathBuf>,
+    /// Ports of the host's loopback that steps may reach at the same port of theirs.
+    pub host_ports: Vec<u16>,
 }
 
 /// A sandbox started ahead of time, with its run directory (`<work dir>/.spare-<random>`) laid
@@ -260,6 +271,10 @@ impl Sandbox {
             limits,
             prewarm: false,
             spares: Arc::new(Spares::default()),
+            net: Net {
+                slirp: super::netns::find_slirp(),
+                host_ports: Vec::new(),
+            },
         }))
     }
 }
@@ -315,6 +330,8 @@ pub(super) struct Jail {
     next: AtomicU64,
     waiters: Arc<Mutex<Waiters>>,
     stderr: Arc<Mutex<Vec<u8>>>,
+    /// The run's connection to the outside, with the network on; it ends with the jail.
+    _net: Option<super::netns::RunNet>,
 }
 
 /// What to start inside a sandbox, with paths as the sandbox sees them.
@@ -385,6 +402,25 @@ impl Jail {
         if let Some(user) = config.user {
             reachable(run_dir, user)?;
         }
+        let slirp = match (network, &config.net.slirp) {
+            (false, _) => None,
+            (true, Some(slirp)) => Some(slirp.clone()),
+            (true, None) => return Err(super::netns::MISSING.to_string()),
+        };
+        // With the network on, bubblewrap says its pid (whose namespace slirp4netns connects)
+        // and steps get slirp4netns's resolver.
+        let (info, resolv) = match slirp {
+            Some(_) => {
+                let made = |e: io::Error| format!("cannot make a pipe for the sandbox: {e}");
+                let (info_r, info_w) = super::process::pipe().map_err(made)?;
+                let (resolv_r, resolv_w) = super::process::pipe().map_err(made)?;
+                File::from(resolv_w)
+                    .write_all(super::netns::RESOLV_CONF.as_bytes())
+                    .map_err(made)?;
+                (Some((info_r, info_w)), Some(resolv_r))
+            }
+            None => (None, None),
+        };
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot create the sandbox's socket: {e}"))?;
         // This process's own binary, also when the file at its path was replaced by an upgrade.
@@ -396,15 +432,30 @@ impl Jail {
                     config.spawner.display()
                 )
             })?;
-        let inherit = [theirs.as_raw_fd(), exe.as_raw_fd()];
+        let mut inherit_fds = vec![theirs.as_raw_fd(), exe.as_raw_fd()];
         let mut cmd = Command::new(&config.bwrap);
-        cmd.args(bwrap_args(run_dir, network, config.limits.tmp_size));
+        cmd.args(bwrap_args(run_dir, config.limits.tmp_size));
+        if let (Some((_, info_w)), Some(resolv)) = (&info, &resolv) {
+            cmd.args(["--info-fd".to_string(), info_w.as_raw_fd().to_string()]);
+            cmd.args(["--ro-bind-data".to_string(), resolv.as_raw_fd().to_string()]);
+            cmd.arg("/etc/resolv.conf");
+            inherit_fds.extend([info_w.as_raw_fd(), resolv.as_raw_fd()]);
+        }
         cmd.arg("--")
             .arg(format!("/proc/self/fd/{}", exe.as_raw_fd()))
             .arg("__spawner")
             .arg(format!("--fd={}", theirs.as_raw_fd()))
             .arg(format!("--exe-fd={}", exe.as_raw_fd()))
             .args(config.limits.args());
+        if network {
+            cmd.args(
+                config
+                    .net
+                    .host_ports
+                    .iter()
+                    .map(|p| format!("--host-port={p}")),
+            );
+        }
         cmd.env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("GANTRY_RUN_ID", run_id)
@@ -414,23 +465,33 @@ impl Jail {
         if let Some(user) = config.user {
             cmd.uid(user.uid).gid(user.gid);
         }
-        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on descriptors
-        // this process owns; it runs in the forked child before exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in inherit {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        inherit(&mut cmd, inherit_fds);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the sandbox ({}): {e}", config.bwrap.display()))?;
         drop(theirs);
         drop(exe);
+        drop(resolv);
+        let net = match (info, slirp) {
+            (Some((info_r, info_w)), Some(slirp)) => {
+                drop(info_w);
+                let connected = tokio::task::spawn_blocking(move || {
+                    let pid = super::netns::child_pid(info_r)?;
+                    super::netns::connect(&slirp, pid)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the network setup stopped: {e}")));
+                match connected {
+                    Ok(net) => Some(net),
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(format!("the run's network could not be set up: {e}"));
+                    }
+                }
+            }
+            _ => None,
+        };
 
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stderr.take() {
@@ -449,9 +510,13 @@ impl Jail {
             .map_err(|e| format!("cannot use the sandbox's socket: {e}"))?;
         {
             let waiters = waiters.clone();
+            let host_ports = match network {
+                true => config.net.host_ports.clone(),
+                false => Vec::new(),
+            };
             std::thread::Builder::new()
                 .name("sandbox-replies".into())
-                .spawn(move || read_replies(&reader, &waiters))
+                .spawn(move || read_replies(&reader, &waiters, &host_ports))
                 .map_err(|e| format!("cannot start the sandbox's reader: {e}"))?;
         }
         let _ = ours.set_write_timeout(Some(Duration::from_secs(5)));
@@ -461,6 +526,7 @@ impl Jail {
             next: AtomicU64::new(1),
             waiters,
             stderr,
+            _net: net,
         });
         match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
             Ok(Ok(())) => Ok(jail),
@@ -598,6 +664,23 @@ impl Drop for Jail {
     }
 }
 
+/// Makes `fds` (close-on-exec in Gantry, so that no other child inherits them) inheritable by
+/// `cmd`'s process alone, in its child between fork and exec.
+pub(super) fn inherit(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on descriptors this
+    // process owns; it runs in the forked child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// bubblewrap mounts the run directory as the step user, who must be able to reach it: every
 /// folder above it must be traversable by that user.
 fn reachable(run_dir: &Path, user: StepUser) -> Result<(), String> {
@@ -644,11 +727,18 @@ fn collect_stderr(mut pipe: impl Read, into: &Mutex<Vec<u8>>) {
 
 /// The reader thread: dispatches the spawner's replies until its socket closes or says
 /// something that makes no sense.
-fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>) {
-    while let Ok(Some((body, _fds))) = spawner::read_frame(sock, spawner::MAX_REPLY) {
+fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>, host_ports: &[u16]) {
+    while let Ok(Some((body, fds))) = spawner::read_frame(sock, spawner::MAX_REPLY) {
         let Ok(reply) = serde_json::from_slice::<Reply>(&body) else {
             break;
         };
+        // A step connected to an allowed host port: carry it there (never another port).
+        if let Reply::Connection { port } = reply {
+            if let (true, Some(fd)) = (host_ports.contains(&port), fds.into_iter().next()) {
+                super::netns::proxy(port, fd);
+            }
+            continue;
+        }
         let Ok(mut w) = waiters.lock() else { break };
         match reply {
             Reply::Ready => {
@@ -685,6 +775,7 @@ fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>) {
                     }
                 }
             }
+            Reply::Connection { .. } => {}
         }
     }
     if let Ok(mut w) = waiters.lock() {
@@ -696,7 +787,7 @@ fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>) {
 }
 
 /// bubblewrap's arguments for a run directory.
-fn bwrap_args(run_dir: &Path, network: bool, tmp_size: u64) -> Vec<String> {
+fn bwrap_args(run_dir: &Path, tmp_size: u64) -> Vec<String> {
     let mut a: Vec<String> = [
         "--die-with-parent",
         "--new-session",
@@ -721,9 +812,9 @@ fn bwrap_args(run_dir: &Path, network: bool, tmp_size: u64) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if !network {
-        a.push("--unshare-net".into());
-    }
+    // A network namespace of its own in every case: only loopback with the network off, and
+    // slirp4netns to the outside with it on.
+    a.push("--unshare-net".into());
     for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
         match std::fs::read_link(top) {
             Ok(target) => {

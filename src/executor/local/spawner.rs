@@ -77,6 +77,11 @@ pub(super) enum Reply {
         id: u64,
         status: i32,
     },
+    /// A step connected to the allowed host port `port` on the run's loopback; the frame
+    /// carries the connection, for Gantry to carry to the host's port.
+    Connection {
+        port: u16,
+    },
 }
 
 /// Writes one frame, with `fds` attached to its header.
@@ -219,6 +224,7 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> i
 pub fn serve(args: &[String]) -> u8 {
     let mut socket: Option<RawFd> = None;
     let mut limits = super::sandbox::ProcessLimits::default();
+    let mut host_ports: Vec<u16> = Vec::new();
     for arg in args {
         let Some((key, value)) = arg.split_once('=') else {
             return 2;
@@ -236,6 +242,10 @@ pub fn serve(args: &[String]) -> u8 {
             ("--nproc", Some(n)) => limits.processes = n,
             ("--fsize", Some(n)) => limits.file_size = n,
             ("--memory", Some(n)) => limits.memory = Some(n),
+            ("--host-port", Some(n)) => match u16::try_from(n) {
+                Ok(port) => host_ports.push(port),
+                Err(_) => return 2,
+            },
             _ => return 2,
         }
     }
@@ -272,6 +282,21 @@ pub fn serve(args: &[String]) -> u8 {
         if std::thread::Builder::new()
             .name("reaper".into())
             .spawn(move || reap(&children, &writer))
+            .is_err()
+        {
+            return 2;
+        }
+    }
+    // Listening before `Ready`, so a step never finds an allowed port closed.
+    for port in host_ports {
+        let Ok(listener) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        else {
+            return 2;
+        };
+        let writer = writer.clone();
+        if std::thread::Builder::new()
+            .name("host-port".into())
+            .spawn(move || hand_over(&listener, port, &writer))
             .is_err()
         {
             return 2;
@@ -349,6 +374,20 @@ pub fn serve(args: &[String]) -> u8 {
         }
     }
     0
+}
+
+/// Hands each connection to an allowed host port to Gantry, which carries it to the host.
+fn hand_over(listener: &std::net::TcpListener, port: u16, writer: &Mutex<UnixStream>) {
+    let Ok(body) = serde_json::to_vec(&Reply::Connection { port }) else {
+        return;
+    };
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let Ok(sock) = writer.lock() else { return };
+        if write_frame(&sock, &body, &[stream.as_raw_fd()]).is_err() {
+            return;
+        }
+    }
 }
 
 fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {

@@ -30,7 +30,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -136,17 +136,6 @@ pub(super) struct Started {
     pub failed: Option<io::Error>,
 }
 
-/// A pipe with both ends close-on-exec: (read, write).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// `clone` with only an exit signal and `flags`: a fork that runs no `atfork` handlers, so it
 /// never waits on a lock another thread held. Returns 0 in the child.
 ///
@@ -172,8 +161,8 @@ unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
 /// namespace of its own. Returns once its program is executing, or has failed to (`failed`; its
 /// init is then gone or going, and still to be reaped); an error only when no init was made.
 pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
-    let (err_r, err_w) = pipe()?;
-    let (status_r, status_w) = pipe()?;
+    let (err_r, err_w) = super::process::pipe()?;
+    let (status_r, status_w) = super::process::pipe()?;
     // SAFETY: the child runs `init`, which keeps to the rules of `raw_fork` and never returns.
     let pid = unsafe { raw_fork(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
     if pid == 0 {
