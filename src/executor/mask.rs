@@ -36,14 +36,21 @@ impl Secrets {
         if value.contains(&b'\n') {
             patterns.extend(value.split(|&b| b == b'\n').map(trim));
         }
+        // A step that prints a secret encoded (`base64`, `xxd -p`, a URL, a JSON string) leaks
+        // it just the same: the usual encodings of each pattern are hidden too.
+        let mut all: Vec<Vec<u8>> = Vec::new();
+        for p in patterns.into_iter().filter(|p| !p.is_empty()) {
+            all.extend(encodings(p));
+            all.push(p.to_vec());
+        }
         let Ok(mut values) = self.values.write() else {
             return;
         };
-        for p in patterns {
-            if p.is_empty() || values.iter().any(|v| v.as_slice() == p) {
+        for p in all {
+            if p.is_empty() || values.contains(&p) {
                 continue;
             }
-            values.push(p.to_vec());
+            values.push(p);
         }
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
@@ -109,6 +116,72 @@ impl fmt::Debug for Secrets {
         let count = self.values.read().map_or(0, |v| v.len());
         f.debug_struct("Secrets").field("count", &count).finish()
     }
+}
+
+/// The usual encodings of `value` that a log could show instead of it: base64 (standard and
+/// URL-safe, with and without padding, of the value and of the value with the newline `echo` adds),
+/// hexadecimal (both cases), percent-encoding and the
+/// inside of a JSON string. Only encodings that differ from the value itself.
+fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
+    let mut with_newline = value.to_vec();
+    with_newline.push(b'\n');
+    let mut out = Vec::new();
+    for v in [value, with_newline.as_slice()] {
+        let standard = base64(v, b"+/");
+        let mut padded = standard.clone();
+        padded.resize(standard.len().next_multiple_of(4), b'=');
+        out.push(padded);
+        out.push(standard.clone());
+        let url_safe = base64(v, b"-_");
+        if url_safe != standard {
+            out.push(url_safe);
+        }
+    }
+    let hex: Vec<u8> = value
+        .iter()
+        .flat_map(|b| format!("{b:02x}").into_bytes())
+        .collect();
+    out.push(hex.to_ascii_uppercase());
+    out.push(hex);
+    let mut percent = Vec::new();
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            percent.push(b);
+        } else {
+            percent.extend(format!("%{b:02X}").into_bytes());
+        }
+    }
+    out.push(percent);
+    if let Ok(text) = std::str::from_utf8(value)
+        && let Ok(json) = serde_json::to_string(text)
+    {
+        out.push(json.as_bytes()[1..json.len() - 1].to_vec());
+    }
+    out.retain(|e| e.as_slice() != value && e.len() >= 4);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Base64 of `bytes` without padding, with `extra` as the last two letters of the alphabet.
+fn base64(bytes: &[u8], extra: &[u8; 2]) -> Vec<u8> {
+    const LETTERS: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let letter = |v: u32| match v {
+        0..=61 => LETTERS[v as usize],
+        62 => extra[0],
+        _ => extra[1],
+    };
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(letter((n >> (18 - 6 * i)) & 63));
+        }
+    }
+    out
 }
 
 /// The length of the longest value (`values` is sorted longest first) that starts at `bytes[i]`.
@@ -219,6 +292,40 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_the_usual_encodings_of_a_secret() {
+        let s = Secrets::new();
+        s.add("p@ss w0rd/+?");
+        // Computed with coreutils: `printf %s 'p@ss w0rd/+?' | base64`, `echo 'p@ss w0rd/+?' |
+        // base64`, `| basenc --base64url`, `| xxd -p`.
+        for encoded in [
+            "cEBzcyB3MHJkLys/",
+            "cEBzcyB3MHJkLys/Cg==",
+            "cEBzcyB3MHJkLys_",
+            "7040737320773072642f2b3f",
+            "7040737320773072642F2B3F",
+            "p%40ss%20w0rd%2F%2B%3F",
+        ] {
+            assert_eq!(s.mask(&format!("<{encoded}>")), "<***>", "{encoded}");
+        }
+        s.add("say \"hi\"\tnow");
+        assert_eq!(s.mask(r#"{"k": "say \"hi\"\tnow"}"#), r#"{"k": "***"}"#);
+        assert_eq!(s.mask("plain text stays"), "plain text stays");
+    }
+
+    #[test]
+    fn base64_matches_the_standard_encoding() {
+        for (raw, encoded) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+        ] {
+            assert_eq!(base64(raw.as_bytes(), b"+/"), encoded.as_bytes(), "{raw}");
+        }
+    }
 
     #[test]
     fn masks_every_occurrence_longest_first() {

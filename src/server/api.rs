@@ -52,6 +52,7 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchRun(_) => StatusCode::NOT_FOUND,
             StoreError::AmbiguousRun(_) => StatusCode::BAD_REQUEST,
             StoreError::LowSpace(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::SecretTooShort { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
@@ -422,6 +423,11 @@ pub const ROUTES: &[Route] = &[
             (204, "set", None),
             (400, "a bad name", Some("Error")),
             ERR_401,
+            (
+                422,
+                "a value shorter than 4 characters (leading and trailing white space aside)",
+                Some("Error"),
+            ),
         ],
     },
     Route {
@@ -448,6 +454,11 @@ pub const ROUTES: &[Route] = &[
             (204, "set", None),
             (400, "a bad name", Some("Error")),
             ERR_401,
+            (
+                422,
+                "a value shorter than 4 characters (leading and trailing white space aside)",
+                Some("Error"),
+            ),
         ],
     },
     Route {

@@ -99,7 +99,8 @@ fn schemas() -> Value {
             "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
         "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
         "SecretValue": {"type": "object", "required": ["value"], "properties": {
-            "value": {"type": "string"},
+            "value": {"type": "string", "pattern": "\\S[\\s\\S]{2,}\\S",
+                "description": "at least 4 characters once leading and trailing white space is left off (masking a shorter value would hide ordinary text)"},
             "unprotected": {"type": "boolean", "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
         "ConfigList": {"type": "object", "properties": {
             "variables": {"type": "array", "items": config_entry.clone()},

@@ -198,6 +198,13 @@ impl Store {
         value: &str,
         release: SecretRelease,
     ) -> Result<(), StoreError> {
+        let len = value.trim().chars().count();
+        if len < super::MIN_SECRET_CHARS {
+            return Err(StoreError::SecretTooShort {
+                name: name.to_string(),
+                len,
+            });
+        }
         let k = scoped_key(pipeline, name);
         let sealed = self
             .master_key(true)?

@@ -91,6 +91,9 @@ pub use space::{LowSpace, MinFree};
 /// The layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// The fewest characters a secret may have (shorter ones would mask ordinary text in logs).
+pub const MIN_SECRET_CHARS: usize = 4;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{context}: {source}")]
@@ -125,6 +128,10 @@ pub enum StoreError {
     Crypto(String),
     #[error(transparent)]
     LowSpace(#[from] LowSpace),
+    #[error(
+        "secret `{name}` is {len} character(s) long; a secret has at least {MIN_SECRET_CHARS}, so that masking it in logs hides it without hiding ordinary text"
+    )]
+    SecretTooShort { name: String, len: usize },
     #[error("no run matches `{0}`")]
     NoSuchRun(String),
     #[error("run {run} has no step number {step}")]

@@ -371,7 +371,7 @@ async fn the_argo_executor_sends_each_api_its_own_token() {
         .set_secret_with(
             None,
             "token",
-            "t0k",
+            "t0k3n",
             gantry::store::SecretRelease::Protected,
         )
         .expect("secret");
@@ -392,7 +392,7 @@ async fn a_refused_secret_fails_the_run_with_the_api_s_words() {
         .set_secret_with(
             None,
             "token",
-            "t0k",
+            "t0k3n",
             gantry::store::SecretRelease::Protected,
         )
         .expect("secret");

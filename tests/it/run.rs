@@ -535,6 +535,55 @@ steps:
     assert!(hits.is_empty(), "plaintext secret found in {hits:?}");
 }
 
+/// A step that prints a secret encoded (base64, hex, URL-encoded) is masked as well, and a secret
+/// shorter than four characters is refused when it is set.
+#[test]
+fn encoded_secrets_are_masked_and_short_ones_refused() {
+    let s = Scratch::new();
+    let secret = "enc0ded-S3cret/value";
+    s.secret("api_token", secret, Some("encoded"));
+    let file = s.pipeline(
+        "encoded.yaml",
+        &format!(
+            "{}secrets: [api_token]
+steps:
+  - name: leak
+    script: |
+      printf 'b64=%s\\n' \"$(printf %s \"$TOKEN\" | base64)\"
+      printf 'b64nl=%s\\n' \"$(echo \"$TOKEN\" | base64)\"
+      printf 'hex=%s\\n' \"$(printf %s \"$TOKEN\" | od -An -tx1 | tr -d ' \\n')\"
+      printf 'url=%s\\n' \"$(printf %s \"$TOKEN\" | sed 's|/|%2F|g')\"
+    env: {{TOKEN: \"{{{{secrets.api_token}}}}\"}}
+",
+            head("encoded")
+        ),
+    );
+    let out = s.run_file(&file, &[]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for line in ["b64=***", "b64nl=***", "hex=***", "url=***"] {
+        assert!(logged(&stdout, "leak", line), "{line}: {stdout}");
+    }
+    let short = s
+        .cmd(&["secrets", "set", "pin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(b"123")?;
+            child.wait_with_output()
+        })
+        .expect("gantry runs");
+    assert_ne!(short.status.code(), Some(0));
+    assert!(
+        text(&short.stderr).contains("at least 4"),
+        "{}",
+        text(&short.stderr)
+    );
+}
+
 /// Files under `dir` holding any of `needles`.
 pub fn grep_tree(dir: &Path, needles: &[&[u8]], hits: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -907,7 +956,7 @@ fn a_data_dir_inside_the_repository_is_never_copied_into_the_workspace() {
     set.stdin
         .take()
         .expect("stdin")
-        .write_all(b"tok")
+        .write_all(b"tok3n")
         .expect("write");
     assert!(set.wait().expect("wait").success());
     assert!(data.join("master.key").exists());

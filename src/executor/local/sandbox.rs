@@ -399,6 +399,26 @@ impl Jail {
         network: bool,
         run_id: &str,
     ) -> Result<Arc<Jail>, String> {
+        // bubblewrap 0.8 sometimes fails to bring up the new network namespace's loopback when
+        // many start at once ("loopback: Failed RTM_NEWADDR"); a second start succeeds.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Jail::start_once(config, run_dir, network, run_id).await {
+                Err(e) if e.contains("loopback: Failed") && tries < 3 => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_once(
+        config: &Bubblewrap,
+        run_dir: &Path,
+        network: bool,
+        run_id: &str,
+    ) -> Result<Arc<Jail>, String> {
         if let Some(user) = config.user {
             reachable(run_dir, user)?;
         }
@@ -486,7 +506,15 @@ impl Jail {
                     Err(e) => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        return Err(format!("the run's network could not be set up: {e}"));
+                        let mut said = String::new();
+                        if let Some(mut pipe) = child.stderr.take() {
+                            let _ = pipe.read_to_string(&mut said);
+                        }
+                        let said = said.trim();
+                        return Err(match said.is_empty() {
+                            true => format!("the run's network could not be set up: {e}"),
+                            false => format!("the run's network could not be set up: {e}: {said}"),
+                        });
                     }
                 }
             }
