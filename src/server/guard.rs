@@ -37,14 +37,18 @@ impl Refusal {
     }
 }
 
-/// The middleware: lets reads and webhooks through, checks writes under `/api/v1`.
+/// The middleware: lets reads and webhooks through, checks writes under `/api/v1`. Served
+/// without a token (`--insecure-no-auth`), where nothing else stands between a page that rebinds
+/// its name to Gantry's address and the API, reads are checked for Host and Origin too.
 pub async fn same_site(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match check(
-        request.method(),
-        request.uri().path(),
-        request.headers(),
-        &state.public_url,
-    ) {
+    let path = request.uri().path();
+    let checked = if state.tokens.is_empty() && !path.starts_with("/hooks/") {
+        check_authority(request.headers(), &state.public_url)
+    } else {
+        Ok(())
+    };
+    match checked.and_then(|()| check(request.method(), path, request.headers(), &state.public_url))
+    {
         Ok(()) => next.run(request).await,
         Err(refusal) => refusal.into_response(),
     }
@@ -124,6 +128,11 @@ pub fn check(
              state-changing API calls take JSON only, so no other site's page can send one"
         )));
     }
+    check_authority(headers, public_url)
+}
+
+/// The `Host`, and the `Origin` when there is one, must name `public_url` or a loopback address.
+pub fn check_authority(headers: &HeaderMap, public_url: &str) -> Result<(), Refusal> {
     let (scheme, public) = split_url(public_url).unwrap_or(("http", public_url));
     let host = headers
         .get(header::HOST)
@@ -132,7 +141,7 @@ pub fn check(
     if !same_authority(host, public, scheme) && !is_loopback_authority(host) {
         return Err(Refusal::Foreign(format!(
             "the Host `{host}` is neither this server's public_url ({public_url}) nor a loopback \
-             address; state-changing API calls are refused from other names (DNS rebinding)"
+             address; requests naming another host are refused (DNS rebinding)"
         )));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
@@ -147,7 +156,7 @@ pub fn check(
         if !allowed {
             return Err(Refusal::Foreign(format!(
                 "the Origin `{origin}` is neither this server's public_url ({public_url}) nor a \
-                 loopback address; state-changing API calls are refused from other sites"
+                 loopback address; requests from other sites are refused"
             )));
         }
     }

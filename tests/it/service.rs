@@ -748,6 +748,23 @@ fn serve_refuses_to_start_without_a_token_unless_told_and_then_only_on_loopback(
         "{}",
         s.logs()
     );
+    // Without a token nothing else stops a page that rebinds its name to this address: reads
+    // naming another Host, or coming from another Origin, are refused too.
+    let (status, body) = s.request_with(
+        "GET",
+        "/api/v1/runs",
+        &[("host".to_owned(), "rebound.example:8080".to_owned())],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("DNS rebinding"), "{body}");
+    let (status, body) = s.request_with(
+        "GET",
+        "/api/v1/runs",
+        &[("origin".to_owned(), "http://evil.example".to_owned())],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
 }
 
 #[test]
