@@ -516,7 +516,12 @@ pub const ROUTES: &[Route] = &[
             ),
             (
                 401,
-                "missing or wrong signature or token; nothing was stored",
+                "missing or wrong signature or token, or a body that names no configured repository; nothing was stored",
+                Some("Error"),
+            ),
+            (
+                429,
+                "too many deliveries from this address failed their check in the last minute (with Retry-After)",
                 Some("Error"),
             ),
             (

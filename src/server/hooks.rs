@@ -5,17 +5,21 @@
 //! its repository field), each distinct secret once, off the async threads when that is much
 //! hashing. An unknown repository, a repository without a secret and a wrong signature get the
 //! same 401: an unauthenticated caller learns nothing about the configuration (the server's log
-//! says which it was). A genuine delivery is stored under its delivery id and its body's sha256
+//! says which it was). A body that names no configured repository costs no hashing at all, and a
+//! source address whose deliveries keep failing is answered 429 for a while (`Failures`), so
+//! unauthenticated requests stay cheap. A genuine delivery is stored under its delivery id and its body's sha256
 //! (a redelivery or a replay of the same body under a new id finds it there and changes nothing)
 //! and made durable (group commit) before the 2xx. Processing happens after, from the store, in
 //! `intake`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -61,6 +65,48 @@ fn unstored(e: StoreError) -> Response {
 /// The one answer to a delivery that is not genuine for a configured repository.
 /// It names only what the caller sent (the repository the body claims), never what is
 /// configured.
+/// Deliveries that failed their check, by source address, over a sliding window: past
+/// [`Failures::LIMIT`] in [`Failures::WINDOW`] an address is answered 429 before anything is read.
+#[derive(Default)]
+pub struct Failures {
+    by_addr: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Failures {
+    pub const WINDOW: Duration = Duration::from_secs(60);
+    pub const LIMIT: u32 = 30;
+    /// Addresses remembered at most; past it, windows that ended are forgotten first, then all.
+    const MAX_ADDRS: usize = 10_000;
+
+    /// Seconds until `addr` may try again, when it is over the limit.
+    pub fn blocked(&self, addr: IpAddr, now: Instant) -> Option<u64> {
+        let map = self.by_addr.lock().ok()?;
+        let (since, count) = map.get(&addr)?;
+        let left = Self::WINDOW
+            .checked_sub(now.duration_since(*since))
+            .filter(|left| !left.is_zero())?;
+        (*count >= Self::LIMIT).then(|| left.as_secs().max(1))
+    }
+
+    /// Counts one failed delivery from `addr`.
+    pub fn note(&self, addr: IpAddr, now: Instant) {
+        let Ok(mut map) = self.by_addr.lock() else {
+            return;
+        };
+        if map.len() >= Self::MAX_ADDRS && !map.contains_key(&addr) {
+            map.retain(|_, (since, _)| now.duration_since(*since) < Self::WINDOW);
+            if map.len() >= Self::MAX_ADDRS {
+                map.clear();
+            }
+        }
+        let entry = map.entry(addr).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Self::WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
 fn not_genuine(forge: Forge, claimed: Option<&str>) -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -99,9 +145,25 @@ fn verified_by(
 pub async fn receive(
     State(state): State<AppState>,
     Path(forge): Path<String>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // The connection's address; absent when the router is driven without a listener (tests).
+    let peer = peer.map(|axum::Extension(ConnectInfo(addr))| addr.ip());
+    if let Some(wait) = peer.and_then(|ip| state.hook_failures.blocked(ip, Instant::now())) {
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many deliveries from this address failed their signature check; try again in {wait}s"
+            ),
+        )
+        .into_response();
+        if let Ok(value) = wait.to_string().parse() {
+            response.headers_mut().insert("retry-after", value);
+        }
+        return response;
+    }
     let Some(forge) = Forge::from_name(&forge) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -121,13 +183,14 @@ pub async fn receive(
         );
     }
     let view = HeaderView(&headers);
-    // Only the repositories the body claims, and only when it carries a signature at all.
+    // Only the repositories the body claims, and only when it carries a signature at all: a
+    // body that names no configured repository (or none at all) costs no hashing.
     let claimed = webhook::repo_of(forge, &body);
     let candidates: Vec<Arc<WatchedRepo>> = state
         .repos
         .values()
         .filter(|r| r.forge == Some(forge))
-        .filter(|r| claimed.as_deref().is_none_or(|n| r.forge_id == n))
+        .filter(|r| claimed.as_deref().is_some_and(|n| r.forge_id == n))
         .cloned()
         .collect();
     let signed = view
@@ -172,7 +235,9 @@ pub async fn receive(
                 .as_deref()
                 .map(|n| format!(" about `{n}`"))
                 .unwrap_or_default(),
-            if claimed.is_some() && no_candidates {
+            if claimed.is_none() {
+                "its body names no repository".to_string()
+            } else if no_candidates {
                 "no [[repos]] entry has that repo".to_string()
             } else if !signed {
                 format!("no {} header", webhook::signature_header(forge))
@@ -182,6 +247,9 @@ pub async fn receive(
                 "the signature does not match".to_string()
             }
         );
+        if let Some(ip) = peer {
+            state.hook_failures.note(ip, Instant::now());
+        }
         return not_genuine(forge, claimed.as_deref());
     };
     // A failed store (the process is about to end): the forge is asked to come back later, when
@@ -275,6 +343,28 @@ pub async fn receive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_over_the_failure_limit_waits_until_its_window_ends() {
+        let failures = Failures::default();
+        let (a, b): (IpAddr, IpAddr) = ([192, 0, 2, 7].into(), [192, 0, 2, 8].into());
+        let t0 = Instant::now();
+        for _ in 0..Failures::LIMIT - 1 {
+            failures.note(a, t0);
+        }
+        assert_eq!(failures.blocked(a, t0), None, "under the limit");
+        failures.note(a, t0);
+        assert_eq!(failures.blocked(a, t0 + Duration::from_secs(20)), Some(40));
+        assert_eq!(failures.blocked(b, t0), None, "another address is not held");
+        let later = t0 + Failures::WINDOW;
+        assert_eq!(failures.blocked(a, later), None, "the window ended");
+        failures.note(a, later);
+        assert_eq!(
+            failures.blocked(a, later),
+            None,
+            "a new window starts at one"
+        );
+    }
 
     fn repo(name: &str, secret: Option<&str>) -> Arc<WatchedRepo> {
         Arc::new(WatchedRepo {

@@ -73,6 +73,8 @@ pub struct AppState {
     pub work: tokio::runtime::Handle,
     /// Requests being handled on `work`; when none is left, new ones get a 503 at once.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Webhook deliveries that failed their check, by source address.
+    pub hook_failures: Arc<hooks::Failures>,
 }
 
 /// Requests handled at once on the work runtime before new ones are refused with a 503.
@@ -732,6 +734,7 @@ pub async fn serve(
         executors: Arc::new(executor_names),
         work: tokio::runtime::Handle::current(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+        hook_failures: Arc::default(),
     };
     let app = router(state.clone())?;
     let (http, http_handle) = HttpRuntime::start().map_err(ServeError::Http)?;
@@ -804,9 +807,12 @@ pub async fn serve(
     });
     let served = http_handle
         .spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_stop.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
