@@ -614,6 +614,9 @@ fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
         "if cat /proc/1/environ >/dev/null 2>&1; then echo init=readable; else echo init=refused; fi",
         "touch mine; mkdir mine.d; echo \"modes=$(stat -c %a mine mine.d | tr '\\n' ' ')\"",
         "if [ -s leak ]; then echo leak=yes; else echo leak=no; fi",
+        // The seccomp filter: no user namespace of its own, where it would hold capabilities.
+        "if unshare -U true 2>/dev/null; then echo userns=made; else echo userns=refused; fi",
+        "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status && echo seccomp=filtered",
         "w=refused; for d in \"$GANTRY_OUTPUTS\"/../*/; do [ \"$d\" -ef \"$GANTRY_OUTPUTS\" ] && continue; if (printf evil > \"$d/x\") 2>/dev/null; then w=\"wrote $d\"; fi; done; echo \"others=$w\"",
     ];
     let block = |lines: &[&str]| {
@@ -650,5 +653,7 @@ fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
     assert!(visible <= 4, "step two sees {visible} processes: {stdout}");
     assert_eq!(probe(&stdout, "modes").trim(), "600 700", "{stdout}");
     assert_eq!(probe(&stdout, "others"), "refused", "{stdout}");
+    assert_eq!(probe(&stdout, "userns"), "refused", "{stdout}");
+    assert_eq!(probe(&stdout, "seccomp"), "filtered", "{stdout}");
     assert_eq!(probe(&stdout, "x"), "one", "{stdout}");
 }

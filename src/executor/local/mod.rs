@@ -39,6 +39,7 @@ mod attempt;
 mod builtin;
 mod dirs;
 mod netns;
+mod seccomp;
 pub use netns::MISSING as NO_SLIRP;
 mod prepare;
 mod process;

@@ -7,7 +7,8 @@
 //! spawner ── clone(NEWPID|NEWNS) ──▶ init (pid 1 of the step's namespace)
 //!                                     │  mounts a /proc of its own namespace, makes every
 //!                                     │  outputs folder but the step's own read-only
-//!                                     └─ clone ──▶ the step's program (pid 2), capabilities dropped
+//!                                     └─ clone ──▶ the step's program (pid 2), capabilities
+//!                                                  dropped, seccomp filter on (`seccomp.rs`)
 //! ```
 //!
 //! So a step sees only its own processes (its `/proc` holds nothing else: not the spawner, not
@@ -46,6 +47,8 @@ pub(super) struct Prepared {
     /// The step's own outputs folder, the one writable folder under the folder that holds every
     /// step's; with the flags to remount that folder read-only with.
     outputs: Option<(CString, CString, libc::c_ulong)>,
+    /// The system calls the step may not make.
+    filter: super::seccomp::Filter,
 }
 
 /// The flags a read-only remount of the mount at `path` must carry: its own (a remount may not
@@ -123,6 +126,7 @@ impl Prepared {
             _env: env,
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
+            filter: super::seccomp::Filter::new(),
         })
     }
 }
@@ -358,6 +362,9 @@ unsafe fn exec_program(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd)
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if !p.filter.install() {
+            fail(err_w);
+        }
         libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
         fail(err_w)
     }
