@@ -181,6 +181,11 @@ pub struct LocalExecutorConfig {
     /// Ports of the host's loopback that steps may reach (at the same port of their own
     /// loopback) when their network is on.
     pub host_ports: Vec<u16>,
+    /// Per-run limits through control groups.
+    pub run_memory: Option<u64>,
+    pub run_processes: Option<u64>,
+    /// Thousandths of a CPU (`run_cpus = 1.5` is 1500).
+    pub run_millicpus: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -852,6 +857,9 @@ impl Checker<'_> {
                 "max_step_log",
                 "max_run_log",
                 "host_ports",
+                "run_memory",
+                "run_processes",
+                "run_cpus",
             ],
         );
         let mut c = LocalExecutorConfig::default();
@@ -883,6 +891,23 @@ impl Checker<'_> {
         c.max_step_log = self.size(t, p, "max_step_log");
         c.max_run_log = self.size(t, p, "max_run_log");
         c.host_ports = self.ports(t, p, "host_ports");
+        c.run_memory = self.size(t, p, "run_memory");
+        c.run_processes = self.count(t, p, "run_processes");
+        if let Some(v) = t.get("run_cpus") {
+            let cpus = match v.get_ref() {
+                DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+                DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                _ => None,
+            };
+            match cpus.filter(|n| n.is_finite() && *n >= 0.01) {
+                Some(n) => c.run_millicpus = Some((n * 1000.0).round() as u64),
+                None => self.error(
+                    &join(p, "run_cpus"),
+                    &v.span(),
+                    "expected a number of CPUs such as 1 or 1.5".to_string(),
+                ),
+            }
+        }
         c
     }
 

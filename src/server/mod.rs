@@ -260,6 +260,25 @@ pub fn local_executor(
                 Ok(Sandbox::Bubblewrap(mut b)) => {
                     b.prewarm = true;
                     b.net.host_ports = config.host_ports.clone();
+                    if let Some(bytes) = config.run_memory {
+                        b.run_limits.memory = Some(bytes);
+                    }
+                    if let Some(n) = config.run_processes {
+                        b.run_limits.processes = Some(n);
+                    }
+                    if let Some(millis) = config.run_millicpus {
+                        b.run_limits.cpus = Some(millis as f64 / 1000.0);
+                    }
+                    match &b.cgroup {
+                        Some(layout) => eprintln!(
+                            "gantry: runs are limited through {}: {}",
+                            layout.describe(),
+                            b.run_limits
+                        ),
+                        None => eprintln!(
+                            "gantry: warning: no control groups here: runs are limited by per-process rlimits only"
+                        ),
+                    }
                     if b.net.slirp.is_none() {
                         eprintln!(
                             "gantry: warning: steps of pipelines with the network on will refuse to start: {}",

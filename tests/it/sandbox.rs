@@ -464,6 +464,58 @@ mod served {
         }
     }
 
+    /// A step that eats memory is killed at the run's limit (a control group), says so, and the
+    /// server answers throughout.
+    #[test]
+    fn a_memory_bomb_is_killed_at_the_run_s_limit_and_the_server_answers() {
+        use gantry::executor::local::cgroup::{Layout, RunGroup, RunLimits};
+        let limits = RunLimits {
+            memory: Some(64 << 20),
+            ..RunLimits::default()
+        };
+        let usable = Layout::detect()
+            .is_some_and(|l| RunGroup::create(&l, "gantry-test-probe", &limits).is_ok());
+        if !usable {
+            eprintln!("skipped: no control group can be made here (not root, or no cgroups)");
+            return;
+        }
+        let s = GantryServer::start(
+            ServerConfig::new().extra_toml("[executor.local]\nrun_memory = \"64MiB\"\n"),
+        );
+        assert!(
+            s.logs().contains("runs are limited through cgroup"),
+            "{}",
+            s.logs()
+        );
+        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: bomb}\nsteps:\n  - name: bomb\n    script: |\n      x=$(head -c 400000000 /dev/zero | tr '\\0' a)\n      echo \"survived ${#x}\"\n";
+        let id = run_local(&s, "bomb", yaml);
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let run = loop {
+            let t = Instant::now();
+            let (status, _) = s.get("/healthz");
+            assert_eq!(status, 200);
+            slowest = slowest.max(t.elapsed());
+            let run = s.get_json(&format!("/api/v1/runs/{id}"));
+            if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+                break run;
+            }
+            assert!(started.elapsed() < WAIT, "the bomb still runs: {run}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            slowest < Duration::from_secs(1),
+            "/healthz took {slowest:?}"
+        );
+        assert_eq!(run["status"], "failed", "{run}");
+        let step = &run["steps"][0];
+        let message = step["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("SIGKILL") && message.contains("memory limit (64 MiB"),
+            "{step}"
+        );
+    }
+
     #[test]
     fn without_bubblewrap_the_server_runs_and_every_step_says_how_to_get_it() {
         // A PATH without bwrap (git lives in /usr/local/bin here and in /usr/bin on Debian).

@@ -37,6 +37,7 @@
 
 mod attempt;
 mod builtin;
+pub mod cgroup;
 mod dirs;
 mod netns;
 mod seccomp;

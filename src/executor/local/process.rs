@@ -105,6 +105,8 @@ async fn run_in(
         Ok(jail) => jail,
         Err(message) => return not_started(shared, step, attempt, message).await,
     };
+    // The run's memory-limit kills before the step, to tell a kill of its own from an earlier.
+    let memory = jail.as_ref().map(|j| (j.clone(), j.memory_kills()));
     let started = match jail {
         None => start_direct(launch).await,
         Some(jail) => start_jailed(jail, launch, &shared.stop).await,
@@ -213,7 +215,20 @@ async fn run_in(
             )),
         ),
         (None, Some(Ok(status))) if status.success() => (StepStatus::Succeeded, None),
-        (None, Some(Ok(status))) => (StepStatus::Failed, Some(describe(status))),
+        (None, Some(Ok(status))) => {
+            let mut message = describe(status);
+            if let Some((jail, Some((before, _)))) = &memory
+                && status.signal() == Some(libc::SIGKILL)
+                && let Some((after, limit)) = jail.memory_kills()
+                && after > *before
+            {
+                message.push_str(&format!(
+                    ": the run went past its memory limit ({}, `run_memory`)",
+                    crate::executor::human_bytes(limit)
+                ));
+            }
+            (StepStatus::Failed, Some(message))
+        }
         (None, Some(Err(e))) => (
             StepStatus::Error,
             Some(format!("lost track of the step's process: {e}")),

@@ -38,7 +38,8 @@ pub enum Sandbox {
     /// Steps run as Gantry's own user, with Gantry's view of the machine (`sandbox = "none"`).
     #[default]
     None,
-    Bubblewrap(Bubblewrap),
+    /// Boxed: the settings are large, and `None` is the common case in tests.
+    Bubblewrap(Box<Bubblewrap>),
     /// A sandbox was asked for and cannot be had here (no `bwrap`): every process step refuses
     /// to start with this message, which says how to get one.
     Missing(String),
@@ -62,6 +63,9 @@ pub struct Bubblewrap {
     pub spares: Arc<Spares>,
     /// How a run with the network on reaches the outside.
     pub net: Net,
+    /// The control groups runs are limited by, when this machine has them, and the limits.
+    pub cgroup: Option<super::cgroup::Layout>,
+    pub run_limits: super::cgroup::RunLimits,
 }
 
 /// The network of runs with the network on (see `netns.rs`).
@@ -264,7 +268,7 @@ impl Sandbox {
             UserChoice::Ids(user) => Some(user),
             UserChoice::Name(name) => Some(lookup_user(&name)?),
         };
-        Ok(Sandbox::Bubblewrap(Bubblewrap {
+        Ok(Sandbox::Bubblewrap(Box::new(Bubblewrap {
             bwrap,
             spawner,
             user,
@@ -275,7 +279,9 @@ impl Sandbox {
                 slirp: super::netns::find_slirp(),
                 host_ports: Vec::new(),
             },
-        }))
+            cgroup: super::cgroup::Layout::detect(),
+            run_limits: super::cgroup::RunLimits::for_machine(),
+        })))
     }
 }
 
@@ -332,6 +338,8 @@ pub(super) struct Jail {
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The run's connection to the outside, with the network on; it ends with the jail.
     _net: Option<super::netns::RunNet>,
+    /// The run's control groups; removed after bubblewrap is reaped (fields drop after `drop`).
+    group: Option<super::cgroup::RunGroup>,
 }
 
 /// What to start inside a sandbox, with paths as the sandbox sees them.
@@ -486,6 +494,15 @@ impl Jail {
             cmd.uid(user.uid).gid(user.gid);
         }
         inherit(&mut cmd, inherit_fds);
+        let group = run_group(config);
+        if let Some(group) = &group {
+            let fds = group.procs_fds();
+            // SAFETY: join_in_child only writes to descriptors opened above; it runs in the
+            // child between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || super::cgroup::join_in_child(&fds));
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the sandbox ({}): {e}", config.bwrap.display()))?;
@@ -555,6 +572,7 @@ impl Jail {
             waiters,
             stderr,
             _net: net,
+            group,
         });
         match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
             Ok(Ok(())) => Ok(jail),
@@ -672,6 +690,13 @@ impl Jail {
         }
     }
 
+    /// How often the run's processes were killed for going past its memory limit, and that
+    /// limit; `None` without a memory group.
+    pub fn memory_kills(&self) -> Option<(u64, u64)> {
+        let group = self.group.as_ref()?;
+        Some((group.memory_kills(), group.memory_limit()?))
+    }
+
     /// Sends `signal` to the process group of step process `id`.
     pub fn signal(&self, id: u64, signal: i32) {
         if let Ok(body) = serde_json::to_vec(&Request::Signal { id, signal }) {
@@ -688,6 +713,32 @@ impl Drop for Jail {
         if let Ok(mut child) = self.bwrap.lock() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// The control groups of a new sandbox with the configured limits; `None` (said once) where they
+/// cannot be made, so runs go on with their rlimits only.
+fn run_group(config: &Bubblewrap) -> Option<super::cgroup::RunGroup> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let layout = config.cgroup.as_ref()?;
+    let limits = &config.run_limits;
+    if limits == &super::cgroup::RunLimits::default() {
+        return None;
+    }
+    let mut tag = [0u8; 8];
+    let _ = getrandom::getrandom(&mut tag);
+    let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    match super::cgroup::RunGroup::create(layout, &format!("run-{name}"), limits) {
+        Ok(group) => Some(group),
+        Err(e) => {
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "gantry: warning: runs go without their memory, process and CPU limits: cannot make their control group ({}): {e}",
+                    layout.describe()
+                );
+            }
+            None
         }
     }
 }
