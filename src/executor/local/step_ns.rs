@@ -49,6 +49,28 @@ pub(super) struct Prepared {
     outputs: Option<(CString, CString, libc::c_ulong)>,
     /// The system calls the step may not make.
     filter: super::seccomp::Filter,
+    /// The capabilities in the spawner's bounding set, which the program drops.
+    bounding: &'static [libc::c_int],
+    /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
+    /// private before it mounts anything).
+    shared: bool,
+}
+
+/// The spawner's bounding set and whether any of its mounts is shared, read once: they do not
+/// change while it serves, and each costs system calls a step should not pay for.
+fn spawner_facts() -> (&'static [libc::c_int], bool) {
+    static FACTS: std::sync::OnceLock<(Vec<libc::c_int>, bool)> = std::sync::OnceLock::new();
+    let (bounding, shared) = FACTS.get_or_init(|| {
+        let bounding = (0..64)
+            // SAFETY: PR_CAPBSET_READ only reads the calling thread's bounding set.
+            .filter(|&cap| unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) } == 1)
+            .collect();
+        let shared = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|text| text.contains(" shared:"))
+            .unwrap_or(true);
+        (bounding, shared)
+    });
+    (bounding.as_slice(), *shared)
 }
 
 /// The flags a read-only remount of the mount at `path` must carry: its own (a remount may not
@@ -127,6 +149,8 @@ impl Prepared {
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
             filter: super::seccomp::Filter::new(),
+            bounding: spawner_facts().0,
+            shared: spawner_facts().1,
         })
     }
 }
@@ -255,13 +279,14 @@ unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_
     unsafe {
         libc::setpgid(0, 0);
         // Mounts made here stay in this namespace.
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ) != 0
+        if p.shared
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
         {
             fail(err_w);
         }
@@ -342,7 +367,7 @@ unsafe fn exec_program(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd)
         }
         // Nothing of the spawner's capabilities reaches the step: the bounding set first (it
         // needs CAP_SETPCAP), then ambient, then the rest.
-        for cap in 0..64 {
+        for &cap in p.bounding {
             libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
         }
         libc::prctl(
