@@ -199,7 +199,7 @@ pub enum SandboxMode {
 /// `[executor.local] user`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepUserSpec {
-    /// `"root"`: steps keep Gantry's root (only when written explicitly).
+    /// `"root"`: steps are uid 0 inside the sandbox's user namespace only.
     Root,
     /// `"UID:GID"`.
     Ids { uid: u32, gid: u32 },

@@ -516,6 +516,30 @@ mod served {
         );
     }
 
+    /// `user = "root"` makes steps uid 0 inside the sandbox's user namespace only: outside they
+    /// are an unprivileged user, and they hold no capability.
+    #[test]
+    fn root_steps_are_root_only_inside_their_user_namespace() {
+        let s = GantryServer::start(
+            ServerConfig::new().extra_toml("[executor.local]\nuser = \"root\"\n"),
+        );
+        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: who}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u)\"\n      read inside outside count < /proc/self/uid_map; echo \"map=$inside:$outside\"\n      echo \"caps=$(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n";
+        let id = run_local(&s, "who", yaml);
+        let run = wait_ended(&s, &id);
+        let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
+        assert_eq!(run["status"], "succeeded", "{run} {log}");
+        assert!(log.contains("uid=0"), "{log}");
+        assert!(
+            log.contains("map=0:65534") || !gantry::executor::local::sandbox::running_as_root(),
+            "{log}"
+        );
+        assert!(
+            !log.contains("map=0:0"),
+            "root inside is not root outside: {log}"
+        );
+        assert!(log.contains("caps=0000000000000000"), "{log}");
+    }
+
     #[test]
     fn without_bubblewrap_the_server_runs_and_every_step_says_how_to_get_it() {
         // A PATH without bwrap (git lives in /usr/local/bin here and in /usr/bin on Debian).

@@ -52,9 +52,11 @@ pub struct Bubblewrap {
     pub bwrap: PathBuf,
     /// Gantry's own binary, which serves as the spawner inside the sandbox.
     pub spawner: PathBuf,
-    /// The user steps run as; `None` keeps Gantry's own (only when Gantry is not root, or the
-    /// config says so).
+    /// The user steps run as; `None` keeps Gantry's own (only when Gantry is not root).
     pub user: Option<StepUser>,
+    /// Steps are uid 0 inside the sandbox's user namespace (`user = "root"`), which is `user`
+    /// (or Gantry's own) outside: root of nothing but the sandbox.
+    pub root_inside: bool,
     pub limits: ProcessLimits,
     /// Whether to keep a sandbox started ahead of time for the next run (a long-lived server;
     /// not a one-shot `gantry run`).
@@ -235,7 +237,7 @@ impl ProcessLimits {
 pub enum UserChoice {
     /// `nobody` when Gantry is root, else Gantry's own user (inside a user namespace).
     Default,
-    /// Keep root (written explicitly).
+    /// Uid 0 inside the sandbox's user namespace only (`user = "root"`).
     Root,
     Ids(StepUser),
     /// A name from `/etc/passwd`.
@@ -262,16 +264,25 @@ impl Sandbox {
     pub fn bubblewrap(user: UserChoice, limits: ProcessLimits) -> Result<Sandbox, SandboxError> {
         let bwrap = find_bwrap().ok_or(SandboxError::NoBwrap)?;
         let spawner = std::env::current_exe().map_err(SandboxError::NoExe)?;
-        let user = match user {
-            UserChoice::Default if running_as_root() => Some(StepUser::NOBODY),
-            UserChoice::Default | UserChoice::Root => None,
-            UserChoice::Ids(user) => Some(user),
-            UserChoice::Name(name) => Some(lookup_user(&name)?),
+        // Root outside is never given to steps: `root` (or a user whose uid is 0) means uid 0
+        // inside the sandbox's user namespace, `nobody` (or Gantry's own user) outside.
+        let (user, root_inside) = match user {
+            UserChoice::Default if running_as_root() => (Some(StepUser::NOBODY), false),
+            UserChoice::Default => (None, false),
+            UserChoice::Root if running_as_root() => (Some(StepUser::NOBODY), true),
+            UserChoice::Root => (None, true),
+            UserChoice::Ids(user) => (Some(user), false),
+            UserChoice::Name(name) => match lookup_user(&name)? {
+                StepUser { uid: 0, .. } if running_as_root() => (Some(StepUser::NOBODY), true),
+                StepUser { uid: 0, .. } => (None, true),
+                user => (Some(user), false),
+            },
         };
         Ok(Sandbox::Bubblewrap(Box::new(Bubblewrap {
             bwrap,
             spawner,
             user,
+            root_inside,
             limits,
             prewarm: false,
             spares: Arc::new(Spares::default()),
@@ -463,6 +474,9 @@ impl Jail {
         let mut inherit_fds = vec![theirs.as_raw_fd(), exe.as_raw_fd()];
         let mut cmd = Command::new(&config.bwrap);
         cmd.args(bwrap_args(run_dir, config.limits.tmp_size));
+        if config.root_inside {
+            cmd.args(["--uid", "0", "--gid", "0"]);
+        }
         if let (Some((_, info_w)), Some(resolv)) = (&info, &resolv) {
             cmd.args(["--info-fd".to_string(), info_w.as_raw_fd().to_string()]);
             cmd.args(["--ro-bind-data".to_string(), resolv.as_raw_fd().to_string()]);
