@@ -28,15 +28,16 @@ pub(super) struct CommentEvent {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-/// When `head` became the pull request's head, as far as Gantry can tell: its commit time, or
-/// later, when the pull request delivery that brought it arrived.
+/// When `head` became the pull request's head, as far as Gantry can tell: its commit time, and
+/// when the pull request delivery that brought it arrived (`None` when Gantry heard of no such
+/// delivery).
 async fn head_moved_at(
     intake: &Intake,
     source: &str,
     pr: u64,
     mirror: &crate::source::mirror::Mirror,
     head: &str,
-) -> Result<Option<DateTime<Utc>>, String> {
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), String> {
     let (m, h) = (mirror.clone(), head.to_string());
     let committed = blocking(move || m.commit_time(&h).map_err(|e| e.to_string())).await?;
     let committed = DateTime::<Utc>::from_timestamp(committed, 0);
@@ -46,7 +47,7 @@ async fn head_moved_at(
         .map_err(|e| e.to_string())?
         .filter(|r| r.head_sha == head)
         .and_then(|r| r.head_seen_at);
-    Ok(committed.max(seen))
+    Ok((committed, seen))
 }
 
 pub(super) async fn on_comment(
@@ -143,13 +144,20 @@ pub(super) async fn on_comment(
         .can_write(&author_id)
         .await
         .map_err(|e| e.to_string())?;
-    let moved_after_comment = match (&named_commit, created_at) {
-        (None, Some(said)) => {
-            let moved = head_moved_at(intake, &source, pr, &mirror, &head).await?;
+    let (moved_after_comment, head_time_unknown) = match &named_commit {
+        None => {
+            let (committed, seen) = head_moved_at(intake, &source, pr, &mirror, &head).await?;
             // Forges give comment times in whole seconds.
-            moved.is_some_and(|m| m.timestamp() > said.timestamp())
+            let moved = created_at.is_some_and(|said| {
+                committed
+                    .max(seen)
+                    .is_some_and(|m| m.timestamp() > said.timestamp())
+            });
+            // A fork's commit time proves nothing (its author sets it): without a delivery that
+            // says when the head arrived, the commenter must name the commit.
+            (moved, !own && seen.is_none())
         }
-        _ => false,
+        Some(_) => (false, false),
     };
     let decision = events::decide_run(
         &RunCommand {
@@ -163,6 +171,7 @@ pub(super) async fn on_comment(
             can_write,
             named_commit: named_commit.as_deref(),
             moved_after_comment,
+            head_time_unknown,
         },
         &pipelines,
     );

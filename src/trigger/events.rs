@@ -311,6 +311,9 @@ pub struct RunCommand<'a> {
     pub named_commit: Option<&'a str>,
     /// Whether the head moved after the comment was written.
     pub moved_after_comment: bool,
+    /// Whether nothing but the commit's own time says when the head became the head: a fork's
+    /// commit times are its author's to set, so Gantry cannot tell that the commenter saw it.
+    pub head_time_unknown: bool,
 }
 
 /// What a `/gantry run` command comes to; intake carries it out.
@@ -365,6 +368,21 @@ pub fn decide_run<'a>(cmd: &RunCommand<'_>, pipelines: &'a [AtCommit]) -> Commen
                 short(head)
             ),
             format!("not started: @{named} is not the head"),
+        );
+    }
+    if cmd.named_commit.is_none() && cmd.head_time_unknown {
+        return reply(
+            format!(
+                "@{mention} not started: Gantry cannot tell when `{}` became the head of #{pr} (a \
+                 fork's commit times are its author's to set), so it cannot tell that you saw it; \
+                 name the commit you looked at: `/gantry run {plain_name} @{}`.",
+                short(head),
+                short(head)
+            ),
+            format!(
+                "not started: when {} became the head is unknown",
+                short(head)
+            ),
         );
     }
     if cmd.named_commit.is_none() && cmd.moved_after_comment {
@@ -581,6 +599,7 @@ mod tests {
             can_write: true,
             named_commit: None,
             moved_after_comment: false,
+            head_time_unknown: false,
         };
         assert!(matches!(
             decide_run(&cmd, &pipelines),
@@ -622,6 +641,32 @@ mod tests {
                 CommentDecision::Run { .. }
             ),
             "a named head wins over times"
+        );
+        assert_eq!(
+            reply_of(decide_run(
+                &RunCommand {
+                    head_time_unknown: true,
+                    ..cmd.clone()
+                },
+                &pipelines
+            )),
+            "@maintainer not started: Gantry cannot tell when `1234567` became the head of #7 (a \
+             fork's commit times are its author's to set), so it cannot tell that you saw it; \
+             name the commit you looked at: `/gantry run deploy @1234567`."
+        );
+        assert!(
+            matches!(
+                decide_run(
+                    &RunCommand {
+                        named_commit: Some("12345"),
+                        head_time_unknown: true,
+                        ..cmd.clone()
+                    },
+                    &pipelines
+                ),
+                CommentDecision::Run { .. }
+            ),
+            "a named head needs no time"
         );
         assert_eq!(
             reply_of(decide_run(

@@ -1556,8 +1556,14 @@ fn replies_quote_user_text_as_code() {
         "@maintainer `@everyone` does not name a commit; write `@` and 4 to 40 hex digits of the \
          head you mean, once"
     );
+    // Gantry has no record of #5, so the head is named (see the next test for why).
+    let head = w.remote.repo.head();
     w.accept(
-        &github_comment(5, "maintainer", "/gantry run **bold**`x`"),
+        &github_comment(
+            5,
+            "maintainer",
+            &format!("/gantry run **bold**`x` @{}", &head[..7]),
+        ),
         "quote-name",
     );
     assert_eq!(
@@ -1568,4 +1574,41 @@ fn replies_quote_user_text_as_code() {
         )
     );
     assert!(w.runs().is_empty(), "{:?}", w.runs());
+}
+
+/// A command on a pull request Gantry heard nothing of (a fork's, say) runs nothing unless it
+/// names the commit: only the commit's own time, which its author sets, says when it became the
+/// head, so Gantry cannot tell that the commenter saw it.
+#[test]
+fn an_unproven_head_takes_a_named_commit() {
+    let deploy = pipeline("deploy", "on: {comment: true}\n", "echo deployed", "");
+    let (remote, _) = remote_with(&[("deploy.yaml", &deploy)]);
+    let w = World::start(Forge::Github, remote, "0s");
+    w.fake.set_permission("maintainer", "write");
+    let head = w.remote.repo.head();
+    w.fake.set_pr_head(9, &head);
+    w.accept(
+        &github_comment(9, "maintainer", "/gantry run deploy"),
+        "unproven",
+    );
+    assert_eq!(
+        reply_text(&w, 9, "cannot tell when"),
+        format!(
+            "@maintainer not started: Gantry cannot tell when `{short}` became the head of #9 (a \
+             fork's commit times are its author's to set), so it cannot tell that you saw it; name \
+             the commit you looked at: `/gantry run deploy @{short}`.",
+            short = &head[..7]
+        )
+    );
+    assert!(w.runs().is_empty(), "{:?}", w.runs());
+    w.accept(
+        &github_comment(
+            9,
+            "maintainer",
+            &format!("/gantry run deploy @{}", &head[..7]),
+        ),
+        "named",
+    );
+    let run = w.wait_run("deploy", "comment");
+    assert_eq!(run["git"]["sha"], head.as_str(), "{run}");
 }
