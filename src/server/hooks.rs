@@ -247,8 +247,21 @@ pub async fn receive(
                 "the signature does not match".to_string()
             }
         );
-        if let Some(ip) = peer {
+        // Only a check that cost hashing counts against the address: a body about no watched
+        // repository costs nothing, and events about no repository at all (a GitHub App's
+        // installation events, an organisation's ping) come from the forge's own addresses.
+        if let Some(ip) = peer.filter(|_| signed && secrets > 0) {
             state.hook_failures.note(ip, Instant::now());
+        }
+        if claimed.is_none() {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "the {forge} delivery names no repository; Gantry takes deliveries about the \
+                     repositories it watches"
+                ),
+            )
+            .into_response();
         }
         return not_genuine(forge, claimed.as_deref());
     };
