@@ -186,6 +186,8 @@ pub struct LocalExecutorConfig {
     pub run_processes: Option<u64>,
     /// Thousandths of a CPU (`run_cpus = 1.5` is 1500).
     pub run_millicpus: Option<u64>,
+    /// Bytes a run's own files may take.
+    pub run_disk: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -860,6 +862,7 @@ impl Checker<'_> {
                 "run_memory",
                 "run_processes",
                 "run_cpus",
+                "run_disk",
             ],
         );
         let mut c = LocalExecutorConfig::default();
@@ -893,6 +896,7 @@ impl Checker<'_> {
         c.host_ports = self.ports(t, p, "host_ports");
         c.run_memory = self.size(t, p, "run_memory");
         c.run_processes = self.count(t, p, "run_processes");
+        c.run_disk = self.size(t, p, "run_disk");
         if let Some(v) = t.get("run_cpus") {
             let cpus = match v.get_ref() {
                 DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),

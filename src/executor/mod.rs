@@ -118,6 +118,12 @@ pub struct Limits {
     pub max_step_log: u64,
     /// Log bytes kept per run.
     pub max_run_log: u64,
+    /// Bytes the run's own files (workspace, outputs) may take on this machine (`run_disk`);
+    /// past it the run is stopped.
+    pub run_disk: Option<u64>,
+    /// Bytes that must stay free on the file system of the run's files (the store's reserve when
+    /// they share it); a run that takes them is stopped.
+    pub keep_free: u64,
 }
 
 impl Limits {
@@ -132,8 +138,10 @@ impl Limits {
 }
 
 /// A byte count as people write it: `16 MiB`, `4 KiB`, `100 bytes`.
-fn human_bytes(n: u64) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+pub(crate) fn human_bytes(n: u64) -> String {
+    if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
+        format!("{} GiB", n >> 30)
+    } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
     } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
@@ -151,6 +159,8 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             max_step_log: 16 << 20,
             max_run_log: 64 << 20,
+            run_disk: Some(10 << 30),
+            keep_free: 0,
         }
     }
 }

@@ -422,7 +422,11 @@ pub fn start(
         pr_number: run.pr,
         checkout: how.checkout,
         run_dir,
-        limits: how.limits,
+        // A run's files must leave the store's reserve alone: a run that eats into it is stopped.
+        limits: crate::executor::Limits {
+            keep_free: how.limits.keep_free.max(store.space().reserve),
+            ..how.limits
+        },
     };
     Ok(Prepared {
         run,

@@ -231,6 +231,9 @@ pub fn local_executor(
     if let Some(n) = config.max_run_log {
         limits.max_run_log = n;
     }
+    if let Some(n) = config.run_disk {
+        limits.run_disk = Some(n);
+    }
     let sandbox = match config.sandbox {
         SandboxMode::None => {
             eprintln!(

@@ -492,3 +492,40 @@ async fn run_unsandboxed(store: gantry::store::Store, text: String) -> gantry::s
     .await
     .expect("recorded")
 }
+
+/// A step that writes without end is stopped at the run's disk limit (`run_disk`): the run
+/// fails saying why, and its files stop growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_fills_its_disk_limit_is_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = gantry::store::Store::open(&dir.path().join("data")).expect("store");
+    let text = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: filler\nsteps:\n  - name: fill\n    script: |\n      i=0\n      while [ $i -lt 400 ]; do head -c 1048576 /dev/zero > \"f$i\"; i=$((i+1)); sleep 0.01; done\n      echo finished\n";
+    let limits = gantry::executor::Limits {
+        run_disk: Some(16 << 20),
+        ..Default::default()
+    };
+    let prepared = gantry::run::prepare(&store, crate::support::file_run(text, "f.yaml", limits))
+        .expect("prepared");
+    let run = gantry::run::execute(
+        &store,
+        std::sync::Arc::new(gantry::executor::local::LocalExecutor::new()),
+        prepared,
+        tokio_util::sync::CancellationToken::new(),
+        |_, _| {},
+    )
+    .await
+    .expect("recorded");
+    assert_eq!(run.status, gantry::store::RunStatus::Failed, "{run:?}");
+    let steps = store.steps(&run.id).expect("steps");
+    let message = steps[0].message.clone().unwrap_or_default();
+    assert!(message.contains("disk limit (`run_disk`)"), "{message}");
+    let (lines, _) = store.logs(&run.id, Some(0), None).expect("logs");
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.text.as_str()).collect();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("its files take more than 16 MiB (`run_disk`)")),
+        "{texts:?}"
+    );
+    assert!(!texts.contains(&"finished"), "{texts:?}");
+}

@@ -309,3 +309,57 @@ pub(super) fn merge_into(from: &std::fs::File, to: &std::fs::File) -> io::Result
     }
     Ok(())
 }
+
+/// Why a run's files must stop growing, if they must: past `limits.run_disk` bytes under
+/// `run_dir` (counted as the file system allocates them, symlinks not followed, the walk ending
+/// as soon as the cap is passed), or the file system holding them below `limits.keep_free`.
+pub(super) fn over_disk(run_dir: &Path, limits: &crate::executor::Limits) -> Option<String> {
+    use crate::executor::human_bytes;
+    use std::os::unix::fs::MetadataExt;
+    if limits.keep_free > 0
+        && let Some(free) = free_bytes(run_dir)
+        && free < limits.keep_free
+    {
+        return Some(format!(
+            "the file system of its files has {} free, less than the {} that must stay free there",
+            human_bytes(free),
+            human_bytes(limits.keep_free)
+        ));
+    }
+    let cap = limits.run_disk?;
+    let mut total: u64 = 0;
+    let mut folders = vec![run_dir.to_path_buf()];
+    while let Some(dir) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+            if total > cap {
+                return Some(format!(
+                    "its files take more than {} (`run_disk`)",
+                    human_bytes(cap)
+                ));
+            }
+            if meta.is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into a zeroed struct of the right type.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}

@@ -168,6 +168,8 @@ impl Executor for LocalExecutor {
 enum Stopped {
     Cancelled,
     TimedOut,
+    /// Its files grew past the run's disk limit, or ate the space its file system must keep.
+    Disk,
 }
 
 impl Stopped {
@@ -175,6 +177,9 @@ impl Stopped {
         match self {
             Stopped::Cancelled => "run cancelled",
             Stopped::TimedOut => "run timed out",
+            Stopped::Disk => {
+                "run stopped: its files went past the run's disk limit (`run_disk`) or into the free space their file system must keep"
+            }
         }
     }
 }
@@ -469,6 +474,10 @@ async fn run(
     let run_timer = tokio::time::sleep_until(deadline.unwrap_or(started));
     tokio::pin!(run_timer);
     let mut stopped: Option<Stopped> = None;
+    // The run's files are measured once a second while steps run (off the async threads).
+    let mut disk_timer = tokio::time::interval(std::time::Duration::from_secs(1));
+    disk_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch_disk = input.limits.run_disk.is_some() || input.limits.keep_free > 0;
 
     s.decidable
         .extend((0..plan.steps.len()).filter(|&i| s.waiting[i] == 0));
@@ -513,6 +522,21 @@ async fn run(
                 stopped = Some(Stopped::TimedOut);
                 s.stop(Stopped::TimedOut);
             }
+            _ = disk_timer.tick(), if stopped.is_none() && watch_disk => {
+                let (dir, limits) = (run_dir.clone(), input.limits);
+                let over = tokio::task::spawn_blocking(move || dirs::over_disk(&dir, &limits))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(why) = over {
+                    eprintln!("gantry: run {} stopped: {why}", input.run_id);
+                    for &i in running.indices().iter() {
+                        shared.system(i, 0, &format!("[gantry: run stopped: {why}]")).await;
+                    }
+                    stopped = Some(Stopped::Disk);
+                    s.stop(Stopped::Disk);
+                }
+            }
             Some((i, result)) = running.next() => {
                 s.finish(i, result.status, result.message, Some(result.outputs));
                 s.settle();
@@ -541,6 +565,7 @@ async fn run(
     match stopped {
         Some(Stopped::Cancelled) => RunOutcome::Cancelled,
         Some(Stopped::TimedOut) => RunOutcome::TimedOut,
+        Some(Stopped::Disk) => RunOutcome::Failed,
         None if s.all_passed() => RunOutcome::Succeeded,
         None => RunOutcome::Failed,
     }

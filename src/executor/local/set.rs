@@ -97,6 +97,15 @@ impl StepSet {
         self.running == 0
     }
 
+    /// The steps running now.
+    pub fn indices(&self) -> Vec<usize> {
+        self.slots
+            .iter()
+            .filter(|s| s.future.is_some())
+            .map(|s| s.step)
+            .collect()
+    }
+
     /// Adds the future of step `step`; it is first polled by the next `next`.
     pub fn push(&mut self, step: usize, future: impl Future<Output = StepResult> + Send + 'static) {
         let future: StepFuture = Box::pin(future);
