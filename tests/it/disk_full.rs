@@ -477,11 +477,18 @@ async fn below_the_reserve_a_running_step_loses_its_log_and_outputs_not_the_stor
 
 /// Prepares and executes a pipeline's text on an unsandboxed local executor, to its record.
 async fn run_unsandboxed(store: gantry::store::Store, text: String) -> gantry::store::RunRecord {
-    let prepared = gantry::run::prepare(
-        &store,
-        crate::support::file_run(&text, "test.yaml", gantry::executor::Limits::default()),
-    )
-    .expect("prepared");
+    run_unsandboxed_with(store, text, gantry::executor::Limits::default()).await
+}
+
+/// [`run_unsandboxed`] with `limits`.
+async fn run_unsandboxed_with(
+    store: gantry::store::Store,
+    text: String,
+    limits: gantry::executor::Limits,
+) -> gantry::store::RunRecord {
+    let prepared =
+        gantry::run::prepare(&store, crate::support::file_run(&text, "test.yaml", limits))
+            .expect("prepared");
     gantry::run::execute(
         &store,
         std::sync::Arc::new(gantry::executor::local::LocalExecutor::new()),
@@ -504,17 +511,7 @@ async fn a_run_that_fills_its_disk_limit_is_stopped() {
         run_disk: Some(16 << 20),
         ..Default::default()
     };
-    let prepared = gantry::run::prepare(&store, crate::support::file_run(text, "f.yaml", limits))
-        .expect("prepared");
-    let run = gantry::run::execute(
-        &store,
-        std::sync::Arc::new(gantry::executor::local::LocalExecutor::new()),
-        prepared,
-        tokio_util::sync::CancellationToken::new(),
-        |_, _| {},
-    )
-    .await
-    .expect("recorded");
+    let run = run_unsandboxed_with(store.clone(), text.to_string(), limits).await;
     assert_eq!(run.status, gantry::store::RunStatus::Failed, "{run:?}");
     let steps = store.steps(&run.id).expect("steps");
     let message = steps[0].message.clone().unwrap_or_default();
