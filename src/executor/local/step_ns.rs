@@ -356,7 +356,8 @@ const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 unsafe fn exec_program(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd) -> ! {
     // SAFETY: plain system calls on memory made before the clone.
     unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        // Close-on-exec: only its copy on 0 reaches the program.
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
         if null < 0
             || libc::dup2(null, 0) < 0
             || libc::dup2(stdout, 1) < 0
