@@ -54,6 +54,25 @@ pub(super) struct Prepared {
     /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
     /// private before it mounts anything).
     shared: bool,
+    /// The stack the program starts on, in init's memory, until it executes (see `init`); the
+    /// program writes it through a raw pointer, hence the cell.
+    stack: std::cell::UnsafeCell<Vec<u8>>,
+}
+
+/// What the program's entry point needs, on init's stack.
+struct ProgramArgs<'a> {
+    prepared: &'a Prepared,
+    stdout: RawFd,
+    stderr: RawFd,
+    err_w: RawFd,
+}
+
+/// The program's entry point on its own stack (`clone` with `CLONE_VM | CLONE_VFORK`).
+extern "C" fn program_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at init's `ProgramArgs`, alive while init waits for the exec.
+    let args = unsafe { &*(arg as *const ProgramArgs<'_>) };
+    // SAFETY: runs as `exec_program` requires: only system calls, then exec or exit.
+    unsafe { exec_program(args.prepared, args.stdout, args.stderr, args.err_w) }
 }
 
 /// The spawner's bounding set and whether any of its mounts is shared, read once: they do not
@@ -151,6 +170,7 @@ impl Prepared {
             filter: super::seccomp::Filter::new(),
             bounding: spawner_facts().0,
             shared: spawner_facts().1,
+            stack: std::cell::UnsafeCell::new(vec![0; PROGRAM_STACK]),
         })
     }
 }
@@ -320,12 +340,24 @@ unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_
                 fail(err_w);
             }
         }
-        let program = raw_fork(0);
+        // The program shares init's memory until it executes, as posix_spawn does (init waits
+        // meanwhile): no copy of the address space for it. It runs on a stack of its own.
+        let args = ProgramArgs {
+            prepared: p,
+            stdout,
+            stderr,
+            err_w,
+        };
+        let stack = &mut *p.stack.get();
+        let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
+        let program = libc::clone(
+            program_entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const ProgramArgs<'_> as *mut libc::c_void,
+        );
         if program < 0 {
             fail(err_w);
-        }
-        if program == 0 {
-            exec_program(p, stdout, stderr, err_w);
         }
         libc::close(err_w);
         libc::close(stdout);
@@ -345,6 +377,9 @@ unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_
         }
     }
 }
+
+/// The program's stack until it executes: system calls only, so little is needed.
+const PROGRAM_STACK: usize = 64 * 1024;
 
 /// The capability header version that takes two 32-bit data words.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
