@@ -137,12 +137,15 @@ impl Limits {
     }
 }
 
-/// A byte count as people write it: `16 MiB`, `4 KiB`, `100 bytes`.
+/// A byte count as people write it: `16 MiB`, `4 KiB`, `100 bytes`; sizes of a GiB or more that
+/// are no whole number of MiB to one decimal (`11.8 GiB`).
 pub(crate) fn human_bytes(n: u64) -> String {
     if n >= 1 << 30 && n.is_multiple_of(1 << 30) {
         format!("{} GiB", n >> 30)
     } else if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{} MiB", n >> 20)
+    } else if n >= 1 << 30 {
+        format!("{:.1} GiB", n as f64 / f64::from(1u32 << 30))
     } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
         format!("{} KiB", n >> 10)
     } else {
@@ -628,6 +631,19 @@ impl Values {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        for (n, shown) in [
+            (100, "100 bytes"),
+            (4 << 10, "4 KiB"),
+            (16 << 20, "16 MiB"),
+            (10 << 30, "10 GiB"),
+            (12_637_691_904, "11.8 GiB"),
+        ] {
+            assert_eq!(human_bytes(n), shown, "{n}");
+        }
+    }
 
     #[test]
     fn debug_shows_names_but_no_secret_value() {
