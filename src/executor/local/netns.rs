@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,14 +29,6 @@ pub const MISSING: &str = "steps with the network on need slirp4netns, which giv
 
 /// The resolver steps use: slirp4netns's DNS forwarder, which asks the host's own resolvers.
 pub const RESOLV_CONF: &str = "nameserver 10.0.2.3\n";
-
-/// Finds `slirp4netns` on `PATH`.
-pub fn find_slirp() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("slirp4netns"))
-        .find(|p| p.is_file())
-}
 
 /// A run's connection to the outside; dropping it ends `slirp4netns`.
 pub(super) struct RunNet {

@@ -287,7 +287,7 @@ impl Sandbox {
             prewarm: false,
             spares: Arc::new(Spares::default()),
             net: Net {
-                slirp: super::netns::find_slirp(),
+                slirp: find_program("slirp4netns"),
                 host_ports: Vec::new(),
             },
             cgroup: super::cgroup::Layout::detect(),
@@ -314,9 +314,14 @@ fn lookup_user(name: &str) -> Result<StepUser, SandboxError> {
 
 /// Finds `bwrap` on `PATH`.
 pub fn find_bwrap() -> Option<PathBuf> {
+    find_program("bwrap")
+}
+
+/// Finds the program `name` on `PATH`.
+pub(super) fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|dir| dir.join("bwrap"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
