@@ -86,7 +86,13 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 impl Filter {
-    pub(super) fn new() -> Filter {
+    /// The filter, compiled once per process (the spawner installs the same one for every step).
+    pub(super) fn shared() -> &'static Filter {
+        static FILTER: std::sync::OnceLock<Filter> = std::sync::OnceLock::new();
+        FILTER.get_or_init(Filter::new)
+    }
+
+    fn new() -> Filter {
         let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
         let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
         let ret = libc::BPF_RET | libc::BPF_K;

@@ -48,7 +48,7 @@ pub(super) struct Prepared {
     /// step's; with the flags to remount that folder read-only with.
     outputs: Option<(CString, CString, libc::c_ulong)>,
     /// The system calls the step may not make.
-    filter: super::seccomp::Filter,
+    filter: &'static super::seccomp::Filter,
     /// The capabilities in the spawner's bounding set, which the program drops.
     bounding: &'static [libc::c_int],
     /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
@@ -167,7 +167,7 @@ impl Prepared {
             _env: env,
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
-            filter: super::seccomp::Filter::new(),
+            filter: super::seccomp::Filter::shared(),
             bounding: spawner_facts().0,
             shared: spawner_facts().1,
             stack: std::cell::UnsafeCell::new(vec![0; PROGRAM_STACK]),
