@@ -474,10 +474,9 @@ async fn run(
     let run_timer = tokio::time::sleep_until(deadline.unwrap_or(started));
     tokio::pin!(run_timer);
     let mut stopped: Option<Stopped> = None;
-    // The run's files are measured once a second while steps run (off the async threads).
-    let mut disk_timer = tokio::time::interval(std::time::Duration::from_secs(1));
-    disk_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watch_disk = input.limits.run_disk.is_some() || input.limits.keep_free > 0;
+    // The run's files are measured once a second by a task of their own (a walk off the async
+    // threads), which says only when they are too many: the loop below never waits for a walk.
+    let mut over_disk = DiskWatch::start(&run_dir, input.limits);
 
     s.decidable
         .extend((0..plan.steps.len()).filter(|&i| s.waiting[i] == 0));
@@ -522,20 +521,13 @@ async fn run(
                 stopped = Some(Stopped::TimedOut);
                 s.stop(Stopped::TimedOut);
             }
-            _ = disk_timer.tick(), if stopped.is_none() && watch_disk => {
-                let (dir, limits) = (run_dir.clone(), input.limits);
-                let over = tokio::task::spawn_blocking(move || dirs::over_disk(&dir, &limits))
-                    .await
-                    .ok()
-                    .flatten();
-                if let Some(why) = over {
-                    eprintln!("gantry: run {} stopped: {why}", input.run_id);
-                    for &i in running.indices().iter() {
-                        shared.system(i, 0, &format!("[gantry: run stopped: {why}]")).await;
-                    }
-                    stopped = Some(Stopped::Disk);
-                    s.stop(Stopped::Disk);
+            Some(why) = over_disk.found.recv(), if stopped.is_none() => {
+                eprintln!("gantry: run {} stopped: {why}", input.run_id);
+                for &i in running.indices().iter() {
+                    shared.system(i, 0, &format!("[gantry: run stopped: {why}]")).await;
                 }
+                stopped = Some(Stopped::Disk);
+                s.stop(Stopped::Disk);
             }
             Some((i, result)) = running.next() => {
                 s.finish(i, result.status, result.message, Some(result.outputs));
@@ -568,6 +560,50 @@ async fn run(
         Some(Stopped::Disk) => RunOutcome::Failed,
         None if s.all_passed() => RunOutcome::Succeeded,
         None => RunOutcome::Failed,
+    }
+}
+
+/// The task that measures a run's files (`dirs::over_disk`) once a second and reports, once, why
+/// they must stop growing; it ends with the run (dropped).
+struct DiskWatch {
+    found: tokio::sync::mpsc::Receiver<String>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DiskWatch {
+    fn start(run_dir: &std::path::Path, limits: Limits) -> DiskWatch {
+        let (tx, found) = tokio::sync::mpsc::channel(1);
+        let watched = limits.run_disk.is_some() || limits.keep_free > 0;
+        let run_dir = run_dir.to_path_buf();
+        let task = watched.then(|| {
+            tokio::spawn(async move {
+                let every = std::time::Duration::from_secs(1);
+                let mut ticks =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    let (dir, limits) = (run_dir.clone(), limits);
+                    let over = tokio::task::spawn_blocking(move || dirs::over_disk(&dir, &limits))
+                        .await
+                        .ok()
+                        .flatten();
+                    if let Some(why) = over {
+                        let _ = tx.send(why).await;
+                        return;
+                    }
+                }
+            })
+        });
+        DiskWatch { found, task }
+    }
+}
+
+impl Drop for DiskWatch {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
