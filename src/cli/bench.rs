@@ -9,6 +9,8 @@ use crate::spec;
 
 #[path = "bench_argo.rs"]
 pub mod argo;
+#[path = "bench_load.rs"]
+mod load_client;
 #[path = "bench_reconcile.rs"]
 pub mod reconcile;
 #[path = "bench_webhooks.rs"]

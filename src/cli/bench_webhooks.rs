@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
+use super::load_client;
 use super::reconcile::percentile;
 use crate::forge::Forge;
 use crate::forge::webhook::sign;
@@ -278,26 +279,30 @@ fn comment_template(size: usize) -> (String, String) {
 /// Sends deliveries of about `size` bytes from `connections` tasks for `seconds`; every tenth is
 /// a redelivery of an earlier id. Returns (answers per second, ids accepted as new, failures).
 async fn load(
-    url: &str,
+    addr: SocketAddr,
     connections: usize,
     seconds: f64,
     signed: bool,
     size: usize,
 ) -> Result<(f64, Vec<String>, u64), String> {
     let template = Arc::new(comment_template(size));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()
-        .map_err(|e| e.to_string())?;
     let sent = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
+    let mut opened = Vec::new();
+    for _ in 0..connections {
+        opened.push(
+            load_client::Connection::open(addr)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?,
+        );
+    }
+    let host = addr.to_string();
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..connections {
-        let (client, sent, failures) = (client.clone(), sent.clone(), failures.clone());
-        let url = url.to_string();
-        let template = template.clone();
+    for (c, mut connection) in opened.into_iter().enumerate() {
+        let (sent, failures) = (sent.clone(), failures.clone());
+        let (template, host) = (template.clone(), host.clone());
         tasks.push(tokio::spawn(async move {
             let mut accepted = Vec::new();
             let mut n: u64 = 0;
@@ -312,36 +317,39 @@ async fn load(
                 // The baseline gets the same headers, unchecked.
                 let body = format!("{}{id}{}", template.0, template.1).into_bytes();
                 let signature = sign(Forge::Github, &body, SECRET);
-                let mut request = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-github-event", "issue_comment")
-                    .header("x-github-delivery", &id)
-                    .body(body);
-                for (k, v) in signature.iter() {
-                    request = request.header(k, v);
-                }
-                match request.send().await {
-                    Ok(r) if r.status().is_success() => {
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("x-github-event", "issue_comment"),
+                    ("x-github-delivery", id.as_str()),
+                ];
+                headers.extend(signature.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                let request = load_client::post(&host, "/hooks/github", &headers, &body);
+                match connection.send(&request).await {
+                    Ok(a) if (200..300).contains(&a.status) => {
                         sent.fetch_add(1, Ordering::Relaxed);
-                        if signed {
-                            let text = r.text().await.unwrap_or_default();
-                            if text.contains("\"duplicate\":false") {
-                                accepted.push(id);
-                            }
+                        let new = b"\"duplicate\":false";
+                        if signed && a.body.windows(new.len()).any(|w| w == new) {
+                            accepted.push(id);
                         }
                     }
                     other => {
                         if failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                            let what = match other {
-                                Ok(r) => format!(
+                            let what = match &other {
+                                Ok(a) => format!(
                                     "answered {}: {}",
-                                    r.status(),
-                                    r.text().await.unwrap_or_default()
+                                    a.status,
+                                    String::from_utf8_lossy(&a.body)
                                 ),
-                                Err(e) => format!("{e:?}"),
+                                Err(e) => format!("{e}"),
                             };
                             eprintln!("gantry: bench webhooks: the first failed request: {what}");
+                        }
+                        // A connection the server closed is opened again.
+                        if other.is_err() {
+                            match load_client::Connection::open(addr).await {
+                                Ok(c) => connection = c,
+                                Err(_) => break,
+                            }
                         }
                     }
                 }
@@ -479,7 +487,7 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
     for &size in &opts.body_size {
         server.reset_peak();
         let (rate, accepted, failures) =
-            load(&hook, opts.connections, opts.seconds, true, size).await?;
+            load(listen, opts.connections, opts.seconds, true, size).await?;
         let peak_kib = server.memory("VmHWM:");
         // The backlog drains in the background; RSS is read once it has settled (four
         // readings in a row within 2%), or after 60 s.
@@ -498,14 +506,8 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
         }
         let settle = settle_start.elapsed();
         let (base_addr, base_stop) = baseline_server().await?;
-        let (base_rate, _, _) = load(
-            &format!("http://{base_addr}/hooks/github"),
-            opts.connections,
-            opts.seconds,
-            false,
-            size,
-        )
-        .await?;
+        let (base_rate, _, _) =
+            load(base_addr, opts.connections, opts.seconds, false, size).await?;
         base_stop.cancel();
         let new = accepted.iter().collect::<BTreeSet<_>>().len();
         accepted_all.extend(accepted);

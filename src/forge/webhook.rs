@@ -195,32 +195,49 @@ pub fn event_name<H: Headers + ?Sized>(forge: Forge, headers: &H) -> Option<Stri
     non_empty_header(headers, event_header(forge))
 }
 
-/// The repository id the body names (GitHub and Bitbucket `repository.full_name`, GitLab
-/// `project.path_with_namespace`); only for finding the `[[repos]]` entry whose secret checks
-/// the delivery. `None` when the body is not JSON or names none.
-///
-/// Cheap enough to run before verifying: the body is scanned, not built into a tree; only the
-/// one string is kept.
+/// A delivery body read once, before it is verified: only the fields the rules look at (see
+/// `project.rs`), enough to find the repository whose secret checks it and, once it is checked,
+/// the event, without reading the text a second time.
+pub struct ReadBody {
+    forge: Forge,
+    json: Value,
+}
+
+/// Reads a delivery body (a `PayloadError` when it is not JSON).
+pub fn read_body(forge: Forge, body: &[u8]) -> Result<ReadBody, PayloadError> {
+    let json = project::project(forge, body).map_err(|e| PayloadError::NotJson {
+        forge,
+        message: e.to_string(),
+    })?;
+    Ok(ReadBody { forge, json })
+}
+
+impl ReadBody {
+    /// The repository id the body names (GitHub and Bitbucket `repository.full_name`, GitLab
+    /// `project.path_with_namespace`); only for finding the `[[repos]]` entry whose secret
+    /// checks the delivery. `None` when it names none.
+    pub fn repo(&self) -> Option<String> {
+        self.json
+            .pointer(repo_pointer(self.forge))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+
+    /// The event, for a delivery already verified: `parse` of the same body.
+    pub fn event<H: Headers + ?Sized>(&self, headers: &H) -> Result<ForgeEvent, PayloadError> {
+        parse_value(
+            self.forge,
+            event_name(self.forge, headers).as_deref(),
+            &self.json,
+        )
+    }
+}
+
+/// The repository id the body names (see [`ReadBody::repo`]); `None` when the body is not JSON
+/// or names none.
 pub fn repo_of(forge: Forge, body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Repository {
-        full_name: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Project {
-        path_with_namespace: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Peek {
-        repository: Option<Repository>,
-        project: Option<Project>,
-    }
-    let peek: Peek = serde_json::from_slice(body).ok()?;
-    match forge {
-        Forge::Github | Forge::Bitbucket => peek.repository.and_then(|r| r.full_name),
-        Forge::Gitlab => peek.project.and_then(|p| p.path_with_namespace),
-    }
-    .filter(|s| !s.is_empty())
+    read_body(forge, body).ok()?.repo()
 }
 
 /// The sha256 of a delivery's raw body: a body accepted once is a replay under any delivery id.
@@ -237,11 +254,7 @@ pub fn parse<H: Headers + ?Sized>(
     body: &[u8],
 ) -> Result<ForgeEvent, PayloadError> {
     // Only the fields the rules read are kept (`project.rs`): most of a body is never looked at.
-    let json = project::project(forge, body).map_err(|e| PayloadError::NotJson {
-        forge,
-        message: e.to_string(),
-    })?;
-    parse_value(forge, event_name(forge, headers).as_deref(), &json)
+    read_body(forge, body)?.event(headers)
 }
 
 /// `parse` for a body already read as JSON, with the event name of the headers.

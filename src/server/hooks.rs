@@ -185,7 +185,8 @@ pub async fn receive(
     let view = HeaderView(&headers);
     // Only the repositories the body claims, and only when it carries a signature at all: a
     // body that names no configured repository (or none at all) costs no hashing.
-    let claimed = webhook::repo_of(forge, &body);
+    let read = webhook::read_body(forge, &body);
+    let claimed = read.as_ref().ok().and_then(webhook::ReadBody::repo);
     let candidates: Vec<Arc<WatchedRepo>> = state
         .repos
         .values()
@@ -271,7 +272,7 @@ pub async fn receive(
     if let Some(failure) = state.store.failure() {
         return come_back_later(format!("{failure}; Gantry is restarting"), "10");
     }
-    let event = match webhook::parse(forge, &view, &body) {
+    let event = match read.and_then(|read| read.event(&view)) {
         Ok(e) => e,
         Err(e) => {
             return ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response();
@@ -323,7 +324,9 @@ pub async fn receive(
         id: id.clone(),
         source: repo.source.name.clone(),
         event: webhook::event_name(forge, &view).unwrap_or_default(),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        // Valid UTF-8 (JSON is) is copied without the lossy path's second scan.
+        body: String::from_utf8(body.to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         body_at: None,
         received_at: Utc::now(),
         outcome: None,

@@ -197,21 +197,28 @@ impl Store {
             .delivery_hashes
             .compare_and_swap(&body_hash[..], None as Option<&[u8]>, Some(k.clone()))
             .map_err(|e| self.db_err(e))?;
-        if let Err(existing) = claimed
-            && existing.current.as_deref() != Some(&k[..])
-        {
-            return Ok(false);
-        }
-        // Known already and not given up: a redelivery, nothing to write.
-        let stored = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))?;
-        if let Some(old) = &stored
-            && !decode::<DeliveryRecord>(&k, old)?
+        let given_up = |k: &[u8], old: &sled::IVec| -> Result<bool, StoreError> {
+            Ok(decode::<DeliveryRecord>(k, old)?
                 .outcome
                 .as_deref()
-                .is_some_and(|o| o.starts_with("failed"))
-        {
-            return Ok(false);
-        }
+                .is_some_and(|o| o.starts_with("failed")))
+        };
+        // A body seen before under this id: a redelivery, with nothing to write unless its
+        // processing gave up (a new chance). A body never seen: no record is looked up first;
+        // the insert below finds one, if the id came before with another body.
+        let mut stored = match claimed {
+            Err(existing) if existing.current.as_deref() != Some(&k[..]) => return Ok(false),
+            Err(_) => {
+                let stored = self.inner.deliveries.get(&k).map_err(|e| self.db_err(e))?;
+                if let Some(old) = &stored
+                    && !given_up(&k, old)?
+                {
+                    return Ok(false);
+                }
+                stored
+            }
+            Ok(()) => None,
+        };
         // The body first, then the record that points at it. (A redelivery racing this one may
         // leave its body unreferenced in the log; retention removes the segment in the end.)
         let body_at = self
@@ -222,12 +229,24 @@ impl Store {
         let bytes = record_bytes(record, Some(body_at))?;
         self.note_write(bytes.len() + record.body.len() + 2 * k.len() + 64);
         // A first delivery, or a redelivery of one whose processing gave up (a new chance).
-        let inserted = self
-            .inner
-            .deliveries
-            .compare_and_swap(&k, stored, Some(bytes))
-            .map_err(|e| self.db_err(e))?
-            .is_ok();
+        let inserted = loop {
+            match self
+                .inner
+                .deliveries
+                .compare_and_swap(&k, stored.as_ref(), Some(bytes.clone()))
+                .map_err(|e| self.db_err(e))?
+            {
+                Ok(()) => break true,
+                Err(e) => match e.current {
+                    Some(current)
+                        if given_up(&k, &current)? && stored.as_ref() != Some(&current) =>
+                    {
+                        stored = Some(current);
+                    }
+                    _ => break false,
+                },
+            }
+        };
         if inserted {
             let seq = self.inner.db.generate_id().map_err(|e| self.db_err(e))?;
             // Counted before it is queued: the processor may take it (and count it off) before
