@@ -60,7 +60,11 @@ fn sandbox(args: &Args) -> Sandbox {
     match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
         Ok(Sandbox::Bubblewrap(mut b)) => {
             b.net.host_ports = args.host_ports.clone();
-            Sandbox::Bubblewrap(b)
+            // A run uid that a user of this machine has is never used: steps refuse instead.
+            match b.check_run_uids() {
+                Ok(()) => Sandbox::Bubblewrap(b),
+                Err(e) => Sandbox::Missing(e.to_string()),
+            }
         }
         Ok(sandbox) => sandbox,
         Err(e) => {

@@ -188,6 +188,9 @@ pub struct LocalExecutorConfig {
     pub run_millicpus: Option<u64>,
     /// Bytes a run's own files may take.
     pub run_disk: Option<u64>,
+    /// `run_uids = "FIRST-LAST"` (both included): the uids runs lease one of when Gantry is root.
+    /// Which uids may be in it is checked against the machine when the server starts.
+    pub run_uids: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -863,6 +866,7 @@ impl Checker<'_> {
                 "run_processes",
                 "run_cpus",
                 "run_disk",
+                "run_uids",
             ],
         );
         let mut c = LocalExecutorConfig::default();
@@ -874,6 +878,21 @@ impl Checker<'_> {
                     &join(p, "sandbox"),
                     &span,
                     format!("unknown sandbox `{other}`: expected `bubblewrap` or `none`"),
+                ),
+            }
+        }
+        if let Some((range, span)) = self.string(t, p, "run_uids") {
+            let parsed = range.split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+            });
+            match parsed {
+                Some((first, last)) if first <= last => c.run_uids = Some((first, last)),
+                _ => self.error(
+                    &join(p, "run_uids"),
+                    &span,
+                    format!(
+                        "expected `FIRST-LAST`, two uids with the first not above the last (such as \"1879048192-1879113727\"), found `{range}`"
+                    ),
                 ),
             }
         }

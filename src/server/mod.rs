@@ -262,6 +262,18 @@ pub fn local_executor(
             match Sandbox::bubblewrap(user, process_limits) {
                 Ok(Sandbox::Bubblewrap(mut b)) => {
                     b.prewarm = true;
+                    if let Some((first, last)) = config.run_uids
+                        && let Some(warning) = b.set_run_uids(first, last)?
+                    {
+                        eprintln!("gantry: warning: {warning}");
+                    }
+                    b.check_run_uids()?;
+                    if let Some(pool) = &b.uids {
+                        eprintln!(
+                            "gantry: each run's steps get a uid of their own from {}",
+                            pool.range()
+                        );
+                    }
                     b.net.host_ports = config.host_ports.clone();
                     if let Some(bytes) = config.run_memory {
                         b.run_limits.memory = Some(bytes);

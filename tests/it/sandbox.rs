@@ -43,6 +43,7 @@ fn a_probe_step_finds_nothing_of_gantry() {
         head("probe"),
         [
             "echo \"uid=$(id -u)\"".to_string(),
+            "echo \"name=$(id -un)\"".to_string(),
             format!("if ls {} >/dev/null 2>&1; then echo data=seen; else echo data=hidden; fi", data.display()),
             format!("if cat {} >/dev/null 2>&1; then echo config=seen; else echo config=hidden; fi", config.display()),
             // The host's paths do not exist inside; the host never sees the file.
@@ -71,7 +72,13 @@ fn a_probe_step_finds_nothing_of_gantry() {
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     let root = unsafe { libc_geteuid() } == 0;
     if root {
-        assert_eq!(probe(&stdout, "uid"), "65534", "steps never run as root");
+        // A uid of the run's own, which the step's user database knows.
+        let uid: u32 = probe(&stdout, "uid").parse().expect("a uid");
+        assert!(
+            gantry::executor::local::uids::DEFAULT_RANGE.holds(uid),
+            "steps run as a uid of the run's own: {uid}"
+        );
+        assert_eq!(probe(&stdout, "name"), "gantry-run");
     }
     assert_eq!(probe(&stdout, "data"), "hidden");
     assert_eq!(probe(&stdout, "config"), "hidden");
@@ -529,15 +536,108 @@ mod served {
         let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
         assert_eq!(run["status"], "succeeded", "{run} {log}");
         assert!(log.contains("uid=0"), "{log}");
-        assert!(
-            log.contains("map=0:65534") || !gantry::executor::local::sandbox::running_as_root(),
-            "{log}"
-        );
+        if gantry::executor::local::sandbox::running_as_root() {
+            let outside: u32 = log
+                .split("map=0:")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no uid map in {log}"));
+            assert!(
+                gantry::executor::local::uids::DEFAULT_RANGE.holds(outside),
+                "root inside is the run's own uid outside: {log}"
+            );
+        }
         assert!(
             !log.contains("map=0:0"),
             "root inside is not root outside: {log}"
         );
         assert!(log.contains("caps=0000000000000000"), "{log}");
+    }
+
+    /// Runs that run at the same time have uids of their own from `run_uids`, which their
+    /// steps' user database knows, and files a step leaves are that uid's.
+    #[test]
+    fn runs_running_together_have_uids_of_their_own() {
+        if !gantry::executor::local::sandbox::running_as_root() {
+            eprintln!("skipped: only a root Gantry gives steps uids of their own");
+            return;
+        }
+        let s = GantryServer::start(
+            ServerConfig::new()
+                .extra_toml("[executor.local]\nrun_uids = \"1879100000-1879100007\"\n"),
+        );
+        // Each step lasts long enough for the two runs to overlap (checked below).
+        let yaml = |name: &str| {
+            format!(
+                "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {{name: {name}}}\nsandbox: {{network: false}}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u) name=$(id -un) group=$(id -g)\"\n      touch \"$GANTRY_WORKSPACE/left\"\n      stat -c 'owner=%u' \"$GANTRY_WORKSPACE/left\"\n      sleep 1\n"
+            )
+        };
+        let a = run_local(&s, "uid-a", &yaml("uid-a"));
+        let b = run_local(&s, "uid-b", &yaml("uid-b"));
+        let mut uids = Vec::new();
+        let mut spans = Vec::new();
+        for id in [&a, &b] {
+            let run = wait_ended(&s, id);
+            let at = |k: &str| {
+                chrono::DateTime::parse_from_rfc3339(run[k].as_str().unwrap_or_default())
+                    .unwrap_or_else(|e| panic!("{k} of {run}: {e}"))
+            };
+            spans.push((at("started_at"), at("finished_at")));
+            let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
+            assert_eq!(run["status"], "succeeded", "{run} {log}");
+            let uid: u32 = log
+                .split("uid=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no uid in {log}"));
+            assert!(
+                (1879100000..=1879100007).contains(&uid),
+                "the uid comes from run_uids: {log}"
+            );
+            assert!(log.contains("name=gantry-run"), "{log}");
+            assert!(log.contains(&format!("group={uid}")), "{log}");
+            assert!(log.contains(&format!("owner={uid}")), "{log}");
+            uids.push(uid);
+        }
+        assert!(
+            spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1,
+            "the two runs ran at the same time: {spans:?}"
+        );
+        assert_ne!(uids[0], uids[1], "two runs never share a uid");
+    }
+
+    /// A `run_uids` range that holds a user of this machine stops the server at start, naming
+    /// the user: steps never share a uid with a host daemon.
+    #[test]
+    fn a_run_uid_range_holding_a_machine_user_is_refused_at_start() {
+        if !gantry::executor::local::sandbox::running_as_root() {
+            eprintln!("skipped: run_uids is used only by a root Gantry");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("gantry.toml");
+        // uid 1 is `daemon` on Debian; any user of uid 1 to 100 serves.
+        std::fs::write(
+            &config,
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[auth.tokens]]\nname = \"a\"\ntoken = \"tok-0123456789abcdef\"\n[executor.local]\nrun_uids = \"1-100\"\n",
+        )
+        .expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("GANTRY_MASTER_KEY", "7a".repeat(32))
+            .output()
+            .expect("gantry serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("run_uids") && stderr.contains("of /etc/passwd"),
+            "{stderr}"
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ mod tests;
 mod tests_io;
 #[cfg(test)]
 mod tests_kill;
+pub mod uids;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -207,6 +208,8 @@ struct Shared {
     run_dir: PathBuf,
     run_id: String,
     network: bool,
+    /// Who the run's steps are (a uid leased for this run, held until the run ends).
+    user: sandbox::RunUser,
     /// Log bytes kept so far, for the whole run and per step; and whether a step's cut was noted.
     run_log: AtomicU64,
     step_log: Vec<AtomicU64>,
@@ -283,7 +286,15 @@ impl Shared {
             Sandbox::None => return Ok(None),
         };
         self.jail
-            .get_or_init(|| Jail::start(config, &self.run_dir, self.network, &self.run_id))
+            .get_or_init(|| {
+                Jail::start(
+                    config,
+                    self.user.user,
+                    &self.run_dir,
+                    self.network,
+                    &self.run_id,
+                )
+            })
             .await
             .clone()
             .map(Some)
@@ -300,10 +311,7 @@ impl Shared {
 
     /// The user that owns what steps may write, when steps run as another user than Gantry.
     fn step_user(&self) -> Option<StepUser> {
-        match &self.sandbox {
-            Sandbox::Bubblewrap(b) => b.user,
-            Sandbox::None | Sandbox::Missing(_) => None,
-        }
+        self.user.user
     }
 
     fn stop_message(&self) -> &'static str {
@@ -396,6 +404,38 @@ async fn run(
     let run_dir = std::path::absolute(&input.run_dir).unwrap_or_else(|_| input.run_dir.clone());
     let workspace = run_dir.join("workspace");
     let outputs = run_dir.join("outputs");
+    // A sandbox started ahead of time, with its run directory laid out, saves a bubblewrap start
+    // (the largest fixed cost of a sandboxed run); the next one starts warming at once. The run
+    // keeps the spare's uid; otherwise it leases one of its own.
+    let mut spare = None;
+    if let Sandbox::Bubblewrap(config) = sandbox
+        && config.prewarm
+        && let Some(work_dir) = run_dir.parent()
+    {
+        if plan.network
+            && !run_dir.exists()
+            && let Some(taken) = config.spares.take(work_dir)
+            && std::fs::rename(&taken.dir, &run_dir).is_ok()
+        {
+            spare = Some(taken);
+        }
+        config.spares.warm(config, work_dir);
+    }
+    let from_spare = spare.is_some();
+    let (user, jail) = match spare {
+        Some(mut taken) => (
+            Ok(std::mem::take(&mut taken.user)),
+            Some(taken.jail.clone()),
+        ),
+        None => match sandbox {
+            Sandbox::Bubblewrap(config) => (config.run_user(), None),
+            Sandbox::None | Sandbox::Missing(_) => (Ok(sandbox::RunUser::default()), None),
+        },
+    };
+    let (user, no_user) = match user {
+        Ok(user) => (user, None),
+        Err(message) => (sandbox::RunUser::default(), Some(message)),
+    };
     let shared = Arc::new(Shared {
         events,
         secrets,
@@ -414,6 +454,7 @@ async fn run(
         run_dir: run_dir.clone(),
         run_id: input.run_id.clone(),
         network: plan.network,
+        user,
         run_log: AtomicU64::new(0),
         step_log: (0..plan.steps.len()).map(|_| AtomicU64::new(0)).collect(),
         step_cut: (0..plan.steps.len())
@@ -421,31 +462,13 @@ async fn run(
             .collect(),
     });
     let mut s = Scheduler::new(plan, input, shared.clone());
-
-    // A sandbox started ahead of time, with its run directory laid out, saves a bubblewrap start
-    // (the largest fixed cost of a sandboxed run); the next one starts warming at once.
-    let mut from_spare = false;
-    if let Sandbox::Bubblewrap(config) = sandbox
-        && config.prewarm
-        && let Some(work_dir) = run_dir.parent()
-    {
-        let spare = if plan.network && !run_dir.exists() {
-            config.spares.take(work_dir)
-        } else {
-            None
-        };
-        if let Some(spare) = spare
-            && std::fs::rename(&spare.dir, &run_dir).is_ok()
-        {
-            let _ = shared.jail.set(Ok(spare.jail.clone()));
-            from_spare = true;
-        }
-        config.spares.warm(config, work_dir);
+    if let Some(jail) = jail {
+        let _ = shared.jail.set(Ok(jail));
     }
-    let laid_out = if from_spare {
-        Ok(())
-    } else {
-        create_dirs(&shared)
+    let laid_out = match no_user {
+        Some(message) => Err(message),
+        None if from_spare => Ok(()),
+        None => create_dirs(&shared),
     };
     if let Err(message) = laid_out {
         for i in 0..plan.steps.len() {

@@ -52,8 +52,12 @@ pub struct Bubblewrap {
     pub bwrap: PathBuf,
     /// Gantry's own binary, which serves as the spawner inside the sandbox.
     pub spawner: PathBuf,
-    /// The user steps run as; `None` keeps Gantry's own (only when Gantry is not root).
+    /// The user steps run as when runs get no uid of their own (`uids`); `None` keeps Gantry's
+    /// own (only when Gantry is not root).
     pub user: Option<StepUser>,
+    /// Where each run leases a uid of its own (`[executor.local] run_uids`; a default range
+    /// when Gantry is root and no `user` is set). See `uids.rs`.
+    pub uids: Option<Arc<super::uids::UidPool>>,
     /// Steps are uid 0 inside the sandbox's user namespace (`user = "root"`), which is `user`
     /// (or Gantry's own) outside: root of nothing but the sandbox.
     pub root_inside: bool,
@@ -84,6 +88,8 @@ pub struct Net {
 pub(super) struct Spare {
     pub dir: PathBuf,
     pub jail: Arc<Jail>,
+    /// The uid the spare's sandbox runs as, which the run that takes it keeps.
+    pub user: RunUser,
 }
 
 impl Drop for Spare {
@@ -133,15 +139,19 @@ impl Spares {
             let _ = getrandom::getrandom(&mut tag);
             let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
             let dir = work_dir.join(format!("{SPARE_PREFIX}{name}"));
+            let Ok(user) = config.run_user() else {
+                spares.warming.store(false, Ordering::SeqCst);
+                return;
+            };
             let laid = {
-                let (dir, user) = (dir.clone(), config.user);
+                let (dir, user) = (dir.clone(), user.user);
                 tokio::task::spawn_blocking(move || super::lay_out(&dir, user)).await
             };
             if let Ok(Ok(())) = laid
-                && let Ok(jail) = Jail::start(&config, &dir, true, "spare").await
+                && let Ok(jail) = Jail::start(&config, user.user, &dir, true, "spare").await
             {
                 if let Ok(mut slot) = spares.slot.lock() {
-                    *slot = Some(Spare { dir, jail });
+                    *slot = Some(Spare { dir, jail, user });
                 }
             } else {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -256,6 +266,8 @@ pub enum SandboxError {
     UnknownUser(String),
     #[error("cannot find Gantry's own binary, which starts steps inside the sandbox: {0}")]
     NoExe(#[source] io::Error),
+    #[error("[executor.local] run_uids: {0}")]
+    RunUids(#[from] super::uids::UidRangeError),
 }
 
 impl Sandbox {
@@ -266,22 +278,24 @@ impl Sandbox {
         let spawner = std::env::current_exe().map_err(SandboxError::NoExe)?;
         // Root outside is never given to steps: `root` (or a user whose uid is 0) means uid 0
         // inside the sandbox's user namespace, `nobody` (or Gantry's own user) outside.
-        let (user, root_inside) = match user {
-            UserChoice::Default if running_as_root() => (Some(StepUser::NOBODY), false),
-            UserChoice::Default => (None, false),
-            UserChoice::Root if running_as_root() => (Some(StepUser::NOBODY), true),
-            UserChoice::Root => (None, true),
-            UserChoice::Ids(user) => (Some(user), false),
+        // As root, runs lease a uid of their own from the default range (`run_uids` replaces
+        // it); a user set by name or ids is taken as it is.
+        let pool =
+            || running_as_root().then(|| super::uids::UidPool::new(super::uids::DEFAULT_RANGE));
+        let (user, uids, root_inside) = match user {
+            UserChoice::Default => (None, pool(), false),
+            UserChoice::Root => (None, pool(), true),
+            UserChoice::Ids(user) => (Some(user), None, false),
             UserChoice::Name(name) => match lookup_user(&name)? {
-                StepUser { uid: 0, .. } if running_as_root() => (Some(StepUser::NOBODY), true),
-                StepUser { uid: 0, .. } => (None, true),
-                user => (Some(user), false),
+                StepUser { uid: 0, .. } => (None, pool(), true),
+                user => (Some(user), None, false),
             },
         };
         Ok(Sandbox::Bubblewrap(Box::new(Bubblewrap {
             bwrap,
             spawner,
             user,
+            uids,
             root_inside,
             limits,
             prewarm: false,
@@ -294,6 +308,82 @@ impl Sandbox {
             run_limits: super::cgroup::RunLimits::for_machine(),
         })))
     }
+}
+
+impl Bubblewrap {
+    /// Runs lease their uids from `first..=last` (`[executor.local] run_uids`), which must hold
+    /// no user of this machine. Only a root Gantry can give steps another uid, and a `user` set
+    /// by name or ids is kept as it is: the range is then not used, which is returned as a
+    /// warning to print.
+    pub fn set_run_uids(&mut self, first: u32, last: u32) -> Result<Option<String>, SandboxError> {
+        let range = super::uids::UidRange::new(first, last)?;
+        if !running_as_root() {
+            return Ok(Some(format!(
+                "run_uids ({range}) is not used: Gantry does not run as root, so steps run as its own user inside their user namespace"
+            )));
+        }
+        if self.uids.is_none() {
+            return Ok(Some(format!(
+                "run_uids ({range}) is not used: `user` is set, and every run's steps run as that user"
+            )));
+        }
+        self.uids = Some(super::uids::UidPool::new(range));
+        Ok(None)
+    }
+
+    /// Checks the range runs lease uids from against this machine's users.
+    pub fn check_run_uids(&self) -> Result<(), SandboxError> {
+        if let Some(pool) = &self.uids {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            pool.range().check_against(&passwd)?;
+            pool.range().check_against_groups(&group)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who one run's steps are: a leased uid (held as long as this is), the configured user, or
+/// Gantry's own (`user: None`).
+#[derive(Debug, Default)]
+pub struct RunUser {
+    pub user: Option<StepUser>,
+    _lease: Option<super::uids::Lease>,
+}
+
+impl Bubblewrap {
+    /// The user of a run starting now: a uid of its own when runs lease one.
+    pub fn run_user(&self) -> Result<RunUser, String> {
+        match &self.uids {
+            Some(pool) => {
+                let lease = pool.lease()?;
+                Ok(RunUser {
+                    user: Some(lease.user()),
+                    _lease: Some(lease),
+                })
+            }
+            None => Ok(RunUser {
+                user: self.user,
+                _lease: None,
+            }),
+        }
+    }
+}
+
+/// A descriptor to read `bytes` from, for bubblewrap's `--ro-bind-data` (a memory file: no size
+/// limit as a pipe written ahead has).
+fn data_fd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Seek;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags.
+    let fd = unsafe { libc::memfd_create(c"gantry-data".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut file = File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(OwnedFd::from(file))
 }
 
 /// A user's uid and primary gid from `/etc/passwd`.
@@ -419,6 +509,7 @@ impl Jail {
     /// answers. `network: false` gives it a network namespace of its own (loopback only).
     pub async fn start(
         config: &Bubblewrap,
+        user: Option<StepUser>,
         run_dir: &Path,
         network: bool,
         run_id: &str,
@@ -428,7 +519,7 @@ impl Jail {
         let mut tries = 0;
         loop {
             tries += 1;
-            match Jail::start_once(config, run_dir, network, run_id).await {
+            match Jail::start_once(config, user, run_dir, network, run_id).await {
                 Err(e) if e.contains("loopback: Failed") && tries < 3 => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -439,11 +530,12 @@ impl Jail {
 
     async fn start_once(
         config: &Bubblewrap,
+        user: Option<StepUser>,
         run_dir: &Path,
         network: bool,
         run_id: &str,
     ) -> Result<Arc<Jail>, String> {
-        if let Some(user) = config.user {
+        if let Some(user) = user {
             reachable(run_dir, user)?;
         }
         let slirp = match (network, &config.net.slirp) {
@@ -482,6 +574,25 @@ impl Jail {
         if config.root_inside {
             cmd.args(["--uid", "0", "--gid", "0"]);
         }
+        // A leased uid is in no user database of the host: the step's copies get a line for it.
+        let databases = match (user, &config.uids) {
+            (Some(user), Some(_)) if !config.root_inside => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                let made = |e: io::Error| format!("cannot give the sandbox its user: {e}");
+                let passwd =
+                    data_fd(super::uids::passwd_with(&passwd, user).as_bytes()).map_err(made)?;
+                let group =
+                    data_fd(super::uids::group_with(&group, user).as_bytes()).map_err(made)?;
+                for (fd, path) in [(&passwd, "/etc/passwd"), (&group, "/etc/group")] {
+                    cmd.args(["--ro-bind-data".to_string(), fd.as_raw_fd().to_string()]);
+                    cmd.arg(path);
+                    inherit_fds.push(fd.as_raw_fd());
+                }
+                vec![passwd, group]
+            }
+            _ => Vec::new(),
+        };
         if let (Some((_, info_w)), Some(resolv)) = (&info, &resolv) {
             cmd.args(["--info-fd".to_string(), info_w.as_raw_fd().to_string()]);
             cmd.args(["--ro-bind-data".to_string(), resolv.as_raw_fd().to_string()]);
@@ -509,7 +620,8 @@ impl Jail {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(user) = config.user {
+        if let Some(user) = user {
+            // (From root, std also drops the supplementary groups.)
             cmd.uid(user.uid).gid(user.gid);
         }
         inherit(&mut cmd, inherit_fds);
@@ -528,6 +640,7 @@ impl Jail {
         drop(theirs);
         drop(exe);
         drop(resolv);
+        drop(databases);
         let net = match (info, slirp) {
             (Some((info_r, info_w)), Some(slirp)) => {
                 drop(info_w);
