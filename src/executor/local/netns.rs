@@ -7,8 +7,8 @@
 //! - the host's loopback: `--disable-host-loopback` (the gateway does not lead to 127.0.0.1),
 //!   and the namespace's own 127.0.0.1 is a different loopback;
 //! - link-local addresses (169.254.0.0/16: cloud metadata endpoints) and the host's own
-//!   addresses: `prohibit` routes in the namespace, added by Gantry over netlink from a thread
-//!   that entered the namespace (when Gantry is root; see README for the rest);
+//!   addresses: `prohibit` routes in the namespace, added over netlink by a child of Gantry that
+//!   entered it (through the sandbox's user namespace when Gantry is not root);
 //! - the host's ports an operator names (`[executor.local] host_ports`) are the exception: the
 //!   spawner listens on them on the namespace's 127.0.0.1 and hands each connection to Gantry,
 //!   which connects it to the same port on the host's 127.0.0.1 (`proxy`).
@@ -66,14 +66,9 @@ pub(super) fn connect(slirp: &Path, pid: u32) -> Result<RunNet, String> {
     let netns = File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| format!("cannot open the sandbox's network namespace: {e}"))?;
     let root = super::sandbox::running_as_root();
-    if root {
-        let mut closed: Vec<(IpAddr, u8)> = vec![(IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16)];
-        closed.extend(host_addresses().into_iter().map(|a| (a, 32)));
-        block_routes(&netns, &closed)
-            .map_err(|e| format!("cannot close the host's addresses to steps: {e}"))?;
-    }
     // The namespace belongs to the sandbox's outer user namespace (bubblewrap nests a second one
-    // for the steps); a slirp4netns that is not root joins that one first.
+    // for the steps); a slirp4netns that is not root joins that one first, and so does the
+    // process that closes the routes.
     let owner = if root {
         None
     } else {
@@ -88,6 +83,10 @@ pub(super) fn connect(slirp: &Path, pid: u32) -> Result<RunNet, String> {
         // SAFETY: a new descriptor of ours.
         Some(unsafe { OwnedFd::from_raw_fd(fd) })
     };
+    let mut closed: Vec<(IpAddr, u8)> = vec![(IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16)];
+    closed.extend(host_addresses().into_iter().map(|a| (a, 32)));
+    block_routes(&netns, owner.as_ref(), &closed)
+        .map_err(|e| format!("cannot close the host's addresses to steps: {e}"))?;
     let (ready_r, ready_w) =
         super::process::pipe().map_err(|e| format!("cannot make a pipe: {e}"))?;
     let (exit_r, exit_w) =
@@ -204,44 +203,97 @@ fn host_addresses() -> Vec<IpAddr> {
 }
 
 /// Adds a `prohibit` route for each of `targets` in the network namespace `netns`, from a
-/// thread of its own that enters it (a thread's network namespace is its own to change).
-fn block_routes(netns: &File, targets: &[(IpAddr, u8)]) -> io::Result<()> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: setns(2) on a namespace descriptor; it changes this thread only.
-                if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let sock = netlink()?;
-                for (seq, (addr, len)) in targets.iter().enumerate() {
-                    add_prohibit(&sock, seq as u32 + 1, *addr, *len)?;
-                }
-                Ok(())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(io::Error::other("the route thread panicked")))
-    })
-}
-
-fn netlink() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
+/// child process that enters it. A Gantry that is not root may enter the namespace only from
+/// inside the user namespace that owns it (`owner`, which it owns: bubblewrap made it as
+/// Gantry's user), and a process can join a user namespace only while it has one thread: hence
+/// a child, forked for this and doing nothing but system calls, not a thread.
+fn block_routes(netns: &File, owner: Option<&OwnedFd>, targets: &[(IpAddr, u8)]) -> io::Result<()> {
+    // Every message is made before the fork: the child of a threaded process may not allocate.
+    let messages: Vec<Vec<u8>> = targets
+        .iter()
+        .enumerate()
+        .map(|(seq, (addr, len))| prohibit_message(seq as u32 + 1, *addr, *len))
+        .collect();
+    let owner = owner.map_or(-1, AsRawFd::as_raw_fd);
+    let netns = netns.as_raw_fd();
+    // SAFETY: the child makes only async-signal-safe system calls on memory made before the
+    // fork, and leaves with `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a new descriptor of ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    if pid == 0 {
+        // SAFETY: (the child) raw system calls; the exit status is the errno of what failed.
+        unsafe {
+            let errno = || *libc::__errno_location();
+            if owner >= 0 && libc::setns(owner, libc::CLONE_NEWUSER) != 0 {
+                libc::_exit(errno().clamp(1, 255));
+            }
+            if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                libc::_exit(errno().clamp(1, 255));
+            }
+            let sock = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if sock < 0 {
+                libc::_exit(errno().clamp(1, 255));
+            }
+            for msg in &messages {
+                if let Err(code) = send_and_ack(sock, msg) {
+                    libc::_exit(code.clamp(1, 255));
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for the child forked above.
+        let got = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if got == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, code) => Err(io::Error::from_raw_os_error(code)),
+        _ => Err(io::Error::other("the route process was killed")),
+    }
 }
 
-/// One `RTM_NEWROUTE` of type `RTN_PROHIBIT` for `addr/len` in the main table, and its ack.
-fn add_prohibit(sock: &OwnedFd, seq: u32, addr: IpAddr, len: u8) -> io::Result<()> {
+/// Sends one netlink request on `sock` and reads its ack: `Err(errno)` when the kernel refused
+/// it (an existing route is no refusal). System calls only, for the child of `block_routes`.
+fn send_and_ack(sock: RawFd, msg: &[u8]) -> Result<(), i32> {
+    // SAFETY: sending a buffer of its stated length, receiving into a local one.
+    unsafe {
+        if libc::send(sock, msg.as_ptr().cast(), msg.len(), 0) < 0 {
+            return Err(*libc::__errno_location());
+        }
+        let mut answer = [0u8; 1024];
+        let got = libc::recv(sock, answer.as_mut_ptr().cast(), answer.len(), 0);
+        if got < 0 {
+            return Err(*libc::__errno_location());
+        }
+        // An NLMSG_ERROR message: header (16), then the error code (0 for an ack).
+        let got = got as usize;
+        if got >= 20 && u16::from_ne_bytes([answer[4], answer[5]]) == libc::NLMSG_ERROR as u16 {
+            let code = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
+            if code != 0 && code != -libc::EEXIST {
+                return Err(-code);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One `RTM_NEWROUTE` of type `RTN_PROHIBIT` for `addr/len` in the main table.
+fn prohibit_message(seq: u32, addr: IpAddr, len: u8) -> Vec<u8> {
     let (family, bytes): (u8, Vec<u8>) = match addr {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
@@ -273,33 +325,7 @@ fn add_prohibit(sock: &OwnedFd, seq: u32, addr: IpAddr, len: u8) -> io::Result<(
     msg.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
     msg.extend_from_slice(&bytes);
     msg.resize(total, 0);
-    // SAFETY: sending a buffer of its stated length to the kernel.
-    let sent = unsafe { libc::send(sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut answer = [0u8; 1024];
-    // SAFETY: receiving into a local buffer of its stated length.
-    let got = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            answer.as_mut_ptr().cast(),
-            answer.len(),
-            0,
-        )
-    };
-    if got < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // An NLMSG_ERROR message: header (16), then the error code (0 for an ack).
-    let got = got as usize;
-    if got >= 20 && u16::from_ne_bytes([answer[4], answer[5]]) == libc::NLMSG_ERROR as u16 {
-        let code = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
-        if code != 0 && code != -libc::EEXIST {
-            return Err(io::Error::from_raw_os_error(-code));
-        }
-    }
-    Ok(())
+    msg
 }
 
 /// Carries one connection a step opened to an allowed host port (`inside`, handed over by the
