@@ -6,9 +6,9 @@
 //! `/proc/<pid>` of a process, the process-count rlimit, files a leftover could reach) separates
 //! runs as well as the namespaces do. The uid's group is the gid of the same number.
 //!
-//! Leases rotate through the range instead of taking the lowest free uid, so a uid comes back
-//! only after every other one was used: nothing of a run that ended (a file in a shared cache of
-//! the host, say) meets the next run under the same uid.
+//! Leases rotate through the range (from a random start) instead of taking the lowest free uid,
+//! so a uid comes back only after every other one was used: nothing of a run that ended (a file
+//! in a shared cache of the host, say) meets the next run under the same uid.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -169,12 +169,28 @@ impl Drop for Lease {
 }
 
 impl UidPool {
+    /// A pool that starts at a random uid of the range: two Gantry processes on one machine
+    /// (a server and a `gantry run`, say), which do not share a pool, seldom hand out the same
+    /// uid at the same time.
     pub fn new(range: UidRange) -> Arc<UidPool> {
+        let mut bytes = [0u8; 4];
+        let _ = getrandom::getrandom(&mut bytes);
+        let size = u64::from(range.last - range.first) + 1;
+        let offset = u64::from(u32::from_le_bytes(bytes)) % size;
+        UidPool::starting_at(range, range.first + offset as u32)
+    }
+
+    /// A pool whose first lease is `first` (or the range's first uid, when `first` is outside).
+    pub fn starting_at(range: UidRange, first: u32) -> Arc<UidPool> {
         Arc::new(UidPool {
             range,
             state: Mutex::new(PoolState {
                 in_use: BTreeSet::new(),
-                next: range.first,
+                next: if range.holds(first) {
+                    first
+                } else {
+                    range.first
+                },
             }),
         })
     }
@@ -290,7 +306,11 @@ mod tests {
 
     #[test]
     fn leases_rotate_and_are_never_held_twice() {
-        let pool = UidPool::new(UidRange::new(1000, 1002).expect("range"));
+        let range = UidRange::new(1000, 1002).expect("range");
+        let random = UidPool::new(range).lease().expect("random start");
+        assert!(range.holds(random.user().uid));
+        drop(random);
+        let pool = UidPool::starting_at(range, 1000);
         let a = pool.lease().expect("a");
         let b = pool.lease().expect("b");
         assert_eq!((a.user().uid, b.user().uid), (1000, 1001));
