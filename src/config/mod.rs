@@ -167,7 +167,8 @@ impl fmt::Debug for ArgoExecutorConfig {
 pub struct LocalExecutorConfig {
     /// `sandbox = "bubblewrap" | "none"`; bubblewrap unless written otherwise.
     pub sandbox: SandboxMode,
-    /// `user`: who steps run as when Gantry is root; `None` is the default (`nobody`).
+    /// `user`: who steps run as when Gantry is root; `None` is the default (a uid of each run's
+    /// own, from `run_uids`).
     pub user: Option<StepUserSpec>,
     pub open_files: Option<u64>,
     pub processes: Option<u64>,

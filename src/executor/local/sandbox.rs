@@ -58,8 +58,8 @@ pub struct Bubblewrap {
     /// Where each run leases a uid of its own (`[executor.local] run_uids`; a default range
     /// when Gantry is root and no `user` is set). See `uids.rs`.
     pub uids: Option<Arc<super::uids::UidPool>>,
-    /// Steps are uid 0 inside the sandbox's user namespace (`user = "root"`), which is `user`
-    /// (or Gantry's own) outside: root of nothing but the sandbox.
+    /// Steps are uid 0 inside the sandbox's user namespace (`user = "root"`), which is the run's
+    /// uid (or Gantry's own user) outside: root of nothing but the sandbox.
     pub root_inside: bool,
     pub limits: ProcessLimits,
     /// Whether to keep a sandbox started ahead of time for the next run (a long-lived server;
@@ -168,14 +168,6 @@ pub struct StepUser {
     pub gid: u32,
 }
 
-impl StepUser {
-    /// `nobody:nogroup`, the default when Gantry runs as root.
-    pub const NOBODY: StepUser = StepUser {
-        uid: 65534,
-        gid: 65534,
-    };
-}
-
 /// Resource limits of every step process (rlimits, inherited by whatever a step starts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessLimits {
@@ -245,7 +237,8 @@ impl ProcessLimits {
 /// Who steps run as, before it is resolved against this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserChoice {
-    /// `nobody` when Gantry is root, else Gantry's own user (inside a user namespace).
+    /// A uid of each run's own when Gantry is root (`run_uids`), else Gantry's own user (inside a
+    /// user namespace).
     Default,
     /// Uid 0 inside the sandbox's user namespace only (`user = "root"`).
     Root,
@@ -277,9 +270,9 @@ impl Sandbox {
         let bwrap = find_bwrap().ok_or(SandboxError::NoBwrap)?;
         let spawner = std::env::current_exe().map_err(SandboxError::NoExe)?;
         // Root outside is never given to steps: `root` (or a user whose uid is 0) means uid 0
-        // inside the sandbox's user namespace, `nobody` (or Gantry's own user) outside.
-        // As root, runs lease a uid of their own from the default range (`run_uids` replaces
-        // it); a user set by name or ids is taken as it is.
+        // inside the sandbox's user namespace, and the run's own uid (or Gantry's own user)
+        // outside. As root, runs lease a uid of their own from the default range (`run_uids`
+        // replaces it); a user set by name or ids is taken as it is.
         let pool =
             || running_as_root().then(|| super::uids::UidPool::new(super::uids::DEFAULT_RANGE));
         let (user, uids, root_inside) = match user {
@@ -341,17 +334,7 @@ impl Bubblewrap {
         }
         Ok(())
     }
-}
 
-/// Who one run's steps are: a leased uid (held as long as this is), the configured user, or
-/// Gantry's own (`user: None`).
-#[derive(Debug, Default)]
-pub struct RunUser {
-    pub user: Option<StepUser>,
-    _lease: Option<super::uids::Lease>,
-}
-
-impl Bubblewrap {
     /// The user of a run starting now: a uid of its own when runs lease one.
     pub fn run_user(&self) -> Result<RunUser, String> {
         match &self.uids {
@@ -368,6 +351,14 @@ impl Bubblewrap {
             }),
         }
     }
+}
+
+/// Who one run's steps are: a leased uid (held as long as this is), the configured user, or
+/// Gantry's own (`user: None`).
+#[derive(Debug, Default)]
+pub struct RunUser {
+    pub user: Option<StepUser>,
+    _lease: Option<super::uids::Lease>,
 }
 
 /// A descriptor to read `bytes` from, for bubblewrap's `--ro-bind-data` (a memory file: no size
