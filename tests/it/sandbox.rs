@@ -56,6 +56,11 @@ fn a_probe_step_finds_nothing_of_gantry() {
             "n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo \"processes=$n\"".to_string(),
             "if kill -0 1 2>/dev/null; then echo signal=init; else echo signal=refused; fi".to_string(),
             "echo \"home=$HOME\"".to_string(),
+            // The sandbox's root is read-only: no step plants a file that the next step's
+            // programs read from `/etc` (a preload library, a profile); `/tmp` stays writable.
+            "touch /etc/ld.so.preload 2>/dev/null && echo preload=planted || echo preload=refused".to_string(),
+            "touch /planted 2>/dev/null && echo root=written || echo root=refused".to_string(),
+            "touch /tmp/mine 2>/dev/null && echo tmp=written || echo tmp=refused".to_string(),
             "echo \"nofile=$(ulimit -n)\"; echo \"core=$(ulimit -c)\"".to_string(),
         ]
         .iter()
@@ -97,6 +102,9 @@ fn a_probe_step_finds_nothing_of_gantry() {
     let processes: u32 = probe(&stdout, "processes").parse().expect("a count");
     assert!(processes < 10, "a step sees {processes} processes");
     assert_eq!(probe(&stdout, "home"), "/tmp");
+    assert_eq!(probe(&stdout, "preload"), "refused");
+    assert_eq!(probe(&stdout, "root"), "refused");
+    assert_eq!(probe(&stdout, "tmp"), "written");
     assert_eq!(probe(&stdout, "nofile"), "4096", "steps get their rlimits");
     assert_eq!(probe(&stdout, "core"), "0");
     assert!(!stdout.contains(MASTER_KEY) && !stdout.contains("tok-probe-secret"));

@@ -590,6 +590,11 @@ impl Jail {
             cmd.arg("/etc/resolv.conf");
             inherit_fds.extend([info_w.as_raw_fd(), resolv.as_raw_fd()]);
         }
+        // Last of the mounts: the sandbox's root (the folders bubblewrap made the mount points
+        // in, `/etc` among them) becomes read-only. Left writable, it was the steps' uid's, and
+        // one step could plant `/etc/ld.so.preload` (or any file a program reads from `/etc`)
+        // for the next step's programs to load, with that step's secrets in their environment.
+        cmd.args(["--remount-ro", "/"]);
         cmd.arg("--")
             .arg(format!("/proc/self/fd/{}", exe.as_raw_fd()))
             .arg("__spawner")
