@@ -79,27 +79,6 @@ pub struct Space {
     refreshing: Mutex<()>,
 }
 
-/// `statvfs` of `dir`: (bytes available to unprivileged users, file system size).
-#[allow(clippy::unnecessary_cast)] // the field types are 32 bits wide on some targets
-fn statvfs(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("the data dir's path holds a NUL byte"))?;
-    let mut out = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `out` points to a statvfs to fill.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), out.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled `out`.
-    let s = unsafe { out.assume_init() };
-    let block = s.f_frsize as u64;
-    Ok((
-        (s.f_bavail as u64).saturating_mul(block),
-        (s.f_blocks as u64).saturating_mul(block),
-    ))
-}
-
 impl Space {
     pub fn new(dir: &Path) -> Space {
         Space {
@@ -136,7 +115,7 @@ impl Space {
         let Ok(_turn) = self.refreshing.try_lock() else {
             return; // another thread is reading it right now
         };
-        if let Ok((free, total)) = statvfs(&self.dir) {
+        if let Ok((free, total)) = crate::executor::local::disk_space(&self.dir) {
             self.free.store(free, Ordering::Relaxed);
             self.total.store(total, Ordering::Relaxed);
             self.written.store(0, Ordering::Relaxed);

@@ -317,7 +317,7 @@ pub(super) fn over_disk(run_dir: &Path, limits: &crate::executor::Limits) -> Opt
     use crate::executor::human_bytes;
     use std::os::unix::fs::MetadataExt;
     if limits.keep_free > 0
-        && let Some(free) = free_bytes(run_dir)
+        && let Ok((free, _)) = disk_space(run_dir)
         && free < limits.keep_free
     {
         return Some(format!(
@@ -352,14 +352,23 @@ pub(super) fn over_disk(run_dir: &Path, limits: &crate::executor::Limits) -> Opt
     None
 }
 
-/// Bytes an unprivileged writer may still use on the file system of `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
+/// The space of the file system that holds `path`: (bytes an unprivileged writer may still use,
+/// its size), from `statvfs`. Also the store's free-space reserve reads it (`store/space.rs`).
+#[allow(clippy::unnecessary_cast)] // the field types are 32 bits wide on some targets
+pub fn disk_space(path: &Path) -> std::io::Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into a zeroed struct of the right type.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL byte"))?;
+    let mut out = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated string and `out` points to a statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), out.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    // SAFETY: statvfs returned 0, so it filled `out`.
+    let s = unsafe { out.assume_init() };
+    let block = s.f_frsize as u64;
+    Ok((
+        (s.f_bavail as u64).saturating_mul(block),
+        (s.f_blocks as u64).saturating_mul(block),
+    ))
 }

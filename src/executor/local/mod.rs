@@ -41,6 +41,7 @@ pub mod cgroup;
 mod dirs;
 mod netns;
 mod seccomp;
+pub use dirs::disk_space;
 pub use netns::MISSING as NO_SLIRP;
 mod prepare;
 mod process;

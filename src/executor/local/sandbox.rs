@@ -362,7 +362,7 @@ pub struct RunUser {
 }
 
 /// A descriptor to read `bytes` from, for bubblewrap's `--ro-bind-data` (a memory file: no size
-/// limit as a pipe written ahead has).
+/// limit, as a pipe written ahead of bubblewrap's start has).
 fn data_fd(bytes: &[u8]) -> io::Result<OwnedFd> {
     use std::io::Seek;
     // SAFETY: memfd_create takes a NUL-terminated name and flags.
@@ -534,19 +534,13 @@ impl Jail {
             (true, Some(slirp)) => Some(slirp.clone()),
             (true, None) => return Err(super::netns::MISSING.to_string()),
         };
-        // With the network on, bubblewrap says its pid (whose namespace slirp4netns connects)
-        // and steps get slirp4netns's resolver.
-        let (info, resolv) = match slirp {
-            Some(_) => {
-                let made = |e: io::Error| format!("cannot make a pipe for the sandbox: {e}");
-                let (info_r, info_w) = super::process::pipe().map_err(made)?;
-                let (resolv_r, resolv_w) = super::process::pipe().map_err(made)?;
-                File::from(resolv_w)
-                    .write_all(super::netns::RESOLV_CONF.as_bytes())
-                    .map_err(made)?;
-                (Some((info_r, info_w)), Some(resolv_r))
-            }
-            None => (None, None),
+        // With the network on, bubblewrap says its pid (whose namespace slirp4netns connects).
+        let info = match slirp {
+            Some(_) => Some(
+                super::process::pipe()
+                    .map_err(|e| format!("cannot make a pipe for the sandbox: {e}"))?,
+            ),
+            None => None,
         };
         let (ours, theirs) =
             UnixStream::pair().map_err(|e| format!("cannot create the sandbox's socket: {e}"))?;
@@ -565,30 +559,31 @@ impl Jail {
         if config.root_inside {
             cmd.args(["--uid", "0", "--gid", "0"]);
         }
-        // A leased uid is in no user database of the host: the step's copies get a line for it.
-        let databases = match (user, &config.uids) {
-            (Some(user), Some(_)) if !config.root_inside => {
-                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-                let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-                let made = |e: io::Error| format!("cannot give the sandbox its user: {e}");
-                let passwd =
-                    data_fd(super::uids::passwd_with(&passwd, user).as_bytes()).map_err(made)?;
-                let group =
-                    data_fd(super::uids::group_with(&group, user).as_bytes()).map_err(made)?;
-                for (fd, path) in [(&passwd, "/etc/passwd"), (&group, "/etc/group")] {
-                    cmd.args(["--ro-bind-data".to_string(), fd.as_raw_fd().to_string()]);
-                    cmd.arg(path);
-                    inherit_fds.push(fd.as_raw_fd());
-                }
-                vec![passwd, group]
-            }
-            _ => Vec::new(),
-        };
-        if let (Some((_, info_w)), Some(resolv)) = (&info, &resolv) {
+        // Files of the step's `/etc` that differ from the host's: a leased uid is in no user
+        // database of the host, so the step's copies get a line for it; with the network on,
+        // steps use slirp4netns's resolver.
+        let mut replaced: Vec<(&str, String)> = Vec::new();
+        if let (Some(user), Some(_)) = (user, &config.uids)
+            && !config.root_inside
+        {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            replaced.push(("/etc/passwd", super::uids::passwd_with(&passwd, user)));
+            replaced.push(("/etc/group", super::uids::group_with(&group, user)));
+        }
+        if let Some((_, info_w)) = &info {
             cmd.args(["--info-fd".to_string(), info_w.as_raw_fd().to_string()]);
-            cmd.args(["--ro-bind-data".to_string(), resolv.as_raw_fd().to_string()]);
-            cmd.arg("/etc/resolv.conf");
-            inherit_fds.extend([info_w.as_raw_fd(), resolv.as_raw_fd()]);
+            inherit_fds.push(info_w.as_raw_fd());
+            replaced.push(("/etc/resolv.conf", super::netns::RESOLV_CONF.to_string()));
+        }
+        let mut data = Vec::new();
+        for (path, text) in replaced {
+            let fd = data_fd(text.as_bytes())
+                .map_err(|e| format!("cannot write the sandbox's {path}: {e}"))?;
+            cmd.args(["--ro-bind-data".to_string(), fd.as_raw_fd().to_string()]);
+            cmd.arg(path);
+            inherit_fds.push(fd.as_raw_fd());
+            data.push(fd);
         }
         // Last of the mounts: the sandbox's root (the folders bubblewrap made the mount points
         // in, `/etc` among them) becomes read-only. Left writable, it was the steps' uid's, and
@@ -635,8 +630,7 @@ impl Jail {
             .map_err(|e| format!("cannot start the sandbox ({}): {e}", config.bwrap.display()))?;
         drop(theirs);
         drop(exe);
-        drop(resolv);
-        drop(databases);
+        drop(data);
         let net = match (info, slirp) {
             (Some((info_r, info_w)), Some(slirp)) => {
                 drop(info_w);
