@@ -5,7 +5,8 @@
 //! run's stop token and one phase timer; no thread and no polling. Phases:
 //!
 //! - *running*: when the leader exits, the group gets SIGKILL at once (background children left
-//!   behind die with the step), then the pipes are drained. A pipe still open [`DRAIN`] after that
+//!   behind die with the step; a sandboxed step's init has killed them already, see `step_ns`),
+//!   then the pipes are drained. A pipe still open [`DRAIN`] after that
 //!   belongs to a process that left the group (`setsid`); it is abandoned.
 //! - *terminating* (step timeout, or the run stopped): the group got SIGTERM; the loop waits until
 //!   the leader has exited and both pipes are closed (normally: every member that shares them has
@@ -105,8 +106,7 @@ async fn run_in(
         Ok(jail) => jail,
         Err(message) => return not_started(shared, step, attempt, message).await,
     };
-    // The run's memory-limit kills before the step, to tell a kill of its own from an earlier.
-    let memory = jail.as_ref().map(|j| (j.clone(), j.memory_kills()));
+    let memory = jail.clone();
     let started = match jail {
         None => start_direct(launch).await,
         Some(jail) => start_jailed(jail, launch, &shared.stop).await,
@@ -147,7 +147,7 @@ async fn run_in(
             status = child.wait(), if exit.is_none() => {
                 exit = Some(status);
                 if phase == Phase::Running {
-                    group.kill();
+                    group.leader_exited();
                     phase = Phase::Killed;
                     phase_timer.as_mut().reset(later(DRAIN));
                 }
@@ -217,10 +217,9 @@ async fn run_in(
         (None, Some(Ok(status))) if status.success() => (StepStatus::Succeeded, None),
         (None, Some(Ok(status))) => {
             let mut message = describe(status);
-            if let Some((jail, Some((before, _)))) = &memory
+            if let Some(jail) = &memory
                 && status.signal() == Some(libc::SIGKILL)
-                && let Some((after, limit)) = jail.memory_kills()
-                && after > *before
+                && let Some(limit) = jail.new_memory_kill()
             {
                 message.push_str(&format!(
                     ": the run went past its memory limit ({}, `run_memory`)",
@@ -404,6 +403,16 @@ impl Group {
     fn kill(&mut self) {
         self.signal(libc::SIGKILL);
         self.killed = true;
+    }
+
+    /// After the leader's exit: background processes it left go. A sandboxed step's exit is
+    /// reported only once its namespace holds nobody else (`step_ns`), so only a direct group
+    /// is signalled.
+    fn leader_exited(&mut self) {
+        match self.target {
+            Target::Direct(_) => self.kill(),
+            Target::Jailed(..) => self.killed = true,
+        }
     }
 
     /// Ends the run's whole sandbox from outside (a sandboxed group only): for a spawner that no

@@ -437,6 +437,8 @@ pub(super) struct Jail {
     _net: Option<super::netns::RunNet>,
     /// The run's control groups; removed after bubblewrap is reaped (fields drop after `drop`).
     group: Option<super::cgroup::RunGroup>,
+    /// The memory-limit kills already accounted to a step (see `new_memory_kill`).
+    memory_kills_seen: AtomicU64,
 }
 
 /// What to start inside a sandbox, with paths as the sandbox sees them.
@@ -695,6 +697,7 @@ impl Jail {
             stderr,
             _net: net,
             group,
+            memory_kills_seen: AtomicU64::new(0),
         });
         match tokio::time::timeout(Duration::from_secs(20), ready_rx).await {
             Ok(Ok(())) => Ok(jail),
@@ -812,11 +815,19 @@ impl Jail {
         }
     }
 
-    /// How often the run's processes were killed for going past its memory limit, and that
-    /// limit; `None` without a memory group.
-    pub fn memory_kills(&self) -> Option<(u64, u64)> {
+    /// The run's memory limit, when the kernel killed one of its processes for going past it
+    /// since the last call: asked about a step that died of `SIGKILL`, so a step that ends
+    /// normally costs no reading of the control group. (The group is the run's own, created
+    /// with no kill counted.)
+    pub fn new_memory_kill(&self) -> Option<u64> {
         let group = self.group.as_ref()?;
-        Some((group.memory_kills(), group.memory_limit()?))
+        let kills = group.memory_kills();
+        let seen = self.memory_kills_seen.fetch_max(kills, Ordering::SeqCst);
+        if kills > seen {
+            group.memory_limit()
+        } else {
+            None
+        }
     }
 
     /// Sends `signal` to the process group of step process `id`.

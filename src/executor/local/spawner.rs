@@ -276,7 +276,9 @@ pub fn serve(args: &[String]) -> u8 {
         Err(_) => return 2,
     };
     let groups: Arc<Mutex<HashMap<u64, i32>>> = Arc::new(Mutex::new(HashMap::new()));
-    let children: Reaper = Arc::default();
+    let Ok(children) = Reaper::new().map(Arc::new) else {
+        return 2;
+    };
     {
         let (children, writer) = (children.clone(), writer.clone());
         if std::thread::Builder::new()
@@ -332,18 +334,15 @@ pub fn serve(args: &[String]) -> u8 {
                         }
                         let _ = reply(&writer, &Reply::Started { id, pid });
                         // Record who waits for it; if the reaper was quicker, report the exit.
-                        let early =
-                            children
-                                .0
-                                .lock()
-                                .ok()
-                                .and_then(|mut c| match c.early.remove(&pgid) {
-                                    Some(status) => Some(status),
-                                    None => {
-                                        c.ids.insert(pgid, id);
-                                        None
-                                    }
-                                });
+                        let early = children.children.lock().ok().and_then(|mut c| {
+                            match c.early.remove(&pgid) {
+                                Some(status) => Some(status),
+                                None => {
+                                    c.ids.insert(pgid, id);
+                                    None
+                                }
+                            }
+                        });
                         if let Some(status) = early {
                             let _ = reply(&writer, &Reply::Exited { id, status });
                         }
@@ -398,65 +397,186 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
     write_frame(&sock, &body, &[])
 }
 
-/// Who is waiting for which child: one reaper thread (`waitpid(-1)`) serves every step, so a
-/// step costs no thread of its own. A child may be reaped before the main loop has recorded it
-/// (it can exit at once); its status then waits in `early`.
+/// Who is waiting for which child: one reaper thread serves every step, so a step costs no
+/// thread of its own. A step's end is known when its init writes the program's wait status (by
+/// then nothing of the step is left running, see `step_ns`), or, when init was killed before it
+/// could, when init is reaped. A child may end before the main loop has recorded it (it can exit
+/// at once); its status then waits in `early`.
 #[derive(Default)]
 struct Children {
     ids: HashMap<i32, u64>,
     early: HashMap<i32, i32>,
-    /// Where each step's init writes its program's wait status (see `step_ns`).
-    statuses: HashMap<i32, OwnedFd>,
+    /// Every init not reaped yet.
+    inits: HashMap<i32, Init>,
     /// Inits whose program never started: reaped without a report.
     failed: std::collections::HashSet<i32>,
-    /// Children started and not reaped yet.
-    alive: usize,
 }
 
-type Reaper = Arc<(Mutex<Children>, std::sync::Condvar)>;
+struct Init {
+    /// Where init writes its program's wait status; dropped once read.
+    status: Option<OwnedFd>,
+    /// Readable once init has exited (`None` on a kernel without pidfds: then the reaper looks
+    /// every few milliseconds).
+    pidfd: Option<OwnedFd>,
+    /// Whether the step's end was reported (from the status, before init was reaped).
+    reported: bool,
+}
 
-/// Reaps every child of the spawner and reports each step's exit.
-fn reap(children: &Reaper, writer: &Mutex<UnixStream>) {
-    let (lock, wake) = &**children;
+struct Reaper {
+    children: Mutex<Children>,
+    /// A byte here wakes the reaper: a new init to watch.
+    wake_r: OwnedFd,
+    wake_w: OwnedFd,
+}
+
+impl Reaper {
+    fn new() -> io::Result<Reaper> {
+        let (wake_r, wake_w) = super::process::pipe()?;
+        for fd in [&wake_r, &wake_w] {
+            // SAFETY: fcntl on a descriptor this function owns.
+            unsafe {
+                let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+            }
+        }
+        Ok(Reaper {
+            children: Mutex::default(),
+            wake_r,
+            wake_w,
+        })
+    }
+
+    fn wake(&self) {
+        // SAFETY: writing one byte from a local; a full pipe already means a wake is pending.
+        unsafe { libc::write(self.wake_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+/// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec as every pidfd is.
+fn pidfd(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a descriptor just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What one watched descriptor belongs to.
+#[derive(Clone, Copy)]
+enum Watch {
+    Wake,
+    Status(i32),
+    Exit,
+}
+
+/// Records the end of `init`'s step: the report to send, unless the main loop has not recorded
+/// the step yet (then it sends it) or the step never started.
+fn ended(c: &mut Children, init: i32, status: i32, replies: &mut Vec<Reply>) {
+    if let Some(i) = c.inits.get_mut(&init) {
+        i.reported = true;
+    }
+    if c.failed.remove(&init) {
+        return;
+    }
+    match c.ids.remove(&init) {
+        Some(id) => replies.push(Reply::Exited { id, status }),
+        None => {
+            c.early.insert(init, status);
+        }
+    }
+}
+
+/// Watches every init and reports each step's end.
+fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid writes the status into a valid int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid > 0 {
-            let id = {
-                let Ok(mut c) = lock.lock() else { return };
-                c.alive = c.alive.saturating_sub(1);
-                // The step's program's own status, which its init passed on; init's own when it
-                // was killed before it could (the program then went with it).
-                if let Some(pipe) = c.statuses.remove(&pid) {
-                    status = super::step_ns::program_status(&pipe).unwrap_or(status);
+        let (mut fds, watches, blind) = {
+            let Ok(c) = reaper.children.lock() else {
+                return;
+            };
+            let mut fds = vec![(reaper.wake_r.as_raw_fd(), Watch::Wake)];
+            let mut blind = false;
+            for (&pid, init) in &c.inits {
+                if let Some(status) = &init.status {
+                    fds.push((status.as_raw_fd(), Watch::Status(pid)));
                 }
-                if c.failed.remove(&pid) {
+                match &init.pidfd {
+                    Some(fd) => fds.push((fd.as_raw_fd(), Watch::Exit)),
+                    None => blind = true,
+                }
+            }
+            let watches: Vec<Watch> = fds.iter().map(|(_, w)| *w).collect();
+            let fds: Vec<libc::pollfd> = fds
+                .iter()
+                .map(|(fd, _)| libc::pollfd {
+                    fd: *fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            (fds, watches, blind)
+        };
+        // The descriptors stay open while this runs: only this thread closes them.
+        // SAFETY: poll(2) on a valid array of pollfd of the given length.
+        let n = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                if blind { 5 } else { -1 },
+            )
+        };
+        if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+        let mut replies = Vec::new();
+        {
+            let Ok(mut c) = reaper.children.lock() else {
+                return;
+            };
+            for (fd, watch) in fds.iter().zip(&watches) {
+                if fd.revents == 0 {
                     continue;
                 }
-                match c.ids.remove(&pid) {
-                    Some(id) => Some(id),
-                    None => {
-                        c.early.insert(pid, status);
-                        None
+                match *watch {
+                    Watch::Wake => {
+                        let mut sink = [0u8; 64];
+                        // SAFETY: reading into a local buffer from a non-blocking pipe.
+                        while unsafe { libc::read(fd.fd, sink.as_mut_ptr().cast(), sink.len()) } > 0
+                        {
+                        }
                     }
+                    Watch::Status(pid) => {
+                        let status = c.inits.get_mut(&pid).and_then(|i| i.status.take());
+                        if let Some(status) =
+                            status.as_ref().and_then(super::step_ns::program_status)
+                        {
+                            ended(&mut c, pid, status, &mut replies);
+                        }
+                    }
+                    Watch::Exit => {}
                 }
-            };
-            if let Some(id) = id {
-                let _ = reply(writer, &Reply::Exited { id, status });
             }
-            continue;
+            // Every init that has exited is reaped; one whose step's end was not reported yet
+            // (killed before it wrote the status) is reported now, its namespace empty.
+            loop {
+                let mut status = 0;
+                // SAFETY: waitpid writes the status into a valid int.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
+                }
+                if let Some(init) = c.inits.remove(&pid)
+                    && !init.reported
+                {
+                    let status = init
+                        .status
+                        .as_ref()
+                        .and_then(super::step_ns::program_status)
+                        .unwrap_or(status);
+                    ended(&mut c, pid, status, &mut replies);
+                }
+            }
         }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => {}
-            // No child right now: wait until one is started.
-            Some(libc::ECHILD) => {
-                let Ok(c) = lock.lock() else { return };
-                if wake.wait_while(c, |c| c.alive == 0).is_err() {
-                    return;
-                }
-            }
-            _ => return,
+        for r in &replies {
+            let _ = reply(writer, r);
         }
     }
 }
@@ -490,20 +610,26 @@ fn spawn_one(request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Resul
         cwd: &cwd,
         outputs: outputs.as_deref().zip(root),
     })?;
-    let (lock, wake) = &**children;
-    // Held across the start, so the reaper never waits for "no children" while one is starting,
-    // and finds the status pipe of any init it reaps.
-    let mut c = lock
+    // Held across the start, so the reaper cannot reap the new init before it is recorded
+    // (and its pidfd open: the pid cannot be reused before it is reaped).
+    let mut c = children
+        .children
         .lock()
         .map_err(|_| io::Error::other("spawner state poisoned"))?;
     let started = super::step_ns::start(&prepared, stdout, stderr)?;
-    c.alive += 1;
-    c.statuses.insert(started.init, started.status);
+    c.inits.insert(
+        started.init,
+        Init {
+            status: Some(started.status),
+            pidfd: pidfd(started.init),
+            reported: false,
+        },
+    );
     if started.failed.is_some() {
         c.failed.insert(started.init);
     }
-    wake.notify_one();
     drop(c);
+    children.wake();
     match started.failed {
         Some(e) => Err(e),
         None => Ok(started.init as u32),

@@ -14,9 +14,12 @@
 //! So a step sees only its own processes (its `/proc` holds nothing else: not the spawner, not
 //! another step's processes or their environments), cannot signal the spawner (it has no pid for
 //! it), can write only its own outputs folder, and cannot leave anything behind: when the
-//! step's program exits, init writes its wait status to the spawner and exits, and the kernel
-//! kills whatever the step left in the namespace (`setsid`, double forks, `nohup` alike) before
-//! the spawner sees init exit, that is, before the executor hears that the step ended.
+//! step's program exits, init kills whatever else the step left in the namespace (`setsid`,
+//! double forks, `nohup` alike) and reaps it all, then writes the program's wait status to the
+//! spawner and exits. The spawner reports the step's end when that status arrives, so the
+//! namespace's teardown (a few hundred microseconds of unmounting) overlaps the next step's
+//! start; when init itself is killed (the grace period's `SIGKILL`) no status comes, and the
+//! spawner reports once init is reaped, after the kernel has emptied the namespace.
 //!
 //! Signals: the spawner signals the step's process group (init's, which the program inherits).
 //! The PID namespace's init ignores every signal it has no handler for, so a `SIGTERM` reaches
@@ -263,12 +266,13 @@ pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io
     Ok(started(None))
 }
 
-/// Reads the program's wait status that init wrote, if it did (it did not when init itself was
-/// killed, e.g. by the grace period's `SIGKILL`).
+/// Reads the program's wait status that init wrote, once the pipe is readable: `None` when init
+/// closed it without writing one (it was killed, e.g. by the grace period's `SIGKILL`, or the
+/// program never started).
 pub(super) fn program_status(status: &OwnedFd) -> Option<i32> {
     let mut bytes = [0u8; 4];
-    // SAFETY: reading into a local buffer; init wrote its 4 bytes before exiting, and the pipe
-    // holds them (or nothing) once init is reaped.
+    // SAFETY: reading into a local buffer; init writes its 4 bytes in one write, well under
+    // PIPE_BUF, so a read sees all of them or none.
     let n = unsafe { libc::read(status.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
     (n == 4).then(|| i32::from_ne_bytes(bytes))
 }
@@ -366,9 +370,23 @@ unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_
             let mut status = 0;
             let pid = libc::waitpid(-1, &mut status, 0);
             if pid == program {
+                // Whatever the step left in its namespace (`setsid`, double forks, `nohup`) ends
+                // here, before the spawner hears that the step ended: `kill(-1)` from pid 1 of a
+                // namespace reaches every other process in it, and every one of them descends
+                // from init (orphans are reparented to it), so "no child left" means "nobody
+                // left". `__WALL` also waits for children made with an exit signal other than
+                // SIGCHLD. The namespace's teardown (its mounts, its /proc) then happens while
+                // the next step starts, not before.
+                loop {
+                    libc::kill(-1, libc::SIGKILL);
+                    if libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) < 0
+                        && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
+                    {
+                        break;
+                    }
+                }
                 let bytes = status.to_ne_bytes();
                 libc::write(status_w, bytes.as_ptr().cast(), bytes.len());
-                // The kernel now kills whatever else is left in this namespace.
                 libc::_exit(0);
             }
             if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
