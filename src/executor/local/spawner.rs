@@ -16,8 +16,8 @@
 //! in the same `sendmsg`, so they can never be taken for another frame's.
 //!
 //! Executor to spawner: [`Request`]. Spawner to executor: [`Reply`]. The spawner answers `Ready`
-//! once, then `Started` or `Failed` for every `Spawn` in order, and `Exited` whenever a step's
-//! leader exits. When the socket closes the spawner kills every group it started and exits;
+//! once, then `Started` or `Failed` for every `Spawn` (not necessarily in the order of the
+//! requests), and then `Exited` when the step has ended. When the socket closes the spawner kills every group it started and exits;
 //! bubblewrap's PID namespace then takes whatever is left.
 
 use std::collections::HashMap;
@@ -325,26 +325,15 @@ pub fn serve(args: &[String]) -> u8 {
                 path,
                 outputs,
             } => {
-                let answer = spawn_one((program, args, env, cwd, path, outputs), fds, &children);
+                // `Started` (or `Failed`) comes from the reaper once the program executes: this
+                // loop goes on to the next request meanwhile. A `Signal` for this step is read
+                // after the group is recorded here.
+                let answer =
+                    spawn_one(id, (program, args, env, cwd, path, outputs), fds, &children);
                 match answer {
-                    Ok(pid) => {
-                        let pgid = i32::try_from(pid).unwrap_or(0);
+                    Ok(pgid) => {
                         if let Ok(mut g) = groups.lock() {
                             g.insert(id, pgid);
-                        }
-                        let _ = reply(&writer, &Reply::Started { id, pid });
-                        // Record who waits for it; if the reaper was quicker, report the exit.
-                        let early = children.children.lock().ok().and_then(|mut c| {
-                            match c.early.remove(&pgid) {
-                                Some(status) => Some(status),
-                                None => {
-                                    c.ids.insert(pgid, id);
-                                    None
-                                }
-                            }
-                        });
-                        if let Some(status) = early {
-                            let _ = reply(&writer, &Reply::Exited { id, status });
                         }
                     }
                     Err(e) => {
@@ -398,28 +387,28 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
 }
 
 /// Who is waiting for which child: one reaper thread serves every step, so a step costs no
-/// thread of its own. A step's end is known when its init writes the program's wait status (by
-/// then nothing of the step is left running, see `step_ns`), or, when init was killed before it
-/// could, when init is reaped. A child may end before the main loop has recorded it (it can exit
-/// at once); its status then waits in `early`.
+/// thread of its own. It says `Started` (or `Failed`) when the step's program executes (or could
+/// not), and `Exited` when its init writes the program's wait status (by then nothing of the step
+/// is left running, see `step_ns`), or, when init was killed before it could, when init is
+/// reaped.
 #[derive(Default)]
 struct Children {
-    ids: HashMap<i32, u64>,
-    early: HashMap<i32, i32>,
     /// Every init not reaped yet.
     inits: HashMap<i32, Init>,
-    /// Inits whose program never started: reaped without a report.
-    failed: std::collections::HashSet<i32>,
 }
 
 struct Init {
+    /// The step's id in the executor's requests.
+    id: u64,
+    /// Closes when the program executes, or carries why it could not; dropped once read.
+    exec: Option<OwnedFd>,
     /// Where init writes its program's wait status; dropped once read.
     status: Option<OwnedFd>,
     /// Readable once init has exited (`None` on a kernel without pidfds: then the reaper looks
     /// every few milliseconds).
     pidfd: Option<OwnedFd>,
-    /// Whether the step's end was reported (from the status, before init was reaped).
-    reported: bool,
+    /// Whether the step's end was reported, or will never be (its program never started).
+    done: bool,
 }
 
 struct Reaper {
@@ -464,24 +453,39 @@ fn pidfd(pid: i32) -> Option<OwnedFd> {
 #[derive(Clone, Copy)]
 enum Watch {
     Wake,
+    Exec(i32),
     Status(i32),
     Exit,
 }
 
-/// Records the end of `init`'s step: the report to send, unless the main loop has not recorded
-/// the step yet (then it sends it) or the step never started.
-fn ended(c: &mut Children, init: i32, status: i32, replies: &mut Vec<Reply>) {
-    if let Some(i) = c.inits.get_mut(&init) {
-        i.reported = true;
-    }
-    if c.failed.remove(&init) {
-        return;
-    }
-    match c.ids.remove(&init) {
-        Some(id) => replies.push(Reply::Exited { id, status }),
-        None => {
-            c.early.insert(init, status);
+/// Says whether `init`'s program started, once that is known (its exec pipe is readable, which
+/// it always is once the program or init has gone).
+fn settle_start(init: &mut Init, pid: i32, replies: &mut Vec<Reply>) {
+    let Some(exec) = init.exec.take() else { return };
+    match super::step_ns::start_error(&exec) {
+        None => replies.push(Reply::Started {
+            id: init.id,
+            pid: pid as u32,
+        }),
+        Some(e) => {
+            init.done = true;
+            replies.push(Reply::Failed {
+                id: init.id,
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            });
         }
+    }
+}
+
+/// Records the end of `init`'s step, after its start (the executor hears `Started` first).
+fn ended(init: &mut Init, pid: i32, status: i32, replies: &mut Vec<Reply>) {
+    settle_start(init, pid, replies);
+    if !init.done {
+        init.done = true;
+        replies.push(Reply::Exited {
+            id: init.id,
+            status,
+        });
     }
 }
 
@@ -495,6 +499,10 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
             let mut fds = vec![(reaper.wake_r.as_raw_fd(), Watch::Wake)];
             let mut blind = false;
             for (&pid, init) in &c.inits {
+                // The exec pipe before the status pipe: `Started` goes out before `Exited`.
+                if let Some(exec) = &init.exec {
+                    fds.push((exec.as_raw_fd(), Watch::Exec(pid)));
+                }
                 if let Some(status) = &init.status {
                     fds.push((status.as_raw_fd(), Watch::Status(pid)));
                 }
@@ -543,12 +551,17 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                         {
                         }
                     }
+                    Watch::Exec(pid) => {
+                        if let Some(init) = c.inits.get_mut(&pid) {
+                            settle_start(init, pid, &mut replies);
+                        }
+                    }
                     Watch::Status(pid) => {
-                        let status = c.inits.get_mut(&pid).and_then(|i| i.status.take());
-                        if let Some(status) =
-                            status.as_ref().and_then(super::step_ns::program_status)
+                        if let Some(init) = c.inits.get_mut(&pid)
+                            && let Some(status) = init.status.take()
+                            && let Some(status) = super::step_ns::program_status(&status)
                         {
-                            ended(&mut c, pid, status, &mut replies);
+                            ended(init, pid, status, &mut replies);
                         }
                     }
                     Watch::Exit => {}
@@ -563,15 +576,13 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                 if pid <= 0 {
                     break;
                 }
-                if let Some(init) = c.inits.remove(&pid)
-                    && !init.reported
-                {
+                if let Some(mut init) = c.inits.remove(&pid) {
                     let status = init
                         .status
-                        .as_ref()
-                        .and_then(super::step_ns::program_status)
+                        .take()
+                        .and_then(|s| super::step_ns::program_status(&s))
                         .unwrap_or(status);
-                    ended(&mut c, pid, status, &mut replies);
+                    ended(&mut init, pid, status, &mut replies);
                 }
             }
         }
@@ -592,9 +603,10 @@ type Launch = (
     Option<PathBuf>,
 );
 
-/// Starts one step in a PID and mount namespace of its own (`step_ns`); its exit is reported by
-/// the reaper. Returns the pid of the step's init, which leads the step's process group.
-fn spawn_one(request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Result<u32> {
+/// Starts step `id` in a PID and mount namespace of its own (`step_ns`); its start and exit are
+/// reported by the reaper. Returns the pid of the step's init, which leads the step's process
+/// group.
+fn spawn_one(id: u64, request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Result<i32> {
     let (program, args, env, cwd, path, outputs) = request;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
@@ -620,18 +632,14 @@ fn spawn_one(request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Resul
     c.inits.insert(
         started.init,
         Init {
+            id,
+            exec: Some(started.exec),
             status: Some(started.status),
             pidfd: pidfd(started.init),
-            reported: false,
+            done: false,
         },
     );
-    if started.failed.is_some() {
-        c.failed.insert(started.init);
-    }
     drop(c);
     children.wake();
-    match started.failed {
-        Some(e) => Err(e),
-        None => Ok(started.init as u32),
-    }
+    Ok(started.init)
 }

@@ -178,13 +178,14 @@ impl Prepared {
     }
 }
 
-/// A started step: the pid of its namespace's init (in the spawner's namespace), and the pipe on
-/// which init writes the program's wait status just before it exits.
+/// A started step: the pid of its namespace's init (in the spawner's namespace), the pipe on
+/// which init writes the program's wait status just before it exits, and the pipe that tells
+/// whether the program started: it closes at the program's exec, or carries the errno of what
+/// failed first (see [`start_error`]).
 pub(super) struct Started {
     pub init: libc::pid_t,
     pub status: OwnedFd,
-    /// Why the program did not start, if it did not (init then exits on its own).
-    pub failed: Option<io::Error>,
+    pub exec: OwnedFd,
 }
 
 /// `clone` with only an exit signal and `flags`: a fork that runs no `atfork` handlers, so it
@@ -209,8 +210,8 @@ unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
 }
 
 /// Starts the step described by `prepared` with `stdout` and `stderr`, in a PID and mount
-/// namespace of its own. Returns once its program is executing, or has failed to (`failed`; its
-/// init is then gone or going, and still to be reaped); an error only when no init was made.
+/// namespace of its own. Returns as soon as init exists, without waiting for the program's exec
+/// (so the spawner can start the next step meanwhile); an error only when no init was made.
 pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
     let (err_r, err_w) = super::process::pipe()?;
     let (status_r, status_w) = super::process::pipe()?;
@@ -235,19 +236,24 @@ pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io
     // SAFETY: setpgid has no memory-safety preconditions.
     unsafe { libc::setpgid(pid, pid) };
     drop((stdout, stderr, err_w, status_w));
-    // The program's exec closes the error pipe; a failure before it writes its errno there.
-    let started = |failed| Started {
+    Ok(Started {
         init: pid,
         status: status_r,
-        failed,
-    };
+        exec: err_r,
+    })
+}
+
+/// Once `exec` (a [`Started`]'s) is readable: `None` when the program is executing, or why it
+/// could not start (init then exits on its own, with no wait status). Never blocks once the
+/// program has exited or init is gone: every writer has closed the pipe by then.
+pub(super) fn start_error(exec: &OwnedFd) -> Option<io::Error> {
     let mut errno = [0u8; 4];
     let mut got = 0;
     while got < errno.len() {
         // SAFETY: reading into the unfilled part of a local buffer.
         let n = unsafe {
             libc::read(
-                err_r.as_raw_fd(),
+                exec.as_raw_fd(),
                 errno[got..].as_mut_ptr().cast(),
                 errno.len() - got,
             )
@@ -256,14 +262,10 @@ pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io
             0 => break,
             n if n > 0 => got += n as usize,
             _ if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            _ => return Ok(started(Some(io::Error::last_os_error()))),
+            _ => return Some(io::Error::last_os_error()),
         }
     }
-    if got == errno.len() {
-        let e = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
-        return Ok(started(Some(e)));
-    }
-    Ok(started(None))
+    (got == errno.len()).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
 }
 
 /// Reads the program's wait status that init wrote, once the pipe is readable: `None` when init
