@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: the webhook intake allocates and frees a body-sized buffer
+/// or two per delivery on every worker thread, where glibc's arenas spent ~9% of the server's
+/// CPU (`gantry bench webhooks`, see ARCHITECTURE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The spawner inside a run's sandbox (see `executor::local::spawner`): no argument parsing,
     // nothing to set up, it starts as fast as it can.
