@@ -37,6 +37,6 @@ pub struct Intake {
     pub repos: Arc<BTreeMap<String, Arc<WatchedRepo>>>,
     pub public_url: String,
     pub outbox: Arc<Outbox>,
-    /// Wakes the delivery processor (the webhook receiver notifies it).
-    pub deliveries: Arc<Notify>,
+    /// Wakes the delivery processor, with the events the webhook receiver read (see `inbox`).
+    pub deliveries: Arc<super::Inbox>,
 }

@@ -32,16 +32,19 @@ const PENDING_BATCH: usize = 1024;
 
 pub async fn process_loop(intake: Intake, stop: CancellationToken) {
     loop {
-        let pending = match intake
-            .store
-            .pending_deliveries(PENDING_BATCH, PENDING_BATCH_BYTES)
-        {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("gantry: warning: deliveries: {e}");
-                Vec::new()
-            }
-        };
+        // A delivery whose event the receiver handed over needs no body from the store.
+        let handed = |forge: &str, id: &str| intake.deliveries.holds(forge, id);
+        let pending =
+            match intake
+                .store
+                .pending_deliveries(PENDING_BATCH, PENDING_BATCH_BYTES, &handed)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("gantry: warning: deliveries: {e}");
+                    Vec::new()
+                }
+            };
         let now = Utc::now();
         let mut worked = false;
         let mut next_retry: Option<chrono::DateTime<Utc>> = None;
@@ -97,7 +100,7 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
             .min(std::time::Duration::from_secs(5));
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = intake.deliveries.notified() => {}
+            () = intake.deliveries.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -111,12 +114,16 @@ async fn dispatch(intake: &Intake, record: &DeliveryRecord) -> Result<String, St
         .get(&record.source)
         .cloned()
         .ok_or_else(|| format!("source `{}` is no longer configured", record.source))?;
-    let headers = vec![(
-        webhook::event_header(forge).to_string(),
-        record.event.clone(),
-    )];
-    let event =
-        webhook::parse(forge, &headers, record.body.as_bytes()).map_err(|e| e.to_string())?;
+    let event = match intake.deliveries.take(&record.forge, &record.id) {
+        Some(event) => event,
+        None => {
+            let headers = vec![(
+                webhook::event_header(forge).to_string(),
+                record.event.clone(),
+            )];
+            webhook::parse(forge, &headers, record.body.as_bytes()).map_err(|e| e.to_string())?
+        }
+    };
     let delivery = Delivery {
         forge,
         id: record.id.clone(),

@@ -11,6 +11,7 @@
 mod comment;
 mod context;
 mod deliveries;
+mod inbox;
 mod pull_request;
 mod push;
 mod run_at;
@@ -19,5 +20,6 @@ mod sync;
 
 pub use context::{Intake, WatchedRepo};
 pub use deliveries::process_loop;
+pub use inbox::Inbox;
 pub use schedule::schedule_loop;
 pub use sync::sync_loop;

@@ -336,19 +336,33 @@ pub async fn receive(
         last_error: None,
         head: None,
     };
+    // The processor gets the event read here, rather than reading and parsing the body again;
+    // offered before the store call, since the processor may reach the delivery before this
+    // handler is past `durable`.
+    let offered = state.deliveries.offer(&record.forge, &id, event);
     let new = match state
         .store
         .accept_delivery(&record, &webhook::body_hash(&body))
     {
         Ok(new) => new,
-        Err(StoreError::LowSpace(low)) => return come_back_later(low.to_string(), "60"),
-        Err(e) => return unstored(e),
+        Err(e) => {
+            if offered {
+                state.deliveries.withdraw(&record.forge, &id);
+            }
+            return match e {
+                StoreError::LowSpace(low) => come_back_later(low.to_string(), "60"),
+                e => unstored(e),
+            };
+        }
     };
+    if !new && offered {
+        state.deliveries.withdraw(&record.forge, &id);
+    }
     if new {
         if let Err(e) = state.store.durable().await {
             return unstored(e);
         }
-        state.deliveries.notify_one();
+        state.deliveries.notify();
     }
     answer(
         StatusCode::ACCEPTED,

@@ -60,8 +60,8 @@ pub struct AppState {
     pub tokens: Arc<Vec<ApiToken>>,
     pub public_url: String,
     pub outbox: Arc<Outbox>,
-    /// Wakes the delivery processor.
-    pub deliveries: Arc<Notify>,
+    /// Wakes the delivery processor and hands it the events read here.
+    pub deliveries: Arc<crate::intake::Inbox>,
     /// Cancelled when the server stops: long answers (log streams) end so the HTTP server can.
     pub shutdown: CancellationToken,
     /// Unprocessed deliveries beyond which webhooks are answered 503 (`[server] max_backlog`).
@@ -762,7 +762,7 @@ pub async fn serve(
         tokens: Arc::new(config.tokens.clone()),
         public_url: config.server.public_url.clone(),
         outbox: outbox.clone(),
-        deliveries: Arc::new(Notify::new()),
+        deliveries: Arc::default(),
         shutdown: stop.clone(),
         max_backlog: config.server.max_backlog,
         executors: Arc::new(executor_names),

@@ -445,10 +445,18 @@ fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_b
     );
     assert_eq!(store.delivery_backlog(), 10);
     // About 1,100 bytes each: a 3,000-byte budget stops after the third.
-    let batch = store.pending_deliveries(100, 3000).expect("pending");
+    let batch = store
+        .pending_deliveries(100, 3000, &|_, _| false)
+        .expect("pending");
     assert_eq!(batch.len(), 3);
     // One always comes, however small the budget.
-    assert_eq!(store.pending_deliveries(100, 1).expect("pending").len(), 1);
+    assert_eq!(
+        store
+            .pending_deliveries(100, 1, &|_, _| false)
+            .expect("pending")
+            .len(),
+        1
+    );
     let (seq, first) = &batch[0];
     store
         .finish_delivery(*seq, first, "done".into(), true)
@@ -784,7 +792,7 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
             .expect("accept")
     );
     let (seq, record) = store
-        .pending_deliveries(10, usize::MAX)
+        .pending_deliveries(10, usize::MAX, &|_, _| false)
         .expect("pending")
         .into_iter()
         .find(|(_, r)| r.id == "done")
@@ -909,7 +917,7 @@ fn a_body_accepted_once_is_a_duplicate_under_any_delivery_id() {
     );
     assert_eq!(
         store
-            .pending_deliveries(10, usize::MAX)
+            .pending_deliveries(10, usize::MAX, &|_, _| false)
             .expect("pending")
             .len(),
         2
@@ -1030,7 +1038,10 @@ fn a_delivery_body_lives_apart_from_its_record_and_older_inline_bodies_still_rea
         d
     );
     // Recording the outcome rewrites the record only; the body stays where it was.
-    let (seq, pending) = store.pending_deliveries(10, 1 << 20).expect("pending")[0].clone();
+    let (seq, pending) = store
+        .pending_deliveries(10, 1 << 20, &|_, _| false)
+        .expect("pending")[0]
+        .clone();
     assert_eq!(pending.body, d.body);
     store
         .finish_delivery(seq, &pending, "ignored".into(), false)
@@ -1091,7 +1102,7 @@ fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
     let store = Store::open(dir.path()).expect("reopen");
     assert!(
         store
-            .pending_deliveries(10, 1 << 20)
+            .pending_deliveries(10, 1 << 20, &|_, _| false)
             .expect("pending")
             .is_empty()
     );
@@ -1113,7 +1124,9 @@ fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
             .accept_delivery(&d, &body_hash(&d))
             .expect("redelivery")
     );
-    let pending = store.pending_deliveries(10, 1 << 20).expect("pending");
+    let pending = store
+        .pending_deliveries(10, 1 << 20, &|_, _| false)
+        .expect("pending");
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].1.body, d.body);
 }
@@ -1133,7 +1146,10 @@ fn body_segments_go_once_no_kept_delivery_points_into_them() {
             .accept_delivery(&old, &body_hash(&old))
             .expect("accept")
     );
-    let (seq, record) = store.pending_deliveries(10, usize::MAX).expect("pending")[0].clone();
+    let (seq, record) = store
+        .pending_deliveries(10, usize::MAX, &|_, _| false)
+        .expect("pending")[0]
+        .clone();
     store
         .finish_delivery(seq, &record, "ran 1".into(), true)
         .expect("finish");
