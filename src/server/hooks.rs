@@ -324,9 +324,8 @@ pub async fn receive(
         id: id.clone(),
         source: repo.source.name.clone(),
         event: webhook::event_name(forge, &view).unwrap_or_default(),
-        // Valid UTF-8 (JSON is) is copied without the lossy path's second scan.
-        body: String::from_utf8(body.to_vec())
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        // Stored from the bytes received (`accept_delivery_body`), without a copy.
+        body: String::new(),
         body_at: None,
         received_at: Utc::now(),
         outcome: None,
@@ -342,7 +341,7 @@ pub async fn receive(
     let offered = state.deliveries.offer(&record.forge, &id, event);
     let new = match state
         .store
-        .accept_delivery(&record, &webhook::body_hash(&body))
+        .accept_delivery_body(&record, &body, &webhook::body_hash(&body))
     {
         Ok(new) => new,
         Err(e) => {

@@ -3,10 +3,12 @@
 //! A body is 5–30 KB written once, read once or twice by the processor, and dropped by retention.
 //! In sled each one cost a page rewrite on every insert near it (its tree nodes are split and
 //! serialised whole, bodies included) and a place in sled's page cache, so a burst of real-size
-//! deliveries spent most of its time and memory there. Here a body is one `write` at the end of
+//! deliveries spent most of its time and memory there. Here a body is appended at the end of
 //! the current segment (`<data dir>/bodies/<segment>.log`, a new one every 64 MiB and at every
-//! open, so nothing is ever appended after a torn tail), and sled keeps only where it is
-//! (`Location`, in the delivery's record). Reads are `pread`s the OS page cache serves while the body is recent.
+//! open, so nothing is ever appended after a torn tail), gathered in memory and written with the
+//! others of its group commit, and sled keeps only where it is (`Location`, in the delivery's
+//! record). Reads are `pread`s the OS page cache serves while the body is recent (or copies from
+//! memory while it is not written yet).
 //!
 //! Each entry is `[length: u32 LE][crc32 of the body: u32 LE][body]`. `sync` (fdatasync of every
 //! segment written since the last one) runs with sled's flush in `Store::durable`, before a
@@ -36,12 +38,65 @@ pub struct Location {
     pub len: u32,
 }
 
+/// Entries gather in memory up to this size before they are written (and always before a
+/// `sync`): one `pwrite` for a group commit's bodies rather than one each, which was most of the
+/// body log's cost in a burst (each write also updates the file's times in the journal).
+const WRITE_BATCH: usize = 256 << 10;
+
 struct Writer {
     segment: u64,
     file: Arc<File>,
-    end: u64,
+    /// Where `pending` goes in the file: what was written before it ends here.
+    written: u64,
+    /// Entries appended and not written yet.
+    pending: Vec<u8>,
     /// Segments written to since the last `sync` (the current one, and any closed since).
     unsynced: Vec<Arc<File>>,
+    /// A write that failed since the last `sync`: bodies whose locations were handed out are
+    /// not in the file, so the next `sync` fails (once) rather than make them look durable.
+    lost: Option<std::io::ErrorKind>,
+}
+
+impl Drop for Writer {
+    /// What is gathered still reaches the file when the log closes (a store dropped without a
+    /// last `sync`).
+    fn drop(&mut self) {
+        let _ = self.write_pending();
+    }
+}
+
+impl Writer {
+    fn end(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
+    /// Writes `pending` at its place in the segment. On failure the segment is closed (the
+    /// next append starts a new one) and the loss is kept for `sync`.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        // At the offset this log keeps (not O_APPEND): the locations it handed out are where
+        // the bytes are, whatever happened to the file's end.
+        let result = self.file.write_all_at(&self.pending, self.written);
+        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, &self.file)) {
+            self.unsynced.push(self.file.clone());
+        }
+        match result {
+            Ok(()) => {
+                self.written += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Part of it may be there: the next body goes to a new segment.
+                self.lost = Some(e.kind());
+                self.written = SEGMENT_BYTES;
+                self.pending.clear();
+                Err(e)
+            }
+        }
+    }
 }
 
 pub struct BodyLog {
@@ -74,6 +129,15 @@ fn segments(dir: &Path) -> std::io::Result<BTreeSet<u64>> {
         }
     }
     Ok(out)
+}
+
+/// The body of `entry` (header and body) when it is `len` bytes long and its checksum holds.
+fn checked(entry: &[u8], len: u32) -> Option<Vec<u8>> {
+    let (header, body) = entry.split_at_checked(8)?;
+    let stored_len = u32::from_le_bytes(header[..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    (stored_len == len && body.len() == len as usize && crc32fast::hash(body) == crc)
+        .then(|| body.to_vec())
 }
 
 impl BodyLog {
@@ -109,55 +173,55 @@ impl BodyLog {
         Ok(file)
     }
 
-    /// Appends `body`; where it went. Not durable until `sync`.
+    /// Appends `body`; where it went. Not durable until `sync` (and not even in the file before
+    /// it, or before `WRITE_BATCH` bytes have gathered).
     pub fn append(&self, body: &[u8]) -> std::io::Result<Location> {
         let len = u32::try_from(body.len())
             .map_err(|_| std::io::Error::other("a delivery body over 4 GiB"))?;
-        let mut entry = Vec::with_capacity(8 + body.len());
-        entry.extend_from_slice(&len.to_le_bytes());
-        entry.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        entry.extend_from_slice(body);
         let mut guard = self
             .writer
             .lock()
             .map_err(|_| std::io::Error::other("the body log's lock is poisoned"))?;
         let roll = match guard.as_ref() {
             None => true,
-            Some(w) => w.end >= SEGMENT_BYTES,
+            Some(w) => w.end() >= SEGMENT_BYTES,
         };
         if roll {
             let next = match guard.as_ref() {
                 Some(w) => w.segment + 1,
                 None => segments(&self.dir)?.last().map_or(1, |n| n + 1),
             };
+            let (mut unsynced, mut lost) = (Vec::new(), None);
+            if let Some(mut old) = guard.take() {
+                // A failure is kept in `lost` for `sync`, the rest goes on in the new segment.
+                let _ = old.write_pending();
+                unsynced = std::mem::take(&mut old.unsynced);
+                lost = old.lost.take();
+            }
             let file = self.open_segment(next)?;
-            let mut unsynced = guard.take().map(|w| w.unsynced).unwrap_or_default();
-            unsynced.push(file.clone());
             *guard = Some(Writer {
                 segment: next,
                 file,
-                end: 0,
+                written: 0,
+                pending: Vec::new(),
                 unsynced,
+                lost,
             });
         }
         let w = guard
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no body segment open"))?;
-        // At the offset this log keeps (not O_APPEND): the location it hands out is where the
-        // bytes are, whatever happened to the file's end.
-        if let Err(e) = w.file.write_all_at(&entry, w.end) {
-            // Part of it may be there: the next body goes to a new segment.
-            w.end = SEGMENT_BYTES;
-            return Err(e);
-        }
         let at = Location {
             segment: w.segment,
-            offset: w.end + 8,
+            offset: w.end() + 8,
             len,
         };
-        w.end += entry.len() as u64;
-        if !w.unsynced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
-            w.unsynced.push(w.file.clone());
+        w.pending.extend_from_slice(&len.to_le_bytes());
+        w.pending
+            .extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        w.pending.extend_from_slice(body);
+        if w.pending.len() >= WRITE_BATCH {
+            w.write_pending()?;
         }
         Ok(at)
     }
@@ -166,7 +230,17 @@ impl BodyLog {
     pub fn sync(&self) -> std::io::Result<()> {
         let files = match self.writer.lock() {
             Ok(mut guard) => match guard.as_mut() {
-                Some(w) => std::mem::take(&mut w.unsynced),
+                Some(w) => {
+                    w.write_pending()?;
+                    if let Some(kind) = w.lost.take() {
+                        w.unsynced.clear();
+                        return Err(std::io::Error::new(
+                            kind,
+                            "bodies appended since the last sync could not be written",
+                        ));
+                    }
+                    std::mem::take(&mut w.unsynced)
+                }
                 None => return Ok(()),
             },
             Err(_) => return Err(std::io::Error::other("the body log's lock is poisoned")),
@@ -180,6 +254,21 @@ impl BodyLog {
     /// The body at `at`; `None` when it is not there whole (lost in a crash before it was
     /// durable, or its segment removed).
     pub fn read(&self, at: Location) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(header_at) = at.offset.checked_sub(8) else {
+            return Ok(None);
+        };
+        // Not written yet: still in memory.
+        if let Ok(guard) = self.writer.lock()
+            && let Some(w) = guard.as_ref()
+            && w.segment == at.segment
+            && header_at >= w.written
+        {
+            let from = usize::try_from(header_at - w.written).unwrap_or(usize::MAX);
+            let entry = from
+                .checked_add(8 + at.len as usize)
+                .and_then(|to| w.pending.get(from..to));
+            return Ok(entry.and_then(|entry| checked(entry, at.len)));
+        }
         let file = {
             let cached = self
                 .readers
@@ -201,22 +290,13 @@ impl BodyLog {
                 },
             }
         };
-        let Some(header_at) = at.offset.checked_sub(8) else {
-            return Ok(None);
-        };
         let mut buf = vec![0u8; 8 + at.len as usize];
         match file.read_exact_at(&mut buf, header_at) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-        let body = buf.split_off(8);
-        if len != at.len || crc32fast::hash(&body) != crc {
-            return Ok(None);
-        }
-        Ok(Some(body))
+        Ok(checked(&buf, at.len))
     }
 
     /// Deletes every segment but the current one that no body in `referenced` lives in; returns
@@ -271,6 +351,38 @@ mod tests {
         assert_eq!(log.read(b).expect("read"), None);
         file.write_all_at(b"F", a.offset).expect("flip a byte");
         assert_eq!(log.read(a).expect("read"), None);
+    }
+
+    #[test]
+    fn bodies_gather_in_memory_until_a_sync_or_a_full_batch_and_read_back_meanwhile() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = BodyLog::new(dir.path().join("bodies"));
+        let a = log.append(b"small one").expect("append");
+        let path = segment_path(log.dir(), a.segment);
+        let on_disk = || std::fs::metadata(&path).expect("segment").len();
+        assert_eq!(on_disk(), 0, "not written before the sync");
+        assert_eq!(
+            log.read(a).expect("read").as_deref(),
+            Some(&b"small one"[..])
+        );
+        log.sync().expect("sync");
+        assert_eq!(on_disk(), a.offset + 9);
+        // A batch's worth is written without waiting for a sync.
+        let big = vec![b'y'; WRITE_BATCH];
+        let b = log.append(&big).expect("append");
+        assert_eq!(on_disk(), b.offset + WRITE_BATCH as u64);
+        let c = log.append(b"after").expect("append");
+        assert_eq!(
+            log.read(b).expect("read").map(|v| v.len()),
+            Some(WRITE_BATCH)
+        );
+        assert_eq!(log.read(c).expect("read").as_deref(), Some(&b"after"[..]));
+        // A location past what was appended reads as missing, from memory as from the file.
+        let beyond = Location {
+            offset: c.offset + 100,
+            ..c
+        };
+        assert_eq!(log.read(beyond).expect("read"), None);
     }
 
     #[test]

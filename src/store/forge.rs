@@ -188,6 +188,18 @@ impl Store {
         record: &DeliveryRecord,
         body_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
+        self.accept_delivery_body(record, record.body.as_bytes(), body_hash)
+    }
+
+    /// `accept_delivery` with the body apart from the record (whose own `body` is not looked
+    /// at): the webhook receiver stores the bytes it received without copying them into a
+    /// `String` first.
+    pub fn accept_delivery_body(
+        &self,
+        record: &DeliveryRecord,
+        body: &[u8],
+        body_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
         self.space_left()?;
         let _op = self.inner.health.op("accept a delivery");
         let k = delivery_key(&record.forge, &record.id);
@@ -224,10 +236,10 @@ impl Store {
         let body_at = self
             .inner
             .bodies
-            .append(record.body.as_bytes())
+            .append(body)
             .map_err(|e| self.body_err("appending", e))?;
         let bytes = record_bytes(record, Some(body_at))?;
-        self.note_write(bytes.len() + record.body.len() + 2 * k.len() + 64);
+        self.note_write(bytes.len() + body.len() + 2 * k.len() + 64);
         // A first delivery, or a redelivery of one whose processing gave up (a new chance).
         let inserted = loop {
             match self
