@@ -41,7 +41,7 @@ pub struct WebhookOptions {
     /// push, 30,000 a pull request; bodies are real-shaped (GitHub's own sample objects)
     #[arg(long, value_delimiter = ',', default_value = "200,8500,30000")]
     pub body_size: Vec<usize>,
-    /// The server's `[storage] cache` in MiB (default: the store's, 8); 1024 is sled's own
+    /// The server's `[storage] cache` in MiB (default: the store's, 4); 1024 is sled's own
     /// default, for a before/after figure
     #[arg(long)]
     pub cache_mib: Option<u64>,

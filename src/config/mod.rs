@@ -235,7 +235,7 @@ pub struct Storage {
     pub data_dir: PathBuf,
     /// Where run directories live; `None`: a sibling of the data dir.
     pub work_dir: Option<PathBuf>,
-    /// sled's page cache in bytes (`cache`); `None`: the store's default (8 MiB).
+    /// sled's page cache in bytes (`cache`); `None`: the store's default (4 MiB).
     pub cache: Option<u64>,
     /// `retention`: ended runs and delivery bodies older than this are pruned; zero keeps them
     /// for ever.

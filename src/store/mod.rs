@@ -217,10 +217,11 @@ fn open_db(path: &Path, cache: u64) -> sled::Result<sled::Db> {
 
 /// sled's page cache when the config does not say: small, since everything in it is on disk (and
 /// in the OS's page cache while it is recent). What sled holds is records of a few hundred bytes
-/// (webhook bodies and log lines are the bulk, and bodies live in the body log); 8 MiB holds
-/// tens of thousands of them, and keeps a burst of webhooks under 64 MiB of RSS
-/// (`gantry bench webhooks`).
-pub const DEFAULT_CACHE: u64 = 8 << 20;
+/// (webhook bodies and log lines are the bulk, and bodies live in the body log); 4 MiB holds
+/// about ten thousand of them, and keeps a 10 s burst of webhooks under 64 MiB of RSS
+/// (`gantry bench webhooks --seconds 10`: 53-57 MiB at 8.5 KB and at 30 KB, 60-65 MiB with 8
+/// MiB, at the same rate).
+pub const DEFAULT_CACHE: u64 = 4 << 20;
 
 /// The default work dir for a data dir.
 ///
