@@ -191,6 +191,9 @@ impl BodyLog {
                 Some(w) => w.segment + 1,
                 None => segments(&self.dir)?.last().map_or(1, |n| n + 1),
             };
+            // Opened first: if that fails, the current writer stays as it is (what it gathered,
+            // what it must still sync).
+            let file = self.open_segment(next)?;
             let (mut unsynced, mut lost) = (Vec::new(), None);
             if let Some(mut old) = guard.take() {
                 // A failure is kept in `lost` for `sync`, the rest goes on in the new segment.
@@ -198,7 +201,6 @@ impl BodyLog {
                 unsynced = std::mem::take(&mut old.unsynced);
                 lost = old.lost.take();
             }
-            let file = self.open_segment(next)?;
             *guard = Some(Writer {
                 segment: next,
                 file,

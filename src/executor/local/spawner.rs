@@ -17,8 +17,9 @@
 //!
 //! Executor to spawner: [`Request`]. Spawner to executor: [`Reply`]. The spawner answers `Ready`
 //! once, then `Started` or `Failed` for every `Spawn` (not necessarily in the order of the
-//! requests), and then `Exited` when the step has ended. When the socket closes the spawner kills every group it started and exits;
-//! bubblewrap's PID namespace then takes whatever is left.
+//! requests), and then `Exited` when the step has ended. When the socket closes the spawner
+//! kills every group it started and exits; bubblewrap's PID namespace then takes whatever is
+//! left.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
