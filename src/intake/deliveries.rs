@@ -108,13 +108,16 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
 
 /// Processes one delivery; returns its outcome in words.
 async fn dispatch(intake: &Intake, record: &DeliveryRecord) -> Result<String, String> {
+    // Taken first, whatever happens next: an event left behind would hold a place in the inbox
+    // for good (a retry reads the body from the store).
+    let handed = intake.deliveries.take(&record.forge, &record.id);
     let forge = Forge::from_name(&record.forge).ok_or("unknown forge")?;
     let repo = intake
         .repos
         .get(&record.source)
         .cloned()
         .ok_or_else(|| format!("source `{}` is no longer configured", record.source))?;
-    let event = match intake.deliveries.take(&record.forge, &record.id) {
+    let event = match handed {
         Some(event) => event,
         None => {
             let headers = vec![(
