@@ -324,7 +324,7 @@ pub async fn receive(
         id: id.clone(),
         source: repo.source.name.clone(),
         event: webhook::event_name(forge, &view).unwrap_or_default(),
-        // Stored from the bytes received (`accept_delivery_body`), without a copy.
+        // Stored from the bytes received (`accept_delivery`), without a copy.
         body: String::new(),
         body_at: None,
         received_at: Utc::now(),
@@ -341,7 +341,7 @@ pub async fn receive(
     let offered = state.deliveries.offer(&record.forge, &id, event);
     let new = match state
         .store
-        .accept_delivery_body(&record, &body, &webhook::body_hash(&body))
+        .accept_delivery(&record, &body, &webhook::body_hash(&body))
     {
         Ok(new) => new,
         Err(e) => {

@@ -178,6 +178,7 @@ impl BodyLog {
     pub fn append(&self, body: &[u8]) -> std::io::Result<Location> {
         let len = u32::try_from(body.len())
             .map_err(|_| std::io::Error::other("a delivery body over 4 GiB"))?;
+        let crc = crc32fast::hash(body);
         let mut guard = self
             .writer
             .lock()
@@ -219,8 +220,7 @@ impl BodyLog {
             len,
         };
         w.pending.extend_from_slice(&len.to_le_bytes());
-        w.pending
-            .extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        w.pending.extend_from_slice(&crc.to_le_bytes());
         w.pending.extend_from_slice(body);
         if w.pending.len() >= WRITE_BATCH {
             w.write_pending()?;

@@ -183,18 +183,10 @@ impl Store {
     /// sha256 of the raw body: a replay under a new id), was recorded before; returns whether it
     /// is new. A new delivery is also queued for processing. Not flushed: call `durable` before
     /// answering.
+    ///
+    /// The body comes apart from the record (whose own `body` is not looked at), so the webhook
+    /// receiver stores the bytes it received without copying them into a `String` first.
     pub fn accept_delivery(
-        &self,
-        record: &DeliveryRecord,
-        body_hash: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        self.accept_delivery_body(record, record.body.as_bytes(), body_hash)
-    }
-
-    /// `accept_delivery` with the body apart from the record (whose own `body` is not looked
-    /// at): the webhook receiver stores the bytes it received without copying them into a
-    /// `String` first.
-    pub fn accept_delivery_body(
         &self,
         record: &DeliveryRecord,
         body: &[u8],

@@ -5,6 +5,17 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 
 use super::*;
+
+/// `accept_delivery` of a record that holds its body.
+trait AcceptRecord {
+    fn accept_record(&self, d: &DeliveryRecord, hash: &[u8; 32]) -> Result<bool, StoreError>;
+}
+
+impl AcceptRecord for Store {
+    fn accept_record(&self, d: &DeliveryRecord, hash: &[u8; 32]) -> Result<bool, StoreError> {
+        self.accept_delivery(d, d.body.as_bytes(), hash)
+    }
+}
 use crate::executor::{Publication, PublishedCredential, PublishedCredentials, Stream};
 use crate::spec::model::Category;
 
@@ -431,7 +442,7 @@ fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_b
     for i in 0..10 {
         assert!(
             store
-                .accept_delivery(
+                .accept_record(
                     &delivery(&format!("d{i}"), 1000),
                     &body_hash(&delivery(&format!("d{i}"), 1000))
                 )
@@ -440,7 +451,7 @@ fn the_delivery_backlog_is_counted_and_pending_ones_come_in_batches_bounded_by_b
     }
     assert!(
         !store
-            .accept_delivery(&delivery("d3", 1000), &body_hash(&delivery("d3", 1000)))
+            .accept_record(&delivery("d3", 1000), &body_hash(&delivery("d3", 1000)))
             .expect("redelivery")
     );
     assert_eq!(store.delivery_backlog(), 10);
@@ -783,12 +794,12 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
     };
     assert!(
         store
-            .accept_delivery(&delivery("done"), &body_hash(&delivery("done")))
+            .accept_record(&delivery("done"), &body_hash(&delivery("done")))
             .expect("accept")
     );
     assert!(
         store
-            .accept_delivery(&delivery("waiting"), &body_hash(&delivery("waiting")))
+            .accept_record(&delivery("waiting"), &body_hash(&delivery("waiting")))
             .expect("accept")
     );
     let (seq, record) = store
@@ -833,7 +844,7 @@ fn prune_empties_old_processed_delivery_bodies_and_keeps_their_ids() {
     // Its id is still known: a redelivery is a duplicate.
     assert!(
         !store
-            .accept_delivery(&delivery("done"), &body_hash(&delivery("done")))
+            .accept_record(&delivery("done"), &body_hash(&delivery("done")))
             .expect("accept")
     );
 }
@@ -897,22 +908,22 @@ fn a_body_accepted_once_is_a_duplicate_under_any_delivery_id() {
     };
     assert!(
         store
-            .accept_delivery(&delivery_with("a", "{1}"), &hash("{1}"))
+            .accept_record(&delivery_with("a", "{1}"), &hash("{1}"))
             .expect("a")
     );
     assert!(
         !store
-            .accept_delivery(&delivery_with("a", "{1}"), &hash("{1}"))
+            .accept_record(&delivery_with("a", "{1}"), &hash("{1}"))
             .expect("redelivery")
     );
     assert!(
         !store
-            .accept_delivery(&delivery_with("b", "{1}"), &hash("{1}"))
+            .accept_record(&delivery_with("b", "{1}"), &hash("{1}"))
             .expect("replay")
     );
     assert!(
         store
-            .accept_delivery(&delivery_with("c", "{2}"), &hash("{2}"))
+            .accept_record(&delivery_with("c", "{2}"), &hash("{2}"))
             .expect("c")
     );
     assert_eq!(
@@ -969,7 +980,7 @@ fn below_the_reserve_a_delivery_is_refused_and_nothing_of_it_is_kept() {
     let store = Store::open(dir.path()).expect("open");
     store.set_min_free(MinFree::Bytes(u64::MAX));
     let d = delivery("full", 100);
-    match store.accept_delivery(&d, &body_hash(&d)) {
+    match store.accept_record(&d, &body_hash(&d)) {
         Err(StoreError::LowSpace(low)) => {
             assert_eq!(low.dir, dir.path());
             assert!(low.to_string().contains("min_free"), "{low}");
@@ -980,7 +991,7 @@ fn below_the_reserve_a_delivery_is_refused_and_nothing_of_it_is_kept() {
     assert_eq!(store.delivery_backlog(), 0);
     // Space back: the same delivery is taken, with no reopening.
     store.set_min_free(MinFree::Bytes(0));
-    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+    assert!(store.accept_record(&d, &body_hash(&d)).expect("accept"));
 }
 
 #[test]
@@ -1012,7 +1023,7 @@ fn a_delivery_body_lives_apart_from_its_record_and_older_inline_bodies_still_rea
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let d = delivery("apart", 2000);
-    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+    assert!(store.accept_record(&d, &body_hash(&d)).expect("accept"));
     let k = super::key(&[b"github", b"apart"]);
     let raw = store
         .inner
@@ -1087,7 +1098,7 @@ fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let d = delivery("torn", 3000);
-    assert!(store.accept_delivery(&d, &body_hash(&d)).expect("accept"));
+    assert!(store.accept_record(&d, &body_hash(&d)).expect("accept"));
     store.flush().expect("flush");
     drop(store);
     // The record reached the disk, its body did not (sled flushed on its own, then a crash).
@@ -1119,11 +1130,7 @@ fn a_body_lost_in_a_crash_fails_its_delivery_and_the_redelivery_is_taken() {
     );
     assert_eq!(store.delivery_backlog(), 0);
     // The forge got no 2xx, so it delivers again: taken as new, with its body.
-    assert!(
-        store
-            .accept_delivery(&d, &body_hash(&d))
-            .expect("redelivery")
-    );
+    assert!(store.accept_record(&d, &body_hash(&d)).expect("redelivery"));
     let pending = store
         .pending_deliveries(10, 1 << 20, &|_, _| false)
         .expect("pending");
@@ -1141,11 +1148,7 @@ fn body_segments_go_once_no_kept_delivery_points_into_them() {
     };
     let store = Store::open(dir.path()).expect("open");
     let old = delivery("old", 500);
-    assert!(
-        store
-            .accept_delivery(&old, &body_hash(&old))
-            .expect("accept")
-    );
+    assert!(store.accept_record(&old, &body_hash(&old)).expect("accept"));
     let (seq, record) = store
         .pending_deliveries(10, usize::MAX, &|_, _| false)
         .expect("pending")[0]
@@ -1157,11 +1160,7 @@ fn body_segments_go_once_no_kept_delivery_points_into_them() {
     // A new process writes a segment of its own; the old one is kept while a body in it is.
     let store = Store::open(dir.path()).expect("reopen");
     let new = delivery("new", 500);
-    assert!(
-        store
-            .accept_delivery(&new, &body_hash(&new))
-            .expect("accept")
-    );
+    assert!(store.accept_record(&new, &body_hash(&new)).expect("accept"));
     assert_eq!(segments(), 2);
     let policy = Retention {
         max_age: std::time::Duration::from_secs(3600),

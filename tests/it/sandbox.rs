@@ -545,12 +545,7 @@ mod served {
         assert_eq!(run["status"], "succeeded", "{run} {log}");
         assert!(log.contains("uid=0"), "{log}");
         if gantry::executor::local::sandbox::running_as_root() {
-            let outside: u32 = log
-                .split("map=0:")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no uid map in {log}"));
+            let outside = super::number_after(&log, "map=0:");
             assert!(
                 gantry::executor::local::uids::DEFAULT_RANGE.holds(outside),
                 "root inside is the run's own uid outside: {log}"
@@ -594,12 +589,7 @@ mod served {
             spans.push((at("started_at"), at("finished_at")));
             let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
             assert_eq!(run["status"], "succeeded", "{run} {log}");
-            let uid: u32 = log
-                .split("uid=")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no uid in {log}"));
+            let uid = super::number_after(&log, "uid=");
             assert!(
                 (1879100000..=1879100007).contains(&uid),
                 "the uid comes from run_uids: {log}"
@@ -840,4 +830,13 @@ fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
     assert_eq!(probe(&stdout, "userns"), "refused", "{stdout}");
     assert_eq!(probe(&stdout, "seccomp"), "filtered", "{stdout}");
     assert_eq!(probe(&stdout, "x"), "one", "{stdout}");
+}
+
+/// The number that follows the first `marker` in a step's log.
+fn number_after(log: &str, marker: &str) -> u32 {
+    log.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{marker}` in {log}"))
 }
