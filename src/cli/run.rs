@@ -218,12 +218,37 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
     };
     let steps = store.steps(&run.id).unwrap_or_default();
     progress.summary(&run, &steps);
+    publish(&store, &run);
     match run.status {
         RunStatus::Succeeded => exit::OK,
         RunStatus::Cancelled if interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
             EXIT_INTERRUPTED
         }
         _ => exit::FAILURE,
+    }
+}
+
+/// Takes what the run published into the data dir's marketplace, and says so.
+fn publish(store: &crate::store::Store, run: &crate::store::RunRecord) {
+    match crate::marketplace::publish_run(store, run, chrono::Utc::now()) {
+        Ok(done) => {
+            for (step, result) in done {
+                match result {
+                    Ok(p) if p.new => println!(
+                        "published {} version {} to the marketplace (step {step})",
+                        p.resource, p.version
+                    ),
+                    Ok(p) => println!(
+                        "{} unchanged in the marketplace: still version {} (step {step})",
+                        p.resource, p.version
+                    ),
+                    Err(e) => {
+                        eprintln!("gantry: step {step} not published to the marketplace: {e}")
+                    }
+                }
+            }
+        }
+        Err(e) => eprintln!("gantry: publishing to the marketplace: {e}"),
     }
 }
 

@@ -17,7 +17,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{AppState, market};
 use crate::catalog::{self, CatalogError, LOCAL_SOURCE};
 use crate::run::queue::{QueueError, Submit};
 use crate::run::{self, StartError};
@@ -497,6 +497,162 @@ pub const ROUTES: &[Route] = &[
         ],
     },
     Route {
+        method: "get",
+        path: "/api/v1/marketplace/resources",
+        summary: "Published resources, by name; unpublished ones only with all=true",
+        auth: true,
+        query: &[
+            (
+                "type",
+                "a category (`database`) or a kind (`postgresql`, a publisher's `type` property)",
+            ),
+            ("tag", "only resources with this tag"),
+            (
+                "search",
+                "text in the name, description, kind or tags, in any case",
+            ),
+            ("all", "true: unpublished resources too"),
+        ],
+        body: None,
+        responses: &[(200, "the resources", Some("ResourceList")), ERR_401],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/marketplace/resources/{resource}",
+        summary: "One resource with every version, its environments and credential keys; secret values never",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "the resource", Some("ResourceDetail")),
+            ERR_401,
+            (404, "no such resource", Some("Error")),
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/marketplace/resources/{resource}",
+        summary: "Unpublish a resource, or one environment of it (env=E); its versions are kept, connections stop resolving to what was unpublished until it is published again",
+        auth: true,
+        query: &[("env", "unpublish only this environment")],
+        body: None,
+        responses: &[
+            (200, "unpublished", Some("Resource")),
+            ERR_401,
+            (404, "no such resource", Some("Error")),
+            (422, "the resource has no such environment", Some("Error")),
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/marketplace/resources/{resource}/deprecate",
+        summary: "Mark a resource deprecated, with the reason (it stays listed and connectable); a null reason takes the mark back",
+        auth: true,
+        query: &[],
+        body: Some("Deprecate"),
+        responses: &[
+            (200, "marked", Some("Resource")),
+            (400, "the body is not the expected JSON", Some("Error")),
+            ERR_401,
+            (404, "no such resource", Some("Error")),
+            (422, "an empty reason", Some("Error")),
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/connections",
+        summary: "Connections, by name",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[(200, "the connections", Some("ConnectionList")), ERR_401],
+    },
+    Route {
+        method: "post",
+        path: "/api/v1/connections",
+        summary: "Create a connection to a resource's environment, within a version constraint, with credential keys mapped to environment variables (default `<CONNECTION>_<KEY>` upper-cased)",
+        auth: true,
+        query: &[],
+        body: Some("NewConnection"),
+        responses: &[
+            (
+                201,
+                "created, with what it resolves to (secret values left out)",
+                Some("ResolvedConnection"),
+            ),
+            (400, "the body is not the expected JSON", Some("Error")),
+            ERR_401,
+            (404, "no such resource", Some("Error")),
+            (
+                409,
+                "a connection of that name exists, or the resource or environment was unpublished",
+                Some("Error"),
+            ),
+            (
+                422,
+                "a bad name, environment, version constraint, key or variable name",
+                Some("Error"),
+            ),
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/connections/{connection}",
+        summary: "One connection with what it resolves to now (secret values left out); when it no longer resolves, the connection with `error` saying why",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (200, "the connection", Some("ResolvedConnection")),
+            ERR_401,
+            (404, "no such connection", Some("Error")),
+        ],
+    },
+    Route {
+        method: "delete",
+        path: "/api/v1/connections/{connection}",
+        summary: "Remove a connection",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (204, "removed", None),
+            ERR_401,
+            (404, "no such connection", Some("Error")),
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/api/v1/connections/{connection}/credentials",
+        summary: "The connection's credentials with their values, secret ones included, as the environment variables it hands over",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[
+            (
+                200,
+                "the connection, resolved, with values",
+                Some("ResolvedConnection"),
+            ),
+            ERR_401,
+            (
+                404,
+                "no such connection, or its resource is gone",
+                Some("Error"),
+            ),
+            (
+                409,
+                "the resource or the environment was unpublished",
+                Some("Error"),
+            ),
+            (
+                422,
+                "no version matches the connection's constraint",
+                Some("Error"),
+            ),
+        ],
+    },
+    Route {
         method: "post",
         path: "/hooks/{forge}",
         summary: "Webhook receiver for github, gitlab or bitbucket: checked against the repository's webhook_secret, stored, then processed",
@@ -567,6 +723,15 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         }
         ("get", "/api/v1/sources") => get(list_sources),
         ("post", "/api/v1/sources/{source}/sync") => post(sync_source),
+        ("get", "/api/v1/marketplace/resources") => get(market::list_resources),
+        ("get", "/api/v1/marketplace/resources/{resource}") => get(market::get_resource),
+        ("delete", "/api/v1/marketplace/resources/{resource}") => delete(market::unpublish),
+        ("post", "/api/v1/marketplace/resources/{resource}/deprecate") => post(market::deprecate),
+        ("get", "/api/v1/connections") => get(market::list_connections),
+        ("post", "/api/v1/connections") => post(market::create_connection),
+        ("get", "/api/v1/connections/{connection}") => get(market::get_connection),
+        ("delete", "/api/v1/connections/{connection}") => delete(market::delete_connection),
+        ("get", "/api/v1/connections/{connection}/credentials") => get(market::credentials),
         ("post", "/hooks/{forge}") => post(super::hooks::receive),
         _ => return None,
     })
@@ -794,7 +959,10 @@ async fn rollback(
     Ok(Json(pipeline_json(&applied.record, None)))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> ApiResult<T> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+    shape: &str,
+) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -803,7 +971,9 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes, shape: &str) -> ApiR
     })
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+pub(super) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -985,6 +1155,7 @@ async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     let mut body = json!(run);
     body["steps"] = json!(steps);
     body["outputs"] = json!(outputs);
+    body["published"] = market::published(&state, &run.id)?;
     Ok(Json(body))
 }
 

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod guard;
 pub mod hooks;
+mod market;
 pub mod openapi;
 
 use std::collections::BTreeMap;
@@ -717,6 +718,9 @@ pub async fn serve(
             config.server.public_url.clone(),
         );
         move |run: &RunRecord| {
+            // What the run published goes to the marketplace before the forge hears of the
+            // run's end, so the PR comment can name the versions it made.
+            publish_to_marketplace(&store, run);
             if !outbox.reports(&run.source) {
                 return;
             }
@@ -726,6 +730,15 @@ pub async fn serve(
             }
         }
     };
+    // Publications of runs that ended while the marketplace was not told (a crash between).
+    match crate::marketplace::catch_up(&store, chrono::Utc::now()) {
+        Ok(failed) => {
+            for f in failed {
+                eprintln!("gantry: warning: not published to the marketplace: {f}");
+            }
+        }
+        Err(e) => eprintln!("gantry: warning: catching up on the marketplace: {e}"),
+    }
     // Runs cut short by the last shutdown or crash: their forge learns they ended.
     for run in &interrupted {
         if outbox.reports(&run.source)
@@ -917,4 +930,26 @@ async fn wait_for_signal() {
 /// Where `gantry up` keeps its demo repository and token.
 pub fn demo_paths(data_dir: &std::path::Path) -> (PathBuf, PathBuf) {
     (data_dir.join("demo-repo"), data_dir.join("admin.token"))
+}
+
+/// Takes an ended run's publications into the marketplace; what cannot be published is
+/// reported on stderr (the run's publications stay with it, and `catch_up` tries again at the
+/// next start).
+pub fn publish_to_marketplace(store: &crate::store::Store, run: &RunRecord) {
+    match crate::marketplace::publish_run(store, run, chrono::Utc::now()) {
+        Ok(done) => {
+            for (step, result) in done {
+                if let Err(e) = result {
+                    eprintln!(
+                        "gantry: warning: run {} step {step} not published to the marketplace: {e}",
+                        run.id
+                    );
+                }
+            }
+        }
+        Err(e) => eprintln!(
+            "gantry: warning: publishing run {} to the marketplace: {e}",
+            run.id
+        ),
+    }
 }

@@ -26,6 +26,11 @@
 //! | `prs` | `source \0 pr number:u64` | `PrRecord` |
 //! | `idempotency` | idempotency key (`<forge>/<delivery id>/run/<pipeline file path>`, `.../reply`) | what it made, once: a run id, or `reply` (UTF-8) |
 //! | `delivery_hashes` | sha256 of a delivery's raw body, 32 bytes | the `deliveries` key of the first delivery with that body |
+//! | `resources` | resource name | `ResourceRecord` (the marketplace's listing) |
+//! | `resource_versions` | `name \0 number:u64` | `ResourceVersion`; secret credential values sealed, the associated data `resource \0 name \0 number \0 environment \0 key` |
+//! | `resource_index` | `type \0 category or kind \0 name`, `tag \0 tag \0 name` | empty |
+//! | `resource_provenance` | `run id \0 step` | `PublishedAs`: the version a publish step made or matched |
+//! | `connections` | connection name | `ConnectionRecord` |
 //!
 //! Variables and secrets scoped to a pipeline use `source/name` as the scope (`gantry run FILE`
 //! uses the bare pipeline name, as its source is the file).
@@ -69,6 +74,7 @@ mod config;
 pub mod crypto;
 mod forge;
 mod health;
+mod marketplace;
 pub mod records;
 mod retention;
 mod runs;
@@ -83,6 +89,10 @@ use serde::de::DeserializeOwned;
 pub use bodies::Location as BodyLocation;
 pub use config::ResolvedSecrets;
 pub use forge::{DeliveryRecord, OutboxAction, OutboxJob, PrRecord};
+pub use marketplace::{
+    ConnectionRecord, CredentialValue, Deprecation, Provenance, PublishedAs, ResourceOwner,
+    ResourceRecord, ResourceVersion,
+};
 pub use records::*;
 pub use retention::{Pruned, Retention};
 pub use runs::{NewRun, new_run_id};
@@ -177,6 +187,11 @@ struct Inner {
     prs: sled::Tree,
     idempotency: sled::Tree,
     delivery_hashes: sled::Tree,
+    resources: sled::Tree,
+    resource_versions: sled::Tree,
+    resource_index: sled::Tree,
+    resource_provenance: sled::Tree,
+    connections: sled::Tree,
     /// Delivery bodies (`bodies.rs`).
     bodies: bodies::BodyLog,
     group: forge::GroupCommit,
@@ -361,6 +376,11 @@ impl Store {
             prs: tree("prs")?,
             idempotency: tree("idempotency")?,
             delivery_hashes: tree("delivery_hashes")?,
+            resources: tree("resources")?,
+            resource_versions: tree("resource_versions")?,
+            resource_index: tree("resource_index")?,
+            resource_provenance: tree("resource_provenance")?,
+            connections: tree("connections")?,
             bodies: bodies::BodyLog::new(dir.join("bodies")),
             group: forge::GroupCommit::new(),
             db,

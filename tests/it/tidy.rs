@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("catalog", &["spec", "source", "store"]),
     ("store", &["spec", "plan", "executor"]),
     ("executor", &["spec", "plan", "source"]),
-    ("marketplace", &["spec", "store"]),
+    ("marketplace", &["spec", "store", "executor"]),
     (
         "trigger",
         &["spec", "plan", "source", "catalog", "store", "forge"],

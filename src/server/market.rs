@@ -1,0 +1,292 @@
+//! The marketplace's endpoints: resources (`/api/v1/marketplace/resources`) and connections
+//! (`/api/v1/connections`). Their routes are documented in `api::ROUTES` with the others.
+//! Secret credential values leave the server only from `/credentials`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::api::{ApiError, blocking, parse_json};
+use crate::marketplace::{self, Filter, MarketError, NewConnection, Resolved};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl From<MarketError> for ApiError {
+    fn from(e: MarketError) -> ApiError {
+        let e = match e {
+            MarketError::Store(s) => return s.into(),
+            e => e,
+        };
+        let status = match &e {
+            MarketError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            MarketError::NoSuchResource(_) | MarketError::NoSuchConnection(_) => {
+                StatusCode::NOT_FOUND
+            }
+            MarketError::ConnectionExists(_)
+            | MarketError::Unpublished(_)
+            | MarketError::Withdrawn { .. }
+            | MarketError::NotOwner { .. } => StatusCode::CONFLICT,
+            MarketError::BadName { .. }
+            | MarketError::NoSuchEnvironment { .. }
+            | MarketError::BadVersionReq(_)
+            | MarketError::NoMatch { .. }
+            | MarketError::UnknownKey { .. }
+            | MarketError::BadVarName(_)
+            | MarketError::SameVar { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    tag: Option<String>,
+    search: Option<String>,
+    all: Option<bool>,
+}
+
+/// A resource as a list shows it: its record and the environments of its newest version.
+fn summary(state: &AppState, r: &crate::store::ResourceRecord) -> ApiResult<Value> {
+    let environments: Vec<String> = state
+        .store
+        .resource_version(&r.name, r.latest, false)?
+        .map(|v| {
+            v.environments
+                .into_keys()
+                .filter(|e| !r.withdrawn.contains_key(e))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut body = json!(r);
+    body["environments"] = json!(environments);
+    Ok(body)
+}
+
+pub(super) async fn list_resources(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let filter = Filter {
+        kind: q.kind.filter(|s| !s.is_empty()),
+        tag: q.tag.filter(|s| !s.is_empty()),
+        search: q.search.filter(|s| !s.is_empty()),
+        all: q.all.unwrap_or(false),
+    };
+    let mut items = Vec::new();
+    for r in marketplace::list(&state.store, &filter)? {
+        items.push(summary(&state, &r)?);
+    }
+    Ok(Json(json!({ "resources": items })))
+}
+
+pub(super) async fn get_resource(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(marketplace::show(&state.store, &name)?)))
+}
+
+#[derive(Deserialize)]
+pub(super) struct UnpublishQuery {
+    env: Option<String>,
+}
+
+pub(super) async fn unpublish(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<UnpublishQuery>,
+) -> ApiResult<Json<Value>> {
+    let store = state.store.clone();
+    let env = q.env.filter(|e| !e.is_empty());
+    let record =
+        blocking(move || marketplace::unpublish(&store, &name, env.as_deref(), Utc::now()))
+            .await??;
+    Ok(Json(summary(&state, &record)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeprecateBody {
+    reason: Option<String>,
+}
+
+pub(super) async fn deprecate(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let DeprecateBody { reason } =
+        parse_json(&body, "{\"reason\": \"...\"} (null: no longer deprecated)")?;
+    let reason = reason.map(|r| r.trim().to_string());
+    if reason.as_deref() == Some("") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give the reason the resource is deprecated (null takes the mark back)",
+        ));
+    }
+    let store = state.store.clone();
+    let record =
+        blocking(move || marketplace::deprecate(&store, &name, reason.as_deref(), Utc::now()))
+            .await??;
+    Ok(Json(summary(&state, &record)?))
+}
+
+// ---- connections ----------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionBody {
+    name: String,
+    resource: String,
+    environment: String,
+    version: Option<String>,
+    consumer: Option<String>,
+    #[serde(default)]
+    map: BTreeMap<String, String>,
+}
+
+/// A resolved connection as the API shows it; values only when revealed.
+fn resolved_json(r: &Resolved) -> Value {
+    let mut body = json!(r.connection);
+    body["resolved"] = json!({
+        "version": r.version,
+        "semver": r.semver,
+        "resource": {
+            "name": r.resource.name,
+            "category": r.resource.category,
+            "kind": r.resource.kind,
+            "deprecated": r.resource.deprecated,
+        },
+        "properties": r.properties,
+        "credentials": r.credentials,
+    });
+    body
+}
+
+pub(super) async fn create_connection(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let b: ConnectionBody = parse_json(
+        &body,
+        "{\"name\": \"...\", \"resource\": \"...\", \"environment\": \"...\", \"version\": \"^1\", \"consumer\": \"...\", \"map\": {\"KEY\": \"VAR\"}}",
+    )?;
+    let store = state.store.clone();
+    let resolved = blocking(move || {
+        marketplace::create_connection(
+            &store,
+            NewConnection {
+                name: b.name,
+                consumer: b.consumer,
+                resource: b.resource,
+                environment: b.environment,
+                version: b.version,
+                mapping: b.map,
+            },
+            Utc::now(),
+        )
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(resolved_json(&resolved))).into_response())
+}
+
+pub(super) async fn list_connections(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    Ok(Json(
+        json!({ "connections": state.store.list_connections()? }),
+    ))
+}
+
+/// The connection with what it resolves to now; when it no longer resolves (the resource was
+/// unpublished, say), the connection with the reason.
+pub(super) async fn get_connection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let store = state.store.clone();
+    let result = blocking(move || {
+        let resolved = marketplace::resolve(&store, &name, false, Utc::now());
+        (name, resolved)
+    })
+    .await?;
+    match result {
+        (_, Ok(r)) => Ok(Json(resolved_json(&r))),
+        (
+            name,
+            Err(
+                e @ (MarketError::Unpublished(_)
+                | MarketError::Withdrawn { .. }
+                | MarketError::NoMatch { .. }
+                | MarketError::NoSuchEnvironment { .. }
+                | MarketError::NoSuchResource(_)),
+            ),
+        ) => {
+            let Some(c) = state.store.get_connection(&name)? else {
+                return Err(e.into());
+            };
+            let mut body = json!(c);
+            body["error"] = json!(e.to_string());
+            Ok(Json(body))
+        }
+        (_, Err(e)) => Err(e.into()),
+    }
+}
+
+pub(super) async fn credentials(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let store = state.store.clone();
+    let resolved =
+        blocking(move || marketplace::resolve(&store, &name, true, Utc::now())).await??;
+    Ok(Json(resolved_json(&resolved)))
+}
+
+pub(super) async fn delete_connection(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    blocking(move || marketplace::remove_connection(&store, &name)).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a run published, for its API answer and its PR comment: resource, version, environments,
+/// non-secret properties and credential keys, never values.
+pub(super) fn published(state: &AppState, run_id: &str) -> ApiResult<Value> {
+    let made: BTreeMap<String, crate::store::PublishedAs> =
+        state.store.published_as(run_id)?.into_iter().collect();
+    let mut out = Vec::new();
+    for (step, p) in state.store.publications(run_id, false)? {
+        let environments: Vec<&String> =
+            p.credentials.iter().flat_map(|c| &c.environments).collect();
+        let keys: Vec<Value> = p
+            .credentials
+            .iter()
+            .flat_map(|c| &c.parameters)
+            .map(|k| json!({"key": k.key, "secret": k.is_secret}))
+            .collect();
+        let version = made.get(&step);
+        out.push(json!({
+            "step": step,
+            "resource": p.name,
+            "version": version.map(|v| v.version),
+            "new_version": version.map(|v| v.new),
+            "publisher_version": p.version,
+            "category": p.category,
+            "environments": environments,
+            "properties": p.properties,
+            "credentials": keys,
+        }));
+    }
+    Ok(json!(out))
+}
