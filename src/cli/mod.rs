@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod demo_postgres;
+pub mod market;
 pub mod pipeline;
 pub mod progress;
 pub mod remote;
@@ -75,7 +76,7 @@ pub struct Cli {
     )]
     pub data_dir: PathBuf,
     /// Talk to a running Gantry server instead of the data dir (runs, logs, run, pipeline, vars,
-    /// secrets)
+    /// secrets, marketplace, connection)
     #[arg(long, global = true, env = "GANTRY_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// The server's API token (a token from [[auth.tokens]])
@@ -127,6 +128,10 @@ cancelled with Ctrl-C.")]
     Secrets(config::SecretsArgs),
     /// Pipelines defined in Gantry: apply a file, roll back, list.
     Pipeline(pipeline::Args),
+    /// Resources published by pipelines: list, show, unpublish, deprecate.
+    Marketplace(market::MarketArgs),
+    /// Connections from applications to published resources, and their credentials.
+    Connection(market::ConnectionArgs),
     /// Run the service: watch repositories, fire schedules, run the queue, serve the API.
     #[command(after_help = "\
 Stops on SIGTERM or Ctrl-C: no new work, running runs get --shutdown-grace to finish, the rest
@@ -163,6 +168,8 @@ impl Command {
             | Command::Vars(_)
             | Command::Secrets(_)
             | Command::Pipeline(_)
+            | Command::Marketplace(_)
+            | Command::Connection(_)
             | Command::Render(_) => true,
             Command::Run(_)
             | Command::Serve(_)
@@ -213,6 +220,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Logs(args) => runs::logs(&data_dir, &args),
         Command::Vars(args) => config::vars(&data_dir, client.as_ref(), &args),
         Command::Secrets(args) => config::secrets(&data_dir, client.as_ref(), &args),
+        Command::Marketplace(args) => market::marketplace(&data_dir, client.as_ref(), &args),
+        Command::Connection(args) => market::connection(&data_dir, client.as_ref(), &args),
         Command::Bench(args) => bench::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Webhook(args) => webhook::run(&args),

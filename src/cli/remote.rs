@@ -302,6 +302,33 @@ impl Client {
             .map_err(|e| Failure::usage(format!("unexpected {key} list: {e}")))
     }
 
+    /// A JSON answer read as `T`: `method` on `path` with `query`, and `body` when given.
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<T, Failure> {
+        let mut r = self.request(method, path).query(query);
+        r = match body {
+            Some(b) => r.json(b),
+            // State-changing calls carry a JSON content type also without a body.
+            None => r.header(reqwest::header::CONTENT_TYPE, "application/json"),
+        };
+        let body = self.json(r).await?;
+        serde_json::from_value(body)
+            .map_err(|e| Failure::usage(format!("unexpected answer from {path}: {e}")))
+    }
+
+    /// `DELETE path` with an answer of no interest.
+    pub async fn delete(&self, path: &str) -> Result<(), Failure> {
+        let r = self
+            .request(reqwest::Method::DELETE, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        self.send(r).await.map(drop)
+    }
+
     pub async fn pipelines(&self) -> Result<Value, Failure> {
         self.json(self.request(reqwest::Method::GET, "/api/v1/pipelines"))
             .await

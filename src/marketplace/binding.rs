@@ -101,6 +101,7 @@ impl Format {
 /// The credentials of a revealed connection in `format` (a secret never revealed prints empty).
 pub fn render_env(resolved: &Resolved, format: Format) -> String {
     let pairs = resolved
+        .resolved
         .credentials
         .iter()
         .map(|b| (b.var.as_str(), b.value.as_deref().unwrap_or("")));
@@ -140,17 +141,17 @@ fn dotenv_escape(value: &str) -> String {
 /// name when it has one (`DB_HOST` → `host`), else by its key. A key that cannot be a file
 /// name (`/`, a leading `.`) is left out, and returned second.
 pub fn binding_files(resolved: &Resolved) -> (Vec<(String, String)>, Vec<String>) {
-    let kind = resolved
-        .resource
+    let resource = &resolved.resolved.resource;
+    let kind = resource
         .kind
         .clone()
-        .unwrap_or_else(|| category_name(resolved.resource.category).to_string());
+        .unwrap_or_else(|| category_name(resource.category).to_string());
     let mut files = vec![
         ("type".to_string(), kind),
         ("provider".to_string(), "gantry".to_string()),
     ];
     let mut skipped = Vec::new();
-    for b in &resolved.credentials {
+    for b in &resolved.resolved.credentials {
         let wanted = well_known(&b.key)
             .filter(|w| !files.iter().any(|(f, _)| f == w))
             .map(str::to_string)

@@ -24,7 +24,7 @@ pub mod binding;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::executor::Publication;
 use crate::spec::model::Category;
@@ -392,8 +392,42 @@ pub fn list(store: &Store, filter: &Filter) -> Result<Vec<ResourceRecord>, Marke
         .collect())
 }
 
+/// A resource as a list shows it: its record and the environments it has now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceSummary {
+    #[serde(flatten)]
+    pub record: ResourceRecord,
+    /// The newest version's environments, without the unpublished ones.
+    pub environments: Vec<String>,
+}
+
+/// The summary of a resource (one read of its newest version).
+pub fn summary(store: &Store, record: ResourceRecord) -> Result<ResourceSummary, MarketError> {
+    let environments = store
+        .resource_version(&record.name, record.latest, false)?
+        .map(|v| {
+            v.environments
+                .into_keys()
+                .filter(|e| !record.withdrawn.contains_key(e))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ResourceSummary {
+        record,
+        environments,
+    })
+}
+
+/// `list`, as summaries.
+pub fn summaries(store: &Store, filter: &Filter) -> Result<Vec<ResourceSummary>, MarketError> {
+    list(store, filter)?
+        .into_iter()
+        .map(|r| summary(store, r))
+        .collect()
+}
+
 /// A resource with its versions, newest first; secret values are never in it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceView {
     #[serde(flatten)]
     pub record: ResourceRecord,
@@ -542,14 +576,14 @@ pub struct NewConnection {
 }
 
 /// One credential as a connection hands it over.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Bound {
     pub key: String,
     /// The environment variable it is handed over as.
     pub var: String,
     pub secret: bool,
     /// `None` for a secret unless revealed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
 }
 
@@ -563,18 +597,37 @@ impl std::fmt::Debug for Bound {
     }
 }
 
-/// A connection with what it resolves to now.
-#[derive(Debug, Clone, Serialize)]
+/// A connection with what it resolves to now: the API's answer, and what `binding` renders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Resolved {
+    #[serde(flatten)]
     pub connection: ConnectionRecord,
-    pub resource: ResourceRecord,
-    /// The version it resolved to, and the publisher's semver of it.
+    pub resolved: Resolution,
+}
+
+/// The version a connection resolves to, and the credentials it hands over from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Resolution {
     pub version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The publisher's semver of that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semver: Option<String>,
-    pub credentials: Vec<Bound>,
+    pub resource: ResourceRef,
     /// The resource's non-secret properties at that version.
+    #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    pub credentials: Vec<Bound>,
+}
+
+/// What a connection's answer says of its resource.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceRef {
+    pub name: String,
+    pub category: Category,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<Deprecation>,
 }
 
 /// Whether `name` is a portable environment variable name.
@@ -624,15 +677,16 @@ pub fn create_connection(
         version: new.version.filter(|v| !v.trim().is_empty()),
         mapping: new.mapping,
         created_at: now,
-        resolved: None,
+        resolved_version: None,
         resolved_at: None,
     };
     let resolved = resolve_record(store, connection, false, now)?;
+    let credentials = &resolved.resolved.credentials;
     for key in resolved.connection.mapping.keys() {
-        if !resolved.credentials.iter().any(|b| &b.key == key) {
-            let have: Vec<String> = resolved.credentials.iter().map(|b| b.key.clone()).collect();
+        if !credentials.iter().any(|b| &b.key == key) {
+            let have: Vec<String> = credentials.iter().map(|b| b.key.clone()).collect();
             return Err(MarketError::UnknownKey {
-                resource: resolved.resource.name.clone(),
+                resource: resolved.connection.resource.clone(),
                 key: key.clone(),
                 have: listing(&have),
             });
@@ -653,9 +707,9 @@ pub fn resolve(
     let connection = store
         .get_connection(name)?
         .ok_or_else(|| MarketError::NoSuchConnection(name.to_string()))?;
-    let before = connection.resolved;
+    let before = connection.resolved_version;
     let resolved = resolve_record(store, connection, reveal, now)?;
-    if before != resolved.connection.resolved {
+    if before != resolved.connection.resolved_version {
         store.put_connection(&resolved.connection)?;
     }
     Ok(resolved)
@@ -736,18 +790,64 @@ fn resolve_record(
             value: c.value.clone(),
         });
     }
-    if connection.resolved != Some(version.number) {
-        connection.resolved = Some(version.number);
+    if connection.resolved_version != Some(version.number) {
+        connection.resolved_version = Some(version.number);
         connection.resolved_at = Some(now);
     }
     Ok(Resolved {
         connection,
-        resource,
-        version: version.number,
-        semver: version.semver.clone(),
-        credentials,
-        properties: version.properties,
+        resolved: Resolution {
+            version: version.number,
+            semver: version.semver.clone(),
+            resource: ResourceRef {
+                name: resource.name,
+                category: resource.category,
+                kind: resource.kind,
+                deprecated: resource.deprecated,
+            },
+            properties: version.properties,
+            credentials,
+        },
     })
+}
+
+/// A connection with what it resolves to now, or why it does not resolve (its resource or
+/// environment unpublished, no version within its constraint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectionState {
+    #[serde(flatten)]
+    pub connection: ConnectionRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolution>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Connection `name` as `gantry connection show` and the API show it: secret values left out.
+pub fn state(
+    store: &Store,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<ConnectionState, MarketError> {
+    match resolve(store, name, false, now) {
+        Ok(r) => Ok(ConnectionState {
+            connection: r.connection,
+            resolved: Some(r.resolved),
+            error: None,
+        }),
+        Err(MarketError::Store(e)) => Err(e.into()),
+        Err(MarketError::NoSuchConnection(n)) => Err(MarketError::NoSuchConnection(n)),
+        Err(e) => {
+            let connection = store
+                .get_connection(name)?
+                .ok_or_else(|| MarketError::NoSuchConnection(name.to_string()))?;
+            Ok(ConnectionState {
+                connection,
+                resolved: None,
+                error: Some(e.to_string()),
+            })
+        }
+    }
 }
 
 /// Removes a connection.

@@ -279,9 +279,10 @@ fn a_connection_hands_over_the_newest_version_within_its_constraint() {
         at(1),
     )
     .expect("create");
-    assert_eq!(created.version, 1);
+    assert_eq!(created.resolved.version, 1);
     assert!(
         created
+            .resolved
             .credentials
             .iter()
             .all(|b| b.secret == b.value.is_none())
@@ -301,13 +302,13 @@ fn a_connection_hands_over_the_newest_version_within_its_constraint() {
     )
     .expect("publish");
     let followed = resolve(&store, "orders", true, at(4)).expect("resolve");
-    assert_eq!(followed.version, 2);
+    assert_eq!(followed.resolved.version, 2);
     assert_eq!(
         store
             .get_connection("orders")
             .expect("read")
             .expect("there")
-            .resolved,
+            .resolved_version,
         Some(2)
     );
     assert!(render_env(&followed, Format::Dotenv).contains("PGPASSWORD=\"rotated-it\"\n"));
@@ -325,7 +326,7 @@ fn a_connection_hands_over_the_newest_version_within_its_constraint() {
     )
     .expect("create");
     let pinned = resolve(&store, "pinned", true, at(6)).expect("resolve");
-    assert_eq!(pinned.version, 1);
+    assert_eq!(pinned.resolved.version, 1);
     assert!(render_env(&pinned, Format::Json).contains(PASSWORD));
     // A semver requirement the publisher's version does not meet.
     let err = create_connection(
@@ -405,6 +406,7 @@ fn a_connection_hands_over_the_newest_version_within_its_constraint() {
     assert_eq!(
         resolve(&store, "orders", true, at(12))
             .expect("resolve")
+            .resolved
             .version,
         3
     );

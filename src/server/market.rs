@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::api::{ApiError, blocking, parse_json};
-use crate::marketplace::{self, Filter, MarketError, NewConnection, Resolved};
+use crate::marketplace::{self, Filter, MarketError, NewConnection};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -55,23 +55,6 @@ pub(super) struct ListQuery {
     all: Option<bool>,
 }
 
-/// A resource as a list shows it: its record and the environments of its newest version.
-fn summary(state: &AppState, r: &crate::store::ResourceRecord) -> ApiResult<Value> {
-    let environments: Vec<String> = state
-        .store
-        .resource_version(&r.name, r.latest, false)?
-        .map(|v| {
-            v.environments
-                .into_keys()
-                .filter(|e| !r.withdrawn.contains_key(e))
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut body = json!(r);
-    body["environments"] = json!(environments);
-    Ok(body)
-}
-
 pub(super) async fn list_resources(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -82,10 +65,7 @@ pub(super) async fn list_resources(
         search: q.search.filter(|s| !s.is_empty()),
         all: q.all.unwrap_or(false),
     };
-    let mut items = Vec::new();
-    for r in marketplace::list(&state.store, &filter)? {
-        items.push(summary(&state, &r)?);
-    }
+    let items = marketplace::summaries(&state.store, &filter)?;
     Ok(Json(json!({ "resources": items })))
 }
 
@@ -111,7 +91,7 @@ pub(super) async fn unpublish(
     let record =
         blocking(move || marketplace::unpublish(&store, &name, env.as_deref(), Utc::now()))
             .await??;
-    Ok(Json(summary(&state, &record)?))
+    Ok(Json(json!(marketplace::summary(&state.store, record)?)))
 }
 
 #[derive(Deserialize)]
@@ -138,7 +118,7 @@ pub(super) async fn deprecate(
     let record =
         blocking(move || marketplace::deprecate(&store, &name, reason.as_deref(), Utc::now()))
             .await??;
-    Ok(Json(summary(&state, &record)?))
+    Ok(Json(json!(marketplace::summary(&state.store, record)?)))
 }
 
 // ---- connections ----------------------------------------------------------------------------
@@ -153,24 +133,6 @@ struct ConnectionBody {
     consumer: Option<String>,
     #[serde(default)]
     map: BTreeMap<String, String>,
-}
-
-/// A resolved connection as the API shows it; values only when revealed.
-fn resolved_json(r: &Resolved) -> Value {
-    let mut body = json!(r.connection);
-    body["resolved"] = json!({
-        "version": r.version,
-        "semver": r.semver,
-        "resource": {
-            "name": r.resource.name,
-            "category": r.resource.category,
-            "kind": r.resource.kind,
-            "deprecated": r.resource.deprecated,
-        },
-        "properties": r.properties,
-        "credentials": r.credentials,
-    });
-    body
 }
 
 pub(super) async fn create_connection(
@@ -197,7 +159,7 @@ pub(super) async fn create_connection(
         )
     })
     .await??;
-    Ok((StatusCode::CREATED, Json(resolved_json(&resolved))).into_response())
+    Ok((StatusCode::CREATED, Json(json!(resolved))).into_response())
 }
 
 pub(super) async fn list_connections(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -206,39 +168,14 @@ pub(super) async fn list_connections(State(state): State<AppState>) -> ApiResult
     ))
 }
 
-/// The connection with what it resolves to now; when it no longer resolves (the resource was
-/// unpublished, say), the connection with the reason.
+/// The connection with what it resolves to now, or why it does not resolve.
 pub(super) async fn get_connection(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let store = state.store.clone();
-    let result = blocking(move || {
-        let resolved = marketplace::resolve(&store, &name, false, Utc::now());
-        (name, resolved)
-    })
-    .await?;
-    match result {
-        (_, Ok(r)) => Ok(Json(resolved_json(&r))),
-        (
-            name,
-            Err(
-                e @ (MarketError::Unpublished(_)
-                | MarketError::Withdrawn { .. }
-                | MarketError::NoMatch { .. }
-                | MarketError::NoSuchEnvironment { .. }
-                | MarketError::NoSuchResource(_)),
-            ),
-        ) => {
-            let Some(c) = state.store.get_connection(&name)? else {
-                return Err(e.into());
-            };
-            let mut body = json!(c);
-            body["error"] = json!(e.to_string());
-            Ok(Json(body))
-        }
-        (_, Err(e)) => Err(e.into()),
-    }
+    let found = blocking(move || marketplace::state(&store, &name, Utc::now())).await??;
+    Ok(Json(json!(found)))
 }
 
 pub(super) async fn credentials(
@@ -248,7 +185,7 @@ pub(super) async fn credentials(
     let store = state.store.clone();
     let resolved =
         blocking(move || marketplace::resolve(&store, &name, true, Utc::now())).await??;
-    Ok(Json(resolved_json(&resolved)))
+    Ok(Json(json!(resolved)))
 }
 
 pub(super) async fn delete_connection(

@@ -135,17 +135,19 @@ fn schemas() -> Value {
         "version": {"type": "string", "description": "the constraint: a version number, or a semver requirement on the publisher's version; absent: the newest"},
         "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
         "created_at": {"type": "string", "format": "date-time"},
-        "resolved": {"description": "in a list: the version it resolved to last; in a connection's own answer: what it resolves to now"},
+        "resolved_version": {"type": "integer", "description": "the version it resolved to last"},
         "resolved_at": {"type": "string", "format": "date-time"}}});
     let mut resolved = connection.clone();
     if let Some(props) = resolved["properties"].as_object_mut() {
         props.insert("resolved".into(), json!({"type": "object", "required": ["version", "resource", "properties", "credentials"], "properties": {
             "version": {"type": "integer"}, "semver": {"type": ["string", "null"]},
-            "resource": {"type": "object"}, "properties": {"type": "object", "additionalProperties": {"type": "string"}},
+            "resource": {"type": "object", "required": ["name", "category"], "properties": {"name": {"type": "string"}, "category": category.clone(), "kind": {"type": "string"},
+                "deprecated": {"type": "object", "properties": {"reason": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}}}},
+            "properties": {"type": "object", "additionalProperties": {"type": "string"}},
             "credentials": {"type": "array", "items": {"type": "object", "required": ["key", "var", "secret"], "properties": {
                 "key": {"type": "string"}, "var": {"type": "string"}, "secret": {"type": "boolean"},
                 "value": {"type": "string", "description": "only from /credentials for secrets"}}}}}}));
-        props.insert("error".into(), json!({"type": "string", "description": "why it does not resolve now (then `resolved` is the version it resolved to last)"}));
+        props.insert("error".into(), json!({"type": "string", "description": "why it does not resolve now (then `resolved` is absent)"}));
     }
     let config_entry = json!({"type": "object", "required": ["name"],
         "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},

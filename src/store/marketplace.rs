@@ -127,7 +127,7 @@ pub struct ConnectionRecord {
     pub created_at: DateTime<Utc>,
     /// The version it resolved to last, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved: Option<u64>,
+    pub resolved_version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<DateTime<Utc>>,
 }
