@@ -297,7 +297,70 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
     );
     assert!(hits.is_empty(), "plaintext found in {hits:?}");
 
-    // Running again is safe: the role's password is rotated, the database kept.
+    // The marketplace has it: found by type and tag, shown without a secret value.
+    let found = s.gantry(&[
+        "marketplace",
+        "list",
+        "--type",
+        "database",
+        "--tag",
+        "postgres",
+        "--json",
+    ]);
+    let found: serde_json::Value = serde_json::from_slice(&found.stdout).expect("list JSON");
+    assert_eq!(found[0]["name"], "orders_it-db", "{found}");
+    assert_eq!(found[0]["latest"], 1);
+    assert_eq!(found[0]["environments"], serde_json::json!(["dev"]));
+    let shown = text(
+        &s.gantry(&["marketplace", "show", "orders_it-db", "--json"])
+            .stdout,
+    );
+    assert!(
+        shown.contains("DB_PASSWORD") && !shown.contains(&password),
+        "{shown}"
+    );
+
+    // A connection for dev hands the credentials over as libpq's variables.
+    let mut create = vec![
+        "connection",
+        "create",
+        "orders",
+        "--resource",
+        "orders_it-db",
+        "--env",
+        "dev",
+    ];
+    for map in [
+        "DB_HOST=PGHOST",
+        "DB_PORT=PGPORT",
+        "DB_USER=PGUSER",
+        "DB_NAME=PGDATABASE",
+        "DB_PASSWORD=PGPASSWORD",
+    ] {
+        create.extend(["--map", map]);
+    }
+    let out = s.gantry(&create);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let connected_psql = |sql: &str| {
+        let env = s.gantry(&["connection", "env", "orders"]);
+        assert_eq!(env.status.code(), Some(0), "{}", text(&env.stderr));
+        Command::new("sh")
+            .args(["-c", &format!("eval \"$ENV_LINES\" && psql -qtAc '{sql}'")])
+            .env("ENV_LINES", text(&env.stdout))
+            .env_remove("PGPASSWORD")
+            .output()
+            .expect("sh runs")
+    };
+    let out = connected_psql("CREATE TABLE orders (id int); SELECT current_user");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "orders_it_app",
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Running again is safe: the role's password is rotated (a new version of the resource),
+    // the database kept, and the connection follows.
     let out = s.run_file(&file, &run_args);
     assert_eq!(
         out.status.code(),
@@ -306,6 +369,31 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
         text(&out.stdout),
         text(&out.stderr)
     );
+    assert!(
+        text(&out.stdout).contains("published orders_it-db version 2 to the marketplace"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = connected_psql("SELECT count(*) FROM orders");
+    assert_eq!(text(&out.stdout).trim(), "0", "{}", text(&out.stderr));
+    let shown: serde_json::Value =
+        serde_json::from_slice(&s.gantry(&["connection", "show", "orders", "--json"]).stdout)
+            .expect("show JSON");
+    assert_eq!(shown["resolved"]["version"], 2, "{shown}");
+    assert_eq!(shown["resolved_version"], 2, "{shown}");
+    let rotated = text(
+        &s.gantry(&["connection", "env", "orders", "--format", "json"])
+            .stdout,
+    );
+    let rotated: serde_json::Value = serde_json::from_str(&rotated).expect("env JSON");
+    let rotated = rotated["PGPASSWORD"]
+        .as_str()
+        .expect("a password")
+        .to_string();
+    assert_ne!(rotated, password);
+    let mut hits = Vec::new();
+    grep_tree(&s.data(), &[rotated.as_bytes()], &mut hits);
+    assert!(hits.is_empty(), "plaintext found in {hits:?}");
 }
 
 /// README's "On one machine" example, each line as written, from the root of this repository
