@@ -157,6 +157,7 @@ fn time_executor_only(
         params: Default::default(),
         vars: Default::default(),
         secrets: Default::default(),
+        connections: Default::default(),
         git: None,
         trigger: "manual".into(),
         pr_number: None,

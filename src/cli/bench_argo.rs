@@ -122,6 +122,7 @@ async fn measure(o: &BenchArgo) -> Result<Samples, String> {
             params: BTreeMap::new(),
             vars: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            connections: Default::default(),
             git: None,
             trigger: "manual".into(),
             pr_number: None,

@@ -38,6 +38,9 @@ pub struct RunInput {
     pub params: BTreeMap<String, String>,
     pub vars: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
+    /// The credentials the steps reference, `NAME.KEY` (as referenced) → value, from the
+    /// marketplace connections the pipeline declares; secret ones are masked like secrets.
+    pub connections: BTreeMap<String, ConnectionValue>,
     pub git: Option<GitInfo>,
     /// `manual`, `push`, `pullRequest`, `comment` or `schedule`.
     pub trigger: String,
@@ -58,12 +61,42 @@ impl fmt::Debug for RunInput {
             .field("params", &self.params)
             .field("vars", &self.vars)
             .field("secrets", &Names(&self.secrets))
+            .field("connections", &self.connections)
             .field("git", &self.git)
             .field("trigger", &self.trigger)
             .field("pr_number", &self.pr_number)
             .field("checkout", &self.checkout)
             .field("run_dir", &self.run_dir)
             .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl RunInput {
+    /// Every value a run's logs, messages and outputs must not show: its secrets and the secret
+    /// credentials of its connections.
+    pub fn hidden_values(&self) -> impl Iterator<Item = &str> {
+        self.secrets.values().map(String::as_str).chain(
+            self.connections
+                .values()
+                .filter(|c| c.secret)
+                .map(|c| c.value.as_str()),
+        )
+    }
+}
+
+/// A connection's credential as a run gets it. Its `Debug` hides a secret value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionValue {
+    pub value: String,
+    pub secret: bool,
+}
+
+impl fmt::Debug for ConnectionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionValue")
+            .field("value", redact(&self.value, self.secret))
+            .field("secret", &self.secret)
             .finish()
     }
 }
@@ -550,6 +583,8 @@ pub struct Values {
     pub params: BTreeMap<String, String>,
     pub vars: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, String>,
+    /// `NAME.KEY` → a connection's credential (see `RunInput::connections`).
+    pub connections: BTreeMap<String, ConnectionValue>,
     /// step name → output name → value. Outputs of skipped steps resolve to "".
     pub outputs: BTreeMap<String, BTreeMap<String, String>>,
     pub run_id: String,
@@ -570,6 +605,7 @@ impl fmt::Debug for Values {
             .field("params", &self.params)
             .field("vars", &self.vars)
             .field("secrets", &Names(&self.secrets))
+            .field("connections", &self.connections)
             .field("outputs", &outputs)
             .field("run_id", &self.run_id)
             .field("run_number", &self.run_number)
@@ -586,6 +622,7 @@ impl Values {
             params: input.params.clone(),
             vars: input.vars.clone(),
             secrets: input.secrets.clone(),
+            connections: input.connections.clone(),
             outputs: BTreeMap::new(),
             run_id: input.run_id.clone(),
             run_number: input.run_number,
@@ -602,6 +639,10 @@ impl Values {
             Ref::Param(n) => self.params.get(n).cloned(),
             Ref::Var(n) => self.vars.get(n).cloned(),
             Ref::Secret(n) => self.secrets.get(n).cloned(),
+            Ref::Connection { name, key } => self
+                .connections
+                .get(&format!("{name}.{key}"))
+                .map(|c| c.value.clone()),
             Ref::StepOutput { step, output } => self
                 .outputs
                 .get(step)
@@ -655,6 +696,13 @@ mod tests {
             params: BTreeMap::new(),
             vars: BTreeMap::new(),
             secrets,
+            connections: BTreeMap::from([(
+                "db.password".to_string(),
+                ConnectionValue {
+                    value: "conn-pw-55".into(),
+                    secret: true,
+                },
+            )]),
             git: None,
             trigger: "manual".into(),
             pr_number: None,
@@ -679,7 +727,9 @@ mod tests {
         };
         let shown = format!("{input:?} {values:?} {event:?} {credential:?}");
         assert!(
-            !shown.contains("hunter2") && !shown.contains("t0ps3cret"),
+            !shown.contains("hunter2")
+                && !shown.contains("t0ps3cret")
+                && !shown.contains("conn-pw-55"),
             "{shown}"
         );
         for name in ["DB_PASSWORD", "login", "token", "alice", "password"] {

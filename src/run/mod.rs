@@ -19,7 +19,9 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::executor::{Checkout, Event, Executor, GitInfo, Limits, RunInput, RunOutcome};
+use crate::executor::{
+    Checkout, ConnectionValue, Event, Executor, GitInfo, Limits, RunInput, RunOutcome,
+};
 use crate::plan::{self, Plan};
 use crate::spec::model::{ParamValue, Pipeline};
 use crate::spec::values;
@@ -313,6 +315,14 @@ impl Hints {
         }
     }
 
+    fn create_connection(&self, name: &str) -> String {
+        let server = match self {
+            Hints::DataDir => String::new(),
+            Hints::Server(url) => format!("--server {url} "),
+        };
+        format!("gantry {server}connection create {name} --resource RESOURCE --env ENV")
+    }
+
     fn set_secret(&self, name: &str, scope: &str) -> String {
         let server = match self {
             Hints::DataDir => String::new(),
@@ -390,6 +400,9 @@ pub fn start(
     .into_iter()
     .flatten()
     .collect();
+    let (connections, refused) =
+        resolve_connections(store, &plan, pipeline, &how.release, &how.hints);
+    problems.extend(refused);
     if !problems.is_empty()
         && let Some(note) = scope.note()
     {
@@ -417,6 +430,7 @@ pub fn start(
         params: param_texts(&run),
         vars,
         secrets,
+        connections,
         git: run.git.clone(),
         trigger: run.trigger.kind.clone(),
         pr_number: run.pr,
@@ -435,6 +449,90 @@ pub fn start(
         refusal,
         keep_run_dir: how.keep_run_dir,
     })
+}
+
+/// The connection credentials a run's steps reference (`NAME.KEY` → value), resolved in the
+/// marketplace now, and why some cannot be had: a declared connection that does not resolve, a
+/// key it does not have, a secret credential for a run whose ref gets only unprotected secrets.
+fn resolve_connections(
+    store: &Store,
+    plan: &Plan,
+    pipeline: &Pipeline,
+    release: &trust::Release,
+    hints: &Hints,
+) -> (BTreeMap<String, ConnectionValue>, Vec<String>) {
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for step in &plan.steps {
+        let mut texts: Vec<&crate::spec::expr::Text> = step.env.iter().map(|(_, t)| t).collect();
+        if let plan::Action::Publish(r) = &step.action {
+            texts.extend(r.properties.values());
+            texts.extend(
+                r.connection_credentials
+                    .iter()
+                    .flat_map(|c| c.parameters.iter().map(|p| &p.value)),
+            );
+        }
+        for (r, _) in texts.iter().flat_map(|t| t.refs()) {
+            if let crate::spec::expr::Ref::Connection { name, key } = r {
+                let keys = wanted.entry(name.as_str()).or_default();
+                if !keys.contains(&key.as_str()) {
+                    keys.push(key.as_str());
+                }
+            }
+        }
+    }
+    let mut values = BTreeMap::new();
+    let mut problems = Vec::new();
+    for name in &pipeline.connections {
+        let resolved = match crate::marketplace::resolve(store, name, true, chrono::Utc::now()) {
+            Ok(r) => r,
+            Err(crate::marketplace::MarketError::NoSuchConnection(_)) => {
+                problems.push(format!(
+                    "connection `{name}` does not exist: {}",
+                    hints.create_connection(name)
+                ));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("connection `{name}`: {e}"));
+                continue;
+            }
+        };
+        let credentials = &resolved.resolved.credentials;
+        for key in wanted.get(name.as_str()).into_iter().flatten() {
+            let found = credentials.iter().find(|c| c.key == *key).or_else(|| {
+                credentials
+                    .iter()
+                    .find(|c| crate::marketplace::binding::well_known(&c.key) == Some(key))
+            });
+            let Some(c) = found else {
+                let have: Vec<&str> = credentials.iter().map(|c| c.key.as_str()).collect();
+                problems.push(format!(
+                    "connection `{name}` (resource {}, version {}) has no credential `{key}`; its keys: {}",
+                    resolved.connection.resource,
+                    resolved.resolved.version,
+                    have.join(", ")
+                ));
+                continue;
+            };
+            if c.secret
+                && let trust::Release::UnprotectedOnly { reference, rule } = release
+            {
+                problems.push(format!(
+                    "credential `{key}` of connection `{name}` is secret: runs at `{reference}` do not get it; {rule}"
+                ));
+                continue;
+            }
+            values.insert(
+                format!("{name}.{key}"),
+                ConnectionValue {
+                    value: c.value.clone().unwrap_or_default(),
+                    secret: c.secret,
+                },
+            );
+        }
+    }
+    (values, problems)
 }
 
 /// How `drive` hands a run to its executor.

@@ -18,6 +18,12 @@ pub enum Ref {
     Var(String),
     /// `{{secrets.NAME}}`, also `{{SECRETS.NAME}}`.
     Secret(String),
+    /// `{{connections.NAME.KEY}}`: a credential of a marketplace connection the pipeline
+    /// declares; KEY is the publisher's key or its well-known name (`host`, `password`, ...).
+    Connection {
+        name: String,
+        key: String,
+    },
     /// `{{steps.STEP.outputs.NAME}}`, also `{{steps.STEP.outputs.parameters.NAME}}` and `tasks.` for `steps.`.
     StepOutput {
         step: String,
@@ -40,6 +46,7 @@ impl fmt::Display for Ref {
             Ref::Param(n) => write!(f, "params.{n}"),
             Ref::Var(n) => write!(f, "vars.{n}"),
             Ref::Secret(n) => write!(f, "secrets.{n}"),
+            Ref::Connection { name, key } => write!(f, "connections.{name}.{key}"),
             Ref::StepOutput { step, output } => write!(f, "steps.{step}.outputs.{output}"),
             Ref::Input(n) => write!(f, "inputs.{n}"),
             Ref::RunId => f.write_str("run.id"),
@@ -246,10 +253,11 @@ where
     (Text { parts }, errors)
 }
 
-const ROOTS: [&str; 13] = [
+const ROOTS: [&str; 14] = [
     "params",
     "vars",
     "secrets",
+    "connections",
     "steps",
     "inputs",
     "run",
@@ -286,6 +294,10 @@ fn parse_ref(inner: &str) -> Result<Ref, (String, Option<String>)> {
         ["params", n] | ["workflow", "parameters", n] => Ref::Param(name(n)),
         ["vars", n] | ["VARIABLES", n] => Ref::Var(name(n)),
         ["secrets", n] | ["SECRETS", n] => Ref::Secret(name(n)),
+        ["connections", n, k] => Ref::Connection {
+            name: name(n),
+            key: name(k),
+        },
         ["steps" | "tasks", step, "outputs", n]
         | ["steps" | "tasks", step, "outputs", "parameters", n] => Ref::StepOutput {
             step: name(step),
@@ -306,7 +318,7 @@ fn parse_ref(inner: &str) -> Result<Ref, (String, Option<String>)> {
             } else {
                 super::diagnostic::did_you_mean(root, ROOTS)
                     .map(|s| format!("did you mean `{s}`?"))
-                    .or_else(|| Some("known roots: params, vars, secrets, steps, inputs, run, git, trigger, pr".into()))
+                    .or_else(|| Some("known roots: params, vars, secrets, connections, steps, inputs, run, git, trigger, pr".into()))
             };
             return Err((format!("unknown expression `{{{{{expr}}}}}`"), help));
         }
@@ -320,6 +332,7 @@ fn expected_form(root: &str) -> &'static str {
         "params" => "write `{{params.NAME}}`",
         "vars" | "VARIABLES" => "write `{{vars.NAME}}`",
         "secrets" | "SECRETS" => "write `{{secrets.NAME}}`",
+        "connections" => "write `{{connections.NAME.KEY}}`",
         "steps" | "tasks" => "write `{{steps.STEP.outputs.NAME}}`",
         "inputs" => "write `{{inputs.NAME}}`",
         "run" => "known: `{{run.id}}`, `{{run.number}}`",
@@ -351,6 +364,13 @@ mod tests {
             ("{{VARIABLES.v}}", Ref::Var("v".into())),
             ("{{secrets.s}}", Ref::Secret("s".into())),
             ("{{SECRETS.s}}", Ref::Secret("s".into())),
+            (
+                "{{connections.orders-db.host}}",
+                Ref::Connection {
+                    name: "orders-db".into(),
+                    key: "host".into(),
+                },
+            ),
             (
                 "{{steps.b.outputs.x}}",
                 Ref::StepOutput {

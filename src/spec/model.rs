@@ -31,6 +31,8 @@ pub struct Pipeline {
     pub parameters: Vec<Parameter>,
     pub variables: Vec<String>,
     pub secrets: Vec<String>,
+    /// Marketplace connections the steps read credentials from (`{{connections.NAME.KEY}}`).
+    pub connections: Vec<String>,
     pub templates: Vec<Template>,
     pub steps: Vec<StepItem>,
 }

@@ -24,6 +24,7 @@ pub struct SourceMap {
     pub parameters: Vec<ParamSpans>,
     pub variables: Vec<Pos>,
     pub secrets: Vec<Pos>,
+    pub connections: Vec<Pos>,
     pub templates: Vec<TemplateSpans>,
     /// One entry per step, in `Pipeline::all_steps` order.
     pub steps: Vec<StepSpans>,
@@ -90,6 +91,7 @@ const TOP: &[&str] = &[
     "parameters",
     "variables",
     "secrets",
+    "connections",
     "templates",
     "steps",
 ];
@@ -584,6 +586,7 @@ impl<'s> Cx<'s> {
             parameters: Vec::new(),
             variables: Vec::new(),
             secrets: Vec::new(),
+            connections: Vec::new(),
             templates: Vec::new(),
             steps: Vec::new(),
         };
@@ -682,6 +685,21 @@ impl<'s> Cx<'s> {
                 }
                 pipeline.secrets.push(name);
                 map.secrets.push(pos);
+            }
+        }
+        if let Some(node) = top.get("connections") {
+            for (name, pos) in self.string_list(node, "`connections`") {
+                // Kept even when invalid, so that references to it do not cascade.
+                if !values::is_connection_name(&name) {
+                    self.err(
+                        pos,
+                        format!(
+                            "invalid connection name `{name}`: it must match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,99}}$"
+                        ),
+                    );
+                }
+                pipeline.connections.push(name);
+                map.connections.push(pos);
             }
         }
         if let Some(node) = top.get("templates") {

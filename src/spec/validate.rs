@@ -593,7 +593,7 @@ impl<'a> Checker<'a> {
 
     fn carries_secret(&self, text: &Text) -> bool {
         text.refs().any(|(r, _)| match r {
-            Ref::Secret(_) => true,
+            Ref::Secret(_) | Ref::Connection { .. } => true,
             Ref::StepOutput { step, output } => {
                 self.step_index.get(step.as_str()).is_some_and(|&j| {
                     self.outputs_of(self.steps[j])
@@ -742,6 +742,20 @@ impl<'a> Checker<'a> {
                     );
                 }
                 self.secret_placement(pos, &format!("secret `{n}`"), place);
+            }
+            Ref::Connection { name, key } => {
+                if !p.connections.iter().any(|c| c == name) {
+                    self.err_suggest(
+                        pos,
+                        format!("undeclared connection `{name}`"),
+                        name,
+                        p.connections.iter().map(String::as_str),
+                        Some(format!("add `{name}` to `connections:`")),
+                    );
+                }
+                // Whether a key is secret is the publisher's to say, so every one is kept
+                // where a secret may go.
+                self.secret_placement(pos, &format!("connection credential `{name}.{key}`"), place);
             }
             Ref::StepOutput { step, output } => self.step_output(step, output, pos, place, scope),
             Ref::Input(n) => match scope {

@@ -18,6 +18,16 @@ pub fn is_step_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+/// `^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$`: a marketplace connection as a pipeline names it (the
+/// marketplace's names without `.`, which would end the name in a `{{connections.NAME.KEY}}`).
+pub fn is_connection_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// `^[a-zA-Z_][a-zA-Z0-9_]*$`: parameters, variables, secrets, template inputs.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();

@@ -359,6 +359,35 @@ fn the_example_postgres_pipeline_provisions_and_publishes_for_real() {
         text(&out.stderr)
     );
 
+    // A second pipeline consumes the connection: its step logs in with the credentials, named
+    // by their well-known names, and the password never shows in its log.
+    let consumer = s.pipeline(
+        "migrate.yaml",
+        r#"apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata:
+  name: orders-migrate
+connections: [orders]
+steps:
+  - name: migrate
+    command: [sh, -c, 'psql -qtAc "CREATE TABLE customers (id int); SELECT current_user" && echo "pw=$PGPASSWORD"']
+    env:
+      PGHOST: "{{connections.orders.host}}"
+      PGPORT: "{{connections.orders.port}}"
+      PGUSER: "{{connections.orders.username}}"
+      PGDATABASE: "{{connections.orders.database}}"
+      PGPASSWORD: "{{connections.orders.password}}"
+"#,
+    );
+    let out = s.run_file(&consumer, &["--host-port", port.as_str()]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}{}", text(&out.stderr));
+    assert!(
+        said.contains("orders_it_app") && said.contains("pw=***"),
+        "{said}"
+    );
+    assert!(!said.contains(&password), "{said}");
+
     // Running again is safe: the role's password is rotated (a new version of the resource),
     // the database kept, and the connection follows.
     let out = s.run_file(&file, &run_args);

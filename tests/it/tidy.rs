@@ -21,7 +21,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "trigger",
         &["spec", "plan", "source", "catalog", "store", "forge"],
     ),
-    ("run", &["spec", "plan", "store", "executor", "trigger"]),
+    (
+        "run",
+        &[
+            "spec",
+            "plan",
+            "store",
+            "executor",
+            "trigger",
+            "marketplace",
+        ],
+    ),
     (
         "report",
         &[

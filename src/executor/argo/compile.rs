@@ -401,9 +401,29 @@ fn var_name(name: &str) -> String {
     format!("gantry-var-{name}")
 }
 
-/// The hidden variable a secret is read into when its value is part of a longer text.
-fn secret_env(name: &str) -> String {
-    format!("GANTRY_SECRET_{name}")
+/// The hidden variable a secret is read into when its value is part of a longer text: the
+/// key itself when it is an identifier (a secret's name), else its bytes in hex.
+fn secret_env(key: &str) -> String {
+    if crate::spec::values::is_identifier(key) {
+        format!("GANTRY_SECRET_{key}")
+    } else {
+        let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("GANTRY_SECRET_X{hex}")
+    }
+}
+
+/// What starts the run's Secret key of a connection's credential; `NAME.KEY` follows.
+pub const CONNECTION_PREFIX: &str = "gantry-conn.";
+
+/// The run's Secret key a sealed reference is read from: a secret's name, or a connection's
+/// credential (every credential of a connection goes through the Secret: whether a key is
+/// secret is known only when the run starts).
+fn sealed_key(r: &Ref) -> Option<String> {
+    match r {
+        Ref::Secret(s) => Some(s.clone()),
+        Ref::Connection { name, key } => Some(format!("{CONNECTION_PREFIX}{name}.{key}")),
+        _ => None,
+    }
 }
 
 struct Cx<'a> {
@@ -419,7 +439,7 @@ impl Cx<'_> {
         Some(match r {
             Ref::Param(n) => format!("{{{{workflow.parameters.{}}}}}", param_name(n)),
             Ref::Var(n) => format!("{{{{workflow.parameters.{}}}}}", var_name(n)),
-            Ref::Secret(_) => return None,
+            Ref::Secret(_) | Ref::Connection { .. } => return None,
             Ref::StepOutput { step, output } => {
                 let task = self
                     .plan
@@ -468,31 +488,26 @@ impl Cx<'_> {
         hidden: &mut Vec<Value>,
     ) -> Value {
         let secret_ref = |key: &str| json!({"secretKeyRef": {"name": secret_name, "key": key}});
-        if let [
-            Part::Ref {
-                reference: Ref::Secret(s),
-                ..
-            },
-        ] = value.parts.as_slice()
+        if let [Part::Ref { reference, .. }] = value.parts.as_slice()
+            && let Some(s) = sealed_key(reference)
         {
-            secrets.insert(s.clone());
-            return json!({"name": name, "valueFrom": secret_ref(s)});
+            let entry = json!({"name": name, "valueFrom": secret_ref(&s)});
+            secrets.insert(s);
+            return entry;
         }
         let mut out = String::new();
         for part in &value.parts {
             match part {
                 // `$(` would be expanded by Kubernetes: `$$(` keeps it literal.
                 Part::Lit(s) => out.push_str(&s.replace("$(", "$$(")),
-                Part::Ref {
-                    reference: Ref::Secret(s),
-                    ..
-                } => {
+                Part::Ref { reference, .. } if sealed_key(reference).is_some() => {
+                    let s = sealed_key(reference).unwrap_or_default();
                     if secrets.insert(s.clone())
-                        || !hidden.iter().any(|h| h["name"] == secret_env(s))
+                        || !hidden.iter().any(|h| h["name"] == secret_env(&s))
                     {
-                        hidden.push(json!({"name": secret_env(s), "valueFrom": secret_ref(s)}));
+                        hidden.push(json!({"name": secret_env(&s), "valueFrom": secret_ref(&s)}));
                     }
-                    out.push_str(&format!("$({})", secret_env(s)));
+                    out.push_str(&format!("$({})", secret_env(&s)));
                 }
                 Part::Ref { reference, .. } => {
                     out.push_str(&self.reference(reference).unwrap_or_default())
@@ -835,6 +850,42 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: db-setup}\n";
+
+    #[test]
+    fn connection_credentials_are_read_from_the_run_s_secret() {
+        let plan = plan_of(&format!(
+            "{HEAD}connections: [orders-db]\nsteps:\n  - name: migrate\n    command: [sh, migrate.sh]\n    env: {{PGHOST: '{{{{connections.orders-db.host}}}}', URL: 'postgres://{{{{connections.orders-db.host}}}}/x'}}\n"
+        ));
+        let compiled = compile(&plan, &run(), &Options::default()).expect("compiles");
+        assert_eq!(
+            compiled.secret_keys,
+            vec!["gantry-conn.orders-db.host".to_string()]
+        );
+        let template = &compiled.workflow["spec"]["templates"][1];
+        let env = template["container"]["env"].as_array().expect("env");
+        let find = |n: &str| {
+            env.iter()
+                .find(|e| e["name"] == n)
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            find("PGHOST")["valueFrom"]["secretKeyRef"]["key"],
+            "gantry-conn.orders-db.host"
+        );
+        let hidden = format!(
+            "GANTRY_SECRET_X{}",
+            "gantry-conn.orders-db.host"
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        assert_eq!(find("URL")["value"], format!("postgres://$({hidden})/x"));
+        assert_eq!(
+            find(&hidden)["valueFrom"]["secretKeyRef"]["key"],
+            "gantry-conn.orders-db.host"
+        );
+    }
 
     #[test]
     fn steps_become_dag_tasks_with_dependencies_and_argo_references() {

@@ -226,7 +226,7 @@ impl ArgoExecutor {
         events: Sender<Event>,
     ) -> (Book<'a>, Option<Compiled>) {
         let secrets = Secrets::new();
-        for value in input.secrets.values() {
+        for value in input.hidden_values() {
             secrets.add(value);
         }
         let mut book = Book::new(plan, input, secrets, events);
@@ -295,6 +295,12 @@ impl ArgoExecutor {
         // One fresh pad per secret output, in the run's Secret beside its secrets, and the
         // checkout's credentials.
         let mut values = input.secrets.clone();
+        for (key, credential) in &input.connections {
+            values.insert(
+                format!("{}{key}", compile::CONNECTION_PREFIX),
+                credential.value.clone(),
+            );
+        }
         if let Checkout::Commit(commit) = &input.checkout
             && let Some(credentials) = &commit.credentials
         {

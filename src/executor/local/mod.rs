@@ -398,7 +398,7 @@ async fn run(
     let started = tokio::time::Instant::now();
     let deadline = started.checked_add(plan.timeout);
     let secrets = Secrets::new();
-    for value in input.secrets.values() {
+    for value in input.hidden_values() {
         secrets.add(value);
     }
     // Absolute, so that `$GANTRY_WORKSPACE` and `$GANTRY_OUTPUTS` hold from any working directory.

@@ -34,6 +34,7 @@ pub(super) fn input(dir: &Path) -> RunInput {
         params: BTreeMap::new(),
         vars: BTreeMap::new(),
         secrets: BTreeMap::new(),
+        connections: Default::default(),
         git: None,
         trigger: "manual".into(),
         pr_number: None,
