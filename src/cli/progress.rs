@@ -133,7 +133,10 @@ impl Progress {
                     None => eprintln!("<== {text}"),
                 }
             }
-            Event::AttemptFinished { .. } | Event::Outputs { .. } | Event::Published { .. } => {}
+            Event::AttemptFinished { .. }
+            | Event::Outputs { .. }
+            | Event::Published { .. }
+            | Event::Summary { .. } => {}
         }
     }
 

@@ -413,6 +413,9 @@ pub enum Event {
         step: usize,
         publication: Publication,
     },
+    /// The Markdown a step wrote to `$GANTRY_SUMMARY`, masked and capped, read when the step
+    /// ended.
+    Summary { step: usize, text: String },
 }
 
 impl fmt::Debug for Event {
@@ -465,6 +468,11 @@ impl fmt::Debug for Event {
                 .field("message", message)
                 .field("retry_in", retry_in)
                 .field("at", at)
+                .finish(),
+            Event::Summary { step, text } => f
+                .debug_struct("Summary")
+                .field("step", step)
+                .field("bytes", &text.len())
                 .finish(),
             Event::Outputs { step, values } => f
                 .debug_struct("Outputs")

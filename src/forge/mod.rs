@@ -193,6 +193,47 @@ pub fn escape_markdown(text: &str) -> String {
     out
 }
 
+/// A step's Markdown summary, fit for a comment: rendered as Markdown (the step wrote it to be),
+/// but with every `@` followed by a zero-width space so that it mentions no one, Gantry's own
+/// hidden markers taken out, a code block it left open closed, and at most `max` characters.
+pub fn summary_markdown(text: &str, max: usize) -> String {
+    const ZWSP: char = '\u{200B}';
+    let mut out = String::with_capacity(text.len().min(max) + 16);
+    for c in text.chars().take(max) {
+        out.push(c);
+        if c == '@' {
+            out.push(ZWSP);
+        }
+    }
+    if text.chars().count() > max {
+        out.push_str("\n…");
+    }
+    let mut out = out.replace("<!-- gantry:", "<!-- ");
+    let fences = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("```") || l.trim_start().starts_with("~~~"))
+        .count();
+    if fences % 2 == 1 {
+        out.push_str("\n```");
+    }
+    out
+}
+
+/// A code fence longer than any run of backticks in `text`, so the block cannot be closed early.
+pub fn fence_for(text: &str) -> String {
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if c == '`' {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    "`".repeat((longest + 1).max(3))
+}
+
 /// `text` as an inline code span for a forge's markdown: shown as typed, so text quoted from a
 /// user cannot mention anyone, link anywhere or format the message. Backticks and line breaks
 /// inside become plain quotes and spaces (a span cannot hold them safely), and very long text is

@@ -71,6 +71,109 @@ pub(crate) fn secrets_of(store: &Store, run: &RunRecord) -> Secrets {
     secrets
 }
 
+/// What a run published, for its section of the comment: each resource with its marketplace
+/// version, environments, non-secret properties and credential keys, never a value of one.
+fn published(store: &Store, run: &RunRecord, secrets: &Secrets) -> Result<String, StoreError> {
+    let made = store.published_as(&run.id)?;
+    let mut out = String::new();
+    for (step, p) in store.publications(&run.id, false)? {
+        if out.is_empty() {
+            out.push_str("\nPublished to the marketplace:\n");
+        }
+        let version = match made.iter().find(|(s, _)| *s == step) {
+            Some((_, m)) if m.new => format!("version {}", m.version),
+            Some((_, m)) => format!("version {} (unchanged)", m.version),
+            None => "not listed yet".to_string(),
+        };
+        let mut environments: Vec<&str> = p
+            .credentials
+            .iter()
+            .flat_map(|c| c.environments.iter().map(String::as_str))
+            .collect();
+        environments.dedup();
+        let mut keys: Vec<String> = Vec::new();
+        for k in p.credentials.iter().flat_map(|c| &c.parameters) {
+            let key = if k.is_secret {
+                format!("`{}` (secret)", cell(&k.key))
+            } else {
+                format!("`{}`", cell(&k.key))
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        out.push_str(&format!(
+            "- {} {version} ({}), for {}\n",
+            crate::forge::code_span(&p.name),
+            crate::marketplace::category_name(p.category),
+            environments
+                .iter()
+                .map(|e| crate::forge::code_span(e))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for (k, v) in &p.properties {
+            out.push_str(&format!(
+                "  - `{}` = {}\n",
+                cell(k),
+                crate::forge::code_span(&secrets.mask(v))
+            ));
+        }
+        if !keys.is_empty() {
+            out.push_str(&format!("  - credentials: {}\n", keys.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
+/// The most of a step's summary the comment shows; the run's page has all of it.
+const SUMMARY_IN_COMMENT: usize = 8_000;
+
+/// How many of a failed step's last log lines the comment shows when it wrote no summary.
+const TAIL_LINES: usize = 20;
+
+/// A step's own section: its summary, or the end of its log when it failed without one.
+fn step_text(
+    store: &Store,
+    run: &RunRecord,
+    index: usize,
+    step: &crate::store::StepRecord,
+    secrets: &Secrets,
+    url: &str,
+) -> Result<String, StoreError> {
+    if let Some(summary) = &step.summary {
+        let mut text = crate::forge::summary_markdown(&secrets.mask(summary), SUMMARY_IN_COMMENT);
+        if summary.chars().count() > SUMMARY_IN_COMMENT {
+            text.push_str(&format!("\n\n[The whole summary]({url})\n"));
+        }
+        return Ok(format!(
+            "\n<details><summary>Summary of <code>{}</code></summary>\n\n{}\n\n</details>\n",
+            cell(&step.name),
+            text.trim_end()
+        ));
+    }
+    if !matches!(
+        step.state,
+        StepState::Failed | StepState::TimedOut | StepState::Error
+    ) {
+        return Ok(String::new());
+    }
+    let lines = store.log_tail(&run.id, index, TAIL_LINES)?;
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    let body: Vec<String> = lines
+        .iter()
+        .map(|l| one_line(&secrets.mask(&l.text)))
+        .collect();
+    let body = body.join("\n");
+    let fence = crate::forge::fence_for(&body);
+    Ok(format!(
+        "\n<details><summary>Last lines of <code>{}</code></summary>\n\n{fence}text\n{body}\n{fence}\n\n</details>\n",
+        cell(&step.name)
+    ))
+}
+
 /// The comment's text for a pull request.
 pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, StoreError> {
     let short = &pr.head_sha[..pr.head_sha.len().min(7)];
@@ -151,6 +254,10 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
                 details.push_str(&line);
                 details.push('\n');
             }
+        }
+        details.push_str(&published(store, &run, &secrets)?);
+        for (index, step) in steps.iter().enumerate() {
+            details.push_str(&step_text(store, &run, index, step, &secrets, &url)?);
         }
         details.push_str("\n</details>\n");
     }

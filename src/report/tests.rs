@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::executor::GitInfo;
-use crate::store::{NewRun, PipelineError, PrRecord, StepState, Trigger};
+use crate::store::{LogLine, NewRun, PipelineError, PrRecord, StepState, Trigger};
 
 const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsecrets: [db_password]\nsteps:\n  - name: create\n    script: echo hi\n";
 
@@ -368,4 +368,184 @@ fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
         ),
         "{text}"
     );
+}
+
+const PIPELINE_3: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsecrets: [db_password]\nsteps:\n  - name: plan\n    script: echo plan\n  - name: publish\n    script: echo publish\n  - name: check\n    script: echo check\n";
+
+/// A run whose steps wrote a summary, published a resource, and failed with a long log: the
+/// comment shows the summary (mentions defused, its open code block closed), the resource with
+/// its version, properties and credential keys, and the failed step's last 20 lines, all masked.
+#[test]
+fn the_pr_comment_shows_summaries_publications_and_the_end_of_a_failed_log() {
+    use crate::executor::{Publication, PublishedCredential, PublishedCredentials, Stream};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let version = store
+        .record_version("infra", "provision-db", PIPELINE_3, "p.yaml", Some("abc"))
+        .expect("version");
+    store
+        .set_secret(Some("infra/provision-db"), "db_password", "hunter2-secret")
+        .expect("secret");
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let run = store
+        .create_run(NewRun {
+            source: "infra".into(),
+            pipeline: "provision-db".into(),
+            version,
+            parameters: BTreeMap::new(),
+            trigger: Trigger {
+                kind: "pullRequest".into(),
+                detail: None,
+            },
+            git: Some(GitInfo {
+                sha: sha.into(),
+                reference: "refs/pull/8/head".into(),
+                repo: "acme/infra".into(),
+            }),
+            steps: vec!["plan".into(), "publish".into(), "check".into()],
+            owner: None,
+            status: RunStatus::Queued,
+            concurrency: None,
+            message: None,
+            pr: Some(8),
+            idempotency_key: None,
+        })
+        .expect("run");
+    let start = Utc
+        .with_ymd_and_hms(2026, 12, 7, 9, 0, 0)
+        .single()
+        .expect("time");
+    let ms = chrono::Duration::milliseconds;
+    let states = [
+        (StepState::Succeeded, 0, 1200),
+        (StepState::Succeeded, 1200, 1300),
+        (StepState::Failed, 1300, 4000),
+    ];
+    for (i, (state, from, to)) in states.into_iter().enumerate() {
+        store
+            .update_step(&run.id, i, |s| {
+                s.state = state;
+                s.started_at = Some(start + ms(from));
+                s.finished_at = Some(start + ms(to));
+            })
+            .expect("step");
+    }
+    store
+        .update_step(&run.id, 0, |s| {
+            s.summary = Some(
+                "## Plan\n\n@alice will see `hunter2-secret`\n\n```diff\n+ database orders\n"
+                    .into(),
+            )
+        })
+        .expect("summary");
+    store
+        .update_step(&run.id, 2, |s| {
+            s.message = Some("exited with code 3".into())
+        })
+        .expect("message");
+    let lines: Vec<LogLine> = (1..=25)
+        .map(|n| LogLine {
+            at: start,
+            attempt: 1,
+            stream: Stream::Stdout,
+            text: if n == 25 {
+                "password hunter2-secret refused".into()
+            } else {
+                format!("line {n}")
+            },
+        })
+        .collect();
+    store.put_log_chunk(&run.id, 2, 0, &lines).expect("log");
+    let publication = Publication {
+        name: "orders-db".into(),
+        version: "1.0.0".into(),
+        category: crate::spec::model::Category::Database,
+        description: None,
+        tags: vec![],
+        properties: BTreeMap::from([("host".to_string(), "db.internal".to_string())]),
+        credentials: vec![PublishedCredentials {
+            environments: vec!["dev".into()],
+            parameters: vec![
+                PublishedCredential {
+                    key: "DB_HOST".into(),
+                    value: "db.internal".into(),
+                    is_secret: false,
+                },
+                PublishedCredential {
+                    key: "DB_PASSWORD".into(),
+                    value: "hunter2-secret".into(),
+                    is_secret: true,
+                },
+            ],
+        }],
+    };
+    store
+        .put_publication(&run.id, "publish", &publication)
+        .expect("publication");
+    let run = store
+        .update_run(&run.id, |r| {
+            r.status = RunStatus::Failed;
+            r.started_at = Some(start);
+            r.finished_at = Some(start + ms(4000));
+            r.message = Some("step `check` failed (exit 3)".into());
+        })
+        .expect("end");
+    crate::marketplace::publish_run(&store, &run, start + ms(4000)).expect("marketplace");
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 8,
+        head_sha: sha.into(),
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        ..PrRecord::default()
+    };
+    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let tail: String = (6..=24).map(|n| format!("line {n}\n")).collect();
+    let expected = format!(
+        "<!-- gantry:pr-comment -->
+### Gantry on `89abcde`
+
+| Pipeline | Status | Duration | Run |
+|---|---|---|---|
+| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+
+<details><summary><code>provision-db</code> #1: failed</summary>
+
+step \\`check\\` failed \\(exit 3\\)
+
+- ✅ `plan` succeeded 1.2s
+- ✅ `publish` succeeded 0.1s
+- ❌ `check` failed 2.7s: exited with code 3
+
+Published to the marketplace:
+- `orders-db` version 1 (database), for `dev`
+  - `host` = `db.internal`
+  - credentials: `DB_HOST`, `DB_PASSWORD` (secret)
+
+<details><summary>Summary of <code>plan</code></summary>
+
+## Plan
+
+@\u{200b}alice will see `***`
+
+```diff
++ database orders
+
+```
+
+</details>
+
+<details><summary>Last lines of <code>check</code></summary>
+
+```text
+{tail}password *** refused
+```
+
+</details>
+
+</details>
+",
+        id = run.id
+    );
+    assert_eq!(text, expected);
+    assert!(!text.contains("hunter2"));
 }

@@ -1037,6 +1037,7 @@ fn record_event(
                 .unwrap_or("?");
             store.put_publication(run_id, name, publication)?;
         }
+        Event::Summary { step, text } => book.change(*step, |s| s.summary = Some(text.clone())),
         Event::Log { .. } => {}
     }
     Ok(())

@@ -65,7 +65,9 @@ fn schemas() -> Value {
     if let Some(props) = run_detail["properties"].as_object_mut() {
         props.insert("steps".into(), json!({"type": "array", "items": {"type": "object",
             "required": ["name", "state", "attempts"],
-            "properties": {"name": {"type": "string"}, "state": {"type": "string"}, "attempts": {"type": "array",
+            "properties": {"name": {"type": "string"}, "state": {"type": "string"},
+                "summary": {"type": "string", "description": "the Markdown the step wrote to $GANTRY_SUMMARY (masked, at most 64 KiB)"},
+                "attempts": {"type": "array",
                 "items": {"type": "object", "required": ["number", "started_at", "handle", "pid"],
                 "properties": {"number": {"type": "integer"}, "started_at": {"type": "string", "format": "date-time"},
                     "handle": {"type": "object", "required": ["kind"], "description": "what ran the attempt: `{kind: process, pid}`, `{kind: builtin}`, or `{kind: argo, workflow, node, pod}`",

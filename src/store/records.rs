@@ -239,6 +239,9 @@ pub struct StepRecord {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The Markdown the step wrote to `$GANTRY_SUMMARY` (masked, capped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 impl StepRecord {
@@ -250,6 +253,7 @@ impl StepRecord {
             message: None,
             started_at: None,
             finished_at: None,
+            summary: None,
         }
     }
 

@@ -118,6 +118,12 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
         {
             shared.system(job.index, attempt, message).await;
         }
+        // The summary of the step's last attempt, read before that attempt is over so that what
+        // goes wrong reading it is in the attempt's log.
+        let summary = match (&job.work, retry_in) {
+            (Work::Process(_), None) => read_summary(&shared, &job).await,
+            _ => None,
+        };
         if let Some(delay) = retry_in {
             let line = format!(
                 "retrying in {} (attempt {} of {attempts})",
@@ -138,6 +144,14 @@ pub(super) async fn run_step(shared: Arc<Shared>, job: Job) -> StepResult {
             })
             .await;
         let Some(delay) = retry_in else {
+            if let Some(text) = summary {
+                shared
+                    .send(Event::Summary {
+                        step: job.index,
+                        text,
+                    })
+                    .await;
+            }
             if end.status == StepStatus::Succeeded && !end.outputs.is_empty() {
                 shared
                     .send(Event::Outputs {
@@ -198,6 +212,59 @@ async fn read_outputs(shared: &Shared, job: &Job) -> Result<Vec<(String, String,
             (name, value, secret)
         })
         .collect())
+}
+
+/// What the step wrote to `$GANTRY_SUMMARY`, masked and cut at `MAX_SUMMARY` bytes; `None`
+/// when it wrote nothing (or something that is not a regular file, which the log then says).
+async fn read_summary(shared: &Shared, job: &Job) -> Option<String> {
+    let dir = if job.outputs.is_empty() {
+        shared.outputs.join(super::UNREAD_OUTPUTS)
+    } else {
+        shared.outputs.join(&job.name)
+    };
+    let name = super::summary_file(&job.name);
+    let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>, String> {
+        match std::fs::symlink_metadata(dir.join(&name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            _ => {}
+        }
+        let (file, _) = open_output(&dir, &name)?;
+        let mut bytes = Vec::new();
+        let cap = u64::try_from(super::MAX_SUMMARY).unwrap_or(u64::MAX) + 1;
+        file.take(cap)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("cannot read $GANTRY_SUMMARY: {e}"))?;
+        Ok(Some(bytes))
+    })
+    .await;
+    let bytes = match read {
+        Ok(Ok(Some(bytes))) => bytes,
+        Ok(Ok(None)) => return None,
+        Ok(Err(message)) => {
+            let message = message.replace(
+                &format!("output `{}`", super::summary_file(&job.name)),
+                "$GANTRY_SUMMARY",
+            );
+            shared
+                .system(job.index, 1, &format!("summary left out: {message}"))
+                .await;
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let cut = bytes.len() > super::MAX_SUMMARY;
+    let mut text =
+        String::from_utf8_lossy(&bytes[..bytes.len().min(super::MAX_SUMMARY)]).into_owned();
+    if cut {
+        // A cut through a character leaves a replacement character; drop it.
+        text = text.trim_end_matches('\u{FFFD}').to_string();
+        text.push_str(&format!(
+            "\n\n… (cut at {} KiB)\n",
+            super::MAX_SUMMARY / 1024
+        ));
+    }
+    let text = shared.secrets.mask(&text);
+    (!text.trim().is_empty()).then_some(text)
 }
 
 /// Opens output `name` in `dir` the way a hostile step cannot exploit: the folder and the file are

@@ -681,6 +681,15 @@ fn base_env(
 /// steps share it and cost no folder of their own (a `mkdir` is a quarter of a `sh -c true`).
 pub(super) const UNREAD_OUTPUTS: &str = ".unread";
 
+/// The file a step's `$GANTRY_SUMMARY` names, in its `$GANTRY_OUTPUTS` (which steps without
+/// outputs share, hence the step's name in it; a leading `.` keeps it apart from outputs).
+pub(super) fn summary_file(step: &str) -> String {
+    format!(".summary.{step}.md")
+}
+
+/// The most of a step's summary that is kept; the rest is cut with a note.
+pub(super) const MAX_SUMMARY: usize = 64 * 1024;
+
 /// Makes the run directory. When steps run as another user, what they may write (`workspace/`,
 /// their own `outputs/<step>/`) is theirs, and the rest (the run directory, `outputs/` itself,
 /// `scripts/`) stays Gantry's, traversable but not writable: a step can never swap an entry

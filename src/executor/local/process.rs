@@ -637,6 +637,12 @@ async fn launch(
     let mut env = shared.base_env.clone();
     let outputs = shared.inside(outdir);
     env.push(("GANTRY_OUTPUTS".into(), outputs.clone().into_os_string()));
+    env.push((
+        "GANTRY_SUMMARY".into(),
+        outputs
+            .join(super::summary_file(&job.name))
+            .into_os_string(),
+    ));
     env.push(("GANTRY_STEP".into(), job.name.clone().into()));
     env.extend(spawn.env.iter().map(|(k, v)| (k.into(), v.into())));
     Ok(Launch {

@@ -168,11 +168,12 @@ fn step_of(e: &Event) -> usize {
         | Event::AttemptFinished { step, .. }
         | Event::Outputs { step, .. }
         | Event::StepFinished { step, .. }
+        | Event::Summary { step, .. }
         | Event::Published { step, .. } => *step,
     }
 }
 
-/// Per step: (StepStarted Log* [Published] AttemptFinished)* [Outputs] StepFinished, attempts
+/// Per step: (StepStarted Log* [Published] AttemptFinished)* [Summary] [Outputs] StepFinished, attempts
 /// numbered from 1, a retry announced by every attempt but the last, StepFinished exactly once.
 fn check_grammar(plan: &Plan, events: &[Event]) {
     for i in 0..plan.steps.len() {
@@ -203,7 +204,9 @@ fn check_grammar(plan: &Plan, events: &[Event]) {
                 }
                 Event::Published { .. } => assert_eq!(state, 1, "{name}: {e:?}"),
                 Event::Attached { .. } => panic!("the local executor has no external id: {e:?}"),
-                Event::Outputs { .. } => assert_eq!(state, 2, "{name}: {e:?}"),
+                Event::Outputs { .. } | Event::Summary { .. } => {
+                    assert_eq!(state, 2, "{name}: {e:?}")
+                }
                 Event::StepFinished { .. } => panic!("{name}: two StepFinished"),
             }
         }

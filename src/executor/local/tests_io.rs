@@ -291,3 +291,52 @@ async fn checkout_without_a_repository_is_an_error_and_with_one_copies_it() {
     let system = ran.lines("co", Stream::System);
     assert!(system[0].contains("1 files, 12 bytes"), "{system:?}");
 }
+
+/// `$GANTRY_SUMMARY`: what a step writes there comes back masked, once, from its last attempt;
+/// a step that writes none has none; a summary that is a symlink is refused with a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_summary_is_read_masked_and_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut input = input(dir.path());
+    input.secrets.insert("token".into(), "s3cr3t-tok".into());
+    let ran = run_with(
+        &format!(
+            r#"{HEAD}steps:
+  - name: plan
+    script: printf '## Plan\n\nuses s3cr3t-tok\n' > "$GANTRY_SUMMARY"
+  - name: quiet
+    script: "true"
+  - name: sneaky
+    script: ln -s /etc/passwd "$GANTRY_SUMMARY"
+  - name: big
+    outputs: [v]
+    script: |
+      head -c 70000 /dev/zero | tr '\0' x > "$GANTRY_SUMMARY"
+      echo 1 > $GANTRY_OUTPUTS/v
+"#
+        ),
+        &input,
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(ran.outcome, RunOutcome::Succeeded, "{:?}", ran.events);
+    let summaries: Vec<(usize, String)> = ran
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Summary { step, text } => Some((*step, text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:?}");
+    assert_eq!(summaries[0], (0, "## Plan\n\nuses ***\n".to_string()));
+    assert_eq!(summaries[1].0, 3);
+    assert!(
+        summaries[1].1.ends_with("\n\n… (cut at 64 KiB)\n") && summaries[1].1.len() < 66_000,
+        "{}",
+        summaries[1].1.len()
+    );
+    let said = ran.lines("sneaky", Stream::System).join("\n");
+    assert!(said.contains("summary left out"), "{said}");
+    assert!(!ran.all_text().contains("root:"));
+}
