@@ -295,6 +295,11 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             );
             println!("  run a demo:  {client} run demo/provision-postgres");
             println!("  then:        {client} run demo/drift-check");
+            println!("  find it:     {client} marketplace show orders-db");
+            println!(
+                "  connect:     {client} connection create orders --resource orders-db --env dev \
+                 && {client} connection env orders"
+            );
         }
         Err(e) => {
             println!("  PostgreSQL:  none: {e}");

@@ -109,6 +109,40 @@ fn the_demo_provisions_postgres_and_finds_no_drift_out_of_the_box() {
     assert_eq!(ran.status.code(), Some(0), "{drift}\n{said}");
     assert!(said.contains("no drift in dev"), "{said}");
 
+    // The database is in the marketplace, and a connection's credentials log in.
+    let client = demo.split(" run ").next().expect("the client part");
+    let listed = run_printed(&format!(
+        "{client} marketplace list --type postgresql --tag dev --json"
+    ));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("list JSON");
+    assert_eq!(listed[0]["name"], "orders-db", "{listed}");
+    assert!(text.contains("connection create orders"), "{text}");
+    let created = run_printed(&format!(
+        "{client} connection create orders --resource orders-db --env dev"
+    ));
+    assert_eq!(
+        created.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let env = run_printed(&format!("{client} connection env orders --format json"));
+    let env: serde_json::Value = serde_json::from_slice(&env.stdout).expect("env JSON");
+    let var = |k: &str| env[k].as_str().unwrap_or_default().to_string();
+    let login = Command::new("psql")
+        .args(["-h", &var("ORDERS_DB_HOST"), "-p", &var("ORDERS_DB_PORT")])
+        .args(["-U", &var("ORDERS_DB_USER"), "-d", &var("ORDERS_DB_NAME")])
+        .args(["-tAc", "SELECT current_user"])
+        .env("PGPASSWORD", var("ORDERS_DB_PASSWORD"))
+        .output()
+        .expect("psql runs");
+    assert_eq!(
+        String::from_utf8_lossy(&login.stdout).trim(),
+        "orders_app",
+        "{env} {}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+
     // SIGTERM stops Gantry and its PostgreSQL server.
     // SAFETY: kill(2) with the pid of our own child.
     unsafe {
