@@ -63,17 +63,28 @@ const WELL_KNOWN: [(&str, &[&str]); 6] = [
     ),
 ];
 
-/// The well-known name a credential key stands for, if any (`DB_HOST`, `HostName` → `host`).
+/// The well-known name a credential key stands for, if any (`DB_HOST`, `HostName` → `host`):
+/// the key itself, else what follows a product's prefix (`REDIS_HOST`, `ORDERS_DB_PASSWORD`).
 pub fn well_known(key: &str) -> Option<&'static str> {
-    let folded: String = key
-        .chars()
-        .filter(|c| !matches!(c, '_' | '-' | '.'))
-        .flat_map(char::to_lowercase)
-        .collect();
-    WELL_KNOWN
-        .iter()
-        .find(|(_, aliases)| aliases.contains(&folded.as_str()))
-        .map(|(name, _)| *name)
+    let lookup = |part: &str| {
+        let folded: String = part
+            .chars()
+            .filter(|c| !matches!(c, '_' | '-' | '.'))
+            .flat_map(char::to_lowercase)
+            .collect();
+        WELL_KNOWN
+            .iter()
+            .find(|(_, aliases)| aliases.contains(&folded.as_str()))
+            .map(|(name, _)| *name)
+    };
+    let mut rest = key;
+    loop {
+        if let Some(name) = lookup(rest) {
+            return Some(name);
+        }
+        let (_, after) = rest.split_once(['_', '-', '.'])?;
+        rest = after;
+    }
 }
 
 /// How `gantry connection env` prints credentials.

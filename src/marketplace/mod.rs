@@ -60,6 +60,9 @@ pub enum MarketError {
         owner: String,
         by: String,
     },
+    /// An earlier attempt of the same publish was refused, for this reason.
+    #[error("{0}")]
+    Refused(String),
     #[error("resource `{0}` was unpublished; publish it again to connect to it")]
     Unpublished(String),
     #[error("environment `{env}` of resource `{resource}` was unpublished")]
@@ -174,10 +177,28 @@ pub fn publish(
         .into_iter()
         .find(|(s, _)| s == step)
     {
-        return Ok(done);
+        return match done.error {
+            Some(e) => Err(MarketError::Refused(e)),
+            None => Ok(done),
+        };
     }
     let name = publication.name.trim().to_string();
-    check_name("resource", &name)?;
+    let refuse = |e: MarketError| -> Result<PublishedAs, MarketError> {
+        store.put_published_as(
+            &origin.run_id,
+            step,
+            &PublishedAs {
+                resource: name.clone(),
+                version: 0,
+                new: false,
+                error: Some(e.to_string()),
+            },
+        )?;
+        Err(e)
+    };
+    if let Err(e) = check_name("resource", &name) {
+        return refuse(e);
+    }
     let owner = ResourceOwner {
         source: origin.source.clone(),
         pipeline: origin.pipeline.clone(),
@@ -186,8 +207,8 @@ pub fn publish(
     if let Some(r) = &existing
         && r.owner != owner
     {
-        return Err(MarketError::NotOwner {
-            resource: name,
+        return refuse(MarketError::NotOwner {
+            resource: name.clone(),
             owner: format!("{}/{}", r.owner.source, r.owner.pipeline),
             by: format!("{}/{}", owner.source, owner.pipeline),
         });
@@ -241,6 +262,7 @@ pub fn publish(
             resource: name,
             version: latest,
             new: false,
+            error: None,
         };
         store.put_published_as(&origin.run_id, step, &done)?;
         return Ok(done);
@@ -295,6 +317,7 @@ pub fn publish(
         resource: name,
         version: number,
         new: true,
+        error: None,
     })
 }
 

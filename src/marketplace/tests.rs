@@ -179,6 +179,28 @@ fn environments_published_by_different_runs_add_up_and_another_pipeline_is_refus
         err.to_string(),
         "resource `orders-db` is published by pipeline demo/pg; pipeline demo/other may not publish under its name"
     );
+    // The refusal is recorded with the run, and asking again answers it.
+    let recorded = store.published_as("RUN-other-1").expect("read");
+    assert_eq!(
+        recorded[0].1.error.as_deref(),
+        Some(err.to_string().as_str())
+    );
+    let again = publish(
+        &store,
+        &origin("other", 1),
+        "publish",
+        &publication(&["dev"], PASSWORD),
+        at(3),
+    );
+    assert!(matches!(again, Err(MarketError::Refused(_))), "{again:?}");
+    assert_eq!(
+        store
+            .get_resource("orders-db")
+            .expect("read")
+            .expect("there")
+            .latest,
+        2
+    );
 }
 
 #[test]
@@ -448,7 +470,11 @@ fn bindings_use_the_well_known_names_and_shell_lines_quote_safely() {
         ("DB_PASSWORD", Some("password")),
         ("DB_NAME", Some("database")),
         ("DATABASE_URL", Some("uri")),
+        ("REDIS_HOST", Some("host")),
+        ("ORDERS_DB_PASSWORD", Some("password")),
+        ("AMQP_URL", Some("uri")),
         ("REGION", None),
+        ("DB_REGION", None),
     ] {
         assert_eq!(well_known(key), name, "{key}");
     }

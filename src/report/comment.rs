@@ -81,6 +81,10 @@ fn published(store: &Store, run: &RunRecord, secrets: &Secrets) -> Result<String
             out.push_str("\nPublished to the marketplace:\n");
         }
         let version = match made.iter().find(|(s, _)| *s == step) {
+            Some((_, m)) if m.error.is_some() => format!(
+                "not published: {}",
+                quoted(&secrets.mask(m.error.as_deref().unwrap_or_default()))
+            ),
             Some((_, m)) if m.new => format!("version {}", m.version),
             Some((_, m)) => format!("version {} (unchanged)", m.version),
             None => "not listed yet".to_string(),

@@ -1036,6 +1036,17 @@ fn record_event(
                 .map(|s| s.name.as_str())
                 .unwrap_or("?");
             store.put_publication(run_id, name, publication)?;
+            // Into the marketplace at once, so that whoever sees the run end sees its version.
+            // A publish the marketplace refuses (another pipeline's name) is recorded with the
+            // run's publication, which the API and the PR comment show.
+            if let Some(run) = store.get_run(run_id)? {
+                let origin = crate::marketplace::Origin::of(&run);
+                match crate::marketplace::publish(store, &origin, name, publication, Utc::now()) {
+                    Ok(_) => {}
+                    Err(crate::marketplace::MarketError::Store(e)) => return Err(e),
+                    Err(_) => {}
+                }
+            }
         }
         Event::Summary { step, text } => book.change(*step, |s| s.summary = Some(text.clone())),
         Event::Log { .. } => {}

@@ -33,7 +33,8 @@ impl From<MarketError> for ApiError {
             MarketError::ConnectionExists(_)
             | MarketError::Unpublished(_)
             | MarketError::Withdrawn { .. }
-            | MarketError::NotOwner { .. } => StatusCode::CONFLICT,
+            | MarketError::NotOwner { .. }
+            | MarketError::Refused(_) => StatusCode::CONFLICT,
             MarketError::BadName { .. }
             | MarketError::NoSuchEnvironment { .. }
             | MarketError::BadVersionReq(_)
@@ -212,12 +213,13 @@ pub(super) fn published(state: &AppState, run_id: &str) -> ApiResult<Value> {
             .flat_map(|c| &c.parameters)
             .map(|k| json!({"key": k.key, "secret": k.is_secret}))
             .collect();
-        let version = made.get(&step);
+        let version = made.get(&step).filter(|v| v.error.is_none());
         out.push(json!({
             "step": step,
             "resource": p.name,
             "version": version.map(|v| v.version),
             "new_version": version.map(|v| v.new),
+            "error": made.get(&step).and_then(|v| v.error.clone()),
             "publisher_version": p.version,
             "category": p.category,
             "environments": environments,

@@ -85,6 +85,7 @@ fn schemas() -> Value {
             "properties": {"step": {"type": "string"}, "resource": {"type": "string"},
                 "version": {"type": ["integer", "null"], "description": "the marketplace version it made or matched; null until the run ended"},
                 "new_version": {"type": ["boolean", "null"], "description": "false: the publish changed nothing"},
+                "error": {"type": ["string", "null"], "description": "why the marketplace refused it (another pipeline owns the name)"},
                 "publisher_version": {"type": "string"}, "category": {"type": "string"},
                 "environments": {"type": "array", "items": {"type": "string"}},
                 "properties": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -139,6 +139,9 @@ pub struct PublishedAs {
     pub version: u64,
     /// False when the publish changed nothing, so the version is an earlier run's.
     pub new: bool,
+    /// Why the marketplace refused the publish (then `version` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The index entries of a resource: by category, by kind and by tag.
@@ -209,6 +212,7 @@ impl Store {
                 resource: record.name.clone(),
                 version: version.number,
                 new: true,
+                error: None,
             },
         )?;
         self.write_resource(record, Some((vk, version_bytes)), Some((from, published)))

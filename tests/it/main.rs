@@ -8,6 +8,7 @@ mod conformance;
 mod disk_full;
 mod executor_seam;
 mod forge_api;
+mod marketplace;
 mod mirror;
 mod postgres;
 mod run;
