@@ -416,6 +416,11 @@ impl fmt::Debug for ForgeClient {
 }
 
 impl ForgeClient {
+    /// The forge this client speaks to.
+    pub fn forge(&self) -> Forge {
+        self.inner.forge
+    }
+
     /// Checks the configuration and builds the client. Makes no network call (see the module
     /// doc); errors here are configuration errors and are not retryable.
     pub async fn new(config: ClientConfig) -> Result<ForgeClient, ApiError> {

@@ -6,6 +6,7 @@
 //! through the run's secret mask first; secret outputs are never listed.
 
 use crate::executor::mask::Secrets;
+use crate::forge::Forge;
 use crate::store::{PrRecord, RunRecord, RunStatus, StepState, Store, StoreError};
 
 /// The hidden marker that identifies Gantry's comment.
@@ -140,10 +141,10 @@ const TAIL_LINES: usize = 20;
 fn step_text(
     store: &Store,
     run: &RunRecord,
-    index: usize,
-    step: &crate::store::StepRecord,
+    (index, step): (usize, &crate::store::StepRecord),
     secrets: &Secrets,
     url: &str,
+    fold: &Fold,
 ) -> Result<String, StoreError> {
     if let Some(summary) = &step.summary {
         let mut text = crate::forge::summary_markdown(&secrets.mask(summary), SUMMARY_IN_COMMENT);
@@ -151,9 +152,10 @@ fn step_text(
             text.push_str(&format!("\n\n[The whole summary]({url})\n"));
         }
         return Ok(format!(
-            "\n<details><summary>Summary of <code>{}</code></summary>\n\n{}\n\n</details>\n",
-            cell(&step.name),
-            text.trim_end()
+            "{}{}\n{}",
+            fold.open(&format!("Summary of `{}`", cell(&step.name))),
+            text.trim_end(),
+            fold.close()
         ));
     }
     if !matches!(
@@ -173,13 +175,60 @@ fn step_text(
     let body = body.join("\n");
     let fence = crate::forge::fence_for(&body);
     Ok(format!(
-        "\n<details><summary>Last lines of <code>{}</code></summary>\n\n{fence}text\n{body}\n{fence}\n\n</details>\n",
-        cell(&step.name)
+        "{}{fence}text\n{body}\n{fence}\n{}",
+        fold.open(&format!("Last lines of `{}`", cell(&step.name))),
+        fold.close()
     ))
 }
 
+/// A collapsible section where the forge renders one (`<details>` on GitHub and GitLab), else a
+/// bold title over the section's text (Bitbucket Cloud shows HTML tags as text).
+struct Fold {
+    html: bool,
+}
+
+impl Fold {
+    fn for_forge(forge: Forge) -> Fold {
+        Fold {
+            html: !matches!(forge, Forge::Bitbucket),
+        }
+    }
+
+    /// The section's opening; `title` is Markdown with names in backticks.
+    fn open(&self, title: &str) -> String {
+        if self.html {
+            format!("\n<details><summary>{}</summary>\n\n", code_tags(title))
+        } else {
+            format!("\n**{title}**\n\n")
+        }
+    }
+
+    fn close(&self) -> &'static str {
+        if self.html { "\n</details>\n" } else { "" }
+    }
+}
+
+/// Backtick spans as `<code>` (inside `<summary>`, Markdown is not rendered).
+fn code_tags(title: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in title.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("<code>{part}</code>"));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 /// The comment's text for a pull request.
-pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, StoreError> {
+pub fn render(
+    store: &Store,
+    pr: &PrRecord,
+    public_url: &str,
+    forge: Forge,
+) -> Result<String, StoreError> {
+    let fold = Fold::for_forge(forge);
     let short = &pr.head_sha[..pr.head_sha.len().min(7)];
     let mut out = format!("{MARKER}\n### Gantry on `{short}`\n\n");
     if pr.runs.is_empty() && pr.invalid.is_empty() {
@@ -209,12 +258,12 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
         ));
         let steps = store.steps(&run.id)?;
         let outputs = store.outputs(&run.id)?;
-        details.push_str(&format!(
-            "\n<details><summary><code>{}</code> #{}: {}</summary>\n\n",
+        details.push_str(&fold.open(&format!(
+            "`{}` #{}: {}",
             cell(pipeline),
             run.number,
             run.status.as_str()
-        ));
+        )));
         if let Some(m) = &run.message {
             details.push_str(&format!("{}\n\n", quoted(&secrets.mask(m))));
         }
@@ -260,10 +309,10 @@ pub fn render(store: &Store, pr: &PrRecord, public_url: &str) -> Result<String, 
             }
         }
         details.push_str(&published(store, &run, &secrets)?);
-        for (index, step) in steps.iter().enumerate() {
-            details.push_str(&step_text(store, &run, index, step, &secrets, &url)?);
+        for step in steps.iter().enumerate() {
+            details.push_str(&step_text(store, &run, step, &secrets, &url, &fold)?);
         }
-        details.push_str("\n</details>\n");
+        details.push_str(fold.close());
     }
     out.push_str(&details);
     if !pr.invalid.is_empty() {

@@ -185,8 +185,8 @@ impl Outbox {
         let Some(mut record) = self.store.get_pr(source, pr).map_err(store_err)? else {
             return Ok(());
         };
-        let body =
-            super::comment::render(&self.store, &record, &self.public_url).map_err(store_err)?;
+        let body = super::comment::render(&self.store, &record, &self.public_url, client.forge())
+            .map_err(store_err)?;
         let known = match &record.comment_id {
             Some(id) => Some(id.clone()),
             // The store lost the id (or never had it): look for the marker first, so a retry

@@ -6,6 +6,7 @@ use chrono::{TimeZone, Utc};
 
 use super::*;
 use crate::executor::GitInfo;
+use crate::forge::Forge;
 use crate::store::{LogLine, NewRun, PipelineError, PrRecord, StepState, Trigger};
 
 const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsecrets: [db_password]\nsteps:\n  - name: create\n    script: echo hi\n";
@@ -99,7 +100,8 @@ fn the_pr_comment_lists_runs_steps_outputs_and_errors_without_secrets() {
         from_fork: false,
         head_seen_at: None,
     };
-    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let text =
+        comment::render(&store, &pr, "https://gantry.example.com", Forge::Github).expect("render");
     let expected = format!(
         "<!-- gantry:pr-comment -->
 ### Gantry on `0123456`
@@ -206,7 +208,7 @@ fn text_from_a_pull_request_cannot_make_the_comment_a_command() {
         .into(),
         ..PrRecord::default()
     };
-    let text = comment::render(&store, &pr, "http://g").expect("render");
+    let text = comment::render(&store, &pr, "http://g", Forge::Github).expect("render");
     assert!(
         !text.lines().any(|l| l.trim_start().starts_with("/gantry")),
         "a line of the comment reads as a command:\n{text}"
@@ -266,7 +268,8 @@ fn text_quoted_in_the_pr_comment_cannot_mention_link_or_format() {
         runs: [("provision-db".to_string(), run.id.clone())].into(),
         ..PrRecord::default()
     };
-    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let text =
+        comment::render(&store, &pr, "https://gantry.example.com", Forge::Github).expect("render");
     let lines: Vec<&str> = text.lines().collect();
     assert!(
         lines.contains(
@@ -358,7 +361,8 @@ fn a_run_refused_a_protected_secret_says_why_on_the_forge() {
         from_fork: false,
         head_seen_at: None,
     };
-    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
+    let text =
+        comment::render(&store, &pr, "https://gantry.example.com", Forge::Github).expect("render");
     assert!(
         text.contains(
             // The run's message is quoted inert: markdown escaped, so it cannot mention or link.
@@ -498,9 +502,10 @@ fn the_pr_comment_shows_summaries_publications_and_the_end_of_a_failed_log() {
         runs: [("provision-db".to_string(), run.id.clone())].into(),
         ..PrRecord::default()
     };
-    let text = comment::render(&store, &pr, "https://gantry.example.com").expect("render");
     let tail: String = (6..=24).map(|n| format!("line {n}\n")).collect();
-    let expected = format!(
+    // GitHub and GitLab fold each section into `<details>`; Bitbucket Cloud, which shows HTML
+    // tags as text, gets bold titles.
+    let html = format!(
         "<!-- gantry:pr-comment -->
 ### Gantry on `89abcde`
 
@@ -546,6 +551,55 @@ Published to the marketplace:
 ",
         id = run.id
     );
-    assert_eq!(text, expected);
-    assert!(!text.contains("hunter2"));
+    let plain = format!(
+        "<!-- gantry:pr-comment -->
+### Gantry on `89abcde`
+
+| Pipeline | Status | Duration | Run |
+|---|---|---|---|
+| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+
+**`provision-db` #1: failed**
+
+step \\`check\\` failed \\(exit 3\\)
+
+- ✅ `plan` succeeded 1.2s
+- ✅ `publish` succeeded 0.1s
+- ❌ `check` failed 2.7s: exited with code 3
+
+Published to the marketplace:
+- `orders-db` version 1 (database), for `dev`
+  - `host` = `db.internal`
+  - credentials: `DB_HOST`, `DB_PASSWORD` (secret)
+
+**Summary of `plan`**
+
+## Plan
+
+@\u{200b}alice will see `***`
+
+```diff
++ database orders
+
+```
+
+**Last lines of `check`**
+
+```text
+{tail}password *** refused
+```
+",
+        id = run.id
+    );
+    for forge in Forge::ALL {
+        let text =
+            comment::render(&store, &pr, "https://gantry.example.com", forge).expect("render");
+        let expected = if forge == Forge::Bitbucket {
+            &plain
+        } else {
+            &html
+        };
+        assert_eq!(&text, expected, "{forge}");
+        assert!(!text.contains("hunter2"));
+    }
 }
