@@ -1053,3 +1053,114 @@ fn record_event(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod connection_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::executor::{Publication, PublishedCredential, PublishedCredentials};
+    use crate::marketplace::{NewConnection, Origin};
+
+    const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: app\nconnections: [db]\nsteps:\n  - name: use\n    command: [sh, -c, 'true']\n    env:\n      H: '{{connections.db.host}}'\n      P: '{{connections.db.DB_PASSWORD}}'\n";
+
+    fn store_with_connection() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let publication = Publication {
+            name: "orders-db".into(),
+            version: "1".into(),
+            category: crate::spec::model::Category::Database,
+            description: None,
+            tags: vec![],
+            properties: BTreeMap::new(),
+            credentials: vec![PublishedCredentials {
+                environments: vec!["dev".into()],
+                parameters: vec![
+                    PublishedCredential {
+                        key: "DB_HOST".into(),
+                        value: "db.internal".into(),
+                        is_secret: false,
+                    },
+                    PublishedCredential {
+                        key: "DB_PASSWORD".into(),
+                        value: "pw-for-the-test".into(),
+                        is_secret: true,
+                    },
+                ],
+            }],
+        };
+        let origin = Origin {
+            source: "infra".into(),
+            pipeline: "provision".into(),
+            run_id: "R1".into(),
+            run_number: 1,
+            commit: None,
+            git_ref: None,
+        };
+        crate::marketplace::publish(&store, &origin, "publish", &publication, Utc::now())
+            .expect("publish");
+        crate::marketplace::create_connection(
+            &store,
+            NewConnection {
+                name: "db".into(),
+                resource: "orders-db".into(),
+                environment: "dev".into(),
+                ..NewConnection::default()
+            },
+            Utc::now(),
+        )
+        .expect("connection");
+        (dir, store)
+    }
+
+    fn resolve(
+        store: &Store,
+        text: &str,
+        release: &trust::Release,
+    ) -> (BTreeMap<String, ConnectionValue>, Vec<String>) {
+        let pipeline = crate::spec::check(text).pipeline.expect("valid");
+        let plan = plan::plan(&pipeline);
+        resolve_connections(store, &plan, &pipeline, release, &Hints::DataDir)
+    }
+
+    #[test]
+    fn a_run_gets_the_credentials_it_references_by_key_or_well_known_name() {
+        let (_dir, store) = store_with_connection();
+        let (values, problems) = resolve(&store, PIPELINE, &trust::Release::All);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(values["db.host"].value, "db.internal");
+        assert!(!values["db.host"].secret);
+        assert_eq!(values["db.DB_PASSWORD"].value, "pw-for-the-test");
+        assert!(values["db.DB_PASSWORD"].secret);
+        assert_eq!(values.len(), 2);
+    }
+
+    #[test]
+    fn secret_credentials_follow_the_protected_ref_rule_and_missing_ones_are_named() {
+        let (_dir, store) = store_with_connection();
+        let release = trust::Release::UnprotectedOnly {
+            reference: "refs/heads/feature".into(),
+            rule: "protected refs are main".into(),
+        };
+        let (values, problems) = resolve(&store, PIPELINE, &release);
+        assert_eq!(
+            problems,
+            [
+                "credential `DB_PASSWORD` of connection `db` is secret: runs at `refs/heads/feature` do not get it; protected refs are main"
+            ]
+        );
+        assert!(values.contains_key("db.host") && !values.contains_key("db.DB_PASSWORD"));
+        let missing = PIPELINE
+            .replace("connections: [db]", "connections: [db, ghost]")
+            .replace("db.host", "db.region");
+        let (_, problems) = resolve(&store, &missing, &trust::Release::All);
+        assert_eq!(
+            problems,
+            [
+                "connection `db` (resource orders-db, version 1) has no credential `region`; its keys: DB_HOST, DB_PASSWORD",
+                "connection `ghost` does not exist: gantry connection create ghost --resource RESOURCE --env ENV",
+            ]
+        );
+    }
+}
