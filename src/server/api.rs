@@ -514,7 +514,11 @@ pub const ROUTES: &[Route] = &[
             ("all", "true: unpublished resources too"),
         ],
         body: None,
-        responses: &[(200, "the resources", Some("ResourceList")), ERR_401],
+        responses: &[
+            (200, "the resources", Some("ResourceList")),
+            (400, "`all` is neither true nor false", Some("Error")),
+            ERR_401,
+        ],
     },
     Route {
         method: "get",

@@ -53,7 +53,8 @@ pub(super) struct ListQuery {
     kind: Option<String>,
     tag: Option<String>,
     search: Option<String>,
-    all: Option<bool>,
+    /// Read by hand, so that a bad value gets the API's JSON error.
+    all: Option<String>,
 }
 
 pub(super) async fn list_resources(
@@ -64,7 +65,16 @@ pub(super) async fn list_resources(
         kind: q.kind.filter(|s| !s.is_empty()),
         tag: q.tag.filter(|s| !s.is_empty()),
         search: q.search.filter(|s| !s.is_empty()),
-        all: q.all.unwrap_or(false),
+        all: match q.all.as_deref() {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("`all` is true or false, not `{other}`"),
+                ));
+            }
+        },
     };
     let items = marketplace::summaries(&state.store, &filter)?;
     Ok(Json(json!({ "resources": items })))
