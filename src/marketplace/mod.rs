@@ -686,6 +686,11 @@ pub fn create_connection(
     if store.get_connection(&new.name)?.is_some() {
         return Err(MarketError::ConnectionExists(new.name));
     }
+    // What to connect to first: a request for nothing that exists is a 404, whatever else it
+    // says.
+    if store.get_resource(&new.resource)?.is_none() {
+        return Err(MarketError::NoSuchResource(new.resource));
+    }
     VersionReq::parse(new.version.as_deref())?;
     for var in new.mapping.values() {
         if !valid_var(var) {

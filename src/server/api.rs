@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -333,7 +335,12 @@ pub const ROUTES: &[Route] = &[
             (
                 200,
                 "the lines (text/plain) or a stream (text/event-stream)",
-                Some("text"),
+                Some("logs"),
+            ),
+            (
+                400,
+                "a step the run does not have, or `follow` neither true nor false",
+                Some("Error"),
             ),
             ERR_401,
             ERR_404,
@@ -949,7 +956,8 @@ async fn delete_pipeline(
 
 #[derive(Deserialize)]
 struct RollbackBody {
-    to: u32,
+    /// A number, so that `2.0` (an integer in JSON Schema's eyes) is version 2.
+    to: serde_json::Number,
 }
 
 async fn rollback(
@@ -959,6 +967,20 @@ async fn rollback(
 ) -> ApiResult<Json<Value>> {
     require_local(&source)?;
     let RollbackBody { to } = parse_json(&body, "{\"to\": <version number>}")?;
+    let to = to
+        .as_u64()
+        .or_else(|| {
+            to.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= f64::from(u32::MAX))
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`to` is a version number (1, 2, ...), not {to}"),
+            )
+        })?;
     let applied = catalog::rollback_local(&state.store, &name, to)?;
     Ok(Json(pipeline_json(&applied.record, None)))
 }

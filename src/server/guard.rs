@@ -1,9 +1,12 @@
 //! The guard in front of state-changing API calls: no cross-site requests, no DNS rebinding.
 //!
-//! A `POST`, `PUT` or `DELETE` under `/api/v1` must say `Content-Type: application/json` (415
-//! otherwise): a browser sends that type across sites only after a CORS preflight, which Gantry
-//! never grants, so a page elsewhere cannot forge one with a form or a simple `fetch`. (`PUT` of a
-//! pipeline may also send the YAML itself as `application/yaml`, which is no simple type either.)
+//! A `POST`, `PUT` or `DELETE` under `/api/v1` with a body must say `Content-Type:
+//! application/json` (415 otherwise): a browser sends that type across sites only after a CORS
+//! preflight, which Gantry never grants, so a page elsewhere cannot forge one with a form or a
+//! simple `fetch`. (`PUT` of a pipeline may also send the YAML itself as `application/yaml`, which
+//! is no simple type either.) A call without a body (cancel, rerun, a `DELETE`) may leave the type
+//! out: a browser's cross-site `POST` always carries an `Origin`, which the next check refuses, and
+//! a cross-site `DELETE` needs the preflight anyway.
 //! Its `Host`, and its `Origin` when there is one, must name `public_url`'s host or a loopback
 //! address (403 otherwise): a page whose own name resolves to Gantry's address (DNS rebinding)
 //! sends its own name as `Host`. Webhooks (`/hooks/*`) are not browsers' business and are checked
@@ -119,6 +122,7 @@ pub fn check(
     let ok = match given.as_deref() {
         Some("application/json") => true,
         Some("application/yaml" | "application/x-yaml") => yaml_ok,
+        None => !has_body(headers),
         _ => false,
     };
     if !ok {
@@ -129,6 +133,16 @@ pub fn check(
         )));
     }
     check_authority(headers, public_url)
+}
+
+/// Whether a request says it carries a body: a `Content-Length` above 0, or a transfer coding.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim() != "0")
+            && headers.contains_key(header::CONTENT_LENGTH)
 }
 
 /// The `Host`, and the `Origin` when there is one, must name `public_url` or a loopback address.
@@ -246,14 +260,54 @@ mod tests {
                 check(&method, path, &plain, PUBLIC),
                 Err(Refusal::ContentType(_))
             ));
-            assert!(matches!(
+            // Without a body the type may be left out; with one, not.
+            assert_eq!(
                 check(
                     &method,
                     path,
                     &headers(&[(header::HOST, "127.0.0.1:8080")]),
                     PUBLIC
                 ),
-                Err(Refusal::ContentType(_))
+                Ok(())
+            );
+            assert_eq!(
+                check(
+                    &method,
+                    path,
+                    &headers(&[
+                        (header::HOST, "127.0.0.1:8080"),
+                        (header::CONTENT_LENGTH, "0")
+                    ]),
+                    PUBLIC
+                ),
+                Ok(())
+            );
+            for body in [
+                (header::CONTENT_LENGTH, "12"),
+                (header::TRANSFER_ENCODING, "chunked"),
+            ] {
+                assert!(matches!(
+                    check(
+                        &method,
+                        path,
+                        &headers(&[(header::HOST, "127.0.0.1:8080"), body]),
+                        PUBLIC
+                    ),
+                    Err(Refusal::ContentType(_))
+                ));
+            }
+            // A bodiless call from another site is refused by its Origin.
+            assert!(matches!(
+                check(
+                    &method,
+                    path,
+                    &headers(&[
+                        (header::HOST, "127.0.0.1:8080"),
+                        (header::ORIGIN, "https://evil.example")
+                    ]),
+                    PUBLIC
+                ),
+                Err(Refusal::Foreign(_))
             ));
             assert_eq!(
                 check(&method, path, &json_from("gantry.example.com"), PUBLIC),

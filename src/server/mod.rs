@@ -16,6 +16,7 @@
 //! finish, and marks the rest interrupted; queued runs wait in the store for the next start.
 
 pub mod api;
+mod extract;
 pub mod guard;
 pub mod hooks;
 mod market;

@@ -164,16 +164,16 @@ fn schemas() -> Value {
         "Pipeline": pipeline,
         "PipelineDetail": detail,
         "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
-        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
+        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "minLength": 1, "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
             "executor": {"type": "string", "description": "the executor its runs go to (a name of `[executor.NAME]`); \"\" for the default; left as it was when absent"}}},
-        "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1}}},
+        "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1, "maximum": 4294967295u64}}},
         "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
             "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
         "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
         "SecretValue": {"type": "object", "required": ["value"], "properties": {
             "value": {"type": "string", "pattern": "\\S[\\s\\S]{2,}\\S",
                 "description": "at least 4 characters once leading and trailing white space is left off (masking a shorter value would hide ordinary text)"},
-            "unprotected": {"type": "boolean", "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
+            "unprotected": {"type": ["boolean", "null"], "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
         "ConfigList": {"type": "object", "properties": {
             "variables": {"type": "array", "items": config_entry.clone()},
             "secrets": {"type": "array", "items": config_entry}}},
@@ -201,9 +201,36 @@ fn schemas() -> Value {
 fn content(schema: &str) -> Value {
     match schema {
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
+        "logs" => json!({"text/plain": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": {"type": "string"}}}),
         name => {
             json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}})
         }
+    }
+}
+
+/// The schema of a path or query parameter: what the server accepts, so that a value within it
+/// is never refused as malformed.
+fn param_schema(route: &super::api::Route, name: &str) -> Value {
+    // Only pipelines defined in Gantry change through the API.
+    let local_only = route.path.starts_with("/api/v1/pipelines/{source}/{name}")
+        && !route.path.contains("/variables/")
+        && !route.path.contains("/secrets/")
+        && !route.path.ends_with("/runs")
+        && route.method != "get";
+    match name {
+        "source" if local_only => json!({"type": "string", "enum": ["local"]}),
+        "name" if local_only => json!({"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"}),
+        "var" => json!({"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"}),
+        "resource" | "connection" => {
+            json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"})
+        }
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+        "all" | "follow" => json!({"type": "boolean", "default": false}),
+        "status" => {
+            json!({"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped"]})
+        }
+        _ => json!({"type": "string"}),
     }
 }
 
@@ -223,7 +250,7 @@ pub fn document() -> Value {
         if route.path.starts_with("/api/v1/") && matches!(route.method, "post" | "put" | "delete") {
             responses.insert(
                 "415".into(),
-                json!({"description": "no `Content-Type: application/json`", "content": content("Error")}),
+                json!({"description": "a body without `Content-Type: application/json`", "content": content("Error")}),
             );
             responses.insert(
                 "403".into(),
@@ -248,11 +275,11 @@ pub fn document() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": param_schema(route, name)}))
             .collect();
         parameters.extend(route.query.iter().map(|(name, description)| {
             json!({"name": name, "in": "query", "required": false, "description": description,
-                "schema": {"type": "string"}})
+                "schema": param_schema(route, name)})
         }));
         let mut op = json!({
             "summary": route.summary,
@@ -278,7 +305,7 @@ pub fn document() -> Value {
         "info": {
             "title": "Gantry API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Pipelines, runs, logs, variables and secrets of a Gantry server. Authenticate with `Authorization: Bearer <token>` (a token from [[auth.tokens]] in gantry.toml). State-changing calls (POST, PUT, DELETE) must send `Content-Type: application/json`, also without a body (415 otherwise; a pipeline's PUT also takes the YAML itself as `application/yaml`), and a `Host`, and an `Origin` when there is one, naming the server's public_url or a loopback address (403 otherwise): no cross-site requests, no DNS rebinding. Webhooks under /hooks are checked by their signatures instead."
+            "description": "Pipelines, runs, logs, variables and secrets of a Gantry server. Authenticate with `Authorization: Bearer <token>` (a token from [[auth.tokens]] in gantry.toml). State-changing calls (POST, PUT, DELETE) with a body must send `Content-Type: application/json` (415 otherwise; a pipeline's PUT also takes the YAML itself as `application/yaml`), and a `Host`, and an `Origin` when there is one, naming the server's public_url or a loopback address (403 otherwise): no cross-site requests, no DNS rebinding. Webhooks under /hooks are checked by their signatures instead."
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -305,7 +332,7 @@ mod tests {
             );
             for (_, _, schema) in route.responses {
                 if let Some(s) = schema
-                    && *s != "text"
+                    && !matches!(*s, "text" | "logs")
                 {
                     assert!(schemas.contains_key(*s), "schema {s}");
                 }

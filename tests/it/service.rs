@@ -774,12 +774,20 @@ fn state_changing_calls_need_json_and_this_servers_host_or_origin() {
     let json_type = ("content-type".to_owned(), "application/json".to_owned());
     let value = br#"{"value": "x"}"#.to_vec();
 
-    // No content type, or a type a form can send: 415, with the JSON error shape.
+    // A body without a content type, or with a type a form can send: 415, with the JSON error
+    // shape. A call without a body may leave the type out.
     let (status, body) = s.request_with(
         "POST",
         "/api/v1/sources/nope/sync",
         std::slice::from_ref(&bearer),
         None,
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = s.request_with(
+        "PUT",
+        "/api/v1/variables/greeting",
+        std::slice::from_ref(&bearer),
+        Some(value.clone()),
     );
     assert_eq!(status, 415, "{body}");
     assert!(
