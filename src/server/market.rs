@@ -68,7 +68,7 @@ pub(super) async fn list_resources(
         tag: q.tag.filter(|s| !s.is_empty()),
         search: q.search.filter(|s| !s.is_empty()),
         all: match q.all.as_deref() {
-            None | Some("" | "false") => false,
+            None | Some("false") => false,
             Some("true") => true,
             Some(other) => {
                 return Err(ApiError::new(

@@ -5,6 +5,7 @@ mod argo_standin;
 mod choreo;
 mod cli;
 mod conformance;
+mod contract;
 mod disk_full;
 mod executor_seam;
 mod forge_api;
