@@ -232,6 +232,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             listen: args.listen,
             public_url: url.clone(),
             max_backlog: crate::config::DEFAULT_MAX_BACKLOG,
+            metrics_public: false,
         },
         storage: Storage {
             data_dir: data_dir.clone(),

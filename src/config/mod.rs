@@ -222,6 +222,8 @@ pub struct Server {
     /// Webhook deliveries accepted but not processed yet beyond which new ones get a 503 with
     /// `Retry-After` (`max_backlog`).
     pub max_backlog: u64,
+    /// Whether `/metrics` answers without a token (`metrics_public`, default false).
+    pub metrics_public: bool,
 }
 
 /// `[server] max_backlog` when unset.
@@ -1010,9 +1012,28 @@ impl Checker<'_> {
                 listen: default_listen,
                 public_url: format!("http://{default_listen}"),
                 max_backlog: DEFAULT_MAX_BACKLOG,
+                metrics_public: false,
             };
         };
-        self.unknown_keys(t, "server", &["listen", "public_url", "max_backlog"]);
+        self.unknown_keys(
+            t,
+            "server",
+            &["listen", "public_url", "max_backlog", "metrics_public"],
+        );
+        let metrics_public = match t.get("metrics_public") {
+            None => false,
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                other => {
+                    self.error(
+                        "server.metrics_public",
+                        &v.span(),
+                        format!("expected true or false, found {}", other.type_str()),
+                    );
+                    false
+                }
+            },
+        };
         let max_backlog = self
             .count(t, "server", "max_backlog")
             .unwrap_or(DEFAULT_MAX_BACKLOG);
@@ -1063,6 +1084,7 @@ impl Checker<'_> {
             listen,
             public_url,
             max_backlog,
+            metrics_public,
         }
     }
 

@@ -240,8 +240,15 @@ fn public_url_follows_listen_and_loses_its_trailing_slash() {
 fn unknown_keys_are_reported_with_a_suggestion() {
     assert_eq!(
         one_error("[server]\nlisten = \"127.0.0.1:1\"\npublic_ur = \"http://x\"\n"),
-        "3:1: server.public_ur: unknown key `public_ur`; expected listen, public_url, max_backlog \
-         (did you mean `public_url`?)"
+        "3:1: server.public_ur: unknown key `public_ur`; expected listen, public_url, max_backlog, \
+         metrics_public (did you mean `public_url`?)"
+    );
+    let c = ok("[server]\nmetrics_public = true\n");
+    assert!(c.server.metrics_public);
+    assert!(!ok("[server]\n").server.metrics_public);
+    assert_eq!(
+        one_error("[server]\nmetrics_public = \"yes\"\n"),
+        "2:18: server.metrics_public: expected true or false, found string"
     );
     assert_eq!(
         one_error(&format!(

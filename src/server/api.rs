@@ -118,6 +118,32 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `GET /metrics`.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (queued, running) = state.queue.active();
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    let text =
+        match tokio::task::spawn_blocking(move || metrics.render(&store, queued, running)).await {
+            Ok(text) => text,
+            Err(e) => {
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading the metrics stopped: {e}"),
+                )
+                .into_response();
+            }
+        };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// One endpoint, as documented.
 pub struct Route {
     pub method: &'static str,
@@ -158,6 +184,15 @@ pub const ROUTES: &[Route] = &[
             (200, "ready", Some("Readiness")),
             (503, "not ready, with the reasons", Some("Readiness")),
         ],
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics (the text exposition format): runs, durations, queue, webhook deliveries, outbox, store and process; needs the token unless [server] metrics_public = true",
+        auth: true,
+        query: &[],
+        body: None,
+        responses: &[(200, "the metrics", Some("metrics")), ERR_401],
     },
     Route {
         method: "get",
@@ -707,6 +742,7 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("get", "/healthz") => get(|| async { "ok\n" }),
         ("get", "/readyz") => get(readyz),
         ("get", "/api/v1/openapi.json") => get(|| async { Json(super::openapi::document()) }),
+        ("get", "/metrics") => get(metrics),
         ("get", "/api/v1/pipelines") => get(list_pipelines),
         ("get", "/api/v1/pipelines/{source}/{name}") => get(get_pipeline),
         ("put", "/api/v1/pipelines/{source}/{name}") => put(put_pipeline),

@@ -49,6 +49,32 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// What became of a delivery answered 202, for the metrics (the status says the rest).
+#[derive(Clone, Copy)]
+struct Taken(&'static str);
+
+fn taken(result: &'static str, status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = answer(status, body);
+    response.extensions_mut().insert(Taken(result));
+    response
+}
+
+/// A delivery's result as a metric label: what a 202 said, else why it was refused.
+fn result_of(response: &Response) -> &'static str {
+    if let Some(Taken(result)) = response.extensions().get::<Taken>() {
+        return result;
+    }
+    match response.status() {
+        StatusCode::BAD_REQUEST => "malformed",
+        StatusCode::UNAUTHORIZED => "unauthenticated",
+        StatusCode::NOT_FOUND => "unknown_forge",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_success() => "accepted",
+        _ => "error",
+    }
+}
+
 /// 503 with `Retry-After`: forges deliver again later.
 fn come_back_later(message: String, seconds: &'static str) -> Response {
     let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
@@ -143,10 +169,24 @@ fn verified_by(
         .collect()
 }
 
-/// `POST /hooks/{forge}`.
+/// `POST /hooks/{forge}`: `take`, counted in the metrics by forge and result.
 pub async fn receive(
-    State(state): State<AppState>,
+    state: State<AppState>,
     Path(forge): Path<String>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let metrics = state.metrics.clone();
+    let label = Forge::from_name(&forge).map_or("unknown", |f| f.as_str());
+    let response = take(state, forge.clone(), peer, headers, body).await;
+    metrics.delivery(label, result_of(&response));
+    response
+}
+
+async fn take(
+    State(state): State<AppState>,
+    forge: String,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
@@ -298,13 +338,15 @@ pub async fn receive(
     };
     match &event {
         ForgeEvent::Ping { .. } => {
-            return answer(
+            return taken(
+                "ignored",
                 StatusCode::ACCEPTED,
                 json!({"accepted": false, "reason": "ping: the hook reaches Gantry"}),
             );
         }
         ForgeEvent::Ignored { reason } => {
-            return answer(
+            return taken(
+                "ignored",
                 StatusCode::ACCEPTED,
                 json!({"accepted": false, "reason": reason}),
             );
@@ -365,7 +407,8 @@ pub async fn receive(
         }
         state.deliveries.notify();
     }
-    answer(
+    taken(
+        if new { "accepted" } else { "duplicate" },
         StatusCode::ACCEPTED,
         json!({"accepted": true, "duplicate": !new, "delivery": id, "source": repo.source.name}),
     )

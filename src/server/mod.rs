@@ -20,6 +20,7 @@ mod extract;
 pub mod guard;
 pub mod hooks;
 mod market;
+pub mod metrics;
 pub mod openapi;
 
 use std::collections::BTreeMap;
@@ -77,6 +78,10 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Webhook deliveries that failed their check, by source address.
     pub hook_failures: Arc<hooks::Failures>,
+    /// What `/metrics` answers.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Whether `/metrics` answers without a token (`[server] metrics_public`).
+    pub metrics_public: bool,
 }
 
 /// Requests handled at once on the work runtime before new ones are refused with a 503.
@@ -427,7 +432,7 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
         })?;
         if api::is_health(route.path) {
             health = health.route(route.path, handler);
-        } else if route.auth {
+        } else if route.auth && !(route.path == "/metrics" && state.metrics_public) {
             guarded = guarded.route(route.path, handler);
         } else {
             open = open.route(route.path, handler);
@@ -712,13 +717,18 @@ pub async fn serve(
         config.server.public_url.clone(),
         forge_clients(&config),
     ));
+    let metrics = Arc::new(metrics::Metrics::new());
     let on_transition = {
-        let (store, outbox, public_url) = (
+        let (store, outbox, public_url, metrics) = (
             store.clone(),
             outbox.clone(),
             config.server.public_url.clone(),
+            metrics.clone(),
         );
         move |run: &RunRecord| {
+            if !run.status.is_active() {
+                metrics.run_ended(run, &store.steps(&run.id).unwrap_or_default());
+            }
             // What the run published goes to the marketplace before the forge hears of the
             // run's end, so the PR comment can name the versions it made.
             publish_to_marketplace(&store, run);
@@ -783,6 +793,8 @@ pub async fn serve(
         work: tokio::runtime::Handle::current(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         hook_failures: Arc::default(),
+        metrics,
+        metrics_public: config.server.metrics_public,
     };
     let app = router(state.clone())?;
     let (http, http_handle) = HttpRuntime::start().map_err(ServeError::Http)?;

@@ -203,6 +203,7 @@ fn content(schema: &str) -> Value {
         "text" => json!({"text/plain": {"schema": {"type": "string"}}}),
         "logs" => json!({"text/plain": {"schema": {"type": "string"}},
             "text/event-stream": {"schema": {"type": "string"}}}),
+        "metrics" => json!({"text/plain": {"schema": {"type": "string"}}}),
         name => {
             json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}})
         }
@@ -332,7 +333,7 @@ mod tests {
             );
             for (_, _, schema) in route.responses {
                 if let Some(s) = schema
-                    && !matches!(*s, "text" | "logs")
+                    && !matches!(*s, "text" | "logs" | "metrics")
                 {
                     assert!(schemas.contains_key(*s), "schema {s}");
                 }

@@ -10,6 +10,7 @@ mod disk_full;
 mod executor_seam;
 mod forge_api;
 mod marketplace;
+mod metrics;
 mod mirror;
 mod postgres;
 mod run;
