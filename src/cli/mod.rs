@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod convert;
 pub mod demo_postgres;
+pub mod logging;
 pub mod market;
 pub mod pipeline;
 pub mod progress;
@@ -88,6 +89,17 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// How the service's log lines are written on stderr: human or json (levels from
+    /// GANTRY_LOG or RUST_LOG, e.g. `GANTRY_LOG=debug`)
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        value_name = "FORMAT"
+    )]
+    pub log_format: logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -182,6 +194,7 @@ impl Command {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
+    logging::init(cli.log_format);
     if cli.command.prints_for_pipes() {
         // Rust ignores SIGPIPE, so a closed stdout (`gantry runs | head -1`) would make the
         // next print panic. Commands that only print end quietly instead, as Unix tools do.

@@ -41,7 +41,7 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
             {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("gantry: warning: deliveries: {e}");
+                    tracing::warn!("deliveries: {e}");
                     Vec::new()
                 }
             };
@@ -59,14 +59,23 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
                 continue;
             }
             worked = true;
-            let result = match dispatch(&intake, record).await {
+            let span = tracing::info_span!("delivery", forge = %record.forge, id = %record.id);
+            let result = match tracing::Instrument::instrument(
+                dispatch(&intake, record),
+                span.clone(),
+            )
+            .await
+            {
                 Ok(outcome) => intake.store.finish_delivery(*seq, record, outcome, false),
                 Err(error) => {
                     let attempts = record.attempts + 1;
-                    eprintln!(
-                        "gantry: warning: {} delivery {} (attempt {attempts}): {error}",
-                        record.forge, record.id
-                    );
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            "{} delivery {} (attempt {attempts}): {error}",
+                            record.forge,
+                            record.id
+                        )
+                    });
                     if attempts >= DELIVERY_ATTEMPTS {
                         intake
                             .store
@@ -88,7 +97,7 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
                 }
             };
             if let Err(e) = result {
-                eprintln!("gantry: warning: delivery {}: {e}", record.id);
+                tracing::warn!("delivery {}: {e}", record.id);
             }
         }
         if worked {

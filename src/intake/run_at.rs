@@ -78,7 +78,7 @@ pub(super) fn reconcile_later(intake: &Intake, repo: &Arc<WatchedRepo>, mirror: 
             _ => return,
         };
         if let Err(e) = crate::catalog::reconcile(&store, &r.source, &m, &head) {
-            eprintln!("gantry: warning: reconcile of {}: {e}", r.source.name);
+            tracing::warn!("reconcile of {}: {e}", r.source.name);
         }
     });
 }
@@ -201,7 +201,7 @@ pub(super) fn report_invalid(
             &first_error(at),
             &url,
         ) {
-            eprintln!("gantry: warning: {e}");
+            tracing::warn!("{e}");
         }
     }
     intake.outbox.notify();

@@ -19,7 +19,7 @@ pub async fn schedule_loop(store: Store, queue: Queue, stop: CancellationToken) 
                     submit_fire(&store, &queue, fire);
                 }
             }
-            Err(e) => eprintln!("gantry: warning: schedules: {e}"),
+            Err(e) => tracing::warn!("schedules: {e}"),
         }
         // Sleep to the next tick, but look again at least every second: pipelines change.
         let until_next = scheduler
@@ -41,7 +41,7 @@ fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fir
         _ => None,
     };
     let Some(pipeline) = pipeline else {
-        eprintln!("gantry: warning: schedule of {label}: its version is gone");
+        tracing::warn!("schedule of {label}: its version is gone");
         return;
     };
     let git = store
@@ -78,6 +78,6 @@ fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fir
         idempotency_key: None,
     };
     if let Err(e) = queue.submit(submit) {
-        eprintln!("gantry: warning: schedule of {label} at {}: {e}", fire.tick);
+        tracing::warn!("schedule of {label} at {}: {e}", fire.tick);
     }
 }

@@ -24,12 +24,13 @@ pub async fn sync_loop(
         let guard = repo.sync_lock.lock().await;
         let result = tokio::task::spawn_blocking(move || catalog::sync(&st, &r.source, &i)).await;
         drop(guard);
-        match result {
+        let span = tracing::info_span!("sync", source = %repo.source.name);
+        span.in_scope(|| match result {
             Ok(Ok(report)) => {
                 failures = 0;
                 if !report.unchanged {
-                    eprintln!(
-                        "gantry: {} at {}: {} new version(s), {} invalid, {} retired",
+                    tracing::info!(
+                        "{} at {}: {} new version(s), {} invalid, {} retired",
                         repo.source.name,
                         &report.head[..report.head.len().min(12)],
                         report.new_versions.len(),
@@ -40,10 +41,10 @@ pub async fn sync_loop(
             }
             Ok(Err(e)) => {
                 failures = failures.saturating_add(1);
-                eprintln!("gantry: warning: sync of {}: {e}", repo.source.name);
+                tracing::warn!("sync of {}: {e}", repo.source.name);
             }
-            Err(e) => eprintln!("gantry: warning: sync of {} stopped: {e}", repo.source.name),
-        }
+            Err(e) => tracing::warn!("sync of {} stopped: {e}", repo.source.name),
+        });
         // After failures, wait longer (up to 5 minutes) so an unreachable remote is not hammered.
         let wait = if repo.poll_interval.is_zero() {
             None

@@ -93,7 +93,7 @@ impl Outbox {
                 let (jobs, more) = match self.store.outbox_page(cursor.as_deref(), PAGE_BYTES) {
                     Ok(page) => page,
                     Err(e) => {
-                        eprintln!("gantry: warning: outbox: {e}");
+                        tracing::warn!("outbox: {e}");
                         break;
                     }
                 };
@@ -134,7 +134,7 @@ impl Outbox {
             Err(e) => self.failed(job, e),
         };
         if let Err(e) = outcome {
-            eprintln!("gantry: warning: outbox: {e}");
+            tracing::warn!("outbox: {e}");
         }
     }
 
@@ -248,7 +248,7 @@ impl Outbox {
         } else {
             format!("not retried: {error}")
         };
-        eprintln!("gantry: warning: write-back to {}: {why}", job.source);
+        tracing::warn!("write-back to {}: {why}", job.source);
         if let Some(run_id) = &job.run_id {
             let what = match &job.action {
                 OutboxAction::Status { context, state, .. } => {

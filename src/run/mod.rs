@@ -552,13 +552,21 @@ pub async fn execute(
     cancel: CancellationToken,
     observe: impl FnMut(&Plan, &Event) + Send,
 ) -> Result<RunRecord, StoreError> {
-    drive(
-        store,
-        executor,
-        prepared,
-        Handover::Execute,
-        cancel,
-        observe,
+    let span = tracing::info_span!(
+        "run",
+        id = %prepared.run.id,
+        pipeline = %format!("{}/{}", prepared.run.source, prepared.run.pipeline)
+    );
+    tracing::Instrument::instrument(
+        drive(
+            store,
+            executor,
+            prepared,
+            Handover::Execute,
+            cancel,
+            observe,
+        ),
+        span,
     )
     .await
 }
@@ -805,7 +813,7 @@ impl Drop for RunDirGuard {
 
 /// Reports a problem that does not change the run's outcome.
 fn warn(message: &str) {
-    eprintln!("gantry: warning: {message}");
+    tracing::warn!("{message}");
 }
 
 /// "step `x` failed (exit 2)" for the first step that did not succeed.

@@ -413,7 +413,7 @@ impl Queue {
         let queue = self.clone();
         tokio::spawn(async move {
             if let Err(e) = queue.run_one(&id, external_id, cancel, &interrupted).await {
-                eprintln!("gantry: error: run {id}: {e}");
+                tracing::error!("run {id}: {e}");
                 let _ = queue.inner.store.end_run(
                     &id,
                     RunStatus::Failed,

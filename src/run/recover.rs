@@ -123,7 +123,7 @@ pub fn recover(store: &Store, executors: &Executors) -> Result<Recovered, StoreE
         if let Err(e) = std::fs::remove_dir_all(&run_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            eprintln!("gantry: warning: cannot remove {}: {e}", run_dir.display());
+            tracing::warn!("cannot remove {}: {e}", run_dir.display());
         }
         let run = store.end_run(&run.id, RunStatus::Interrupted, Some(message))?;
         interrupted.push(run);

@@ -272,8 +272,8 @@ async fn take(
         }
     };
     let Some(first) = verified.first().cloned() else {
-        eprintln!(
-            "gantry: refused a {forge} delivery{}: {}",
+        tracing::info!(
+            "refused a {forge} delivery{}: {}",
             claimed
                 .as_deref()
                 .map(|n| format!(" about `{n}`"))

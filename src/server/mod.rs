@@ -243,8 +243,8 @@ pub fn local_executor(
     }
     let sandbox = match config.sandbox {
         SandboxMode::None => {
-            eprintln!(
-                "gantry: warning: sandbox = \"none\": steps run as Gantry's own user and can read its data dir, config, master key and tokens; use it only where every pipeline author is trusted with them"
+            tracing::warn!(
+                "sandbox = \"none\": steps run as Gantry's own user and can read its data dir, config, master key and tokens; use it only where every pipeline author is trusted with them"
             );
             Sandbox::None
         }
@@ -272,12 +272,12 @@ pub fn local_executor(
                     if let Some((first, last)) = config.run_uids
                         && let Some(warning) = b.set_run_uids(first, last)?
                     {
-                        eprintln!("gantry: warning: {warning}");
+                        tracing::warn!("{warning}");
                     }
                     b.check_run_uids()?;
                     if let Some(pool) = &b.uids {
-                        eprintln!(
-                            "gantry: each run's steps get a uid of their own from {}",
+                        tracing::info!(
+                            "each run's steps get a uid of their own from {}",
                             pool.range()
                         );
                     }
@@ -292,18 +292,18 @@ pub fn local_executor(
                         b.run_limits.cpus = Some(millis as f64 / 1000.0);
                     }
                     match &b.cgroup {
-                        Some(layout) => eprintln!(
-                            "gantry: runs are limited through {}: {}",
+                        Some(layout) => tracing::info!(
+                            "runs are limited through {}: {}",
                             layout.describe(),
                             b.run_limits
                         ),
-                        None => eprintln!(
-                            "gantry: warning: no control groups here: runs are limited by per-process rlimits only"
+                        None => tracing::warn!(
+                            "no control groups here: runs are limited by per-process rlimits only"
                         ),
                     }
                     if b.net.slirp.is_none() {
-                        eprintln!(
-                            "gantry: warning: steps of pipelines with the network on will refuse to start: {}",
+                        tracing::warn!(
+                            "steps of pipelines with the network on will refuse to start: {}",
                             crate::executor::local::NO_SLIRP
                         );
                     }
@@ -313,7 +313,7 @@ pub fn local_executor(
                 // The service still starts (its API, webhooks and reports work), but no step
                 // runs unsandboxed by accident: each refuses to start, saying how to fix it.
                 Err(e @ SandboxError::NoBwrap) => {
-                    eprintln!("gantry: warning: every step will refuse to start: {e}");
+                    tracing::warn!("every step will refuse to start: {e}");
                     Sandbox::Missing(e.to_string())
                 }
                 Err(e) => return Err(e.into()),
@@ -553,8 +553,9 @@ impl Drop for HttpRuntime {
 /// watchdog thread also keeps the free-space reading fresh while no request asks for it.
 fn crash_only(store: &Store) {
     store.on_failure(|message| {
-        eprintln!(
-            "gantry: fatal: {message}; stopping (exit {EXIT_STORE_FAILED}) so that a supervisor \
+        tracing::error!(
+            target: crate::store::FATAL,
+            "{message}; stopping (exit {EXIT_STORE_FAILED}) so that a supervisor \
              restarts Gantry into the store's recovery"
         );
         std::thread::spawn(|| {
@@ -582,7 +583,7 @@ fn crash_only(store: &Store) {
             }
         });
     if let Err(e) = spawned {
-        eprintln!("gantry: warning: cannot start the store watchdog: {e}");
+        tracing::warn!("cannot start the store watchdog: {e}");
     }
 }
 
@@ -647,8 +648,8 @@ pub async fn serve(
         .check_auth(options.insecure_no_auth)
         .map_err(ServeError::Unsafe)?;
     if config.tokens.is_empty() {
-        eprintln!(
-            "gantry: warning: serving without an API token (--insecure-no-auth): every local \
+        tracing::warn!(
+            "serving without an API token (--insecure-no-auth): every local \
              user and process that can reach {} can run pipelines and read their logs",
             config.server.listen
         );
@@ -676,9 +677,11 @@ pub async fn serve(
     let recovered = crate::run::recover::recover(&store, &executors)?;
     let interrupted = recovered.interrupted;
     for run in &interrupted {
-        eprintln!(
-            "gantry: run {} of {}/{} was interrupted by the last shutdown",
-            run.id, run.source, run.pipeline
+        tracing::info!(
+            "run {} of {}/{} was interrupted by the last shutdown",
+            run.id,
+            run.source,
+            run.pipeline
         );
     }
     let checkout_repos = repos.clone();
@@ -737,7 +740,7 @@ pub async fn serve(
             }
             match crate::report::on_transition(&store, &public_url, run) {
                 Ok(()) => outbox.notify(),
-                Err(e) => eprintln!("gantry: warning: reporting run {}: {e}", run.id),
+                Err(e) => tracing::warn!("reporting run {}: {e}", run.id),
             }
         }
     };
@@ -745,17 +748,17 @@ pub async fn serve(
     match crate::marketplace::catch_up(&store, chrono::Utc::now()) {
         Ok(failed) => {
             for f in failed {
-                eprintln!("gantry: warning: not published to the marketplace: {f}");
+                tracing::warn!("not published to the marketplace: {f}");
             }
         }
-        Err(e) => eprintln!("gantry: warning: catching up on the marketplace: {e}"),
+        Err(e) => tracing::warn!("catching up on the marketplace: {e}"),
     }
     // Runs cut short by the last shutdown or crash: their forge learns they ended.
     for run in &interrupted {
         if outbox.reports(&run.source)
             && let Err(e) = crate::report::on_transition(&store, &config.server.public_url, run)
         {
-            eprintln!("gantry: warning: reporting run {}: {e}", run.id);
+            tracing::warn!("reporting run {}: {e}", run.id);
         }
     }
     let executor_names: Vec<String> = executors.names().map(str::to_string).collect();
@@ -773,9 +776,11 @@ pub async fn serve(
     )?;
     // Runs that went on without us (Argo Workflows): followed again from where the store left.
     for (run, external_id) in recovered.reattach {
-        eprintln!(
-            "gantry: run {} of {}/{} goes on as {external_id}; following it again",
-            run.id, run.source, run.pipeline
+        tracing::info!(
+            "run {} of {}/{} goes on as {external_id}; following it again",
+            run.id,
+            run.source,
+            run.pipeline
         );
         queue.reattach(run, external_id);
     }
@@ -812,8 +817,8 @@ pub async fn serve(
     };
     let bound = listener.local_addr().map_err(ServeError::Http)?;
     if options.announce {
-        eprintln!(
-            "gantry: serving on http://{bound} (data dir {})",
+        tracing::info!(
+            "serving on http://{bound} (data dir {})",
             data_dir.display()
         );
     }
@@ -876,8 +881,8 @@ pub async fn serve(
         })
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    eprintln!(
-        "gantry: stopping: no new work; running runs get {} to finish",
+    tracing::info!(
+        "stopping: no new work; running runs get {} to finish",
         crate::spec::values::format_duration(options.shutdown_grace)
     );
     loops.cancel();
@@ -911,15 +916,15 @@ async fn retention_loop(store: Store, policy: crate::store::Retention, stop: Can
         let pruned =
             tokio::task::spawn_blocking(move || store.prune(chrono::Utc::now(), &policy)).await;
         match pruned {
-            Ok(Ok(p)) if p.runs > 0 || p.delivery_bodies > 0 => eprintln!(
-                "gantry: retention: pruned {} runs and {} webhook delivery bodies older than {}",
+            Ok(Ok(p)) if p.runs > 0 || p.delivery_bodies > 0 => tracing::info!(
+                "retention: pruned {} runs and {} webhook delivery bodies older than {}",
                 p.runs,
                 p.delivery_bodies,
                 crate::spec::values::format_duration(policy.max_age)
             ),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("gantry: warning: retention: {e}"),
-            Err(e) => eprintln!("gantry: warning: retention stopped abnormally: {e}"),
+            Ok(Err(e)) => tracing::warn!("retention: {e}"),
+            Err(e) => tracing::warn!("retention stopped abnormally: {e}"),
         }
     }
 }
@@ -953,16 +958,13 @@ pub fn publish_to_marketplace(store: &crate::store::Store, run: &RunRecord) {
         Ok(done) => {
             for (step, result) in done {
                 if let Err(e) = result {
-                    eprintln!(
-                        "gantry: warning: run {} step {step} not published to the marketplace: {e}",
+                    tracing::warn!(
+                        "run {} step {step} not published to the marketplace: {e}",
                         run.id
                     );
                 }
             }
         }
-        Err(e) => eprintln!(
-            "gantry: warning: publishing run {} to the marketplace: {e}",
-            run.id
-        ),
+        Err(e) => tracing::warn!("publishing run {} to the marketplace: {e}", run.id),
     }
 }

@@ -101,6 +101,10 @@ pub use space::{LowSpace, MinFree};
 /// The layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// The `tracing` target of the errors that end the process (a failed store): written
+/// `gantry: fatal: ...` for a person.
+pub const FATAL: &str = "gantry::fatal";
+
 /// The fewest characters a secret may have (shorter ones would mask ordinary text in logs).
 pub const MIN_SECRET_CHARS: usize = 4;
 

@@ -155,8 +155,8 @@ impl Space {
         let low = r.low();
         if self.low.swap(low, Ordering::Relaxed) != low {
             if low {
-                eprintln!(
-                    "gantry: warning: {}",
+                tracing::warn!(
+                    "{}",
                     LowSpace {
                         dir: self.dir.clone(),
                         free: r.free,
@@ -164,8 +164,8 @@ impl Space {
                     }
                 );
             } else {
-                eprintln!(
-                    "gantry: the data dir {} has {} free again (reserve {}): taking new work",
+                tracing::info!(
+                    "the data dir {} has {} free again (reserve {}): taking new work",
                     self.dir.display(),
                     show_bytes(r.free),
                     show_bytes(r.reserve)

@@ -138,3 +138,23 @@ fn a_real_prometheus_scrapes_the_run_counter_after_a_run() {
         .to_string();
     assert!(!text.contains(&run_id), "{text}");
 }
+
+/// `--log-format json`: every line the server logs is a JSON object with its level and message;
+/// the default is the human `gantry: ...` line.
+#[test]
+fn the_server_logs_json_lines_when_asked() {
+    let s = GantryServer::start(ServerConfig::new().args(&["--log-format", "json"]));
+    let (status, body) = s.put_text("/api/v1/pipelines/local/hello", HELLO);
+    assert!(status == 200 || status == 201, "{body}");
+    let logs = s.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(!lines.is_empty(), "no JSON line in:\n{logs}");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(!logs.contains("gantry: "), "human lines in:\n{logs}");
+}

@@ -546,7 +546,7 @@ async fn run(
                 s.stop(Stopped::TimedOut);
             }
             Some(why) = over_disk.found.recv(), if stopped.is_none() => {
-                eprintln!("gantry: run {} stopped: {why}", input.run_id);
+                tracing::info!("run {} stopped: {why}", input.run_id);
                 for &i in running.indices().iter() {
                     shared.system(i, 0, &format!("[gantry: run stopped: {why}]")).await;
                 }

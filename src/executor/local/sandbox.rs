@@ -866,8 +866,8 @@ fn run_group(config: &Bubblewrap) -> Option<super::cgroup::RunGroup> {
         Ok(group) => Some(group),
         Err(e) => {
             if !WARNED.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "gantry: warning: runs go without their memory, process and CPU limits: cannot make their control group ({}): {e}",
+                tracing::warn!(
+                    "runs go without their memory, process and CPU limits: cannot make their control group ({}): {e}",
                     layout.describe()
                 );
             }
