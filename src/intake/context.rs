@@ -27,6 +27,9 @@ pub struct WatchedRepo {
     /// Held while the mirror is fetched or the catalog reconciled, so the sync loop and webhook
     /// processing never interleave (an older head reconciled last would revert pipelines).
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// Whether the sync loop has finished its first sync (reconciled, or failed with its error
+    /// recorded): until then `/readyz` says the server is not ready.
+    pub synced: std::sync::atomic::AtomicBool,
 }
 
 /// The trigger path's context; cheap to clone.

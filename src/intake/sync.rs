@@ -45,6 +45,7 @@ pub async fn sync_loop(
             }
             Err(e) => tracing::warn!("sync of {} stopped: {e}", repo.source.name),
         });
+        repo.synced.store(true, std::sync::atomic::Ordering::SeqCst);
         // After failures, wait longer (up to 5 minutes) so an unreachable remote is not hammered.
         let wait = if repo.poll_interval.is_zero() {
             None

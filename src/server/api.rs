@@ -176,7 +176,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "get",
         path: "/readyz",
-        summary: "Readiness: 200 while the server takes new work; 503 with the reasons while its store failed or is stuck, or its data dir is below the free-space reserve ([storage] min_free), or it is stopping",
+        summary: "Readiness: 200 while the server takes new work; 503 with the reasons while its store failed or is stuck, or its data dir is below the free-space reserve ([storage] min_free), or a watched repository has not finished its first sync, or it is stopping",
         auth: false,
         query: &[],
         body: None,

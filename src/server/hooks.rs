@@ -446,6 +446,7 @@ mod tests {
             forge: Some(Forge::Github),
             poll_interval: std::time::Duration::ZERO,
             webhook_secret: secret.map(str::to_string),
+            synced: Default::default(),
             source: crate::catalog::RepoSource {
                 name: name.to_string(),
                 url: String::new(),

@@ -370,6 +370,7 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                 },
                 wake: Notify::new(),
                 sync_lock: tokio::sync::Mutex::new(()),
+                synced: Default::default(),
             })
         })
         .collect()
@@ -518,6 +519,11 @@ pub fn not_ready(state: &AppState) -> Vec<String> {
     }
     if state.shutdown.is_cancelled() {
         reasons.push("the server is stopping".into());
+    }
+    for (name, repo) in state.repos.iter() {
+        if !repo.synced.load(std::sync::atomic::Ordering::SeqCst) {
+            reasons.push(format!("source `{name}` has not finished its first sync"));
+        }
     }
     reasons
 }

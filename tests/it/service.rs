@@ -148,6 +148,10 @@ fn the_first_sync_lists_every_file_and_a_push_makes_a_new_version() {
         assert_eq!(p["commit"], first.as_str(), "{p}");
         assert_eq!(p["errors"], json!([]), "{p}");
     }
+    // Synced once: ready.
+    s.wait_until("/readyz says ready", WAIT, || {
+        s.get_without_token("/readyz").0 == 200
+    });
     assert_eq!(pipelines(&s).len(), 2);
 
     remote.write("alpha.yaml", &pipeline("alpha", "", "echo alpha-two"));
