@@ -536,6 +536,8 @@ impl Cx<'_> {
             json!({"name": "GANTRY_WORKSPACE", "value": WORKSPACE}),
             json!({"name": "WORKSPACE", "value": WORKSPACE}),
             json!({"name": "GANTRY_OUTPUTS", "value": OUTPUTS}),
+            // Steps may write a summary on Argo too; it is not read back there yet.
+            json!({"name": "GANTRY_SUMMARY", "value": format!("{OUTPUTS}/.summary.md")}),
             json!({"name": "GANTRY_STEP", "value": step.name}),
             json!({"name": "GANTRY_RUN_ID", "value": self.run.id}),
             json!({"name": "GANTRY_RUN_NUMBER", "value": self.run.number.to_string()}),
