@@ -257,6 +257,37 @@ pub struct PublishedCredentials {
     pub parameters: Vec<PublishedCredential>,
 }
 
+#[cfg(test)]
+impl Publication {
+    /// For tests: a database `name`, version 1.0.0, published for `environments` with a
+    /// `DB_HOST` of `db.internal` and a secret `DB_PASSWORD`.
+    pub(crate) fn example(name: &str, environments: &[&str], password: &str) -> Publication {
+        Publication {
+            name: name.into(),
+            version: "1.0.0".into(),
+            category: Category::Database,
+            description: None,
+            tags: Vec::new(),
+            properties: BTreeMap::new(),
+            credentials: vec![PublishedCredentials {
+                environments: environments.iter().map(|e| e.to_string()).collect(),
+                parameters: vec![
+                    PublishedCredential {
+                        key: "DB_HOST".into(),
+                        value: "db.internal".into(),
+                        is_secret: false,
+                    },
+                    PublishedCredential {
+                        key: "DB_PASSWORD".into(),
+                        value: password.into(),
+                        is_secret: true,
+                    },
+                ],
+            }],
+        }
+    }
+}
+
 /// Its `Debug` hides the value of a secret credential.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct PublishedCredential {
@@ -510,7 +541,7 @@ impl fmt::Debug for Masked {
 }
 
 /// `value` for `Debug`, masked when it is secret.
-fn redact<T: fmt::Debug>(value: &T, secret: bool) -> &dyn fmt::Debug {
+pub(crate) fn redact<T: fmt::Debug>(value: &T, secret: bool) -> &dyn fmt::Debug {
     if secret { &Masked } else { value }
 }
 

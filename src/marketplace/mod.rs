@@ -360,6 +360,71 @@ pub fn catch_up(store: &Store, now: DateTime<Utc>) -> Result<Vec<String>, StoreE
     Ok(failed)
 }
 
+/// What one of a run's publish steps published, as its API answer and its PR comment show it:
+/// the resource, the version it made or matched (or why it was refused), environments,
+/// non-secret properties and credential keys, never a value.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPublication {
+    pub step: String,
+    pub resource: String,
+    /// `None` until the marketplace took it, or when it refused it.
+    pub version: Option<u64>,
+    /// Whether the publish made that version (false: it changed nothing).
+    pub new_version: Option<bool>,
+    pub error: Option<String>,
+    pub publisher_version: String,
+    pub category: Category,
+    /// In the publisher's order, each once.
+    pub environments: Vec<String>,
+    pub properties: BTreeMap<String, String>,
+    pub credentials: Vec<CredentialKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialKey {
+    pub key: String,
+    pub secret: bool,
+}
+
+/// What a run's publish steps published.
+pub fn run_publications(store: &Store, run_id: &str) -> Result<Vec<RunPublication>, StoreError> {
+    let made: BTreeMap<String, PublishedAs> = store.published_as(run_id)?.into_iter().collect();
+    let mut out = Vec::new();
+    for (step, p) in store.publications(run_id, false)? {
+        let mut environments: Vec<String> = Vec::new();
+        for e in p.credentials.iter().flat_map(|c| &c.environments) {
+            if !environments.contains(e) {
+                environments.push(e.clone());
+            }
+        }
+        let mut credentials: Vec<CredentialKey> = Vec::new();
+        for k in p.credentials.iter().flat_map(|c| &c.parameters) {
+            let key = CredentialKey {
+                key: k.key.clone(),
+                secret: k.is_secret,
+            };
+            if !credentials.contains(&key) {
+                credentials.push(key);
+            }
+        }
+        let done = made.get(&step);
+        let taken = done.filter(|d| d.error.is_none());
+        out.push(RunPublication {
+            resource: p.name,
+            version: taken.map(|d| d.version),
+            new_version: taken.map(|d| d.new),
+            error: done.and_then(|d| d.error.clone()),
+            publisher_version: p.version,
+            category: p.category,
+            environments,
+            properties: p.properties,
+            credentials,
+            step,
+        });
+    }
+    Ok(out)
+}
+
 /// What to find resources by; every given part must match.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {

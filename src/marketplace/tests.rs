@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 
 use super::binding::{Format, binding_files, render_env, well_known};
 use super::*;
-use crate::executor::{PublishedCredential, PublishedCredentials};
+use crate::executor::PublishedCredential;
 
 const PASSWORD: &str = "s3cret-Pa55word-1";
 
@@ -29,30 +29,13 @@ fn origin(pipeline: &str, run: u64) -> Origin {
 
 fn publication(envs: &[&str], password: &str) -> Publication {
     Publication {
-        name: "orders-db".into(),
-        version: "1.0.0".into(),
-        category: Category::Database,
         description: Some("Orders database".into()),
         tags: vec!["postgres".into(), "team-a".into()],
         properties: BTreeMap::from([
             ("type".to_string(), "PostgreSQL".to_string()),
             ("port".to_string(), "5432".to_string()),
         ]),
-        credentials: vec![PublishedCredentials {
-            environments: envs.iter().map(|e| e.to_string()).collect(),
-            parameters: vec![
-                PublishedCredential {
-                    key: "DB_HOST".into(),
-                    value: "db.internal".into(),
-                    is_secret: false,
-                },
-                PublishedCredential {
-                    key: "DB_PASSWORD".into(),
-                    value: password.into(),
-                    is_secret: true,
-                },
-            ],
-        }],
+        ..Publication::example("orders-db", envs, password)
     }
 }
 

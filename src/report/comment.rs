@@ -75,43 +75,22 @@ pub(crate) fn secrets_of(store: &Store, run: &RunRecord) -> Secrets {
 /// What a run published, for its section of the comment: each resource with its marketplace
 /// version, environments, non-secret properties and credential keys, never a value of one.
 fn published(store: &Store, run: &RunRecord, secrets: &Secrets) -> Result<String, StoreError> {
-    let made = store.published_as(&run.id)?;
     let mut out = String::new();
-    for (step, p) in store.publications(&run.id, false)? {
+    for p in crate::marketplace::run_publications(store, &run.id)? {
         if out.is_empty() {
             out.push_str("\nPublished to the marketplace:\n");
         }
-        let version = match made.iter().find(|(s, _)| *s == step) {
-            Some((_, m)) if m.error.is_some() => format!(
-                "not published: {}",
-                quoted(&secrets.mask(m.error.as_deref().unwrap_or_default()))
-            ),
-            Some((_, m)) if m.new => format!("version {}", m.version),
-            Some((_, m)) => format!("version {} (unchanged)", m.version),
-            None => "not listed yet".to_string(),
+        let version = match (&p.error, p.version, p.new_version) {
+            (Some(e), _, _) => format!("not published: {}", quoted(&secrets.mask(e))),
+            (None, Some(v), Some(true)) => format!("version {v}"),
+            (None, Some(v), _) => format!("version {v} (unchanged)"),
+            (None, None, _) => "not listed yet".to_string(),
         };
-        let mut environments: Vec<&str> = p
-            .credentials
-            .iter()
-            .flat_map(|c| c.environments.iter().map(String::as_str))
-            .collect();
-        environments.dedup();
-        let mut keys: Vec<String> = Vec::new();
-        for k in p.credentials.iter().flat_map(|c| &c.parameters) {
-            let key = if k.is_secret {
-                format!("`{}` (secret)", cell(&k.key))
-            } else {
-                format!("`{}`", cell(&k.key))
-            };
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
         out.push_str(&format!(
             "- {} {version} ({}), for {}\n",
-            crate::forge::code_span(&p.name),
+            crate::forge::code_span(&p.resource),
             crate::marketplace::category_name(p.category),
-            environments
+            p.environments
                 .iter()
                 .map(|e| crate::forge::code_span(e))
                 .collect::<Vec<_>>()
@@ -124,6 +103,14 @@ fn published(store: &Store, run: &RunRecord, secrets: &Secrets) -> Result<String
                 crate::forge::code_span(&secrets.mask(v))
             ));
         }
+        let keys: Vec<String> = p
+            .credentials
+            .iter()
+            .map(|k| match k.secret {
+                true => format!("`{}` (secret)", cell(&k.key)),
+                false => format!("`{}`", cell(&k.key)),
+            })
+            .collect();
         if !keys.is_empty() {
             out.push_str(&format!("  - credentials: {}\n", keys.join(", ")));
         }

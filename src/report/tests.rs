@@ -11,14 +11,17 @@ use crate::store::{LogLine, NewRun, PipelineError, PrRecord, StepState, Trigger}
 
 const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsecrets: [db_password]\nsteps:\n  - name: create\n    script: echo hi\n";
 
-fn finished_run(store: &Store) -> RunRecord {
+/// A queued run of `pipeline` (a `provision-db` file, stored with its secret `db_password`)
+/// on a pull request's head.
+fn pr_run(store: &Store, pipeline: &str, (sha, reference): (&str, &str), pr: u64) -> RunRecord {
+    let checked = crate::spec::check(pipeline).pipeline.expect("valid");
     let version = store
-        .record_version("infra", "provision-db", PIPELINE, "p.yaml", Some("abc"))
+        .record_version("infra", "provision-db", pipeline, "p.yaml", Some("abc"))
         .expect("version");
     store
         .set_secret(Some("infra/provision-db"), "db_password", "hunter2-secret")
         .expect("secret");
-    let run = store
+    store
         .create_run(NewRun {
             source: "infra".into(),
             pipeline: "provision-db".into(),
@@ -29,19 +32,31 @@ fn finished_run(store: &Store) -> RunRecord {
                 detail: None,
             },
             git: Some(GitInfo {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                reference: "refs/heads/feature".into(),
+                sha: sha.into(),
+                reference: reference.into(),
                 repo: "acme/infra".into(),
             }),
-            steps: vec!["create".into()],
+            steps: checked.all_steps().map(|s| s.name.clone()).collect(),
             owner: None,
             status: RunStatus::Queued,
             concurrency: None,
             message: None,
-            pr: Some(7),
+            pr: Some(pr),
             idempotency_key: None,
         })
-        .expect("run");
+        .expect("run")
+}
+
+fn finished_run(store: &Store) -> RunRecord {
+    let run = pr_run(
+        store,
+        PIPELINE,
+        (
+            "0123456789abcdef0123456789abcdef01234567",
+            "refs/heads/feature",
+        ),
+        7,
+    );
     let start = Utc
         .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
         .single()
@@ -381,40 +396,11 @@ const PIPELINE_3: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n
 /// its version, properties and credential keys, and the failed step's last 20 lines, all masked.
 #[test]
 fn the_pr_comment_shows_summaries_publications_and_the_end_of_a_failed_log() {
-    use crate::executor::{Publication, PublishedCredential, PublishedCredentials, Stream};
+    use crate::executor::{Publication, Stream};
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
-    let version = store
-        .record_version("infra", "provision-db", PIPELINE_3, "p.yaml", Some("abc"))
-        .expect("version");
-    store
-        .set_secret(Some("infra/provision-db"), "db_password", "hunter2-secret")
-        .expect("secret");
     let sha = "89abcdef0123456789abcdef0123456789abcdef";
-    let run = store
-        .create_run(NewRun {
-            source: "infra".into(),
-            pipeline: "provision-db".into(),
-            version,
-            parameters: BTreeMap::new(),
-            trigger: Trigger {
-                kind: "pullRequest".into(),
-                detail: None,
-            },
-            git: Some(GitInfo {
-                sha: sha.into(),
-                reference: "refs/pull/8/head".into(),
-                repo: "acme/infra".into(),
-            }),
-            steps: vec!["plan".into(), "publish".into(), "check".into()],
-            owner: None,
-            status: RunStatus::Queued,
-            concurrency: None,
-            message: None,
-            pr: Some(8),
-            idempotency_key: None,
-        })
-        .expect("run");
+    let run = pr_run(&store, PIPELINE_3, (sha, "refs/pull/8/head"), 8);
     let start = Utc
         .with_ymd_and_hms(2026, 12, 7, 9, 0, 0)
         .single()
@@ -461,27 +447,8 @@ fn the_pr_comment_shows_summaries_publications_and_the_end_of_a_failed_log() {
         .collect();
     store.put_log_chunk(&run.id, 2, 0, &lines).expect("log");
     let publication = Publication {
-        name: "orders-db".into(),
-        version: "1.0.0".into(),
-        category: crate::spec::model::Category::Database,
-        description: None,
-        tags: vec![],
         properties: BTreeMap::from([("host".to_string(), "db.internal".to_string())]),
-        credentials: vec![PublishedCredentials {
-            environments: vec!["dev".into()],
-            parameters: vec![
-                PublishedCredential {
-                    key: "DB_HOST".into(),
-                    value: "db.internal".into(),
-                    is_secret: false,
-                },
-                PublishedCredential {
-                    key: "DB_PASSWORD".into(),
-                    value: "hunter2-secret".into(),
-                    is_secret: true,
-                },
-            ],
-        }],
+        ..Publication::example("orders-db", &["dev"], "hunter2-secret")
     };
     store
         .put_publication(&run.id, "publish", &publication)

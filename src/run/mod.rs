@@ -1052,7 +1052,7 @@ fn record_event(
                 match crate::marketplace::publish(store, &origin, name, publication, Utc::now()) {
                     Ok(_) => {}
                     Err(crate::marketplace::MarketError::Store(e)) => return Err(e),
-                    Err(_) => {}
+                    Err(e) => tracing::warn!("step {name} not published to the marketplace: {e}"),
                 }
             }
         }
@@ -1067,7 +1067,7 @@ mod connection_tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::executor::{Publication, PublishedCredential, PublishedCredentials};
+    use crate::executor::Publication;
     use crate::marketplace::{NewConnection, Origin};
 
     const PIPELINE: &str = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: app\nconnections: [db]\nsteps:\n  - name: use\n    command: [sh, -c, 'true']\n    env:\n      H: '{{connections.db.host}}'\n      P: '{{connections.db.DB_PASSWORD}}'\n";
@@ -1075,29 +1075,7 @@ mod connection_tests {
     fn store_with_connection() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let publication = Publication {
-            name: "orders-db".into(),
-            version: "1".into(),
-            category: crate::spec::model::Category::Database,
-            description: None,
-            tags: vec![],
-            properties: BTreeMap::new(),
-            credentials: vec![PublishedCredentials {
-                environments: vec!["dev".into()],
-                parameters: vec![
-                    PublishedCredential {
-                        key: "DB_HOST".into(),
-                        value: "db.internal".into(),
-                        is_secret: false,
-                    },
-                    PublishedCredential {
-                        key: "DB_PASSWORD".into(),
-                        value: "pw-for-the-test".into(),
-                        is_secret: true,
-                    },
-                ],
-            }],
-        };
+        let publication = Publication::example("orders-db", &["dev"], "pw-for-the-test");
         let origin = Origin {
             source: "infra".into(),
             pipeline: "provision".into(),

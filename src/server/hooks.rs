@@ -179,7 +179,7 @@ pub async fn receive(
 ) -> Response {
     let metrics = state.metrics.clone();
     let label = Forge::from_name(&forge).map_or("unknown", |f| f.as_str());
-    let response = take(state, forge.clone(), peer, headers, body).await;
+    let response = take(state, forge, peer, headers, body).await;
     metrics.delivery(label, result_of(&response));
     response
 }

@@ -210,34 +210,7 @@ pub(super) async fn delete_connection(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// What a run published, for its API answer and its PR comment: resource, version, environments,
-/// non-secret properties and credential keys, never values.
+/// What a run published (`marketplace::run_publications`), for its API answer.
 pub(super) fn published(state: &AppState, run_id: &str) -> ApiResult<Value> {
-    let made: BTreeMap<String, crate::store::PublishedAs> =
-        state.store.published_as(run_id)?.into_iter().collect();
-    let mut out = Vec::new();
-    for (step, p) in state.store.publications(run_id, false)? {
-        let environments: Vec<&String> =
-            p.credentials.iter().flat_map(|c| &c.environments).collect();
-        let keys: Vec<Value> = p
-            .credentials
-            .iter()
-            .flat_map(|c| &c.parameters)
-            .map(|k| json!({"key": k.key, "secret": k.is_secret}))
-            .collect();
-        let version = made.get(&step).filter(|v| v.error.is_none());
-        out.push(json!({
-            "step": step,
-            "resource": p.name,
-            "version": version.map(|v| v.version),
-            "new_version": version.map(|v| v.new),
-            "error": made.get(&step).and_then(|v| v.error.clone()),
-            "publisher_version": p.version,
-            "category": p.category,
-            "environments": environments,
-            "properties": p.properties,
-            "credentials": keys,
-        }));
-    }
-    Ok(json!(out))
+    Ok(json!(marketplace::run_publications(&state.store, run_id)?))
 }

@@ -65,7 +65,6 @@ pub struct Metrics {
     store_bytes: Gauge,
     resident: Gauge,
     open_fds: Gauge,
-    start_time: Gauge<f64, AtomicU64>,
     cpu: Counter<f64, AtomicU64>,
     /// The CPU seconds last read from /proc, to add only what was used since.
     cpu_seen: Mutex<f64>,
@@ -192,7 +191,6 @@ impl Metrics {
             store_bytes,
             resident,
             open_fds,
-            start_time,
             cpu,
             cpu_seen: Mutex::new(0.0),
         }
@@ -269,7 +267,11 @@ impl Metrics {
             self.outbox_oldest.set(oldest);
         }
         self.delivery_backlog.set(to_i64(store.delivery_backlog()));
-        self.store_bytes.set(to_i64(dir_size(store.dir())));
+        let stored = ["db", "bodies"]
+            .iter()
+            .map(|d| dir_size(&store.dir().join(d)))
+            .sum();
+        self.store_bytes.set(to_i64(stored));
         if let Some(bytes) = resident_bytes() {
             self.resident.set(to_i64(bytes));
         }
@@ -283,7 +285,6 @@ impl Metrics {
             self.cpu.inc_by(total - *seen);
             *seen = total;
         }
-        let _ = &self.start_time;
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -335,7 +336,7 @@ fn seconds(d: chrono::TimeDelta) -> f64 {
     (d.num_milliseconds().max(0) as f64) / 1000.0
 }
 
-/// Bytes of the regular files under `dir` (the data dir: sled's files, the body log, keys).
+/// Bytes of the regular files under `dir`.
 fn dir_size(dir: &std::path::Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];

@@ -738,9 +738,6 @@ pub async fn serve(
             if !run.status.is_active() {
                 metrics.run_ended(run, &store.steps(&run.id).unwrap_or_default());
             }
-            // What the run published goes to the marketplace before the forge hears of the
-            // run's end, so the PR comment can name the versions it made.
-            publish_to_marketplace(&store, run);
             if !outbox.reports(&run.source) {
                 return;
             }
@@ -954,23 +951,4 @@ async fn wait_for_signal() {
 /// Where `gantry up` keeps its demo repository and token.
 pub fn demo_paths(data_dir: &std::path::Path) -> (PathBuf, PathBuf) {
     (data_dir.join("demo-repo"), data_dir.join("admin.token"))
-}
-
-/// Takes an ended run's publications into the marketplace; what cannot be published is
-/// reported on stderr (the run's publications stay with it, and `catch_up` tries again at the
-/// next start).
-pub fn publish_to_marketplace(store: &crate::store::Store, run: &RunRecord) {
-    match crate::marketplace::publish_run(store, run, chrono::Utc::now()) {
-        Ok(done) => {
-            for (step, result) in done {
-                if let Err(e) = result {
-                    tracing::warn!(
-                        "run {} step {step} not published to the marketplace: {e}",
-                        run.id
-                    );
-                }
-            }
-        }
-        Err(e) => tracing::warn!("publishing run {} to the marketplace: {e}", run.id),
-    }
 }

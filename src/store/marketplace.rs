@@ -96,15 +96,10 @@ pub struct CredentialValue {
 
 impl std::fmt::Debug for CredentialValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let value = match (&self.value, self.secret) {
-            (Some(_), true) => Some(crate::executor::mask::MASK),
-            (Some(v), false) => Some(v.as_str()),
-            (None, _) => None,
-        };
         f.debug_struct("CredentialValue")
             .field("key", &self.key)
             .field("secret", &self.secret)
-            .field("value", &value)
+            .field("value", crate::executor::redact(&self.value, self.secret))
             .finish()
     }
 }

@@ -16,7 +16,7 @@ impl AcceptRecord for Store {
         self.accept_delivery(d, d.body.as_bytes(), hash)
     }
 }
-use crate::executor::{Publication, PublishedCredential, PublishedCredentials, Stream};
+use crate::executor::{Publication, Stream};
 use crate::spec::model::Category;
 
 fn new_run(pipeline: &str) -> NewRun {
@@ -282,27 +282,9 @@ fn publications_seal_secret_credentials() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let publication = Publication {
-        name: "orders-db".into(),
-        version: "1.0.0".into(),
-        category: Category::Database,
-        description: None,
         tags: vec!["postgres".into()],
         properties: BTreeMap::from([("host".into(), "db.internal".into())]),
-        credentials: vec![PublishedCredentials {
-            environments: vec!["dev".into()],
-            parameters: vec![
-                PublishedCredential {
-                    key: "DB_HOST".into(),
-                    value: "db.internal".into(),
-                    is_secret: false,
-                },
-                PublishedCredential {
-                    key: "DB_PASSWORD".into(),
-                    value: "credential-plaintext".into(),
-                    is_secret: true,
-                },
-            ],
-        }],
+        ..Publication::example("orders-db", &["dev"], "credential-plaintext")
     };
     store
         .put_publication("RUN", "publish", &publication)

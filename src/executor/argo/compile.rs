@@ -500,18 +500,18 @@ impl Cx<'_> {
             match part {
                 // `$(` would be expanded by Kubernetes: `$$(` keeps it literal.
                 Part::Lit(s) => out.push_str(&s.replace("$(", "$$(")),
-                Part::Ref { reference, .. } if sealed_key(reference).is_some() => {
-                    let s = sealed_key(reference).unwrap_or_default();
-                    if secrets.insert(s.clone())
-                        || !hidden.iter().any(|h| h["name"] == secret_env(&s))
-                    {
-                        hidden.push(json!({"name": secret_env(&s), "valueFrom": secret_ref(&s)}));
+                Part::Ref { reference, .. } => match sealed_key(reference) {
+                    Some(s) => {
+                        if secrets.insert(s.clone())
+                            || !hidden.iter().any(|h| h["name"] == secret_env(&s))
+                        {
+                            hidden
+                                .push(json!({"name": secret_env(&s), "valueFrom": secret_ref(&s)}));
+                        }
+                        out.push_str(&format!("$({})", secret_env(&s)));
                     }
-                    out.push_str(&format!("$({})", secret_env(&s)));
-                }
-                Part::Ref { reference, .. } => {
-                    out.push_str(&self.reference(reference).unwrap_or_default())
-                }
+                    None => out.push_str(&self.reference(reference).unwrap_or_default()),
+                },
             }
         }
         json!({"name": name, "value": out})
