@@ -4,7 +4,7 @@
 //! validated (`spec`) and planned (`plan`); events arrive from sources, webhooks and schedules
 //! (`source`, `trigger`), become runs (`run`), are executed (`executor`), recorded (`store`) and
 //! reported back (`report`, `forge`, `marketplace`); `intake` carries a stored webhook delivery
-//! through them. `server` and `cli` are the entry points.
+//! through them; `views` reads what pages show. `server` and `cli` are the entry points.
 //! ARCHITECTURE.md has the codemap and the rules for what may import what.
 
 pub mod catalog;
@@ -22,3 +22,4 @@ pub mod source;
 pub mod spec;
 pub mod store;
 pub mod trigger;
+pub mod views;

@@ -188,7 +188,7 @@ pub(super) fn report_invalid(
     }
     for at in pipelines.iter().filter(|p| p.pipeline.is_none()) {
         let url = format!(
-            "{}/api/v1/pipelines/{}/{}",
+            "{}/pipelines/{}/{}",
             intake.public_url.trim_end_matches('/'),
             repo.source.name,
             at.name

@@ -23,9 +23,9 @@ pub fn context(pipeline: &str) -> String {
     format!("gantry/{pipeline}")
 }
 
-/// The link to a run, under `public_url`.
+/// The link to a run's page, under `public_url`.
 pub fn run_url(public_url: &str, run_id: &str) -> String {
-    format!("{}/api/v1/runs/{run_id}", public_url.trim_end_matches('/'))
+    format!("{}/runs/{run_id}", public_url.trim_end_matches('/'))
 }
 
 /// Gantry's words for a status state, as stored in the outbox.

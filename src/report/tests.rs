@@ -123,7 +123,7 @@ fn the_pr_comment_lists_runs_steps_outputs_and_errors_without_secrets() {
 
 | Pipeline | Status | Duration | Run |
 |---|---|---|---|
-| `provision-db` | ✅ succeeded | 2.5s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+| `provision-db` | ✅ succeeded | 2.5s | [#1](https://gantry.example.com/runs/{id}) |
 
 <details><summary><code>provision-db</code> #1: succeeded</summary>
 
@@ -478,7 +478,7 @@ fn the_pr_comment_shows_summaries_publications_and_the_end_of_a_failed_log() {
 
 | Pipeline | Status | Duration | Run |
 |---|---|---|---|
-| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/runs/{id}) |
 
 <details><summary><code>provision-db</code> #1: failed</summary>
 
@@ -524,7 +524,7 @@ Published to the marketplace:
 
 | Pipeline | Status | Duration | Run |
 |---|---|---|---|
-| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/api/v1/runs/{id}) |
+| `provision-db` | ❌ failed | 4.0s | [#1](https://gantry.example.com/runs/{id}) |
 
 **`provision-db` #1: failed**
 

@@ -347,16 +347,7 @@ pub const FILE_SOURCE: &str = "file";
 
 /// A run's parameter values as the text the steps see.
 pub fn param_texts(run: &RunRecord) -> BTreeMap<String, String> {
-    run.parameters
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text)
-        })
-        .collect()
+    run.param_texts()
 }
 
 /// Takes a recorded run to the start line: this process becomes its owner, and its variables

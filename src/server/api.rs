@@ -1120,7 +1120,7 @@ fn git_for(state: &AppState, source: &str) -> ApiResult<Option<crate::executor::
     }))
 }
 
-fn who(headers: &HeaderMap) -> Option<String> {
+pub(super) fn who(headers: &HeaderMap) -> Option<String> {
     headers
         .get(super::TOKEN_NAME_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -1138,33 +1138,54 @@ async fn start_run(
     } else {
         parse_json(&body, "{\"parameters\": {\"name\": value}}")?
     };
-    let (pipeline, version) = runnable(&state, &source, &name)?;
+    let mut params = BTreeMap::new();
+    for (k, v) in &parameters {
+        params.insert(k.clone(), param_text(k, v)?);
+    }
+    let run = submit_manual(&state, source, name, params, who(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+}
+
+/// Queues a manual run of `source/name` with parameter values as text, started by `by` (the API
+/// token's or the page user's words); the queue checks the values.
+pub(super) async fn submit_manual(
+    state: &AppState,
+    source: String,
+    name: String,
+    params: BTreeMap<String, String>,
+    by: Option<String>,
+) -> ApiResult<RunRecord> {
+    let (pipeline, version) = runnable(state, &source, &name)?;
     if !pipeline.on.manual {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("`{source}/{name}` does not allow manual runs (on.manual: false)"),
         ));
     }
-    let mut params = BTreeMap::new();
-    for (k, v) in &parameters {
-        params.insert(k.clone(), param_text(k, v)?);
-    }
     let submit = Submit {
-        git: git_for(&state, &source)?,
+        git: git_for(state, &source)?,
         source,
         pipeline,
         version,
         params,
         trigger: Trigger {
             kind: "manual".into(),
-            detail: who(&headers),
+            detail: by,
         },
         pr: None,
         idempotency_key: None,
     };
     let queue = state.queue.clone();
-    let run = blocking(move || queue.submit(submit)).await??;
-    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+    Ok(blocking(move || queue.submit(submit)).await??)
+}
+
+/// The pipeline and version a new run of `source/name` uses, for the run form.
+pub(super) fn runnable_pipeline(
+    state: &AppState,
+    source: &str,
+    name: &str,
+) -> ApiResult<crate::spec::model::Pipeline> {
+    runnable(state, source, name).map(|(p, _)| p)
 }
 
 #[derive(Deserialize)]
@@ -1222,9 +1243,7 @@ async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
 }
 
 async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let run = state.store.find_run(&id)?;
-    let queue = state.queue.clone();
-    let run = blocking(move || queue.cancel(&run.id)).await??;
+    let run = cancel_of(&state, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!(run))).into_response())
 }
 
@@ -1233,8 +1252,19 @@ async fn rerun(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let old = state.store.find_run(&id)?;
-    let record = find_pipeline(&state, &old.source, &old.pipeline)?;
+    let run = rerun_of(&state, &id, who(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+}
+
+/// Queues a new run like run `id` (same version, parameters, commit and pull request), started
+/// by `by`.
+pub(super) async fn rerun_of(
+    state: &AppState,
+    id: &str,
+    by: Option<String>,
+) -> ApiResult<RunRecord> {
+    let old = state.store.find_run(id)?;
+    let record = find_pipeline(state, &old.source, &old.pipeline)?;
     if record.retired {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -1268,7 +1298,7 @@ async fn rerun(
             } else {
                 "manual".into()
             },
-            detail: Some(match who(&headers) {
+            detail: Some(match by {
                 Some(w) => format!("rerun of #{} by {w}", old.number),
                 None => format!("rerun of #{}", old.number),
             }),
@@ -1278,8 +1308,14 @@ async fn rerun(
         idempotency_key: None,
     };
     let queue = state.queue.clone();
-    let run = blocking(move || queue.submit(submit)).await??;
-    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+    Ok(blocking(move || queue.submit(submit)).await??)
+}
+
+/// Cancels run `id` (an id or a unique prefix).
+pub(super) async fn cancel_of(state: &AppState, id: &str) -> ApiResult<RunRecord> {
+    let run = state.store.find_run(id)?;
+    let queue = state.queue.clone();
+    Ok(blocking(move || queue.cancel(&run.id)).await??)
 }
 
 #[derive(Deserialize)]
@@ -1420,7 +1456,7 @@ async fn logs(
 const LOG_PAGE_BYTES: usize = 1 << 20;
 
 /// A stream over a channel receiver.
-fn tokio_stream_from<T: Send + 'static>(
+pub(super) fn tokio_stream_from<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::unfold(rx, |mut rx| async move {

@@ -30,7 +30,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn into_response(self) -> Response {
+    pub fn into_response(self) -> Response {
         match self {
             Refusal::ContentType(m) => {
                 ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m).into_response()

@@ -22,6 +22,7 @@ pub mod hooks;
 mod market;
 pub mod metrics;
 pub mod openapi;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -452,6 +453,7 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
         ));
     let work = open
         .merge(guarded)
+        .merge(ui::routes(&state))
         .fallback(|| async {
             api::ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -615,6 +617,18 @@ async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(given) = given else {
+        // A browser logged in to the pages reads the API with its session (a log download).
+        let (session_state, headers) = (state.clone(), request.headers().clone());
+        let who = tokio::task::spawn_blocking(move || ui::session_of(&session_state, &headers))
+            .await
+            .ok()
+            .flatten();
+        if let Some(name) = who {
+            if let Ok(v) = HeaderValue::from_str(&name) {
+                request.headers_mut().insert(TOKEN_NAME_HEADER, v);
+            }
+            return next.run(request).await;
+        }
         return unauthorized("missing `Authorization: Bearer <token>` header");
     };
     let found = state.tokens.iter().fold(None, |found, t| {

@@ -78,6 +78,7 @@ mod marketplace;
 pub mod records;
 mod retention;
 mod runs;
+pub mod sessions;
 pub mod space;
 
 use std::path::{Path, PathBuf};
@@ -95,7 +96,7 @@ pub use marketplace::{
 };
 pub use records::*;
 pub use retention::{Pruned, Retention};
-pub use runs::{NewRun, new_run_id};
+pub use runs::{LogCursor, LogWindow, NewRun, new_run_id};
 pub use space::{LowSpace, MinFree};
 
 /// The layout this build reads and writes.
@@ -196,6 +197,8 @@ struct Inner {
     resource_index: sled::Tree,
     resource_provenance: sled::Tree,
     connections: sled::Tree,
+    /// Web sessions (`sessions.rs`).
+    sessions: sled::Tree,
     /// Delivery bodies (`bodies.rs`).
     bodies: bodies::BodyLog,
     group: forge::GroupCommit,
@@ -385,6 +388,7 @@ impl Store {
             resource_index: tree("resource_index")?,
             resource_provenance: tree("resource_provenance")?,
             connections: tree("connections")?,
+            sessions: tree("sessions")?,
             bodies: bodies::BodyLog::new(dir.join("bodies")),
             group: forge::GroupCommit::new(),
             db,

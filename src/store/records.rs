@@ -110,6 +110,22 @@ pub struct RunRecord {
     pub external_id: Option<String>,
 }
 
+impl RunRecord {
+    /// The run's parameter values as the text the steps see.
+    pub fn param_texts(&self) -> BTreeMap<String, String> {
+        self.parameters
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect()
+    }
+}
+
 /// The state of one step of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -458,22 +458,87 @@ impl Store {
         step: usize,
         n: usize,
     ) -> Result<Vec<LogLine>, StoreError> {
+        Ok(self.log_tail_before(run_id, step, None, 0, n)?.lines)
+    }
+
+    /// `n` lines of one step's log that end `skip` lines before its end, oldest first; the end is
+    /// chunk `upto` (inclusive) when given, so that a page showing the tail and a reader following
+    /// from a cursor (`log_end`) neither miss nor repeat a line. Chunks are read from the end: the
+    /// cost follows `skip + n`, not the log's size.
+    pub fn log_tail_before(
+        &self,
+        run_id: &str,
+        step: usize,
+        upto: Option<u32>,
+        skip: usize,
+        n: usize,
+    ) -> Result<LogWindow, StoreError> {
         let prefix = key(&[run_id.as_bytes(), &step_index(step), b""]);
+        let end = match upto {
+            Some(chunk) => log_key(run_id, step, chunk),
+            None => {
+                let mut end = prefix.clone();
+                end.extend_from_slice(&[0xff; 5]);
+                end
+            }
+        };
+        let wanted = skip.saturating_add(n);
         let mut chunks: Vec<Vec<LogLine>> = Vec::new();
         let mut count = 0;
-        for entry in self.inner.logs.scan_prefix(&prefix).rev() {
-            if count >= n {
+        let mut more = false;
+        for entry in self.inner.logs.range(prefix.clone()..=end).rev() {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&prefix) {
                 break;
             }
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            if count >= wanted {
+                more = true;
+                break;
+            }
             let lines: Vec<LogLine> = decode(&k, &v)?;
             count += lines.len();
             chunks.push(lines);
         }
         let mut lines: Vec<LogLine> = chunks.into_iter().rev().flatten().collect();
-        let skip = lines.len().saturating_sub(n);
-        lines.drain(..skip);
-        Ok(lines)
+        // Drop the `skip` newest, then keep the `n` before them.
+        lines.truncate(lines.len().saturating_sub(skip));
+        let first = lines.len().saturating_sub(n);
+        more |= first > 0;
+        lines.drain(..first);
+        Ok(LogWindow { lines, more })
+    }
+
+    /// Where the log of a run stands now: a cursor that `logs_page` reads on from, missing
+    /// nothing written after this call.
+    pub fn log_end(&self, run_id: &str) -> Result<LogCursor, StoreError> {
+        let prefix = key(&[run_id.as_bytes(), b""]);
+        let mut cursor = LogCursor::default();
+        let mut from = prefix.clone();
+        // One seek per step: its last chunk is found from the first key past the step's range.
+        loop {
+            let Some(entry) = self.inner.logs.range(from.clone()..).next() else {
+                break;
+            };
+            let (k, _) = entry.map_err(|e| self.db_err(e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((step, _)) = step_and_chunk(run_id, &k) else {
+                break;
+            };
+            let step_prefix = key(&[run_id.as_bytes(), &step_index(step), b""]);
+            if let Some(last) = self.inner.logs.scan_prefix(&step_prefix).next_back() {
+                let (k, _) = last.map_err(|e| self.db_err(e))?;
+                if let Some((_, chunk)) = step_and_chunk(run_id, &k) {
+                    cursor.seen.insert(step, chunk);
+                }
+            }
+            match step.checked_add(1) {
+                Some(next) => from = key(&[run_id.as_bytes(), &step_index(next), b""]),
+                None => break,
+            }
+        }
+        Ok(cursor)
     }
 
     // ---- outputs ---------------------------------------------------------------------------
@@ -584,6 +649,37 @@ impl Store {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogCursor {
     seen: BTreeMap<usize, u32>,
+}
+
+impl LogCursor {
+    /// The last chunk seen of `step`.
+    pub fn chunk(&self, step: usize) -> Option<u32> {
+        self.seen.get(&step).copied()
+    }
+
+    /// As text for a URL or an SSE event id: `step:chunk` pairs joined by `.` (`0:5.1:3`).
+    pub fn encode(&self) -> String {
+        let parts: Vec<String> = self.seen.iter().map(|(s, c)| format!("{s}:{c}")).collect();
+        parts.join(".")
+    }
+
+    /// Reads what `encode` wrote; `None` for anything else.
+    pub fn parse(text: &str) -> Option<LogCursor> {
+        let mut seen = BTreeMap::new();
+        for part in text.split('.').filter(|p| !p.is_empty()) {
+            let (step, chunk) = part.split_once(':')?;
+            seen.insert(step.parse().ok()?, chunk.parse().ok()?);
+        }
+        Some(LogCursor { seen })
+    }
+}
+
+/// Lines of a step's log read from its end (`Store::log_tail_before`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogWindow {
+    pub lines: Vec<LogLine>,
+    /// Whether older lines exist before the first one.
+    pub more: bool,
 }
 
 /// A step index as it stands in keys: 4 bytes, big-endian (plans are far smaller than 2^32).

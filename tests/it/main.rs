@@ -21,5 +21,6 @@ mod spec_fuzz;
 mod spec_rules;
 mod support;
 mod tidy;
+mod ui;
 mod up;
 mod webhooks;

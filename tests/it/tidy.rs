@@ -45,6 +45,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "views",
+        &["spec", "catalog", "store", "executor", "marketplace"],
+    ),
+    (
         "intake",
         &[
             "spec", "plan", "source", "catalog", "store", "executor", "trigger", "run", "report",
@@ -67,6 +71,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "report",
             "forge",
             "intake",
+            "views",
         ],
     ),
     (
@@ -86,6 +91,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "forge",
             "intake",
             "server",
+            "views",
         ],
     ),
 ];

@@ -1,0 +1,281 @@
+//! Logging in to the pages: an API token exchanged for a session (`store::sessions`) held in an
+//! HttpOnly, SameSite=Lax cookie; logout ends it in the store. The session's id is the only
+//! thing in the cookie.
+
+use askama::Template;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Form, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use super::{Chrome, page};
+use crate::server::AppState;
+use crate::server::api::ApiError;
+use crate::store::sessions::SessionLimits;
+
+/// The cookie that holds the session id.
+pub const SESSION_COOKIE: &str = "gantry_session";
+
+/// Who is looking at a page.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    /// The token's name; `None` when served without tokens.
+    pub who: Option<String>,
+    /// Whether a session cookie carries the login (then there is a logout).
+    pub session: bool,
+}
+
+impl Viewer {
+    /// How runs started from the pages name who started them.
+    pub fn words(&self) -> String {
+        match &self.who {
+            Some(who) => format!("web ({who})"),
+            None => "web".to_string(),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+}
+
+/// The name of whoever holds a live session in the request's cookie.
+pub fn session_of(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let id = cookie(headers, SESSION_COOKIE)?;
+    match state.store.session(id, SessionLimits::default()) {
+        Ok(Some(record)) => Some(record.who),
+        _ => None,
+    }
+}
+
+/// A path to go back to after logging in: only a path of this server.
+fn local_path(next: &str) -> &str {
+    let ok = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\');
+    if ok { next } else { "/" }
+}
+
+/// Lets a page request through with its `Viewer`, or sends the browser to log in.
+pub async fn require(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let viewer = if state.tokens.is_empty() {
+        Viewer {
+            who: None,
+            session: false,
+        }
+    } else {
+        let store_state = state.clone();
+        let headers = request.headers().clone();
+        let who = tokio::task::spawn_blocking(move || session_of(&store_state, &headers))
+            .await
+            .ok()
+            .flatten();
+        match who {
+            Some(who) => Viewer {
+                who: Some(who),
+                session: true,
+            },
+            None => {
+                if request.method() == Method::GET {
+                    let here = request
+                        .uri()
+                        .path_and_query()
+                        .map(|p| p.as_str())
+                        .unwrap_or("/");
+                    let to = format!("/login?next={}", urlencode(here));
+                    return Redirect::to(&to).into_response();
+                }
+                return ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "log in first (GET /login), or call the API with a bearer token",
+                )
+                .into_response();
+            }
+        }
+    };
+    request.extensions_mut().insert(viewer);
+    next.run(request).await
+}
+
+fn urlencode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Every page request is checked for DNS rebinding when served without tokens, and every post
+/// must come from Gantry's own pages.
+pub async fn same_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if state.tokens.is_empty()
+        && let Err(refusal) = crate::server::guard::check_authority(headers, &state.public_url)
+    {
+        return refusal.into_response();
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if site.is_some_and(|s| s != "same-origin" && s != "none") {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a form of another site may not post to Gantry",
+            )
+            .into_response();
+        }
+        if let Err(refusal) = crate::server::guard::check_authority(headers, &state.public_url) {
+            return refusal.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    next: String,
+    error: Option<String>,
+}
+
+fn anonymous() -> Chrome {
+    Chrome::of(&Viewer {
+        who: None,
+        session: false,
+    })
+}
+
+#[derive(Deserialize, Default)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn login_form(
+    State(state): State<AppState>,
+    query: Result<Query<NextQuery>, QueryRejection>,
+) -> Response {
+    let next = query
+        .ok()
+        .and_then(|Query(q)| q.next)
+        .unwrap_or_else(|| "/".to_string());
+    if state.tokens.is_empty() {
+        return Redirect::to(local_path(&next)).into_response();
+    }
+    page(
+        StatusCode::OK,
+        &LoginPage {
+            chrome: anonymous(),
+            next: local_path(&next).to_string(),
+            error: None,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+    let next = local_path(&form.next).to_string();
+    if state.tokens.is_empty() {
+        return Redirect::to(&next).into_response();
+    }
+    let given = form.token.trim();
+    let found = state.tokens.iter().fold(None, |found, t| {
+        if crate::server::same_secret(given.as_bytes(), t.token.as_bytes()) {
+            Some(t.name.clone())
+        } else {
+            found
+        }
+    });
+    let Some(who) = found else {
+        return page(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                chrome: anonymous(),
+                next,
+                error: Some("That is not one of the configured API tokens.".into()),
+            },
+        );
+    };
+    let store = state.store.clone();
+    let created = tokio::task::spawn_blocking(move || {
+        store.create_session(&who, "token", SessionLimits::default())
+    })
+    .await;
+    let id = match created {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+        }
+    };
+    let secure = if state.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let limits = SessionLimits::default();
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        limits.absolute.num_seconds()
+    );
+    let mut response = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+pub async fn logout(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(id) = cookie(request.headers(), SESSION_COOKIE) {
+        let (store, id) = (state.store.clone(), id.to_string());
+        let _ = tokio::task::spawn_blocking(move || store.end_session(&id)).await;
+    }
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("gantry_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_local_path_is_gone_back_to_after_login() {
+        assert_eq!(local_path("/runs/x?y=1"), "/runs/x?y=1");
+        assert_eq!(local_path("//evil.example/"), "/");
+        assert_eq!(local_path("https://evil.example/"), "/");
+        assert_eq!(local_path("/\\evil.example"), "/");
+        assert_eq!(urlencode("/runs/a b?x=1&y"), "/runs/a%20b%3Fx%3D1%26y");
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gantry_session=abc ; b=2"),
+        );
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "c"), None);
+    }
+}

@@ -1,0 +1,578 @@
+//! The web UI through a real `gantry serve`, over plain HTTP: login and sessions, the pages'
+//! content, the run form's checks, the origin checks on posts, the live event stream and a big
+//! log. (`browser.rs` drives the same pages in headless Chromium.)
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::server::{GantryServer, ServerConfig, json as parse};
+
+/// An HTTP client that shows redirects instead of following them.
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+pub struct Page {
+    pub status: u16,
+    pub location: Option<String>,
+    pub set_cookie: Option<String>,
+    pub body: String,
+}
+
+fn send(request: reqwest::blocking::RequestBuilder) -> Page {
+    let response = request.send().expect("the request is answered");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (status, location, set_cookie) = (
+        response.status().as_u16(),
+        header("location"),
+        header("set-cookie"),
+    );
+    Page {
+        status,
+        location,
+        set_cookie,
+        body: response.text().expect("a body"),
+    }
+}
+
+/// `application/x-www-form-urlencoded` text of `pairs`.
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    let parts: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    parts.join("&")
+}
+
+/// A browser-like session: the cookie it got at login goes with every request.
+pub struct Browser<'a> {
+    server: &'a GantryServer,
+    http: reqwest::blocking::Client,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    pub fn new(server: &'a GantryServer) -> Browser<'a> {
+        Browser {
+            server,
+            http: client(),
+            cookie: None,
+        }
+    }
+
+    pub fn login(&mut self, token: &str) -> Page {
+        let page = self.post("/login", &[("token", token), ("next", "/")]);
+        if let Some(c) = &page.set_cookie {
+            self.cookie = c.split(';').next().map(str::to_string);
+        }
+        page
+    }
+
+    pub fn get(&self, path: &str) -> Page {
+        let mut r = self.http.get(format!("{}{path}", self.server.url()));
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        send(r)
+    }
+
+    /// A form post from Gantry's own page (its Origin).
+    pub fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.post_from(path, form, &self.server.url())
+    }
+
+    pub fn post_from(&self, path: &str, form: &[(&str, &str)], origin: &str) -> Page {
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.server.url()))
+            .header("origin", origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form_body(form));
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        send(r)
+    }
+}
+
+const FORM_PIPELINE: &str = r#"apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata: {name: greet, description: Greets someone, labels: {team: data}}
+parameters:
+  - {name: who, type: string, pattern: '^[a-z]+$', default: world, description: Whom to greet}
+  - {name: times, type: integer, minimum: 1, maximum: 5, default: 2}
+  - {name: loud, type: boolean, default: false}
+  - {name: region, type: enum, enum: [eu, us], default: eu}
+secrets: [db_password]
+steps:
+  - name: greet
+    env: {DB_PASSWORD: "{{secrets.db_password}}"}
+    script: |
+      for i in $(seq 1 {{params.times}}); do printf '\033[32mhello\033[0m {{params.who}} %s\n' "$i"; done
+      echo '<script>alert(1)</script>'
+      echo "password=$DB_PASSWORD"
+"#;
+
+const FAILING: &str = r#"apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata: {name: broken}
+steps:
+  - {name: fail, script: "echo about to fail; exit 3"}
+"#;
+
+const SECRET: &str = "hunter2-very-secret-value";
+
+fn put_pipeline(server: &GantryServer, name: &str, text: &str) {
+    let (status, body) = server.put_text(&format!("/api/v1/pipelines/local/{name}"), text);
+    assert!(status == 201 || status == 200, "{status}: {body}");
+}
+
+fn runs_of(server: &GantryServer, name: &str) -> Vec<Value> {
+    let body = server.get_json(&format!("/api/v1/runs?pipeline=local/{name}"));
+    body["runs"].as_array().cloned().unwrap_or_default()
+}
+
+fn wait_done(server: &GantryServer, id: &str) -> Value {
+    let mut last = Value::Null;
+    server.wait_until("the run ends", Duration::from_secs(60), || {
+        last = server.get_json(&format!("/api/v1/runs/{id}"));
+        !matches!(last["status"].as_str(), Some("queued" | "running"))
+    });
+    last
+}
+
+#[test]
+fn pages_need_a_login_and_show_pipelines_runs_and_logs_without_secrets() {
+    let server = GantryServer::start(ServerConfig::new());
+    put_pipeline(&server, "greet", FORM_PIPELINE);
+    put_pipeline(&server, "broken", FAILING);
+    let mut browser = Browser::new(&server);
+
+    // Not logged in: every page sends the browser to the login form, which says where it was.
+    let page = browser.get("/pipelines/local/greet");
+    assert_eq!(page.status, 303);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/login?next=/pipelines/local/greet")
+    );
+    let page = browser.get("/login?next=/pipelines/local/greet");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"name="token""#), "{}", page.body);
+    // A wrong token: no session.
+    let page = browser.login("not-the-token");
+    assert_eq!(page.status, 401);
+    assert!(page.set_cookie.is_none());
+    assert!(page.body.contains("not one of the configured API tokens"));
+    let page = browser.login(server.token());
+    assert_eq!(page.status, 303, "{}", page.body);
+    let cookie = page.set_cookie.expect("a session cookie");
+    assert!(cookie.starts_with("gantry_session="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(server.token()),
+        "the cookie holds a session id, not the token"
+    );
+
+    // The dashboard: both pipelines under their source, the label filter, no run yet.
+    let page = browser.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"href="/pipelines/local/greet""#));
+    assert!(page.body.contains("Greets someone"));
+    assert!(page.body.contains("no run yet"));
+    let filtered = browser.get("/?label=team%3Ddata");
+    assert!(filtered.body.contains("/pipelines/local/greet"));
+    assert!(!filtered.body.contains("/pipelines/local/broken"));
+    assert!(
+        filtered.body.contains("1 of 2 pipelines"),
+        "{}",
+        filtered.body
+    );
+
+    // The run form names what the run needs and nobody set yet.
+    let form = browser.get("/pipelines/local/greet/run");
+    assert!(form.body.contains(r#"id="missing""#), "{}", form.body);
+    assert!(
+        form.body.contains("<code>secret db_password</code>"),
+        "{}",
+        form.body
+    );
+    let (status, body) = server.put_json(
+        "/api/v1/secrets/db_password",
+        &json!({"value": SECRET, "unprotected": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+
+    // One control per parameter type, defaults filled in; nothing missing now.
+    let form = browser.get("/pipelines/local/greet/run");
+    assert_eq!(form.status, 200);
+    for expected in [
+        r#"name="who" type="text" value="world""#,
+        r#"name="times" type="number" value="2" step="1" min="1" max="5""#,
+        r#"name="loud" type="checkbox""#,
+        r#"<option value="eu" selected>eu</option>"#,
+        "Whom to greet",
+    ] {
+        assert!(form.body.contains(expected), "{expected} in {}", form.body);
+    }
+    assert!(!form.body.contains(r#"id="missing""#), "{}", form.body);
+
+    // A bad value: the error stands beside its field, and nothing is queued.
+    let bad = browser.post(
+        "/pipelines/local/greet/run",
+        &[("who", "Bob"), ("times", "9"), ("region", "eu")],
+    );
+    assert_eq!(bad.status, 422);
+    assert!(bad.body.contains(r#"<div class="field has-error">"#));
+    assert!(
+        bad.body.contains("parameter `who` must match"),
+        "{}",
+        bad.body
+    );
+    assert!(
+        bad.body.contains("parameter `times` must be at most 5"),
+        "{}",
+        bad.body
+    );
+    assert!(
+        bad.body.contains(r#"value="Bob""#),
+        "the sent value is kept"
+    );
+    assert!(runs_of(&server, "greet").is_empty());
+
+    // A post from another site's page is refused, whatever its cookie.
+    let foreign = browser.post_from(
+        "/pipelines/local/greet/run",
+        &[("who", "ann"), ("times", "1")],
+        "http://evil.example",
+    );
+    assert_eq!(foreign.status, 403);
+    assert!(runs_of(&server, "greet").is_empty());
+
+    // A good one starts the run and leads to its page.
+    let good = browser.post(
+        "/pipelines/local/greet/run",
+        &[
+            ("who", "ann"),
+            ("times", "3"),
+            ("loud", "on"),
+            ("region", "us"),
+        ],
+    );
+    assert_eq!(good.status, 303, "{}", good.body);
+    let to = good.location.expect("to the run's page");
+    let id = to.strip_prefix("/runs/").expect("a run page").to_string();
+    let run = wait_done(&server, &id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["parameters"]["loud"], true, "{run}");
+    assert_eq!(run["trigger"]["detail"], "web (admin)", "{run}");
+
+    let page = browser.get(&to);
+    assert_eq!(page.status, 200);
+    let body = &page.body;
+    assert!(body.contains(r#"<span class="badge succeeded""#), "{body}");
+    assert!(
+        body.contains(r#"<span class="c2">hello</span> ann 3"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("<script>alert(1)"),
+        "log lines are text: {body}"
+    );
+    assert!(body.contains("password=***"), "{body}");
+    assert!(
+        body.contains(r#"id="rerun""#),
+        "a finished run can be run again"
+    );
+
+    // The raw log downloads through the API with the page's session.
+    let raw = browser.get(&format!("/api/v1/runs/{id}/logs?step=greet"));
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    assert!(raw.body.contains("hello\u{1b}[0m ann 1"), "{}", raw.body);
+    assert!(!raw.body.contains(SECRET));
+
+    // A failed run stands out on the dashboard.
+    let (status, body) = server.post_json("/api/v1/pipelines/local/broken/runs", &json!({}));
+    assert_eq!(status, 201, "{body}");
+    let failed = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    wait_done(&server, &failed);
+    let page = browser.get("/");
+    assert!(
+        page.body.contains(r#"<section class="attention">"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("failed run"), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"href="/runs/{failed}""#)));
+    let broken = browser.get(&format!("/runs/{failed}"));
+    assert!(broken.body.contains("exit 3"), "{}", broken.body);
+
+    // The pipeline page: triggers, the definition with line anchors, runs.
+    let page = browser.get("/pipelines/local/greet");
+    assert!(page.body.contains(r#"id="L5""#), "{}", page.body);
+    assert!(page.body.contains(&format!(r#"href="/runs/{id}""#)));
+
+    // No page holds the secret's value.
+    for path in [
+        "/".to_string(),
+        "/pipelines/local/greet".into(),
+        "/pipelines/local/greet/run".into(),
+        to.clone(),
+        format!("/runs/{id}/steps/greet/log"),
+    ] {
+        let page = browser.get(&path);
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains(SECRET), "{path} shows the secret");
+    }
+
+    // Logout ends the session in the store: the old cookie opens nothing.
+    let out = browser.post("/logout", &[]);
+    assert_eq!(out.status, 303);
+    let page = browser.get("/");
+    assert_eq!(page.status, 303, "{}", page.body);
+    let raw = browser.get(&format!("/api/v1/runs/{id}/logs?step=greet"));
+    assert_eq!(raw.status, 401);
+}
+
+#[test]
+fn served_without_tokens_the_pages_need_no_login_but_refuse_a_foreign_host() {
+    let server = GantryServer::start(ServerConfig::new().without_tokens());
+    let http = client();
+    let page = send(http.get(format!("{}/", server.url())));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("0 of 0 pipelines"), "{}", page.body);
+    // A page whose name was rebound to this address sends its own name as Host.
+    let page = send(
+        http.get(format!("{}/", server.url()))
+            .header("host", "evil.example"),
+    );
+    assert_eq!(page.status, 403, "{}", page.body);
+    // Assets are served under their content hash, for good.
+    let css = page_asset(&server, &http);
+    assert!(css.contains("font"), "{css}");
+}
+
+fn page_asset(server: &GantryServer, http: &reqwest::blocking::Client) -> String {
+    let page = send(http.get(format!("{}/", server.url())));
+    let start = page
+        .body
+        .find("/assets/gantry.")
+        .expect("a stylesheet link");
+    let end = start + page.body[start..].find('"').expect("the link ends");
+    let response = http
+        .get(format!("{}{}", server.url(), &page.body[start..end]))
+        .send()
+        .expect("the asset");
+    assert_eq!(response.status().as_u16(), 200);
+    let cache = response
+        .headers()
+        .get("cache-control")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(cache.contains("immutable"), "{cache}");
+    response.text().expect("css")
+}
+
+/// Reads server-sent events until `end` or `limit`; returns (event, data) pairs.
+fn read_events(response: reqwest::blocking::Response, limit: Duration) -> Vec<(String, String)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut event = String::new();
+    for line in BufReader::new(response).lines() {
+        let Ok(line) = line else { break };
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+        } else if let Some(d) = line.strip_prefix("data: ") {
+            out.push((event.clone(), d.to_string()));
+            if event == "end" {
+                break;
+            }
+        }
+        if started.elapsed() > limit {
+            break;
+        }
+    }
+    out
+}
+
+#[test]
+fn a_running_run_page_streams_its_lines_and_states_then_ends() {
+    let server = GantryServer::start(ServerConfig::new());
+    put_pipeline(
+        &server,
+        "slow",
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: slow}\nsteps:\n  - name: one\n    script: |\n      for i in 1 2 3 4 5; do echo \"tick $i\"; sleep 0.2; done\n  - {name: two, script: \"echo '<i>two</i>'\"}\n",
+    );
+    let mut browser = Browser::new(&server);
+    browser.login(server.token());
+    let (status, body) = server.post_json("/api/v1/pipelines/local/slow/runs", &json!({}));
+    assert_eq!(status, 201, "{body}");
+    let id = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    let page = browser.get(&format!("/runs/{id}"));
+    assert!(page.body.contains(r#"data-live="true""#), "{}", page.body);
+    assert!(page.body.contains(r#"id="cancel""#));
+    let cookie = browser.cookie.clone().unwrap_or_default();
+    let response = client()
+        .get(format!("{}/runs/{id}/events", server.url()))
+        .header("cookie", cookie)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .expect("the event stream");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let events = read_events(response, Duration::from_secs(60));
+    let logs: Vec<Value> = events
+        .iter()
+        .filter(|(e, _)| e == "log")
+        .map(|(_, d)| parse(d))
+        .collect();
+    let texts: Vec<&str> = logs.iter().filter_map(|l| l["html"].as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "tick 1",
+            "tick 2",
+            "tick 3",
+            "tick 4",
+            "tick 5",
+            "&lt;i&gt;two&lt;/i&gt;"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(logs[5]["step"], 1);
+    let states: Vec<String> = events
+        .iter()
+        .filter(|(e, _)| e == "step")
+        .map(|(_, d)| {
+            format!(
+                "{}:{}",
+                parse(d)["index"],
+                parse(d)["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(states.contains(&"0:succeeded".to_string()), "{states:?}");
+    assert!(states.contains(&"1:succeeded".to_string()), "{states:?}");
+    assert_eq!(
+        events.last().map(|(e, _)| e.as_str()),
+        Some("end"),
+        "{events:?}"
+    );
+
+    // Resuming from the cursor a page showed repeats nothing it had.
+    let page = browser.get(&format!("/runs/{id}"));
+    let start = page.body.find("data-cursor=\"").expect("a cursor") + "data-cursor=\"".len();
+    let cursor = &page.body[start..start + page.body[start..].find('"').unwrap_or(0)];
+    let response = client()
+        .get(format!("{}/runs/{id}/events?after={cursor}", server.url()))
+        .header("cookie", browser.cookie.clone().unwrap_or_default())
+        .send()
+        .expect("the event stream");
+    let events = read_events(response, Duration::from_secs(30));
+    assert!(events.iter().all(|(e, _)| e != "log"), "{events:?}");
+    assert_eq!(events.last().map(|(e, _)| e.as_str()), Some("end"));
+}
+
+#[test]
+fn a_cancel_from_the_page_stops_the_run() {
+    let server = GantryServer::start(ServerConfig::new());
+    put_pipeline(
+        &server,
+        "long",
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: long}\nsteps:\n  - {name: wait, script: \"echo started; sleep 60\"}\n",
+    );
+    let mut browser = Browser::new(&server);
+    browser.login(server.token());
+    let (_, body) = server.post_json("/api/v1/pipelines/local/long/runs", &json!({}));
+    let id = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    server.wait_until("the step runs", Duration::from_secs(30), || {
+        server.get_json(&format!("/api/v1/runs/{id}"))["status"] == "running"
+    });
+    let page = browser.post(&format!("/runs/{id}/cancel"), &[]);
+    assert_eq!(page.status, 303, "{}", page.body);
+    let run = wait_done(&server, &id);
+    assert_eq!(run["status"], "cancelled", "{run}");
+}
+
+#[test]
+fn a_huge_log_page_shows_its_tail_and_pages_back_by_line() {
+    let server = GantryServer::start(ServerConfig::new());
+    put_pipeline(
+        &server,
+        "chatty",
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: chatty}\nsteps:\n  - {name: talk, script: \"seq 1 100000\"}\n",
+    );
+    let mut browser = Browser::new(&server);
+    browser.login(server.token());
+    let (_, body) = server.post_json("/api/v1/pipelines/local/chatty/runs", &json!({}));
+    let id = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    let run = wait_done(&server, &id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let started = Instant::now();
+    let page = browser.get(&format!("/runs/{id}"));
+    let took = started.elapsed();
+    let lines = page.body.matches(r#"<span class="line stdout">"#).count();
+    assert_eq!(lines, 200, "the tail only");
+    assert!(page.body.contains(">100000</span>"));
+    assert!(page.body.contains(">99801</span>"));
+    assert!(!page.body.contains(">99800</span>"));
+    assert!(
+        page.body.contains("/steps/talk/log?skip=200"),
+        "earlier lines link"
+    );
+    println!(
+        "run page of a 100,000-line step: {} KiB in {:.1} ms",
+        page.body.len() / 1024,
+        took.as_secs_f64() * 1e3
+    );
+    let earlier = browser.get(&format!("/runs/{id}/steps/talk/log?skip=200"));
+    assert_eq!(earlier.status, 200);
+    let numbers: BTreeMap<u32, ()> = earlier
+        .body
+        .split(r#"<span class="line stdout">"#)
+        .skip(1)
+        .filter_map(|s| s.split('<').next()?.parse().ok())
+        .map(|n| (n, ()))
+        .collect();
+    assert_eq!(numbers.len(), 1000);
+    assert_eq!(numbers.keys().next(), Some(&98801));
+    assert_eq!(numbers.keys().last(), Some(&99800));
+    assert!(earlier.body.contains("?skip=1200"));
+}
