@@ -242,10 +242,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             keep_runs: crate::config::DEFAULT_KEEP_RUNS,
             min_free: Default::default(),
         },
-        tokens: vec![ApiToken {
-            name: "admin".into(),
-            token: token.clone(),
-        }],
+        tokens: vec![ApiToken::admin("admin", &token)],
         repos: vec![RepoConfig {
             name: "demo".into(),
             url: format!("file://{}", repo.display()),

@@ -254,6 +254,73 @@ pub struct Storage {
 pub struct ApiToken {
     pub name: String,
     pub token: String,
+    /// `role`: what the token may do everywhere (default `admin`, as before roles existed).
+    pub role: Role,
+    /// `scopes`: a higher role on one source (`infra`) or one pipeline (`infra/deploy`).
+    pub scopes: BTreeMap<String, Role>,
+    /// `credentials`: whether it may read connections' credentials (default: only an admin).
+    pub credentials: bool,
+}
+
+impl ApiToken {
+    /// An admin token that may read credentials: what a token was before roles.
+    pub fn admin(name: &str, token: &str) -> ApiToken {
+        ApiToken {
+            name: name.to_string(),
+            token: token.to_string(),
+            role: Role::Admin,
+            scopes: BTreeMap::new(),
+            credentials: true,
+        }
+    }
+
+    /// The role on pipeline `source/name` (the global one raised by a scope of the source or
+    /// of the pipeline), or the global one for `None`.
+    pub fn role_on(&self, pipeline: Option<(&str, &str)>) -> Role {
+        let Some((source, name)) = pipeline else {
+            return self.role;
+        };
+        let mut role = self.role;
+        for key in [source.to_string(), format!("{source}/{name}")] {
+            if let Some(&r) = self.scopes.get(&key) {
+                role = role.max(r);
+            }
+        }
+        role
+    }
+}
+
+/// What a caller may do, each role including the ones before it: a `viewer` reads, a `runner`
+/// also starts and cancels runs, an `editor` also changes pipelines defined in Gantry, variables,
+/// secrets, connections and marketplace entries, an `admin` also manages sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Viewer,
+    Runner,
+    Editor,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [(&'static str, Role); 4] = [
+        ("viewer", Role::Viewer),
+        ("runner", Role::Runner),
+        ("editor", Role::Editor),
+        ("admin", Role::Admin),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Runner => "runner",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.iter().find(|(n, _)| *n == text).map(|(_, r)| *r)
+    }
 }
 
 impl fmt::Debug for ApiToken {
@@ -1091,7 +1158,11 @@ impl Checker<'_> {
     /// `seen` collects the names of the entries checked so far, to report duplicates.
     fn token(&mut self, path: &str, t: &Value<'_>, seen: &mut Vec<String>) -> Option<ApiToken> {
         let table = t.get_ref().as_table()?;
-        self.unknown_keys(table, path, &["name", "token"]);
+        self.unknown_keys(
+            table,
+            path,
+            &["name", "token", "role", "scopes", "credentials"],
+        );
         let name = self.required_string(table, t.span(), path, "name");
         let token = self.required_string(table, t.span(), path, "token");
         let (name, name_span) = name?;
@@ -1117,7 +1188,83 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some(ApiToken { name, token })
+        let role = match self.string(table, path, "role") {
+            None => Role::Admin,
+            Some((text, span)) => match Role::parse(&text) {
+                Some(role) => role,
+                None => {
+                    self.error(
+                        &join(path, "role"),
+                        &span,
+                        format!("unknown role `{text}`: expected viewer, runner, editor or admin"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut scopes = BTreeMap::new();
+        if let Some(v) = table.get("scopes") {
+            let scopes_path = join(path, "scopes");
+            match v.get_ref().as_table() {
+                Some(entries) => {
+                    for (key, value) in entries.iter() {
+                        let key = key.get_ref().to_string();
+                        let entry_path = join(&scopes_path, &key);
+                        let Some(text) = self.as_string(&entry_path, value) else {
+                            continue;
+                        };
+                        let parts: Vec<&str> = key.split('/').collect();
+                        if key.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
+                            self.error(
+                                &entry_path,
+                                &value.span(),
+                                format!("`{key}` is neither a source (`infra`) nor a pipeline (`infra/deploy`)"),
+                            );
+                            continue;
+                        }
+                        match Role::parse(&text) {
+                            Some(r) => {
+                                scopes.insert(key, r);
+                            }
+                            None => self.error(
+                                &entry_path,
+                                &value.span(),
+                                format!("unknown role `{text}`: expected viewer, runner, editor or admin"),
+                            ),
+                        }
+                    }
+                }
+                None => self.error(
+                    &scopes_path,
+                    &v.span(),
+                    format!(
+                        "expected a table such as {{ infra = \"editor\" }}, found {}",
+                        v.get_ref().type_str()
+                    ),
+                ),
+            }
+        }
+        let credentials = match table.get("credentials") {
+            None => role == Role::Admin,
+            Some(v) => match v.get_ref() {
+                DeValue::Boolean(b) => *b,
+                other => {
+                    self.error(
+                        &join(path, "credentials"),
+                        &v.span(),
+                        format!("expected true or false, found {}", other.type_str()),
+                    );
+                    false
+                }
+            },
+        };
+        Some(ApiToken {
+            name,
+            token,
+            role,
+            scopes,
+            credentials,
+        })
     }
 
     /// `seen` collects the names of the entries checked so far, to report duplicates.

@@ -79,13 +79,7 @@ fn the_example_parses_with_the_environment() {
     assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.server.public_url, "http://127.0.0.1:8080");
     assert_eq!(c.storage.data_dir, PathBuf::from("/etc/gantry/gantry-data"));
-    assert_eq!(
-        c.tokens,
-        vec![ApiToken {
-            name: "admin".into(),
-            token: ADMIN_TOKEN.into()
-        }]
-    );
+    assert_eq!(c.tokens, vec![ApiToken::admin("admin", ADMIN_TOKEN)]);
     assert_eq!(c.repos.len(), 1);
     let r = &c.repos[0];
     assert_eq!(r.name, "infra");
@@ -781,4 +775,47 @@ fn an_argo_executor_names_its_server_namespace_and_token_and_hides_the_token() {
             "3:10: executor.cluster.server: must be an http:// or https:// URL",
         ]
     );
+}
+
+#[test]
+fn tokens_take_a_role_scopes_and_the_credentials_grant() {
+    let c = ok(r#"
+[[auth.tokens]]
+name = "ops"
+token = "ops-token-0123456789abcdef"
+[[auth.tokens]]
+name = "dev"
+token = "dev-token-0123456789abcdef"
+role = "viewer"
+scopes = { infra = "runner", "local/deploy" = "editor" }
+[[auth.tokens]]
+name = "app"
+token = "app-token-0123456789abcdef"
+role = "runner"
+credentials = true
+"#);
+    let (ops, dev, app) = (&c.tokens[0], &c.tokens[1], &c.tokens[2]);
+    assert_eq!((ops.role, ops.credentials), (Role::Admin, true));
+    assert_eq!((dev.role, dev.credentials), (Role::Viewer, false));
+    assert_eq!(dev.role_on(None), Role::Viewer);
+    assert_eq!(dev.role_on(Some(("infra", "db"))), Role::Runner);
+    assert_eq!(dev.role_on(Some(("local", "deploy"))), Role::Editor);
+    assert_eq!(dev.role_on(Some(("local", "other"))), Role::Viewer);
+    assert_eq!((app.role, app.credentials), (Role::Runner, true));
+    // A scope never lowers the global role.
+    let admin = ok(
+        "[[auth.tokens]]\nname = \"a\"\ntoken = \"a-token-0123456789abcdef\"\nscopes = { infra = \"viewer\" }\n",
+    );
+    assert_eq!(admin.tokens[0].role_on(Some(("infra", "x"))), Role::Admin);
+    let e = one_error(
+        "[[auth.tokens]]\nname = \"a\"\ntoken = \"a-token-0123456789abcdef\"\nrole = \"owner\"\n",
+    );
+    assert!(
+        e.contains("auth.tokens[0].role") && e.contains("unknown role `owner`"),
+        "{e}"
+    );
+    let e = one_error(
+        "[[auth.tokens]]\nname = \"a\"\ntoken = \"a-token-0123456789abcdef\"\nscopes = { \"a/b/c\" = \"runner\" }\n",
+    );
+    assert!(e.contains("neither a source"), "{e}");
 }

@@ -144,13 +144,59 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// What a route needs of its caller: nothing (health, the document), a valid webhook signature,
+/// or a token whose role (`config::Role`) reaches the level (on the pipeline the route is about,
+/// when it is about one), or the grant to read connections' credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Public,
+    Signed,
+    Read,
+    Run,
+    Edit,
+    Admin,
+    Credentials,
+}
+
+impl Permission {
+    /// Whether a bearer token (or a page session) is needed.
+    pub fn needs_token(self) -> bool {
+        !matches!(self, Permission::Public | Permission::Signed)
+    }
+
+    /// The role it takes, for those that take one.
+    pub fn role(self) -> Option<crate::config::Role> {
+        use crate::config::Role;
+        match self {
+            Permission::Read => Some(Role::Viewer),
+            Permission::Run => Some(Role::Runner),
+            Permission::Edit => Some(Role::Editor),
+            Permission::Admin => Some(Role::Admin),
+            Permission::Public | Permission::Signed | Permission::Credentials => None,
+        }
+    }
+
+    /// As the OpenAPI document says it (`x-gantry-permission`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Public => "public",
+            Permission::Signed => "webhook signature",
+            Permission::Read => "viewer",
+            Permission::Run => "runner",
+            Permission::Edit => "editor",
+            Permission::Admin => "admin",
+            Permission::Credentials => "credentials grant",
+        }
+    }
+}
+
 /// One endpoint, as documented.
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
-    /// Whether the bearer token is required (when tokens are configured).
-    pub auth: bool,
+    /// What the caller must be allowed (and whether a bearer token is needed at all).
+    pub permission: Permission,
     /// Query parameters: name, description.
     pub query: &'static [(&'static str, &'static str)],
     /// The request body's schema (a name under `components.schemas`), if any.
@@ -168,7 +214,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/healthz",
         summary: "Liveness: 200 while the server runs",
-        auth: false,
+        permission: Permission::Public,
         query: &[],
         body: None,
         responses: &[(200, "ok", Some("text"))],
@@ -177,7 +223,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/readyz",
         summary: "Readiness: 200 while the server takes new work; 503 with the reasons while its store failed or is stuck, or its data dir is below the free-space reserve ([storage] min_free), or a watched repository has not finished its first sync, or it is stopping",
-        auth: false,
+        permission: Permission::Public,
         query: &[],
         body: None,
         responses: &[
@@ -189,7 +235,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/metrics",
         summary: "Prometheus metrics (the text exposition format): runs, durations, queue, webhook deliveries, outbox, store and process; needs the token unless [server] metrics_public = true",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[(200, "the metrics", Some("metrics")), ERR_401],
@@ -198,7 +244,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/openapi.json",
         summary: "This document",
-        auth: false,
+        permission: Permission::Public,
         query: &[],
         body: None,
         responses: &[(200, "the OpenAPI 3.1 document", None)],
@@ -207,7 +253,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/pipelines",
         summary: "Every pipeline, with its current version, validity, errors and last run",
-        auth: true,
+        permission: Permission::Read,
         query: &[("source", "only pipelines of this source")],
         body: None,
         responses: &[(200, "the pipelines", Some("PipelineList")), ERR_401],
@@ -216,7 +262,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/pipelines/{source}/{name}",
         summary: "One pipeline: its parameters, triggers, current spec text and versions",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[
@@ -229,7 +275,7 @@ pub const ROUTES: &[Route] = &[
         method: "put",
         path: "/api/v1/pipelines/{source}/{name}",
         summary: "Create or update a pipeline defined in Gantry (source `local`); each change is a new version",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("PipelineSpec"),
         responses: &[
@@ -248,7 +294,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/pipelines/{source}/{name}",
         summary: "Retire a pipeline defined in Gantry; its versions and runs stay",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -262,7 +308,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/pipelines/{source}/{name}/rollback",
         summary: "Make an earlier version of a local pipeline current again (as a new version)",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("Rollback"),
         responses: &[
@@ -276,7 +322,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/pipelines/{source}/{name}/runs",
         summary: "Start a run with typed parameters",
-        auth: true,
+        permission: Permission::Run,
         query: &[],
         body: Some("RunRequest"),
         responses: &[
@@ -303,7 +349,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/runs",
         summary: "Runs, newest first",
-        auth: true,
+        permission: Permission::Read,
         query: &[
             ("pipeline", "`source/name` (or a bare name)"),
             (
@@ -323,7 +369,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/runs/{id}",
         summary: "One run (id or unique prefix) with its steps and non-secret outputs",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[(200, "the run", Some("RunDetail")), ERR_401, ERR_404],
@@ -332,7 +378,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/runs/{id}/cancel",
         summary: "Cancel a queued or running run",
-        auth: true,
+        permission: Permission::Run,
         query: &[],
         body: None,
         responses: &[
@@ -346,7 +392,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/runs/{id}/rerun",
         summary: "Run again with the same parameters, pipeline version and commit",
-        auth: true,
+        permission: Permission::Run,
         query: &[],
         body: None,
         responses: &[
@@ -360,7 +406,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/runs/{id}/logs",
         summary: "Log lines as text; with follow=true a server-sent event stream until the step or run ends",
-        auth: true,
+        permission: Permission::Read,
         query: &[
             ("step", "only this step's lines"),
             ("follow", "true: stream `log` events, then one `end` event"),
@@ -385,7 +431,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/variables",
         summary: "Variables with their values, global and per pipeline",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[(200, "the variables", Some("ConfigList")), ERR_401],
@@ -394,7 +440,7 @@ pub const ROUTES: &[Route] = &[
         method: "put",
         path: "/api/v1/variables/{var}",
         summary: "Set a global variable",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("Value"),
         responses: &[
@@ -407,7 +453,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/variables/{var}",
         summary: "Remove a global variable",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -420,7 +466,7 @@ pub const ROUTES: &[Route] = &[
         method: "put",
         path: "/api/v1/pipelines/{source}/{name}/variables/{var}",
         summary: "Set a variable of one pipeline (wins over the global one)",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("Value"),
         responses: &[
@@ -433,7 +479,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/pipelines/{source}/{name}/variables/{var}",
         summary: "Remove a variable of one pipeline",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -446,7 +492,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/secrets",
         summary: "Secret names and scopes; values are never returned",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[
@@ -458,7 +504,7 @@ pub const ROUTES: &[Route] = &[
         method: "put",
         path: "/api/v1/secrets/{var}",
         summary: "Set a global secret (write-only, encrypted at rest; protected unless `unprotected` is true)",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("SecretValue"),
         responses: &[
@@ -476,7 +522,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/secrets/{var}",
         summary: "Remove a global secret",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -489,7 +535,7 @@ pub const ROUTES: &[Route] = &[
         method: "put",
         path: "/api/v1/pipelines/{source}/{name}/secrets/{var}",
         summary: "Set a secret of one pipeline (write-only, encrypted at rest; protected unless `unprotected` is true)",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("SecretValue"),
         responses: &[
@@ -507,7 +553,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/pipelines/{source}/{name}/secrets/{var}",
         summary: "Remove a secret of one pipeline",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -520,7 +566,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/sources",
         summary: "Watched repositories: the head last reconciled, when, and the last sync error",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[(200, "the sources", Some("SourceList")), ERR_401],
@@ -529,7 +575,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/sources/{source}/sync",
         summary: "Fetch and reconcile a watched repository now",
-        auth: true,
+        permission: Permission::Admin,
         query: &[],
         body: None,
         responses: &[
@@ -542,7 +588,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/marketplace/resources",
         summary: "Published resources, by name; unpublished ones only with all=true",
-        auth: true,
+        permission: Permission::Read,
         query: &[
             (
                 "type",
@@ -566,7 +612,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/marketplace/resources/{resource}",
         summary: "One resource with every version, its environments and credential keys; secret values never",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[
@@ -579,7 +625,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/marketplace/resources/{resource}",
         summary: "Unpublish a resource, or one environment of it (env=E); its versions are kept, connections stop resolving to what was unpublished until it is published again",
-        auth: true,
+        permission: Permission::Edit,
         query: &[("env", "unpublish only this environment")],
         body: None,
         responses: &[
@@ -593,7 +639,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/marketplace/resources/{resource}/deprecate",
         summary: "Mark a resource deprecated, with the reason (it stays listed and connectable); a null reason takes the mark back",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("Deprecate"),
         responses: &[
@@ -608,7 +654,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/connections",
         summary: "Connections, by name",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[(200, "the connections", Some("ConnectionList")), ERR_401],
@@ -617,7 +663,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/api/v1/connections",
         summary: "Create a connection to a resource's environment, within a version constraint, with credential keys mapped to environment variables (default `<CONNECTION>_<KEY>` upper-cased)",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: Some("NewConnection"),
         responses: &[
@@ -645,7 +691,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/connections/{connection}",
         summary: "One connection with what it resolves to now (secret values left out); when it no longer resolves, the connection with `error` saying why",
-        auth: true,
+        permission: Permission::Read,
         query: &[],
         body: None,
         responses: &[
@@ -658,7 +704,7 @@ pub const ROUTES: &[Route] = &[
         method: "delete",
         path: "/api/v1/connections/{connection}",
         summary: "Remove a connection",
-        auth: true,
+        permission: Permission::Edit,
         query: &[],
         body: None,
         responses: &[
@@ -671,7 +717,7 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/api/v1/connections/{connection}/credentials",
         summary: "The connection's credentials with their values, secret ones included, as the environment variables it hands over",
-        auth: true,
+        permission: Permission::Credentials,
         query: &[],
         body: None,
         responses: &[
@@ -702,7 +748,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/hooks/{forge}",
         summary: "Webhook receiver for github, gitlab or bitbucket: checked against the repository's webhook_secret, stored, then processed",
-        auth: false,
+        permission: Permission::Signed,
         query: &[],
         body: None,
         responses: &[

@@ -434,7 +434,13 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
         })?;
         if api::is_health(route.path) {
             health = health.route(route.path, handler);
-        } else if route.auth && !(route.path == "/metrics" && state.metrics_public) {
+        } else if route.permission.needs_token()
+            && !(route.path == "/metrics" && state.metrics_public)
+        {
+            let handler = handler.layer(middleware::from_fn_with_state(
+                (state.clone(), route.permission),
+                permit,
+            ));
             guarded = guarded.route(route.path, handler);
         } else {
             open = open.route(route.path, handler);
@@ -604,10 +610,76 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Who is calling: what the auth layer puts on every request it lets through, for the
+/// permission check of its route and for the handlers (who started a run, who changed what).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name; `None` when served without tokens.
+    pub name: Option<String>,
+    /// Its roles and grants (served without tokens: an admin with the credentials grant).
+    pub token: Arc<ApiToken>,
+    /// How it authenticated: `token`, `session` (a logged-in page) or `none`.
+    pub via: &'static str,
+}
+
+impl Caller {
+    fn anonymous() -> Caller {
+        Caller {
+            name: None,
+            token: Arc::new(ApiToken::admin("anonymous", "")),
+            via: "none",
+        }
+    }
+
+    fn of(token: &ApiToken, via: &'static str) -> Caller {
+        Caller {
+            name: Some(token.name.clone()),
+            token: Arc::new(token.clone()),
+            via,
+        }
+    }
+
+    /// Why `permission` is refused on `pipeline` (the route's, when it is about one), if it is.
+    pub fn refusal(
+        &self,
+        permission: api::Permission,
+        pipeline: Option<(&str, &str)>,
+    ) -> Option<String> {
+        let who = self.name.as_deref().unwrap_or("anonymous");
+        if permission == api::Permission::Credentials {
+            return (!self.token.credentials).then(|| {
+                format!(
+                    "token `{who}` may not read connections' credentials (`credentials = true` \
+                     in its [[auth.tokens]] entry grants it)"
+                )
+            });
+        }
+        let needed = permission.role()?;
+        let role = self.token.role_on(pipeline);
+        (role < needed).then(|| {
+            let here = pipeline
+                .map(|(s, n)| format!(" on `{s}/{n}`"))
+                .unwrap_or_default();
+            format!(
+                "token `{who}` is a {}{here}; this needs {} (`role` or `scopes` of its \
+                 [[auth.tokens]] entry)",
+                role.as_str(),
+                needed.as_str()
+            )
+        })
+    }
+}
+
+/// The token configured with the name `name`.
+fn token_named<'a>(tokens: &'a [ApiToken], name: &str) -> Option<&'a ApiToken> {
+    tokens.iter().find(|t| t.name == name)
+}
+
 async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     request.headers_mut().remove(TOKEN_NAME_HEADER);
     if state.tokens.is_empty() {
         // No tokens configured: allowed only on loopback (checked at start).
+        request.extensions_mut().insert(Caller::anonymous());
         return next.run(request).await;
     }
     let given = request
@@ -616,36 +688,92 @@ async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(given) = given else {
-        // A browser logged in to the pages reads the API with its session (a log download).
-        let (session_state, headers) = (state.clone(), request.headers().clone());
-        let who = tokio::task::spawn_blocking(move || ui::session_of(&session_state, &headers))
+    let caller = match given {
+        Some(given) => {
+            let found = state.tokens.iter().fold(None, |found, t| {
+                if same_secret(given.as_bytes(), t.token.as_bytes()) {
+                    Some(t)
+                } else {
+                    found
+                }
+            });
+            match found {
+                Some(token) => Caller::of(token, "token"),
+                None => {
+                    return unauthorized(
+                        "the bearer token is not one of the configured [[auth.tokens]]",
+                    );
+                }
+            }
+        }
+        None => {
+            // A browser logged in to the pages reads the API with its session (a log download).
+            let (session_state, headers) = (state.clone(), request.headers().clone());
+            let who = tokio::task::spawn_blocking(move || ui::session_of(&session_state, &headers))
+                .await
+                .ok()
+                .flatten();
+            match who.as_deref().and_then(|n| token_named(&state.tokens, n)) {
+                Some(token) => Caller::of(token, "session"),
+                None => return unauthorized("missing `Authorization: Bearer <token>` header"),
+            }
+        }
+    };
+    if let Some(name) = &caller.name
+        && let Ok(v) = HeaderValue::from_str(name)
+    {
+        request.headers_mut().insert(TOKEN_NAME_HEADER, v);
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The pipeline a route's path names: `{source}/{name}`, or the run `{id}` belongs to.
+pub fn pipeline_of_path(state: &AppState, params: &[(String, String)]) -> Option<(String, String)> {
+    let get = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    if let (Some(source), Some(name)) = (get("source"), get("name")) {
+        return Some((source, name));
+    }
+    let id = get("id")?;
+    let run = state.store.find_run(&id).ok()?;
+    Some((run.source, run.pipeline))
+}
+
+/// The permission check of one route, after `auth`: 403 with the reason when the caller's role
+/// (on the pipeline the route is about) falls short.
+async fn permit(
+    State((state, permission)): State<(AppState, api::Permission)>,
+    params: axum::extract::RawPathParams,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+        return next.run(request).await;
+    };
+    let params: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let named = params.iter().any(|(k, _)| k == "source");
+    let pipeline = if !named && caller.token.scopes.is_empty() {
+        // A run's pipeline changes nothing for a token without scopes: no lookup.
+        None
+    } else {
+        let lookup = state.clone();
+        tokio::task::spawn_blocking(move || pipeline_of_path(&lookup, &params))
             .await
             .ok()
-            .flatten();
-        if let Some(name) = who {
-            if let Ok(v) = HeaderValue::from_str(&name) {
-                request.headers_mut().insert(TOKEN_NAME_HEADER, v);
-            }
-            return next.run(request).await;
-        }
-        return unauthorized("missing `Authorization: Bearer <token>` header");
+            .flatten()
     };
-    let found = state.tokens.iter().fold(None, |found, t| {
-        if same_secret(given.as_bytes(), t.token.as_bytes()) {
-            Some(t.name.clone())
-        } else {
-            found
-        }
-    });
-    match found {
-        Some(name) => {
-            if let Ok(v) = HeaderValue::from_str(&name) {
-                request.headers_mut().insert(TOKEN_NAME_HEADER, v);
-            }
-            next.run(request).await
-        }
-        None => unauthorized("the bearer token is not one of the configured [[auth.tokens]]"),
+    let scope = pipeline.as_ref().map(|(s, n)| (s.as_str(), n.as_str()));
+    match caller.refusal(permission, scope) {
+        Some(why) => api::ApiError::new(StatusCode::FORBIDDEN, why).into_response(),
+        None => next.run(request).await,
     }
 }
 

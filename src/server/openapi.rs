@@ -258,6 +258,24 @@ pub fn document() -> Value {
                 json!({"description": "a Host or Origin that is neither public_url nor loopback", "content": content("Error")}),
             );
         }
+        if route.permission.needs_token() {
+            let why = format!(
+                "the token's role falls short: this needs {}",
+                route.permission.as_str()
+            );
+            match responses.get_mut("403") {
+                Some(r) => {
+                    let before = r["description"].as_str().unwrap_or_default().to_string();
+                    r["description"] = json!(format!("{before}; or {why}"));
+                }
+                None => {
+                    responses.insert(
+                        "403".into(),
+                        json!({"description": why, "content": content("Error")}),
+                    );
+                }
+            }
+        }
         if route.path.starts_with("/api/v1/")
             && matches!(route.method, "post" | "put" | "delete")
             && !route.path.ends_with("/cancel")
@@ -288,7 +306,8 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
-        if route.auth {
+        op["x-gantry-permission"] = json!(route.permission.as_str());
+        if route.permission.needs_token() {
             op["security"] = json!([{"bearer": []}]);
         } else {
             op["security"] = json!([]);

@@ -576,3 +576,127 @@ fn a_huge_log_page_shows_its_tail_and_pages_back_by_line() {
     assert_eq!(numbers.keys().last(), Some(&99800));
     assert!(earlier.body.contains("?skip=1200"));
 }
+
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+const SCOPED: &str = "scoped-token-0123456789abcdef";
+const RUNNER: &str = "runner-token-0123456789abcdef";
+
+#[test]
+fn roles_limit_what_a_token_may_do_in_the_api_and_on_the_pages() {
+    let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[[auth.tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n\n\
+         [[auth.tokens]]\nname = \"deployer\"\ntoken = \"{SCOPED}\"\nrole = \"viewer\"\nscopes = {{ \"local/hello\" = \"runner\" }}\n\n\
+         [[auth.tokens]]\nname = \"ci\"\ntoken = \"{RUNNER}\"\nrole = \"runner\"\n"
+    )));
+    let hello = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: hello}\nsteps:\n  - {name: s, script: \"echo hi\"}\n";
+    put_pipeline(&server, "hello", hello);
+    put_pipeline(
+        &server,
+        "other",
+        &hello.replace("name: hello", "name: other"),
+    );
+    let call =
+        |method: &str, path: &str, token: &str| server.request(method, path, Some(token), None);
+
+    // A viewer reads everything and changes nothing; the refusal says why.
+    assert_eq!(call("GET", "/api/v1/pipelines", VIEWER).0, 200);
+    let (status, body) = call("POST", "/api/v1/pipelines/local/hello/runs", VIEWER);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("token `watcher` is a viewer on `local/hello`; this needs runner"),
+        "{body}"
+    );
+    assert_eq!(
+        server
+            .request(
+                "PUT",
+                "/api/v1/secrets/x",
+                Some(VIEWER),
+                Some(("application/json", br#"{"value": "abcdef"}"#.to_vec()))
+            )
+            .0,
+        403
+    );
+    // Reading credentials is its own grant, which only admins have unless given.
+    let (status, body) = call("GET", "/api/v1/connections/db/credentials", RUNNER);
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("credentials = true"), "{body}");
+    assert_eq!(
+        call("GET", "/api/v1/connections/db/credentials", server.token()).0,
+        404
+    );
+
+    // A scope raises the role on one pipeline only.
+    assert_eq!(
+        call("POST", "/api/v1/pipelines/local/hello/runs", SCOPED).0,
+        201
+    );
+    assert_eq!(
+        call("POST", "/api/v1/pipelines/local/other/runs", SCOPED).0,
+        403
+    );
+    // A runner runs and cancels but does not edit.
+    let (status, body) = call("POST", "/api/v1/pipelines/local/other/runs", RUNNER);
+    assert_eq!(status, 201, "{body}");
+    let run = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    let (status, body) = server.put_text(
+        "/api/v1/pipelines/local/x",
+        &hello.replace("name: hello", "name: x"),
+    );
+    assert_eq!(status, 201, "the admin edits: {body}");
+    let (status, body) = server.request(
+        "PUT",
+        "/api/v1/pipelines/local/y",
+        Some(RUNNER),
+        Some((
+            "application/yaml",
+            hello.replace("name: hello", "name: y").into_bytes(),
+        )),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("needs editor"), "{body}");
+    assert_eq!(call("POST", "/api/v1/sources/x/sync", RUNNER).0, 403);
+
+    // The document says what each route needs.
+    let doc = server.get_json("/api/v1/openapi.json");
+    let op = &doc["paths"]["/api/v1/pipelines/{source}/{name}/runs"]["post"];
+    assert_eq!(op["x-gantry-permission"], "runner");
+    assert!(op["responses"]["403"].is_object());
+
+    // On the pages, a viewer sees no button that would start or cancel a run, and a post
+    // anyway is refused.
+    wait_done(&server, &run);
+    let mut watcher = Browser::new(&server);
+    assert_eq!(watcher.login(VIEWER).status, 303);
+    let page = watcher.get(&format!("/runs/{run}"));
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(r#"id="rerun""#), "{}", page.body);
+    let page = watcher.get("/pipelines/local/hello");
+    assert!(
+        !page.body.contains("/pipelines/local/hello/run\""),
+        "{}",
+        page.body
+    );
+    assert_eq!(watcher.get("/pipelines/local/hello/run").status, 403);
+    let before = runs_of(&server, "hello").len();
+    let page = watcher.post(&format!("/runs/{run}/rerun"), &[]);
+    assert_eq!(page.status, 403, "{}", page.body);
+    let page = watcher.post("/pipelines/local/hello/run", &[]);
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert_eq!(runs_of(&server, "hello").len(), before);
+    // The scoped token gets the buttons where its scope is.
+    let mut deployer = Browser::new(&server);
+    deployer.login(SCOPED);
+    let page = deployer.get("/pipelines/local/hello");
+    assert!(
+        page.body.contains("/pipelines/local/hello/run\""),
+        "{}",
+        page.body
+    );
+    let page = deployer.get("/pipelines/local/other");
+    assert!(
+        !page.body.contains("/pipelines/local/other/run\""),
+        "{}",
+        page.body
+    );
+}

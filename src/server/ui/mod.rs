@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::api::{self, ApiError};
+use super::api::{self, ApiError, Permission};
 use super::extract::Path;
 use crate::executor::Stream;
 use crate::store::{LogCursor, LogLine, StoreError};
@@ -76,11 +76,29 @@ impl Chrome {
         Chrome {
             css: &ASSETS.css,
             js: &ASSETS.js,
-            who: viewer.who.clone(),
+            who: viewer.who(),
             can_logout: viewer.session,
-            can_run: true,
+            can_run: false,
         }
     }
+
+    /// The chrome of a page about pipeline `source/name`, where runs may be started or cancelled
+    /// if the viewer's role allows.
+    fn on(viewer: &Viewer, source: &str, name: &str) -> Chrome {
+        Chrome {
+            can_run: viewer.refusal(Permission::Run, source, name).is_none(),
+            ..Chrome::of(viewer)
+        }
+    }
+}
+
+/// A 403 page when the viewer may not do `permission` on `source/name`.
+fn refused(viewer: &Viewer, permission: Permission, source: &str, name: &str) -> Option<Response> {
+    let why = viewer.refusal(permission, source, name)?;
+    Some(error_page(
+        viewer,
+        ApiError::new(StatusCode::FORBIDDEN, why),
+    ))
 }
 
 /// A rendered page, or an HTML error page when the template fails.
@@ -315,7 +333,7 @@ async fn pipeline(
     page(
         StatusCode::OK,
         &PipelinePage {
-            chrome: Chrome::of(&viewer),
+            chrome: Chrome::on(&viewer, &source, &name),
             commit_base: commit_base(&state, &source),
             view,
             current_version,
@@ -431,6 +449,9 @@ async fn run_form(
     Extension(viewer): Extension<Viewer>,
     Path((source, name)): Path<(String, String)>,
 ) -> Response {
+    if let Some(no) = refused(&viewer, Permission::Run, &source, &name) {
+        return no;
+    }
     form_page(
         &state,
         &viewer,
@@ -448,6 +469,9 @@ async fn start_run(
     Path((source, name)): Path<(String, String)>,
     Form(sent): Form<BTreeMap<String, String>>,
 ) -> Response {
+    if let Some(no) = refused(&viewer, Permission::Run, &source, &name) {
+        return no;
+    }
     let pipeline = match api::runnable_pipeline(&state, &source, &name) {
         Ok(p) => p,
         Err(e) => return error_page(&viewer, e),
@@ -519,7 +543,7 @@ async fn run(
         Ok(Ok(view)) => page(
             StatusCode::OK,
             &RunPage {
-                chrome: Chrome::of(&viewer),
+                chrome: Chrome::on(&viewer, &view.run.source, &view.run.pipeline),
                 view,
             },
         ),
@@ -580,11 +604,22 @@ async fn step_log(
     }
 }
 
+/// A 403 page when the viewer may not start or cancel runs of run `id`'s pipeline.
+fn run_refused(state: &AppState, viewer: &Viewer, id: &str) -> Option<Response> {
+    match state.store.find_run(id) {
+        Ok(run) => refused(viewer, Permission::Run, &run.source, &run.pipeline),
+        Err(e) => Some(store_error(viewer, e)),
+    }
+}
+
 async fn cancel(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Response {
+    if let Some(no) = run_refused(&state, &viewer, &id) {
+        return no;
+    }
     match api::cancel_of(&state, &id).await {
         Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
         Err(e) => error_page(&viewer, e),
@@ -596,6 +631,9 @@ async fn rerun(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Response {
+    if let Some(no) = run_refused(&state, &viewer, &id) {
+        return no;
+    }
     match api::rerun_of(&state, &id, Some(viewer.words())).await {
         Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
         Err(e) => error_page(&viewer, e),

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::{Chrome, page};
-use crate::server::AppState;
-use crate::server::api::ApiError;
+use crate::server::api::{ApiError, Permission};
+use crate::server::{AppState, Caller, token_named};
 use crate::store::sessions::SessionLimits;
 
 /// The cookie that holds the session id.
@@ -21,19 +21,28 @@ pub const SESSION_COOKIE: &str = "gantry_session";
 /// Who is looking at a page.
 #[derive(Debug, Clone)]
 pub struct Viewer {
-    /// The token's name; `None` when served without tokens.
-    pub who: Option<String>,
+    pub caller: Caller,
     /// Whether a session cookie carries the login (then there is a logout).
     pub session: bool,
 }
 
 impl Viewer {
+    /// The token's name; `None` when served without tokens.
+    pub fn who(&self) -> Option<String> {
+        self.caller.name.clone()
+    }
+
     /// How runs started from the pages name who started them.
     pub fn words(&self) -> String {
-        match &self.who {
+        match &self.caller.name {
             Some(who) => format!("web ({who})"),
             None => "web".to_string(),
         }
+    }
+
+    /// Why the viewer may not do `permission` on `source/name`, if not.
+    pub fn refusal(&self, permission: Permission, source: &str, name: &str) -> Option<String> {
+        self.caller.refusal(permission, Some((source, name)))
     }
 }
 
@@ -68,7 +77,7 @@ fn local_path(next: &str) -> &str {
 pub async fn require(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let viewer = if state.tokens.is_empty() {
         Viewer {
-            who: None,
+            caller: Caller::anonymous(),
             session: false,
         }
     } else {
@@ -78,9 +87,9 @@ pub async fn require(State(state): State<AppState>, mut request: Request, next: 
             .await
             .ok()
             .flatten();
-        match who {
-            Some(who) => Viewer {
-                who: Some(who),
+        match who.as_deref().and_then(|n| token_named(&state.tokens, n)) {
+            Some(token) => Viewer {
+                caller: Caller::of(token, "session"),
                 session: true,
             },
             None => {
@@ -152,7 +161,7 @@ struct LoginPage {
 
 fn anonymous() -> Chrome {
     Chrome::of(&Viewer {
-        who: None,
+        caller: Caller::anonymous(),
         session: false,
     })
 }
