@@ -308,6 +308,7 @@ impl Queue {
         }
         self.bump();
         self.report(&run.id);
+        audit_started(store, &run);
         for id in cancelled {
             self.report(&id);
         }
@@ -555,6 +556,34 @@ impl Queue {
             }
         })
         .await;
+    }
+}
+
+/// Records in the audit log a run that no person started through the API or the pages (they are
+/// recorded with their request): a push or pull request webhook, a comment command, a schedule.
+fn audit_started(store: &Store, run: &RunRecord) {
+    let via = match run.trigger.kind.as_str() {
+        "push" | "pullRequest" => "webhook",
+        "comment" => "comment",
+        "schedule" => "schedule",
+        _ => return,
+    };
+    let entry = crate::store::audit::AuditEntry {
+        id: String::new(),
+        at: run.created_at,
+        who: run
+            .trigger
+            .detail
+            .clone()
+            .unwrap_or_else(|| run.trigger.kind.clone()),
+        via: via.to_string(),
+        action: "run started".to_string(),
+        target: format!("{}/{} #{}", run.source, run.pipeline, run.number),
+        from: None,
+        status: None,
+    };
+    if let Err(e) = store.audit(entry) {
+        tracing::warn!("cannot record run {} in the audit log: {e}", run.id);
     }
 }
 

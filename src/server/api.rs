@@ -745,6 +745,30 @@ pub const ROUTES: &[Route] = &[
         ],
     },
     Route {
+        method: "get",
+        path: "/api/v1/audit",
+        summary: "The audit log, newest first: every state change and credential read (who, via api, web, webhook, comment or schedule, from where, what, the answer's status); page on with `before` = the answer's `next`",
+        permission: Permission::Admin,
+        query: &[
+            ("who", "only entries of this token, user or forge login"),
+            (
+                "text",
+                "only entries whose action or target contains this text",
+            ),
+            (
+                "before",
+                "only entries older than this entry id (the `next` of the previous page)",
+            ),
+            ("limit", "at most this many entries (1 to 1000, default 50)"),
+        ],
+        body: None,
+        responses: &[
+            (200, "the entries", Some("AuditList")),
+            (400, "a bad limit", Some("Error")),
+            ERR_401,
+        ],
+    },
+    Route {
         method: "post",
         path: "/hooks/{forge}",
         summary: "Webhook receiver for github, gitlab or bitbucket: checked against the repository's webhook_secret, stored, then processed",
@@ -825,6 +849,7 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("get", "/api/v1/connections/{connection}") => get(market::get_connection),
         ("delete", "/api/v1/connections/{connection}") => delete(market::delete_connection),
         ("get", "/api/v1/connections/{connection}/credentials") => get(market::credentials),
+        ("get", "/api/v1/audit") => get(super::audit::list),
         ("post", "/hooks/{forge}") => post(super::hooks::receive),
         _ => return None,
     })

@@ -16,6 +16,7 @@
 //! finish, and marks the rest interrupted; queued runs wait in the store for the next start.
 
 pub mod api;
+mod audit;
 mod extract;
 pub mod guard;
 pub mod hooks;
@@ -446,12 +447,14 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
             open = open.route(route.path, handler);
         }
     }
-    // Innermost first: the space check runs only for authenticated, same-site calls.
+    // Innermost first: the space check runs only for authenticated, same-site calls; the audit
+    // record sees the caller the auth layer found and the answer.
     let guarded = guarded
         .layer(middleware::from_fn_with_state(
             state.clone(),
             guard::space_for_writes,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(
             state.clone(),

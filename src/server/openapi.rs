@@ -156,6 +156,14 @@ fn schemas() -> Value {
         "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
             "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"},
             "unprotected": {"type": "boolean", "description": "secrets only: released to runs at unprotected refs; absent means protected"}}});
+    let audit = json!({"type": "object", "required": ["entries", "next"], "properties": {
+        "entries": {"type": "array", "items": {"type": "object",
+            "required": ["id", "at", "who", "via", "action", "target"],
+            "properties": {"id": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
+                "who": {"type": "string"}, "via": {"type": "string", "enum": ["api", "web", "webhook", "comment", "schedule"]},
+                "action": {"type": "string"}, "target": {"type": "string"},
+                "from": {"type": "string"}, "status": {"type": "integer"}}}},
+        "next": {"type": ["string", "null"], "description": "pass as `before` for the next page; null at the end"}}});
     json!({
         "Error": error,
         "Run": run,
@@ -188,6 +196,7 @@ fn schemas() -> Value {
         "ResourceList": {"type": "object", "required": ["resources"], "properties": {"resources": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
         "Deprecate": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": ["string", "null"], "minLength": 1, "pattern": "\\S"}}},
         "Connection": connection,
+        "AuditList": audit,
         "ConnectionList": {"type": "object", "required": ["connections"], "properties": {"connections": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}},
         "ResolvedConnection": resolved,
         "NewConnection": {"type": "object", "required": ["name", "resource", "environment"], "additionalProperties": false, "properties": {

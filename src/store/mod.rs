@@ -68,6 +68,7 @@
 //!   before releases existed stay where they were trusted. The sealed bytes and their associated
 //!   data do not change, so the migration needs no master key.
 
+pub mod audit;
 mod bodies;
 mod catalog;
 mod config;
@@ -199,6 +200,8 @@ struct Inner {
     connections: sled::Tree,
     /// Web sessions (`sessions.rs`).
     sessions: sled::Tree,
+    /// The audit log (`audit.rs`).
+    audit: sled::Tree,
     /// Delivery bodies (`bodies.rs`).
     bodies: bodies::BodyLog,
     group: forge::GroupCommit,
@@ -389,6 +392,7 @@ impl Store {
             resource_provenance: tree("resource_provenance")?,
             connections: tree("connections")?,
             sessions: tree("sessions")?,
+            audit: tree("audit")?,
             bodies: bodies::BodyLog::new(dir.join("bodies")),
             group: forge::GroupCommit::new(),
             db,

@@ -31,6 +31,9 @@ pub struct Retention {
 pub struct Pruned {
     pub runs: usize,
     pub delivery_bodies: usize,
+    /// Audit entries older than the retention age, and ended web sessions.
+    pub audit_entries: usize,
+    pub sessions: usize,
 }
 
 impl Store {
@@ -86,6 +89,8 @@ impl Store {
             pruned.delivery_bodies += 1;
         }
         self.remove_unreferenced_bodies(&referenced)?;
+        pruned.audit_entries = self.prune_audit(cutoff)?;
+        pruned.sessions = self.prune_sessions(super::sessions::SessionLimits::default())?;
         if pruned != Pruned::default() {
             self.flush()?;
         }

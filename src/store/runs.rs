@@ -42,6 +42,13 @@ enum CreateAbort {
     Exists(String),
 }
 
+/// The smallest id of time `t`: every id made at `t` or later sorts at or after it (a bound for
+/// ranges; unlike `new_run_id` it does not touch the counter of ids made).
+pub(super) fn id_bound(t: DateTime<Utc>) -> String {
+    let ms = u64::try_from(t.timestamp_millis()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    encode_id(ms, 0)
+}
+
 /// A sortable run id: 48 bits of milliseconds since the epoch and 80 random bits, in Crockford
 /// base32 (26 characters). Ids made by one process in the same millisecond still sort in order.
 pub fn new_run_id(now: DateTime<Utc>) -> String {

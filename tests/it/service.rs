@@ -1165,7 +1165,13 @@ fn a_repository_bound_to_argo_runs_its_pipelines_as_workflows() {
     assert_eq!(status, 204, "{body}");
     wait_pipeline(&s, "infra", "on-argo", "synced", |p| p["version"] == 1);
     let run = wait_ended(&s, &id(&start(&s, "infra/on-argo", json!({}))));
-    assert_eq!(run["status"], "succeeded", "{run}\n{}", s.logs());
+    let log = s.get(&format!("/api/v1/runs/{}/logs", id(&run))).1;
+    assert_eq!(
+        run["status"],
+        "succeeded",
+        "{run}\nrun log:\n{log}\n{}",
+        s.logs()
+    );
     assert_eq!(run["executor"], "cluster");
     let workflow = run["external_id"].as_str().expect("the Workflow's name");
     assert!(workflow.starts_with("gantry-on-argo-"), "{workflow}");

@@ -700,3 +700,137 @@ fn roles_limit_what_a_token_may_do_in_the_api_and_on_the_pages() {
         page.body
     );
 }
+
+#[test]
+fn the_audit_log_records_changes_logins_refusals_credential_reads_and_schedules() {
+    let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[[auth.tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"
+    )));
+    let hello = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: hello}\nsteps:\n  - {name: s, script: \"echo hi\"}\n";
+    put_pipeline(&server, "hello", hello);
+    let (status, _) = server.put_json("/api/v1/secrets/api_key", &json!({"value": SECRET}));
+    assert_eq!(status, 204);
+    let mut admin = Browser::new(&server);
+    admin.login(server.token());
+    let started = admin.post("/pipelines/local/hello/run", &[]);
+    assert_eq!(started.status, 303, "{}", started.body);
+    let mut watcher = Browser::new(&server);
+    assert_eq!(watcher.login("wrong-token-0123456789").status, 401);
+    watcher.login(VIEWER);
+    let (status, _) = server.request(
+        "POST",
+        "/api/v1/pipelines/local/hello/runs",
+        Some(VIEWER),
+        None,
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        server
+            .request(
+                "GET",
+                "/api/v1/connections/db/credentials",
+                Some(server.token()),
+                None
+            )
+            .0,
+        404
+    );
+    // A scheduled run is recorded as the schedule's.
+    put_pipeline(
+        &server,
+        "ticker",
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: ticker}\non:\n  schedule:\n    - cron: \"* * * * * *\"\nsteps:\n  - {name: s, script: \"true\"}\n",
+    );
+    let mut entries = Vec::new();
+    server.wait_until(
+        "a scheduled run in the log",
+        Duration::from_secs(15),
+        || {
+            entries = server.get_json("/api/v1/audit?limit=1000")["entries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            entries.iter().any(|e| e["via"] == "schedule")
+        },
+    );
+    // The oldest match: entries come newest first.
+    let find = |who: &str, via: &str, action: &str| {
+        entries
+            .iter()
+            .rev()
+            .find(|e| e["who"] == who && e["via"] == via && e["action"] == action)
+            .unwrap_or_else(|| panic!("no {who} {via} {action} in {entries:#?}"))
+    };
+    let put = find("admin", "api", "PUT /api/v1/pipelines/{source}/{name}");
+    assert_eq!(put["target"], "/api/v1/pipelines/local/hello");
+    assert_eq!(put["status"], 201);
+    assert_eq!(put["from"], "127.0.0.1");
+    find("admin", "api", "PUT /api/v1/secrets/{var}");
+    let web = find("admin", "web", "POST /pipelines/{source}/{name}/run");
+    assert_eq!(web["status"], 303);
+    find("admin", "web", "login");
+    find("unknown token", "web", "login refused");
+    find("watcher", "web", "login");
+    let refused = find(
+        "watcher",
+        "api",
+        "POST /api/v1/pipelines/{source}/{name}/runs",
+    );
+    assert_eq!(refused["status"], 403);
+    let read = find(
+        "admin",
+        "api",
+        "GET /api/v1/connections/{connection}/credentials",
+    );
+    assert_eq!(read["status"], 404);
+    let tick = entries
+        .iter()
+        .find(|e| e["via"] == "schedule")
+        .expect("a scheduled run");
+    assert_eq!(tick["action"], "run started");
+    let who = tick["who"].as_str().unwrap_or_default();
+    assert!(who.starts_with("cron * * * * * *, tick at "), "{who}");
+    let target = tick["target"].as_str().unwrap_or_default();
+    assert!(target.starts_with("local/ticker #"), "{target}");
+    // Reads are not recorded, and no value is.
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["action"] == "GET /api/v1/pipelines")
+    );
+    assert!(
+        !serde_json::to_string(&entries)
+            .unwrap_or_default()
+            .contains(SECRET)
+    );
+
+    // Filtered and paged.
+    let only = server.get_json("/api/v1/audit?who=watcher");
+    let list = only["entries"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !list.is_empty() && list.iter().all(|e| e["who"] == "watcher"),
+        "{only}"
+    );
+    let first = server.get_json("/api/v1/audit?limit=2");
+    let next = first["next"]
+        .as_str()
+        .expect("more than two entries")
+        .to_string();
+    let second = server.get_json(&format!("/api/v1/audit?limit=2&before={next}"));
+    assert_ne!(first["entries"][0]["id"], second["entries"][0]["id"]);
+    // Only admins read it, on the API and on the page.
+    assert_eq!(
+        server.request("GET", "/api/v1/audit", Some(VIEWER), None).0,
+        403
+    );
+    assert_eq!(watcher.get("/audit").status, 403);
+    let page = admin.get("/audit?who=watcher");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("login refused") || page.body.contains("watcher"));
+    assert!(
+        page.body
+            .contains("POST /api/v1/pipelines/{source}/{name}/runs"),
+        "{}",
+        page.body
+    );
+}

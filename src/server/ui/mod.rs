@@ -69,6 +69,8 @@ pub struct Chrome {
     pub can_logout: bool,
     /// Whether the viewer may start, cancel and rerun runs.
     pub can_run: bool,
+    /// Whether the viewer is an admin (the audit log).
+    pub is_admin: bool,
 }
 
 impl Chrome {
@@ -79,6 +81,7 @@ impl Chrome {
             who: viewer.who(),
             can_logout: viewer.session,
             can_run: false,
+            is_admin: viewer.caller.refusal(Permission::Admin, None).is_none(),
         }
     }
 
@@ -167,6 +170,12 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/rerun", post(rerun))
         .route("/logout", post(session::logout))
+        .route("/audit", get(audit))
+        // The audit record inside the login check, so that it sees who is logged in.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            super::audit::record,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             session::require,
@@ -753,4 +762,69 @@ async fn events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+// ---- audit -------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    entries: Vec<crate::store::audit::AuditEntry>,
+    who: String,
+    text: String,
+    next: Option<String>,
+}
+
+impl AuditPage {
+    fn when(&self, e: &crate::store::audit::AuditEntry) -> String {
+        views::when(&e.at)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AuditQuery {
+    #[serde(default)]
+    who: String,
+    #[serde(default)]
+    text: String,
+    before: Option<String>,
+}
+
+/// Entries an audit page shows.
+const AUDIT_PAGE: usize = 100;
+
+async fn audit(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Response {
+    if let Some(why) = viewer.caller.refusal(Permission::Admin, None) {
+        return error_page(&viewer, ApiError::new(StatusCode::FORBIDDEN, why));
+    }
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let wanted = crate::store::audit::AuditQuery {
+        who: (!q.who.is_empty()).then(|| q.who.clone()),
+        text: (!q.text.is_empty()).then(|| q.text.clone()),
+        before: q.before.filter(|b| !b.is_empty()),
+        limit: AUDIT_PAGE,
+    };
+    let store = state.store.clone();
+    match api::blocking(move || store.audit_entries(&wanted)).await {
+        Ok(Ok((entries, more))) => {
+            let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();
+            page(
+                StatusCode::OK,
+                &AuditPage {
+                    chrome: Chrome::of(&viewer),
+                    entries,
+                    who: q.who,
+                    text: q.text,
+                    next,
+                },
+            )
+        }
+        Ok(Err(e)) => store_error(&viewer, e),
+        Err(e) => error_page(&viewer, e),
+    }
 }

@@ -199,7 +199,34 @@ pub struct LoginForm {
     next: String,
 }
 
-pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -> Response {
+/// Records a login, or a refused one, in the audit log.
+async fn login_audit(state: &AppState, who: Option<&str>, from: Option<String>) {
+    let entry = crate::store::audit::AuditEntry {
+        id: String::new(),
+        at: chrono::Utc::now(),
+        who: who.unwrap_or("unknown token").to_string(),
+        via: "web".into(),
+        action: if who.is_some() {
+            "login"
+        } else {
+            "login refused"
+        }
+        .into(),
+        target: "/login".into(),
+        from,
+        status: None,
+    };
+    let store = state.store.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.audit(entry)).await {
+        tracing::warn!("cannot record a login in the audit log: {e}");
+    }
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
     let next = local_path(&form.next).to_string();
     if state.tokens.is_empty() {
         return Redirect::to(&next).into_response();
@@ -212,6 +239,8 @@ pub async fn login(State(state): State<AppState>, Form(form): Form<LoginForm>) -
             found
         }
     });
+    let from = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip().to_string());
+    login_audit(&state, found.as_deref(), from).await;
     let Some(who) = found else {
         return page(
             StatusCode::UNAUTHORIZED,
