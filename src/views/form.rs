@@ -31,6 +31,8 @@ pub struct Field {
     /// A browser `pattern` (anchored by the browser, so the declared one is wrapped to match
     /// anywhere, as the server matches it).
     pub pattern: Option<String>,
+    /// The pattern as declared, for people (`title`, which browsers add to their message).
+    pub pattern_hint: Option<String>,
     pub min: Option<String>,
     pub max: Option<String>,
     /// `1` for integers, `any` for numbers.
@@ -91,6 +93,7 @@ pub fn fields(
                     .pattern
                     .as_ref()
                     .map(|re| format!("[\\s\\S]*(?:{re})[\\s\\S]*")),
+                pattern_hint: p.pattern.as_ref().map(|re| format!("must match {re}")),
                 min: bound(p.minimum),
                 max: bound(p.maximum),
                 step: match p.kind {

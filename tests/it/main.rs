@@ -2,6 +2,7 @@
 
 mod argo;
 mod argo_standin;
+mod browser;
 mod choreo;
 mod cli;
 mod conformance;

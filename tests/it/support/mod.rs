@@ -8,6 +8,7 @@ pub mod argo;
 pub mod forges;
 pub mod git;
 pub mod server;
+pub mod webdriver;
 
 use std::thread;
 use std::time::{Duration, Instant};
