@@ -834,3 +834,161 @@ fn the_audit_log_records_changes_logins_refusals_credential_reads_and_schedules(
         page.body
     );
 }
+
+const PUBLISHER: &str = r#"apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata: {name: make-cache}
+steps:
+  - name: create
+    command: [sh, -c, 'printf cache.internal > $GANTRY_OUTPUTS/host; printf pw-77-secret-9 > $GANTRY_OUTPUTS/password']
+    outputs:
+      - name: host
+      - name: password
+        secret: true
+  - name: publish
+    template: gantry/marketplace-publish@v1
+    arguments:
+      resource:
+        name: team-cache
+        version: 1.0.0
+        category: cache
+        description: Redis for team A
+        tags: [redis]
+        properties: {type: redis}
+        connectionCredentials:
+          - environments: [dev]
+            parameters:
+              - {key: REDIS_HOST, value: "{{steps.create.outputs.host}}"}
+              - {key: REDIS_PASSWORD, value: "{{steps.create.outputs.password}}", isSecret: true}
+"#;
+
+#[test]
+fn the_marketplace_settings_and_sources_pages_keep_secrets_out_and_follow_roles() {
+    let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[[auth.tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"
+    )));
+    put_pipeline(&server, "make-cache", PUBLISHER);
+    let (_, body) = server.post_json("/api/v1/pipelines/local/make-cache/runs", &json!({}));
+    let id = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(wait_done(&server, &id)["status"], "succeeded");
+    let mut admin = Browser::new(&server);
+    admin.login(server.token());
+
+    // The marketplace: found by type, its page shows keys, plain values, never the secret one.
+    let page = admin.get("/marketplace?type=cache");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(r#"href="/marketplace/team-cache""#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("cache (redis)"), "{}", page.body);
+    let none = admin.get("/marketplace?type=database");
+    assert!(!none.body.contains("team-cache"));
+    let page = admin.get("/marketplace/team-cache");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("<code>cache.internal</code>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<code>REDIS_PASSWORD</code>"));
+    assert!(!page.body.contains("pw-77-secret-9"), "{}", page.body);
+    // Connect to it from the page.
+    let made = admin.post(
+        "/marketplace/team-cache/connect",
+        &[
+            ("name", "app"),
+            ("environment", "dev"),
+            ("version", ""),
+            ("consumer", "shop"),
+        ],
+    );
+    assert_eq!(made.status, 303, "{}", made.body);
+    let conn = server.get_json("/api/v1/connections/app");
+    assert_eq!(conn["resource"], "team-cache", "{conn}");
+    let again = admin.post(
+        "/marketplace/team-cache/connect",
+        &[("name", "app"), ("environment", "dev")],
+    );
+    assert_eq!(again.status, 422);
+    assert!(again.body.contains("exists already"), "{}", again.body);
+    let page = admin.get("/marketplace");
+    assert!(page.body.contains("<td>app</td>"), "{}", page.body);
+
+    // Variables and secrets: set through forms; a secret's value never comes back.
+    let set = admin.post(
+        "/settings/secrets",
+        &[
+            ("name", "db_password"),
+            ("value", "s3cret-from-the-form"),
+            ("pipeline", "local/make-cache"),
+        ],
+    );
+    assert_eq!(set.status, 303, "{}", set.body);
+    let set = admin.post(
+        "/settings/variables",
+        &[("name", "region"), ("value", "eu-west-1")],
+    );
+    assert_eq!(set.status, 303, "{}", set.body);
+    let page = admin.get("/settings");
+    assert!(
+        page.body.contains("<code>db_password</code>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("local/make-cache"));
+    assert!(page.body.contains("<code>eu-west-1</code>"));
+    assert!(!page.body.contains("s3cret-from-the-form"), "{}", page.body);
+    let secrets = server.get_json("/api/v1/secrets");
+    assert!(secrets.to_string().contains("db_password"), "{secrets}");
+    let bad = admin.post("/settings/variables", &[("name", "1bad"), ("value", "x")]);
+    assert_eq!(bad.status, 422);
+    assert!(bad.body.contains("invalid name"), "{}", bad.body);
+    let removed = admin.post(
+        "/settings/secrets/delete",
+        &[("name", "db_password"), ("pipeline", "local/make-cache")],
+    );
+    assert_eq!(removed.status, 303);
+    assert!(!admin.get("/settings").body.contains("db_password"));
+
+    // A viewer sees the pages without their forms, and a post anyway is refused.
+    let mut watcher = Browser::new(&server);
+    watcher.login(VIEWER);
+    let page = watcher.get("/settings");
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains(r#"action="/settings/secrets""#),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        watcher
+            .post("/settings/secrets", &[("name", "x"), ("value", "abcdef")])
+            .status,
+        403
+    );
+    assert!(
+        !watcher
+            .get("/marketplace/team-cache")
+            .body
+            .contains("Create connection")
+    );
+    assert_eq!(
+        watcher
+            .post(
+                "/marketplace/team-cache/connect",
+                &[("name", "b"), ("environment", "dev")]
+            )
+            .status,
+        403
+    );
+    // Sources: none watched here; the page says where local pipelines are.
+    let page = watcher.get("/sources");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("No repository is watched"),
+        "{}",
+        page.body
+    );
+}

@@ -9,6 +9,7 @@
 //! must come from Gantry's own pages: its `Origin` (and `Sec-Fetch-Site`, when the browser sends
 //! it) must say so.
 
+mod admin;
 pub mod ansi;
 mod session;
 
@@ -69,7 +70,9 @@ pub struct Chrome {
     pub can_logout: bool,
     /// Whether the viewer may start, cancel and rerun runs.
     pub can_run: bool,
-    /// Whether the viewer is an admin (the audit log).
+    /// Whether the viewer may change variables, secrets and connections everywhere.
+    pub can_edit: bool,
+    /// Whether the viewer is an admin (the audit log, syncing sources).
     pub is_admin: bool,
 }
 
@@ -81,6 +84,7 @@ impl Chrome {
             who: viewer.who(),
             can_logout: viewer.session,
             can_run: false,
+            can_edit: viewer.caller.refusal(Permission::Edit, None).is_none(),
             is_admin: viewer.caller.refusal(Permission::Admin, None).is_none(),
         }
     }
@@ -171,6 +175,16 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/runs/{id}/rerun", post(rerun))
         .route("/logout", post(session::logout))
         .route("/audit", get(audit))
+        .route("/marketplace", get(admin::marketplace))
+        .route("/marketplace/{resource}", get(admin::resource))
+        .route("/marketplace/{resource}/connect", post(admin::connect))
+        .route("/settings", get(admin::settings))
+        .route("/settings/variables", post(admin::set_variable))
+        .route("/settings/variables/delete", post(admin::remove_variable))
+        .route("/settings/secrets", post(admin::set_secret))
+        .route("/settings/secrets/delete", post(admin::remove_secret))
+        .route("/sources", get(admin::sources))
+        .route("/sources/{source}/sync", post(admin::sync))
         // The audit record inside the login check, so that it sees who is logged in.
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -384,7 +398,7 @@ fn missing_values(
     name: &str,
     pipeline: &crate::spec::model::Pipeline,
 ) -> Result<Vec<String>, StoreError> {
-    let scope = format!("{source}/{name}");
+    let scope = crate::run::config_scope(source, name);
     let vars = state.store.list_vars()?;
     let secrets = state.store.list_secrets()?;
     let set = |list: &[crate::store::ConfigEntry], wanted: &str| {
