@@ -163,6 +163,7 @@ fn time_executor_only(
         pr_number: None,
         checkout: Checkout::None,
         run_dir: dir.join("executor-only"),
+        reuse: Default::default(),
         limits: Limits {
             parallelism: 256,
             ..Limits::default()

@@ -128,6 +128,7 @@ async fn measure(o: &BenchArgo) -> Result<Samples, String> {
             pr_number: None,
             checkout: Checkout::None,
             run_dir: std::env::temp_dir().join("gantry-bench-argo"),
+            reuse: Default::default(),
             limits: Limits::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);

@@ -134,6 +134,12 @@ cancelled with Ctrl-C.")]
     Runs(runs::ListArgs),
     /// Print the log of a run.
     Logs(runs::LogArgs),
+    /// Retry a failed run from its failed step, on a server: the steps that succeeded are not
+    /// run again and keep their outputs; checkouts run again.
+    #[command(after_help = "\
+Needs --server (or GANTRY_SERVER). Follows the new run's log like `gantry run`.
+Exit status: 0 when the new run succeeded, 1 when it failed, 2 when it could not start.")]
+    Retry(runs::RetryArgs),
     /// Manage plain variables (global or per pipeline).
     Vars(config::VarsArgs),
     /// Manage secrets: encrypted at rest, write-only.
@@ -184,6 +190,7 @@ impl Command {
             | Command::Connection(_)
             | Command::Render(_) => true,
             Command::Run(_)
+            | Command::Retry(_)
             | Command::Serve(_)
             | Command::Up(_)
             | Command::Bench(_)
@@ -219,6 +226,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Run(args) => return run::run_remote(client, args),
             Command::Runs(args) => return runs::list_remote(client, args),
             Command::Logs(args) => return runs::logs_remote(client, args),
+            Command::Retry(args) => return runs::retry_remote(client, args),
             _ => {}
         }
     }
@@ -231,6 +239,13 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run(args) => run::run(&data_dir, &args),
         Command::Runs(args) => runs::list(&data_dir, &args),
         Command::Logs(args) => runs::logs(&data_dir, &args),
+        Command::Retry(_) => {
+            eprintln!(
+                "gantry: retry runs on a server: give --server URL (a run of a file is retried by \
+                 running the file again)"
+            );
+            exit::USAGE
+        }
         Command::Vars(args) => config::vars(&data_dir, client.as_ref(), &args),
         Command::Secrets(args) => config::secrets(&data_dir, client.as_ref(), &args),
         Command::Marketplace(args) => market::marketplace(&data_dir, client.as_ref(), &args),

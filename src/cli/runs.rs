@@ -33,6 +33,32 @@ pub struct LogArgs {
     pub follow: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// The run id, or the start of it
+    pub run: String,
+}
+
+/// `gantry --server URL retry RUN`: queues the retry and follows its log to the end.
+pub fn retry_remote(client: &super::remote::Client, args: &RetryArgs) -> u8 {
+    super::remote::block_on(async {
+        let old = client.run_record(&args.run).await?;
+        let path = format!("/api/v1/runs/{}/retry", old.id);
+        let run: crate::store::RunRecord =
+            client.call(reqwest::Method::POST, &path, &[], None).await?;
+        eprintln!(
+            "gantry: run {} #{} retries #{} from its failed step",
+            run.id, run.number, old.number
+        );
+        if run.status.is_active() {
+            client.logs(&run.id, None, true).await?;
+        }
+        let ended = client.run_record(&run.id).await?;
+        eprintln!("gantry: {}", ending(&ended));
+        Ok(super::remote::exit_for(Some(ended.status)))
+    })
+}
+
 /// One run as `gantry runs --json` prints it.
 #[derive(Serialize)]
 pub struct RunJson<'a> {

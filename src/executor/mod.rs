@@ -50,6 +50,27 @@ pub struct RunInput {
     /// The run's own directory; the executor creates `workspace/` and `outputs/` inside.
     pub run_dir: PathBuf,
     pub limits: Limits,
+    /// Steps not to run again, by name: they succeeded in the run this one retries, and their
+    /// outputs are handed on as that run left them.
+    pub reuse: BTreeMap<String, Reused>,
+}
+
+/// A step of an earlier run that a retry takes as it was.
+#[derive(Clone, PartialEq)]
+pub struct Reused {
+    /// The number of the run it succeeded in.
+    pub run_number: u64,
+    /// (name, value, secret).
+    pub outputs: Vec<(String, String, bool)>,
+}
+
+impl fmt::Debug for Reused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reused")
+            .field("run_number", &self.run_number)
+            .field("outputs", &OutputValues(&self.outputs))
+            .finish()
+    }
 }
 
 impl fmt::Debug for RunInput {
@@ -68,6 +89,7 @@ impl fmt::Debug for RunInput {
             .field("checkout", &self.checkout)
             .field("run_dir", &self.run_dir)
             .field("limits", &self.limits)
+            .field("reuse", &self.reuse)
             .finish()
     }
 }
@@ -76,12 +98,22 @@ impl RunInput {
     /// Every value a run's logs, messages and outputs must not show: its secrets and the secret
     /// credentials of its connections.
     pub fn hidden_values(&self) -> impl Iterator<Item = &str> {
-        self.secrets.values().map(String::as_str).chain(
-            self.connections
-                .values()
-                .filter(|c| c.secret)
-                .map(|c| c.value.as_str()),
-        )
+        let reused = self
+            .reuse
+            .values()
+            .flat_map(|r| r.outputs.iter())
+            .filter(|(_, _, secret)| *secret)
+            .map(|(_, value, _)| value.as_str());
+        self.secrets
+            .values()
+            .map(String::as_str)
+            .chain(
+                self.connections
+                    .values()
+                    .filter(|c| c.secret)
+                    .map(|c| c.value.as_str()),
+            )
+            .chain(reused)
     }
 }
 
@@ -747,6 +779,7 @@ mod tests {
             pr_number: None,
             checkout: Checkout::None,
             run_dir: PathBuf::from("/tmp/r1"),
+            reuse: Default::default(),
             limits: Limits::default(),
         };
         let mut values = Values::from_input(&input);

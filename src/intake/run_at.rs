@@ -277,6 +277,7 @@ pub(super) fn run_at(
         }),
         pr: r.pr,
         idempotency_key: Some(key),
+        retry_of: None,
     });
     match submitted {
         Ok(run) => Ok(run),

@@ -76,6 +76,7 @@ fn submit_fire(store: &Store, queue: &Queue, fire: crate::trigger::schedule::Fir
         pr: None,
         // A tick fires at most once already: its mark is flushed before this.
         idempotency_key: None,
+        retry_of: None,
     };
     if let Err(e) = queue.submit(submit) {
         tracing::warn!("schedule of {label} at {}: {e}", fire.tick);

@@ -43,6 +43,7 @@ fn pr_run(store: &Store, pipeline: &str, (sha, reference): (&str, &str), pr: u64
             message: None,
             pr: Some(pr),
             idempotency_key: None,
+            retry_of: None,
         })
         .expect("run")
 }

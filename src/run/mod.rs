@@ -191,6 +191,7 @@ pub fn prepare(store: &Store, req: RunRequest) -> Result<Prepared, StartError> {
             owner: recover::current_owner(),
             pr: None,
             idempotency_key: None,
+            retry_of: None,
         },
     )?;
     start(
@@ -256,6 +257,8 @@ pub struct Enqueue {
     pub pr: Option<u64>,
     /// Created at most once under this key (see `store::NewRun`).
     pub idempotency_key: Option<String>,
+    /// The run this one retries from its failed step.
+    pub retry_of: Option<String>,
 }
 
 /// Records a run (flushed) with a pending record per step of its plan.
@@ -279,6 +282,7 @@ pub fn enqueue(store: &Store, pipeline: &Pipeline, e: Enqueue) -> Result<RunReco
         message: e.message,
         pr: e.pr,
         idempotency_key: e.idempotency_key,
+        retry_of: e.retry_of,
     })
 }
 
@@ -414,6 +418,10 @@ pub fn start(
         run
     };
     let run_dir: PathBuf = store.run_dir(&run.id);
+    let reuse = match &run.retry_of {
+        Some(old) => reused_steps(store, old, &plan)?,
+        None => BTreeMap::new(),
+    };
     let input = RunInput {
         run_id: run.id.clone(),
         run_number: run.number,
@@ -427,6 +435,7 @@ pub fn start(
         pr_number: run.pr,
         checkout: how.checkout,
         run_dir,
+        reuse,
         // A run's files must leave the store's reserve alone: a run that eats into it is stopped.
         limits: crate::executor::Limits {
             keep_free: how.limits.keep_free.max(store.space().reserve),
@@ -440,6 +449,42 @@ pub fn start(
         refusal,
         keep_run_dir: how.keep_run_dir,
     })
+}
+
+/// The steps a retry of run `old` takes as they were: those that succeeded there, but for
+/// checkouts, which run again (the workspace is new), with the outputs they left.
+fn reused_steps(
+    store: &Store,
+    old: &str,
+    plan: &Plan,
+) -> Result<BTreeMap<String, crate::executor::Reused>, StoreError> {
+    let Some(before) = store.get_run(old)? else {
+        return Ok(BTreeMap::new());
+    };
+    let steps = store.steps(old)?;
+    let mut outputs: BTreeMap<String, Vec<(String, String, bool)>> = BTreeMap::new();
+    for (step, name, value, secret) in store.output_values(old)? {
+        outputs.entry(step).or_default().push((name, value, secret));
+    }
+    let mut reuse = BTreeMap::new();
+    for step in &plan.steps {
+        if matches!(step.action, plan::Action::GitCheckout { .. }) {
+            continue;
+        }
+        let succeeded = steps
+            .iter()
+            .any(|s| s.name == step.name && s.state == StepState::Succeeded);
+        if succeeded {
+            reuse.insert(
+                step.name.clone(),
+                crate::executor::Reused {
+                    run_number: before.number,
+                    outputs: outputs.remove(&step.name).unwrap_or_default(),
+                },
+            );
+        }
+    }
+    Ok(reuse)
 }
 
 /// The connection credentials a run's steps reference (`NAME.KEY` → value), resolved in the

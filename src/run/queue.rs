@@ -71,6 +71,8 @@ pub struct Submit {
     /// Submitted at most once under this key: a second submit returns the first run and queues
     /// nothing (a webhook delivery processed again after a crash).
     pub idempotency_key: Option<String>,
+    /// The run this one retries from its failed step: its succeeded steps are reused.
+    pub retry_of: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +289,7 @@ impl Queue {
                 owner: None,
                 pr: s.pr,
                 idempotency_key: s.idempotency_key,
+                retry_of: s.retry_of,
             },
         )?;
         let cancelled = to_cancel.clone();

@@ -322,6 +322,7 @@ mod tests {
             idempotency_key: None,
             executor: None,
             external_id: None,
+            retry_of: None,
         }
     }
 

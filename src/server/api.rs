@@ -403,6 +403,24 @@ pub const ROUTES: &[Route] = &[
         ],
     },
     Route {
+        method: "post",
+        path: "/api/v1/runs/{id}/retry",
+        summary: "Retry a run that failed, was cancelled or interrupted, from its failed step: a new run of the same version, parameters and commit in which the steps that succeeded before are not run again and keep their outputs; checkouts run again (docs/spec.md, \"Retrying a run\"); local executor only",
+        permission: Permission::Run,
+        query: &[],
+        body: None,
+        responses: &[
+            (201, "the new run, queued", Some("Run")),
+            (
+                409,
+                "the run is still active or succeeded, or its pipeline or version is gone",
+                Some("Error"),
+            ),
+            ERR_401,
+            ERR_404,
+        ],
+    },
+    Route {
         method: "get",
         path: "/api/v1/runs/{id}/logs",
         summary: "Log lines as text; with follow=true a server-sent event stream until the step or run ends",
@@ -823,6 +841,7 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
         ("get", "/api/v1/runs/{id}") => get(get_run),
         ("post", "/api/v1/runs/{id}/cancel") => post(cancel_run),
         ("post", "/api/v1/runs/{id}/rerun") => post(rerun),
+        ("post", "/api/v1/runs/{id}/retry") => post(retry),
         ("get", "/api/v1/runs/{id}/logs") => get(logs),
         ("get", "/api/v1/variables") => get(list_vars),
         ("put", "/api/v1/variables/{var}") => put(put_global::<false>),
@@ -1245,6 +1264,7 @@ pub(super) async fn submit_manual(
         },
         pr: None,
         idempotency_key: None,
+        retry_of: None,
     };
     let queue = state.queue.clone();
     Ok(blocking(move || queue.submit(submit)).await??)
@@ -1334,7 +1354,39 @@ pub(super) async fn rerun_of(
     id: &str,
     by: Option<String>,
 ) -> ApiResult<RunRecord> {
+    again(state, id, by, false).await
+}
+
+/// Queues a retry of run `id` from its failed step: the same version, parameters and commit; the
+/// steps that succeeded there are not run again and their outputs are reused; checkouts run
+/// again. Only a run that ended without succeeding can be retried.
+pub(super) async fn retry_of(
+    state: &AppState,
+    id: &str,
+    by: Option<String>,
+) -> ApiResult<RunRecord> {
+    again(state, id, by, true).await
+}
+
+async fn again(
+    state: &AppState,
+    id: &str,
+    by: Option<String>,
+    retry: bool,
+) -> ApiResult<RunRecord> {
     let old = state.store.find_run(id)?;
+    if retry && (old.status.is_active() || old.status == RunStatus::Succeeded) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run {} is {}: only a run that ended without succeeding is retried from its failed \
+                 step (POST /api/v1/runs/{}/rerun runs it again whole)",
+                old.id,
+                old.status.as_str(),
+                old.id
+            ),
+        ));
+    }
     let record = find_pipeline(state, &old.source, &old.pipeline)?;
     if record.retired {
         return Err(ApiError::new(
@@ -1369,17 +1421,34 @@ pub(super) async fn rerun_of(
             } else {
                 "manual".into()
             },
-            detail: Some(match by {
-                Some(w) => format!("rerun of #{} by {w}", old.number),
-                None => format!("rerun of #{}", old.number),
+            detail: Some({
+                let what = if retry {
+                    format!("retry of #{} from its failed step", old.number)
+                } else {
+                    format!("rerun of #{}", old.number)
+                };
+                match by {
+                    Some(w) => format!("{what} by {w}"),
+                    None => what,
+                }
             }),
         },
         git: old.git.clone(),
         pr: old.pr,
         idempotency_key: None,
+        retry_of: retry.then(|| old.id.clone()),
     };
     let queue = state.queue.clone();
     Ok(blocking(move || queue.submit(submit)).await??)
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let run = retry_of(&state, &id, who(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
 }
 
 /// Cancels run `id` (an id or a unique prefix).

@@ -27,7 +27,8 @@ fn schemas() -> Value {
         "steps": {"type": "array", "items": {"type": "string"}},
         "concurrency": {"type": "string"},
         "executor": {"type": "string", "description": "the kind of executor that ran it (`local`, `argo`); absent for runs that never started"},
-        "external_id": {"type": "string", "description": "the run's identity in its executor, when it has one (an Argo Workflow's name)"}
+        "external_id": {"type": "string", "description": "the run's identity in its executor, when it has one (an Argo Workflow's name)"},
+        "retry_of": {"type": "string", "description": "the run this one retries from its failed step"}
     }});
     let pipeline = json!({"type": "object",
     "required": ["source", "name", "path", "version", "commit", "valid", "errors", "retired", "last_run"],

@@ -108,6 +108,10 @@ pub struct RunRecord {
     /// name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
+    /// The run this one retries from its failed step: the steps that succeeded there were not
+    /// run again, their outputs reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
 }
 
 impl RunRecord {

@@ -33,6 +33,8 @@ pub struct NewRun {
     /// Who asked for it, once (`<forge>/<delivery id>/run/<pipeline file path>` for a webhook's
     /// run): a run with a key is created at most once, the key stored in the same transaction.
     pub idempotency_key: Option<String>,
+    /// The run this one retries from its failed step (its succeeded steps are reused).
+    pub retry_of: Option<String>,
 }
 
 /// Why the transaction creating a run stopped.
@@ -189,6 +191,7 @@ impl Store {
             idempotency_key: new.idempotency_key.clone(),
             executor: None,
             external_id: None,
+            retry_of: new.retry_of.clone(),
         };
         let result: Result<u64, TransactionError<CreateAbort>> = (
             &self.inner.runs,
@@ -566,6 +569,37 @@ impl Store {
             value.to_string()
         };
         self.put_json(&self.inner.outputs, &k, &StoredOutput { secret, value })
+    }
+
+    /// The outputs of a run with their values, secret ones opened: (step, name, value, secret).
+    /// Only for handing them to a later run (a retry reuses them), never for showing.
+    pub fn output_values(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .inner
+            .outputs
+            .scan_prefix(key(&[run_id.as_bytes(), b""]))
+        {
+            let (k, v) = entry.map_err(|e| self.db_err(e))?;
+            let stored: StoredOutput = decode(&k, &v)?;
+            let mut parts = key_parts(&k).into_iter().skip(1);
+            let step = parts.next().unwrap_or_default();
+            let name = parts.next().unwrap_or_default();
+            let value = if stored.secret {
+                let sealed = crypto::decode_hex(&stored.value).ok_or_else(|| {
+                    StoreError::Crypto(format!("output {step}.{name} of run {run_id} is not hex"))
+                })?;
+                let open = self.master_key(false)?.open(&k, &sealed)?;
+                String::from_utf8_lossy(&open).into_owned()
+            } else {
+                stored.value
+            };
+            out.push((step, name, value, stored.secret));
+        }
+        Ok(out)
     }
 
     /// The outputs of a run; secret values are left out.

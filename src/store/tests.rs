@@ -37,6 +37,7 @@ fn new_run(pipeline: &str) -> NewRun {
         message: None,
         pr: None,
         idempotency_key: None,
+        retry_of: None,
     }
 }
 

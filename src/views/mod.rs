@@ -485,6 +485,8 @@ pub struct RunPage {
     /// Where the shown log tails end: a live reader goes on from here (`LogCursor::encode`).
     pub cursor: String,
     pub executor: Option<String>,
+    /// The run this one retries from its failed step.
+    pub retry_of: Option<String>,
 }
 
 /// Log lines a run's page shows per step before "earlier lines".
@@ -533,6 +535,7 @@ pub fn run(store: &Store, id: &str) -> Result<RunPage, StoreError> {
         published: crate::marketplace::run_publications(store, &run.id)?,
         cursor: cursor.encode(),
         executor: run.executor.clone(),
+        retry_of: run.retry_of.clone(),
     })
 }
 

@@ -992,3 +992,124 @@ fn the_marketplace_settings_and_sources_pages_keep_secrets_out_and_follow_roles(
         page.body
     );
 }
+
+const FLAKY: &str = r#"apiVersion: gantry.dev/v1
+kind: Pipeline
+metadata: {name: flaky}
+variables: [should_fail]
+steps:
+  - name: one
+    script: |
+      echo "one ran"
+      printf from-one > "$GANTRY_OUTPUTS/note"
+      printf tok-1234567 > "$GANTRY_OUTPUTS/token"
+    outputs:
+      - name: note
+      - name: token
+        secret: true
+  - name: two
+    env: {N: "{{steps.one.outputs.note}}", T: "{{steps.one.outputs.token}}", F: "{{vars.should_fail}}"}
+    script: |
+      echo "two sees $N $T"
+      test "$F" = no
+  - {name: three, script: "echo three ran"}
+"#;
+
+#[test]
+fn a_failed_run_is_retried_from_its_failed_step_reusing_what_succeeded() {
+    let server = GantryServer::start(ServerConfig::new());
+    put_pipeline(&server, "flaky", FLAKY);
+    let set = |v: &str| {
+        let (status, body) = server.put_json("/api/v1/variables/should_fail", &json!({"value": v}));
+        assert_eq!(status, 204, "{body}");
+    };
+    set("yes");
+    let (_, body) = server.post_json("/api/v1/pipelines/local/flaky/runs", &json!({}));
+    let first = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    let run = wait_done(&server, &first);
+    assert_eq!(run["status"], "failed", "{run}");
+    // A run still failing or succeeded cannot be retried; the page offers it for a failed one.
+    let mut browser = Browser::new(&server);
+    browser.login(server.token());
+    assert!(
+        browser
+            .get(&format!("/runs/{first}"))
+            .body
+            .contains(r#"id="retry""#)
+    );
+
+    set("no");
+    let page = browser.post(&format!("/runs/{first}/retry"), &[]);
+    assert_eq!(page.status, 303, "{}", page.body);
+    let second = page
+        .location
+        .and_then(|l| l.strip_prefix("/runs/").map(str::to_string))
+        .expect("the new run's page");
+    let run = wait_done(&server, &second);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["retry_of"], first.as_str(), "{run}");
+    assert!(
+        run["trigger"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("retry of #1 from its failed step"),
+        "{run}"
+    );
+    let steps = run["steps"].as_array().cloned().unwrap_or_default();
+    assert_eq!(steps[0]["state"], "succeeded");
+    assert_eq!(
+        steps[0]["attempts"].as_array().map(Vec::len),
+        Some(0),
+        "not run again"
+    );
+    assert!(
+        steps[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not run again: it succeeded in run #1"),
+        "{run}"
+    );
+    let (_, log) = server.get(&format!("/api/v1/runs/{second}/logs"));
+    assert!(!log.contains("one ran"), "{log}");
+    assert!(
+        log.contains("two sees from-one ***"),
+        "the outputs came over, the secret masked: {log}"
+    );
+    assert!(log.contains("three ran"), "{log}");
+    // The outputs are the new run's too.
+    let outputs = run["outputs"].to_string();
+    assert!(
+        outputs.contains("from-one") && !outputs.contains("tok-1234567"),
+        "{outputs}"
+    );
+    // A succeeded run is not retried.
+    let (status, body) = server.post_json(&format!("/api/v1/runs/{second}/retry"), &json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("rerun"), "{body}");
+
+    // The CLI retries through the server too.
+    set("yes");
+    let (_, body) = server.post_json("/api/v1/pipelines/local/flaky/runs", &json!({}));
+    let third = parse(&body)["id"].as_str().unwrap_or_default().to_string();
+    wait_done(&server, &third);
+    set("no");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "--server",
+            &server.url(),
+            "--token",
+            server.token(),
+            "retry",
+            &third,
+        ])
+        .output()
+        .expect("gantry retry");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("retries #3 from its failed step"), "{said}");
+    let said_out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said_out.contains("three ran") && !said_out.contains("one ran"),
+        "{said_out}"
+    );
+}

@@ -175,6 +175,18 @@ impl Executor for ArgoExecutor {
         events: Sender<Event>,
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<RunOutcome, ExecutorError>> {
+        if !input.reuse.is_empty() {
+            // A Workflow cannot take a task's outputs from an earlier Workflow yet.
+            return Box::pin(async move {
+                Err(ExecutorError::Unavailable {
+                    executor: self.kind().to_string(),
+                    server: "Argo Workflows".into(),
+                    reason: "cannot retry from a failed step (steps of an earlier run are reused \
+                             on the local executor only); run it again whole"
+                        .into(),
+                })
+            });
+        }
         Box::pin(self.run(plan, input, events, cancel))
     }
 

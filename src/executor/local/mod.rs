@@ -353,6 +353,8 @@ struct Scheduler<'a> {
     queue: BTreeSet<usize>,
     /// `StepFinished` events decided but not sent yet (deciding is synchronous; `flush` sends).
     pending: Vec<Event>,
+    /// Steps a retry takes from the run it retries (`RunInput::reuse`).
+    reuse: BTreeMap<String, crate::executor::Reused>,
 }
 
 /// What `gantry/git-checkout@v1` copies from on this machine.
@@ -762,6 +764,7 @@ impl<'a> Scheduler<'a> {
             decidable: BTreeSet::new(),
             queue: BTreeSet::new(),
             pending: Vec::new(),
+            reuse: input.reuse.clone(),
         }
     }
 
@@ -792,6 +795,27 @@ impl<'a> Scheduler<'a> {
         if let Some(reason) = blocked {
             let message = format!("not run: {reason}");
             self.finish_blocked(i, StepStatus::Skipped, message, reason);
+            return;
+        }
+        // A retry takes a step that succeeded in the run it retries as it was: not run again, its
+        // outputs handed on.
+        if let Some(reused) = self.reuse.remove(&step.name) {
+            if !reused.outputs.is_empty() {
+                self.pending.push(Event::Outputs {
+                    step: i,
+                    values: reused.outputs.clone(),
+                });
+            }
+            let message = format!(
+                "not run again: it succeeded in run #{}, whose outputs it keeps",
+                reused.run_number
+            );
+            self.finish(
+                i,
+                StepStatus::Succeeded,
+                Some(message),
+                Some(reused.outputs),
+            );
             return;
         }
         match rules::when(step, &self.values) {

@@ -40,6 +40,7 @@ pub(super) fn input(dir: &Path) -> RunInput {
         pr_number: None,
         checkout: Checkout::None,
         run_dir: dir.to_path_buf(),
+        reuse: Default::default(),
         limits: Limits {
             kill_grace: Duration::from_secs(1),
             ..Limits::default()

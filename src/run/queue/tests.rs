@@ -55,6 +55,7 @@ fn submit(store: &Store, q: &Queue, p: &Pipeline, text: &str, env: &str) -> RunR
         git: None,
         pr: None,
         idempotency_key: None,
+        retry_of: None,
     })
     .expect("submit")
 }
@@ -148,6 +149,7 @@ async fn the_global_limit_holds_and_queued_runs_survive_a_restart() {
                 git: None,
                 pr: None,
                 idempotency_key: None,
+                retry_of: None,
             })
             .expect("submit");
         ids.push(run.id);
@@ -200,6 +202,7 @@ fn submit_from(
         git: None,
         pr: None,
         idempotency_key: None,
+        retry_of: None,
     })
     .expect("submit")
 }

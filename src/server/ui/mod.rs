@@ -173,6 +173,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/runs/{id}/events", get(events))
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/rerun", post(rerun))
+        .route("/runs/{id}/retry", post(retry))
         .route("/logout", post(session::logout))
         .route("/audit", get(audit))
         .route("/marketplace", get(admin::marketplace))
@@ -658,6 +659,20 @@ async fn rerun(
         return no;
     }
     match api::rerun_of(&state, &id, Some(viewer.words())).await {
+        Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
+        Err(e) => error_page(&viewer, e),
+    }
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(no) = run_refused(&state, &viewer, &id) {
+        return no;
+    }
+    match api::retry_of(&state, &id, Some(viewer.words())).await {
         Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
         Err(e) => error_page(&viewer, e),
     }
