@@ -571,12 +571,11 @@ impl Store {
         self.put_json(&self.inner.outputs, &k, &StoredOutput { secret, value })
     }
 
-    /// The outputs of a run with their values, secret ones opened: (step, name, value, secret).
-    /// Only for handing them to a later run (a retry reuses them), never for showing.
-    pub fn output_values(
+    /// The stored outputs of a run, in key order: (key, step, name, stored form).
+    fn stored_outputs(
         &self,
         run_id: &str,
-    ) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+    ) -> Result<Vec<(sled::IVec, String, String, StoredOutput)>, StoreError> {
         let mut out = Vec::new();
         for entry in self
             .inner
@@ -588,6 +587,19 @@ impl Store {
             let mut parts = key_parts(&k).into_iter().skip(1);
             let step = parts.next().unwrap_or_default();
             let name = parts.next().unwrap_or_default();
+            out.push((k, step, name, stored));
+        }
+        Ok(out)
+    }
+
+    /// The outputs of a run with their values, secret ones opened: (step, name, value, secret).
+    /// Only for handing them to a later run (a retry reuses them), never for showing.
+    pub fn output_values(
+        &self,
+        run_id: &str,
+    ) -> Result<Vec<(String, String, String, bool)>, StoreError> {
+        let mut out = Vec::new();
+        for (k, step, name, stored) in self.stored_outputs(run_id)? {
             let value = if stored.secret {
                 let sealed = crypto::decode_hex(&stored.value).ok_or_else(|| {
                     StoreError::Crypto(format!("output {step}.{name} of run {run_id} is not hex"))
@@ -604,25 +616,16 @@ impl Store {
 
     /// The outputs of a run; secret values are left out.
     pub fn outputs(&self, run_id: &str) -> Result<Vec<OutputRecord>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self
-            .inner
-            .outputs
-            .scan_prefix(key(&[run_id.as_bytes(), b""]))
-        {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            let stored: StoredOutput = decode(&k, &v)?;
-            let mut parts = key_parts(&k).into_iter().skip(1);
-            let step = parts.next().unwrap_or_default();
-            let name = parts.next().unwrap_or_default();
-            out.push(OutputRecord {
+        Ok(self
+            .stored_outputs(run_id)?
+            .into_iter()
+            .map(|(_, step, name, stored)| OutputRecord {
                 step,
                 name,
                 secret: stored.secret,
                 value: (!stored.secret).then_some(stored.value),
-            });
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     // ---- publications ----------------------------------------------------------------------

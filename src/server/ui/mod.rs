@@ -636,18 +636,37 @@ fn run_refused(state: &AppState, viewer: &Viewer, id: &str) -> Option<Response> 
     }
 }
 
+/// What a button on a run's page does.
+#[derive(Clone, Copy)]
+enum RunAction {
+    Cancel,
+    Rerun,
+    Retry,
+}
+
+/// Does `action` to run `id` if the viewer may, then shows the run it leads to.
+async fn act(state: AppState, viewer: Viewer, id: String, action: RunAction) -> Response {
+    if let Some(no) = run_refused(&state, &viewer, &id) {
+        return no;
+    }
+    let by = Some(viewer.words());
+    let done = match action {
+        RunAction::Cancel => api::cancel_of(&state, &id).await,
+        RunAction::Rerun => api::rerun_of(&state, &id, by).await,
+        RunAction::Retry => api::retry_of(&state, &id, by).await,
+    };
+    match done {
+        Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
+        Err(e) => error_page(&viewer, e),
+    }
+}
+
 async fn cancel(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(no) = run_refused(&state, &viewer, &id) {
-        return no;
-    }
-    match api::cancel_of(&state, &id).await {
-        Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
-        Err(e) => error_page(&viewer, e),
-    }
+    act(state, viewer, id, RunAction::Cancel).await
 }
 
 async fn rerun(
@@ -655,13 +674,7 @@ async fn rerun(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(no) = run_refused(&state, &viewer, &id) {
-        return no;
-    }
-    match api::rerun_of(&state, &id, Some(viewer.words())).await {
-        Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
-        Err(e) => error_page(&viewer, e),
-    }
+    act(state, viewer, id, RunAction::Rerun).await
 }
 
 async fn retry(
@@ -669,13 +682,7 @@ async fn retry(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<String>,
 ) -> Response {
-    if let Some(no) = run_refused(&state, &viewer, &id) {
-        return no;
-    }
-    match api::retry_of(&state, &id, Some(viewer.words())).await {
-        Ok(run) => Redirect::to(&format!("/runs/{}", run.id)).into_response(),
-        Err(e) => error_page(&viewer, e),
-    }
+    act(state, viewer, id, RunAction::Retry).await
 }
 
 #[derive(Deserialize, Default)]
