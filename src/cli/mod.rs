@@ -171,6 +171,11 @@ as a second YAML document (JSON: an array): fill in and apply the Secret first."
     Bench(bench::Args),
     /// Try webhooks without a forge: replay a sample delivery, signed, to a server.
     Webhook(webhook::Args),
+    /// Print the argon2 hash of a password read from stdin, for `[[auth.users]] password_hash`.
+    #[command(after_help = "\
+Example:
+  printf %s 'the password' | gantry hash-password")]
+    HashPassword,
 }
 
 impl Command {
@@ -188,7 +193,8 @@ impl Command {
             | Command::Pipeline(_)
             | Command::Marketplace(_)
             | Command::Connection(_)
-            | Command::Render(_) => true,
+            | Command::Render(_)
+            | Command::HashPassword => true,
             Command::Run(_)
             | Command::Retry(_)
             | Command::Serve(_)
@@ -253,6 +259,31 @@ pub fn run(cli: Cli) -> u8 {
         Command::Bench(args) => bench::run(&args),
         Command::Render(args) => render::run(&args),
         Command::Webhook(args) => webhook::run(&args),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `gantry hash-password`: the first line of stdin (without its line break) as an argon2id hash.
+fn hash_password() -> u8 {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("gantry: cannot read the password from stdin: {e}");
+        return exit::USAGE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.chars().count() < 8 {
+        eprintln!("gantry: give a password of at least 8 characters on stdin");
+        return exit::USAGE;
+    }
+    match crate::config::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            exit::FAILURE
+        }
     }
 }
 

@@ -243,6 +243,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
             min_free: Default::default(),
         },
         tokens: vec![ApiToken::admin("admin", &token)],
+        users: Vec::new(),
         repos: vec![RepoConfig {
             name: "demo".into(),
             url: format!("file://{}", repo.display()),

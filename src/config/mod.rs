@@ -65,6 +65,8 @@ pub struct Config {
     pub storage: Storage,
     /// `[[auth.tokens]]`: bearer tokens for the API.
     pub tokens: Vec<ApiToken>,
+    /// `[[auth.users]]`: people who log in to the pages with a password.
+    pub users: Vec<UserAccount>,
     pub repos: Vec<RepoConfig>,
     /// `[executor]`: the executors runs go to.
     pub executors: ExecutorsConfig,
@@ -290,6 +292,53 @@ impl ApiToken {
     }
 }
 
+/// One `[[auth.users]]` entry. `Debug` hides the hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserAccount {
+    /// The user's name and what they may do (`token` is empty: users log in with a password).
+    pub grant: ApiToken,
+    /// The argon2 hash of the password, in PHC form (`$argon2id$v=19$...`).
+    pub password_hash: String,
+}
+
+impl fmt::Debug for UserAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserAccount")
+            .field("name", &self.grant.name)
+            .field("role", &self.grant.role)
+            .field("password_hash", &"***")
+            .finish()
+    }
+}
+
+impl UserAccount {
+    /// Whether `password` is the user's (argon2, constant-time in the crate). Slow on purpose:
+    /// call it off the async threads.
+    pub fn verify(&self, password: &str) -> bool {
+        use argon2::PasswordVerifier;
+        argon2::PasswordHash::new(&self.password_hash)
+            .map(|hash| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &hash)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    }
+}
+
+/// The argon2id hash of `password` in PHC form, with a fresh salt (`gantry hash-password`).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness for a salt: {e}"))?;
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+        .map_err(|e| format!("cannot encode the salt: {e}"))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash the password: {e}"))
+}
+
 /// What a caller may do, each role including the ones before it: a `viewer` reads, a `runner`
 /// also starts and cancels runs, an `editor` also changes pipelines defined in Gantry, variables,
 /// secrets, connections and marketplace entries, an `admin` also manages sources.
@@ -474,7 +523,7 @@ impl Config {
     /// only listen on a loopback address.
     pub fn check_listen_safety(&self) -> Result<(), String> {
         let listen = self.server.listen;
-        if self.tokens.is_empty() && !listen.ip().is_loopback() {
+        if self.tokens.is_empty() && self.users.is_empty() && !listen.ip().is_loopback() {
             return Err(format!(
                 "refusing to listen on {listen} without an API token: anyone who can reach that \
                  address could run pipelines and read their logs; add an [[auth.tokens]] entry or \
@@ -490,7 +539,7 @@ impl Config {
     /// pipelines. `insecure_no_auth` (`--insecure-no-auth`) allows none, and then only on a
     /// loopback address.
     pub fn check_auth(&self, insecure_no_auth: bool) -> Result<(), String> {
-        if self.tokens.is_empty() && !insecure_no_auth {
+        if self.tokens.is_empty() && self.users.is_empty() && !insecure_no_auth {
             return Err(
                 "refusing to start without an API token: anyone who can reach the API could run \
                  pipelines and read their logs; add an [[auth.tokens]] entry, or pass \
@@ -714,10 +763,14 @@ impl Checker<'_> {
 
         let mut tokens = Vec::new();
         let mut names = Vec::new();
+        let mut users = Vec::new();
         if let Some(auth) = self.table(table, "", "auth") {
-            self.unknown_keys(auth, "auth", &["tokens"]);
+            self.unknown_keys(auth, "auth", &["tokens", "users"]);
             for (i, item) in self.tables(auth, "auth", "tokens") {
                 tokens.extend(self.token(&format!("auth.tokens[{i}]"), item, &mut names));
+            }
+            for (i, item) in self.tables(auth, "auth", "users") {
+                users.extend(self.user(&format!("auth.users[{i}]"), item, &mut names));
             }
         }
 
@@ -737,6 +790,7 @@ impl Checker<'_> {
                 min_free,
             },
             tokens,
+            users,
             repos,
             executors,
         }
@@ -1188,6 +1242,22 @@ impl Checker<'_> {
             );
             return None;
         }
+        let (role, scopes, credentials) = self.grant(table, path)?;
+        Some(ApiToken {
+            name,
+            token,
+            role,
+            scopes,
+            credentials,
+        })
+    }
+
+    /// `role`, `scopes` and `credentials` of a token or user entry.
+    fn grant(
+        &mut self,
+        table: &DeTable<'_>,
+        path: &str,
+    ) -> Option<(Role, BTreeMap<String, Role>, bool)> {
         let role = match self.string(table, path, "role") {
             None => Role::Admin,
             Some((text, span)) => match Role::parse(&text) {
@@ -1258,12 +1328,56 @@ impl Checker<'_> {
                 }
             },
         };
-        Some(ApiToken {
-            name,
-            token,
-            role,
-            scopes,
-            credentials,
+        Some((role, scopes, credentials))
+    }
+
+    /// One `[[auth.users]]` entry: a person who logs in to the pages with a password, whose
+    /// argon2 hash (`gantry hash-password`) the config holds. `seen` holds token and user names.
+    fn user(&mut self, path: &str, t: &Value<'_>, seen: &mut Vec<String>) -> Option<UserAccount> {
+        let table = t.get_ref().as_table()?;
+        self.unknown_keys(
+            table,
+            path,
+            &["name", "password_hash", "role", "scopes", "credentials"],
+        );
+        let name = self.required_string(table, t.span(), path, "name");
+        let hash = self.required_string(table, t.span(), path, "password_hash");
+        let (name, name_span) = name?;
+        if name.is_empty() {
+            self.error(&join(path, "name"), &name_span, "must not be empty");
+            return None;
+        }
+        if seen.contains(&name) {
+            self.error(
+                &join(path, "name"),
+                &name_span,
+                format!("duplicate name `{name}`; token and user names must be unique"),
+            );
+            return None;
+        }
+        seen.push(name.clone());
+        let (hash, hash_span) = hash?;
+        if let Err(e) = argon2::PasswordHash::new(&hash) {
+            self.error(
+                &join(path, "password_hash"),
+                &hash_span,
+                format!(
+                    "is not a password hash ({e}); make one with `gantry hash-password` (the \
+                     password on stdin)"
+                ),
+            );
+            return None;
+        }
+        let (role, scopes, credentials) = self.grant(table, path)?;
+        Some(UserAccount {
+            grant: ApiToken {
+                name,
+                token: String::new(),
+                role,
+                scopes,
+                credentials,
+            },
+            password_hash: hash,
         })
     }
 

@@ -819,3 +819,36 @@ credentials = true
     );
     assert!(e.contains("neither a source"), "{e}");
 }
+
+#[test]
+fn users_log_in_with_an_argon2_hash_and_share_names_with_no_token() {
+    let hash = hash_password("correct horse battery").expect("a hash");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let c = ok(&format!(
+        "[[auth.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\nrole = \"runner\"\n"
+    ));
+    assert_eq!(c.users.len(), 1);
+    let ann = &c.users[0];
+    assert_eq!(
+        (ann.grant.name.as_str(), ann.grant.role),
+        ("ann", Role::Runner)
+    );
+    assert!(!ann.grant.credentials);
+    assert!(ann.verify("correct horse battery"));
+    assert!(!ann.verify("correct horse"));
+    assert!(!format!("{ann:?}").contains(&hash), "Debug hides the hash");
+    let e = one_error("[[auth.users]]\nname = \"ann\"\npassword_hash = \"hunter2\"\n");
+    assert!(
+        e.contains("auth.users[0].password_hash") && e.contains("gantry hash-password"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "[[auth.tokens]]\nname = \"ann\"\ntoken = \"t-0123456789abcdef0123\"\n[[auth.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\n"
+    ));
+    assert!(e.contains("duplicate name `ann`"), "{e}");
+    // Users alone are enough to serve with: nobody gets in without logging in.
+    let users_only = ok(&format!(
+        "[[auth.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\n"
+    ));
+    assert!(users_only.check_auth(false).is_ok());
+}

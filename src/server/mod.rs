@@ -63,6 +63,8 @@ pub struct AppState {
     pub queue: Queue,
     pub repos: Arc<BTreeMap<String, Arc<WatchedRepo>>>,
     pub tokens: Arc<Vec<ApiToken>>,
+    /// `[[auth.users]]`: people who log in to the pages with a password.
+    pub users: Arc<Vec<crate::config::UserAccount>>,
     pub public_url: String,
     pub outbox: Arc<Outbox>,
     /// Wakes the delivery processor and hands it the events read here.
@@ -84,6 +86,14 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether `/metrics` answers without a token (`[server] metrics_public`).
     pub metrics_public: bool,
+}
+
+impl AppState {
+    /// Served without tokens or users (`--insecure-no-auth`, loopback only): every request is
+    /// let in, and checked for its Host and Origin instead.
+    pub fn open(&self) -> bool {
+        self.tokens.is_empty() && self.users.is_empty()
+    }
 }
 
 /// Requests handled at once on the work runtime before new ones are refused with a 503.
@@ -673,14 +683,22 @@ impl Caller {
     }
 }
 
-/// The token configured with the name `name`.
-fn token_named<'a>(tokens: &'a [ApiToken], name: &str) -> Option<&'a ApiToken> {
-    tokens.iter().find(|t| t.name == name)
+/// What the holder of a page session may do: the grant of the token or user it was opened
+/// with (`method` `token` or `password`), as the config says now; none once it is gone from it.
+fn grant_named<'a>(state: &'a AppState, name: &str, method: &str) -> Option<&'a ApiToken> {
+    match method {
+        "password" => state
+            .users
+            .iter()
+            .map(|u| &u.grant)
+            .find(|g| g.name == name),
+        _ => state.tokens.iter().find(|t| t.name == name),
+    }
 }
 
 async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     request.headers_mut().remove(TOKEN_NAME_HEADER);
-    if state.tokens.is_empty() {
+    if state.open() {
         // No tokens configured: allowed only on loopback (checked at start).
         request.extensions_mut().insert(Caller::anonymous());
         return next.run(request).await;
@@ -716,7 +734,7 @@ async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -
                 .await
                 .ok()
                 .flatten();
-            match who.as_deref().and_then(|n| token_named(&state.tokens, n)) {
+            match who.and_then(|(n, m)| grant_named(&state, &n, &m)) {
                 Some(token) => Caller::of(token, "session"),
                 None => return unauthorized("missing `Authorization: Bearer <token>` header"),
             }
@@ -798,7 +816,7 @@ pub async fn serve(
     config
         .check_auth(options.insecure_no_auth)
         .map_err(ServeError::Unsafe)?;
-    if config.tokens.is_empty() {
+    if config.tokens.is_empty() && config.users.is_empty() {
         tracing::warn!(
             "serving without an API token (--insecure-no-auth): every local \
              user and process that can reach {} can run pipelines and read their logs",
@@ -937,6 +955,7 @@ pub async fn serve(
         queue: queue.clone(),
         repos: repos.clone(),
         tokens: Arc::new(config.tokens.clone()),
+        users: Arc::new(config.users.clone()),
         public_url: config.server.public_url.clone(),
         outbox: outbox.clone(),
         deliveries: Arc::default(),

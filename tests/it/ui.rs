@@ -1113,3 +1113,73 @@ fn a_failed_run_is_retried_from_its_failed_step_reusing_what_succeeded() {
         "{said_out}"
     );
 }
+
+#[test]
+fn a_user_logs_in_with_a_password_from_the_config_and_gets_the_user_s_role() {
+    let hash = {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .arg("hash-password")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("gantry hash-password");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"open sesame 42\n").expect("the password");
+        }
+        let out = child.wait_with_output().expect("its hash");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[[auth.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\nrole = \"viewer\"\n"
+    )));
+    put_pipeline(
+        &server,
+        "hello",
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: hello}\nsteps:\n  - {name: s, script: \"echo hi\"}\n",
+    );
+    let browser = Browser::new(&server);
+    let form = browser.get("/login");
+    assert!(form.body.contains(r#"name="password""#), "{}", form.body);
+    for (user, password) in [("ann", "open sesame"), ("bob", "open sesame 42")] {
+        let page = browser.post("/login", &[("user", user), ("password", password)]);
+        assert_eq!(page.status, 401, "{user}");
+        assert!(page.body.contains("Wrong user name or password"));
+        assert!(page.set_cookie.is_none());
+    }
+    let page = browser.post(
+        "/login",
+        &[
+            ("user", "ann"),
+            ("password", "open sesame 42"),
+            ("next", "/"),
+        ],
+    );
+    assert_eq!(page.status, 303, "{}", page.body);
+    let cookie = page
+        .set_cookie
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .expect("a session");
+    let ann = Browser {
+        cookie: Some(cookie),
+        ..Browser::new(&server)
+    };
+    let page = ann.get("/pipelines/local/hello");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(">ann<"), "{}", page.body);
+    assert!(
+        !page.body.contains("/pipelines/local/hello/run\""),
+        "a viewer: {}",
+        page.body
+    );
+    assert_eq!(ann.post("/pipelines/local/hello/run", &[]).status, 403);
+    // The refused attempts and the login are in the audit log.
+    let audit = server.get_json("/api/v1/audit?text=login");
+    let text = audit.to_string();
+    assert!(
+        text.contains("user bob") && text.contains("\"who\":\"ann\""),
+        "{audit}"
+    );
+}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::{Chrome, page};
 use crate::server::api::{ApiError, Permission};
-use crate::server::{AppState, Caller, token_named};
+use crate::server::{AppState, Caller, grant_named};
 use crate::store::sessions::SessionLimits;
 
 /// The cookie that holds the session id.
@@ -58,11 +58,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
-/// The name of whoever holds a live session in the request's cookie.
-pub fn session_of(state: &AppState, headers: &HeaderMap) -> Option<String> {
+/// Who holds a live session in the request's cookie, and how they logged in.
+pub fn session_of(state: &AppState, headers: &HeaderMap) -> Option<(String, String)> {
     let id = cookie(headers, SESSION_COOKIE)?;
     match state.store.session(id, SessionLimits::default()) {
-        Ok(Some(record)) => Some(record.who),
+        Ok(Some(record)) => Some((record.who, record.method)),
         _ => None,
     }
 }
@@ -75,7 +75,7 @@ fn local_path(next: &str) -> &str {
 
 /// Lets a page request through with its `Viewer`, or sends the browser to log in.
 pub async fn require(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let viewer = if state.tokens.is_empty() {
+    let viewer = if state.open() {
         Viewer {
             caller: Caller::anonymous(),
             session: false,
@@ -87,7 +87,7 @@ pub async fn require(State(state): State<AppState>, mut request: Request, next: 
             .await
             .ok()
             .flatten();
-        match who.as_deref().and_then(|n| token_named(&state.tokens, n)) {
+        match who.and_then(|(n, m)| grant_named(&state, &n, &m)) {
             Some(token) => Viewer {
                 caller: Caller::of(token, "session"),
                 session: true,
@@ -130,7 +130,7 @@ fn urlencode(text: &str) -> String {
 /// must come from Gantry's own pages.
 pub async fn same_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if state.tokens.is_empty()
+    if state.open()
         && let Err(refusal) = crate::server::guard::check_authority(headers, &state.public_url)
     {
         return refusal.into_response();
@@ -157,6 +157,8 @@ struct LoginPage {
     chrome: Chrome,
     next: String,
     error: Option<String>,
+    /// Whether users with passwords are configured (the form then asks for either).
+    users: bool,
 }
 
 fn anonymous() -> Chrome {
@@ -179,7 +181,7 @@ pub async fn login_form(
         .ok()
         .and_then(|Query(q)| q.next)
         .unwrap_or_else(|| "/".to_string());
-    if state.tokens.is_empty() {
+    if state.open() {
         return Redirect::to(local_path(&next)).into_response();
     }
     page(
@@ -188,30 +190,31 @@ pub async fn login_form(
             chrome: anonymous(),
             next: local_path(&next).to_string(),
             error: None,
+            users: !state.users.is_empty(),
         },
     )
 }
 
 #[derive(Deserialize)]
 pub struct LoginForm {
+    #[serde(default)]
     token: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    password: String,
     #[serde(default)]
     next: String,
 }
 
 /// Records a login, or a refused one, in the audit log.
-async fn login_audit(state: &AppState, who: Option<&str>, from: Option<String>) {
+async fn login_audit(state: &AppState, who: &str, done: bool, from: Option<String>) {
     let entry = crate::store::audit::AuditEntry {
         id: String::new(),
         at: chrono::Utc::now(),
-        who: who.unwrap_or("unknown token").to_string(),
+        who: who.to_string(),
         via: "web".into(),
-        action: if who.is_some() {
-            "login"
-        } else {
-            "login refused"
-        }
-        .into(),
+        action: if done { "login" } else { "login refused" }.into(),
         target: "/login".into(),
         from,
         status: None,
@@ -222,14 +225,38 @@ async fn login_audit(state: &AppState, who: Option<&str>, from: Option<String>) 
     }
 }
 
-pub async fn login(
-    State(state): State<AppState>,
-    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    Form(form): Form<LoginForm>,
-) -> Response {
-    let next = local_path(&form.next).to_string();
-    if state.tokens.is_empty() {
-        return Redirect::to(&next).into_response();
+/// A hash no password matches, verified when a login names an unknown user, so that an unknown
+/// name takes as long to refuse as a wrong password.
+fn decoy_hash() -> &'static crate::config::UserAccount {
+    static DECOY: std::sync::OnceLock<crate::config::UserAccount> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| {
+        let mut random = [0u8; 24];
+        let _ = getrandom::getrandom(&mut random);
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        crate::config::UserAccount {
+            grant: crate::config::ApiToken::admin("", ""),
+            password_hash: crate::config::hash_password(&password).unwrap_or_default(),
+        }
+    })
+}
+
+/// Who the form's credentials name, and how (`token` or `password`); `None` when they name
+/// nobody. A password is checked off the async threads (argon2 is slow on purpose).
+async fn check_login(state: &AppState, form: &LoginForm) -> Option<(String, &'static str)> {
+    if !form.user.trim().is_empty() {
+        let name = form.user.trim().to_string();
+        let user = state.users.iter().find(|u| u.grant.name == name).cloned();
+        let password = form.password.clone();
+        let ok = tokio::task::spawn_blocking(move || match &user {
+            Some(u) => u.verify(&password),
+            None => {
+                decoy_hash().verify(&password);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        return ok.then_some((name, "password"));
     }
     let given = form.token.trim();
     let found = state.tokens.iter().fold(None, |found, t| {
@@ -239,21 +266,48 @@ pub async fn login(
             found
         }
     });
+    found.map(|name| (name, "token"))
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let next = local_path(&form.next).to_string();
+    if state.open() {
+        return Redirect::to(&next).into_response();
+    }
+    let found = check_login(&state, &form).await;
     let from = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip().to_string());
-    login_audit(&state, found.as_deref(), from).await;
-    let Some(who) = found else {
+    let tried = if form.user.trim().is_empty() {
+        "unknown token".to_string()
+    } else {
+        format!("user {}", form.user.trim())
+    };
+    match &found {
+        Some((who, _)) => login_audit(&state, who, true, from).await,
+        None => login_audit(&state, &tried, false, from).await,
+    }
+    let Some((who, method)) = found else {
+        let error = if form.user.trim().is_empty() {
+            "That is not one of the configured API tokens."
+        } else {
+            "Wrong user name or password."
+        };
         return page(
             StatusCode::UNAUTHORIZED,
             &LoginPage {
                 chrome: anonymous(),
                 next,
-                error: Some("That is not one of the configured API tokens.".into()),
+                error: Some(error.into()),
+                users: !state.users.is_empty(),
             },
         );
     };
     let store = state.store.clone();
     let created = tokio::task::spawn_blocking(move || {
-        store.create_session(&who, "token", SessionLimits::default())
+        store.create_session(&who, method, SessionLimits::default())
     })
     .await;
     let id = match created {
