@@ -1209,17 +1209,16 @@ impl Checker<'_> {
         }
     }
 
-    /// `seen` collects the names of the entries checked so far, to report duplicates.
-    fn token(&mut self, path: &str, t: &Value<'_>, seen: &mut Vec<String>) -> Option<ApiToken> {
-        let table = t.get_ref().as_table()?;
-        self.unknown_keys(
-            table,
-            path,
-            &["name", "token", "role", "scopes", "credentials"],
-        );
-        let name = self.required_string(table, t.span(), path, "name");
-        let token = self.required_string(table, t.span(), path, "token");
-        let (name, name_span) = name?;
+    /// The `name` of a token or user entry: not empty, not one of `seen` (token and user
+    /// names alike, which it joins).
+    fn entry_name(
+        &mut self,
+        table: &DeTable<'_>,
+        t: &Value<'_>,
+        path: &str,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        let (name, name_span) = self.required_string(table, t.span(), path, "name")?;
         if name.is_empty() {
             self.error(&join(path, "name"), &name_span, "must not be empty");
             return None;
@@ -1228,11 +1227,25 @@ impl Checker<'_> {
             self.error(
                 &join(path, "name"),
                 &name_span,
-                format!("duplicate token name `{name}`; token names must be unique"),
+                format!("duplicate name `{name}`; token and user names must be unique"),
             );
             return None;
         }
         seen.push(name.clone());
+        Some(name)
+    }
+
+    /// `seen` collects the names of the entries checked so far, to report duplicates.
+    fn token(&mut self, path: &str, t: &Value<'_>, seen: &mut Vec<String>) -> Option<ApiToken> {
+        let table = t.get_ref().as_table()?;
+        self.unknown_keys(
+            table,
+            path,
+            &["name", "token", "role", "scopes", "credentials"],
+        );
+        let name = self.entry_name(table, t, path, seen);
+        let token = self.required_string(table, t.span(), path, "token");
+        let name = name?;
         let (token, token_span) = token?;
         if let Err(problem) = check_token(&token) {
             self.error(
@@ -1340,22 +1353,9 @@ impl Checker<'_> {
             path,
             &["name", "password_hash", "role", "scopes", "credentials"],
         );
-        let name = self.required_string(table, t.span(), path, "name");
+        let name = self.entry_name(table, t, path, seen);
         let hash = self.required_string(table, t.span(), path, "password_hash");
-        let (name, name_span) = name?;
-        if name.is_empty() {
-            self.error(&join(path, "name"), &name_span, "must not be empty");
-            return None;
-        }
-        if seen.contains(&name) {
-            self.error(
-                &join(path, "name"),
-                &name_span,
-                format!("duplicate name `{name}`; token and user names must be unique"),
-            );
-            return None;
-        }
-        seen.push(name.clone());
+        let name = name?;
         let (hash, hash_span) = hash?;
         if let Err(e) = argon2::PasswordHash::new(&hash) {
             self.error(

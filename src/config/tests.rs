@@ -440,7 +440,7 @@ fn api_tokens_are_checked_without_showing_them() {
     let twice = format!("{}{}", token("ci", ADMIN_TOKEN), token("ci", GITHUB_TOKEN));
     assert_eq!(
         one_error(&twice),
-        "5:8: auth.tokens[1].name: duplicate token name `ci`; token names must be unique"
+        "5:8: auth.tokens[1].name: duplicate name `ci`; token and user names must be unique"
     );
     assert_eq!(
         errors("[[auth.tokens]]\ntoken = 12345678901234567890\n"),
