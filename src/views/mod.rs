@@ -301,11 +301,24 @@ pub fn dashboard(store: &Store, filter: &DashboardFilter) -> Result<Dashboard, S
     })
 }
 
-/// One line of a pipeline's definition.
+/// One line of a pipeline's definition, with the errors located on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecLine {
     pub number: usize,
     pub text: String,
+    /// `column: message` of each error on this line.
+    pub errors: Vec<String>,
+}
+
+fn numbered(text: &str) -> Vec<SpecLine> {
+    text.lines()
+        .enumerate()
+        .map(|(i, t)| SpecLine {
+            number: i + 1,
+            text: t.to_string(),
+            errors: Vec::new(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -331,6 +344,9 @@ pub struct PipelinePage {
     /// Why the definition as last read does not validate, each as `file:line:col: message`
     /// (that text is not a version, so runs keep using the shown one).
     pub errors: Vec<String>,
+    /// That text, when the caller could read it (a repository's file at the commit it was read
+    /// at), each error on its line.
+    pub invalid_lines: Vec<SpecLine>,
     pub versions: Vec<VersionRow>,
     pub runs: Vec<RunRow>,
     pub page: usize,
@@ -376,11 +392,13 @@ fn trigger_words(on: &crate::spec::model::Triggers) -> Vec<String> {
 }
 
 /// The page of `source/name`, runs page `page` (from 0); `None` when there is no such pipeline.
+/// `invalid_text` is the file as last read, when it does not validate and the caller has it.
 pub fn pipeline(
     store: &Store,
     source: &str,
     name: &str,
     page: usize,
+    invalid_text: Option<&str>,
 ) -> Result<Option<PipelinePage>, StoreError> {
     let Some(p) = store.get_pipeline(source, name)? else {
         return Ok(None);
@@ -401,15 +419,25 @@ pub fn pipeline(
         .and_then(|v| versions.iter().find(|x| x.version == v));
     let parsed = current.and_then(|v| crate::spec::check(&v.text).pipeline);
     let text = current.map(|v| v.text.clone()).unwrap_or_default();
-    let lines: Vec<SpecLine> = text
-        .lines()
-        .enumerate()
-        .map(|(i, t)| SpecLine {
-            number: i + 1,
-            text: t.to_string(),
-        })
-        .collect();
+    let lines = numbered(&text);
     let errors = p.errors.iter().map(|e| e.to_string()).collect();
+    // The file that does not validate, as the sync last read it, with each error on its line.
+    let invalid_lines = match invalid_text {
+        Some(text) if !p.valid => {
+            let mut lines = numbered(text);
+            for e in &p.errors {
+                if let Some(line) = (e.line as usize)
+                    .checked_sub(1)
+                    .and_then(|l| lines.get_mut(l))
+                {
+                    line.errors
+                        .push(format!("column {}: {}", e.column, e.message));
+                }
+            }
+            lines
+        }
+        _ => Vec::new(),
+    };
     let (labels, description) = labels_and_description(store, &p);
     let newest = store.list_runs(Some(&key), 1)?.first().map(RunRow::of);
     Ok(Some(PipelinePage {
@@ -436,6 +464,7 @@ pub fn pipeline(
         manual: parsed.as_ref().is_some_and(|x| x.on.manual) && !p.retired,
         lines,
         errors,
+        invalid_lines,
         versions: versions
             .iter()
             .rev()

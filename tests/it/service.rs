@@ -228,6 +228,25 @@ fn an_invalid_push_keeps_the_last_good_version_and_shows_located_errors() {
         ),
         "the misspelt key is reported at 5:1: {p}"
     );
+    // The pipeline's page shows the file as read, the error under its line, and the dashboard
+    // lists the definition among what needs attention.
+    let mut page_user = crate::ui::Browser::new(&s);
+    page_user.login(s.token());
+    let page = page_user.get("/pipelines/infra/alpha");
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains(r##"<span class="ln bad" id="E5"><a href="#E5">5</a>stpes:</span>"##),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("^ column 1: "), "{}", page.body);
+    let dashboard = page_user.get("/");
+    assert!(
+        dashboard.body.contains("invalid definition"),
+        "{}",
+        dashboard.body
+    );
 
     let run = start(&s, "infra/alpha", json!({}));
     assert_eq!(run["version"], 1, "{run}");

@@ -1183,3 +1183,43 @@ fn a_user_logs_in_with_a_password_from_the_config_and_gets_the_user_s_role() {
         "{audit}"
     );
 }
+
+#[test]
+fn a_local_pipeline_rolls_back_from_its_page() {
+    let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
+        "[[auth.tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"
+    )));
+    let v1 = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: hello}\nsteps:\n  - {name: s, script: \"echo one\"}\n";
+    put_pipeline(&server, "hello", v1);
+    put_pipeline(&server, "hello", &v1.replace("echo one", "echo two"));
+    let mut admin = Browser::new(&server);
+    admin.login(server.token());
+    let page = admin.get("/pipelines/local/hello");
+    assert!(page.body.contains("roll back to this"), "{}", page.body);
+    let mut watcher = Browser::new(&server);
+    watcher.login(VIEWER);
+    assert!(
+        !watcher
+            .get("/pipelines/local/hello")
+            .body
+            .contains("roll back to this")
+    );
+    assert_eq!(
+        watcher
+            .post("/pipelines/local/hello/rollback", &[("to", "1")])
+            .status,
+        403
+    );
+    let done = admin.post("/pipelines/local/hello/rollback", &[("to", "1")]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    let pipeline = server.get_json("/api/v1/pipelines/local/hello");
+    assert!(
+        pipeline["spec"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("echo one"),
+        "{pipeline}"
+    );
+    let bad = admin.post("/pipelines/local/hello/rollback", &[("to", "9")]);
+    assert_eq!(bad.status, 404, "{}", bad.body);
+}

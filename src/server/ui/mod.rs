@@ -90,10 +90,11 @@ impl Chrome {
     }
 
     /// The chrome of a page about pipeline `source/name`, where runs may be started or cancelled
-    /// if the viewer's role allows.
+    /// (and a local pipeline rolled back) if the viewer's role allows.
     fn on(viewer: &Viewer, source: &str, name: &str) -> Chrome {
         Chrome {
             can_run: viewer.refusal(Permission::Run, source, name).is_none(),
+            can_edit: viewer.refusal(Permission::Edit, source, name).is_none(),
             ..Chrome::of(viewer)
         }
     }
@@ -168,6 +169,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
             "/pipelines/{source}/{name}/run",
             get(run_form).post(start_run),
         )
+        .route("/pipelines/{source}/{name}/rollback", post(rollback))
         .route("/runs/{id}", get(run))
         .route("/runs/{id}/steps/{step}/log", get(step_log))
         .route("/runs/{id}/events", get(events))
@@ -339,7 +341,12 @@ async fn pipeline(
         .min(10_000);
     let store = state.store.clone();
     let (s, n) = (source.clone(), name.clone());
-    let view = match api::blocking(move || views::pipeline(&store, &s, &n, page_no)).await {
+    let lookup = state.clone();
+    let read = move || {
+        let invalid = invalid_text(&lookup, &s, &n);
+        views::pipeline(&store, &s, &n, page_no, invalid.as_deref())
+    };
+    let view = match api::blocking(read).await {
         Ok(Ok(Some(view))) => view,
         Ok(Ok(None)) => {
             return error_page(
@@ -363,6 +370,58 @@ async fn pipeline(
             current_version,
         },
     )
+}
+
+#[derive(Deserialize)]
+struct RollbackForm {
+    to: u32,
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    Extension(viewer): Extension<Viewer>,
+    Path((source, name)): Path<(String, String)>,
+    Form(form): Form<RollbackForm>,
+) -> Response {
+    if let Some(no) = refused(&viewer, Permission::Edit, &source, &name) {
+        return no;
+    }
+    if source != crate::catalog::LOCAL_SOURCE {
+        return error_page(
+            &viewer,
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("pipelines of `{source}` come from its repository; roll back there"),
+            ),
+        );
+    }
+    let store = state.store.clone();
+    let n = name.clone();
+    match api::blocking(move || crate::catalog::rollback_local(&store, &n, form.to)).await {
+        Ok(Ok(_)) => Redirect::to(&format!("/pipelines/local/{name}")).into_response(),
+        Ok(Err(e)) => error_page(&viewer, ApiError::from(e)),
+        Err(e) => error_page(&viewer, e),
+    }
+}
+
+/// The file of repository pipeline `source/name` as the sync last read it, when it does not
+/// validate (its text is no version, so only the mirror has it).
+fn invalid_text(state: &AppState, source: &str, name: &str) -> Option<String> {
+    let record = state.store.get_pipeline(source, name).ok()??;
+    if record.valid {
+        return None;
+    }
+    let repo = state.repos.get(source)?;
+    let commit = record.commit.as_deref()?;
+    let mirror = crate::source::mirror::Mirror::open_or_clone(
+        &repo.source.mirror_dir,
+        &repo.source.url,
+        &repo.source.branch,
+        None,
+    )
+    .ok()?;
+    let bytes = mirror.read_file(commit, &record.path).ok()??;
+    String::from_utf8(bytes).ok()
 }
 
 // ---- run form ----------------------------------------------------------------------------
