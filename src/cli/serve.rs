@@ -279,6 +279,7 @@ pub fn up(data_dir: &Path, args: &UpArgs) -> u8 {
     let gantry = self_command();
     println!("Gantry is up at {url}");
     println!("  API token:   {token}");
+    println!("  web UI:      {url}/ (log in with the API token)");
     println!(
         "  demo repo:   {} (commit to it; Gantry polls every 5s)",
         repo.display()

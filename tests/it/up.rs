@@ -223,6 +223,38 @@ fn up_serves_the_example_repository_with_a_kept_token() {
         "{names:?}"
     );
     assert!(data_dir.join("demo-repo/.git").is_dir());
+    // The web UI: the printed token logs in, and the dashboard lists the demo pipelines.
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client");
+    let base = format!("http://127.0.0.1:{port}");
+    let login = http
+        .post(format!("{base}/login"))
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&next=%2F"))
+        .send()
+        .expect("login");
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let dashboard = http
+        .get(format!("{base}/"))
+        .header("cookie", cookie)
+        .send()
+        .and_then(|r| r.text())
+        .expect("the dashboard");
+    assert!(
+        dashboard.contains(r#"href="/pipelines/demo/provision-postgres""#),
+        "{dashboard}"
+    );
 
     // SIGTERM: a clean stop.
     // SAFETY: kill(2) with the pid of our own child.
