@@ -30,6 +30,29 @@ pub struct WatchedRepo {
     /// Whether the sync loop has finished its first sync (reconciled, or failed with its error
     /// recorded): until then `/readyz` says the server is not ready.
     pub synced: std::sync::atomic::AtomicBool,
+    /// What its syncs took and how they ended, for `/metrics`.
+    pub stats: SyncStats,
+}
+
+/// Counts of a repository's syncs (fetch and reconcile), kept in memory for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub ok: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// Microseconds all syncs took together, and the last one.
+    pub micros_total: std::sync::atomic::AtomicU64,
+    pub micros_last: std::sync::atomic::AtomicU64,
+}
+
+impl SyncStats {
+    /// Counts one sync that took `took`.
+    pub fn record(&self, ok: bool, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        if ok { &self.ok } else { &self.failed }.fetch_add(1, Relaxed);
+        self.micros_total.fetch_add(micros, Relaxed);
+        self.micros_last.store(micros, Relaxed);
+    }
 }
 
 /// The trigger path's context; cheap to clone.

@@ -22,8 +22,11 @@ pub async fn sync_loop(
     loop {
         let (st, r, i) = (store.clone(), repo.clone(), interrupt.clone());
         let guard = repo.sync_lock.lock().await;
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || catalog::sync(&st, &r.source, &i)).await;
         drop(guard);
+        repo.stats
+            .record(matches!(result, Ok(Ok(_))), started.elapsed());
         let span = tracing::info_span!("sync", source = %repo.source.name);
         span.in_scope(|| match result {
             Ok(Ok(report)) => {

@@ -825,6 +825,14 @@ fn prepare_work_dir(dir: &std::path::Path) -> Result<(), String> {
 /// up to `Limits::max_line_bytes`, a few MiB at most).
 const EVENT_BACKLOG: usize = 1024;
 
+/// Bytes of step log lines (each with its line break) stored by this process, for `/metrics`.
+static LOG_BYTES_STORED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes of step log lines stored by this process so far.
+pub fn log_bytes_stored() -> u64 {
+    LOG_BYTES_STORED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Removes a run's directory when dropped, unless asked to keep it.
 struct RunDirGuard {
     dir: PathBuf,
@@ -990,6 +998,8 @@ fn record_batch(
         }
         store.put_log_chunk(run_id, step, *next, &lines)?;
         *next += 1;
+        let bytes: usize = lines.iter().map(|l| l.text.len() + 1).sum();
+        LOG_BYTES_STORED.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
     for (step, lines) in notes {
         if let Some(next) = book.chunks.get_mut(step) {

@@ -121,6 +121,26 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// `GET /metrics`.
 async fn metrics(State(state): State<AppState>) -> Response {
     let (queued, running) = state.queue.active();
+    let sources: Vec<super::metrics::SourceFigures> = state
+        .repos
+        .iter()
+        .map(|(name, repo)| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = &repo.stats;
+            super::metrics::SourceFigures {
+                source: name.clone(),
+                ok: stats.ok.load(Relaxed),
+                failed: stats.failed.load(Relaxed),
+                seconds_total: stats.micros_total.load(Relaxed) as f64 / 1e6,
+                seconds_last: stats.micros_last.load(Relaxed) as f64 / 1e6,
+            }
+        })
+        .collect();
+    state.metrics.observe(
+        &sources,
+        crate::run::log_bytes_stored(),
+        crate::executor::local::log_bytes_dropped(),
+    );
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     let text =

@@ -447,6 +447,7 @@ mod tests {
             poll_interval: std::time::Duration::ZERO,
             webhook_secret: secret.map(str::to_string),
             synced: Default::default(),
+            stats: Default::default(),
             source: crate::catalog::RepoSource {
                 name: name.to_string(),
                 url: String::new(),

@@ -50,6 +50,40 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SyncLabels {
+    source: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LogLabels {
+    outcome: String,
+}
+
+/// What one watched repository's syncs did, read from its in-memory counts at a scrape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceFigures {
+    pub source: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub seconds_total: f64,
+    pub seconds_last: f64,
+}
+
+/// Raises a counter to `total` (counts kept elsewhere, read at a scrape).
+fn raise(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
 /// The server's metrics. Cheap to record from any thread.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +102,10 @@ pub struct Metrics {
     cpu: Counter<f64, AtomicU64>,
     /// The CPU seconds last read from /proc, to add only what was used since.
     cpu_seen: Mutex<f64>,
+    source_syncs: Family<SyncLabels, Counter>,
+    source_sync_seconds: Family<SourceLabels, Counter<f64, AtomicU64>>,
+    source_last_sync: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    log_bytes: Family<LogLabels, Counter>,
 }
 
 /// Buckets from 50 ms to about 14 hours, doubling.
@@ -177,6 +215,33 @@ impl Metrics {
             cpu.clone(),
         );
         start_time.set(process_start_time().unwrap_or(0.0));
+        let source_syncs = Family::<SyncLabels, Counter>::default();
+        registry.register(
+            "gantry_source_syncs",
+            "Syncs (fetch and reconcile) of each watched repository, by result (ok, failed)",
+            source_syncs.clone(),
+        );
+        let source_sync_seconds = Family::<SourceLabels, Counter<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "gantry_source_sync_duration",
+            "Time all syncs of each watched repository took together",
+            Unit::Seconds,
+            source_sync_seconds.clone(),
+        );
+        let source_last_sync = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register_with_unit(
+            "gantry_source_last_sync_duration",
+            "How long the last sync of each watched repository took",
+            Unit::Seconds,
+            source_last_sync.clone(),
+        );
+        let log_bytes = Family::<LogLabels, Counter>::default();
+        registry.register_with_unit(
+            "gantry_log",
+            "Bytes of step output, by outcome: stored, or dropped past a log budget",
+            Unit::Bytes,
+            log_bytes.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -193,6 +258,41 @@ impl Metrics {
             open_fds,
             cpu,
             cpu_seen: Mutex::new(0.0),
+            source_syncs,
+            source_sync_seconds,
+            source_last_sync,
+            log_bytes,
+        }
+    }
+
+    /// Takes the counts kept outside the registry (the sources' syncs, the log bytes) before a
+    /// scrape renders.
+    pub fn observe(&self, sources: &[SourceFigures], log_stored: u64, log_dropped: u64) {
+        for f in sources {
+            for (result, n) in [("ok", f.ok), ("failed", f.failed)] {
+                let labels = SyncLabels {
+                    source: f.source.clone(),
+                    result: result.to_string(),
+                };
+                raise(&self.source_syncs.get_or_create(&labels), n);
+            }
+            let labels = SourceLabels {
+                source: f.source.clone(),
+            };
+            let seconds = self.source_sync_seconds.get_or_create(&labels);
+            let now = seconds.get();
+            if f.seconds_total > now {
+                seconds.inc_by(f.seconds_total - now);
+            }
+            self.source_last_sync
+                .get_or_create(&labels)
+                .set(f.seconds_last);
+        }
+        for (outcome, n) in [("stored", log_stored), ("dropped", log_dropped)] {
+            let labels = LogLabels {
+                outcome: outcome.to_string(),
+            };
+            raise(&self.log_bytes.get_or_create(&labels), n);
         }
     }
 
@@ -415,7 +515,28 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let metrics = Metrics::new();
         metrics.delivery("github", "duplicate");
+        metrics.observe(
+            &[SourceFigures {
+                source: "infra".into(),
+                ok: 3,
+                failed: 1,
+                seconds_total: 1.5,
+                seconds_last: 0.25,
+            }],
+            4096,
+            10,
+        );
         let text = metrics.render(&store, 2, 1);
+        for expected in [
+            "gantry_source_syncs_total{source=\"infra\",result=\"ok\"} 3",
+            "gantry_source_syncs_total{source=\"infra\",result=\"failed\"} 1",
+            "gantry_source_sync_duration_seconds_total{source=\"infra\"} 1.5",
+            "gantry_source_last_sync_duration_seconds{source=\"infra\"} 0.25",
+            "gantry_log_bytes_total{outcome=\"stored\"} 4096",
+            "gantry_log_bytes_total{outcome=\"dropped\"} 10",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
         assert!(
             text.contains(
                 "gantry_webhook_deliveries_total{forge=\"github\",result=\"duplicate\"} 1"

@@ -383,6 +383,7 @@ pub fn repo_sources(config: &Config, data_dir: &std::path::Path) -> Vec<Arc<Watc
                 wake: Notify::new(),
                 sync_lock: tokio::sync::Mutex::new(()),
                 synced: Default::default(),
+                stats: Default::default(),
             })
         })
         .collect()

@@ -104,6 +104,16 @@ fn a_real_prometheus_scrapes_the_run_counter_after_a_run() {
         "gantry_step_duration_seconds_count{pipeline=\"hello\"}",
     );
     assert_eq!(steps, Some(1.0));
+    // The step's output was stored, and counted.
+    let logged = poll(
+        || query(prom_port, "gantry_log_bytes_total{outcome=\"stored\"}").filter(|v| *v > 0.0),
+        Duration::from_secs(60),
+    );
+    assert!(
+        logged.is_some(),
+        "no stored log bytes counted\n{}",
+        s.logs()
+    );
 
     // What Gantry answers is valid for promtool too.
     let (status, text) = s.get("/metrics");

@@ -84,6 +84,15 @@ const HOST_ENV: [&str; 11] = [
     "TERM",
 ];
 
+/// Bytes of step output this process dropped because a step's or run's log budget was spent
+/// (`max_step_log`, `max_run_log`), for `/metrics`.
+static LOG_BYTES_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of step output dropped so far (see `LOG_BYTES_DROPPED`).
+pub fn log_bytes_dropped() -> u64 {
+    LOG_BYTES_DROPPED.load(Ordering::Relaxed)
+}
+
 /// Runs each step as a local child process (see the module documentation).
 #[derive(Debug, Clone, Default)]
 pub struct LocalExecutor {
@@ -263,10 +272,12 @@ impl Shared {
                 .is_ok()
         };
         if !take(step_log, self.limits.max_step_log) {
+            LOG_BYTES_DROPPED.fetch_add(n, Ordering::Relaxed);
             return false;
         }
         if !take(&self.run_log, self.limits.max_run_log) {
             step_log.fetch_sub(n, Ordering::Relaxed);
+            LOG_BYTES_DROPPED.fetch_add(n, Ordering::Relaxed);
             return false;
         }
         true
