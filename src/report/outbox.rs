@@ -29,6 +29,9 @@ pub struct Outbox {
     wake: Notify,
     pub give_up: Duration,
     pub base_delay: Duration,
+    /// Writes that failed, by forge and HTTP status (`none` when no answer came), for
+    /// `/metrics`.
+    failures: std::sync::Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// Stored jobs read at a time.
@@ -49,6 +52,33 @@ impl Outbox {
             wake: Notify::new(),
             give_up: Duration::from_secs(3600),
             base_delay: Duration::from_secs(1),
+            failures: std::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Writes that failed so far: (forge, HTTP status or `none`, count).
+    pub fn failure_counts(&self) -> Vec<(String, String, u64)> {
+        self.failures
+            .lock()
+            .map(|f| {
+                f.iter()
+                    .map(|((forge, code), n)| (forge.clone(), code.clone(), *n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn count_failure(&self, source: &str, error: &ApiError) {
+        let forge = self
+            .configs
+            .get(source)
+            .map_or("unknown", |c| c.forge.as_str())
+            .to_string();
+        let code = error
+            .status
+            .map_or_else(|| "none".to_string(), |s| s.to_string());
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry((forge, code)).or_insert(0) += 1;
         }
     }
 
@@ -131,7 +161,10 @@ impl Outbox {
         };
         let outcome = match result {
             Ok(()) => self.store.remove_outbox(&job),
-            Err(e) => self.failed(job, e),
+            Err(e) => {
+                self.count_failure(&job.source, &e);
+                self.failed(job, e)
+            }
         };
         if let Err(e) = outcome {
             tracing::warn!("outbox: {e}");

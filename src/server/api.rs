@@ -140,6 +140,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         &sources,
         crate::run::log_bytes_stored(),
         crate::executor::local::log_bytes_dropped(),
+        &state.outbox.failure_counts(),
     );
     let store = state.store.clone();
     let metrics = state.metrics.clone();

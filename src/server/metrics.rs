@@ -66,6 +66,12 @@ struct LogLabels {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    forge: String,
+    code: String,
+}
+
 /// What one watched repository's syncs did, read from its in-memory counts at a scrape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceFigures {
@@ -106,6 +112,7 @@ pub struct Metrics {
     source_sync_seconds: Family<SourceLabels, Counter<f64, AtomicU64>>,
     source_last_sync: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     log_bytes: Family<LogLabels, Counter>,
+    outbox_failures: Family<OutboxLabels, Counter>,
 }
 
 /// Buckets from 50 ms to about 14 hours, doubling.
@@ -242,6 +249,12 @@ impl Metrics {
             Unit::Bytes,
             log_bytes.clone(),
         );
+        let outbox_failures = Family::<OutboxLabels, Counter>::default();
+        registry.register(
+            "gantry_outbox_failures",
+            "Writes to a forge (statuses, comments, replies) that failed, by forge and HTTP status (none: no answer)",
+            outbox_failures.clone(),
+        );
         Metrics {
             registry,
             runs,
@@ -262,12 +275,26 @@ impl Metrics {
             source_sync_seconds,
             source_last_sync,
             log_bytes,
+            outbox_failures,
         }
     }
 
     /// Takes the counts kept outside the registry (the sources' syncs, the log bytes) before a
     /// scrape renders.
-    pub fn observe(&self, sources: &[SourceFigures], log_stored: u64, log_dropped: u64) {
+    pub fn observe(
+        &self,
+        sources: &[SourceFigures],
+        log_stored: u64,
+        log_dropped: u64,
+        outbox_failures: &[(String, String, u64)],
+    ) {
+        for (forge, code, n) in outbox_failures {
+            let labels = OutboxLabels {
+                forge: forge.clone(),
+                code: code.clone(),
+            };
+            raise(&self.outbox_failures.get_or_create(&labels), *n);
+        }
         for f in sources {
             for (result, n) in [("ok", f.ok), ("failed", f.failed)] {
                 let labels = SyncLabels {
@@ -525,6 +552,7 @@ mod tests {
             }],
             4096,
             10,
+            &[("github".into(), "502".into(), 2)],
         );
         let text = metrics.render(&store, 2, 1);
         for expected in [
@@ -534,6 +562,7 @@ mod tests {
             "gantry_source_last_sync_duration_seconds{source=\"infra\"} 0.25",
             "gantry_log_bytes_total{outcome=\"stored\"} 4096",
             "gantry_log_bytes_total{outcome=\"dropped\"} 10",
+            "gantry_outbox_failures_total{forge=\"github\",code=\"502\"} 2",
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }

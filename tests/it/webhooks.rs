@@ -1158,6 +1158,14 @@ fn status_writes_survive_server_errors_and_rate_limits() {
         run.get("writeback_error").is_none_or(Value::is_null),
         "{run}"
     );
+    // The refused writes are counted by forge and status code.
+    let (_, metrics) = w.server.get("/metrics");
+    for line in [
+        "gantry_outbox_failures_total{forge=\"github\",code=\"500\"} 1",
+        "gantry_outbox_failures_total{forge=\"github\",code=\"429\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 // 10b. A write-back still waiting when Gantry stops is delivered after it starts again.
