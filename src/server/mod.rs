@@ -730,6 +730,15 @@ async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -
         }
         None => {
             // A browser logged in to the pages reads the API with its session (a log download).
+            // Without the cookie there is nothing to look up.
+            let has_cookie = request
+                .headers()
+                .get_all(axum::http::header::COOKIE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|c| c.contains(ui::SESSION_COOKIE)));
+            if !has_cookie {
+                return unauthorized("missing `Authorization: Bearer <token>` header");
+            }
             let (session_state, headers) = (state.clone(), request.headers().clone());
             let who = tokio::task::spawn_blocking(move || ui::session_of(&session_state, &headers))
                 .await

@@ -140,23 +140,44 @@ pub struct Dashboard {
     pub shown: usize,
 }
 
-fn labels_and_description(
-    store: &Store,
-    p: &PipelineRecord,
-) -> (Vec<(String, String)>, Option<String>) {
+type Metadata = (Vec<(String, String)>, Option<String>);
+
+/// What `labels_and_description` found, by (source, name, version).
+type MetadataMemo = std::collections::HashMap<(String, String, u32), Metadata>;
+
+/// Labels and description of a pipeline's current version. A version's text never changes, so
+/// what a check of it found is kept by (source, name, version): a dashboard of thousands of
+/// pipelines checks each version once per process, not once per view.
+fn labels_and_description(store: &Store, p: &PipelineRecord) -> Metadata {
+    use std::sync::{Mutex, OnceLock};
+    /// Versions kept before the memo starts over.
+    const KEPT: usize = 20_000;
+    static MEMO: OnceLock<Mutex<MetadataMemo>> = OnceLock::new();
     let Some(version) = p.version else {
         return (Vec::new(), None);
     };
+    let key = (p.source.clone(), p.name.clone(), version);
+    let memo = MEMO.get_or_init(|| Mutex::new(MetadataMemo::new()));
+    if let Some(found) = memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return found;
+    }
     let Ok(Some(v)) = store.get_version(&p.source, &p.name, version) else {
         return (Vec::new(), None);
     };
-    match crate::spec::check(&v.text).pipeline {
+    let found: Metadata = match crate::spec::check(&v.text).pipeline {
         Some(pipeline) => (
             pipeline.metadata.labels.into_iter().collect(),
             pipeline.metadata.description,
         ),
         None => (Vec::new(), None),
+    };
+    if let Ok(mut m) = memo.lock() {
+        if m.len() >= KEPT {
+            m.clear();
+        }
+        m.insert(key, found.clone());
     }
+    found
 }
 
 fn matches(filter: &DashboardFilter, row: &PipelineRow) -> bool {
