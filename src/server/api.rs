@@ -1219,11 +1219,27 @@ fn runnable(
     Ok((pipeline, version))
 }
 
-fn git_for(state: &AppState, source: &str) -> ApiResult<Option<crate::executor::GitInfo>> {
+/// The commit a manual run of version `version` of `source/name` runs at: the branch head the
+/// source was last reconciled at, or the version's own commit while a reconcile is recording it
+/// (its pipelines are written before the source's new head, so for a moment the head is older
+/// than the version).
+fn git_for(
+    state: &AppState,
+    source: &str,
+    name: &str,
+    version: u32,
+) -> ApiResult<Option<crate::executor::GitInfo>> {
     let Some(repo) = state.repos.get(source) else {
         return Ok(None);
     };
-    let head = state.store.source_state(source)?.head;
+    let synced = state.store.source_state(source)?;
+    let mut head = synced.head;
+    if let Some(v) = state.store.get_version(source, name, version)?
+        && let Some(commit) = v.commit
+        && synced.synced_at.is_none_or(|at| v.created_at > at)
+    {
+        head = Some(commit);
+    }
     Ok(head.map(|sha| crate::executor::GitInfo {
         sha,
         reference: format!("refs/heads/{}", repo.source.branch),
@@ -1274,7 +1290,7 @@ pub(super) async fn submit_manual(
         ));
     }
     let submit = Submit {
-        git: git_for(state, &source)?,
+        git: git_for(state, &source, &name, version)?,
         source,
         pipeline,
         version,
