@@ -82,6 +82,8 @@ pub struct AppState {
     pub in_flight: Arc<tokio::sync::Semaphore>,
     /// Webhook deliveries that failed their check, by source address.
     pub hook_failures: Arc<hooks::Failures>,
+    /// Logins to the pages that failed, by source address (the same limit as webhooks').
+    pub login_failures: Arc<hooks::Failures>,
     /// What `/metrics` answers.
     pub metrics: Arc<metrics::Metrics>,
     /// Whether `/metrics` answers without a token (`[server] metrics_public`).
@@ -975,6 +977,7 @@ pub async fn serve(
         work: tokio::runtime::Handle::current(),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         hook_failures: Arc::default(),
+        login_failures: Arc::default(),
         metrics,
         metrics_public: config.server.metrics_public,
     };

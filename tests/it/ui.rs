@@ -1223,3 +1223,21 @@ fn a_local_pipeline_rolls_back_from_its_page() {
     let bad = admin.post("/pipelines/local/hello/rollback", &[("to", "9")]);
     assert_eq!(bad.status, 404, "{}", bad.body);
 }
+
+#[test]
+fn an_address_that_keeps_failing_to_log_in_is_made_to_wait() {
+    let server = GantryServer::start(ServerConfig::new());
+    let mut browser = Browser::new(&server);
+    for _ in 0..30 {
+        assert_eq!(browser.login("wrong-token-0123456789abcdef").status, 401);
+    }
+    let page = browser.login("wrong-token-0123456789abcdef");
+    assert_eq!(page.status, 429, "{}", page.body);
+    assert!(
+        page.body.contains("Too many failed logins"),
+        "{}",
+        page.body
+    );
+    // The right token waits too until the minute is over: guessing gains nothing.
+    assert_eq!(browser.login(server.token()).status, 429);
+}

@@ -278,8 +278,34 @@ pub async fn login(
     if state.open() {
         return Redirect::to(&next).into_response();
     }
+    let addr = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    // Guessing is slow: an address with too many failed logins in the last minute waits.
+    if let Some(ip) = addr
+        && let Some(wait) = state.login_failures.blocked(ip, std::time::Instant::now())
+    {
+        let mut response = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &LoginPage {
+                chrome: anonymous(),
+                next,
+                error: Some(format!(
+                    "Too many failed logins from this address; try again in {wait} s."
+                )),
+                users: !state.users.is_empty(),
+            },
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return response;
+    }
     let found = check_login(&state, &form).await;
-    let from = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip().to_string());
+    if found.is_none()
+        && let Some(ip) = addr
+    {
+        state.login_failures.note(ip, std::time::Instant::now());
+    }
+    let from = addr.map(|ip| ip.to_string());
     let tried = if form.user.trim().is_empty() {
         "unknown token".to_string()
     } else {
