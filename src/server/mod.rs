@@ -761,24 +761,9 @@ async fn auth(State(state): State<AppState>, mut request: Request, next: Next) -
     next.run(request).await
 }
 
-/// The pipeline a route's path names: `{source}/{name}`, or the run `{id}` belongs to.
-pub fn pipeline_of_path(state: &AppState, params: &[(String, String)]) -> Option<(String, String)> {
-    let get = |key: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    if let (Some(source), Some(name)) = (get("source"), get("name")) {
-        return Some((source, name));
-    }
-    let id = get("id")?;
-    let run = state.store.find_run(&id).ok()?;
-    Some((run.source, run.pipeline))
-}
-
 /// The permission check of one route, after `auth`: 403 with the reason when the caller's role
-/// (on the pipeline the route is about) falls short.
+/// on the pipeline the path names falls short: `{source}/{name}`, or the pipeline of run `{id}`
+/// (read from the store only for a token with scopes; without, it changes nothing).
 async fn permit(
     State((state, permission)): State<(AppState, api::Permission)>,
     params: axum::extract::RawPathParams,
@@ -788,20 +773,23 @@ async fn permit(
     let Some(caller) = request.extensions().get::<Caller>().cloned() else {
         return next.run(request).await;
     };
-    let params: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let named = params.iter().any(|(k, _)| k == "source");
-    let pipeline = if !named && caller.token.scopes.is_empty() {
-        // A run's pipeline changes nothing for a token without scopes: no lookup.
-        None
-    } else {
-        let lookup = state.clone();
-        tokio::task::spawn_blocking(move || pipeline_of_path(&lookup, &params))
-            .await
-            .ok()
-            .flatten()
+    let param = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+    };
+    let pipeline = match (param("source"), param("name"), param("id")) {
+        (Some(source), Some(name), _) => Some((source, name)),
+        (_, _, Some(id)) if !caller.token.scopes.is_empty() => {
+            let store = state.store.clone();
+            tokio::task::spawn_blocking(move || store.find_run(&id).ok())
+                .await
+                .ok()
+                .flatten()
+                .map(|run| (run.source, run.pipeline))
+        }
+        _ => None,
     };
     let scope = pipeline.as_ref().map(|(s, n)| (s.as_str(), n.as_str()));
     match caller.refusal(permission, scope) {

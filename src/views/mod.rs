@@ -23,25 +23,10 @@ pub fn when(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// A duration as pages show it: `850 ms`, `12.3 s`, `4 min 05 s`, `2 h 03 min`.
-pub fn duration(seconds: f64) -> String {
-    if seconds < 1.0 {
-        format!("{:.0} ms", seconds * 1000.0)
-    } else if seconds < 60.0 {
-        format!("{seconds:.1} s")
-    } else if seconds < 3600.0 {
-        let s = seconds as u64;
-        format!("{} min {:02} s", s / 60, s % 60)
-    } else {
-        let m = seconds as u64 / 60;
-        format!("{} h {:02} min", m / 60, m % 60)
-    }
-}
-
 fn between(from: Option<&DateTime<Utc>>, to: Option<&DateTime<Utc>>) -> Option<String> {
     let (from, to) = (from?, to?);
-    let ms = (*to - *from).num_milliseconds().max(0);
-    Some(duration(ms as f64 / 1000.0))
+    let taken = (*to - *from).to_std().unwrap_or_default();
+    Some(crate::spec::values::format_duration(taken))
 }
 
 /// One run in a list.
@@ -99,6 +84,24 @@ pub struct PipelineRow {
     pub retired: bool,
     pub errors: usize,
     pub last_run: Option<RunRow>,
+}
+
+impl PipelineRow {
+    /// The row of `p`, with its newest run.
+    fn of(store: &Store, p: &PipelineRecord, newest: Option<&RunRecord>) -> PipelineRow {
+        let (labels, description) = labels_and_description(store, p);
+        PipelineRow {
+            source: p.source.clone(),
+            name: p.name.clone(),
+            path: p.path.clone(),
+            description,
+            labels,
+            valid: p.valid,
+            retired: p.retired,
+            errors: p.errors.len(),
+            last_run: newest.map(RunRow::of),
+        }
+    }
 }
 
 /// The dashboard's filters, as the query string gives them (empty means any).
@@ -238,19 +241,8 @@ pub fn dashboard(store: &Store, filter: &DashboardFilter) -> Result<Dashboard, S
         if !sources.contains(&p.source) {
             sources.push(p.source.clone());
         }
-        let (labels, description) = labels_and_description(store, p);
         let newest = last.get(&(p.source.as_str(), p.name.as_str()));
-        let row = PipelineRow {
-            source: p.source.clone(),
-            name: p.name.clone(),
-            path: p.path.clone(),
-            description,
-            labels,
-            valid: p.valid,
-            retired: p.retired,
-            errors: p.errors.len(),
-            last_run: newest.map(|r| RunRow::of(r)),
-        };
+        let row = PipelineRow::of(store, p, newest.copied());
         if !p.valid && !p.retired {
             attention.push(Attention {
                 what: "invalid definition",
@@ -428,6 +420,8 @@ pub fn pipeline(
     let wanted = (page + 1) * RUNS_PER_PAGE + 1;
     let runs = store.list_runs(Some(&key), wanted)?;
     let more_runs = runs.len() == wanted;
+    // Newest first: the first is the pipeline's newest run whatever the page.
+    let row = PipelineRow::of(store, &p, runs.first());
     let runs: Vec<RunRow> = runs
         .iter()
         .skip(page * RUNS_PER_PAGE)
@@ -459,20 +453,8 @@ pub fn pipeline(
         }
         _ => Vec::new(),
     };
-    let (labels, description) = labels_and_description(store, &p);
-    let newest = store.list_runs(Some(&key), 1)?.first().map(RunRow::of);
     Ok(Some(PipelinePage {
-        row: PipelineRow {
-            source: p.source.clone(),
-            name: p.name.clone(),
-            path: p.path.clone(),
-            description,
-            labels,
-            valid: p.valid,
-            retired: p.retired,
-            errors: p.errors.len(),
-            last_run: newest,
-        },
+        row,
         display_name: parsed
             .as_ref()
             .and_then(|x| x.metadata.display_name.clone()),

@@ -12,7 +12,9 @@ use crate::support::server::{GantryServer, ServerConfig};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-const PUBLISHER: &str = r#"apiVersion: gantry.dev/v1
+/// A pipeline that publishes `team-cache` (cache, type redis) with a host and a secret password
+/// `pw-<round>-5678` for the environment given (`dev` by default).
+pub const PUBLISHER: &str = r#"apiVersion: gantry.dev/v1
 kind: Pipeline
 metadata:
   name: make-cache

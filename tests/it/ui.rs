@@ -835,40 +835,16 @@ fn the_audit_log_records_changes_logins_refusals_credential_reads_and_schedules(
     );
 }
 
-const PUBLISHER: &str = r#"apiVersion: gantry.dev/v1
-kind: Pipeline
-metadata: {name: make-cache}
-steps:
-  - name: create
-    command: [sh, -c, 'printf cache.internal > $GANTRY_OUTPUTS/host; printf pw-77-secret-9 > $GANTRY_OUTPUTS/password']
-    outputs:
-      - name: host
-      - name: password
-        secret: true
-  - name: publish
-    template: gantry/marketplace-publish@v1
-    arguments:
-      resource:
-        name: team-cache
-        version: 1.0.0
-        category: cache
-        description: Redis for team A
-        tags: [redis]
-        properties: {type: redis}
-        connectionCredentials:
-          - environments: [dev]
-            parameters:
-              - {key: REDIS_HOST, value: "{{steps.create.outputs.host}}"}
-              - {key: REDIS_PASSWORD, value: "{{steps.create.outputs.password}}", isSecret: true}
-"#;
-
 #[test]
 fn the_marketplace_settings_and_sources_pages_keep_secrets_out_and_follow_roles() {
     let server = GantryServer::start(ServerConfig::new().extra_toml(&format!(
         "[[auth.tokens]]\nname = \"watcher\"\ntoken = \"{VIEWER}\"\nrole = \"viewer\"\n"
     )));
-    put_pipeline(&server, "make-cache", PUBLISHER);
-    let (_, body) = server.post_json("/api/v1/pipelines/local/make-cache/runs", &json!({}));
+    put_pipeline(&server, "make-cache", crate::marketplace::PUBLISHER);
+    let (_, body) = server.post_json(
+        "/api/v1/pipelines/local/make-cache/runs",
+        &json!({"parameters": {"round": "77"}}),
+    );
     let id = parse(&body)["id"].as_str().unwrap_or_default().to_string();
     assert_eq!(wait_done(&server, &id)["status"], "succeeded");
     let mut admin = Browser::new(&server);
@@ -893,7 +869,7 @@ fn the_marketplace_settings_and_sources_pages_keep_secrets_out_and_follow_roles(
         page.body
     );
     assert!(page.body.contains("<code>REDIS_PASSWORD</code>"));
-    assert!(!page.body.contains("pw-77-secret-9"), "{}", page.body);
+    assert!(!page.body.contains("pw-77-5678"), "{}", page.body);
     // Connect to it from the page.
     let made = admin.post(
         "/marketplace/team-cache/connect",

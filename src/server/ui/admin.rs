@@ -322,36 +322,44 @@ async fn change(
     }
 }
 
-pub async fn set_variable(
+/// `POST /settings/{kind}` and `POST /settings/{kind}/delete`: `kind` is `variables` or
+/// `secrets`.
+pub async fn set(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
+    Path(kind): Path<String>,
     Form(form): Form<ValueForm>,
 ) -> Response {
-    change(state, viewer, form, false, false).await
+    settings_change(state, viewer, &kind, form, false).await
 }
 
-pub async fn remove_variable(
+pub async fn remove(
     State(state): State<AppState>,
     Extension(viewer): Extension<Viewer>,
+    Path(kind): Path<String>,
     Form(form): Form<ValueForm>,
 ) -> Response {
-    change(state, viewer, form, false, true).await
+    settings_change(state, viewer, &kind, form, true).await
 }
 
-pub async fn set_secret(
-    State(state): State<AppState>,
-    Extension(viewer): Extension<Viewer>,
-    Form(form): Form<ValueForm>,
+async fn settings_change(
+    state: AppState,
+    viewer: Viewer,
+    kind: &str,
+    form: ValueForm,
+    remove: bool,
 ) -> Response {
-    change(state, viewer, form, true, false).await
-}
-
-pub async fn remove_secret(
-    State(state): State<AppState>,
-    Extension(viewer): Extension<Viewer>,
-    Form(form): Form<ValueForm>,
-) -> Response {
-    change(state, viewer, form, true, true).await
+    let secret = match kind {
+        "variables" => false,
+        "secrets" => true,
+        _ => {
+            return error_page(
+                &viewer,
+                ApiError::new(StatusCode::NOT_FOUND, format!("no settings of `{kind}`")),
+            );
+        }
+    };
+    change(state, viewer, form, secret, remove).await
 }
 
 // ---- sources -----------------------------------------------------------------------------

@@ -182,10 +182,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/marketplace/{resource}", get(admin::resource))
         .route("/marketplace/{resource}/connect", post(admin::connect))
         .route("/settings", get(admin::settings))
-        .route("/settings/variables", post(admin::set_variable))
-        .route("/settings/variables/delete", post(admin::remove_variable))
-        .route("/settings/secrets", post(admin::set_secret))
-        .route("/settings/secrets/delete", post(admin::remove_secret))
+        .route("/settings/{kind}", post(admin::set))
+        .route("/settings/{kind}/delete", post(admin::remove))
         .route("/sources", get(admin::sources))
         .route("/sources/{source}/sync", post(admin::sync))
         // The audit record inside the login check, so that it sees who is logged in.
