@@ -45,6 +45,7 @@ pub use dirs::disk_space;
 pub use netns::MISSING as NO_SLIRP;
 mod prepare;
 mod process;
+mod rawsys;
 mod recover;
 pub mod sandbox;
 mod set;

@@ -154,24 +154,33 @@ impl Filter {
         Filter { program: p }
     }
 
-    /// Installs the filter in the calling process (and everything it starts).
+    /// Installs the filter in the calling process (and everything it starts), with
+    /// `no_new_privs` set; the errno of what failed otherwise.
     ///
     /// # Safety
-    /// Async-signal-safe: it may run between a clone and an exec.
-    pub(super) unsafe fn install(&self) -> bool {
+    /// Async-signal-safe and errno-free (`rawsys`): it runs between a clone that shares the
+    /// spawner's memory and an exec.
+    pub(super) unsafe fn install(&self) -> Result<(), i32> {
         let prog = libc::sock_fprog {
             len: self.program.len() as u16,
             filter: self.program.as_ptr() as *mut libc::sock_filter,
         };
-        // SAFETY: prctl and seccomp read only the program above, which outlives the calls.
+        // SAFETY: prctl takes integers; seccomp reads only the program above, which outlives
+        // the call.
         unsafe {
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
-                && libc::syscall(
-                    libc::SYS_seccomp,
-                    SECCOMP_SET_MODE_FILTER,
-                    0 as libc::c_long,
-                    &prog as *const libc::sock_fprog,
-                ) == 0
+            super::rawsys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0)?;
+            super::rawsys::call(
+                libc::SYS_seccomp,
+                [
+                    SECCOMP_SET_MODE_FILTER as usize,
+                    0,
+                    &prog as *const libc::sock_fprog as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
         }
+        Ok(())
     }
 }

@@ -89,11 +89,12 @@ pub(super) enum Reply {
 pub(super) fn write_frame(sock: &UnixStream, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let len = u32::try_from(body.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    let mut header = [MAGIC, 0, 0, 0, 0];
-    header[1..].copy_from_slice(&len.to_be_bytes());
-    send_with_fds(sock, &header, fds)?;
-    let mut w = sock;
-    w.write_all(body)
+    // One write for header and body: the reader wakes once per frame, not twice.
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(MAGIC);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    send_with_fds(sock, &frame, fds)
 }
 
 /// Sends `bytes` (all of them) with `fds` as `SCM_RIGHTS` on the first `sendmsg`.
@@ -410,6 +411,8 @@ struct Init {
     pidfd: Option<OwnedFd>,
     /// Whether the step's end was reported, or will never be (its program never started).
     done: bool,
+    /// What init runs on, in this process's memory: dropped with this, once init is reaped.
+    _launch: super::step_ns::Kept,
 }
 
 struct Reaper {
@@ -629,7 +632,7 @@ fn spawn_one(id: u64, request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> 
         .children
         .lock()
         .map_err(|_| io::Error::other("spawner state poisoned"))?;
-    let started = super::step_ns::start(&prepared, stdout, stderr)?;
+    let started = super::step_ns::start(prepared, stdout, stderr)?;
     c.inits.insert(
         started.init,
         Init {
@@ -638,6 +641,7 @@ fn spawn_one(id: u64, request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> 
             status: Some(started.status),
             pidfd: pidfd(started.init),
             done: false,
+            _launch: started.launch,
         },
     );
     drop(c);

@@ -26,9 +26,12 @@
 //! the program while init waits on; `SIGKILL` (the end of the grace period) ends init and with it
 //! the whole namespace.
 //!
-//! The clone happens in a multi-threaded process, so the children run only async-signal-safe
-//! system calls on memory prepared before the clone (`Prepared`), and never return from
-//! [`start`]. The spawner holds `CAP_SYS_ADMIN` and `CAP_SETPCAP` inside the sandbox's user
+//! Init and the program share the spawner's memory (`CLONE_VM`, as `posix_spawn` does for its
+//! child): starting a step copies no page table, and ending it unmaps nothing, which was most of
+//! what a sandboxed step cost beyond an unsandboxed one. So they run only on stacks of their
+//! own, only system calls that leave `errno` alone (`rawsys`: they share the TLS of the spawner
+//! thread that cloned them), on memory prepared before the clone (a [`Launch`], which the
+//! spawner keeps until init is reaped), and never return from [`start`]. The spawner holds `CAP_SYS_ADMIN` and `CAP_SETPCAP` inside the sandbox's user
 //! namespace for this; the step's program drops its bounding set, ambient and every other
 //! capability before it executes.
 
@@ -37,6 +40,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use super::rawsys;
 
 /// What the step's program needs, as C data made before the clone.
 pub(super) struct Prepared {
@@ -57,25 +62,59 @@ pub(super) struct Prepared {
     /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
     /// private before it mounts anything).
     shared: bool,
-    /// The stack the program starts on, in init's memory, until it executes (see `init`); the
-    /// program writes it through a raw pointer, hence the cell.
-    stack: std::cell::UnsafeCell<Vec<u8>>,
 }
 
-/// What the program's entry point needs, on init's stack.
-struct ProgramArgs<'a> {
-    prepared: &'a Prepared,
+/// Everything init and the step's program read or run on while they share the spawner's
+/// memory: the spawner keeps it, at the same address, until init is reaped.
+pub(super) struct Launch {
+    prepared: Prepared,
     stdout: RawFd,
     stderr: RawFd,
     err_w: RawFd,
+    status_w: RawFd,
+    /// Init's stack and, above it, the program's (used until it executes, while init waits).
+    /// Only written through the stack pointers below, never read as Rust data, so left
+    /// uninitialised: only the pages a stack touches cost anything.
+    _stacks: Vec<std::mem::MaybeUninit<u8>>,
+    init_top: usize,
+    program_top: usize,
+}
+
+/// The spawner's hold on a [`Launch`]: it stays at its address, unmoved and alive, until this
+/// is dropped, which the spawner does once init is reaped (init and the program hold pointers
+/// into it meanwhile).
+pub(super) struct Kept(std::ptr::NonNull<Launch>);
+
+// SAFETY: the raw pointers in `Prepared` point into the C strings it owns; the spawner hands a
+// `Kept` to its reaper thread only to drop it.
+unsafe impl Send for Kept {}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::into_raw` in `start`, dropped once.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// The top of the first `len` bytes at `base`, aligned as both architectures' calling
+/// conventions want it.
+fn top(base: *mut std::mem::MaybeUninit<u8>, len: usize) -> usize {
+    (base as usize + len) & !15
+}
+
+/// Init's entry point on its own stack (`clone` with `CLONE_VM`).
+extern "C" fn init_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Launch` the spawner keeps until init is reaped; init runs as
+    // `init` requires.
+    unsafe { init(&*(arg as *const Launch)) }
 }
 
 /// The program's entry point on its own stack (`clone` with `CLONE_VM | CLONE_VFORK`).
 extern "C" fn program_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` points at init's `ProgramArgs`, alive while init waits for the exec.
-    let args = unsafe { &*(arg as *const ProgramArgs<'_>) };
+    // SAFETY: `arg` is init's `Launch`; init waits (vfork) until the program executes or exits.
+    let launch = unsafe { &*(arg as *const Launch) };
     // SAFETY: runs as `exec_program` requires: only system calls, then exec or exit.
-    unsafe { exec_program(args.prepared, args.stdout, args.stderr, args.err_w) }
+    unsafe { exec_program(launch) }
 }
 
 /// The spawner's bounding set and whether any of its mounts is shared, read once: they do not
@@ -173,7 +212,6 @@ impl Prepared {
             filter: super::seccomp::Filter::shared(),
             bounding: spawner_facts().0,
             shared: spawner_facts().1,
-            stack: std::cell::UnsafeCell::new(vec![0; PROGRAM_STACK]),
         })
     }
 }
@@ -186,49 +224,44 @@ pub(super) struct Started {
     pub init: libc::pid_t,
     pub status: OwnedFd,
     pub exec: OwnedFd,
-}
-
-/// `clone` with only an exit signal and `flags`: a fork that runs no `atfork` handlers, so it
-/// never waits on a lock another thread held. Returns 0 in the child.
-///
-/// # Safety
-/// The child may only call async-signal-safe functions and must not return into code that
-/// expects the parent's threads.
-unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
-    // SAFETY: with no CLONE_VM the child gets a copy of the address space and continues on its
-    // own copy of this stack, as after fork(2); the caller keeps to the rules above.
-    unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::c_long::from(flags | libc::SIGCHLD),
-            0 as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        ) as libc::pid_t
-    }
+    /// What init runs on: drop it only once init is reaped.
+    pub launch: Kept,
 }
 
 /// Starts the step described by `prepared` with `stdout` and `stderr`, in a PID and mount
 /// namespace of its own. Returns as soon as init exists, without waiting for the program's exec
 /// (so the spawner can start the next step meanwhile); an error only when no init was made.
-pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
+pub(super) fn start(prepared: Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
     let (err_r, err_w) = super::process::pipe()?;
     let (status_r, status_w) = super::process::pipe()?;
-    // SAFETY: the child runs `init`, which keeps to the rules of `raw_fork` and never returns.
-    let pid = unsafe { raw_fork(libc::CLONE_NEWPID | libc::CLONE_NEWNS) };
-    if pid == 0 {
-        // SAFETY: in the child; see above.
-        unsafe {
-            init(
-                prepared,
-                stdout.as_raw_fd(),
-                stderr.as_raw_fd(),
-                err_w.as_raw_fd(),
-                status_w.as_raw_fd(),
-            )
-        }
-    }
+    let mut stacks = Vec::with_capacity(INIT_STACK + PROGRAM_STACK);
+    let base = stacks.as_mut_ptr();
+    let launch = Box::new(Launch {
+        prepared,
+        stdout: stdout.as_raw_fd(),
+        stderr: stderr.as_raw_fd(),
+        err_w: err_w.as_raw_fd(),
+        status_w: status_w.as_raw_fd(),
+        _stacks: stacks,
+        init_top: top(base, INIT_STACK),
+        program_top: top(base, INIT_STACK + PROGRAM_STACK),
+    });
+    let init_top = launch.init_top;
+    let raw = Box::into_raw(launch);
+    // SAFETY: from `Box::into_raw`, so not null.
+    let kept = Kept(unsafe { std::ptr::NonNull::new_unchecked(raw) });
+    // Init gets a copy of the descriptor table (no CLONE_FILES) and shares the memory; the
+    // exit signal makes it a child the reaper's waitpid sees.
+    // SAFETY: init runs `init_entry` on its own stack, on the `Launch` kept in `Started` until
+    // it is reaped, and keeps to the rules in the module's documentation.
+    let pid = unsafe {
+        libc::clone(
+            init_entry,
+            init_top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD,
+            raw.cast(),
+        )
+    };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -240,6 +273,7 @@ pub(super) fn start(prepared: &Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io
         init: pid,
         status: status_r,
         exec: err_r,
+        launch: kept,
     })
 }
 
@@ -279,174 +313,153 @@ pub(super) fn program_status(status: &OwnedFd) -> Option<i32> {
     (n == 4).then(|| i32::from_ne_bytes(bytes))
 }
 
-/// Writes the calling thread's errno to `fd` and exits.
+/// Writes `errno` to `fd` and exits.
 ///
 /// # Safety
-/// Async-signal-safe only.
-unsafe fn fail(fd: RawFd) -> ! {
-    let errno = io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO);
-    let bytes = errno.to_ne_bytes();
-    // SAFETY: write(2) and _exit(2) are async-signal-safe.
+/// As `init`.
+unsafe fn fail(fd: RawFd, errno: i32) -> ! {
+    // SAFETY: system calls only.
     unsafe {
-        libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
+        let _ = rawsys::write(fd, &errno.to_ne_bytes());
+        rawsys::exit(127)
     }
 }
 
 /// Pid 1 of the step's namespace.
 ///
 /// # Safety
-/// Runs in the child of `raw_fork`: only async-signal-safe calls, on memory made before the
-/// clone.
-unsafe fn init(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd, status_w: RawFd) -> ! {
-    // SAFETY: every call below is a plain system call on C strings made before the clone.
+/// Runs in the spawner's memory on its own stack (`start`): only `rawsys` system calls, on
+/// memory made before the clone; never returns.
+unsafe fn init(l: &Launch) -> ! {
+    // SAFETY: `l` outlives init (the spawner drops it once init is reaped); init reads it, and
+    // the program reads it while init waits.
     unsafe {
-        libc::setpgid(0, 0);
-        // Mounts made here stay in this namespace.
-        if p.shared
-            && libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-        {
-            fail(err_w);
+        if let Err(errno) = mount_step(&l.prepared) {
+            fail(l.err_w, errno);
         }
-        if libc::mount(
-            c"proc".as_ptr(),
-            c"/proc".as_ptr(),
-            c"proc".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        ) != 0
-        {
-            fail(err_w);
-        }
-        if let Some((own, root, flags)) = &p.outputs {
-            // The step's own folder keeps a writable mount of its own; the rest goes read-only.
-            if libc::mount(
-                own.as_ptr(),
-                own.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-                || libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    *flags,
-                    std::ptr::null(),
-                ) != 0
-            {
-                fail(err_w);
-            }
-        }
-        // The program shares init's memory until it executes, as posix_spawn does (init waits
-        // meanwhile): no copy of the address space for it. It runs on a stack of its own.
-        let args = ProgramArgs {
-            prepared: p,
-            stdout,
-            stderr,
-            err_w,
-        };
-        let stack = &mut *p.stack.get();
-        let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
+        // The program shares the memory too until it executes (init waits meanwhile), on a
+        // stack of its own.
         let program = libc::clone(
             program_entry,
-            top as *mut libc::c_void,
+            l.program_top as *mut libc::c_void,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            &args as *const ProgramArgs<'_> as *mut libc::c_void,
+            l as *const Launch as *mut libc::c_void,
         );
         if program < 0 {
-            fail(err_w);
+            // The C library's wrapper put the errno in the TLS init shares with a spawner
+            // thread: not worth reading.
+            fail(l.err_w, libc::EAGAIN);
         }
-        libc::close(err_w);
-        libc::close(stdout);
-        libc::close(stderr);
+        let _ = rawsys::close(l.err_w);
+        let _ = rawsys::close(l.stdout);
+        let _ = rawsys::close(l.stderr);
         loop {
             let mut status = 0;
-            let pid = libc::waitpid(-1, &mut status, 0);
-            if pid == program {
-                // Whatever the step left in its namespace (`setsid`, double forks, `nohup`) ends
-                // here, before the spawner hears that the step ended: `kill(-1)` from pid 1 of a
-                // namespace reaches every other process in it, and every one of them descends
-                // from init (orphans are reparented to it), so "no child left" means "nobody
-                // left". `__WALL` also waits for children made with an exit signal other than
-                // SIGCHLD. The namespace's teardown (its mounts, its /proc) then happens while
-                // the next step starts, not before.
-                loop {
-                    libc::kill(-1, libc::SIGKILL);
-                    if libc::waitpid(-1, std::ptr::null_mut(), libc::__WALL) < 0
-                        && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-                    {
-                        break;
+            match rawsys::wait4(-1, &mut status, 0) {
+                Ok(pid) if pid as libc::pid_t == program => {
+                    // Whatever the step left in its namespace (`setsid`, double forks, `nohup`)
+                    // ends here, before the spawner hears that the step ended: `kill(-1)` from
+                    // pid 1 of a namespace reaches every other process in it, and every one of
+                    // them descends from init (orphans are reparented to it), so "no child
+                    // left" means "nobody left". `__WALL` also waits for children made with an
+                    // exit signal other than SIGCHLD. The namespace's teardown (its mounts, its
+                    // /proc) then happens while the next step starts, not before.
+                    loop {
+                        let _ = rawsys::kill(-1, libc::SIGKILL);
+                        match rawsys::wait4(-1, std::ptr::null_mut(), libc::__WALL) {
+                            Ok(_) | Err(libc::EINTR) => {}
+                            Err(_) => break,
+                        }
                     }
+                    let _ = rawsys::write(l.status_w, &status.to_ne_bytes());
+                    rawsys::exit(0);
                 }
-                let bytes = status.to_ne_bytes();
-                libc::write(status_w, bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(0);
-            }
-            if pid < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-                libc::_exit(127);
+                Ok(_) | Err(libc::EINTR) => {}
+                Err(_) => rawsys::exit(127),
             }
         }
     }
 }
 
+/// Init's mounts: a private namespace, a `/proc` of the step's own PID namespace, and every
+/// outputs folder but the step's own read-only.
+///
+/// # Safety
+/// As `init`.
+unsafe fn mount_step(p: &Prepared) -> rawsys::SysResult {
+    // SAFETY: system calls on C strings made before the clone.
+    unsafe {
+        rawsys::setpgid(0, 0)?;
+        // Mounts made here stay in this namespace.
+        if p.shared {
+            rawsys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE)?;
+        }
+        rawsys::mount(
+            Some(c"proc"),
+            c"/proc",
+            Some(c"proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        )?;
+        if let Some((own, root, flags)) = &p.outputs {
+            // The step's own folder keeps a writable mount of its own; the rest goes read-only.
+            rawsys::mount(Some(own), own, None, libc::MS_BIND)?;
+            rawsys::mount(None, root, None, *flags)?;
+        }
+        Ok(0)
+    }
+}
+
+/// Init's stack: a few frames of system calls.
+const INIT_STACK: usize = 64 * 1024;
+
 /// The program's stack until it executes: system calls only, so little is needed.
 const PROGRAM_STACK: usize = 64 * 1024;
-
-/// The capability header version that takes two 32-bit data words.
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The step's program: its descriptors, its folder, no capabilities, then exec.
 ///
 /// # Safety
 /// As `init`.
-unsafe fn exec_program(p: &Prepared, stdout: RawFd, stderr: RawFd, err_w: RawFd) -> ! {
-    // SAFETY: plain system calls on memory made before the clone.
+unsafe fn exec_program(l: &Launch) -> ! {
+    // SAFETY: system calls on memory made before the clone.
+    unsafe {
+        if let Err(errno) = prepare_program(l) {
+            fail(l.err_w, errno);
+        }
+        let p = &l.prepared;
+        let errno = rawsys::execve(&p.program, p.argv.as_ptr(), p.envp.as_ptr());
+        fail(l.err_w, errno)
+    }
+}
+
+/// Everything of the program's start up to its exec.
+///
+/// # Safety
+/// As `init`.
+unsafe fn prepare_program(l: &Launch) -> rawsys::SysResult {
+    let p = &l.prepared;
+    // SAFETY: system calls on memory made before the clone.
     unsafe {
         // Close-on-exec: only its copy on 0 reaches the program.
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0
-            || libc::dup2(null, 0) < 0
-            || libc::dup2(stdout, 1) < 0
-            || libc::dup2(stderr, 2) < 0
-            || libc::chdir(p.cwd.as_ptr()) != 0
-        {
-            fail(err_w);
-        }
+        let null = rawsys::open(c"/dev/null", libc::O_RDONLY | libc::O_CLOEXEC)? as RawFd;
+        rawsys::dup2(null, 0)?;
+        rawsys::dup2(l.stdout, 1)?;
+        rawsys::dup2(l.stderr, 2)?;
+        rawsys::chdir(&p.cwd)?;
         // Nothing of the spawner's capabilities reaches the step: the bounding set first (it
         // needs CAP_SETPCAP), then ambient, then the rest.
         for &cap in p.bounding {
-            libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0);
+            let _ = rawsys::prctl(libc::PR_CAPBSET_DROP, cap as usize, 0);
         }
-        libc::prctl(
+        let _ = rawsys::prctl(
             libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as usize,
             0,
         );
-        let header = [CAPABILITY_VERSION_3, 0];
-        let data = [0u32; 6];
-        if libc::syscall(libc::SYS_capset, header.as_ptr(), data.as_ptr()) != 0 {
-            fail(err_w);
-        }
-        // The spawner ignores SIGPIPE, as every Rust program does; the step gets the default.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-        if !p.filter.install() {
-            fail(err_w);
-        }
-        libc::execve(p.program.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
-        fail(err_w)
+        rawsys::drop_capabilities()?;
+        // The spawner ignores SIGPIPE, as every Rust program does; the step gets the default,
+        // and no blocked signal.
+        rawsys::default_signals(libc::SIGPIPE)?;
+        p.filter.install()?;
+        Ok(0)
     }
 }
