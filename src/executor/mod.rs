@@ -133,7 +133,8 @@ impl fmt::Debug for ConnectionValue {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The commit a run is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GitInfo {
     pub sha: String,
     #[serde(rename = "ref")]
@@ -340,7 +341,7 @@ impl fmt::Debug for PublishedCredential {
 
 /// What an attempt is, in the words of the executor that runs it: the identity to find it by
 /// (to follow it, stop it, or tell after a restart whether it is still there).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum AttemptHandle {
     /// A process on this machine, also the id of its process group.

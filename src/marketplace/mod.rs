@@ -363,7 +363,7 @@ pub fn catch_up(store: &Store, now: DateTime<Utc>) -> Result<Vec<String>, StoreE
 /// What one of a run's publish steps published, as its API answer and its PR comment show it:
 /// the resource, the version it made or matched (or why it was refused), environments,
 /// non-secret properties and credential keys, never a value.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunPublication {
     pub step: String,
     pub resource: String,
@@ -380,7 +380,8 @@ pub struct RunPublication {
     pub credentials: Vec<CredentialKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A credential's key, and whether its value is secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CredentialKey {
     pub key: String,
     pub secret: bool,

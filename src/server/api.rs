@@ -25,6 +25,7 @@ use crate::run::queue::{QueueError, Submit};
 use crate::run::{self, StartError};
 use crate::spec::values;
 use crate::store::{PipelineRecord, RunRecord, RunStatus, SecretRelease, StoreError, Trigger};
+use crate::views;
 
 /// An API error: a status and a sentence.
 #[derive(Debug)]
@@ -1270,7 +1271,7 @@ async fn start_run(
         params.insert(k.clone(), param_text(k, v)?);
     }
     let run = submit_manual(&state, source, name, params, who(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+    Ok((StatusCode::CREATED, Json(views::api::Run::from(run))).into_response())
 }
 
 /// Queues a manual run of `source/name` with parameter values as text, started by `by` (the API
@@ -1326,7 +1327,7 @@ struct RunsQuery {
 async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::RunList>> {
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::new(
@@ -1356,23 +1357,25 @@ async fn list_runs(
             .take(limit)
             .collect(),
     };
-    Ok(Json(json!({ "runs": runs })))
+    Ok(Json(views::api::RunList::of(runs)))
 }
 
-async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<views::api::RunDetail>> {
     let run = state.store.find_run(&id)?;
     let steps = state.store.steps(&run.id)?;
     let outputs = state.store.outputs(&run.id)?;
-    let mut body = json!(run);
-    body["steps"] = json!(steps);
-    body["outputs"] = json!(outputs);
-    body["published"] = market::published(&state, &run.id)?;
-    Ok(Json(body))
+    let published = crate::marketplace::run_publications(&state.store, &run.id)?;
+    Ok(Json(views::api::RunDetail::of(
+        run, steps, outputs, published,
+    )))
 }
 
 async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let run = cancel_of(&state, &id).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!(run))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(views::api::Run::from(run))).into_response())
 }
 
 async fn rerun(
@@ -1381,7 +1384,7 @@ async fn rerun(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let run = rerun_of(&state, &id, who(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+    Ok((StatusCode::CREATED, Json(views::api::Run::from(run))).into_response())
 }
 
 /// Queues a new run like run `id` (same version, parameters, commit and pull request), started
@@ -1485,7 +1488,7 @@ async fn retry(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let run = retry_of(&state, &id, who(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(json!(run))).into_response())
+    Ok((StatusCode::CREATED, Json(views::api::Run::from(run))).into_response())
 }
 
 /// Cancels run `id` (an id or a unique prefix).

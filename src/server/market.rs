@@ -209,8 +209,3 @@ pub(super) async fn delete_connection(
     blocking(move || marketplace::remove_connection(&store, &name)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
-
-/// What a run published (`marketplace::run_publications`), for its API answer.
-pub(super) fn published(state: &AppState, run_id: &str) -> ApiResult<Value> {
-    Ok(json!(marketplace::run_publications(&state.store, run_id)?))
-}

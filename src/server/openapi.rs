@@ -4,32 +4,37 @@ use serde_json::{Map, Value, json};
 
 use super::api::ROUTES;
 
-/// The JSON schemas the routes name.
+/// The schemas generated from the answers' types (`views::api`), with every type they use, by
+/// name: what the server serializes is what the document says.
+fn generated() -> Map<String, Value> {
+    use crate::views::api;
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas/".into();
+    settings.contract = schemars::generate::Contract::Serialize;
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<api::Run>();
+    generator.subschema_for::<api::RunList>();
+    generator.subschema_for::<api::RunDetail>();
+    generator.take_definitions(true)
+}
+
+/// The JSON schemas the routes name: the generated ones, and those still written here.
 fn schemas() -> Value {
+    let mut all = generated();
+    if let Value::Object(written) = written() {
+        // A name in both keeps the generated schema (a test sees that none is).
+        for (name, schema) in written {
+            all.entry(name).or_insert(schema);
+        }
+    }
+    Value::Object(all)
+}
+
+/// The schemas not generated from types yet.
+fn written() -> Value {
     let error = json!({"type": "object", "required": ["error"],
         "properties": {"error": {"type": "string", "description": "what went wrong, and how to fix it"}}});
-    let run = json!({"type": "object",
-    "required": ["id", "number", "source", "pipeline", "version", "parameters", "trigger", "status", "created_at", "steps"],
-    "properties": {
-        "id": {"type": "string", "description": "26-character sortable id"},
-        "number": {"type": "integer"},
-        "source": {"type": "string"},
-        "pipeline": {"type": "string"},
-        "version": {"type": "integer"},
-        "parameters": {"type": "object"},
-        "trigger": {"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}, "detail": {"type": "string"}}},
-        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "interrupted", "skipped"]},
-        "git": {"type": "object", "properties": {"sha": {"type": "string"}, "ref": {"type": "string"}, "repo": {"type": "string"}}},
-        "created_at": {"type": "string", "format": "date-time"},
-        "started_at": {"type": "string", "format": "date-time"},
-        "finished_at": {"type": "string", "format": "date-time"},
-        "message": {"type": "string"},
-        "steps": {"type": "array", "items": {"type": "string"}},
-        "concurrency": {"type": "string"},
-        "executor": {"type": "string", "description": "the kind of executor that ran it (`local`, `argo`); absent for runs that never started"},
-        "external_id": {"type": "string", "description": "the run's identity in its executor, when it has one (an Argo Workflow's name)"},
-        "retry_of": {"type": "string", "description": "the run this one retries from its failed step"}
-    }});
     let pipeline = json!({"type": "object",
     "required": ["source", "name", "path", "version", "commit", "valid", "errors", "retired", "last_run"],
     "properties": {
@@ -61,41 +66,6 @@ fn schemas() -> Value {
     }
     if let Some(required) = detail["required"].as_array_mut() {
         required.extend([json!("spec"), json!("parameters"), json!("versions")]);
-    }
-    let mut run_detail = run.clone();
-    if let Some(props) = run_detail["properties"].as_object_mut() {
-        props.insert("steps".into(), json!({"type": "array", "items": {"type": "object",
-            "required": ["name", "state", "attempts"],
-            "properties": {"name": {"type": "string"}, "state": {"type": "string"},
-                "summary": {"type": "string", "description": "the Markdown the step wrote to $GANTRY_SUMMARY (masked, at most 64 KiB)"},
-                "attempts": {"type": "array",
-                "items": {"type": "object", "required": ["number", "started_at", "handle", "pid"],
-                "properties": {"number": {"type": "integer"}, "started_at": {"type": "string", "format": "date-time"},
-                    "handle": {"type": "object", "required": ["kind"], "description": "what ran the attempt: `{kind: process, pid}`, `{kind: builtin}`, or `{kind: argo, workflow, node, pod}`",
-                        "properties": {"kind": {"type": "string", "enum": ["process", "builtin", "argo"]}}},
-                    "pid": {"type": "integer", "description": "the process id for a process, else 0"}}}}}}}));
-        props.insert(
-            "outputs".into(),
-            json!({"type": "array", "items": {"type": "object",
-            "description": "secret outputs have no value"}}),
-        );
-    }
-    if let Some(props) = run_detail["properties"].as_object_mut() {
-        props.insert("published".into(), json!({"type": "array", "description": "what the run's publish steps published: never a credential's value",
-            "items": {"type": "object", "required": ["step", "resource", "environments", "properties", "credentials"],
-            "properties": {"step": {"type": "string"}, "resource": {"type": "string"},
-                "version": {"type": ["integer", "null"], "description": "the marketplace version it made or matched; null until the run ended"},
-                "new_version": {"type": ["boolean", "null"], "description": "false: the publish changed nothing"},
-                "error": {"type": ["string", "null"], "description": "why the marketplace refused it (another pipeline owns the name)"},
-                "publisher_version": {"type": "string"}, "category": {"type": "string"},
-                "environments": {"type": "array", "items": {"type": "string"}},
-                "properties": {"type": "object", "additionalProperties": {"type": "string"}},
-                "credentials": {"type": "array", "items": {"type": "object", "required": ["key", "secret"],
-                    "properties": {"key": {"type": "string"}, "secret": {"type": "boolean"}}}}}}}));
-    }
-    if let Some(required) = run_detail["required"].as_array_mut() {
-        required.push(json!("outputs"));
-        required.push(json!("published"));
     }
     let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"});
     let category = json!({"type": "string", "enum": ["database", "storage", "messaging", "cache", "ai", "service", "other"]});
@@ -167,9 +137,6 @@ fn schemas() -> Value {
         "next": {"type": ["string", "null"], "description": "pass as `before` for the next page; null at the end"}}});
     json!({
         "Error": error,
-        "Run": run,
-        "RunDetail": run_detail,
-        "RunList": {"type": "object", "required": ["runs"], "properties": {"runs": {"type": "array", "items": {"$ref": "#/components/schemas/Run"}}}},
         "Pipeline": pipeline,
         "PipelineDetail": detail,
         "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
@@ -348,6 +315,28 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_schemas_and_written_ones_have_names_of_their_own() {
+        let generated = generated();
+        let written = written();
+        for name in written.as_object().expect("written schemas").keys() {
+            assert!(
+                !generated.contains_key(name),
+                "{name} is both generated and written"
+            );
+        }
+        for name in [
+            "Run",
+            "RunList",
+            "RunDetail",
+            "Step",
+            "Output",
+            "RunPublication",
+        ] {
+            assert!(generated.contains_key(name), "{name} is generated");
+        }
+    }
 
     #[test]
     fn every_route_is_documented_and_every_named_schema_exists() {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::executor::{AttemptHandle, GitInfo, Stream};
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Queued,
@@ -42,7 +42,7 @@ impl RunStatus {
 }
 
 /// What started a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Trigger {
     /// `manual`, `push`, `pullRequest`, `comment` or `schedule`.
     pub kind: String,
@@ -131,7 +131,7 @@ impl RunRecord {
 }
 
 /// The state of one step of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StepState {
     Pending,
@@ -181,7 +181,7 @@ impl From<crate::executor::StepStatus> for StepState {
 }
 
 /// One attempt of a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(from = "AttemptWire", into = "AttemptWire")]
 pub struct Attempt {
     pub number: u32,
@@ -197,7 +197,7 @@ pub struct Attempt {
 /// An attempt as stored and answered: `handle`, and `pid` beside it for a process (what records
 /// held before handles existed, and what API clients of that time read). A record with only a
 /// `pid` reads as a process, or as a built-in for pid 0.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 struct AttemptWire {
     number: u32,
     started_at: DateTime<Utc>,
@@ -207,8 +207,10 @@ struct AttemptWire {
     status: Option<StepState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
+    /// The process id for a process, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pid: Option<u32>,
+    /// What ran the attempt: a process, a built-in, or an Argo node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     handle: Option<AttemptHandle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,7 +250,8 @@ impl From<Attempt> for AttemptWire {
 }
 
 /// One step of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Step")]
 pub struct StepRecord {
     pub name: String,
     pub state: StepState,
@@ -300,7 +303,8 @@ pub struct LogLine {
 }
 
 /// A step output as the store returns it: secret values are never returned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Output")]
 pub struct OutputRecord {
     pub step: String,
     pub name: String,

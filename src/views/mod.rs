@@ -5,6 +5,7 @@
 //! Nothing here writes, and nothing here holds a secret value: secret outputs and variables are
 //! names only, and publications carry credential keys, never values.
 
+pub mod api;
 pub mod form;
 
 use std::collections::BTreeMap;

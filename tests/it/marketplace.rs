@@ -91,6 +91,7 @@ fn run(s: &GantryServer, name: &str, params: Value) -> Value {
         run = s.get_json(&format!("/api/v1/runs/{id}"));
         !matches!(run["status"].as_str(), Some("queued" | "running"))
     });
+    s.conforms("RunDetail", &run);
     run
 }
 

@@ -88,11 +88,15 @@ fn post_run(s: &GantryServer, pipeline: &str, params: Value) -> (u16, String) {
 fn start(s: &GantryServer, pipeline: &str, params: Value) -> Value {
     let (status, body) = post_run(s, pipeline, params);
     assert_eq!(status, 201, "POST runs of {pipeline}: {body}");
-    parse(&body)
+    let run = parse(&body);
+    s.conforms("Run", &run);
+    run
 }
 
 fn get_run(s: &GantryServer, id: &str) -> Value {
-    s.get_json(&format!("/api/v1/runs/{id}"))
+    let run = s.get_json(&format!("/api/v1/runs/{id}"));
+    s.conforms("RunDetail", &run);
+    run
 }
 
 /// Waits until the run `id` has the status `want`; returns it.

@@ -133,10 +133,9 @@ impl World {
     }
 
     fn runs(&self) -> Vec<Value> {
-        self.server.get_json("/api/v1/runs")["runs"]
-            .as_array()
-            .expect("a runs array")
-            .clone()
+        let list = self.server.get_json("/api/v1/runs");
+        self.server.conforms("RunList", &list);
+        list["runs"].as_array().expect("a runs array").clone()
     }
 
     /// Waits until a run of `pipeline` with trigger `kind` has ended; returns it.

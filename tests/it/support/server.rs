@@ -400,6 +400,26 @@ impl GantryServer {
     }
 
     /// A GET that must answer 2xx with JSON; panics with the response and the logs otherwise.
+    /// Asserts that `value` (an answer of this server) is what the served OpenAPI document's
+    /// schema `schema` says such an answer is.
+    pub fn conforms(&self, schema: &str, value: &Value) {
+        let doc = self.get_json("/api/v1/openapi.json");
+        let root = serde_json::json!({
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let validator = jsonschema::validator_for(&root)
+            .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}"));
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "the answer is not a {schema}: {errors:#?}\n{value:#}"
+        );
+    }
+
     pub fn get_json(&self, path: &str) -> Value {
         let (status, body) = self.get(path);
         if !(200..300).contains(&status) {
