@@ -301,8 +301,8 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         body: Some("PipelineSpec"),
         responses: &[
-            (201, "created", Some("Pipeline")),
-            (200, "updated, or unchanged", Some("Pipeline")),
+            (201, "created", Some("AppliedPipeline")),
+            (200, "updated, or unchanged", Some("AppliedPipeline")),
             (400, "the source is not `local`", Some("Error")),
             (
                 422,
@@ -898,36 +898,6 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
 
 // ---- pipelines -------------------------------------------------------------------------------
 
-/// A pipeline as the API shows it.
-fn pipeline_json(p: &PipelineRecord, last_run: Option<&RunRecord>) -> Value {
-    json!({
-        "source": p.source,
-        "name": p.name,
-        "path": p.path,
-        "version": p.version,
-        "commit": p.commit,
-        "valid": p.valid,
-        "errors": p.errors.iter().map(|e| json!({
-            "path": e.path, "line": e.line, "column": e.column, "message": e.message,
-            "text": e.to_string(),
-        })).collect::<Vec<_>>(),
-        "retired": p.retired,
-        "executor": p.executor,
-        "updated_at": p.updated_at,
-        "last_run": last_run.map(run_summary),
-    })
-}
-
-fn run_summary(r: &RunRecord) -> Value {
-    json!({
-        "id": r.id,
-        "number": r.number,
-        "status": r.status,
-        "created_at": r.created_at,
-        "finished_at": r.finished_at,
-    })
-}
-
 /// The newest run of each pipeline, from one pass over the newest runs.
 fn last_runs(
     state: &AppState,
@@ -952,14 +922,14 @@ struct SourceQuery {
 async fn list_pipelines(
     State(state): State<AppState>,
     Query(q): Query<SourceQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::PipelineList>> {
     let pipelines = state.store.list_pipelines(q.source.as_deref())?;
     let last = last_runs(&state, pipelines.len())?;
-    let items: Vec<Value> = pipelines
+    let pipelines = pipelines
         .iter()
-        .map(|p| pipeline_json(p, last.get(&(p.source.clone(), p.name.clone()))))
+        .map(|p| views::api::Pipeline::of(p, last.get(&(p.source.clone(), p.name.clone()))))
         .collect();
-    Ok(Json(json!({ "pipelines": items })))
+    Ok(Json(views::api::PipelineList { pipelines }))
 }
 
 fn find_pipeline(state: &AppState, source: &str, name: &str) -> ApiResult<PipelineRecord> {
@@ -974,36 +944,19 @@ fn find_pipeline(state: &AppState, source: &str, name: &str) -> ApiResult<Pipeli
 async fn get_pipeline(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::PipelineDetail>> {
     let record = find_pipeline(&state, &source, &name)?;
     let last = state
         .store
         .list_runs(Some(&format!("{source}/{name}")), 1)?
         .into_iter()
         .next();
-    let mut body = pipeline_json(&record, last.as_ref());
     let versions = state.store.versions(&source, &name)?;
-    let current = record
-        .version
-        .and_then(|v| versions.iter().find(|x| x.version == v));
-    let pipeline = current.and_then(|v| crate::spec::check(&v.text).pipeline);
-    body["spec"] = json!(current.map(|v| v.text.clone()));
-    body["parameters"] = json!(pipeline.as_ref().map(|p| &p.parameters));
-    body["triggers"] = json!(pipeline.as_ref().map(|p| &p.on));
-    body["variables"] = json!(pipeline.as_ref().map(|p| &p.variables));
-    body["secrets"] = json!(pipeline.as_ref().map(|p| &p.secrets));
-    body["versions"] = json!(
-        versions
-            .iter()
-            .map(|v| json!({
-                "version": v.version,
-                "commit": v.commit,
-                "path": v.path,
-                "created_at": v.created_at,
-            }))
-            .collect::<Vec<_>>()
-    );
-    Ok(Json(body))
+    Ok(Json(views::api::PipelineDetail::of(
+        &record,
+        last.as_ref(),
+        &versions,
+    )))
 }
 
 fn require_local(source: &str) -> ApiResult<()> {
@@ -1088,18 +1041,20 @@ async fn put_pipeline(
     } else {
         StatusCode::CREATED
     };
-    let mut body = pipeline_json(&applied.record, None);
-    body["changed"] = json!(applied.changed);
+    let body = views::api::AppliedPipeline {
+        pipeline: views::api::Pipeline::of(&applied.record, None),
+        changed: applied.changed,
+    };
     Ok((status, Json(body)).into_response())
 }
 
 async fn delete_pipeline(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::Pipeline>> {
     require_local(&source)?;
     let record = catalog::delete_local(&state.store, &name)?;
-    Ok(Json(pipeline_json(&record, None)))
+    Ok(Json(views::api::Pipeline::of(&record, None)))
 }
 
 #[derive(Deserialize)]
@@ -1112,7 +1067,7 @@ async fn rollback(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::Pipeline>> {
     require_local(&source)?;
     let RollbackBody { to } = parse_json(&body, "{\"to\": <version number>}")?;
     let to = to
@@ -1130,7 +1085,7 @@ async fn rollback(
             )
         })?;
     let applied = catalog::rollback_local(&state.store, &name, to)?;
-    Ok(Json(pipeline_json(&applied.record, None)))
+    Ok(Json(views::api::Pipeline::of(&applied.record, None)))
 }
 
 pub(super) fn parse_json<T: serde::de::DeserializeOwned>(

@@ -16,6 +16,10 @@ fn generated() -> Map<String, Value> {
     generator.subschema_for::<api::Run>();
     generator.subschema_for::<api::RunList>();
     generator.subschema_for::<api::RunDetail>();
+    generator.subschema_for::<api::Pipeline>();
+    generator.subschema_for::<api::PipelineList>();
+    generator.subschema_for::<api::AppliedPipeline>();
+    generator.subschema_for::<api::PipelineDetail>();
     generator.take_definitions(true)
 }
 
@@ -35,38 +39,6 @@ fn schemas() -> Value {
 fn written() -> Value {
     let error = json!({"type": "object", "required": ["error"],
         "properties": {"error": {"type": "string", "description": "what went wrong, and how to fix it"}}});
-    let pipeline = json!({"type": "object",
-    "required": ["source", "name", "path", "version", "commit", "valid", "errors", "retired", "last_run"],
-    "properties": {
-        "source": {"type": "string"},
-        "name": {"type": "string"},
-        "path": {"type": "string"},
-        "version": {"type": ["integer", "null"], "description": "the version runs use: the newest valid one"},
-        "commit": {"type": ["string", "null"]},
-        "valid": {"type": "boolean", "description": "whether the definition as last read is valid"},
-        "errors": {"type": "array", "items": {"type": "object",
-            "required": ["path", "line", "column", "message", "text"],
-            "properties": {"path": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"},
-                "message": {"type": "string"}, "text": {"type": "string", "description": "path:line:col: message"}}}},
-        "retired": {"type": "boolean"},
-        "executor": {"type": ["string", "null"], "description": "a local pipeline's executor; null: the default (a repository's pipelines go to its `executor`)"},
-        "last_run": {"type": ["object", "null"]}
-    }});
-    let mut detail = pipeline.clone();
-    if let Some(props) = detail["properties"].as_object_mut() {
-        props.insert(
-            "spec".into(),
-            json!({"type": ["string", "null"], "description": "the current version's text"}),
-        );
-        props.insert("parameters".into(), json!({"type": ["array", "null"]}));
-        props.insert("triggers".into(), json!({"type": ["object", "null"]}));
-        props.insert("versions".into(), json!({"type": "array", "items": {"type": "object",
-            "required": ["version", "created_at"],
-            "properties": {"version": {"type": "integer"}, "commit": {"type": ["string", "null"]}, "path": {"type": "string"}, "created_at": {"type": "string"}}}}));
-    }
-    if let Some(required) = detail["required"].as_array_mut() {
-        required.extend([json!("spec"), json!("parameters"), json!("versions")]);
-    }
     let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"});
     let category = json!({"type": "string", "enum": ["database", "storage", "messaging", "cache", "ai", "service", "other"]});
     let resource = json!({"type": "object",
@@ -137,9 +109,6 @@ fn written() -> Value {
         "next": {"type": ["string", "null"], "description": "pass as `before` for the next page; null at the end"}}});
     json!({
         "Error": error,
-        "Pipeline": pipeline,
-        "PipelineDetail": detail,
-        "PipelineList": {"type": "object", "required": ["pipelines"], "properties": {"pipelines": {"type": "array", "items": {"$ref": "#/components/schemas/Pipeline"}}}},
         "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "minLength": 1, "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
             "executor": {"type": "string", "description": "the executor its runs go to (a name of `[executor.NAME]`); \"\" for the default; left as it was when absent"}}},
         "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1, "maximum": 4294967295u64}}},

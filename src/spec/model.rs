@@ -74,7 +74,7 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Triggers {
     /// Runs from the CLI, the API or the UI. Default true.
     pub manual: bool,
@@ -98,7 +98,7 @@ impl Default for Triggers {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, schemars::JsonSchema)]
 pub struct PushTrigger {
     /// Glob patterns on the branch name; empty means the watched branch.
     pub branches: Vec<String>,
@@ -106,7 +106,7 @@ pub struct PushTrigger {
     pub paths: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PullRequestTrigger {
     /// Glob patterns on the PR's target branch; empty means any.
     pub branches: Vec<String>,
@@ -114,7 +114,7 @@ pub struct PullRequestTrigger {
     pub types: Vec<PullRequestType>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PullRequestType {
     Opened,
@@ -137,7 +137,7 @@ impl PullRequestType {
     ];
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Schedule {
     /// The expression as written (5 fields, or 6 with seconds first).
     pub cron: String,
@@ -163,7 +163,7 @@ pub enum ConcurrencyPolicy {
     Skip,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     String,
@@ -194,7 +194,7 @@ impl ParamType {
 }
 
 /// A typed parameter value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ParamValue {
     String(String),
@@ -214,7 +214,7 @@ impl std::fmt::Display for ParamValue {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Parameter {
     pub name: String,
     #[serde(rename = "type")]

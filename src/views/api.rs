@@ -12,7 +12,10 @@ use serde::Serialize;
 
 use crate::executor::GitInfo;
 use crate::marketplace::RunPublication;
-use crate::store::{OutputRecord, RunRecord, RunStatus, StepRecord, Trigger};
+use crate::spec::model::{Parameter, Triggers};
+use crate::store::{
+    OutputRecord, PipelineRecord, PipelineVersion, RunRecord, RunStatus, StepRecord, Trigger,
+};
 
 /// What every answer about a run says of it; the step names or records come beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -166,6 +169,182 @@ impl RunDetail {
             steps,
             outputs,
             published,
+        }
+    }
+}
+
+/// A validation error of a pipeline's definition, with its place in the file.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SpecError {
+    /// The file, as the source names it.
+    pub path: String,
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+    /// `path:line:col: message`, as `gantry validate` prints it.
+    pub text: String,
+}
+
+/// A pipeline's newest run, in short.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct RunSummary {
+    pub id: String,
+    pub number: u64,
+    pub status: RunStatus,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<&RunRecord> for RunSummary {
+    fn from(r: &RunRecord) -> RunSummary {
+        RunSummary {
+            id: r.id.clone(),
+            number: r.number,
+            status: r.status,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+/// A pipeline: where it is read from, the version its runs use, whether its definition as last
+/// read is valid (and if not, why), and its newest run.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Pipeline {
+    /// `local` for a pipeline defined in Gantry, else the repository's name.
+    pub source: String,
+    pub name: String,
+    /// The file it is read from, relative to the repository's root ("" for a local one).
+    pub path: String,
+    /// The version runs use: the newest valid one; null while no valid text was ever seen.
+    pub version: Option<u32>,
+    /// The commit the definition was last read at.
+    pub commit: Option<String>,
+    /// Whether the definition as last read is valid; when not, `errors` says why and
+    /// `version` is still the last valid one.
+    pub valid: bool,
+    pub errors: Vec<SpecError>,
+    /// The file is gone from its branch: no new runs; its runs and versions stay.
+    pub retired: bool,
+    /// A local pipeline's executor; null: the default (a repository's pipelines go to its
+    /// `executor`).
+    pub executor: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    pub last_run: Option<RunSummary>,
+}
+
+impl Pipeline {
+    pub fn of(record: &PipelineRecord, last_run: Option<&RunRecord>) -> Pipeline {
+        let PipelineRecord {
+            source,
+            name,
+            path,
+            version,
+            commit,
+            valid,
+            errors,
+            retired,
+            updated_at,
+            executor,
+        } = record.clone();
+        Pipeline {
+            source,
+            name,
+            path,
+            version,
+            commit,
+            valid,
+            errors: errors
+                .into_iter()
+                .map(|e| SpecError {
+                    text: e.to_string(),
+                    path: e.path,
+                    line: e.line,
+                    column: e.column,
+                    message: e.message,
+                })
+                .collect(),
+            retired,
+            executor,
+            updated_at,
+            last_run: last_run.map(RunSummary::from),
+        }
+    }
+}
+
+/// The pipelines, by source and name.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct PipelineList {
+    pub pipelines: Vec<Pipeline>,
+}
+
+/// A local pipeline as a PUT left it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AppliedPipeline {
+    #[serde(flatten)]
+    pub pipeline: Pipeline,
+    /// Whether the PUT made a new version (false: the text was the current one).
+    pub changed: bool,
+}
+
+/// One version of a pipeline's definition.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct VersionSummary {
+    pub version: u32,
+    /// The commit it was read at (none for a local pipeline).
+    pub commit: Option<String>,
+    /// The file it was read from.
+    pub path: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A pipeline with its current definition (text and what it declares) and its versions.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct PipelineDetail {
+    #[serde(flatten)]
+    pub pipeline: Pipeline,
+    /// The current version's text.
+    pub spec: Option<String>,
+    /// The parameters a run takes; null without a valid version.
+    pub parameters: Option<Vec<Parameter>>,
+    /// What starts its runs; null without a valid version.
+    pub triggers: Option<Triggers>,
+    /// The variables its runs read; null without a valid version.
+    pub variables: Option<Vec<String>>,
+    /// The secrets its runs read (names); null without a valid version.
+    pub secrets: Option<Vec<String>>,
+    /// Every version, oldest first.
+    pub versions: Vec<VersionSummary>,
+}
+
+impl PipelineDetail {
+    /// `record` with its newest run and its versions; the current one's text is checked again
+    /// for what it declares.
+    pub fn of(
+        record: &PipelineRecord,
+        last_run: Option<&RunRecord>,
+        versions: &[PipelineVersion],
+    ) -> PipelineDetail {
+        let current = record
+            .version
+            .and_then(|v| versions.iter().find(|x| x.version == v));
+        let declared = current.and_then(|v| crate::spec::check(&v.text).pipeline);
+        PipelineDetail {
+            pipeline: Pipeline::of(record, last_run),
+            spec: current.map(|v| v.text.clone()),
+            parameters: declared.as_ref().map(|p| p.parameters.clone()),
+            triggers: declared.as_ref().map(|p| p.on.clone()),
+            variables: declared.as_ref().map(|p| p.variables.clone()),
+            secrets: declared.as_ref().map(|p| p.secrets.clone()),
+            versions: versions
+                .iter()
+                .map(|v| VersionSummary {
+                    version: v.version,
+                    commit: v.commit.clone(),
+                    path: v.path.clone(),
+                    created_at: v.created_at,
+                })
+                .collect(),
         }
     }
 }

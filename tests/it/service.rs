@@ -29,7 +29,9 @@ fn repo_server(remote: &Remote) -> GantryServer {
 }
 
 fn pipelines(s: &GantryServer) -> Vec<Value> {
-    s.get_json("/api/v1/pipelines")["pipelines"]
+    let list = s.get_json("/api/v1/pipelines");
+    s.conforms("PipelineList", &list);
+    list["pipelines"]
         .as_array()
         .expect("a pipelines array")
         .clone()
@@ -74,7 +76,9 @@ fn put_local(s: &GantryServer, name: &str, text: &str) -> Value {
         status == 200 || status == 201,
         "PUT {name}: {status} {body}"
     );
-    parse(&body)
+    let applied = parse(&body);
+    s.conforms("AppliedPipeline", &applied);
+    applied
 }
 
 fn post_run(s: &GantryServer, pipeline: &str, params: Value) -> (u16, String) {
@@ -171,6 +175,7 @@ fn the_first_sync_lists_every_file_and_a_push_makes_a_new_version() {
     );
 
     let detail = s.get_json("/api/v1/pipelines/infra/alpha");
+    s.conforms("PipelineDetail", &detail);
     assert!(
         detail["spec"]
             .as_str()
@@ -684,7 +689,9 @@ fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(parse(&body)["version"], 3, "{body}");
+    s.conforms("Pipeline", &parse(&body));
     let detail = s.get_json("/api/v1/pipelines/local/history");
+    s.conforms("PipelineDetail", &detail);
     assert_eq!(detail["spec"], v1.as_str(), "{detail}");
     let (status, body) = s.post_json(
         "/api/v1/pipelines/local/history/rollback",
