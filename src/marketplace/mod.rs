@@ -482,7 +482,8 @@ pub fn list(store: &Store, filter: &Filter) -> Result<Vec<ResourceRecord>, Marke
 }
 
 /// A resource as a list shows it: its record and the environments it has now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Resource")]
 pub struct ResourceSummary {
     #[serde(flatten)]
     pub record: ResourceRecord,
@@ -516,7 +517,8 @@ pub fn summaries(store: &Store, filter: &Filter) -> Result<Vec<ResourceSummary>,
 }
 
 /// A resource with its versions, newest first; secret values are never in it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "ResourceDetail")]
 pub struct ResourceView {
     #[serde(flatten)]
     pub record: ResourceRecord,
@@ -665,7 +667,8 @@ pub struct NewConnection {
 }
 
 /// One credential as a connection hands it over.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "BoundCredential")]
 pub struct Bound {
     pub key: String,
     /// The environment variable it is handed over as.
@@ -687,7 +690,8 @@ impl std::fmt::Debug for Bound {
 }
 
 /// A connection with what it resolves to now: the API's answer, and what `binding` renders.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "ResolvedConnection")]
 pub struct Resolved {
     #[serde(flatten)]
     pub connection: ConnectionRecord,
@@ -695,7 +699,7 @@ pub struct Resolved {
 }
 
 /// The version a connection resolves to, and the credentials it hands over from it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resolution {
     pub version: u64,
     /// The publisher's semver of that version.
@@ -709,7 +713,7 @@ pub struct Resolution {
 }
 
 /// What a connection's answer says of its resource.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceRef {
     pub name: String,
     pub category: Category,
@@ -907,7 +911,7 @@ fn resolve_record(
 
 /// A connection with what it resolves to now, or why it does not resolve (its resource or
 /// environment unpublished, no version within its constraint).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConnectionState {
     #[serde(flatten)]
     pub connection: ConnectionRecord,

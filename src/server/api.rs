@@ -735,7 +735,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         body: None,
         responses: &[
-            (200, "the connection", Some("ResolvedConnection")),
+            (200, "the connection", Some("ConnectionState")),
             ERR_401,
             (404, "no such connection", Some("Error")),
         ],

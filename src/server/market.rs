@@ -13,11 +13,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::AppState;
 use super::api::{ApiError, blocking, parse_json};
 use crate::marketplace::{self, Filter, MarketError, NewConnection};
+use crate::views;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -62,7 +62,7 @@ pub(super) struct ListQuery {
 pub(super) async fn list_resources(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<views::api::ResourceList>> {
     let filter = Filter {
         kind: q.kind.filter(|s| !s.is_empty()),
         tag: q.tag.filter(|s| !s.is_empty()),
@@ -78,15 +78,15 @@ pub(super) async fn list_resources(
             }
         },
     };
-    let items = marketplace::summaries(&state.store, &filter)?;
-    Ok(Json(json!({ "resources": items })))
+    let resources = marketplace::summaries(&state.store, &filter)?;
+    Ok(Json(views::api::ResourceList { resources }))
 }
 
 pub(super) async fn get_resource(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(marketplace::show(&state.store, &name)?)))
+) -> ApiResult<Json<marketplace::ResourceView>> {
+    Ok(Json(marketplace::show(&state.store, &name)?))
 }
 
 #[derive(Deserialize)]
@@ -98,13 +98,13 @@ pub(super) async fn unpublish(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<UnpublishQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<marketplace::ResourceSummary>> {
     let store = state.store.clone();
     let env = q.env.filter(|e| !e.is_empty());
     let record =
         blocking(move || marketplace::unpublish(&store, &name, env.as_deref(), Utc::now()))
             .await??;
-    Ok(Json(json!(marketplace::summary(&state.store, record)?)))
+    Ok(Json(marketplace::summary(&state.store, record)?))
 }
 
 #[derive(Deserialize)]
@@ -117,7 +117,7 @@ pub(super) async fn deprecate(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<marketplace::ResourceSummary>> {
     let DeprecateBody { reason } =
         parse_json(&body, "{\"reason\": \"...\"} (null: no longer deprecated)")?;
     let reason = reason.map(|r| r.trim().to_string());
@@ -131,7 +131,7 @@ pub(super) async fn deprecate(
     let record =
         blocking(move || marketplace::deprecate(&store, &name, reason.as_deref(), Utc::now()))
             .await??;
-    Ok(Json(json!(marketplace::summary(&state.store, record)?)))
+    Ok(Json(marketplace::summary(&state.store, record)?))
 }
 
 // ---- connections ----------------------------------------------------------------------------
@@ -172,33 +172,35 @@ pub(super) async fn create_connection(
         )
     })
     .await??;
-    Ok((StatusCode::CREATED, Json(json!(resolved))).into_response())
+    Ok((StatusCode::CREATED, Json(resolved)).into_response())
 }
 
-pub(super) async fn list_connections(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(
-        json!({ "connections": state.store.list_connections()? }),
-    ))
+pub(super) async fn list_connections(
+    State(state): State<AppState>,
+) -> ApiResult<Json<views::api::ConnectionList>> {
+    Ok(Json(views::api::ConnectionList {
+        connections: state.store.list_connections()?,
+    }))
 }
 
 /// The connection with what it resolves to now, or why it does not resolve.
 pub(super) async fn get_connection(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<marketplace::ConnectionState>> {
     let store = state.store.clone();
     let found = blocking(move || marketplace::state(&store, &name, Utc::now())).await??;
-    Ok(Json(json!(found)))
+    Ok(Json(found))
 }
 
 pub(super) async fn credentials(
     State(state): State<AppState>,
     Path(name): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<marketplace::Resolved>> {
     let store = state.store.clone();
     let resolved =
         blocking(move || marketplace::resolve(&store, &name, true, Utc::now())).await??;
-    Ok(Json(json!(resolved)))
+    Ok(Json(resolved))
 }
 
 pub(super) async fn delete_connection(

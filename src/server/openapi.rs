@@ -20,6 +20,11 @@ fn generated() -> Map<String, Value> {
     generator.subschema_for::<api::PipelineList>();
     generator.subschema_for::<api::AppliedPipeline>();
     generator.subschema_for::<api::PipelineDetail>();
+    generator.subschema_for::<api::ResourceList>();
+    generator.subschema_for::<crate::marketplace::ResourceView>();
+    generator.subschema_for::<api::ConnectionList>();
+    generator.subschema_for::<crate::marketplace::Resolved>();
+    generator.subschema_for::<crate::marketplace::ConnectionState>();
     generator.take_definitions(true)
 }
 
@@ -40,61 +45,6 @@ fn written() -> Value {
     let error = json!({"type": "object", "required": ["error"],
         "properties": {"error": {"type": "string", "description": "what went wrong, and how to fix it"}}});
     let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"});
-    let category = json!({"type": "string", "enum": ["database", "storage", "messaging", "cache", "ai", "service", "other"]});
-    let resource = json!({"type": "object",
-    "required": ["name", "category", "tags", "owner", "latest", "created_at", "updated_at", "environments"],
-    "properties": {
-        "name": name.clone(), "category": category.clone(),
-        "kind": {"type": "string", "description": "the publisher's `type` property, lower-cased (`postgresql`)"},
-        "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "owner": {"type": "object", "required": ["source", "pipeline"], "properties": {"source": {"type": "string"}, "pipeline": {"type": "string"}}},
-        "latest": {"type": "integer", "minimum": 1, "description": "the newest version's number"},
-        "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-        "deprecated": {"type": "object", "required": ["reason", "at"], "properties": {"reason": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}},
-        "unpublished_at": {"type": "string", "format": "date-time"},
-        "withdrawn": {"type": "object", "description": "environments unpublished one by one, and when", "additionalProperties": {"type": "string", "format": "date-time"}},
-        "environments": {"type": "array", "items": {"type": "string"}, "description": "the newest version's environments, unpublished ones left out"}
-    }});
-    let credential = json!({"type": "object", "required": ["key", "secret"], "properties": {
-        "key": {"type": "string"}, "secret": {"type": "boolean"},
-        "value": {"type": "string", "description": "absent for a secret: values are only in a connection's credentials"}}});
-    let version = json!({"type": "object", "required": ["number", "provenance", "tags", "properties", "environments"], "properties": {
-        "number": {"type": "integer", "minimum": 1}, "semver": {"type": "string", "description": "the publisher's version, when it is semver"},
-        "provenance": {"type": "object", "required": ["run_id", "run_number", "step", "published_at"], "properties": {
-            "run_id": {"type": "string"}, "run_number": {"type": "integer"}, "step": {"type": "string"},
-            "commit": {"type": "string"}, "git_ref": {"type": "string"}, "published_at": {"type": "string", "format": "date-time"}}},
-        "description": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "properties": {"type": "object", "additionalProperties": {"type": "string"}},
-        "environments": {"type": "object", "additionalProperties": {"type": "array", "items": credential}}}});
-    let mut resource_detail = resource.clone();
-    if let Some(props) = resource_detail["properties"].as_object_mut() {
-        props.insert(
-            "versions".into(),
-            json!({"type": "array", "items": version, "description": "newest first"}),
-        );
-    }
-    if let Some(required) = resource_detail["required"].as_array_mut() {
-        required.push(json!("versions"));
-    }
-    let connection = json!({"type": "object", "required": ["name", "resource", "environment", "mapping", "created_at"], "properties": {
-        "name": name.clone(), "consumer": {"type": "string"}, "resource": {"type": "string"}, "environment": {"type": "string"},
-        "version": {"type": "string", "description": "the constraint: a version number, or a semver requirement on the publisher's version; absent: the newest"},
-        "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
-        "created_at": {"type": "string", "format": "date-time"},
-        "resolved_version": {"type": "integer", "description": "the version it resolved to last"},
-        "resolved_at": {"type": "string", "format": "date-time"}}});
-    let mut resolved = connection.clone();
-    if let Some(props) = resolved["properties"].as_object_mut() {
-        props.insert("resolved".into(), json!({"type": "object", "required": ["version", "resource", "properties", "credentials"], "properties": {
-            "version": {"type": "integer"}, "semver": {"type": ["string", "null"]},
-            "resource": {"type": "object", "required": ["name", "category"], "properties": {"name": {"type": "string"}, "category": category.clone(), "kind": {"type": "string"},
-                "deprecated": {"type": "object", "properties": {"reason": {"type": "string"}, "at": {"type": "string", "format": "date-time"}}}}},
-            "properties": {"type": "object", "additionalProperties": {"type": "string"}},
-            "credentials": {"type": "array", "items": {"type": "object", "required": ["key", "var", "secret"], "properties": {
-                "key": {"type": "string"}, "var": {"type": "string"}, "secret": {"type": "boolean"},
-                "value": {"type": "string", "description": "only from /credentials for secrets"}}}}}}));
-        props.insert("error".into(), json!({"type": "string", "description": "why it does not resolve now (then `resolved` is absent)"}));
-    }
     let config_entry = json!({"type": "object", "required": ["name"],
         "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
             "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"},
@@ -128,14 +78,8 @@ fn written() -> Value {
             "ready": {"type": "boolean"},
             "reasons": {"type": "array", "items": {"type": "string"}, "description": "why the server takes no new work; empty when ready"}}},
         "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "boolean"}}},
-        "Resource": resource,
-        "ResourceDetail": resource_detail,
-        "ResourceList": {"type": "object", "required": ["resources"], "properties": {"resources": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}}},
         "Deprecate": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": ["string", "null"], "minLength": 1, "pattern": "\\S"}}},
-        "Connection": connection,
         "AuditList": audit,
-        "ConnectionList": {"type": "object", "required": ["connections"], "properties": {"connections": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}},
-        "ResolvedConnection": resolved,
         "NewConnection": {"type": "object", "required": ["name", "resource", "environment"], "additionalProperties": false, "properties": {
             "name": name, "resource": {"type": "string"}, "environment": {"type": "string"},
             "version": {"type": "string", "description": "a version number (`3`) or a semver requirement (`^1.2`); absent or empty: the newest"},

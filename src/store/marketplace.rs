@@ -13,7 +13,7 @@ use super::{Store, StoreError, crypto, decode, key, key_parts, show_key};
 use crate::spec::model::Category;
 
 /// A published resource as the marketplace lists it; its credentials are in its versions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceRecord {
     /// Unique per server.
     pub name: String,
@@ -41,20 +41,20 @@ pub struct ResourceRecord {
     pub withdrawn: BTreeMap<String, DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceOwner {
     pub source: String,
     pub pipeline: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deprecation {
     pub reason: String,
     pub at: DateTime<Utc>,
 }
 
 /// One version of a resource: what a publish made, with where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResourceVersion {
     pub number: u64,
     /// The publisher's own version when it is semver (`1.4.0`).
@@ -72,7 +72,7 @@ pub struct ResourceVersion {
 }
 
 /// Who published a version: the run and step, the commit it ran at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Provenance {
     pub run_id: String,
     pub run_number: u64,
@@ -86,7 +86,7 @@ pub struct Provenance {
 
 /// A credential key with its value. A secret value is sealed in the store, and read back only
 /// when asked to reveal it; otherwise it is `None`.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CredentialValue {
     pub key: String,
     pub secret: bool,
@@ -105,7 +105,8 @@ impl std::fmt::Debug for CredentialValue {
 }
 
 /// A named link from a consumer to a resource's credentials in one environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Connection")]
 pub struct ConnectionRecord {
     pub name: String,
     /// Who uses it: an application's name, or `pipeline:<source>/<name>`.

@@ -348,3 +348,15 @@ impl PipelineDetail {
         }
     }
 }
+
+/// Marketplace resources, by name.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ResourceList {
+    pub resources: Vec<crate::marketplace::ResourceSummary>,
+}
+
+/// Every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct ConnectionList {
+    pub connections: Vec<crate::store::ConnectionRecord>,
+}

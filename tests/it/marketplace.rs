@@ -135,6 +135,7 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
     // Found by kind, category, tag and text; not by another type.
     let names = |query: &str| -> Vec<String> {
         let list = s.get_json(&format!("/api/v1/marketplace/resources{query}"));
+        s.conforms("ResourceList", &list);
         list["resources"]
             .as_array()
             .expect("resources")
@@ -150,6 +151,7 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
     assert_eq!(status, 200, "{shown}");
     assert!(!shown.contains("pw-first-5678"), "{shown}");
     let shown = parse(&shown);
+    s.conforms("ResourceDetail", &shown);
     assert_eq!(shown["versions"][0]["semver"], "2.1.0");
     assert_eq!(
         shown["versions"][0]["environments"]["dev"][1],
@@ -165,6 +167,8 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
     assert_eq!(status, 201, "{body}");
     assert!(!body.contains("pw-first-5678"), "{body}");
     assert_eq!(parse(&body)["resolved"]["version"], 1, "{body}");
+    s.conforms("ResolvedConnection", &parse(&body));
+    s.conforms("ConnectionList", &s.get_json("/api/v1/connections"));
     let (status, body) = s.post_json("/api/v1/connections", &new);
     assert_eq!(status, 409, "{body}");
     for (bad, want) in [
@@ -191,6 +195,7 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
         assert!(parse(&body)["error"].is_string(), "{body}");
     }
     let creds = s.get_json("/api/v1/connections/app/credentials");
+    s.conforms("ResolvedConnection", &creds);
     let value = |creds: &Value, var: &str| -> String {
         creds["resolved"]["credentials"]
             .as_array()
@@ -229,6 +234,7 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
     let (status, body) = s.get("/api/v1/connections/app/credentials");
     assert_eq!(status, 409, "{body}");
     let shown = s.get_json("/api/v1/connections/app");
+    s.conforms("ConnectionState", &shown);
     assert_eq!(
         shown["error"], "environment `dev` of resource `team-cache` was unpublished",
         "{shown}"
@@ -251,6 +257,7 @@ fn a_published_resource_is_found_connected_to_followed_and_unpublished_over_the_
         &json!({"reason": "moving to team-cache-v2"}),
     );
     assert_eq!(status, 200, "{body}");
+    s.conforms("Resource", &parse(&body));
     let listed = s.get_json("/api/v1/marketplace/resources");
     assert_eq!(
         listed["resources"][0]["deprecated"]["reason"], "moving to team-cache-v2",
