@@ -45,7 +45,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let body = views::api::Error {
+            error: self.message,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -114,7 +117,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     (
         status,
-        Json(json!({ "ready": reasons.is_empty(), "reasons": reasons })),
+        Json(views::api::Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+        }),
     )
         .into_response()
 }
@@ -474,7 +480,7 @@ pub const ROUTES: &[Route] = &[
         permission: Permission::Read,
         query: &[],
         body: None,
-        responses: &[(200, "the variables", Some("ConfigList")), ERR_401],
+        responses: &[(200, "the variables", Some("VariableList")), ERR_401],
     },
     Route {
         method: "put",
@@ -536,7 +542,7 @@ pub const ROUTES: &[Route] = &[
         query: &[],
         body: None,
         responses: &[
-            (200, "the secrets, without values", Some("ConfigList")),
+            (200, "the secrets, without values", Some("SecretList")),
             ERR_401,
         ],
     },
@@ -1620,12 +1626,16 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-async fn list_vars(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "variables": state.store.list_vars()? })))
+async fn list_vars(State(state): State<AppState>) -> ApiResult<Json<views::api::VariableList>> {
+    Ok(Json(views::api::VariableList {
+        variables: state.store.list_vars()?,
+    }))
 }
 
-async fn list_secrets(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "secrets": state.store.list_secrets()? })))
+async fn list_secrets(State(state): State<AppState>) -> ApiResult<Json<views::api::SecretList>> {
+    Ok(Json(views::api::SecretList {
+        secrets: state.store.list_secrets()?,
+    }))
 }
 
 #[derive(Clone, Copy)]
@@ -1732,20 +1742,20 @@ async fn delete_scoped<const SECRET: bool>(
 
 // ---- sources ---------------------------------------------------------------------------------
 
-async fn list_sources(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let mut items = Vec::new();
+async fn list_sources(State(state): State<AppState>) -> ApiResult<Json<views::api::SourceList>> {
+    let mut sources = Vec::new();
     for (name, repo) in state.repos.iter() {
         let s = state.store.source_state(name)?;
-        items.push(json!({
-            "name": name,
-            "url": crate::source::mirror::redact_url(&repo.source.url),
-            "branch": repo.source.branch,
-            "head": s.head,
-            "synced_at": s.synced_at,
-            "error": s.error,
-        }));
+        sources.push(views::api::SourceStatus {
+            name: name.clone(),
+            url: crate::source::mirror::redact_url(&repo.source.url),
+            branch: repo.source.branch.clone(),
+            head: s.head,
+            synced_at: s.synced_at,
+            error: s.error,
+        });
     }
-    Ok(Json(json!({ "sources": items })))
+    Ok(Json(views::api::SourceList { sources }))
 }
 
 async fn sync_source(
@@ -1761,7 +1771,13 @@ async fn sync_source(
     repo.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "accepted": true, "source": source })),
+        Json(views::api::Accepted {
+            accepted: true,
+            duplicate: None,
+            delivery: None,
+            source: Some(source),
+            reason: None,
+        }),
     )
         .into_response())
 }

@@ -8,7 +8,6 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::extract::Query;
 use super::{AppState, Caller};
@@ -84,7 +83,7 @@ pub struct AuditParams {
 pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<AuditParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::views::api::AuditList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if limit == 0 || limit > 1000 {
         return Err(ApiError::new(
@@ -101,5 +100,5 @@ pub async fn list(
     let store = state.store.clone();
     let (entries, more) = super::api::blocking(move || store.audit_entries(&query)).await??;
     let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();
-    Ok(Json(json!({ "entries": entries, "next": next })))
+    Ok(Json(crate::views::api::AuditList { entries, next }))
 }

@@ -25,7 +25,6 @@ use super::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde_json::json;
 
 use super::AppState;
 use super::api::ApiError;
@@ -33,6 +32,7 @@ use crate::forge::webhook::{self, Headers};
 use crate::forge::{Forge, ForgeEvent};
 use crate::intake::WatchedRepo;
 use crate::store::{DeliveryRecord, StoreError};
+use crate::views::api::Accepted;
 
 /// Bytes of HMAC work above which verification moves to a blocking thread.
 const INLINE_HASHING: usize = 256 * 1024;
@@ -45,16 +45,23 @@ impl Headers for HeaderView<'_> {
     }
 }
 
-fn answer(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, Json(body)).into_response()
-}
-
 /// What became of a delivery answered 202, for the metrics (the status says the rest).
 #[derive(Clone, Copy)]
 struct Taken(&'static str);
 
-fn taken(result: &'static str, status: StatusCode, body: serde_json::Value) -> Response {
-    let mut response = answer(status, body);
+/// An event Gantry does not act on, and why.
+fn ignored(reason: String) -> Accepted {
+    Accepted {
+        accepted: false,
+        duplicate: None,
+        delivery: None,
+        source: None,
+        reason: Some(reason),
+    }
+}
+
+fn taken(result: &'static str, status: StatusCode, body: Accepted) -> Response {
+    let mut response = (status, Json(body)).into_response();
     response.extensions_mut().insert(Taken(result));
     response
 }
@@ -341,15 +348,11 @@ async fn take(
             return taken(
                 "ignored",
                 StatusCode::ACCEPTED,
-                json!({"accepted": false, "reason": "ping: the hook reaches Gantry"}),
+                ignored("ping: the hook reaches Gantry".into()),
             );
         }
         ForgeEvent::Ignored { reason } => {
-            return taken(
-                "ignored",
-                StatusCode::ACCEPTED,
-                json!({"accepted": false, "reason": reason}),
-            );
+            return taken("ignored", StatusCode::ACCEPTED, ignored(reason.clone()));
         }
         _ => {}
     }
@@ -410,7 +413,13 @@ async fn take(
     taken(
         if new { "accepted" } else { "duplicate" },
         StatusCode::ACCEPTED,
-        json!({"accepted": true, "duplicate": !new, "delivery": id, "source": repo.source.name}),
+        Accepted {
+            accepted: true,
+            duplicate: Some(!new),
+            delivery: Some(id),
+            source: Some(repo.source.name.clone()),
+            reason: None,
+        },
     )
 }
 

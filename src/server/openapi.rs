@@ -25,6 +25,13 @@ fn generated() -> Map<String, Value> {
     generator.subschema_for::<api::ConnectionList>();
     generator.subschema_for::<crate::marketplace::Resolved>();
     generator.subschema_for::<crate::marketplace::ConnectionState>();
+    generator.subschema_for::<api::Error>();
+    generator.subschema_for::<api::VariableList>();
+    generator.subschema_for::<api::SecretList>();
+    generator.subschema_for::<api::SourceList>();
+    generator.subschema_for::<api::Readiness>();
+    generator.subschema_for::<api::Accepted>();
+    generator.subschema_for::<api::AuditList>();
     generator.take_definitions(true)
 }
 
@@ -42,23 +49,8 @@ fn schemas() -> Value {
 
 /// The schemas not generated from types yet.
 fn written() -> Value {
-    let error = json!({"type": "object", "required": ["error"],
-        "properties": {"error": {"type": "string", "description": "what went wrong, and how to fix it"}}});
     let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"});
-    let config_entry = json!({"type": "object", "required": ["name"],
-        "properties": {"pipeline": {"type": ["string", "null"], "description": "the scope, `source/name`; absent for global"},
-            "name": {"type": "string"}, "value": {"type": "string", "description": "variables only"},
-            "unprotected": {"type": "boolean", "description": "secrets only: released to runs at unprotected refs; absent means protected"}}});
-    let audit = json!({"type": "object", "required": ["entries", "next"], "properties": {
-        "entries": {"type": "array", "items": {"type": "object",
-            "required": ["id", "at", "who", "via", "action", "target"],
-            "properties": {"id": {"type": "string"}, "at": {"type": "string", "format": "date-time"},
-                "who": {"type": "string"}, "via": {"type": "string", "enum": ["api", "web", "webhook", "comment", "schedule"]},
-                "action": {"type": "string"}, "target": {"type": "string"},
-                "from": {"type": "string"}, "status": {"type": "integer"}}}},
-        "next": {"type": ["string", "null"], "description": "pass as `before` for the next page; null at the end"}}});
     json!({
-        "Error": error,
         "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "minLength": 1, "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
             "executor": {"type": "string", "description": "the executor its runs go to (a name of `[executor.NAME]`); \"\" for the default; left as it was when absent"}}},
         "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1, "maximum": 4294967295u64}}},
@@ -69,17 +61,7 @@ fn written() -> Value {
             "value": {"type": "string", "pattern": "\\S[\\s\\S]{2,}\\S",
                 "description": "at least 4 characters once leading and trailing white space is left off (masking a shorter value would hide ordinary text)"},
             "unprotected": {"type": ["boolean", "null"], "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
-        "ConfigList": {"type": "object", "properties": {
-            "variables": {"type": "array", "items": config_entry.clone()},
-            "secrets": {"type": "array", "items": config_entry}}},
-        "SourceList": {"type": "object", "required": ["sources"], "properties": {"sources": {"type": "array", "items": {"type": "object",
-            "required": ["name", "url", "branch", "head", "synced_at", "error"]}}}},
-        "Readiness": {"type": "object", "required": ["ready", "reasons"], "properties": {
-            "ready": {"type": "boolean"},
-            "reasons": {"type": "array", "items": {"type": "string"}, "description": "why the server takes no new work; empty when ready"}}},
-        "Accepted": {"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "boolean"}}},
         "Deprecate": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": ["string", "null"], "minLength": 1, "pattern": "\\S"}}},
-        "AuditList": audit,
         "NewConnection": {"type": "object", "required": ["name", "resource", "environment"], "additionalProperties": false, "properties": {
             "name": name, "resource": {"type": "string"}, "environment": {"type": "string"},
             "version": {"type": "string", "description": "a version number (`3`) or a semver requirement (`^1.2`); absent or empty: the newest"},

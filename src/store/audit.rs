@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Store, StoreError, decode};
 
 /// One entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     /// Sortable: newer entries have greater ids.
     #[serde(default)]

@@ -327,7 +327,7 @@ pub struct PipelineVersion {
 }
 
 /// A variable or secret name with its scope; values of secrets are never listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConfigEntry {
     /// `None` for global entries, else the pipeline name.
     pub pipeline: Option<String>,

@@ -360,3 +360,77 @@ pub struct ResourceList {
 pub struct ConnectionList {
     pub connections: Vec<crate::store::ConnectionRecord>,
 }
+
+/// What went wrong, and how to fix it: every error answer.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Error {
+    /// What went wrong, and how to fix it.
+    pub error: String,
+}
+
+/// Variables, global and per pipeline, with their values.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct VariableList {
+    pub variables: Vec<crate::store::ConfigEntry>,
+}
+
+/// Secrets, global and per pipeline: names only, never a value.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SecretList {
+    pub secrets: Vec<crate::store::ConfigEntry>,
+}
+
+/// A watched repository and what Gantry last saw of it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SourceStatus {
+    pub name: String,
+    /// Its URL, with any credentials in it left out.
+    pub url: String,
+    pub branch: String,
+    /// The branch head the pipelines were last read at.
+    pub head: Option<String>,
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Why the last sync failed, if it did; cleared by the next good one.
+    pub error: Option<String>,
+}
+
+/// The watched repositories.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SourceList {
+    pub sources: Vec<SourceStatus>,
+}
+
+/// Whether the server takes new work.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why the server takes no new work; empty when ready.
+    pub reasons: Vec<String>,
+}
+
+/// Work taken for later: a webhook delivery stored (or a duplicate, or an event Gantry does
+/// not act on, with the reason), or a sync asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Accepted {
+    /// False for an event Gantry does not act on (`reason` says why).
+    pub accepted: bool,
+    /// A delivery seen before: stored once, acted on once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    /// The delivery's id, as the forge sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    /// The watched repository it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct AuditList {
+    pub entries: Vec<crate::store::audit::AuditEntry>,
+    /// Pass as `before` for the next page; null at the end.
+    pub next: Option<String>,
+}

@@ -256,6 +256,7 @@ fn a_full_disk_refuses_new_work_keeps_answering_and_takes_work_again_when_space_
     let (status, body) = server.get_without_token("/readyz");
     assert_eq!(status, 503, "{body}");
     assert_eq!(parse(&body)["ready"], false, "{body}");
+    server.conforms("Readiness", &parse(&body));
     assert!(body.contains("min_free"), "{body}");
     assert!(
         !body.contains(&data_dir.display().to_string()),

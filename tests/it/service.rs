@@ -316,6 +316,7 @@ fn an_unreachable_repository_does_not_block_the_others() {
         WAIT,
         || {
             sources = s.get_json("/api/v1/sources");
+            s.conforms("SourceList", &sources);
             let list = sources["sources"].as_array().expect("sources");
             list.iter()
                 .any(|x| x["name"] == "broken" && x["error"].is_string())
@@ -583,6 +584,7 @@ fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
     // Listing runs: bad filters.
     let (status, body) = s.get("/api/v1/runs?status=bogus");
     assert_eq!(status, 400, "{body}");
+    s.conforms("Error", &parse(&body));
     assert!(error_of(&body).contains("bogus"), "{body}");
     let (status, body) = s.get("/api/v1/runs?limit=0");
     assert_eq!(status, 400, "{body}");
@@ -642,6 +644,7 @@ fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
     let scoped = "/api/v1/pipelines/local/counter/variables/greeting";
     let (status, body) = s.put_json(scoped, &value("hello"));
     assert_eq!(status, 204, "{body}");
+    s.conforms("VariableList", &s.get_json("/api/v1/variables"));
     let vars = s.get_json("/api/v1/variables").to_string();
     assert!(vars.contains("hello") && vars.contains("hi"), "{vars}");
     assert_eq!(s.delete(scoped).0, 204);
@@ -656,6 +659,7 @@ fn every_endpoint_answers_its_happy_path_and_its_error_codes() {
     assert_eq!(status, 204, "{body}");
     let scoped_secret = "/api/v1/pipelines/local/leaky/secrets/other";
     assert_eq!(s.put_json(scoped_secret, &value("other-secret-77")).0, 204);
+    s.conforms("SecretList", &s.get_json("/api/v1/secrets"));
     let listed = s.get_json("/api/v1/secrets").to_string();
     assert!(listed.contains("api_token"), "{listed}");
     assert!(

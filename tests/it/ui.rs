@@ -806,6 +806,7 @@ fn the_audit_log_records_changes_logins_refusals_credential_reads_and_schedules(
 
     // Filtered and paged.
     let only = server.get_json("/api/v1/audit?who=watcher");
+    server.conforms("AuditList", &only);
     let list = only["entries"].as_array().cloned().unwrap_or_default();
     assert!(
         !list.is_empty() && list.iter().all(|e| e["who"] == "watcher"),

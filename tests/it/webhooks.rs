@@ -130,6 +130,7 @@ impl World {
         assert_eq!(answer["accepted"], true, "{answer}");
         assert_eq!(answer["duplicate"], false, "{answer}");
         assert_eq!(answer["delivery"], delivery, "{answer}");
+        self.server.conforms("Accepted", &answer);
     }
 
     fn runs(&self) -> Vec<Value> {
