@@ -979,10 +979,16 @@ fn require_local(source: &str) -> ApiResult<()> {
     }
 }
 
-#[derive(Deserialize)]
-struct SpecBody {
+/// A local pipeline's definition; the body may also be the YAML itself, sent as
+/// `application/yaml`.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "PipelineSpec")]
+pub(super) struct SpecBody {
+    /// The pipeline's YAML.
+    #[schemars(length(min = 1))]
     spec: String,
-    /// The executor its runs go to: a name, `""` for the default, absent to leave it.
+    /// The executor its runs go to (a name of `[executor.NAME]`); `""` for the default; left
+    /// as it was when absent.
     #[serde(default)]
     executor: Option<String>,
 }
@@ -1063,9 +1069,12 @@ async fn delete_pipeline(
     Ok(Json(views::api::Pipeline::of(&record, None)))
 }
 
-#[derive(Deserialize)]
-struct RollbackBody {
+/// The version a local pipeline goes back to.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Rollback")]
+pub(super) struct RollbackBody {
     /// A number, so that `2.0` (an integer in JSON Schema's eyes) is version 2.
+    #[schemars(with = "u32", range(min = 1, max = 4_294_967_295u32))]
     to: serde_json::Number,
 }
 
@@ -1119,10 +1128,24 @@ pub(super) async fn blocking<T: Send + 'static>(
 
 // ---- runs ------------------------------------------------------------------------------------
 
-#[derive(Deserialize, Default)]
-struct RunBody {
+/// A run's parameter values.
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+#[schemars(rename = "RunRequest")]
+pub(super) struct RunBody {
+    /// By name; each is checked against the pipeline's declaration (422 says what is wrong).
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, ParamInput>")]
     parameters: BTreeMap<String, Value>,
+}
+
+/// A parameter's value as a request may give it: text, a number or a boolean.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: the values are read as JSON and checked by `param_text`
+enum ParamInput {
+    Text(String),
+    Number(f64),
+    Flag(bool),
 }
 
 /// Parameter values as the text the checks take: strings as they are, numbers and booleans as
@@ -1607,10 +1630,27 @@ pub(super) fn tokio_stream_from<T: Send + 'static>(
 
 // ---- variables and secrets ---------------------------------------------------------------------
 
-#[derive(Deserialize)]
-struct ValueBody {
+/// A variable's value.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Value")]
+pub(super) struct VariableBody {
     value: String,
-    /// Secrets only: release to runs at unprotected refs.
+    /// Refused with a 400 that says why: variables go to every run.
+    #[serde(default)]
+    #[schemars(skip)]
+    unprotected: Option<bool>,
+}
+
+/// A secret's value, and which runs it is released to.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "SecretValue")]
+pub(super) struct SecretBody {
+    /// At least 4 characters once leading and trailing white space is left off (masking a
+    /// shorter value would hide ordinary text).
+    #[schemars(pattern(r"\S[\s\S]{2,}\S"))]
+    value: String,
+    /// Release the secret to runs at any ref (feature branches, pull request heads, forks); by
+    /// default only runs at the repository's protected refs get it.
     #[serde(default)]
     unprotected: Option<bool>,
 }
@@ -1652,9 +1692,16 @@ fn set_config(
     body: &Bytes,
 ) -> ApiResult<StatusCode> {
     check_name(name)?;
-    let ValueBody { value, unprotected } = match kind {
-        Kind::Var => parse_json(body, "{\"value\": \"...\"}")?,
-        Kind::Secret => parse_json(body, "{\"value\": \"...\", \"unprotected\": false}")?,
+    let (value, unprotected) = match kind {
+        Kind::Var => {
+            let VariableBody { value, unprotected } = parse_json(body, "{\"value\": \"...\"}")?;
+            (value, unprotected)
+        }
+        Kind::Secret => {
+            let SecretBody { value, unprotected } =
+                parse_json(body, "{\"value\": \"...\", \"unprotected\": false}")?;
+            (value, unprotected)
+        }
     };
     match kind {
         Kind::Var if unprotected.is_some() => {

@@ -107,9 +107,12 @@ pub(super) async fn unpublish(
     Ok(Json(marketplace::summary(&state.store, record)?))
 }
 
-#[derive(Deserialize)]
+/// Why a resource is deprecated; null takes the mark back.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct DeprecateBody {
+#[schemars(rename = "Deprecate")]
+pub(super) struct DeprecateBody {
+    #[schemars(length(min = 1), pattern(r"\S"))]
     reason: Option<String>,
 }
 
@@ -136,17 +139,29 @@ pub(super) async fn deprecate(
 
 // ---- connections ----------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+/// A connection to make.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ConnectionBody {
+#[schemars(rename = "NewConnection")]
+pub(super) struct ConnectionBody {
+    #[schemars(pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"))]
     name: String,
     resource: String,
     environment: String,
+    /// A version number (`3`) or a semver requirement (`^1.2`); absent or empty: the newest.
     version: Option<String>,
+    /// Who uses it: an application's name.
     consumer: Option<String>,
+    /// Credential key to environment variable name.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, EnvVarName>")]
     map: BTreeMap<String, String>,
 }
+
+/// An environment variable's name.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)] // a schema only: `map`'s values are read as strings and checked on creation
+struct EnvVarName(#[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))] String);
 
 pub(super) async fn create_connection(
     State(state): State<AppState>,

@@ -35,39 +35,32 @@ fn generated() -> Map<String, Value> {
     generator.take_definitions(true)
 }
 
-/// The JSON schemas the routes name: the generated ones, and those still written here.
+/// The JSON schemas the routes name: the answers' and the request bodies'.
 fn schemas() -> Value {
     let mut all = generated();
-    if let Value::Object(written) = written() {
-        // A name in both keeps the generated schema (a test sees that none is).
-        for (name, schema) in written {
-            all.entry(name).or_insert(schema);
-        }
+    // A name in both keeps the answer's (a test sees that none is).
+    for (name, schema) in bodies() {
+        all.entry(name).or_insert(schema);
     }
     Value::Object(all)
 }
 
-/// The schemas not generated from types yet.
-fn written() -> Value {
-    let name = json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"});
-    json!({
-        "PipelineSpec": {"type": "object", "required": ["spec"], "properties": {"spec": {"type": "string", "minLength": 1, "description": "the pipeline YAML; the body may also be the YAML itself, sent as application/yaml"},
-            "executor": {"type": "string", "description": "the executor its runs go to (a name of `[executor.NAME]`); \"\" for the default; left as it was when absent"}}},
-        "Rollback": {"type": "object", "required": ["to"], "properties": {"to": {"type": "integer", "minimum": 1, "maximum": 4294967295u64}}},
-        "RunRequest": {"type": "object", "properties": {"parameters": {"type": "object",
-            "additionalProperties": {"type": ["string", "number", "boolean"]}}}},
-        "Value": {"type": "object", "required": ["value"], "properties": {"value": {"type": "string"}}},
-        "SecretValue": {"type": "object", "required": ["value"], "properties": {
-            "value": {"type": "string", "pattern": "\\S[\\s\\S]{2,}\\S",
-                "description": "at least 4 characters once leading and trailing white space is left off (masking a shorter value would hide ordinary text)"},
-            "unprotected": {"type": ["boolean", "null"], "default": false, "description": "release the secret to runs at any ref (feature branches, pull request heads, forks); by default only runs at the repository's protected refs get it"}}},
-        "Deprecate": {"type": "object", "required": ["reason"], "additionalProperties": false, "properties": {"reason": {"type": ["string", "null"], "minLength": 1, "pattern": "\\S"}}},
-        "NewConnection": {"type": "object", "required": ["name", "resource", "environment"], "additionalProperties": false, "properties": {
-            "name": name, "resource": {"type": "string"}, "environment": {"type": "string"},
-            "version": {"type": "string", "description": "a version number (`3`) or a semver requirement (`^1.2`); absent or empty: the newest"},
-            "consumer": {"type": "string", "description": "who uses it: an application's name"},
-            "map": {"type": "object", "description": "credential key to environment variable name", "additionalProperties": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}}}}
-    })
+/// The request bodies' schemas, generated from the types the handlers read them into, with
+/// the constraints the handlers check (as schemars attributes on those types).
+fn bodies() -> Map<String, Value> {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas/".into();
+    settings.contract = schemars::generate::Contract::Deserialize;
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<super::api::SpecBody>();
+    generator.subschema_for::<super::api::RollbackBody>();
+    generator.subschema_for::<super::api::RunBody>();
+    generator.subschema_for::<super::api::VariableBody>();
+    generator.subschema_for::<super::api::SecretBody>();
+    generator.subschema_for::<super::market::DeprecateBody>();
+    generator.subschema_for::<super::market::ConnectionBody>();
+    generator.take_definitions(true)
 }
 
 fn content(schema: &str) -> Value {
@@ -212,14 +205,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_schemas_and_written_ones_have_names_of_their_own() {
+    fn answers_and_request_bodies_have_schema_names_of_their_own() {
         let generated = generated();
-        let written = written();
-        for name in written.as_object().expect("written schemas").keys() {
+        let bodies = bodies();
+        for name in bodies.keys() {
             assert!(
                 !generated.contains_key(name),
-                "{name} is both generated and written"
+                "{name} is both an answer and a body"
             );
+        }
+        for name in [
+            "PipelineSpec",
+            "Rollback",
+            "RunRequest",
+            "Value",
+            "SecretValue",
+            "Deprecate",
+            "NewConnection",
+        ] {
+            assert!(bodies.contains_key(name), "{name} is generated");
         }
         for name in [
             "Run",
