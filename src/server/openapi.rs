@@ -4,15 +4,21 @@ use serde_json::{Map, Value, json};
 
 use super::api::ROUTES;
 
+/// A generator of JSON Schema 2020-12 (OpenAPI 3.1's) under `#/components/schemas/`, for what
+/// the server writes (`Serialize`) or reads (`Deserialize`).
+fn generator(contract: schemars::generate::Contract) -> schemars::SchemaGenerator {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas/".into();
+    settings.contract = contract;
+    settings.meta_schema = None;
+    settings.into_generator()
+}
+
 /// The schemas generated from the answers' types (`views::api`), with every type they use, by
 /// name: what the server serializes is what the document says.
 fn generated() -> Map<String, Value> {
     use crate::views::api;
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
-    settings.definitions_path = "/components/schemas/".into();
-    settings.contract = schemars::generate::Contract::Serialize;
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
+    let mut generator = generator(schemars::generate::Contract::Serialize);
     generator.subschema_for::<api::Run>();
     generator.subschema_for::<api::RunList>();
     generator.subschema_for::<api::RunDetail>();
@@ -48,11 +54,7 @@ fn schemas() -> Value {
 /// The request bodies' schemas, generated from the types the handlers read them into, with
 /// the constraints the handlers check (as schemars attributes on those types).
 fn bodies() -> Map<String, Value> {
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
-    settings.definitions_path = "/components/schemas/".into();
-    settings.contract = schemars::generate::Contract::Deserialize;
-    settings.meta_schema = None;
-    let mut generator = settings.into_generator();
+    let mut generator = generator(schemars::generate::Contract::Deserialize);
     generator.subschema_for::<super::api::SpecBody>();
     generator.subschema_for::<super::api::RollbackBody>();
     generator.subschema_for::<super::api::RunBody>();
