@@ -17,8 +17,15 @@ function follow(root) {
     const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     const span = document.createElement("span");
     span.className = "line " + data.stream;
+    span.id = "s" + data.step + "-" + data.anchor;
+    const link = document.createElement("a");
+    link.className = "ll";
+    link.title = "link to this line";
+    link.href = pre.dataset.logPage + "?at=" + data.chunk + "#" + data.anchor;
+    link.textContent = "#";
     // The server sends the line escaped, with colour spans of its own only.
     span.innerHTML = data.html;
+    span.insertBefore(link, span.firstChild);
     pre.appendChild(span);
     pre.appendChild(document.createTextNode("\n"));
     while (pre.childNodes.length > 2 * MAX_LINES) {

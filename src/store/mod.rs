@@ -97,7 +97,7 @@ pub use marketplace::{
 };
 pub use records::*;
 pub use retention::{Pruned, Retention};
-pub use runs::{LogCursor, LogWindow, NewRun, new_run_id};
+pub use runs::{LinePlace, LogCursor, LogWindow, NewRun, new_run_id};
 pub use space::{LowSpace, MinFree};
 
 /// The layout this build reads and writes.

@@ -414,6 +414,18 @@ impl Store {
         after: Option<&LogCursor>,
         max_bytes: usize,
     ) -> Result<(Vec<(usize, LogLine)>, LogCursor), StoreError> {
+        let (lines, cursor) = self.logs_page_placed(run_id, step, after, max_bytes)?;
+        Ok((lines.into_iter().map(|(s, _, l)| (s, l)).collect(), cursor))
+    }
+
+    /// `logs_page`, with each line's place in its step's log.
+    pub fn logs_page_placed(
+        &self,
+        run_id: &str,
+        step: Option<usize>,
+        after: Option<&LogCursor>,
+        max_bytes: usize,
+    ) -> Result<(Vec<PlacedLine>, LogCursor), StoreError> {
         let mut read = 0usize;
         let prefix = match step {
             Some(s) => key(&[run_id.as_bytes(), &step_index(s), b""]),
@@ -453,7 +465,12 @@ impl Store {
                 }
                 read += v.len();
                 let lines: Vec<LogLine> = decode(&k, &v)?;
-                out.extend(lines.into_iter().map(|l| (s, l)));
+                out.extend(
+                    lines
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, l)| (s, LinePlace::new(n, i), l)),
+                );
                 cursor.seen.insert(s, n);
             }
         }
@@ -492,13 +509,46 @@ impl Store {
                 end
             }
         };
-        let wanted = skip.saturating_add(n);
-        let mut chunks: Vec<Vec<LogLine>> = Vec::new();
+        let mut window = self.log_chunks_back(&prefix, end, skip.saturating_add(n))?;
+        // Drop the `skip` newest, then keep the `n` before them.
+        let kept = window.lines.len().saturating_sub(skip);
+        window.lines.truncate(kept);
+        window.places.truncate(kept);
+        let first = kept.saturating_sub(n);
+        window.more |= first > 0;
+        window.lines.drain(..first);
+        window.places.drain(..first);
+        Ok(window)
+    }
+
+    /// Whole chunks of one step's log, the last of them chunk `upto`, and at least `n` lines
+    /// when the log has them: the page a link to a line of chunk `upto` opens. The cost follows
+    /// the lines read, not the log's size.
+    pub fn log_chunks_to(
+        &self,
+        run_id: &str,
+        step: usize,
+        upto: u32,
+        n: usize,
+    ) -> Result<LogWindow, StoreError> {
+        let prefix = key(&[run_id.as_bytes(), &step_index(step), b""]);
+        self.log_chunks_back(&prefix, log_key(run_id, step, upto), n)
+    }
+
+    /// Whole chunks under `prefix` read back from `end` (inclusive) until they hold `wanted`
+    /// lines, oldest first, with each line's place; `more` when older chunks exist.
+    fn log_chunks_back(
+        &self,
+        prefix: &[u8],
+        end: Vec<u8>,
+        wanted: usize,
+    ) -> Result<LogWindow, StoreError> {
+        let mut chunks: Vec<(u32, Vec<LogLine>)> = Vec::new();
         let mut count = 0;
         let mut more = false;
-        for entry in self.inner.logs.range(prefix.clone()..=end).rev() {
+        for entry in self.inner.logs.range(prefix.to_vec()..=end).rev() {
             let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            if !k.starts_with(&prefix) {
+            if !k.starts_with(prefix) {
                 break;
             }
             if count >= wanted {
@@ -507,15 +557,20 @@ impl Store {
             }
             let lines: Vec<LogLine> = decode(&k, &v)?;
             count += lines.len();
-            chunks.push(lines);
+            chunks.push((chunk_number(&k).unwrap_or(0), lines));
         }
-        let mut lines: Vec<LogLine> = chunks.into_iter().rev().flatten().collect();
-        // Drop the `skip` newest, then keep the `n` before them.
-        lines.truncate(lines.len().saturating_sub(skip));
-        let first = lines.len().saturating_sub(n);
-        more |= first > 0;
-        lines.drain(..first);
-        Ok(LogWindow { lines, more })
+        let mut window = LogWindow {
+            lines: Vec::with_capacity(count),
+            places: Vec::with_capacity(count),
+            more,
+        };
+        for (chunk, lines) in chunks.into_iter().rev() {
+            for (i, line) in lines.into_iter().enumerate() {
+                window.places.push(LinePlace::new(chunk, i));
+                window.lines.push(line);
+            }
+        }
+        Ok(window)
     }
 
     /// Where the log of a run stands now: a cursor that `logs_page` reads on from, missing
@@ -722,8 +777,31 @@ impl LogCursor {
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogWindow {
     pub lines: Vec<LogLine>,
+    /// Where each of `lines` is in its step's log.
+    pub places: Vec<LinePlace>,
     /// Whether older lines exist before the first one.
     pub more: bool,
+}
+
+/// A log line with its step's index and its place in that step's log.
+pub type PlacedLine = (usize, LinePlace, LogLine);
+
+/// Where a line is in its step's log: its chunk, and its index in the chunk. Chunks are
+/// written once and never change, so a place names the same line for as long as the log is
+/// kept (a link to a line stays right while the step goes on writing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinePlace {
+    pub chunk: u32,
+    pub index: u32,
+}
+
+impl LinePlace {
+    fn new(chunk: u32, index: usize) -> LinePlace {
+        LinePlace {
+            chunk,
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+        }
+    }
 }
 
 /// A step index as it stands in keys: 4 bytes, big-endian (plans are far smaller than 2^32).

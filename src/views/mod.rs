@@ -498,7 +498,7 @@ pub struct StepView {
     pub attempts: usize,
     pub summary: Option<String>,
     /// The newest lines of its log, oldest first, up to the chunk of the page's cursor.
-    pub tail: Vec<LogLine>,
+    pub tail: Vec<ShownLine>,
     /// Whether older lines exist than `tail` shows.
     pub more: bool,
 }
@@ -538,7 +538,7 @@ pub fn run(store: &Store, id: &str) -> Result<RunPage, StoreError> {
             .unwrap_or_else(|| StepRecord::pending(name));
         let window = store.log_tail_before(&run.id, index, cursor.chunk(index), 0, TAIL_LINES)?;
         let (tail, more) = match cursor.chunk(index) {
-            Some(_) => (window.lines, window.more),
+            Some(_) => (ShownLine::of(window.lines, window.places), window.more),
             None => (Vec::new(), false),
         };
         let end = record
@@ -572,40 +572,95 @@ pub fn run(store: &Store, id: &str) -> Result<RunPage, StoreError> {
     })
 }
 
-/// A page of one step's log, read back from its end.
+/// A log line as a page shows it, with its place in the step's log (what its link names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownLine {
+    pub line: LogLine,
+    pub place: crate::store::LinePlace,
+}
+
+impl ShownLine {
+    fn of(lines: Vec<LogLine>, places: Vec<crate::store::LinePlace>) -> Vec<ShownLine> {
+        lines
+            .into_iter()
+            .zip(places)
+            .map(|(line, place)| ShownLine { line, place })
+            .collect()
+    }
+
+    /// The id of the line's element, and the fragment that links to it: `L<chunk>-<index>`.
+    pub fn anchor(&self) -> String {
+        format!("L{}-{}", self.place.chunk, self.place.index)
+    }
+}
+
+/// A page of one step's log: read back from its end, or the page holding a linked line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepLog {
     pub run: RunRow,
     pub step: String,
     pub index: usize,
-    pub lines: Vec<LogLine>,
+    pub lines: Vec<ShownLine>,
     /// Lines from the end skipped (the newer lines), and whether older ones exist.
     pub skip: usize,
     pub more: bool,
+    /// The chunk the page ends with, when it was asked for by a line's link (`?at=`).
+    pub at: Option<u32>,
+}
+
+impl StepLog {
+    /// The chunk before the first line shown: where the page of earlier lines ends.
+    pub fn earlier(&self) -> Option<u32> {
+        self.lines
+            .first()
+            .and_then(|l| l.place.chunk.checked_sub(1))
+    }
 }
 
 /// Lines a step-log page shows.
 pub const LOG_PAGE_LINES: usize = 1_000;
 
-/// `LOG_PAGE_LINES` lines of step `step` of run `id` that end `skip` lines before the end.
+/// Where a step-log page is in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogPage {
+    /// `LOG_PAGE_LINES` lines that end this many lines before the end.
+    FromEnd(usize),
+    /// Whole chunks that end with this one (and hold `LOG_PAGE_LINES` lines when the log has
+    /// them): the page a line's link opens.
+    At(u32),
+}
+
+/// A page of step `step`'s log of run `id`.
 pub fn step_log(
     store: &Store,
     id: &str,
     step: &str,
-    skip: usize,
+    page: LogPage,
 ) -> Result<Option<StepLog>, StoreError> {
     let run = store.find_run(id)?;
     let Some(index) = run.steps.iter().position(|s| s == step) else {
         return Ok(None);
     };
-    let window = store.log_tail_before(&run.id, index, None, skip, LOG_PAGE_LINES)?;
+    let (window, skip, at) = match page {
+        LogPage::FromEnd(skip) => (
+            store.log_tail_before(&run.id, index, None, skip, LOG_PAGE_LINES)?,
+            skip,
+            None,
+        ),
+        LogPage::At(chunk) => (
+            store.log_chunks_to(&run.id, index, chunk, LOG_PAGE_LINES)?,
+            0,
+            Some(chunk),
+        ),
+    };
     Ok(Some(StepLog {
         run: RunRow::of(&run),
         step: step.to_string(),
         index,
-        lines: window.lines,
+        lines: ShownLine::of(window.lines, window.places),
         skip,
         more: window.more,
+        at,
     }))
 }
 

@@ -477,6 +477,24 @@ fn a_running_run_page_streams_its_lines_and_states_then_ends() {
         "{events:?}"
     );
     assert_eq!(logs[5]["step"], 1);
+    // Each line comes with the anchor its link names (`L<chunk>-<index>`), distinct per step.
+    let anchors: std::collections::BTreeSet<(u64, String)> = logs
+        .iter()
+        .map(|l| {
+            let anchor = l["anchor"].as_str().unwrap_or_default().to_string();
+            assert!(
+                anchor
+                    == format!(
+                        "L{}-{}",
+                        l["chunk"],
+                        anchor.rsplit('-').next().unwrap_or("")
+                    ),
+                "{l}"
+            );
+            (l["step"].as_u64().unwrap_or(u64::MAX), anchor)
+        })
+        .collect();
+    assert_eq!(anchors.len(), logs.len(), "{logs:?}");
     let states: Vec<String> = events
         .iter()
         .filter(|(e, _)| e == "step")
@@ -548,7 +566,10 @@ fn a_huge_log_page_shows_its_tail_and_pages_back_by_line() {
     let started = Instant::now();
     let page = browser.get(&format!("/runs/{id}"));
     let took = started.elapsed();
-    let lines = page.body.matches(r#"<span class="line stdout">"#).count();
+    let lines = page
+        .body
+        .matches(r#"<span class="line stdout" id=""#)
+        .count();
     assert_eq!(lines, 200, "the tail only");
     assert!(page.body.contains(">100000</span>"));
     assert!(page.body.contains(">99801</span>"));
@@ -564,17 +585,57 @@ fn a_huge_log_page_shows_its_tail_and_pages_back_by_line() {
     );
     let earlier = browser.get(&format!("/runs/{id}/steps/talk/log?skip=200"));
     assert_eq!(earlier.status, 200);
-    let numbers: BTreeMap<u32, ()> = earlier
-        .body
-        .split(r#"<span class="line stdout">"#)
-        .skip(1)
-        .filter_map(|s| s.split('<').next()?.parse().ok())
-        .map(|n| (n, ()))
-        .collect();
+    let numbers = shown_numbers(&earlier.body);
     assert_eq!(numbers.len(), 1000);
     assert_eq!(numbers.keys().next(), Some(&98801));
     assert_eq!(numbers.keys().last(), Some(&99800));
     assert!(earlier.body.contains("?skip=1200"));
+
+    // A line's link opens a page that holds that line under the same anchor, and keeps
+    // naming it after the log grew no further (chunks never change).
+    let (anchor, href) = line_link(&page.body, 99_900).expect("a link on line 99900");
+    assert!(
+        href.starts_with(&format!("/runs/{id}/steps/talk/log?at=")),
+        "{href}"
+    );
+    assert!(href.ends_with(&format!("#{anchor}")), "{href}");
+    let linked = browser.get(href.split('#').next().unwrap_or_default());
+    assert_eq!(linked.status, 200, "{}", linked.body);
+    assert_eq!(
+        line_link(&linked.body, 99_900).map(|(a, _)| a),
+        Some(anchor.clone()),
+        "the linked page holds the line under its anchor"
+    );
+    assert!(linked.body.contains(&format!(r#"id="{anchor}""#)));
+    let shown = shown_numbers(&linked.body);
+    assert!(shown.len() >= 1000, "a page's worth: {}", shown.len());
+    assert!(linked.body.contains("earlier lines"), "older lines exist");
+    let odd = browser.get(&format!("/runs/{id}/steps/talk/log?at=banana"));
+    assert_eq!(
+        odd.status, 200,
+        "a malformed place is the end of the log, not an error"
+    );
+    assert!(odd.body.contains(">100000</span>"));
+}
+
+/// The number each log line of a page shows, from its text.
+fn shown_numbers(body: &str) -> BTreeMap<u32, ()> {
+    body.split(r#"title="link to this line">#</a>"#)
+        .skip(1)
+        .filter_map(|s| s.split('<').next()?.parse().ok())
+        .map(|n| (n, ()))
+        .collect()
+}
+
+/// The anchor and the link of the log line whose text is `number`.
+fn line_link(body: &str, number: u32) -> Option<(String, String)> {
+    let marker = format!(r#"title="link to this line">#</a>{number}</span>"#);
+    let at = body.find(&marker)?;
+    let before = &body[..at];
+    let href_start = before.rfind(r#"href=""#)? + r#"href=""#.len();
+    let href = before[href_start..].split('"').next()?.to_string();
+    let anchor = href.rsplit('#').next()?.to_string();
+    Some((anchor, href))
 }
 
 const VIEWER: &str = "viewer-token-0123456789abcdef";

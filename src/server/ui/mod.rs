@@ -606,11 +606,11 @@ struct RunPage {
 }
 
 impl RunPage {
-    fn stream(&self, line: &LogLine) -> &'static str {
-        stream_class(line)
+    fn stream(&self, line: &views::ShownLine) -> &'static str {
+        stream_class(&line.line)
     }
-    fn line_html(&self, line: &LogLine) -> String {
-        ansi::to_html(&line.text)
+    fn line_html(&self, line: &views::ShownLine) -> String {
+        ansi::to_html(&line.line.text)
     }
 }
 
@@ -642,17 +642,20 @@ struct StepLogPage {
 }
 
 impl StepLogPage {
-    fn stream(&self, line: &LogLine) -> &'static str {
-        stream_class(line)
+    fn stream(&self, line: &views::ShownLine) -> &'static str {
+        stream_class(&line.line)
     }
-    fn line_html(&self, line: &LogLine) -> String {
-        ansi::to_html(&line.text)
+    fn line_html(&self, line: &views::ShownLine) -> String {
+        ansi::to_html(&line.line.text)
     }
 }
 
+/// A step-log page's place: `skip` lines from the end, or the page of a line's link (`at`, its
+/// chunk).
 #[derive(Deserialize, Default)]
 struct SkipQuery {
     skip: Option<usize>,
+    at: Option<u32>,
 }
 
 async fn step_log(
@@ -661,10 +664,15 @@ async fn step_log(
     Path((id, step)): Path<(String, String)>,
     query: Result<Query<SkipQuery>, QueryRejection>,
 ) -> Response {
-    let skip = query.ok().and_then(|Query(q)| q.skip).unwrap_or(0);
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let skip = q.skip.unwrap_or(0);
+    let place = match q.at {
+        Some(chunk) => views::LogPage::At(chunk),
+        None => views::LogPage::FromEnd(skip),
+    };
     let store = state.store.clone();
     let wanted = step.clone();
-    match api::blocking(move || views::step_log(&store, &id, &wanted, skip)).await {
+    match api::blocking(move || views::step_log(&store, &id, &wanted, place)).await {
         Ok(Ok(Some(view))) => page(
             StatusCode::OK,
             &StepLogPage {
@@ -809,18 +817,21 @@ async fn events(
             }
             states = progress.steps;
             let Ok((lines, next)) =
-                store.logs_page(&run.id, None, cursor.as_ref(), EVENT_PAGE_BYTES)
+                store.logs_page_placed(&run.id, None, cursor.as_ref(), EVENT_PAGE_BYTES)
             else {
                 return;
             };
             let id = next.encode();
             cursor = Some(next);
             let more = !lines.is_empty();
-            for (step, line) in lines {
+            for (step, place, line) in lines {
+                let shown = views::ShownLine { line, place };
                 let data = json!({
                     "step": step,
-                    "stream": stream_class(&line),
-                    "html": ansi::to_html(&line.text),
+                    "stream": stream_class(&shown.line),
+                    "html": ansi::to_html(&shown.line.text),
+                    "anchor": shown.anchor(),
+                    "chunk": place.chunk,
                 })
                 .to_string();
                 let event = SseEvent::default().event("log").id(id.clone()).data(data);
