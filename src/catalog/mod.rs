@@ -65,6 +65,8 @@ pub struct Report {
     pub retired: Vec<String>,
     /// Nothing had to change.
     pub unchanged: bool,
+    /// How long the fetch (or the first clone) took, when `sync` made one.
+    pub fetched_in: Option<std::time::Duration>,
 }
 
 /// Fetches the repository's mirror (cloning it the first time) and reconciles its pipelines at
@@ -91,6 +93,7 @@ fn fetch_and_reconcile(
     interrupt: &AtomicBool,
 ) -> Result<Report, CatalogError> {
     let existed = repo.mirror_dir.join("HEAD").exists();
+    let started = std::time::Instant::now();
     let mirror = Mirror::open_or_clone(
         &repo.mirror_dir,
         &repo.url,
@@ -100,13 +103,16 @@ fn fetch_and_reconcile(
     if existed {
         mirror.fetch(interrupt)?;
     }
+    let fetched_in = started.elapsed();
     let head = mirror
         .head(&repo.branch)?
         .ok_or_else(|| CatalogError::NoBranch {
             source_name: repo.name.clone(),
             branch: repo.branch.clone(),
         })?;
-    reconcile(store, repo, &mirror, &head)
+    let mut report = reconcile(store, repo, &mirror, &head)?;
+    report.fetched_in = Some(fetched_in);
+    Ok(report)
 }
 
 /// Makes the store's pipelines of `repo` match the files at `head`. Idempotent.

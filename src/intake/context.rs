@@ -42,6 +42,70 @@ pub struct SyncStats {
     /// Microseconds all syncs took together, and the last one.
     pub micros_total: std::sync::atomic::AtomicU64,
     pub micros_last: std::sync::atomic::AtomicU64,
+    /// What the fetches (or first clones) of the syncs that got that far took.
+    pub fetches: Durations,
+}
+
+/// How many finite buckets `Durations` has: from 1 ms, doubling, to about 33 s.
+pub const DURATION_BUCKETS: usize = 16;
+
+/// The upper bound of finite bucket `i` of `Durations`, in seconds.
+pub fn duration_bound(i: usize) -> f64 {
+    0.001 * f64::from(1u32 << i.min(31))
+}
+
+/// Durations counted into fixed buckets (`duration_bound`, then one past the last), kept in
+/// memory and read by `/metrics` as a histogram. Lock-free: `observe` is a few atomic adds.
+#[derive(Debug, Default)]
+pub struct Durations {
+    /// Per bucket (not cumulative); the last one holds what is over every bound.
+    counts: [std::sync::atomic::AtomicU64; DURATION_BUCKETS + 1],
+    micros: std::sync::atomic::AtomicU64,
+}
+
+/// What a `Durations` held when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DurationSnapshot {
+    pub sum_seconds: f64,
+    pub count: u64,
+    /// Per bucket, not cumulative: (upper bound in seconds, count); the last bound is
+    /// `f64::MAX`, the +Inf bucket.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl Durations {
+    pub fn observe(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seconds = took.as_secs_f64();
+        let bucket = (0..DURATION_BUCKETS)
+            .find(|&i| seconds <= duration_bound(i))
+            .unwrap_or(DURATION_BUCKETS);
+        self.counts[bucket].fetch_add(1, Relaxed);
+        self.micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    pub fn snapshot(&self) -> DurationSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let buckets: Vec<(f64, u64)> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let bound = if i < DURATION_BUCKETS {
+                    duration_bound(i)
+                } else {
+                    f64::MAX
+                };
+                (bound, n.load(Relaxed))
+            })
+            .collect();
+        DurationSnapshot {
+            sum_seconds: self.micros.load(Relaxed) as f64 / 1e6,
+            count: buckets.iter().map(|(_, n)| n).sum(),
+            buckets,
+        }
+    }
 }
 
 impl SyncStats {

@@ -59,6 +59,12 @@ pub async fn process_loop(intake: Intake, stop: CancellationToken) {
                 continue;
             }
             worked = true;
+            if record.attempts == 0 {
+                let waited = (Utc::now() - record.received_at)
+                    .to_std()
+                    .unwrap_or_default();
+                intake.deliveries.lag.observe(waited);
+            }
             let span = tracing::info_span!("delivery", forge = %record.forge, id = %record.id);
             let result = match tracing::Instrument::instrument(
                 dispatch(&intake, record),

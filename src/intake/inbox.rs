@@ -23,6 +23,9 @@ const MAX_HELD: usize = 4096;
 pub struct Inbox {
     wake: Notify,
     events: Mutex<HashMap<String, ForgeEvent>>,
+    /// How long stored deliveries waited before the processor took them up (from their
+    /// receipt), for `/metrics`.
+    pub lag: super::context::Durations,
 }
 
 fn key(forge: &str, id: &str) -> String {

@@ -18,7 +18,7 @@ mod run_at;
 mod schedule;
 mod sync;
 
-pub use context::{Intake, WatchedRepo};
+pub use context::{DurationSnapshot, Durations, Intake, WatchedRepo};
 pub use deliveries::process_loop;
 pub use inbox::Inbox;
 pub use schedule::schedule_loop;

@@ -27,6 +27,11 @@ pub async fn sync_loop(
         drop(guard);
         repo.stats
             .record(matches!(result, Ok(Ok(_))), started.elapsed());
+        if let Ok(Ok(report)) = &result
+            && let Some(took) = report.fetched_in
+        {
+            repo.stats.fetches.observe(took);
+        }
         let span = tracing::info_span!("sync", source = %repo.source.name);
         span.in_scope(|| match result {
             Ok(Ok(report)) => {

@@ -140,6 +140,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 failed: stats.failed.load(Relaxed),
                 seconds_total: stats.micros_total.load(Relaxed) as f64 / 1e6,
                 seconds_last: stats.micros_last.load(Relaxed) as f64 / 1e6,
+                fetches: stats.fetches.snapshot(),
             }
         })
         .collect();
@@ -148,6 +149,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         crate::run::log_bytes_stored(),
         crate::executor::local::log_bytes_dropped(),
         &state.outbox.failure_counts(),
+        state.deliveries.lag.snapshot(),
     );
     let store = state.store.clone();
     let metrics = state.metrics.clone();

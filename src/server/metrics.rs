@@ -16,6 +16,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+use crate::intake::DurationSnapshot;
 use crate::store::{RunRecord, StepRecord, Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +85,49 @@ pub struct SourceFigures {
     pub failed: u64,
     pub seconds_total: f64,
     pub seconds_last: f64,
+    /// What its fetches took.
+    pub fetches: DurationSnapshot,
+}
+
+/// The histograms whose counts are kept outside the registry (in `intake`, which cannot see
+/// it), as read at the last scrape; a collector in the registry encodes them.
+#[derive(Debug, Default)]
+struct Kept {
+    fetches: Vec<(SourceLabels, DurationSnapshot)>,
+    lag: Option<DurationSnapshot>,
+}
+
+#[derive(Debug, Default)]
+struct KeptHistograms(std::sync::Arc<Mutex<Kept>>);
+
+impl Collector for KeptHistograms {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(kept) = self.0.lock() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "gantry_source_fetch_duration",
+            "How long each fetch (or first clone) of a watched repository's mirror took.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (labels, h) in &kept.fetches {
+            family
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+        }
+        if let Some(h) = &kept.lag {
+            encoder
+                .encode_descriptor(
+                    "gantry_webhook_processing_lag",
+                    "How long stored webhook deliveries waited, from their receipt until processing took them up.",
+                    Some(&Unit::Seconds),
+                    MetricType::Histogram,
+                )?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// Raises a counter to `total` (counts kept elsewhere, read at a scrape).
@@ -113,6 +161,7 @@ pub struct Metrics {
     source_last_sync: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     log_bytes: Family<LogLabels, Counter>,
     outbox_failures: Family<OutboxLabels, Counter>,
+    kept: std::sync::Arc<Mutex<Kept>>,
 }
 
 /// Buckets from 50 ms to about 14 hours, doubling.
@@ -255,7 +304,11 @@ impl Metrics {
             "Writes to a forge (statuses, comments, replies) that failed, by forge and HTTP status (none: no answer)",
             outbox_failures.clone(),
         );
+        let kept = KeptHistograms::default();
+        let kept_now = kept.0.clone();
+        registry.register_collector(Box::new(kept));
         Metrics {
+            kept: kept_now,
             registry,
             runs,
             run_duration,
@@ -287,7 +340,20 @@ impl Metrics {
         log_stored: u64,
         log_dropped: u64,
         outbox_failures: &[(String, String, u64)],
+        delivery_lag: DurationSnapshot,
     ) {
+        if let Ok(mut kept) = self.kept.lock() {
+            kept.fetches = sources
+                .iter()
+                .map(|f| {
+                    let labels = SourceLabels {
+                        source: f.source.clone(),
+                    };
+                    (labels, f.fetches.clone())
+                })
+                .collect();
+            kept.lag = Some(delivery_lag);
+        }
         for (forge, code, n) in outbox_failures {
             let labels = OutboxLabels {
                 forge: forge.clone(),
@@ -542,6 +608,12 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let metrics = Metrics::new();
         metrics.delivery("github", "duplicate");
+        let fetches = crate::intake::Durations::default();
+        fetches.observe(std::time::Duration::from_millis(3));
+        fetches.observe(std::time::Duration::from_millis(40));
+        let lag = crate::intake::Durations::default();
+        lag.observe(std::time::Duration::from_micros(500));
+        lag.observe(std::time::Duration::from_secs(120));
         metrics.observe(
             &[SourceFigures {
                 source: "infra".into(),
@@ -549,13 +621,26 @@ mod tests {
                 failed: 1,
                 seconds_total: 1.5,
                 seconds_last: 0.25,
+                fetches: fetches.snapshot(),
             }],
             4096,
             10,
             &[("github".into(), "502".into(), 2)],
+            lag.snapshot(),
         );
         let text = metrics.render(&store, 2, 1);
         for expected in [
+            "# TYPE gantry_source_fetch_duration_seconds histogram",
+            "gantry_source_fetch_duration_seconds_bucket{le=\"0.002\",source=\"infra\"} 0",
+            "gantry_source_fetch_duration_seconds_bucket{le=\"0.004\",source=\"infra\"} 1",
+            "gantry_source_fetch_duration_seconds_bucket{le=\"0.064\",source=\"infra\"} 2",
+            "gantry_source_fetch_duration_seconds_count{source=\"infra\"} 2",
+            "gantry_source_fetch_duration_seconds_sum{source=\"infra\"} 0.043",
+            "# TYPE gantry_webhook_processing_lag_seconds histogram",
+            "gantry_webhook_processing_lag_seconds_bucket{le=\"0.001\"} 1",
+            "gantry_webhook_processing_lag_seconds_bucket{le=\"32.768\"} 1",
+            "gantry_webhook_processing_lag_seconds_bucket{le=\"+Inf\"} 2",
+            "gantry_webhook_processing_lag_seconds_count 2",
             "gantry_source_syncs_total{source=\"infra\",result=\"ok\"} 3",
             "gantry_source_syncs_total{source=\"infra\",result=\"failed\"} 1",
             "gantry_source_sync_duration_seconds_total{source=\"infra\"} 1.5",
