@@ -11,6 +11,8 @@ use crate::spec;
 pub mod argo;
 #[path = "bench_load.rs"]
 mod load_client;
+#[path = "bench_logs.rs"]
+pub mod logs;
 #[path = "bench_reconcile.rs"]
 pub mod reconcile;
 #[path = "bench_webhooks.rs"]
@@ -54,6 +56,9 @@ pub enum Which {
     /// The Argo executor on an Argo installation: submit → first step running, and a node's end
     /// → Gantry's step record (p50/p99), against a bare watcher of the same event stream.
     Argo(argo::BenchArgo),
+    /// A step's output from its pipe to the store with 10 secrets masked, and the last 100 lines
+    /// of that log read back, against `cat` of the same bytes to /dev/null.
+    Logs(logs::LogOptions),
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -67,6 +72,7 @@ pub fn run(args: &Args) -> u8 {
         Which::Reconcile(ref options) => reconcile::run(options, &mut std::io::stdout().lock()),
         Which::Webhooks(ref options) => webhooks::run(options, &mut std::io::stdout().lock()),
         Which::Argo(ref options) => argo::run(options, &mut std::io::stdout().lock()),
+        Which::Logs(ref options) => logs::run(options, &mut std::io::stdout().lock()),
     }
 }
 

@@ -14,8 +14,32 @@ pub const MASK: &str = "***";
 /// The values to hide, shared by all steps of a run.
 #[derive(Clone, Default)]
 pub struct Secrets {
-    /// Longest first, so that a secret containing another is hidden whole.
-    values: Arc<RwLock<Vec<Vec<u8>>>>,
+    values: Arc<RwLock<Values>>,
+}
+
+/// The patterns, and one automaton that finds them all in one pass over a line.
+#[derive(Default)]
+struct Values {
+    /// Longest first.
+    patterns: Vec<Vec<u8>>,
+    /// Leftmost-longest: the scan goes left to right and, where several patterns start, hides
+    /// the longest, so that a secret containing another is hidden whole. `None` while there is
+    /// no pattern (or the automaton could not be built: then everything is hidden).
+    finder: Option<aho_corasick::AhoCorasick>,
+}
+
+impl Values {
+    fn rebuild(&mut self) {
+        self.patterns.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self.finder = if self.patterns.is_empty() {
+            None
+        } else {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&self.patterns)
+                .ok()
+        };
+    }
 }
 
 impl Secrets {
@@ -46,20 +70,23 @@ impl Secrets {
         let Ok(mut values) = self.values.write() else {
             return;
         };
+        let before = values.patterns.len();
         for p in all {
-            if p.is_empty() || values.contains(&p) {
+            if p.is_empty() || values.patterns.contains(&p) {
                 continue;
             }
-            values.push(p);
+            values.patterns.push(p);
         }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        if values.patterns.len() != before {
+            values.rebuild();
+        }
     }
 
     /// Length of the longest value, in bytes.
     pub fn longest(&self) -> usize {
         self.values
             .read()
-            .map(|v| v.first().map_or(0, Vec::len))
+            .map(|v| v.patterns.first().map_or(0, Vec::len))
             .unwrap_or(0)
     }
 
@@ -69,23 +96,21 @@ impl Secrets {
             // A poisoned lock means a panic elsewhere; hide everything rather than leak.
             return MASK.as_bytes().to_vec();
         };
-        if values.is_empty() {
+        if values.patterns.is_empty() {
             return bytes.to_vec();
         }
+        let Some(finder) = &values.finder else {
+            // Patterns the automaton could not take: hide everything rather than leak.
+            return MASK.as_bytes().to_vec();
+        };
         let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match match_at(&values, bytes, i) {
-                Some(len) => {
-                    out.extend_from_slice(MASK.as_bytes());
-                    i += len;
-                }
-                None => {
-                    out.push(bytes[i]);
-                    i += 1;
-                }
-            }
+        let mut copied = 0;
+        for m in finder.find_iter(bytes) {
+            out.extend_from_slice(&bytes[copied..m.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            copied = m.end();
         }
+        out.extend_from_slice(&bytes[copied..]);
         out
     }
 
@@ -99,21 +124,18 @@ impl Secrets {
     /// it) never splits anything the scan of the whole line would hide, also when secrets overlap.
     fn crossing(&self, bytes: &[u8], cut: usize) -> Option<(usize, usize)> {
         let values = self.values.read().ok()?;
-        let mut i = 0;
-        while i < cut {
-            match match_at(&values, bytes, i) {
-                Some(len) if i + len > cut => return Some((i, len)),
-                Some(len) => i += len,
-                None => i += 1,
-            }
-        }
-        None
+        let finder = values.finder.as_ref()?;
+        finder
+            .find_iter(bytes)
+            .take_while(|m| m.start() < cut)
+            .find(|m| m.end() > cut)
+            .map(|m| (m.start(), m.len()))
     }
 }
 
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let count = self.values.read().map_or(0, |v| v.len());
+        let count = self.values.read().map_or(0, |v| v.patterns.len());
         f.debug_struct("Secrets").field("count", &count).finish()
     }
 }
@@ -184,14 +206,6 @@ fn base64(bytes: &[u8], extra: &[u8; 2]) -> Vec<u8> {
     out
 }
 
-/// The length of the longest value (`values` is sorted longest first) that starts at `bytes[i]`.
-fn match_at(values: &[Vec<u8>], bytes: &[u8], i: usize) -> Option<usize> {
-    values
-        .iter()
-        .find(|v| bytes[i..].starts_with(v))
-        .map(Vec::len)
-}
-
 /// `bytes` without leading and trailing white space: Unicode white space when the bytes are
 /// UTF-8 (as `str::trim`), ASCII white space otherwise.
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -231,57 +245,68 @@ impl LineSplitter {
     /// Takes the next bytes read from the stream; returns the lines they completed.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
         self.buf.extend_from_slice(chunk);
+        let longest = self.secrets.longest();
         let mut lines = Vec::new();
+        // Lines are taken from `start` on, and the buffer is shifted once at the end: a read of
+        // many short lines costs what its bytes cost.
+        let mut start = 0;
         loop {
-            let nl = self.buf.iter().position(|&b| b == b'\n');
+            let rest = &self.buf[start..];
+            let nl = memchr::memchr(b'\n', rest);
             let end = match nl {
-                Some(nl) if nl > 0 && self.buf[nl - 1] == b'\r' => nl - 1,
+                Some(nl) if nl > 0 && rest[nl - 1] == b'\r' => nl - 1,
                 Some(nl) => nl,
                 // No newline yet. Cut an over-long line only once enough bytes follow the cut to
                 // see whole any secret that could cross it.
-                None if self.buf.len() > self.max_line
-                    && self.buf.len() >= self.max_line + self.secrets.longest() =>
-                {
-                    self.buf.len()
+                None if rest.len() > self.max_line && rest.len() >= self.max_line + longest => {
+                    rest.len()
                 }
                 None => break,
             };
-            lines.push(self.next_piece(end, nl));
+            let (piece, taken) = self.next_piece(start, end, nl);
+            lines.push(piece);
+            start += taken;
         }
+        self.buf.drain(..start);
         lines
     }
 
     /// The rest of the last line, when the stream ended without a newline.
     pub fn finish(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
-        while !self.buf.is_empty() {
-            lines.push(self.next_piece(self.buf.len(), None));
+        let mut start = 0;
+        while start < self.buf.len() {
+            let (piece, taken) = self.next_piece(start, self.buf.len() - start, None);
+            lines.push(piece);
+            start += taken;
         }
+        self.buf.clear();
         lines
     }
 
-    /// Takes the next piece of the line that makes up the first `end` bytes of the buffer (and is
-    /// ended by the newline at `nl`, if one came) out of the buffer: the whole line when it fits,
-    /// else at most `max_line` bytes, cut where the line's masking has a boundary. A secret that
-    /// starts the piece and crosses the limit makes a piece of its own (just the mask).
-    fn next_piece(&mut self, end: usize, nl: Option<usize>) -> String {
+    /// The next piece of the line that makes up the `end` bytes of the buffer from `start` (and
+    /// is ended by the newline at `start + nl`, if one came), and how many bytes it takes from
+    /// the buffer: the whole line when it fits, else at most `max_line` bytes, cut where the
+    /// line's masking has a boundary. A secret that starts the piece and crosses the limit makes
+    /// a piece of its own (just the mask).
+    fn next_piece(&self, start: usize, end: usize, nl: Option<usize>) -> (String, usize) {
+        let line = &self.buf[start..start + end];
         let cut = if end <= self.max_line {
             end
         } else {
-            match self.secrets.crossing(&self.buf[..end], self.max_line) {
+            match self.secrets.crossing(line, self.max_line) {
                 None => self.max_line,
                 // Cut before the secret; it goes whole into the next piece.
-                Some((start, _)) if start > 0 => start,
+                Some((at, _)) if at > 0 => at,
                 Some((_, len)) => len,
             }
         };
-        let piece = self.render(&self.buf[..cut]);
+        let piece = self.render(&line[..cut]);
         let taken = match nl {
             Some(nl) if cut == end => nl + 1,
             _ => cut,
         };
-        self.buf.drain(..taken);
-        piece
+        (piece, taken)
     }
 
     fn render(&self, line: &[u8]) -> String {

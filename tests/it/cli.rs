@@ -265,3 +265,19 @@ fn the_spec_benchmark_runs_and_prints_a_ratio() {
     assert!(text.contains("specs/second/core"), "{text}");
     assert!(text.contains("ratio"), "{text}");
 }
+
+#[test]
+fn the_logs_benchmark_masks_every_secret_and_prints_its_figures() {
+    let out = gantry(&["bench", "logs", "--mb", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "baseline  cat FILE",
+        "masking   LineSplitter",
+        "ingest    cat in a step",
+        "tail      last 100 lines",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(!text.contains("(0 lines masked)"), "{text}");
+}
