@@ -97,7 +97,23 @@ fn time_pipeline(
     text: &str,
     sandbox: &crate::executor::local::sandbox::Sandbox,
 ) -> Result<Duration, String> {
-    use crate::executor::{Checkout, Limits, local::LocalExecutor};
+    let limits = crate::executor::Limits {
+        parallelism: 256,
+        ..crate::executor::Limits::default()
+    };
+    run_pipeline(runtime, store, text, sandbox, limits).map(|(took, _)| took)
+}
+
+/// Runs a pipeline text through the real path of `gantry run` (store included); the time it
+/// took and the run, which must have succeeded.
+fn run_pipeline(
+    runtime: &tokio::runtime::Runtime,
+    store: &crate::store::Store,
+    text: &str,
+    sandbox: &crate::executor::local::sandbox::Sandbox,
+    limits: crate::executor::Limits,
+) -> Result<(Duration, crate::store::RunRecord), String> {
+    use crate::executor::{Checkout, local::LocalExecutor};
     use crate::run::{self, RunRequest};
     let pipeline = spec::check(text)
         .pipeline
@@ -116,10 +132,7 @@ fn time_pipeline(
         git: None,
         version: None,
         checkout: Checkout::None,
-        limits: Limits {
-            parallelism: 256,
-            ..Limits::default()
-        },
+        limits,
         keep_run_dir: false,
     };
     let start = Instant::now();
@@ -137,12 +150,13 @@ fn time_pipeline(
     let elapsed = start.elapsed();
     if run.status != crate::store::RunStatus::Succeeded {
         return Err(format!(
-            "benchmark run {} ended {}",
+            "benchmark run {} ended {}: {}",
             run.id,
-            run.status.as_str()
+            run.status.as_str(),
+            run.message.unwrap_or_default()
         ));
     }
-    Ok(elapsed)
+    Ok((elapsed, run))
 }
 
 /// Runs a pipeline through the local executor alone (no store), events drained and dropped.

@@ -92,8 +92,6 @@ fn ingest(
     path: &Path,
     bytes: u64,
 ) -> Result<(Duration, String), String> {
-    use crate::executor::{Checkout, Limits, local::LocalExecutor};
-    use crate::run::{self, RunRequest};
     let names: Vec<String> = (0..SECRETS).map(|i| format!("S{i}")).collect();
     for (i, name) in names.iter().enumerate() {
         store
@@ -105,55 +103,18 @@ fn ingest(
         names.join(", "),
         path.display()
     );
-    let pipeline = crate::spec::check(&text)
-        .pipeline
-        .ok_or("the benchmark pipeline does not validate")?;
-    let request = RunRequest {
-        source: "bench".into(),
-        pipeline,
-        text: text.clone(),
-        path: "bench".into(),
-        params: Default::default(),
-        var_overrides: Default::default(),
-        trigger: crate::store::Trigger {
-            kind: "manual".into(),
-            detail: Some("gantry bench logs".into()),
-        },
-        git: None,
-        version: None,
-        checkout: Checkout::None,
-        limits: Limits {
-            max_step_log: bytes.saturating_mul(2),
-            max_run_log: bytes.saturating_mul(2),
-            ..Limits::default()
-        },
-        keep_run_dir: false,
+    let limits = crate::executor::Limits {
+        max_step_log: bytes.saturating_mul(2),
+        max_run_log: bytes.saturating_mul(2),
+        ..crate::executor::Limits::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let prepared = run::prepare(store, request).map_err(|e| e.to_string())?;
-    let executor = std::sync::Arc::new(LocalExecutor::new());
-    let record = runtime
-        .block_on(run::execute(
-            store,
-            executor,
-            prepared,
-            Default::default(),
-            |_, _| {},
-        ))
-        .map_err(|e| e.to_string())?;
-    let took = started.elapsed();
-    if record.status != crate::store::RunStatus::Succeeded {
-        return Err(format!(
-            "the ingest run ended {}: {}",
-            record.status.as_str(),
-            record.message.unwrap_or_default()
-        ));
-    }
+    let unsandboxed = crate::executor::local::sandbox::Sandbox::None;
+    let (took, record) = super::run_pipeline(&runtime, store, &text, &unsandboxed, limits)?;
     Ok((took, record.id))
 }
 
