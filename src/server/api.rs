@@ -859,7 +859,7 @@ pub fn handler(method: &str, path: &str) -> Option<MethodRouter<AppState>> {
     Some(match (method, path) {
         ("get", "/healthz") => get(|| async { "ok\n" }),
         ("get", "/readyz") => get(readyz),
-        ("get", "/api/v1/openapi.json") => get(|| async { Json(super::openapi::document()) }),
+        ("get", "/api/v1/openapi.json") => get(|| async { Json(super::openapi::served()) }),
         ("get", "/metrics") => get(metrics),
         ("get", "/api/v1/pipelines") => get(list_pipelines),
         ("get", "/api/v1/pipelines/{source}/{name}") => get(get_pipeline),

@@ -102,6 +102,13 @@ fn param_schema(route: &super::api::Route, name: &str) -> Value {
     }
 }
 
+/// The document as `/api/v1/openapi.json` serves it: made once per process (it depends on the
+/// code only), not at every request.
+pub fn served() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(document)
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let mut paths = Map::new();
