@@ -3,10 +3,12 @@
 //! loopback port with its output captured to files, waits for `GET /healthz`, talks to the API
 //! with a bearer token, and stops (SIGTERM), kills (SIGKILL) and restarts it on the same data.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -403,13 +405,7 @@ impl GantryServer {
     /// Asserts that `value` (an answer of this server) is what the served OpenAPI document's
     /// schema `schema` says such an answer is.
     pub fn conforms(&self, schema: &str, value: &Value) {
-        let doc = self.get_json("/api/v1/openapi.json");
-        let root = serde_json::json!({
-            "$ref": format!("#/components/schemas/{schema}"),
-            "components": doc["components"],
-        });
-        let validator = jsonschema::validator_for(&root)
-            .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}"));
+        let validator = self.validator(schema);
         let errors: Vec<String> = validator
             .iter_errors(value)
             .map(|e| format!("{} at {}", e, e.instance_path()))
@@ -418,6 +414,32 @@ impl GantryServer {
             errors.is_empty(),
             "the answer is not a {schema}: {errors:#?}\n{value:#}"
         );
+    }
+
+    /// The compiled validator for the served document's schema `schema`. Every server of this
+    /// test process is the same binary serving the same document, so each schema is fetched and
+    /// compiled once per process: a check stays cheap inside polling loops.
+    fn validator(&self, schema: &str) -> std::sync::Arc<jsonschema::Validator> {
+        type Compiled = HashMap<String, std::sync::Arc<jsonschema::Validator>>;
+        static COMPILED: std::sync::OnceLock<Mutex<Compiled>> = std::sync::OnceLock::new();
+        let compiled = COMPILED.get_or_init(Default::default);
+        if let Some(found) = compiled.lock().expect("validators").get(schema) {
+            return found.clone();
+        }
+        let doc = self.get_json("/api/v1/openapi.json");
+        let root = serde_json::json!({
+            "$ref": format!("#/components/schemas/{schema}"),
+            "components": doc["components"],
+        });
+        let validator = std::sync::Arc::new(
+            jsonschema::validator_for(&root)
+                .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}")),
+        );
+        compiled
+            .lock()
+            .expect("validators")
+            .insert(schema.to_owned(), validator.clone());
+        validator
     }
 
     pub fn get_json(&self, path: &str) -> Value {
