@@ -29,8 +29,9 @@ fn secret(i: usize) -> String {
     format!("s3cr3t-value-{i:02}-Zq8xW")
 }
 
-/// Writes about `bytes` of log lines to `path`; every 50th line holds a secret.
-fn write_log(path: &Path, bytes: u64) -> std::io::Result<u64> {
+/// Writes about `bytes` of log lines to `path`; every 50th line holds a secret. Returns the
+/// bytes and lines written.
+fn write_log(path: &Path, bytes: u64) -> std::io::Result<(u64, u64)> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut written = 0u64;
     let mut n = 0u64;
@@ -49,7 +50,7 @@ fn write_log(path: &Path, bytes: u64) -> std::io::Result<u64> {
         n += 1;
     }
     out.flush()?;
-    Ok(written)
+    Ok((written, n))
 }
 
 fn cat_to_null(path: &Path) -> Result<Duration, String> {
@@ -123,7 +124,8 @@ pub fn run(options: &LogOptions, out: &mut dyn Write) -> u8 {
     let result = (|| -> Result<(), String> {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let file = dir.join("step.log");
-        let bytes = write_log(&file, options.mb.max(1) << 20).map_err(|e| e.to_string())?;
+        let (bytes, lines) =
+            write_log(&file, options.mb.max(1) << 20).map_err(|e| e.to_string())?;
         let mb = bytes as f64 / f64::from(1 << 20);
         let rate = |d: Duration| mb / d.as_secs_f64().max(1e-9);
         let cat = (0..3)
@@ -143,6 +145,27 @@ pub fn run(options: &LogOptions, out: &mut dyn Write) -> u8 {
         if stored_secret {
             return Err("a secret reached the stored log unmasked".into());
         }
+        // Every line reached the store, in order.
+        let (mut stored, mut cursor, mut in_order) = (0u64, None, true);
+        loop {
+            let (page, next) = store
+                .logs_page(&run_id, Some(0), cursor.as_ref(), 16 << 20)
+                .map_err(|e| e.to_string())?;
+            if page.is_empty() {
+                break;
+            }
+            for (_, line) in &page {
+                let number = line.text.split_whitespace().next();
+                in_order &= number.and_then(|n| n.parse::<u64>().ok()) == Some(stored);
+                stored += 1;
+            }
+            cursor = Some(next);
+        }
+        if stored != lines || !in_order {
+            return Err(format!(
+                "the store holds {stored} of the {lines} lines written (in order: {in_order})"
+            ));
+        }
         let mut tail = Duration::MAX;
         let mut shown = 0;
         for _ in 0..5 {
@@ -156,7 +179,7 @@ pub fn run(options: &LogOptions, out: &mut dyn Write) -> u8 {
         let w = |r: std::io::Result<()>| r.map_err(|e| e.to_string());
         w(writeln!(
             out,
-            "log text: {mb:.0} MiB, {SECRETS} secrets ({masked} lines masked)"
+            "log text: {mb:.0} MiB, {lines} lines, {SECRETS} secrets ({masked} lines masked; every line stored, in order)"
         ))?;
         w(writeln!(
             out,

@@ -80,18 +80,23 @@ impl Progress {
                 }
             }
             Event::Log {
-                step, stream, line, ..
+                step,
+                stream,
+                lines,
+                ..
             } => {
                 let marker = match stream {
                     Stream::Stdout => "|",
                     Stream::Stderr => "!",
                     Stream::System => "#",
                 };
-                self.line(&format!(
-                    "{:<w$} {marker} {line}",
-                    name(*step),
-                    w = self.width
-                ));
+                for line in lines {
+                    self.line(&format!(
+                        "{:<w$} {marker} {line}",
+                        name(*step),
+                        w = self.width
+                    ));
+                }
             }
             Event::AttemptFinished {
                 step,

@@ -310,7 +310,9 @@ impl LineSplitter {
     }
 
     fn render(&self, line: &[u8]) -> String {
-        String::from_utf8_lossy(&self.secrets.mask_bytes(line)).into_owned()
+        // Valid UTF-8 (nearly every line) becomes the string without a copy.
+        String::from_utf8(self.secrets.mask_bytes(line))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 

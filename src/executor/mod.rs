@@ -442,12 +442,14 @@ pub enum Event {
         handle: AttemptHandle,
         at: DateTime<Utc>,
     },
-    /// One masked log line.
+    /// Masked log lines of one stream, read together (never none): one event per read of a
+    /// step's pipe, not per line, so that a step printing a million lines a second costs the
+    /// channel and the recorder a few thousand events.
     Log {
         step: usize,
         attempt: u32,
         stream: Stream,
-        line: String,
+        lines: Vec<String>,
         at: DateTime<Utc>,
     },
     /// An attempt ended. `retry_in` is set when another attempt will follow.
@@ -505,14 +507,14 @@ impl fmt::Debug for Event {
                 step,
                 attempt,
                 stream,
-                line,
+                lines,
                 at,
             } => f
                 .debug_struct("Log")
                 .field("step", step)
                 .field("attempt", attempt)
                 .field("stream", stream)
-                .field("line", line)
+                .field("lines", lines)
                 .field("at", at)
                 .finish(),
             Event::AttemptFinished {

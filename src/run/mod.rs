@@ -26,7 +26,8 @@ use crate::plan::{self, Plan};
 use crate::spec::model::{ParamValue, Pipeline};
 use crate::spec::values;
 use crate::store::{
-    LogLine, NewRun, RunRecord, RunStatus, StepRecord, StepState, Store, StoreError, Trigger,
+    LogLine, NewLogLine, NewRun, RunRecord, RunStatus, StepRecord, StepState, Store, StoreError,
+    Trigger,
 };
 
 /// Everything needed to start a run.
@@ -821,9 +822,10 @@ fn prepare_work_dir(dir: &std::path::Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Events between an executor and the recorder: at most this many wait in memory (with lines of
-/// up to `Limits::max_line_bytes`, a few MiB at most).
-const EVENT_BACKLOG: usize = 1024;
+/// Events between an executor and the recorder: at most this many wait in memory. A log event is
+/// one read of a step's pipe (64 KiB at most, or one line of up to `Limits::max_line_bytes`), so
+/// this is a few MiB at most.
+const EVENT_BACKLOG: usize = 64;
 
 /// Bytes of step log lines (each with its line break) stored by this process, for `/metrics`.
 static LOG_BYTES_STORED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -930,7 +932,7 @@ fn record_batch(
     book: &mut StepBook,
     batch: &[Event],
 ) -> Result<(), StoreError> {
-    let mut logs: BTreeMap<usize, Vec<LogLine>> = BTreeMap::new();
+    let mut logs: BTreeMap<usize, Vec<NewLogLine<'_>>> = BTreeMap::new();
     // Gantry's own lines, written after the step's lines of this batch even when its log is cut.
     let mut notes: BTreeMap<usize, Vec<LogLine>> = BTreeMap::new();
     for event in batch {
@@ -939,14 +941,17 @@ fn record_batch(
                 step,
                 attempt,
                 stream,
-                line,
+                lines,
                 at,
-            } => logs.entry(*step).or_default().push(LogLine {
-                at: *at,
-                attempt: *attempt,
-                stream: *stream,
-                text: line.clone(),
-            }),
+            } => logs
+                .entry(*step)
+                .or_default()
+                .extend(lines.iter().map(|line| NewLogLine {
+                    at: *at,
+                    attempt: *attempt,
+                    stream: *stream,
+                    text: line,
+                })),
             // Outputs count against the data dir's reserve as logs do: below it they are not kept
             // in the store (the run's later steps still get them from the executor), and the
             // step's log says so.
@@ -980,31 +985,32 @@ fn record_batch(
     } else {
         store.space_left().err()
     };
-    for (step, mut lines) in logs {
+    for (step, lines) in logs {
         let (Some(next), Some(cut)) = (book.chunks.get_mut(step), book.cut.get_mut(step)) else {
             continue;
         };
         if *cut {
             continue;
         }
-        if let (Some(low), Some(last)) = (&low, lines.last()) {
-            *cut = true;
-            lines = vec![LogLine {
-                at: last.at,
-                attempt: last.attempt,
-                stream: crate::executor::Stream::System,
-                text: format!("[gantry: the rest of this step's log is cut: {low}]"),
-            }];
-        }
-        store.put_log_chunk(run_id, step, *next, &lines)?;
-        *next += 1;
-        let bytes: usize = lines.iter().map(|l| l.text.len() + 1).sum();
-        LOG_BYTES_STORED.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        let stored = match (&low, lines.last()) {
+            (Some(low), Some(last)) => {
+                *cut = true;
+                let text = format!("[gantry: the rest of this step's log is cut: {low}]");
+                let note = NewLogLine {
+                    stream: crate::executor::Stream::System,
+                    text: &text,
+                    ..*last
+                };
+                store.append_log(run_id, step, next, &[note])?
+            }
+            _ => store.append_log(run_id, step, next, &lines)?,
+        };
+        LOG_BYTES_STORED.fetch_add(stored, std::sync::atomic::Ordering::Relaxed);
     }
     for (step, lines) in notes {
         if let Some(next) = book.chunks.get_mut(step) {
-            store.put_log_chunk(run_id, step, *next, &lines)?;
-            *next += 1;
+            let lines: Vec<NewLogLine<'_>> = lines.iter().map(LogLine::borrowed).collect();
+            store.append_log(run_id, step, next, &lines)?;
         }
     }
     book.write(store, run_id)

@@ -1,6 +1,6 @@
 //! The store: the only module that touches the embedded database (sled).
 //!
-//! # Layout (schema version 2)
+//! # Layout (schema version 3)
 //!
 //! Every value is JSON unless noted; `\0` separates key parts; numbers in keys are big-endian so
 //! that sled's byte order is their numeric order.
@@ -12,7 +12,7 @@
 //! | `run_numbers` | `source/name` | last run number, u64 big-endian |
 //! | `runs` | run id (26-char sortable id) | `RunRecord` |
 //! | `steps` | `run id \0 step index:u32` | `StepRecord` |
-//! | `logs` | `run id \0 step index:u32 \0 chunk:u32` | a chunk: `[LogLine]` |
+//! | `logs` | `run id \0 step index:u32 \0 chunk:u32` | a chunk of log lines, binary (`log_chunk.rs`); JSON `[LogLine]` when written by schema version 2 |
 //! | `outputs` | `run id \0 step \0 name` | `{secret, value}`; a secret value is sealed |
 //! | `publications` | `run id \0 step` | the resolved resource; secret credential values sealed |
 //! | `vars` | `pipeline or "" \0 name` | the value (UTF-8 bytes) |
@@ -67,6 +67,9 @@
 //! - 1 → 2: each `secrets` value gets the release flag byte in front, 0 (protected): secrets set
 //!   before releases existed stay where they were trusted. The sealed bytes and their associated
 //!   data do not change, so the migration needs no master key.
+//! - 2 → 3: log chunks are written binary (`log_chunk.rs`). Chunks already written stay JSON and
+//!   are read as such, so nothing is rewritten; the version only keeps an older Gantry, which
+//!   could not read the new chunks, from opening the data dir.
 
 pub mod audit;
 mod bodies;
@@ -75,6 +78,7 @@ mod config;
 pub mod crypto;
 mod forge;
 mod health;
+mod log_chunk;
 mod marketplace;
 pub mod records;
 mod retention;
@@ -101,7 +105,7 @@ pub use runs::{LinePlace, LogCursor, LogWindow, NewRun, new_run_id};
 pub use space::{LowSpace, MinFree};
 
 /// The layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The `tracing` target of the errors that end the process (a failed store): written
 /// `gantry: fatal: ...` for a person.
@@ -133,6 +137,12 @@ pub enum StoreError {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("stored log chunk {key} is unreadable: {source}")]
+    CorruptChunk {
+        key: String,
+        #[source]
+        source: log_chunk::ChunkError,
     },
     #[error(
         "the data dir was written by a newer Gantry (schema version {found}, this build knows {SCHEMA_VERSION}); upgrade gantry"

@@ -302,6 +302,28 @@ pub struct LogLine {
     pub text: String,
 }
 
+impl LogLine {
+    /// The line as written to the store, borrowing its text.
+    pub fn borrowed(&self) -> NewLogLine<'_> {
+        NewLogLine {
+            at: self.at,
+            attempt: self.attempt,
+            stream: self.stream,
+            text: &self.text,
+        }
+    }
+}
+
+/// A log line to store, its text borrowed from whoever holds it (the recorder writes lines
+/// straight from the executor's events, without a copy).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewLogLine<'a> {
+    pub at: DateTime<Utc>,
+    pub attempt: u32,
+    pub stream: Stream,
+    pub text: &'a str,
+}
+
 /// A step output as the store returns it: secret values are never returned.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[schemars(rename = "Output")]

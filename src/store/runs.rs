@@ -10,7 +10,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::records::*;
-use super::{Store, StoreError, crypto, decode, key, key_parts, show_key};
+use super::{Store, StoreError, crypto, decode, key, key_parts, log_chunk, show_key};
 use crate::executor::{GitInfo, Publication};
 
 /// What a caller knows about a run before it exists.
@@ -387,10 +387,63 @@ impl Store {
         chunk: u32,
         lines: &[LogLine],
     ) -> Result<(), StoreError> {
+        let lines: Vec<NewLogLine<'_>> = lines.iter().map(LogLine::borrowed).collect();
+        self.put_chunk(run_id, step, chunk, &lines)
+    }
+
+    /// Appends `lines` to a step's log as chunks of about `log_chunk::CHUNK_BYTES`, numbered from
+    /// `next`, which is left at the number of the next chunk to write. Chunk numbers are given by
+    /// the one writer of a run's log (the run's recorder), counting from 0, so no read is needed.
+    /// Returns the text bytes stored (a newline counted per line).
+    pub fn append_log(
+        &self,
+        run_id: &str,
+        step: usize,
+        next: &mut u32,
+        lines: &[NewLogLine<'_>],
+    ) -> Result<u64, StoreError> {
+        let mut stored = 0u64;
+        let mut rest = lines;
+        while !rest.is_empty() {
+            // At least one line per chunk, then lines while they fit.
+            let mut size = log_chunk::encoded_len(&rest[0]);
+            let mut n = 1;
+            while let Some(line) = rest.get(n) {
+                let more = log_chunk::encoded_len(line);
+                if size + more > log_chunk::CHUNK_BYTES {
+                    break;
+                }
+                size += more;
+                n += 1;
+            }
+            let (chunk, after) = rest.split_at(n);
+            self.put_chunk(run_id, step, *next, chunk)?;
+            *next += 1;
+            stored += chunk.iter().map(|l| l.text.len() as u64 + 1).sum::<u64>();
+            rest = after;
+        }
+        Ok(stored)
+    }
+
+    fn put_chunk(
+        &self,
+        run_id: &str,
+        step: usize,
+        chunk: u32,
+        lines: &[NewLogLine<'_>],
+    ) -> Result<(), StoreError> {
         if lines.is_empty() {
             return Ok(());
         }
-        self.put_json(&self.inner.logs, &log_key(run_id, step, chunk), &lines)
+        let key = log_key(run_id, step, chunk);
+        let bytes = log_chunk::encode(lines);
+        self.note_write(key.len() + bytes.len());
+        let _op = self.inner.health.op("write");
+        self.inner
+            .logs
+            .insert(key, bytes)
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
     }
 
     /// Log lines of a run (or of one step), in order, from chunk cursor `after` on; returns the
@@ -464,7 +517,7 @@ impl Store {
                     break 'steps;
                 }
                 read += v.len();
-                let lines: Vec<LogLine> = decode(&k, &v)?;
+                let lines = decode_chunk(&k, &v)?;
                 out.extend(
                     lines
                         .into_iter()
@@ -555,7 +608,7 @@ impl Store {
                 more = true;
                 break;
             }
-            let lines: Vec<LogLine> = decode(&k, &v)?;
+            let lines = decode_chunk(&k, &v)?;
             count += lines.len();
             chunks.push((chunk_number(&k).unwrap_or(0), lines));
         }
@@ -827,4 +880,12 @@ fn step_and_chunk(run_id: &str, k: &[u8]) -> Option<(usize, u32)> {
     let rest = k.get(run_id.len() + 1..)?;
     let step = u32::from_be_bytes(<[u8; 4]>::try_from(rest.get(..4)?).ok()?);
     Some((usize::try_from(step).ok()?, chunk_number(k)?))
+}
+
+/// A stored log chunk's lines, either form (`log_chunk.rs`).
+fn decode_chunk(key: &[u8], bytes: &[u8]) -> Result<Vec<LogLine>, StoreError> {
+    log_chunk::decode(bytes).map_err(|source| StoreError::CorruptChunk {
+        key: show_key(key),
+        source,
+    })
 }

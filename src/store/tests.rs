@@ -195,6 +195,61 @@ fn logs_are_chunked_and_followable() {
 }
 
 #[test]
+fn appended_lines_are_cut_into_bounded_chunks_and_read_back_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = store.create_run(new_run("a")).expect("run");
+    let texts: Vec<String> = (0..3000)
+        .map(|i| format!("{i:>6} {}", "y".repeat(90)))
+        .collect();
+    // One line longer than a chunk gets a chunk of its own.
+    let long = "z".repeat(100 * 1024);
+    let at = Utc::now();
+    let mut lines: Vec<NewLogLine<'_>> = texts
+        .iter()
+        .map(|t| NewLogLine {
+            at,
+            attempt: 1,
+            stream: Stream::Stdout,
+            text: t,
+        })
+        .collect();
+    lines.insert(
+        1500,
+        NewLogLine {
+            text: &long,
+            ..lines[0]
+        },
+    );
+    let mut next = 0;
+    let stored = store
+        .append_log(&run.id, 0, &mut next, &lines)
+        .expect("append");
+    let expected: u64 = lines.iter().map(|l| l.text.len() as u64 + 1).sum();
+    assert_eq!(stored, expected);
+    // ~120 bytes a line: 60 lines a chunk, and the long line alone.
+    assert!((50..=53).contains(&next), "{next} chunks");
+    for (k, v) in store.inner.logs.iter().map(|e| e.expect("entry")) {
+        let one_line = log_chunk::decode(&v).expect("chunk").len() == 1;
+        assert!(v.len() <= log_chunk::CHUNK_BYTES + 1 || one_line, "{k:?}");
+    }
+    let (read, _) = store.logs(&run.id, Some(0), None).expect("logs");
+    let read: Vec<&str> = read.iter().map(|(_, l)| l.text.as_str()).collect();
+    let written: Vec<&str> = lines.iter().map(|l| l.text).collect();
+    assert_eq!(read, written);
+    // The next batch goes on from the chunk number it was left at.
+    let before = next;
+    store
+        .append_log(&run.id, 0, &mut next, &lines[..1])
+        .expect("append");
+    assert_eq!(next, before + 1);
+    assert_eq!(
+        store.log_tail(&run.id, 0, 1).expect("tail")[0].text,
+        texts[0]
+    );
+}
+
+#[test]
 fn secrets_are_sealed_scoped_and_never_listed() {
     let dir = tempfile::tempdir().expect("tempdir");
     // SAFETY of the test: the variable is removed so the key file path is used.

@@ -273,8 +273,8 @@ async fn argo_logs_arrive_while_the_pod_runs() {
         prepared,
         CancellationToken::new(),
         move |_, event| {
-            if let gantry::executor::Event::Log { line, .. } = event
-                && line == "early"
+            if let gantry::executor::Event::Log { lines, .. } = event
+                && lines.iter().any(|l| l == "early")
             {
                 let _ = std::fs::write(&go, "go");
             }

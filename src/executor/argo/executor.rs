@@ -547,7 +547,7 @@ impl LogSink {
                 step: i,
                 attempt,
                 stream,
-                line: text,
+                lines: vec![text],
                 at: Utc::now(),
             })
             .await;

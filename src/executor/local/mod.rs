@@ -253,7 +253,7 @@ impl Shared {
             step,
             attempt,
             stream: Stream::System,
-            line: self.secrets.mask(line),
+            lines: vec![self.secrets.mask(line)],
             at: Utc::now(),
         })
         .await;

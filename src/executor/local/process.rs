@@ -48,8 +48,9 @@ use crate::executor::mask::LineSplitter;
 use crate::executor::{Event, StepStatus, Stream};
 use crate::spec::values::format_duration;
 
-/// Bytes read from a pipe at a time.
-const CHUNK: usize = 8 * 1024;
+/// Bytes read from a pipe at a time (a pipe holds 64 KiB by default): a step that writes a lot
+/// is read in few wakeups, each one log event.
+const CHUNK: usize = 64 * 1024;
 /// How long the pipes may stay open after the whole group has been killed.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -519,24 +520,35 @@ impl<'a> Logs<'a> {
             return;
         }
         let at = Utc::now();
+        let mut kept = Vec::with_capacity(lines.len());
         for line in lines {
             if !self.shared.log_budget(self.step, line.len() as u64 + 1) {
                 if self.shared.log_cut(self.step) {
+                    // The lines within the budget first, then the line that says the log is cut.
+                    self.send(stream, std::mem::take(&mut kept), at).await;
                     let line = self.shared.limits.cut_line();
                     self.shared.system(self.step, self.attempt, &line).await;
                 }
                 continue;
             }
-            self.shared
-                .send(Event::Log {
-                    step: self.step,
-                    attempt: self.attempt,
-                    stream,
-                    line,
-                    at,
-                })
-                .await;
+            kept.push(line);
         }
+        self.send(stream, kept, at).await;
+    }
+
+    async fn send(&self, stream: Stream, lines: Vec<String>, at: chrono::DateTime<Utc>) {
+        if lines.is_empty() {
+            return;
+        }
+        self.shared
+            .send(Event::Log {
+                step: self.step,
+                attempt: self.attempt,
+                stream,
+                lines,
+                at,
+            })
+            .await;
     }
 }
 

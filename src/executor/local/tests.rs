@@ -96,10 +96,14 @@ impl Ran {
             .iter()
             .filter_map(|e| match e {
                 Event::Log {
-                    step, stream, line, ..
-                } if *step == i && *stream == on => Some(line.clone()),
+                    step,
+                    stream,
+                    lines,
+                    ..
+                } if *step == i && *stream == on => Some(lines.clone()),
                 _ => None,
             })
+            .flatten()
             .collect()
     }
 
