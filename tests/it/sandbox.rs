@@ -680,6 +680,74 @@ fn pids_with_env(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Host pids of processes whose command line holds `needle`.
+fn pids_with_cmdline(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = needle.as_bytes();
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|line| line.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+// bubblewrap 0.8's inner process waits for its outer one to set up the user namespace; when the
+// outer one dies meanwhile (Gantry killed while the sandbox starts), the inner one waits for good
+// (ppid 1, no child). Killed at many moments of a sandbox's start, Gantry leaves no `bwrap`
+// behind once it starts again.
+#[test]
+fn a_kill_9_of_gantry_while_a_sandbox_starts_leaves_no_bubblewrap_behind() {
+    let s = Scratch::new();
+    let file = s.pipeline(
+        "quick.yaml",
+        &format!(
+            "{}steps:
+  - name: a
+    command: [\"true\"]\n",
+            head("quick")
+        ),
+    );
+    // Every sandbox of this test binds a run directory under the scratch folder.
+    let needle = s.path("data-work").display().to_string();
+    let mut caught = 0;
+    for delay_us in (0..3000).step_by(250) {
+        let mut child = s
+            .cmd(&["run", file.to_str().expect("utf-8"), "--plain"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Killed as soon as its sandbox exists, and a little later.
+        let started = Instant::now();
+        while pids_with_cmdline(&needle).is_empty() && started.elapsed().as_secs() < 10 {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(std::time::Duration::from_micros(delay_us));
+        caught += usize::from(!pids_with_cmdline(&needle).is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(caught > 0, "no kill came while a sandbox was there");
+    // The next start recovers what the last one left.
+    let out = s.gantry(&["runs", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let gone = Instant::now();
+    while !pids_with_cmdline(&needle).is_empty() && gone.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        pids_with_cmdline(&needle),
+        Vec::<u32>::new(),
+        "bubblewrap outlived the gantry that started it"
+    );
+}
+
 #[test]
 fn a_kill_9_of_gantry_takes_the_sandboxed_steps_with_it() {
     let s = Scratch::new();
