@@ -664,8 +664,8 @@ mod served {
     }
 }
 
-/// Host pids of processes whose environment holds `needle`.
-fn pids_with_env(needle: &str) -> Vec<u32> {
+/// Host pids of processes one of whose `/proc/<pid>/<file>` entries (split at NULs) matches.
+fn pids_where(file: &str, matches: impl Fn(&[u8]) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -673,28 +673,30 @@ fn pids_with_env(needle: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()))
+            std::fs::read(format!("/proc/{pid}/{file}"))
+                .map(|bytes| bytes.split(|&b| b == 0).any(&matches))
                 .unwrap_or(false)
         })
         .collect()
 }
 
-/// Host pids of processes whose command line holds `needle`.
-fn pids_with_cmdline(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let needle = needle.as_bytes();
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|line| line.windows(needle.len()).any(|w| w == needle))
-                .unwrap_or(false)
-        })
-        .collect()
+/// Host pids of processes whose environment holds `needle`.
+fn pids_with_env(needle: &str) -> Vec<u32> {
+    pids_where("environ", |kv| kv == needle.as_bytes())
+}
+
+/// Host pids of processes with an argument that starts with `prefix`.
+fn pids_with_arg(prefix: &str) -> Vec<u32> {
+    pids_where("cmdline", |arg| arg.starts_with(prefix.as_bytes()))
+}
+
+/// Waits up to 10 s for `pids()` to find nothing, and asserts that it does.
+fn assert_all_gone(pids: impl Fn() -> Vec<u32>, what: &str) {
+    let gone = Instant::now();
+    while !pids().is_empty() && gone.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(pids(), Vec::<u32>::new(), "{what}");
 }
 
 // bubblewrap 0.8's inner process waits for its outer one to set up the user namespace; when the
@@ -725,11 +727,11 @@ fn a_kill_9_of_gantry_while_a_sandbox_starts_leaves_no_bubblewrap_behind() {
             .expect("spawn");
         // Killed as soon as its sandbox exists, and a little later.
         let started = Instant::now();
-        while pids_with_cmdline(&needle).is_empty() && started.elapsed().as_secs() < 10 {
+        while pids_with_arg(&needle).is_empty() && started.elapsed().as_secs() < 10 {
             std::hint::spin_loop();
         }
         std::thread::sleep(std::time::Duration::from_micros(delay_us));
-        caught += usize::from(!pids_with_cmdline(&needle).is_empty());
+        caught += usize::from(!pids_with_arg(&needle).is_empty());
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -737,14 +739,9 @@ fn a_kill_9_of_gantry_while_a_sandbox_starts_leaves_no_bubblewrap_behind() {
     // The next start recovers what the last one left.
     let out = s.gantry(&["runs", "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let gone = Instant::now();
-    while !pids_with_cmdline(&needle).is_empty() && gone.elapsed().as_secs() < 10 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(
-        pids_with_cmdline(&needle),
-        Vec::<u32>::new(),
-        "bubblewrap outlived the gantry that started it"
+    assert_all_gone(
+        || pids_with_arg(&needle),
+        "bubblewrap outlived the gantry that started it",
     );
 }
 
@@ -778,15 +775,7 @@ fn a_kill_9_of_gantry_takes_the_sandboxed_steps_with_it() {
     let _ = child.wait();
     // bubblewrap dies with its parent and takes its PID namespace with it, `setsid` escapes
     // included, before any recovery runs.
-    let gone = Instant::now();
-    while !pids_with_env(&marker).is_empty() && gone.elapsed().as_secs() < 10 {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(
-        pids_with_env(&marker),
-        Vec::<u32>::new(),
-        "step processes outlived gantry"
-    );
+    assert_all_gone(|| pids_with_env(&marker), "step processes outlived gantry");
     let out = s.gantry(&["runs", "--json"]);
     assert!(
         text(&out.stderr).contains("interrupted"),
