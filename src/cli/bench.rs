@@ -223,7 +223,9 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
     let par_shell =
         format!("i=0; while [ $i -lt {width} ]; do sh -c true & i=$((i+1)); done; wait");
 
-    let dir = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
+    // The store and its work dir (a sibling folder) both go at the end.
+    let top = std::env::temp_dir().join(format!("gantry-bench-{}", std::process::id()));
+    let dir = top.join("data");
     use crate::executor::local::sandbox::{ProcessLimits, Sandbox, UserChoice};
     // As `gantry serve` has it: a sandbox kept warm for the next run.
     let sandbox = match Sandbox::bubblewrap(UserChoice::Default, ProcessLimits::default()) {
@@ -262,7 +264,7 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
         }
         Ok(best)
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&top);
     let best = match result {
         Ok(b) => b,
         Err(e) => {

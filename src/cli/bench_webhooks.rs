@@ -552,27 +552,32 @@ async fn bench(opts: &WebhookOptions, out: &mut dyn Write) -> Result<bool, Strin
         let p50 = percentile(&latencies, 50);
         let p99 = percentile(&latencies, 99);
         let fetch_p50 = percentile(&fetches, 50);
+        let fetch_p99 = percentile(&fetches, 99);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         w(
             out,
             format!(
-                "  push → first step started: {} pushes, p50 {:.1} ms, p99 {:.1} ms (goal p50 < 50 ms: {})",
+                "  push → first step started: {} pushes, p50 {:.1} ms, p99 {:.1} ms",
                 opts.pushes,
-                p50.as_secs_f64() * 1000.0,
-                p99.as_secs_f64() * 1000.0,
-                if p50 < Duration::from_millis(50) {
+                ms(p50),
+                ms(p99),
+            ),
+        );
+        // Signed: Gantry's whole path can take less than the git CLI's fetch alone.
+        let beyond_p50 = ms(p50) - ms(fetch_p50);
+        let beyond_p99 = ms(p99) - ms(fetch_p99);
+        w(
+            out,
+            format!(
+                "  baseline: `git fetch` of the same pushes from the daemon, p50 {:.1} ms, p99 {:.1} ms; gantry's time beyond one fetch p50 {beyond_p50:+.1} ms, p99 {beyond_p99:+.1} ms (goal ≤ 10 and ≤ 25 ms: {}); ratio {:.2}",
+                ms(fetch_p50),
+                ms(fetch_p99),
+                if beyond_p50 <= 10.0 && beyond_p99 <= 25.0 {
                     "PASS"
                 } else {
                     "MISS"
-                }
-            ),
-        );
-        w(
-            out,
-            format!(
-                "  baseline: `git fetch` of the same pushes from the daemon, p50 {:.1} ms; gantry's time beyond one fetch, p50 {:.1} ms (ratio {:.2})",
-                fetch_p50.as_secs_f64() * 1000.0,
-                (p50.as_secs_f64() - fetch_p50.as_secs_f64()).max(0.0) * 1000.0,
-                p50.as_secs_f64() / fetch_p50.as_secs_f64().max(1e-9)
+                },
+                ms(p50) / ms(fetch_p50).max(1e-9)
             ),
         );
     }
