@@ -104,6 +104,10 @@ fn fetch_and_reconcile(
         mirror.fetch(interrupt)?;
     }
     let fetched_in = started.elapsed();
+    // Packs that pile up slow every later read; a failed repack leaves them as they were.
+    if let Err(e) = mirror.maintain() {
+        tracing::warn!("{}: {e}", repo.name);
+    }
     let head = mirror
         .head(&repo.branch)?
         .ok_or_else(|| CatalogError::NoBranch {

@@ -48,7 +48,7 @@ pub(super) async fn sync(repo: &Arc<WatchedRepo>, wanted: Option<&str>) -> Resul
     let r = repo.clone();
     let wanted = wanted.map(str::to_string);
     let _guard = repo.sync_lock.lock().await;
-    blocking(move || {
+    let (mirror, fetched) = blocking(move || {
         let existed = r.source.mirror_dir.join("HEAD").exists();
         let mirror = Mirror::open_or_clone(
             &r.source.mirror_dir,
@@ -58,13 +58,30 @@ pub(super) async fn sync(repo: &Arc<WatchedRepo>, wanted: Option<&str>) -> Resul
         )
         .map_err(|e| e.to_string())?;
         let have = wanted.is_some_and(|w| mirror.resolve(&w).is_ok());
-        if existed && !have {
+        let fetch = existed && !have;
+        if fetch {
             let interrupt = AtomicBool::new(false);
             mirror.fetch(&interrupt).map_err(|e| e.to_string())?;
         }
-        Ok(mirror)
+        Ok((mirror, fetch))
     })
-    .await
+    .await?;
+    if fetched {
+        maintain_later(repo, &mirror);
+    }
+    Ok(mirror)
+}
+
+/// Merges the mirror's packs when they piled up (`Mirror::maintain`), in the background under the
+/// repository's sync lock: the event that fetched does not wait for it.
+fn maintain_later(repo: &Arc<WatchedRepo>, mirror: &Mirror) {
+    let (r, m) = (repo.clone(), mirror.clone());
+    tokio::task::spawn_blocking(move || {
+        let _guard = r.sync_lock.blocking_lock();
+        if let Err(e) = m.maintain() {
+            tracing::warn!("{}: {e}", r.source.name);
+        }
+    });
 }
 
 /// Reconciles the watched branch with the mirror just fetched (new versions, errors,

@@ -75,3 +75,51 @@ fn unreachable_remote_fails_fast_with_a_redacted_url() {
     );
     assert!(shown.contains("check the url and the token"), "{shown}");
 }
+
+#[test]
+fn maintain_merges_piled_up_packs_and_keeps_every_object() {
+    use crate::source::test_support::git;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path().join("work");
+    let bare = tmp.path().join("mirror.git");
+    std::fs::create_dir(&work).expect("work dir");
+    git(&work, &["init", "-q"]);
+    git(tmp.path(), &["init", "-q", "--bare", "mirror.git"]);
+    let packs = || {
+        std::fs::read_dir(bare.join("objects/pack"))
+            .expect("pack folder")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count()
+    };
+    // One pack per push, as each fetch of a mirror adds one.
+    let mut commits = Vec::new();
+    for i in 0..12 {
+        std::fs::write(work.join("file"), format!("version {i}\n")).expect("write");
+        git(&work, &["add", "file"]);
+        git(&work, &["commit", "-q", "-m", &format!("c{i}")]);
+        git(
+            &work,
+            &["push", "-q", bare.to_str().expect("utf-8"), "HEAD:main"],
+        );
+        git(&bare, &["repack", "-d", "-q"]);
+        commits.push(git(&work, &["rev-parse", "HEAD"]));
+    }
+    assert_eq!(packs(), 12);
+    let mirror =
+        Mirror::open_or_clone(&bare, "git://unused.invalid/x.git", "main", None).expect("opens");
+    assert!(mirror.maintain().expect("repacks"));
+    assert!(packs() <= 2, "{} packs left", packs());
+    assert!(
+        !mirror.maintain().expect("nothing to do"),
+        "a second pass repacks nothing"
+    );
+    assert_eq!(mirror.head("main").expect("head"), commits.last().cloned());
+    for (i, commit) in commits.iter().enumerate() {
+        let text = mirror
+            .read_file(commit, "file")
+            .expect("read")
+            .expect("file");
+        assert_eq!(text, format!("version {i}\n").into_bytes());
+    }
+}
