@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-
-use std::net::{TcpStream, ToSocketAddrs};
 
 use gix::bstr::{BString, ByteSlice};
 use gix::object::tree::diff::ChangeDetached;
@@ -616,7 +615,6 @@ fn no_credentials(
     Ok(None)
 }
 
-/// The likely fix for a failed clone or fetch.
 /// A connection to the git daemon of a `git://` url (`None` for other urls) with Nagle's algorithm
 /// off. gix writes each pkt-line of a request in three small writes (length, payload, newline),
 /// and with Nagle on, the end of each request waited for the daemon's delayed ACK, 40 ms, twice a
@@ -657,6 +655,7 @@ fn daemon_connection(
 /// Packs a mirror may hold before `Mirror::maintain` merges them.
 const MAX_PACKS: usize = 8;
 
+/// The likely fix for a failed clone or fetch.
 fn hint(error: &gix::Error) -> &'static str {
     if error.is_unauthenticated() || error.is_permission_denied() {
         "the server refused the credentials: check the token and that it grants read access to the repository"
