@@ -378,9 +378,10 @@ impl Store {
 
     // ---- logs ------------------------------------------------------------------------------
 
-    /// Stores chunk number `chunk` of a step's log. Chunk numbers are given by the one writer of a
-    /// run's log (the run's recorder), counting from 0, so no read is needed to append.
-    pub fn put_log_chunk(
+    /// Stores `lines` as chunk number `chunk` of a step's log, whole: tests lay chunks out by
+    /// number. The recorder appends with `append_log`, which cuts chunks to size.
+    #[cfg(test)]
+    pub(crate) fn put_log_chunk(
         &self,
         run_id: &str,
         step: usize,
