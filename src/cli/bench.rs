@@ -219,7 +219,17 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
     for i in 0..width {
         parallel.push_str(&format!("    - {{name: p{i}, script: \"true\"}}\n"));
     }
-    let seq_shell = format!("i=0; while [ $i -lt {steps} ]; do sh -c true; i=$((i+1)); done");
+    // A tenth of the sequence too: the difference between the two is what a step costs beyond
+    // what a run costs once (its sandbox's start and end, the store's run records).
+    let short = (steps / 10).max(1);
+    let mut short_sequence = head.to_string();
+    for i in 0..short {
+        short_sequence.push_str(&format!("  - {{name: s{i}, script: \"true\"}}\n"));
+    }
+    let seq_shell =
+        |n: usize| format!("i=0; while [ $i -lt {n} ]; do sh -c true; i=$((i+1)); done");
+    let short_shell = seq_shell(short);
+    let seq_shell = seq_shell(steps);
     let par_shell =
         format!("i=0; while [ $i -lt {width} ]; do sh -c true & i=$((i+1)); done; wait");
 
@@ -240,17 +250,21 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
         }
     };
     let unsandboxed = Sandbox::None;
-    let result = (|| -> Result<[(Duration, Duration, Duration, Duration); 2], String> {
+    let result = (|| -> Result<[(Duration, Duration, Duration, Duration); 3], String> {
         let store = crate::store::Store::open(&dir).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let mut best = [(Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX); 2];
+        let mut best = [(Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX); 3];
         for _ in 0..rounds {
-            for (i, (shell, text)) in [(&seq_shell, &sequence), (&par_shell, &parallel)]
-                .into_iter()
-                .enumerate()
+            for (i, (shell, text)) in [
+                (&seq_shell, &sequence),
+                (&par_shell, &parallel),
+                (&short_shell, &short_sequence),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 best[i].0 = best[i].0.min(time_shell(shell)?);
                 best[i].1 = best[i].1.min(time_executor_only(&runtime, &dir, text)?);
@@ -294,6 +308,25 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
             ms(jailed) / n as f64,
             gantry.as_secs_f64() / shell.as_secs_f64(),
             jailed.as_secs_f64() / shell.as_secs_f64()
+        );
+    }
+    if steps > short {
+        // Per step beyond the run's fixed cost: the slope between the two sequences.
+        let (long, brief) = (best[0], best[2]);
+        let n = (steps - short) as f64;
+        let slope = |a: Duration, b: Duration| (ms(a) - ms(b)).max(0.0) / n;
+        let (shell, gantry, jailed) = (
+            slope(long.0, brief.0),
+            slope(long.2, brief.2),
+            slope(long.3, brief.3),
+        );
+        let fixed = |total: Duration, per_step: f64| ms(total) - per_step * steps as f64;
+        println!(
+            "per step  {short:>4} vs {steps} steps  baseline {shell:.2} ms/step  gantry {gantry:.2} ms/step  sandboxed {jailed:.2} ms/step  ratio {:.2} unsandboxed, {:.2} sandboxed;  once per run: gantry {:.1} ms, sandboxed {:.1} ms",
+            gantry / shell,
+            jailed / shell,
+            fixed(long.2, gantry),
+            fixed(long.3, jailed),
         );
     }
     exit::OK

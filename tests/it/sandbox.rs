@@ -538,7 +538,7 @@ mod served {
         let s = GantryServer::start(
             ServerConfig::new().extra_toml("[executor.local]\nuser = \"root\"\n"),
         );
-        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: who}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u)\"\n      read inside outside count < /proc/self/uid_map; echo \"map=$inside:$outside\"\n      echo \"caps=$(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n";
+        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: who}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u)\"\n      read inside outside count < /proc/self/uid_map; echo \"map=$inside:$outside\"\n      echo \"caps=$(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n      if mount -t tmpfs none /tmp 2>/dev/null; then echo mount=made; else echo mount=refused; fi\n      if mount -o remount,bind,rw \"$GANTRY_WORKSPACE\" 2>/dev/null; then echo remount=made; else echo remount=refused; fi\n";
         let id = run_local(&s, "who", yaml);
         let run = wait_ended(&s, &id);
         let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
@@ -556,6 +556,10 @@ mod served {
             "root inside is not root outside: {log}"
         );
         assert!(log.contains("caps=0000000000000000"), "{log}");
+        // Root inside, yet no mount: the step holds no capability (the filter it inherits
+        // leaves mount(2) to that check, see seccomp.rs).
+        assert!(log.contains("mount=refused"), "{log}");
+        assert!(log.contains("remount=refused"), "{log}");
     }
 
     /// Runs that run at the same time have uids of their own from `run_uids`, which their
@@ -851,6 +855,8 @@ fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
         // The seccomp filter: no user namespace of its own, where it would hold capabilities.
         "if unshare -U true 2>/dev/null; then echo userns=made; else echo userns=refused; fi",
         "grep -q '^Seccomp:[[:space:]]*2' /proc/self/status && echo seccomp=filtered",
+        "if mount -t tmpfs none /tmp 2>/dev/null; then echo mount=made; else echo mount=refused; fi",
+        "if umount -l /proc 2>/dev/null; then echo umount=made; else echo umount=refused; fi",
         "w=refused; for d in \"$GANTRY_OUTPUTS\"/../*/; do [ \"$d\" -ef \"$GANTRY_OUTPUTS\" ] && continue; if (printf evil > \"$d/x\") 2>/dev/null; then w=\"wrote $d\"; fi; done; echo \"others=$w\"",
     ];
     let block = |lines: &[&str]| {
@@ -889,6 +895,8 @@ fn a_step_leaves_nothing_running_for_the_next_and_sees_only_itself() {
     assert_eq!(probe(&stdout, "others"), "refused", "{stdout}");
     assert_eq!(probe(&stdout, "userns"), "refused", "{stdout}");
     assert_eq!(probe(&stdout, "seccomp"), "filtered", "{stdout}");
+    assert_eq!(probe(&stdout, "mount"), "refused", "{stdout}");
+    assert_eq!(probe(&stdout, "umount"), "refused", "{stdout}");
     assert_eq!(probe(&stdout, "x"), "one", "{stdout}");
 }
 

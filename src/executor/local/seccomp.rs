@@ -5,12 +5,19 @@
 //! would hold every capability again, and with them the kernel's less-trodden paths), `clone3`
 //! (its flags sit behind a pointer a filter cannot read; it fails with `ENOSYS`, and the C
 //! library falls back to `clone`), the kernel keyring (`keyctl`, `add_key`, `request_key`),
-//! `ptrace`, every way to mount or to enter another namespace (`mount`, `umount2`, `pivot_root`,
-//! the new mount API, `setns`), and `bpf`, `userfaultfd`, `perf_event_open`. System calls of
-//! another architecture than Gantry's own (a 32-bit program on a 64-bit kernel) end the process.
+//! `ptrace`, unmounting, entering another namespace or mounting with the new mount API
+//! (`umount2`, `pivot_root`, `open_tree` and the rest, `setns`), and `bpf`, `userfaultfd`,
+//! `perf_event_open`. System calls of another architecture than Gantry's own (a 32-bit program
+//! on a 64-bit kernel) end the process.
 //!
-//! The filter is built before the spawner clones a step's namespace, and installed by the step's
-//! program just before it executes (`step_ns::exec_program`), with `no_new_privs` set.
+//! The spawner installs the filter on itself once, with `no_new_privs` set, before it starts a
+//! thread or a step (`spawner::serve`), so every step's init and program inherit it and a step
+//! pays for no filter of its own: installing one (a BPF program allocated and compiled, freed at
+//! the step's exit) was a third of what the sandbox added to a step. The one call left to the
+//! kernel's own check is `mount(2)`, which each step's init needs for its `/proc` and outputs
+//! (`step_ns`): a step's program holds no capability (its bounding set is empty too, and
+//! `no_new_privs` keeps an exec from granting any), and it cannot make a user namespace where it
+//! would hold some, so its `mount` fails with `EPERM` as it would here.
 
 /// `offsetof(struct seccomp_data, nr)`, `.arch`, and the low half of `.args[0]`.
 const NR: u32 = 0;
@@ -45,7 +52,6 @@ fn denied() -> Vec<i64> {
         libc::SYS_add_key,
         libc::SYS_request_key,
         libc::SYS_ptrace,
-        libc::SYS_mount,
         libc::SYS_umount2,
         libc::SYS_pivot_root,
         libc::SYS_setns,
@@ -86,7 +92,7 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 impl Filter {
-    /// The filter, compiled once per process (the spawner installs the same one for every step).
+    /// The filter, compiled once per process.
     pub(super) fn shared() -> &'static Filter {
         static FILTER: std::sync::OnceLock<Filter> = std::sync::OnceLock::new();
         FILTER.get_or_init(Filter::new)
@@ -154,13 +160,10 @@ impl Filter {
         Filter { program: p }
     }
 
-    /// Installs the filter in the calling process (and everything it starts), with
-    /// `no_new_privs` set; the errno of what failed otherwise.
-    ///
-    /// # Safety
-    /// Async-signal-safe and errno-free (`rawsys`): it runs between a clone that shares the
-    /// spawner's memory and an exec.
-    pub(super) unsafe fn install(&self) -> Result<(), i32> {
+    /// Installs the filter in the calling thread (and everything it starts afterwards), with
+    /// `no_new_privs` set; the errno of what failed otherwise. Only system calls (`rawsys`):
+    /// no allocation, and `errno` left alone.
+    pub(super) fn install(&self) -> Result<(), i32> {
         let prog = libc::sock_fprog {
             len: self.program.len() as u16,
             filter: self.program.as_ptr() as *mut libc::sock_filter,

@@ -273,6 +273,11 @@ pub fn serve(args: &[String]) -> u8 {
         }
         libc::umask(0o077);
     }
+    // The steps' seccomp filter, on the spawner itself before it starts a thread or a step:
+    // every step inherits it instead of compiling its own (see `seccomp.rs`).
+    if super::seccomp::Filter::shared().install().is_err() {
+        return 2;
+    }
     let writer = match sock.try_clone() {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(_) => return 2,

@@ -8,7 +8,8 @@
 //!                                     │  mounts a /proc of its own namespace, makes every
 //!                                     │  outputs folder but the step's own read-only
 //!                                     └─ clone ──▶ the step's program (pid 2), capabilities
-//!                                                  dropped, seccomp filter on (`seccomp.rs`)
+//!                                                  dropped, under the spawner's seccomp
+//!                                                  filter (`seccomp.rs`)
 //! ```
 //!
 //! So a step sees only its own processes (its `/proc` holds nothing else: not the spawner, not
@@ -55,8 +56,6 @@ pub(super) struct Prepared {
     /// The step's own outputs folder, the one writable folder under the folder that holds every
     /// step's; with the flags to remount that folder read-only with.
     outputs: Option<(CString, CString, libc::c_ulong)>,
-    /// The system calls the step may not make.
-    filter: &'static super::seccomp::Filter,
     /// The capabilities in the spawner's bounding set, which the program drops.
     bounding: &'static [libc::c_int],
     /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
@@ -209,7 +208,6 @@ impl Prepared {
             _env: env,
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
-            filter: super::seccomp::Filter::shared(),
             bounding: spawner_facts().0,
             shared: spawner_facts().1,
         })
@@ -459,7 +457,6 @@ unsafe fn prepare_program(l: &Launch) -> rawsys::SysResult {
         // The spawner ignores SIGPIPE, as every Rust program does; the step gets the default,
         // and no blocked signal.
         rawsys::default_signals(libc::SIGPIPE)?;
-        p.filter.install()?;
         Ok(0)
     }
 }
