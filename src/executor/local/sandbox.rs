@@ -108,8 +108,9 @@ pub struct Spares {
 
 impl fmt::Debug for Spares {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ready = self.slot.lock().map(|s| s.is_some()).unwrap_or(false);
-        f.debug_struct("Spares").field("ready", &ready).finish()
+        f.debug_struct("Spares")
+            .field("ready", &self.ready())
+            .finish()
     }
 }
 
@@ -117,6 +118,11 @@ impl fmt::Debug for Spares {
 pub const SPARE_PREFIX: &str = ".spare-";
 
 impl Spares {
+    /// Whether a spare sandbox is ready for the next run.
+    pub fn ready(&self) -> bool {
+        self.slot.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
     /// The spare sandbox, if one is ready in `work_dir`.
     pub(super) fn take(&self, work_dir: &Path) -> Option<Spare> {
         let mut slot = self.slot.lock().ok()?;
