@@ -1042,6 +1042,9 @@ impl<'s> Cx<'s> {
                 format!("enum parameter `{name}` needs a non-empty `enum` list of allowed values"),
             );
         }
+        // The pattern compiled here also checks the default below (compiling is most of a
+        // pattern's cost).
+        let mut compiled = None;
         if let Some(n) = f.get("pattern") {
             if kind != ParamType::String {
                 self.err(
@@ -1053,7 +1056,10 @@ impl<'s> Cx<'s> {
                 );
             } else if let Some(p) = self.string(n, "`pattern`") {
                 match regex::Regex::new(&p) {
-                    Ok(_) => param.pattern = Some(p),
+                    Ok(re) => {
+                        param.pattern = Some(p);
+                        compiled = Some(re);
+                    }
                     Err(e) => {
                         let first = e
                             .to_string()
@@ -1093,7 +1099,7 @@ impl<'s> Cx<'s> {
             param.maximum = None;
         }
         if let Some(n) = f.get("default") {
-            param.default = self.param_default(n, &param);
+            param.default = self.param_default(n, &param, compiled.as_ref());
         }
         param.required = match f.get("required") {
             Some(n) => self.bool(n, "`required`").unwrap_or(true),
@@ -1152,7 +1158,14 @@ impl<'s> Cx<'s> {
         }
     }
 
-    fn param_default(&mut self, node: &Node, param: &Parameter) -> Option<ParamValue> {
+    /// A parameter's default, checked against the parameter (with `pattern`, its `pattern`
+    /// compiled).
+    fn param_default(
+        &mut self,
+        node: &Node,
+        param: &Parameter,
+        pattern: Option<&regex::Regex>,
+    ) -> Option<ParamValue> {
         let kind = param.kind;
         let value = self.typed_value(
             node,
@@ -1163,7 +1176,7 @@ impl<'s> Cx<'s> {
         if kind == ParamType::Enum && param.choices.is_empty() {
             return None;
         }
-        if let Err(e) = values::check_param_value(param, &value) {
+        if let Err(e) = values::check_param_value_with(param, &value, pattern) {
             // The messages of check_param_value are written for run-time values.
             let message = e.replacen("parameter", "default of parameter", 1);
             if kind == ParamType::Enum

@@ -188,13 +188,27 @@ pub fn check_param_text(param: &Parameter, raw: &str) -> Result<ParamValue, Stri
 
 /// Checks a typed value against a parameter's type, enum, bounds and pattern.
 pub fn check_param_value(param: &Parameter, value: &ParamValue) -> Result<(), String> {
+    check_param_value_with(param, value, None)
+}
+
+/// [`check_param_value`], with the parameter's pattern already compiled when the caller has it
+/// (`compiled` must be `param.pattern`'s).
+pub(crate) fn check_param_value_with(
+    param: &Parameter,
+    value: &ParamValue,
+    compiled: Option<&regex::Regex>,
+) -> Result<(), String> {
     let name = &param.name;
     match (param.kind, value) {
         (ParamType::String, ParamValue::String(s)) => {
             if let Some(pattern) = &param.pattern {
-                let re = regex::Regex::new(pattern)
-                    .map_err(|e| format!("parameter `{name}` has an invalid pattern: {e}"))?;
-                if !re.is_match(s) {
+                let matched = match compiled {
+                    Some(re) => re.is_match(s),
+                    None => regex::Regex::new(pattern)
+                        .map_err(|e| format!("parameter `{name}` has an invalid pattern: {e}"))?
+                        .is_match(s),
+                };
+                if !matched {
                     return Err(format!(
                         "parameter `{name}` must match `{pattern}`, got `{s}`"
                     ));
