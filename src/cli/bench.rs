@@ -272,8 +272,7 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
                     .2
                     .min(time_pipeline(&runtime, &store, text, &unsandboxed)?);
                 // A server's run finds the spare ready unless runs come faster than a sandbox
-                // starts; the first run here starts its own.
-                // (Waiting on the runtime, which warms the spare meanwhile.)
+                // starts (the first run here starts its own); waiting on the runtime warms it.
                 if let Sandbox::Bubblewrap(b) = &sandbox {
                     let deadline = Instant::now() + Duration::from_secs(2);
                     runtime.block_on(async {

@@ -13,8 +13,8 @@
 //! The spawner installs the filter on itself once, with `no_new_privs` set, before it starts a
 //! thread or a step (`spawner::serve`), so every step's init and program inherit it and a step
 //! pays for no filter of its own: installing one (a BPF program allocated and compiled, freed at
-//! the step's exit) was a third of what the sandbox added to a step. The one call left to the
-//! kernel's own check is `mount(2)`, which each step's init needs for its `/proc` and outputs
+//! the step's exit) was more than half of what the sandbox added to a step. The one call left to
+//! the kernel's own check is `mount(2)`, which each step's init needs for its `/proc` and outputs
 //! (`step_ns`): a step's program holds no capability (its bounding set is empty too, and
 //! `no_new_privs` keeps an exec from granting any), and it cannot make a user namespace where it
 //! would hold some, so its `mount` fails with `EPERM` as it would here.
