@@ -377,12 +377,33 @@ fn bench_spec(budget: Duration) -> u8 {
     let (yaml_rate, yaml_n) = rate(budget, || {
         let _ = black_box(spec::yaml::parse(black_box(&text), &limits));
     });
+    // What any tree built from this parser pays, and the road through serde that every file took
+    // before the quick one.
+    let (events_rate, events_n) = rate(budget, || {
+        let mut parser = granit_parser::Parser::new_from_str(black_box(&text));
+        while let Some(Ok(event)) = parser.next_event() {
+            black_box(&event);
+        }
+    });
+    let (serde_rate, serde_n) = rate(budget, || {
+        let _ = black_box(spec::yaml::parse_with_serde(black_box(&text), &limits));
+    });
     let (full_rate, full_n) = rate(budget, || {
         let _ = black_box(spec::check(black_box(&text)));
     });
     println!("pipeline: {lines} lines, {} bytes; one thread", text.len());
     println!(
-        "baseline  yaml parse only     {:>10.0} files/s  {:>8.1} µs/file  ({yaml_n} runs)",
+        "floor     yaml events only    {:>10.0} files/s  {:>8.1} µs/file  ({events_n} runs)",
+        events_rate,
+        1e6 / events_rate
+    );
+    println!(
+        "before    yaml tree via serde {:>10.0} files/s  {:>8.1} µs/file  ({serde_n} runs)",
+        serde_rate,
+        1e6 / serde_rate
+    );
+    println!(
+        "baseline  yaml tree           {:>10.0} files/s  {:>8.1} µs/file  ({yaml_n} runs)",
         yaml_rate,
         1e6 / yaml_rate
     );
