@@ -852,7 +852,7 @@ impl<'s> Cx<'s> {
         let f = self.fields(node, "a schedule", SCHEDULE)?;
         let cron_node = self.required(&f, "cron", "a schedule", node.pos)?;
         let cron = self.string(cron_node, "`cron`")?;
-        if let Err(e) = values::parse_cron(&cron) {
+        if let Err(e) = values::check_cron(&cron) {
             self.err(cron_node.pos, e);
         }
         let mut timezone = "UTC".to_string();
@@ -1055,7 +1055,7 @@ impl<'s> Cx<'s> {
                     ),
                 );
             } else if let Some(p) = self.string(n, "`pattern`") {
-                match regex::Regex::new(&p) {
+                match values::Pattern::new(&p) {
                     Ok(re) => {
                         param.pattern = Some(p);
                         compiled = Some(re);
@@ -1164,7 +1164,7 @@ impl<'s> Cx<'s> {
         &mut self,
         node: &Node,
         param: &Parameter,
-        pattern: Option<&regex::Regex>,
+        pattern: Option<&values::Pattern>,
     ) -> Option<ParamValue> {
         let kind = param.kind;
         let value = self.typed_value(

@@ -137,6 +137,59 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("invalid cron expression `{expr}`: {e}"))
 }
 
+/// Checks a cron expression as [`parse_cron`] does. One in the common shape (numbers, `*`, ranges,
+/// steps and lists in the fields' bounds, as in `*/15 8-18 * * 1-5`) is known good without croner,
+/// whose parse fills a bit for each of ten thousand years and was a sixth of a spec check; any
+/// other goes to croner, which also words the errors.
+pub fn check_cron(expr: &str) -> Result<(), String> {
+    if plainly_valid_cron(expr) {
+        return Ok(());
+    }
+    parse_cron(expr).map(drop)
+}
+
+/// Whether every field of `expr` is a list of `*`, `N`, `A-B`, `*/S` or `A-B/S` within the field's
+/// bounds (`A` ≤ `B`, a step from 1 to the field's largest value, numbers without leading zeros).
+fn plainly_valid_cron(expr: &str) -> bool {
+    // Minute, hour, day of the month, month, day of the week (Sunday 0 or 7); seconds first in six.
+    const FIVE: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    const SIX: [(u32, u32); 6] = [(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let bounds: &[(u32, u32)] = match fields.len() {
+        5 => &FIVE,
+        6 => &SIX,
+        _ => return false,
+    };
+    let number = |s: &str| -> Option<u32> {
+        let plain = matches!(s.len(), 1 | 2)
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && !(s.len() == 2 && s.starts_with('0'));
+        plain.then(|| s.parse().ok()).flatten()
+    };
+    let item = |item: &str, low: u32, high: u32| -> Option<()> {
+        let (base, step) = match item.split_once('/') {
+            Some((base, step)) => (base, Some(number(step)?)),
+            None => (item, None),
+        };
+        if step.is_some_and(|s| s == 0 || s > high) {
+            return None;
+        }
+        if base == "*" {
+            return Some(());
+        }
+        let (from, to) = match base.split_once('-') {
+            Some((from, to)) => (number(from)?, number(to)?),
+            None if step.is_none() => (number(base)?, number(base)?),
+            None => return None,
+        };
+        (low <= from && from <= to && to <= high).then_some(())
+    };
+    fields
+        .iter()
+        .zip(bounds)
+        .all(|(field, &(low, high))| field.split(',').all(|part| item(part, low, high).is_some()))
+}
+
 /// Parses an IANA time zone name such as `Europe/Berlin` or `UTC`.
 pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, String> {
     name.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -191,12 +244,45 @@ pub fn check_param_value(param: &Parameter, value: &ParamValue) -> Result<(), St
     check_param_value_with(param, value, None)
 }
 
+/// A string parameter's `pattern`, compiled to check the few values a spec check matches (a
+/// default): a Pike VM over the pattern's NFA, which `regex` builds too but then also turns into
+/// the DFAs that make its many searches quick and its compilation a hundred microseconds. Same
+/// syntax, same meaning (both are regex-automata). A pattern whose NFA is large is compiled by
+/// `regex` itself, which also words the errors.
+pub(crate) enum Pattern {
+    Small(regex_automata::nfa::thompson::pikevm::PikeVM),
+    Full(regex::Regex),
+}
+
+/// Patterns whose NFA takes more than this are left to `regex`, well below its own limit.
+const SMALL_PATTERN_BYTES: usize = 64 * 1024;
+
+impl Pattern {
+    pub(crate) fn new(pattern: &str) -> Result<Pattern, regex::Error> {
+        use regex_automata::nfa::thompson;
+        let small = thompson::pikevm::PikeVM::builder()
+            .thompson(thompson::Config::new().nfa_size_limit(Some(SMALL_PATTERN_BYTES)))
+            .build(pattern);
+        match small {
+            Ok(vm) => Ok(Pattern::Small(vm)),
+            Err(_) => regex::Regex::new(pattern).map(Pattern::Full),
+        }
+    }
+
+    pub(crate) fn is_match(&self, text: &str) -> bool {
+        match self {
+            Pattern::Small(vm) => vm.is_match(&mut vm.create_cache(), text),
+            Pattern::Full(re) => re.is_match(text),
+        }
+    }
+}
+
 /// [`check_param_value`], with the parameter's pattern already compiled when the caller has it
 /// (`compiled` must be `param.pattern`'s).
 pub(crate) fn check_param_value_with(
     param: &Parameter,
     value: &ParamValue,
-    compiled: Option<&regex::Regex>,
+    compiled: Option<&Pattern>,
 ) -> Result<(), String> {
     let name = &param.name;
     match (param.kind, value) {
@@ -261,6 +347,107 @@ fn check_bounds(param: &Parameter, n: f64) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    /// What the quick check calls good, croner parses: every combination of these fields.
+    #[test]
+    fn a_cron_the_quick_check_takes_croner_takes() {
+        let items = [
+            "*",
+            "0",
+            "7",
+            "59",
+            "60",
+            "1-5",
+            "5-1",
+            "0-7",
+            "*/1",
+            "*/15",
+            "*/59",
+            "*/60",
+            "*/0",
+            "1-5/2",
+            "0,30",
+            "1,2-4,*/5",
+            "05",
+            "31",
+            "32",
+            "12",
+            "13",
+            "24",
+            "23",
+        ];
+        let mut quick = 0;
+        for (i, a) in items.iter().enumerate() {
+            for b in &items {
+                for shape in [
+                    format!("{a} {b} * * *"),
+                    format!("0 0 {a} {b} *"),
+                    format!("0 {a} * * {b}"),
+                    format!("{b} 0 0 {a} * *"),
+                    format!("0 0 {b} 1 {a}"),
+                    format!("{} {a} {b} 1 *", items[(i + 3) % items.len()]),
+                ] {
+                    if plainly_valid_cron(&shape) {
+                        quick += 1;
+                        assert!(
+                            parse_cron(&shape).is_ok(),
+                            "{shape}: {:?}",
+                            parse_cron(&shape)
+                        );
+                    }
+                }
+            }
+        }
+        assert!(quick > 500, "{quick}");
+        for refused in [
+            "0 9 * *",
+            "61 * * * *",
+            "0 0 0 * *",
+            "*/0 * * * *",
+            "5-1 * * * *",
+        ] {
+            assert!(check_cron(refused).is_err(), "{refused}");
+        }
+        assert!(check_cron("@daily").is_ok());
+        assert!(check_cron("0 9 * * MON-FRI").is_ok());
+    }
+
+    /// The spec check's pattern matches what `regex` matches, refuses what it refuses, and is
+    /// `regex` itself for a pattern too large for the small road.
+    #[test]
+    fn a_pattern_matches_as_regex_does() {
+        let cases: &[(&str, &[&str])] = &[
+            ("^[a-z_][a-z0-9_]*$", &["orders", "Orders", "9x", "", "a_b"]),
+            ("^v\\d+\\.\\d+$", &["v1.2", "v1.2.3", "1.2"]),
+            ("(?i)^prod|staging$", &["PROD-1", "x-staging", "dev"]),
+            ("\\bdb\\b", &["my db here", "mydb"]),
+            ("^\\p{L}+$", &["éte", "e1"]),
+            ("^(a|b)*c{2,3}$", &["abcc", "ccc", "cccc"]),
+            ("^$", &["", "x"]),
+        ];
+        for (pattern, texts) in cases {
+            let small = Pattern::new(pattern).unwrap();
+            assert!(matches!(small, Pattern::Small(_)), "{pattern}");
+            let full = regex::Regex::new(pattern).unwrap();
+            for text in *texts {
+                assert_eq!(
+                    small.is_match(text),
+                    full.is_match(text),
+                    "{pattern} on {text:?}"
+                );
+            }
+        }
+        let large = "^\\w{30}$";
+        let pattern = Pattern::new(large).unwrap();
+        assert!(matches!(pattern, Pattern::Full(_)));
+        assert!(pattern.is_match(&"é".repeat(30)));
+        for bad in ["^[a-z_", "(", "a{5,2}", "\\q"] {
+            let ours = Pattern::new(bad).err().map(|e| e.to_string());
+            let theirs = regex::Regex::new(bad).err().map(|e| e.to_string());
+            assert!(ours.is_some(), "{bad}");
+            assert_eq!(ours, theirs, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]
