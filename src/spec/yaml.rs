@@ -8,6 +8,7 @@
 //! messages are the reference.
 
 mod events;
+mod lines;
 
 use std::fmt;
 
@@ -138,6 +139,9 @@ pub fn parse(text: &str, limits: &Limits) -> Result<Node, YamlError> {
             message: "file is empty; expected a pipeline document".to_string(),
             pos: Pos::new(1, 1, 1),
         });
+    }
+    if let Some(root) = lines::load(text, limits) {
+        return Ok(root);
     }
     match events::load(text, limits) {
         Some(root) => Ok(root),

@@ -139,7 +139,11 @@ pub(super) fn load(text: &str, limits: &Limits) -> Option<Node> {
 }
 
 /// Whether `name` is a key of `entries` already; remembers it.
-fn repeated(entries: &[(Node, Node)], seen: &mut Option<HashSet<String>>, name: &str) -> bool {
+pub(super) fn repeated(
+    entries: &[(Node, Node)],
+    seen: &mut Option<HashSet<String>>,
+    name: &str,
+) -> bool {
     if entries.len() < SCAN_KEYS {
         return entries
             .iter()
@@ -169,7 +173,7 @@ fn pos(span: &Span) -> Pos {
 /// A scalar resolved by YAML 1.2's core schema as serde-saphyr does it (booleans strictly), or
 /// `None` for a plain scalar that may be a number in a spelling left to serde-saphyr (`+1`, `0x1f`,
 /// `1e3`, `.5`, `007`, `1_000`, an integer beyond 64 bits).
-fn scalar(text: Cow<'_, str>, style: ScalarStyle) -> Option<Value> {
+pub(super) fn scalar(text: Cow<'_, str>, style: ScalarStyle) -> Option<Value> {
     if style != ScalarStyle::Plain {
         return Some(Value::Str(text.into_owned()));
     }
@@ -232,7 +236,7 @@ fn scalar(text: Cow<'_, str>, style: ScalarStyle) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Limits, parse_with_serde};
+    use super::super::{Limits, Node, Value, parse_with_serde};
     use super::load;
 
     /// Every pipeline file of the repository (fixtures, examples, valid and broken), and every
@@ -240,6 +244,77 @@ mod tests {
     /// one serde-saphyr gives.
     #[test]
     fn the_quick_tree_is_serde_saphyrs_tree() {
+        let mut texts = pipeline_files();
+        let files = texts.len();
+        assert!(files > 200, "{files} files");
+        for scalar in SCALARS {
+            texts.push((
+                format!("value {scalar}"),
+                format!("a: {scalar}\nb: [{scalar}, x]\n"),
+            ));
+            texts.push((format!("key {scalar}"), format!("{scalar}: 1\nz: 2\n")));
+        }
+        let limits = Limits::default();
+        let (mut quick, mut quickest) = (0, 0);
+        for (name, text) in &texts {
+            let by_lines = super::super::lines::load(text, &limits);
+            let by_events = load(text, &limits);
+            if by_lines.is_some() {
+                quickest += 1;
+                assert_eq!(
+                    by_lines, by_events,
+                    "{name}: lines and events differ:\n{text}"
+                );
+            }
+            let Some(tree) = by_events else {
+                continue;
+            };
+            quick += 1;
+            match parse_with_serde(text, &limits) {
+                Ok(reference) => assert_eq!(tree, reference, "{name}:\n{text}"),
+                Err(err) => panic!(
+                    "{name}: the quick road read what serde-saphyr refuses ({err:?}):\n{text}"
+                ),
+            }
+        }
+        // Most files take the quick roads (the broken ones are left to serde-saphyr).
+        assert!(quick > texts.len() / 2, "{quick} of {}", texts.len());
+        assert!(quickest > texts.len() / 3, "{quickest} of {}", texts.len());
+    }
+
+    /// The first node where two trees differ, for a failure's message.
+    fn first_difference(left: &Node, right: &Node) -> String {
+        fn flat(node: &Node, out: &mut Vec<String>) {
+            match &node.value {
+                Value::Seq(items) => {
+                    out.push(format!("list at {:?}", node.pos));
+                    items.iter().for_each(|item| flat(item, out));
+                }
+                Value::Map(entries) => {
+                    out.push(format!("mapping at {:?}", node.pos));
+                    for (key, value) in entries {
+                        flat(key, out);
+                        flat(value, out);
+                    }
+                }
+                value => out.push(format!("{value:?} at {:?}", node.pos)),
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        flat(left, &mut a);
+        flat(right, &mut b);
+        a.push("(end)".into());
+        b.push("(end)".into());
+        let (x, y) = a
+            .iter()
+            .zip(&b)
+            .find(|(x, y)| x != y)
+            .unwrap_or((&a[0], &b[0]));
+        format!("quick road: {x}\nreference:  {y}")
+    }
+
+    /// Every pipeline file of the repository, named by its path.
+    fn pipeline_files() -> Vec<(String, String)> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut texts = Vec::new();
         let mut dirs = vec![root.join("tests/fixtures"), root.join("examples")];
@@ -256,31 +331,91 @@ mod tests {
                 }
             }
         }
-        let files = texts.len();
-        assert!(files > 200, "{files} files");
-        for scalar in SCALARS {
-            texts.push((
-                format!("value {scalar}"),
-                format!("a: {scalar}\nb: [{scalar}, x]\n"),
-            ));
-            texts.push((format!("key {scalar}"), format!("{scalar}: 1\nz: 2\n")));
-        }
+        texts.sort();
+        texts
+    }
+
+    /// The line reader takes on only what it reads right: every file it takes, each mutated a hundred
+    /// ways (a YAML indicator, a space, a line break or a tab put in; bytes taken out; a line
+    /// repeated, or moved in or out), is either left to the parser or read as serde-saphyr reads
+    /// it.
+    #[test]
+    fn the_line_reader_reads_mutated_files_as_serde_saphyr_does() {
+        const INSERTS: &[&str] = &[
+            " ", "  ", "\n", ": ", " #", "#", "- ", "-", "\"", "'", "|", "|-", "|+", ">", "[", "]",
+            "{", "}", ",", "&a ", "*a", "!x ", "\t", "---\n", "x", "\n  ", ":", "? ", "<<: ", "\\",
+            "%", "@", "`", "\n\n", "1", ".", "~", "null", "\"\\q\"",
+        ];
         let limits = Limits::default();
-        let mut quick = 0;
-        for (name, text) in &texts {
-            let Some(tree) = load(text, &limits) else {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = |below: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below.max(1) as u64) as usize
+        };
+        let (mut tried, mut taken) = (0, 0);
+        for (name, text) in pipeline_files() {
+            if super::super::lines::load(&text, &limits).is_none() {
                 continue;
-            };
-            quick += 1;
-            match parse_with_serde(text, &limits) {
-                Ok(reference) => assert_eq!(tree, reference, "{name}:\n{text}"),
-                Err(err) => panic!(
-                    "{name}: the quick road read what serde-saphyr refuses ({err:?}):\n{text}"
-                ),
+            }
+            for _ in 0..100 {
+                let mut at = random(text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let lines: Vec<&str> = text.split('\n').collect();
+                let line = random(lines.len());
+                let mutant = match random(4) {
+                    0 => format!(
+                        "{}{}{}",
+                        &text[..at],
+                        INSERTS[random(INSERTS.len())],
+                        &text[at..]
+                    ),
+                    1 => {
+                        let mut end = (at + 1 + random(3)).min(text.len());
+                        while !text.is_char_boundary(end) {
+                            end += 1;
+                        }
+                        format!("{}{}", &text[..at], &text[end..])
+                    }
+                    2 => {
+                        let mut lines = lines.clone();
+                        lines.insert(line, lines[line]);
+                        lines.join("\n")
+                    }
+                    _ => {
+                        let mut lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                        let shift = random(3);
+                        if random(2) == 0 {
+                            lines[line].insert_str(0, &" ".repeat(shift + 1));
+                        } else {
+                            let spaces = lines[line].len() - lines[line].trim_start().len();
+                            lines[line].drain(..spaces.min(shift + 1));
+                        }
+                        lines.join("\n")
+                    }
+                };
+                tried += 1;
+                let Some(tree) = super::super::lines::load(&mutant, &limits) else {
+                    continue;
+                };
+                taken += 1;
+                match parse_with_serde(&mutant, &limits) {
+                    Ok(reference) => assert!(
+                        tree == reference,
+                        "{name} mutated:\n{mutant}\n{}",
+                        first_difference(&tree, &reference)
+                    ),
+                    Err(err) => panic!(
+                        "{name} mutated: the line reader read what serde-saphyr refuses ({err:?}):\n{mutant}"
+                    ),
+                }
             }
         }
-        // Most files take the quick road (the broken ones are left to serde-saphyr).
-        assert!(quick > texts.len() / 2, "{quick} of {}", texts.len());
+        // Many mutants stay in the reader's shape (a space in a string, a line repeated in a list).
+        assert!(taken * 10 > tried, "{taken} of {tried}");
     }
 
     const SCALARS: &[&str] = &[
