@@ -254,6 +254,9 @@ mod tests {
             ));
             texts.push((format!("key {scalar}"), format!("{scalar}: 1\nz: 2\n")));
         }
+        for edge in EDGES {
+            texts.push((format!("edge {edge:?}"), edge.to_string()));
+        }
         let limits = Limits::default();
         let (mut quick, mut quickest) = (0, 0);
         for (name, text) in &texts {
@@ -335,10 +338,10 @@ mod tests {
         texts
     }
 
-    /// The line reader takes on only what it reads right: every file it takes, each mutated a hundred
-    /// ways (a YAML indicator, a space, a line break or a tab put in; bytes taken out; a line
-    /// repeated, or moved in or out), is either left to the parser or read as serde-saphyr reads
-    /// it.
+    /// The line reader takes on only what it reads right: every file it takes, mutated a hundred
+    /// times by one to three of these (a YAML indicator, a space, a line break or a tab put in;
+    /// bytes taken out; a line repeated, or moved in or out), is either left to the parser or read
+    /// as serde-saphyr reads it.
     #[test]
     fn the_line_reader_reads_mutated_files_as_serde_saphyr_does() {
         const INSERTS: &[&str] = &[
@@ -360,43 +363,49 @@ mod tests {
                 continue;
             }
             for _ in 0..100 {
-                let mut at = random(text.len() + 1);
-                while !text.is_char_boundary(at) {
-                    at -= 1;
+                let mut mutant = text.clone();
+                for _ in 0..1 + random(3) {
+                    let text = &mutant;
+                    let mut at = random(text.len() + 1);
+                    while !text.is_char_boundary(at) {
+                        at -= 1;
+                    }
+                    let lines: Vec<&str> = text.split('\n').collect();
+                    let line = random(lines.len());
+                    let next = match random(4) {
+                        0 => format!(
+                            "{}{}{}",
+                            &text[..at],
+                            INSERTS[random(INSERTS.len())],
+                            &text[at..]
+                        ),
+                        1 => {
+                            let mut end = (at + 1 + random(3)).min(text.len());
+                            while !text.is_char_boundary(end) {
+                                end += 1;
+                            }
+                            format!("{}{}", &text[..at], &text[end..])
+                        }
+                        2 => {
+                            let mut lines = lines.clone();
+                            lines.insert(line, lines[line]);
+                            lines.join("\n")
+                        }
+                        _ => {
+                            let mut lines: Vec<String> =
+                                lines.iter().map(|l| l.to_string()).collect();
+                            let shift = random(3);
+                            if random(2) == 0 {
+                                lines[line].insert_str(0, &" ".repeat(shift + 1));
+                            } else {
+                                let spaces = lines[line].len() - lines[line].trim_start().len();
+                                lines[line].drain(..spaces.min(shift + 1));
+                            }
+                            lines.join("\n")
+                        }
+                    };
+                    mutant = next;
                 }
-                let lines: Vec<&str> = text.split('\n').collect();
-                let line = random(lines.len());
-                let mutant = match random(4) {
-                    0 => format!(
-                        "{}{}{}",
-                        &text[..at],
-                        INSERTS[random(INSERTS.len())],
-                        &text[at..]
-                    ),
-                    1 => {
-                        let mut end = (at + 1 + random(3)).min(text.len());
-                        while !text.is_char_boundary(end) {
-                            end += 1;
-                        }
-                        format!("{}{}", &text[..at], &text[end..])
-                    }
-                    2 => {
-                        let mut lines = lines.clone();
-                        lines.insert(line, lines[line]);
-                        lines.join("\n")
-                    }
-                    _ => {
-                        let mut lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-                        let shift = random(3);
-                        if random(2) == 0 {
-                            lines[line].insert_str(0, &" ".repeat(shift + 1));
-                        } else {
-                            let spaces = lines[line].len() - lines[line].trim_start().len();
-                            lines[line].drain(..spaces.min(shift + 1));
-                        }
-                        lines.join("\n")
-                    }
-                };
                 tried += 1;
                 let Some(tree) = super::super::lines::load(&mutant, &limits) else {
                     continue;
@@ -417,6 +426,23 @@ mod tests {
         // Many mutants stay in the reader's shape (a space in a string, a line repeated in a list).
         assert!(taken * 10 > tried, "{taken} of {tried}");
     }
+
+    /// Shapes the mutations once found the line reader wrong on, and others near its edges.
+    const EDGES: &[&str] = &[
+        "  ---\na: 1\n",
+        "# only a comment\n",
+        "---\na: 1\n",
+        "a:\n- 1\n- k: v\n  j: 2\n",
+        "a:\n- k: v\n  j: 2\n",
+        "a: |\n  x\n\n\n# c\nb: 1\n",
+        "a:\n  b: |\n    x\n  # c\n  c: |-\n    z\n",
+        "a: |\n  z",
+        "- a\n- - b\n  - c: d\n",
+        "a: [-]\n",
+        "a: [a-, -a]\n",
+        "a: {b: [c, {d: e}]}\n",
+        "a: 'it''s' # c\nb: \"q\\\"\" #\n",
+    ];
 
     const SCALARS: &[&str] = &[
         "1",

@@ -72,7 +72,8 @@ pub(super) fn load(text: &str, limits: &Limits) -> Option<Node> {
     // Directives, document markers and a second document are for the parser; one `---` first is
     // fine.
     reader.skip_blank();
-    if reader.content(reader.next) == "---" {
+    // At the margin only: an indented `---` is a scalar.
+    if reader.next < reader.lines.len() && reader.line(reader.next) == "---" {
         reader.next += 1;
     }
     let first = reader.next;
