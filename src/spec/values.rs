@@ -246,7 +246,7 @@ pub fn check_param_value(param: &Parameter, value: &ParamValue) -> Result<(), St
 
 /// A string parameter's `pattern`, compiled to check the few values a spec check matches (a
 /// default): a Pike VM over the pattern's NFA, which `regex` builds too but then also turns into
-/// the DFAs that make its many searches quick and its compilation a hundred microseconds. Same
+/// the DFAs that make its many searches quick and its compilation take tens of microseconds. Same
 /// syntax, same meaning (both are regex-automata). A pattern whose NFA is large is compiled by
 /// `regex` itself, which also words the errors.
 pub(crate) enum Pattern {
