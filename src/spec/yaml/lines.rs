@@ -30,8 +30,6 @@ struct Line {
     end: usize,
     /// Spaces before its content (moved past a `- ` for a collection that starts on a dash's line).
     indent: usize,
-    /// Whether a line break ends it (not the last line of a file without one).
-    broken: bool,
 }
 
 struct Reader<'t> {
@@ -54,12 +52,7 @@ pub(super) fn load(text: &str, limits: &Limits) -> Option<Node> {
     for piece in text.split('\n') {
         let end = start + piece.len();
         let indent = piece.len() - piece.trim_start_matches(' ').len();
-        lines.push(Line {
-            start,
-            end,
-            indent,
-            broken: end < text.len(),
-        });
+        lines.push(Line { start, end, indent });
         start = end + 1;
     }
     let mut reader = Reader {
@@ -394,7 +387,8 @@ impl<'t> Reader<'t> {
             last = k;
             k += 1;
         }
-        if !self.lines[last].broken {
+        // A last line without a line break (the file's end) is left to the parser.
+        if self.lines[last].end == self.text.len() {
             return None;
         }
         let mut value = String::new();
