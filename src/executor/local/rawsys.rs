@@ -123,6 +123,59 @@ pub(super) unsafe fn setpgid(pid: libc::pid_t, pgid: libc::pid_t) -> SysResult {
     }
 }
 
+/// `unshare(2)`.
+///
+/// # Safety
+/// As `unshare(2)`.
+pub(super) unsafe fn unshare(flags: libc::c_int) -> SysResult {
+    // SAFETY: no pointers.
+    unsafe { call(libc::SYS_unshare, [int(flags.into()), 0, 0, 0, 0, 0]) }
+}
+
+/// Waits while `word` holds `expected` (`FUTEX_WAIT`, private: the word is in memory only this
+/// process's tasks share), or until woken or interrupted; every outcome is the caller's to
+/// check by reading `word` again.
+///
+/// # Safety
+/// No precondition beyond the reference's: the kernel only reads the word.
+pub(super) unsafe fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) -> SysResult {
+    // SAFETY: a valid, aligned 32-bit word that outlives the call; no timeout.
+    unsafe {
+        call(
+            libc::SYS_futex,
+            [
+                ptr(word.as_ptr()),
+                int((libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG).into()),
+                expected as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
+/// Wakes the tasks waiting on `word` (`FUTEX_WAKE`, private).
+///
+/// # Safety
+/// No precondition beyond the reference's.
+pub(super) unsafe fn futex_wake(word: &std::sync::atomic::AtomicU32) -> SysResult {
+    // SAFETY: a valid, aligned 32-bit word that outlives the call.
+    unsafe {
+        call(
+            libc::SYS_futex,
+            [
+                ptr(word.as_ptr()),
+                int((libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG).into()),
+                int(libc::c_int::MAX.into()),
+                0,
+                0,
+                0,
+            ],
+        )
+    }
+}
+
 /// # Safety
 /// As `close(2)`.
 pub(super) unsafe fn close(fd: libc::c_int) -> SysResult {

@@ -311,6 +311,8 @@ pub fn serve(args: &[String]) -> u8 {
             return 2;
         }
     }
+    // The first step's namespace, made before the first step is asked for.
+    let mut spare = new_spare(&children).ok();
     if reply(&writer, &Reply::Ready).is_err() {
         return 2;
     }
@@ -335,8 +337,13 @@ pub fn serve(args: &[String]) -> u8 {
                 // `Started` (or `Failed`) comes from the reaper once the program executes: this
                 // loop goes on to the next request meanwhile. A `Signal` for this step is read
                 // after the group is recorded here.
-                let answer =
-                    spawn_one(id, (program, args, env, cwd, path, outputs), fds, &children);
+                let answer = spawn_one(
+                    id,
+                    (program, args, env, cwd, path, outputs),
+                    fds,
+                    &children,
+                    &mut spare,
+                );
                 match answer {
                     Ok(pgid) => {
                         if let Ok(mut g) = groups.lock() {
@@ -360,6 +367,8 @@ pub fn serve(args: &[String]) -> u8 {
             }
         }
     }
+    // Killed, its launch left to the process's end.
+    drop(spare);
     if let Ok(g) = groups.lock() {
         for &pgid in g.values().filter(|&&p| p > 1) {
             // SAFETY: as above.
@@ -416,8 +425,9 @@ struct Init {
     pidfd: Option<OwnedFd>,
     /// Whether the step's end was reported, or will never be (its program never started).
     done: bool,
-    /// What init runs on, in this process's memory: dropped with this, once init is reaped.
-    _launch: super::step_ns::Kept,
+    /// What init runs on, in this process's memory: dropped with this, once init is reaped
+    /// (`None` while the spawner holds it: a spare, or a step being handed over).
+    launch: Option<super::step_ns::Kept>,
 }
 
 struct Reaper {
@@ -612,10 +622,40 @@ type Launch = (
     Option<PathBuf>,
 );
 
-/// Starts step `id` in a PID and mount namespace of its own (`step_ns`); its start and exit are
-/// reported by the reaper. Returns the pid of the step's init, which leads the step's process
-/// group.
-fn spawn_one(id: u64, request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> io::Result<i32> {
+/// A spare step namespace (`step_ns::Spare`), recorded with the reaper so that one that dies
+/// unused is reaped (nothing is reported for it).
+fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
+    let mut c = children
+        .children
+        .lock()
+        .map_err(|_| io::Error::other("spawner state poisoned"))?;
+    let spare = super::step_ns::Spare::new()?;
+    c.inits.insert(
+        spare.pid,
+        Init {
+            id: 0,
+            exec: None,
+            status: None,
+            pidfd: pidfd(spare.pid),
+            done: true,
+            launch: None,
+        },
+    );
+    drop(c);
+    children.wake();
+    Ok(spare)
+}
+
+/// Starts step `id` in a PID and mount namespace of its own (`step_ns`), in the spare made
+/// ahead when there is one, then makes the next spare; its start and exit are reported by the
+/// reaper. Returns the pid of the step's init, which leads the step's process group.
+fn spawn_one(
+    id: u64,
+    request: Launch,
+    fds: Vec<OwnedFd>,
+    children: &Reaper,
+    spare: &mut Option<super::step_ns::Spare>,
+) -> io::Result<i32> {
     let (program, args, env, cwd, path, outputs) = request;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
@@ -631,25 +671,46 @@ fn spawn_one(id: u64, request: Launch, fds: Vec<OwnedFd>, children: &Reaper) -> 
         cwd: &cwd,
         outputs: outputs.as_deref().zip(root),
     })?;
-    // Held across the start, so the reaper cannot reap the new init before it is recorded
-    // (and its pidfd open: the pid cannot be reused before it is reaped).
-    let mut c = children
-        .children
-        .lock()
-        .map_err(|_| io::Error::other("spawner state poisoned"))?;
-    let started = super::step_ns::start(prepared, stdout, stderr)?;
-    c.inits.insert(
-        started.init,
-        Init {
-            id,
-            exec: Some(started.exec),
-            status: Some(started.status),
-            pidfd: pidfd(started.init),
-            done: false,
-            _launch: started.launch,
+    // A spare that died waiting (nothing should end one, but then it takes no step) is left
+    // to the reaper; its launch is freed here, as nothing runs on it any more.
+    let ready = match spare.take() {
+        Some(s) if !s.gone() => s,
+        _ => new_spare(children)?,
+    };
+    let pid = ready.pid;
+    let (armed, pipes) = match ready.arm(prepared, stdout, stderr) {
+        Ok(armed) => armed,
+        Err((ready, e)) => {
+            *spare = Some(ready);
+            return Err(e);
+        }
+    };
+    {
+        let mut c = children
+            .children
+            .lock()
+            .map_err(|_| io::Error::other("spawner state poisoned"))?;
+        // Recorded as a step before it can start, so the reaper reports it whenever it ends. A
+        // spare reaped meanwhile (it died after the look above) starts nothing: say so.
+        let Some(init) = c.inits.get_mut(&pid) else {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        };
+        init.id = id;
+        init.exec = Some(pipes.exec);
+        init.status = Some(pipes.status);
+        init.done = false;
+    }
+    let launch = armed.go();
+    match children.children.lock() {
+        // Reaped already (a step that ended at once): nothing runs on its launch any more.
+        Ok(mut c) => match c.inits.get_mut(&pid) {
+            Some(init) => init.launch = launch,
+            None => drop(launch),
         },
-    );
-    drop(c);
+        Err(_) => return Err(io::Error::other("spawner state poisoned")),
+    }
     children.wake();
-    Ok(started.init)
+    // The next step's namespace, made while this one runs.
+    *spare = new_spare(children).ok();
+    Ok(pid)
 }

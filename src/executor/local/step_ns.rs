@@ -1,15 +1,18 @@
 //! One PID and mount namespace per step, started by the spawner inside the run's sandbox.
 //!
 //! A step's first process is not the spawner's child but the grandchild of a small init that
-//! the spawner clones into a new PID namespace (and a new mount namespace):
+//! the spawner clones into a new PID namespace (and a new mount namespace) ahead of the step
+//! (a [`Spare`]), which waits until the spawner hands it the step:
 //!
 //! ```text
-//! spawner ── clone(NEWPID|NEWNS) ──▶ init (pid 1 of the step's namespace)
-//!                                     │  mounts a /proc of its own namespace, makes every
-//!                                     │  outputs folder but the step's own read-only
-//!                                     └─ clone ──▶ the step's program (pid 2), capabilities
-//!                                                  dropped, under the spawner's seccomp
-//!                                                  filter (`seccomp.rs`)
+//! spawner ── clone(NEWPID|NEWNS|FILES) ──▶ init (pid 1 of the step's namespace)
+//!                                           │  mounts a /proc of its own namespace, waits
+//!    ... the step's request: written into   │
+//!        init's launch, `go` ──────────────▶│  makes every outputs folder but the step's
+//!                                           │  own read-only, unshares its descriptors
+//!                                           └─ clone ──▶ the step's program (pid 2),
+//!                                                        capabilities dropped, under the
+//!                                                        spawner's seccomp filter
 //! ```
 //!
 //! So a step sees only its own processes (its `/proc` holds nothing else: not the spawner, not
@@ -36,11 +39,13 @@
 //! namespace for this; the step's program drops its bounding set, ambient and every other
 //! capability before it executes.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::rawsys;
 
@@ -58,19 +63,32 @@ pub(super) struct Prepared {
     outputs: Option<(CString, CString, libc::c_ulong)>,
     /// The capabilities in the spawner's bounding set, which the program drops.
     bounding: &'static [libc::c_int],
-    /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
-    /// private before it mounts anything).
-    shared: bool,
 }
 
-/// Everything init and the step's program read or run on while they share the spawner's
-/// memory: the spawner keeps it, at the same address, until init is reaped.
-pub(super) struct Launch {
+/// What only a step's request brings: written by the spawner into a spare's [`Launch`] while the
+/// spare waits, read by init and the program once the spare is told to go.
+struct Handed {
     prepared: Prepared,
     stdout: RawFd,
     stderr: RawFd,
     err_w: RawFd,
     status_w: RawFd,
+}
+
+/// Everything init and the step's program read or run on while they share the spawner's
+/// memory: the spawner keeps it, at the same address, until init is reaped.
+pub(super) struct Launch {
+    /// Empty while the spare waits; written once by the spawner before it sets `go`, and only
+    /// read after `go` (init and the program read it; nobody writes it again).
+    handed: UnsafeCell<Option<Handed>>,
+    /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
+    /// private before it mounts anything).
+    shared: bool,
+    /// 0 while the spare waits for a step; 1 once `handed` holds one.
+    go: AtomicU32,
+    /// Set by init once it holds descriptors of its own (or gave up): the spawner may close its
+    /// copies of the step's then.
+    released: AtomicU32,
     /// Init's stack and, above it, the program's (used until it executes, while init waits).
     /// Only written through the stack pointers below, never read as Rust data, so left
     /// uninitialised: only the pages a stack touches cost anything.
@@ -110,10 +128,11 @@ extern "C" fn init_entry(arg: *mut libc::c_void) -> libc::c_int {
 
 /// The program's entry point on its own stack (`clone` with `CLONE_VM | CLONE_VFORK`).
 extern "C" fn program_entry(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is init's `Launch`; init waits (vfork) until the program executes or exits.
-    let launch = unsafe { &*(arg as *const Launch) };
+    // SAFETY: `arg` is init's `Handed`, written before init was told to go and never again;
+    // init waits (vfork) until the program executes or exits.
+    let handed = unsafe { &*(arg as *const Handed) };
     // SAFETY: runs as `exec_program` requires: only system calls, then exec or exit.
-    unsafe { exec_program(launch) }
+    unsafe { exec_program(handed) }
 }
 
 /// The spawner's bounding set and whether any of its mounts is shared, read once: they do not
@@ -159,6 +178,23 @@ fn read_only_flags(path: &CString) -> io::Result<libc::c_ulong> {
     Ok(flags)
 }
 
+/// `read_only_flags` of the folder that holds the steps' outputs, remembered: every step of a
+/// run asks about the same folder, whose flags do not change while the sandbox lives.
+fn remembered_flags(root: &CString) -> io::Result<libc::c_ulong> {
+    static LAST: std::sync::Mutex<Option<(CString, libc::c_ulong)>> = std::sync::Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .map_err(|_| io::Error::other("spawner state poisoned"))?;
+    if let Some((path, flags)) = last.as_ref()
+        && path == root
+    {
+        return Ok(*flags);
+    }
+    let flags = read_only_flags(root)?;
+    *last = Some((root.clone(), flags));
+    Ok(flags)
+}
+
 /// The parts of a step's launch, as the spawner received them.
 pub(super) struct Spec<'a> {
     pub program: &'a Path,
@@ -195,7 +231,7 @@ impl Prepared {
         let outputs = match spec.outputs {
             Some((own, root)) => {
                 let root = c_string(root.as_os_str().as_bytes())?;
-                let flags = read_only_flags(&root)?;
+                let flags = remembered_flags(&root)?;
                 Some((c_string(own.as_os_str().as_bytes())?, root, flags))
             }
             None => None,
@@ -209,70 +245,204 @@ impl Prepared {
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
             bounding: spawner_facts().0,
-            shared: spawner_facts().1,
         })
     }
 }
 
-/// A started step: the pid of its namespace's init (in the spawner's namespace), the pipe on
-/// which init writes the program's wait status just before it exits, and the pipe that tells
-/// whether the program started: it closes at the program's exec, or carries the errno of what
-/// failed first (see [`start_error`]).
-pub(super) struct Started {
-    pub init: libc::pid_t,
-    pub status: OwnedFd,
-    pub exec: OwnedFd,
-    /// What init runs on: drop it only once init is reaped.
-    pub launch: Kept,
+/// A step's namespace made ahead of its step: init, cloned into a new PID and mount namespace
+/// with its `/proc` mounted, waiting on a futex in the [`Launch`] for the step to run. The
+/// spawner makes one as soon as it has handed the last one a step, so that cloning a namespace
+/// (which copies every mount of the sandbox's) and mounting its `/proc`, most of what a sandboxed
+/// step costs before its program starts, happen while the previous step runs, not between a
+/// request and its program.
+///
+/// Until it is told to go, init shares the spawner's descriptor table (`CLONE_FILES`), since the
+/// step's pipes arrive only with its request; then it takes a copy of its own (`unshare`) and
+/// the spawner closes its copies of the step's.
+pub(super) struct Spare {
+    /// Init's pid, in the spawner's namespace: it leads the step's process group.
+    pub pid: libc::pid_t,
+    /// Always `Some` but in `drop` and once `Armed::go` has handed it on.
+    launch: Option<Kept>,
 }
 
-/// Starts the step described by `prepared` with `stdout` and `stderr`, in a PID and mount
-/// namespace of its own. Returns as soon as init exists, without waiting for the program's exec
-/// (so the spawner can start the next step meanwhile); an error only when no init was made.
-pub(super) fn start(prepared: Prepared, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Started> {
-    let (err_r, err_w) = super::process::pipe()?;
-    let (status_r, status_w) = super::process::pipe()?;
-    let mut stacks = Vec::with_capacity(INIT_STACK + PROGRAM_STACK);
-    let base = stacks.as_mut_ptr();
-    let launch = Box::new(Launch {
-        prepared,
-        stdout: stdout.as_raw_fd(),
-        stderr: stderr.as_raw_fd(),
-        err_w: err_w.as_raw_fd(),
-        status_w: status_w.as_raw_fd(),
-        _stacks: stacks,
-        init_top: top(base, INIT_STACK),
-        program_top: top(base, INIT_STACK + PROGRAM_STACK),
-    });
-    let init_top = launch.init_top;
-    let raw = Box::into_raw(launch);
-    // SAFETY: from `Box::into_raw`, so not null.
-    let kept = Kept(unsafe { std::ptr::NonNull::new_unchecked(raw) });
-    // Init gets a copy of the descriptor table (no CLONE_FILES) and shares the memory; the
-    // exit signal makes it a child the reaper's waitpid sees.
-    // SAFETY: init runs `init_entry` on its own stack, on the `Launch` kept in `Started` until
-    // it is reaped, and keeps to the rules in the module's documentation.
-    let pid = unsafe {
-        libc::clone(
-            init_entry,
-            init_top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD,
-            raw.cast(),
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
+impl Drop for Spare {
+    /// A spare dropped unused: its launch is freed only when init is gone; a live one is killed
+    /// and its launch left allocated, since init may still be reading it until the kill lands.
+    fn drop(&mut self) {
+        let Some(launch) = self.launch.take() else {
+            return;
+        };
+        if !self.gone() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            std::mem::forget(launch);
+        }
     }
-    // Also set here, so that a signal sent as soon as the pid is known reaches the group.
-    // SAFETY: setpgid has no memory-safety preconditions.
-    unsafe { libc::setpgid(pid, pid) };
-    drop((stdout, stderr, err_w, status_w));
-    Ok(Started {
-        init: pid,
-        status: status_r,
-        exec: err_r,
-        launch: kept,
-    })
+}
+
+/// A spare with its step written into it, not yet told to go: the spawner records the pipes
+/// with the reaper first.
+pub(super) struct Armed {
+    spare: Spare,
+    /// The spawner's copies of the step's stdout and stderr and of init's ends of its pipes,
+    /// closed once init holds its own.
+    held: [OwnedFd; 4],
+}
+
+/// The spawner's ends of a step's pipes: the one that tells whether the program started (it
+/// closes at the program's exec, or carries the errno of what failed first, see
+/// [`start_error`]) and the one on which init writes the program's wait status just before it
+/// exits.
+pub(super) struct Pipes {
+    pub exec: OwnedFd,
+    pub status: OwnedFd,
+}
+
+impl Spare {
+    /// Clones a waiting init. An error only when no init was made.
+    pub(super) fn new() -> io::Result<Spare> {
+        let mut stacks = Vec::with_capacity(INIT_STACK + PROGRAM_STACK);
+        let base = stacks.as_mut_ptr();
+        let launch = Box::new(Launch {
+            handed: UnsafeCell::new(None),
+            shared: spawner_facts().1,
+            go: AtomicU32::new(0),
+            released: AtomicU32::new(0),
+            _stacks: stacks,
+            init_top: top(base, INIT_STACK),
+            program_top: top(base, INIT_STACK + PROGRAM_STACK),
+        });
+        let init_top = launch.init_top;
+        let raw = Box::into_raw(launch);
+        // SAFETY: from `Box::into_raw`, so not null.
+        let launch = Kept(unsafe { std::ptr::NonNull::new_unchecked(raw) });
+        // Init shares the memory and, until it goes, the descriptor table; the exit signal
+        // makes it a child the reaper's waitpid sees.
+        // SAFETY: init runs `init_entry` on its own stack, on the `Launch` kept in the `Spare`
+        // and then by the reaper until it is reaped, and keeps to the rules in the module's
+        // documentation.
+        let pid = unsafe {
+            libc::clone(
+                init_entry,
+                init_top as *mut libc::c_void,
+                libc::CLONE_VM
+                    | libc::CLONE_FILES
+                    | libc::CLONE_NEWPID
+                    | libc::CLONE_NEWNS
+                    | libc::SIGCHLD,
+                raw.cast(),
+            )
+        };
+        if pid < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Also set here, so that a signal sent as soon as the pid is known reaches the group.
+        // SAFETY: setpgid has no memory-safety preconditions.
+        unsafe { libc::setpgid(pid, pid) };
+        Ok(Spare {
+            pid,
+            launch: Some(launch),
+        })
+    }
+
+    /// Whether init has exited (or was reaped already): then nothing runs on its launch any
+    /// more, and it can take no step. Leaves the child to the reaper (`WNOWAIT`).
+    pub(super) fn gone(&self) -> bool {
+        // SAFETY: waitid writes into a zeroed siginfo_t of the right type.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is set by a waitid that found a child, zero otherwise.
+        r != 0 || unsafe { info.si_pid() } != 0
+    }
+
+    /// Writes the step into the spare. Nothing runs yet: [`Armed::go`] starts it.
+    pub(super) fn arm(
+        self,
+        prepared: Prepared,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<(Armed, Pipes), (Spare, io::Error)> {
+        let pipes = super::process::pipe().and_then(|e| Ok((e, super::process::pipe()?)));
+        let ((err_r, err_w), (status_r, status_w)) = match pipes {
+            Ok(p) => p,
+            Err(e) => return Err((self, e)),
+        };
+        let Some(launch) = &self.launch else {
+            return Err((self, io::Error::from_raw_os_error(libc::EINVAL)));
+        };
+        let handed = Handed {
+            prepared,
+            stdout: stdout.as_raw_fd(),
+            stderr: stderr.as_raw_fd(),
+            err_w: err_w.as_raw_fd(),
+            status_w: status_w.as_raw_fd(),
+        };
+        // SAFETY: init reads `handed` only once `go` is set, which happens after this write
+        // (`go`'s release store in `Armed::go`); nobody else touches it.
+        unsafe { *launch.0.as_ref().handed.get() = Some(handed) };
+        Ok((
+            Armed {
+                spare: self,
+                held: [stdout, stderr, err_w, status_w],
+            },
+            Pipes {
+                exec: err_r,
+                status: status_r,
+            },
+        ))
+    }
+}
+
+impl Armed {
+    /// Tells init to go, and returns once it holds its own descriptors (or is gone), having
+    /// closed the spawner's copies: the program starts on its own from there. Returns the
+    /// launch, which must stay alive until init is reaped.
+    pub(super) fn go(self) -> Option<Kept> {
+        let Armed { mut spare, held } = self;
+        let kept = spare.launch.take()?;
+        // SAFETY: the launch lives in `kept` until it is returned.
+        let launch = unsafe { kept.0.as_ref() };
+        launch.go.store(1, Ordering::Release);
+        // SAFETY: futex(2) on a word of the launch, which outlives the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                launch.go.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                1,
+            )
+        };
+        let tick = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        while launch.released.load(Ordering::Acquire) == 0 {
+            // SAFETY: as above, with a timeout: an init that died before it could say so is
+            // noticed below.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    launch.released.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0,
+                    &tick,
+                )
+            };
+            if launch.released.load(Ordering::Acquire) == 0 && spare.gone() {
+                break;
+            }
+        }
+        drop(held);
+        Some(kept)
+    }
 }
 
 /// Once `exec` (a [`Started`]'s) is readable: `None` when the program is executing, or why it
@@ -323,34 +493,65 @@ unsafe fn fail(fd: RawFd, errno: i32) -> ! {
     }
 }
 
+/// Tells the spawner that it may close its copies of the step's descriptors.
+///
+/// # Safety
+/// As `init`.
+unsafe fn release(l: &Launch) {
+    l.released.store(1, Ordering::Release);
+    // SAFETY: a word of the launch, which outlives init.
+    let _ = unsafe { rawsys::futex_wake(&l.released) };
+}
+
 /// Pid 1 of the step's namespace.
 ///
 /// # Safety
-/// Runs in the spawner's memory on its own stack (`start`): only `rawsys` system calls, on
-/// memory made before the clone; never returns.
+/// Runs in the spawner's memory on its own stack (`Spare::new`): only `rawsys` system calls, on
+/// memory made before the clone or handed over before `go`; never returns.
 unsafe fn init(l: &Launch) -> ! {
-    // SAFETY: `l` outlives init (the spawner drops it once init is reaped); init reads it, and
-    // the program reads it while init waits.
+    // SAFETY: `l` outlives init (the spawner drops it once init is reaped); init reads `handed`
+    // only after `go`, when the spawner has written it for good.
     unsafe {
-        if let Err(errno) = mount_step(&l.prepared) {
-            fail(l.err_w, errno);
+        // As a spare: the namespace made ready before the step is known. A spare that cannot
+        // is gone when the spawner looks, and takes no step.
+        if mount_namespace(l.shared).is_err() {
+            rawsys::exit(127);
         }
+        while l.go.load(Ordering::Acquire) == 0 {
+            let _ = rawsys::futex_wait(&l.go, 0);
+        }
+        let Some(h) = (*l.handed.get()).as_ref() else {
+            release(l);
+            rawsys::exit(127)
+        };
+        // The step's folders, then a descriptor table of init's own (the step's pipes in it),
+        // after which the spawner closes its copies.
+        let own = match mount_outputs(&h.prepared) {
+            Ok(_) => rawsys::unshare(libc::CLONE_FILES),
+            Err(errno) => Err(errno),
+        };
+        if let Err(errno) = own {
+            let _ = rawsys::write(h.err_w, &errno.to_ne_bytes());
+            release(l);
+            rawsys::exit(127);
+        }
+        release(l);
         // The program shares the memory too until it executes (init waits meanwhile), on a
         // stack of its own.
         let program = libc::clone(
             program_entry,
             l.program_top as *mut libc::c_void,
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            l as *const Launch as *mut libc::c_void,
+            h as *const Handed as *mut libc::c_void,
         );
         if program < 0 {
             // The C library's wrapper put the errno in the TLS init shares with a spawner
             // thread: not worth reading.
-            fail(l.err_w, libc::EAGAIN);
+            fail(h.err_w, libc::EAGAIN);
         }
-        let _ = rawsys::close(l.err_w);
-        let _ = rawsys::close(l.stdout);
-        let _ = rawsys::close(l.stderr);
+        let _ = rawsys::close(h.err_w);
+        let _ = rawsys::close(h.stdout);
+        let _ = rawsys::close(h.stderr);
         loop {
             let mut status = 0;
             match rawsys::wait4(-1, &mut status, 0) {
@@ -369,7 +570,7 @@ unsafe fn init(l: &Launch) -> ! {
                             Err(_) => break,
                         }
                     }
-                    let _ = rawsys::write(l.status_w, &status.to_ne_bytes());
+                    let _ = rawsys::write(h.status_w, &status.to_ne_bytes());
                     rawsys::exit(0);
                 }
                 Ok(_) | Err(libc::EINTR) => {}
@@ -379,17 +580,17 @@ unsafe fn init(l: &Launch) -> ! {
     }
 }
 
-/// Init's mounts: a private namespace, a `/proc` of the step's own PID namespace, and every
-/// outputs folder but the step's own read-only.
+/// A spare's mounts, made before its step is known: a private namespace and a `/proc` of the
+/// step's own PID namespace.
 ///
 /// # Safety
 /// As `init`.
-unsafe fn mount_step(p: &Prepared) -> rawsys::SysResult {
-    // SAFETY: system calls on C strings made before the clone.
+unsafe fn mount_namespace(shared: bool) -> rawsys::SysResult {
+    // SAFETY: system calls on static C strings.
     unsafe {
         rawsys::setpgid(0, 0)?;
         // Mounts made here stay in this namespace.
-        if p.shared {
+        if shared {
             rawsys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE)?;
         }
         rawsys::mount(
@@ -397,7 +598,17 @@ unsafe fn mount_step(p: &Prepared) -> rawsys::SysResult {
             c"/proc",
             Some(c"proc"),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        )?;
+        )
+    }
+}
+
+/// Every outputs folder but the step's own read-only.
+///
+/// # Safety
+/// As `init`.
+unsafe fn mount_outputs(p: &Prepared) -> rawsys::SysResult {
+    // SAFETY: system calls on C strings handed over before `go`.
+    unsafe {
         if let Some((own, root, flags)) = &p.outputs {
             // The step's own folder keeps a writable mount of its own; the rest goes read-only.
             rawsys::mount(Some(own), own, None, libc::MS_BIND)?;
@@ -417,7 +628,7 @@ const PROGRAM_STACK: usize = 64 * 1024;
 ///
 /// # Safety
 /// As `init`.
-unsafe fn exec_program(l: &Launch) -> ! {
+unsafe fn exec_program(l: &Handed) -> ! {
     // SAFETY: system calls on memory made before the clone.
     unsafe {
         if let Err(errno) = prepare_program(l) {
@@ -433,7 +644,7 @@ unsafe fn exec_program(l: &Launch) -> ! {
 ///
 /// # Safety
 /// As `init`.
-unsafe fn prepare_program(l: &Launch) -> rawsys::SysResult {
+unsafe fn prepare_program(l: &Handed) -> rawsys::SysResult {
     let p = &l.prepared;
     // SAFETY: system calls on memory made before the clone.
     unsafe {
