@@ -148,6 +148,7 @@ pub(super) fn read_frame(
     let mut header = [0u8; 5];
     let mut fds = Vec::new();
     let mut got = 0;
+    wait_readable(sock)?;
     while got < header.len() {
         let n = recv_with_fds(sock, &mut header[got..], &mut fds)?;
         if n == 0 {
@@ -175,6 +176,29 @@ pub(super) fn read_frame(
     let mut r = sock;
     r.read_exact(&mut body)?;
     Ok(Some((body, fds)))
+}
+
+/// Waits until `sock` has something to read (or has closed). Both ends of the socket read and
+/// write it, and a reader blocked in `recvmsg` is woken each time its peer reads (the kernel
+/// tells the socket's waiters that there is room to write): `poll` for input alone sleeps
+/// through those, which was a wake-up of the spawner per reply and of Gantry's reader per
+/// request, each a context switch on the way of the next step.
+fn wait_readable(sock: &UnixStream) -> io::Result<()> {
+    let mut fd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll(2) on one valid pollfd.
+        if unsafe { libc::poll(&mut fd, 1, -1) } >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
 }
 
 /// One `recvmsg`: data into `buf`, received descriptors (close-on-exec) appended to `fds`.
