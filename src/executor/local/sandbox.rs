@@ -463,12 +463,38 @@ pub(super) struct StepCommand {
 pub(super) struct Remote {
     pub id: u64,
     pub pid: u32,
+    /// Where the step's init writes the program's wait status, straight to Gantry: the quick way
+    /// to hear of the step's end (no hop through the spawner's reaper and Gantry's reader
+    /// thread). `None` once it closed without one: init was killed before it could write, and
+    /// the spawner says how it ended (`exited`).
+    status: Option<tokio::net::unix::pipe::Receiver>,
     exited: oneshot::Receiver<i32>,
+    waiters: Arc<Mutex<Waiters>>,
 }
 
 impl Remote {
-    /// Waits for the step's leader to exit.
+    /// Waits for the step's leader to exit. Cancel-safe: the status is read whole or not at
+    /// all (init writes its four bytes in one write, under `PIPE_BUF`).
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+        while let Some(pipe) = &self.status {
+            if pipe.readable().await.is_err() {
+                self.status = None;
+                break;
+            }
+            let mut bytes = [0u8; 4];
+            match pipe.try_read(&mut bytes) {
+                Ok(4) => {
+                    // The spawner sends no `Exited` for a step whose init wrote this: its
+                    // waiter goes now.
+                    if let Ok(mut w) = self.waiters.lock() {
+                        w.steps.remove(&self.id);
+                    }
+                    return Ok(ExitStatus::from_raw(i32::from_ne_bytes(bytes)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(_) | Err(_) => self.status = None,
+            }
+        }
         match (&mut self.exited).await {
             Ok(status) => Ok(ExitStatus::from_raw(status)),
             Err(_) => Err(io::Error::other("the run's sandbox ended")),
@@ -775,7 +801,13 @@ impl Jail {
             outputs,
         };
         let body = serde_json::to_vec(&request).map_err(io::Error::other)?;
-        let fds: [RawFd; 2] = [pipes[0].as_raw_fd(), pipes[1].as_raw_fd()];
+        let (status_r, status_w) = super::process::pipe()?;
+        let status = tokio::net::unix::pipe::Receiver::from_owned_fd(status_r)?;
+        let fds: [RawFd; 3] = [
+            pipes[0].as_raw_fd(),
+            pipes[1].as_raw_fd(),
+            status_w.as_raw_fd(),
+        ];
         if let Err(e) = spawner::write_frame(&self.sock, &body, &fds) {
             // A frame cut half-way leaves the stream out of step: this sandbox is done.
             if let Ok(mut w) = self.waiters.lock() {
@@ -784,7 +816,7 @@ impl Jail {
             self.abort();
             return Err(e);
         }
-        drop(pipes);
+        drop((pipes, status_w));
         // A spawner that stopped answering (a step can stop it, even one that has just been
         // started and is not reported yet) must not hold the step, or a stopped run, forever.
         let answer = tokio::select! {
@@ -798,7 +830,9 @@ impl Jail {
             Ok(Ok(Ok(pid))) => Ok(Remote {
                 id,
                 pid,
+                status: Some(status),
                 exited: exited_rx,
+                waiters: self.waiters.clone(),
             }),
             Ok(Ok(Err(errno))) => Err(io::Error::from_raw_os_error(errno)),
             Ok(Err(_)) => Err(io::Error::other("the run's sandbox ended")),

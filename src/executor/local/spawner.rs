@@ -12,12 +12,15 @@
 //!
 //! A Unix stream socket (fd 3 in the spawner). Each frame is a 5-byte header (`b'J'`, then the
 //! body's length as a big-endian `u32`) followed by a JSON body. A frame that carries file
-//! descriptors (the step's stdout and stderr pipes) sends them as `SCM_RIGHTS` with its header,
-//! in the same `sendmsg`, so they can never be taken for another frame's.
+//! descriptors (the step's stdout and stderr pipes, and its status pipe) sends them as
+//! `SCM_RIGHTS` with its header, in the same `sendmsg`, so they can never be taken for another
+//! frame's.
 //!
 //! Executor to spawner: [`Request`]. Spawner to executor: [`Reply`]. The spawner answers `Ready`
 //! once, then `Started` or `Failed` for every `Spawn` (not necessarily in the order of the
-//! requests), and then `Exited` when the step has ended. When the socket closes the spawner
+//! requests). A step's end comes on its status pipe: the step's init writes the program's raw
+//! wait status there (four bytes) when the step has ended; an init killed before it could (the
+//! pipe closes empty) is reported as `Exited` instead. When the socket closes the spawner
 //! kills every group it started and exits; bubblewrap's PID namespace then takes whatever is
 //! left.
 
@@ -41,7 +44,8 @@ pub(super) const MAX_REPLY: usize = 64 * 1024;
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub(super) enum Request {
-    /// Start a process in a new process group; the frame carries its stdout and stderr.
+    /// Start a process in a new process group; the frame carries its stdout, its stderr and
+    /// the pipe its end is written to.
     Spawn {
         id: u64,
         /// A path, or a bare name looked up in `path`.
@@ -73,7 +77,8 @@ pub(super) enum Reply {
         id: u64,
         errno: i32,
     },
-    /// The leader of `id` exited; `status` is the raw wait status.
+    /// The step `id` ended without its init writing the status pipe (init was killed);
+    /// `status` is init's raw wait status.
     Exited {
         id: u64,
         status: i32,
@@ -428,9 +433,10 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
 
 /// Who is waiting for which child: one reaper thread serves every step, so a step costs no
 /// thread of its own. It says `Started` (or `Failed`) when the step's program executes (or could
-/// not), and `Exited` when its init writes the program's wait status (by then nothing of the step
-/// is left running, see `step_ns`), or, when init was killed before it could, when init is
-/// reaped.
+/// not). A step's end goes to Gantry from init itself, which writes the program's wait status on
+/// a pipe of Gantry's (by then nothing of the step is left running, see `step_ns`) and exits
+/// with 0; the reaper says `Exited` only for an init that ended otherwise (killed before it
+/// could write: the grace period's `SIGKILL`), once it is reaped.
 #[derive(Default)]
 struct Children {
     /// Every init not reaped yet.
@@ -442,8 +448,6 @@ struct Init {
     id: u64,
     /// Closes when the program executes, or carries why it could not; dropped once read.
     exec: Option<OwnedFd>,
-    /// Where init writes its program's wait status; dropped once read.
-    status: Option<OwnedFd>,
     /// Readable once init has exited (`None` on a kernel without pidfds: then the reaper looks
     /// every few milliseconds).
     pidfd: Option<OwnedFd>,
@@ -497,7 +501,6 @@ fn pidfd(pid: i32) -> Option<OwnedFd> {
 enum Watch {
     Wake,
     Exec(i32),
-    Status(i32),
     Exit,
 }
 
@@ -542,12 +545,8 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
             let mut fds = vec![(reaper.wake_r.as_raw_fd(), Watch::Wake)];
             let mut blind = false;
             for (&pid, init) in &c.inits {
-                // The exec pipe before the status pipe: `Started` goes out before `Exited`.
                 if let Some(exec) = &init.exec {
                     fds.push((exec.as_raw_fd(), Watch::Exec(pid)));
-                }
-                if let Some(status) = &init.status {
-                    fds.push((status.as_raw_fd(), Watch::Status(pid)));
                 }
                 match &init.pidfd {
                     Some(fd) => fds.push((fd.as_raw_fd(), Watch::Exit)),
@@ -599,19 +598,12 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                             settle_start(init, pid, &mut replies);
                         }
                     }
-                    Watch::Status(pid) => {
-                        if let Some(init) = c.inits.get_mut(&pid)
-                            && let Some(status) = init.status.take()
-                            && let Some(status) = super::step_ns::program_status(&status)
-                        {
-                            ended(init, pid, status, &mut replies);
-                        }
-                    }
                     Watch::Exit => {}
                 }
             }
-            // Every init that has exited is reaped; one whose step's end was not reported yet
-            // (killed before it wrote the status) is reported now, its namespace empty.
+            // Every init that has exited is reaped; one that did not report its step's end to
+            // Gantry (killed before it wrote the status) has it reported now, its namespace
+            // empty.
             loop {
                 let mut status = 0;
                 // SAFETY: waitpid writes the status into a valid int.
@@ -620,11 +612,11 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                     break;
                 }
                 if let Some(mut init) = c.inits.remove(&pid) {
-                    let status = init
-                        .status
-                        .take()
-                        .and_then(|s| super::step_ns::program_status(&s))
-                        .unwrap_or(status);
+                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                        // Reported by init: only its start may be left to say.
+                        settle_start(&mut init, pid, &mut replies);
+                        init.done = true;
+                    }
                     ended(&mut init, pid, status, &mut replies);
                 }
             }
@@ -659,7 +651,6 @@ fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
         Init {
             id: 0,
             exec: None,
-            status: None,
             pidfd: pidfd(spare.pid),
             done: true,
             launch: None,
@@ -682,7 +673,7 @@ fn spawn_one(
 ) -> io::Result<i32> {
     let (program, args, env, cwd, path, outputs) = request;
     let mut fds = fds.into_iter();
-    let (Some(stdout), Some(stderr)) = (fds.next(), fds.next()) else {
+    let (Some(stdout), Some(stderr), Some(status)) = (fds.next(), fds.next(), fds.next()) else {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     };
     let path = path.map(OsString::from);
@@ -702,7 +693,7 @@ fn spawn_one(
         _ => new_spare(children)?,
     };
     let pid = ready.pid;
-    let (armed, pipes) = match ready.arm(prepared, stdout, stderr) {
+    let (armed, exec) = match ready.arm(prepared, stdout, stderr, status) {
         Ok(armed) => armed,
         Err((ready, e)) => {
             *spare = Some(ready);
@@ -720,8 +711,7 @@ fn spawn_one(
             return Err(io::Error::from_raw_os_error(libc::EAGAIN));
         };
         init.id = id;
-        init.exec = Some(pipes.exec);
-        init.status = Some(pipes.status);
+        init.exec = Some(exec);
         init.done = false;
     }
     let launch = armed.go();

@@ -19,11 +19,12 @@
 //! another step's processes or their environments), cannot signal the spawner (it has no pid for
 //! it), can write only its own outputs folder, and cannot leave anything behind: when the
 //! step's program exits, init kills whatever else the step left in the namespace (`setsid`,
-//! double forks, `nohup` alike) and reaps it all, then writes the program's wait status to the
-//! spawner and exits. The spawner reports the step's end when that status arrives, so the
-//! namespace's teardown (a few hundred microseconds of unmounting) overlaps the next step's
-//! start; when init itself is killed (the grace period's `SIGKILL`) no status comes, and the
-//! spawner reports once init is reaped, after the kernel has emptied the namespace.
+//! double forks, `nohup` alike) and reaps it all, then writes the program's wait status on a
+//! pipe of Gantry's (it came with the step's request) and exits with 0. Gantry takes the step as
+//! ended when that status arrives, so the namespace's teardown (a few hundred microseconds of
+//! unmounting) overlaps the next step's start; when init itself is killed (the grace period's
+//! `SIGKILL`) the pipe closes empty, and the spawner reports once init is reaped, after the
+//! kernel has emptied the namespace.
 //!
 //! Signals: the spawner signals the step's process group (init's, which the program inherits).
 //! The PID namespace's init ignores every signal it has no handler for, so a `SIGTERM` reaches
@@ -285,18 +286,9 @@ impl Drop for Spare {
 /// with the reaper first.
 pub(super) struct Armed {
     spare: Spare,
-    /// The spawner's copies of the step's stdout and stderr and of init's ends of its pipes,
-    /// closed once init holds its own.
+    /// The spawner's copies of the step's stdout, stderr and status pipe (Gantry's) and of
+    /// init's end of the exec pipe, closed once init holds its own.
     held: [OwnedFd; 4],
-}
-
-/// The spawner's ends of a step's pipes: the one that tells whether the program started (it
-/// closes at the program's exec, or carries the errno of what failed first, see
-/// [`start_error`]) and the one on which init writes the program's wait status just before it
-/// exits.
-pub(super) struct Pipes {
-    pub exec: OwnedFd,
-    pub status: OwnedFd,
 }
 
 impl Spare {
@@ -363,15 +355,18 @@ impl Spare {
         r != 0 || unsafe { info.si_pid() } != 0
     }
 
-    /// Writes the step into the spare. Nothing runs yet: [`Armed::go`] starts it.
+    /// Writes the step into the spare, with `status` where init writes the program's wait
+    /// status just before it exits (a pipe of Gantry's). Nothing runs yet: [`Armed::go`] starts
+    /// it. Returns the spawner's end of the exec pipe, which closes at the program's exec or
+    /// carries the errno of what failed first (see [`start_error`]).
     pub(super) fn arm(
         self,
         prepared: Prepared,
         stdout: OwnedFd,
         stderr: OwnedFd,
-    ) -> Result<(Armed, Pipes), (Spare, io::Error)> {
-        let pipes = super::process::pipe().and_then(|e| Ok((e, super::process::pipe()?)));
-        let ((err_r, err_w), (status_r, status_w)) = match pipes {
+        status: OwnedFd,
+    ) -> Result<(Armed, OwnedFd), (Spare, io::Error)> {
+        let (err_r, err_w) = match super::process::pipe() {
             Ok(p) => p,
             Err(e) => return Err((self, e)),
         };
@@ -383,7 +378,7 @@ impl Spare {
             stdout: stdout.as_raw_fd(),
             stderr: stderr.as_raw_fd(),
             err_w: err_w.as_raw_fd(),
-            status_w: status_w.as_raw_fd(),
+            status_w: status.as_raw_fd(),
         };
         // SAFETY: init reads `handed` only once `go` is set, which happens after this write
         // (`go`'s release store in `Armed::go`); nobody else touches it.
@@ -391,12 +386,9 @@ impl Spare {
         Ok((
             Armed {
                 spare: self,
-                held: [stdout, stderr, err_w, status_w],
+                held: [stdout, stderr, err_w, status],
             },
-            Pipes {
-                exec: err_r,
-                status: status_r,
-            },
+            err_r,
         ))
     }
 }
@@ -468,17 +460,6 @@ pub(super) fn start_error(exec: &OwnedFd) -> Option<io::Error> {
         }
     }
     (got == errno.len()).then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno)))
-}
-
-/// Reads the program's wait status that init wrote, once the pipe is readable: `None` when init
-/// closed it without writing one (it was killed, e.g. by the grace period's `SIGKILL`, or the
-/// program never started).
-pub(super) fn program_status(status: &OwnedFd) -> Option<i32> {
-    let mut bytes = [0u8; 4];
-    // SAFETY: reading into a local buffer; init writes its 4 bytes in one write, well under
-    // PIPE_BUF, so a read sees all of them or none.
-    let n = unsafe { libc::read(status.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
-    (n == 4).then(|| i32::from_ne_bytes(bytes))
 }
 
 /// Writes `errno` to `fd` and exits.
