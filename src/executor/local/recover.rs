@@ -147,30 +147,28 @@ mod tests {
         use std::os::unix::process::CommandExt;
         let mut ours = start(dir.path());
         let mut theirs = start(other.path());
-        // Until the stand-in has executed (before, its command line is this test's), with room
-        // for a loaded machine.
-        let mut found = Vec::new();
-        for _ in 0..500 {
-            found = processes_of_spares(dir.path());
-            if found.contains(&ours.id()) {
-                break;
+        // What `processes_of_spares` finds once the stand-in `pid` has executed (before, its
+        // command line is this test's), with room for a loaded machine.
+        let once_executed = |work: &Path, pid: u32| {
+            let mut found = Vec::new();
+            for _ in 0..500 {
+                found = processes_of_spares(work);
+                if found.contains(&pid) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(found, vec![ours.id()], "only the stand-in of this work dir");
+            found
+        };
+        assert_eq!(
+            once_executed(dir.path(), ours.id()),
+            vec![ours.id()],
+            "only the stand-in of this work dir"
+        );
         assert_eq!(recover(dir.path(), &[]), []);
         assert!(!ours.wait().expect("wait").success());
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
-        // The other stand-in may not have executed yet either, on a loaded machine.
-        let mut seen = Vec::new();
-        for _ in 0..500 {
-            seen = processes_of_spares(other.path());
-            if seen.contains(&theirs.id()) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert_eq!(seen, vec![theirs.id()]);
+        assert_eq!(once_executed(other.path(), theirs.id()), vec![theirs.id()]);
         let _ = theirs.kill();
         let _ = theirs.wait();
     }
