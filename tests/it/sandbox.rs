@@ -538,7 +538,7 @@ mod served {
         let s = GantryServer::start(
             ServerConfig::new().extra_toml("[executor.local]\nuser = \"root\"\n"),
         );
-        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: who}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u)\"\n      read inside outside count < /proc/self/uid_map; echo \"map=$inside:$outside\"\n      echo \"caps=$(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n      if mount -t tmpfs none /tmp 2>/dev/null; then echo mount=made; else echo mount=refused; fi\n      if mount -o remount,bind,rw \"$GANTRY_WORKSPACE\" 2>/dev/null; then echo remount=made; else echo remount=refused; fi\n";
+        let yaml = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: who}\nsteps:\n  - name: who\n    script: |\n      echo \"uid=$(id -u)\"\n      read inside outside count < /proc/self/uid_map; echo \"map=$inside:$outside\"\n      echo \"caps=$(awk '/^CapEff/ {print $2}' /proc/self/status)\"\n      echo \"bounding=$(awk '/^CapBnd/ {print $2}' /proc/self/status) ambient=$(awk '/^CapAmb/ {print $2}' /proc/self/status)\"\n      if mount -t tmpfs none /tmp 2>/dev/null; then echo mount=made; else echo mount=refused; fi\n      if mount -o remount,bind,rw \"$GANTRY_WORKSPACE\" 2>/dev/null; then echo remount=made; else echo remount=refused; fi\n";
         let id = run_local(&s, "who", yaml);
         let run = wait_ended(&s, &id);
         let (_, log) = s.get(&format!("/api/v1/runs/{id}/logs"));
@@ -556,6 +556,10 @@ mod served {
             "root inside is not root outside: {log}"
         );
         assert!(log.contains("caps=0000000000000000"), "{log}");
+        assert!(
+            log.contains("bounding=0000000000000000 ambient=0000000000000000"),
+            "{log}"
+        );
         // Root inside, yet no mount: the step holds no capability (the filter it inherits
         // leaves mount(2) to that check, see seccomp.rs).
         assert!(log.contains("mount=refused"), "{log}");

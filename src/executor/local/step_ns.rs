@@ -36,9 +36,10 @@
 //! what a sandboxed step cost beyond an unsandboxed one. So they run only on stacks of their
 //! own, only system calls that leave `errno` alone (`rawsys`: they share the TLS of the spawner
 //! thread that cloned them), on memory prepared before the clone (a [`Launch`], which the
-//! spawner keeps until init is reaped), and never return from [`start`]. The spawner holds `CAP_SYS_ADMIN` and `CAP_SETPCAP` inside the sandbox's user
-//! namespace for this; the step's program drops its bounding set, ambient and every other
-//! capability before it executes.
+//! spawner keeps until init is reaped), and never return from their entry points. The spawner
+//! holds `CAP_SYS_ADMIN` and `CAP_SETPCAP` inside the sandbox's user namespace for this; init
+//! empties its bounding and ambient sets while it waits, and the step's program drops every
+//! other capability before it executes.
 
 use std::cell::UnsafeCell;
 use std::ffi::CString;
@@ -62,8 +63,6 @@ pub(super) struct Prepared {
     /// The step's own outputs folder, the one writable folder under the folder that holds every
     /// step's; with the flags to remount that folder read-only with.
     outputs: Option<(CString, CString, libc::c_ulong)>,
-    /// The capabilities in the spawner's bounding set, which the program drops.
-    bounding: &'static [libc::c_int],
 }
 
 /// What only a step's request brings: written by the spawner into a spare's [`Launch`] while the
@@ -85,6 +84,8 @@ pub(super) struct Launch {
     /// Whether a mount of the spawner's namespace propagates (then the step's namespace is made
     /// private before it mounts anything).
     shared: bool,
+    /// The capabilities in the spawner's bounding set, which init drops from its own.
+    bounding: &'static [libc::c_int],
     /// 0 while the spare waits for a step; 1 once `handed` holds one.
     go: AtomicU32,
     /// Set by init once it holds descriptors of its own (or gave up): the spawner may close its
@@ -245,7 +246,6 @@ impl Prepared {
             _env: env,
             cwd: c_string(spec.cwd.as_os_str().as_bytes())?,
             outputs,
-            bounding: spawner_facts().0,
         })
     }
 }
@@ -299,6 +299,7 @@ impl Spare {
         let launch = Box::new(Launch {
             handed: UnsafeCell::new(None),
             shared: spawner_facts().1,
+            bounding: spawner_facts().0,
             go: AtomicU32::new(0),
             released: AtomicU32::new(0),
             _stacks: stacks,
@@ -495,7 +496,7 @@ unsafe fn init(l: &Launch) -> ! {
     unsafe {
         // As a spare: the namespace made ready before the step is known. A spare that cannot
         // is gone when the spawner looks, and takes no step.
-        if mount_namespace(l.shared).is_err() {
+        if mount_namespace(l.shared, l.bounding).is_err() {
             rawsys::exit(127);
         }
         while l.go.load(Ordering::Acquire) == 0 {
@@ -561,14 +562,25 @@ unsafe fn init(l: &Launch) -> ! {
     }
 }
 
-/// A spare's mounts, made before its step is known: a private namespace and a `/proc` of the
-/// step's own PID namespace.
+/// What a spare does before its step is known: a private mount namespace with a `/proc` of the
+/// step's own PID namespace, and the bounding and ambient capability sets emptied (`bounding`
+/// lists what is in the former), which the program inherits. Init keeps its effective
+/// capabilities for the step's mounts: those two sets only bound what an exec may gain.
 ///
 /// # Safety
 /// As `init`.
-unsafe fn mount_namespace(shared: bool) -> rawsys::SysResult {
+unsafe fn mount_namespace(shared: bool, bounding: &[libc::c_int]) -> rawsys::SysResult {
     // SAFETY: system calls on static C strings.
     unsafe {
+        // The bounding set needs CAP_SETPCAP in the effective set, which stays.
+        for &cap in bounding {
+            let _ = rawsys::prctl(libc::PR_CAPBSET_DROP, cap as usize, 0);
+        }
+        let _ = rawsys::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as usize,
+            0,
+        );
         rawsys::setpgid(0, 0)?;
         // Mounts made here stay in this namespace.
         if shared {
@@ -635,16 +647,8 @@ unsafe fn prepare_program(l: &Handed) -> rawsys::SysResult {
         rawsys::dup2(l.stdout, 1)?;
         rawsys::dup2(l.stderr, 2)?;
         rawsys::chdir(&p.cwd)?;
-        // Nothing of the spawner's capabilities reaches the step: the bounding set first (it
-        // needs CAP_SETPCAP), then ambient, then the rest.
-        for &cap in p.bounding {
-            let _ = rawsys::prctl(libc::PR_CAPBSET_DROP, cap as usize, 0);
-        }
-        let _ = rawsys::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as usize,
-            0,
-        );
+        // Nothing of the spawner's capabilities reaches the step: the bounding and ambient
+        // sets went when init made the namespace (`mount_namespace`), the rest goes here.
         rawsys::drop_capabilities()?;
         // The spawner ignores SIGPIPE, as every Rust program does; the step gets the default,
         // and no blocked signal.
