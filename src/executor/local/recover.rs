@@ -148,12 +148,13 @@ mod tests {
         let mut ours = start(dir.path());
         let mut theirs = start(other.path());
         // What `processes_of_spares` finds once the stand-in `pid` has executed (before, its
-        // command line is this test's), with room for a loaded machine.
+        // command line is this test's) and its shell's child has too (between its fork and its
+        // exec, the child's command line is the shell's), with room for a loaded machine.
         let once_executed = |work: &Path, pid: u32| {
             let mut found = Vec::new();
             for _ in 0..500 {
                 found = processes_of_spares(work);
-                if found.contains(&pid) {
+                if found == [pid] {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));

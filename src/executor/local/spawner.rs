@@ -342,6 +342,7 @@ pub fn serve(args: &[String]) -> u8 {
     }
     // The first step's namespace, made before the first step is asked for.
     let mut spare = new_spare(&children).ok();
+    children.wake();
     if reply(&writer, &Reply::Ready).is_err() {
         return 2;
     }
@@ -639,7 +640,8 @@ type Launch = (
 );
 
 /// A spare step namespace (`step_ns::Spare`), recorded with the reaper so that one that dies
-/// unused is reaped (nothing is reported for it).
+/// unused is reaped (nothing is reported for it). The caller wakes the reaper (once for this and
+/// whatever else it recorded: a wake-up of the reaper is a context switch on a step's way).
 fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
     let mut c = children
         .children
@@ -656,8 +658,6 @@ fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
             launch: None,
         },
     );
-    drop(c);
-    children.wake();
     Ok(spare)
 }
 
@@ -723,8 +723,9 @@ fn spawn_one(
         },
         Err(_) => return Err(io::Error::other("spawner state poisoned")),
     }
-    children.wake();
-    // The next step's namespace, made while this one runs.
+    // The next step's namespace, made while this one runs; then one wake-up has the reaper
+    // watch both (it says `Started` once it watches the step's exec pipe).
     *spare = new_spare(children).ok();
+    children.wake();
     Ok(pid)
 }
