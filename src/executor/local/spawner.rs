@@ -489,14 +489,6 @@ impl Reaper {
     }
 }
 
-/// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec as every pidfd is.
-fn pidfd(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a descriptor just returned, owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// What one watched descriptor belongs to.
 #[derive(Clone, Copy)]
 enum Watch {
@@ -653,7 +645,7 @@ fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
         Init {
             id: 0,
             exec: None,
-            pidfd: pidfd(spare.pid),
+            pidfd: super::step_ns::pidfd(spare.pid),
             done: true,
             launch: None,
         },

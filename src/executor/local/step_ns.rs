@@ -115,6 +115,16 @@ impl Drop for Kept {
     }
 }
 
+/// A pidfd for child `pid` (Linux 5.3 and later), close-on-exec as every pidfd is. Taken while
+/// the child cannot have been reaped (the spawner holds the reaper's lock around a spare's
+/// start), so it is that child's.
+pub(super) fn pidfd(pid: libc::pid_t) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a descriptor just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
 /// The top of the first `len` bytes at `base`, aligned as both architectures' calling
 /// conventions want it.
 fn top(base: *mut std::mem::MaybeUninit<u8>, len: usize) -> usize {
@@ -263,6 +273,9 @@ impl Prepared {
 pub(super) struct Spare {
     /// Init's pid, in the spawner's namespace: it leads the step's process group.
     pub pid: libc::pid_t,
+    /// Init itself, whatever becomes of its pid once it is reaped (`None` on a kernel without
+    /// pidfds).
+    pidfd: Option<OwnedFd>,
     /// Always `Some` but in `drop` and once `Armed::go` has handed it on.
     launch: Option<Kept>,
 }
@@ -335,13 +348,25 @@ impl Spare {
         unsafe { libc::setpgid(pid, pid) };
         Ok(Spare {
             pid,
+            pidfd: pidfd(pid),
             launch: Some(launch),
         })
     }
 
     /// Whether init has exited (or was reaped already): then nothing runs on its launch any
-    /// more, and it can take no step. Leaves the child to the reaper (`WNOWAIT`).
+    /// more, and it can take no step. Leaves the child to the reaper.
     pub(super) fn gone(&self) -> bool {
+        if let Some(fd) = &self.pidfd {
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll(2) on one valid pollfd, without waiting; a pidfd is readable once
+            // its process has exited.
+            return unsafe { libc::poll(&mut p, 1, 0) } != 0;
+        }
+        // Without a pidfd, by pid (`WNOWAIT`: the reaper reaps it).
         // SAFETY: waitid writes into a zeroed siginfo_t of the right type.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let r = unsafe {
