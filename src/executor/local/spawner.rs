@@ -707,14 +707,18 @@ fn spawn_one(
         init.done = false;
     }
     let launch = armed.go();
-    match children.children.lock() {
+    // The launch must reach the reaper, which frees it once init is reaped, even from a lock a
+    // panicking thread left: freed here, it could still be in use.
+    let mut c = children
+        .children
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match c.inits.get_mut(&pid) {
+        Some(init) => init.launch = launch,
         // Reaped already (a step that ended at once): nothing runs on its launch any more.
-        Ok(mut c) => match c.inits.get_mut(&pid) {
-            Some(init) => init.launch = launch,
-            None => drop(launch),
-        },
-        Err(_) => return Err(io::Error::other("spawner state poisoned")),
+        None => drop(launch),
     }
+    drop(c);
     // The next step's namespace, made while this one runs; then one wake-up has the reaper
     // watch both (it says `Started` once it watches the step's exec pipe).
     *spare = new_spare(children).ok();
