@@ -606,11 +606,11 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                 }
                 if let Some(mut init) = c.inits.remove(&pid) {
                     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                        // Reported by init: only its start may be left to say.
+                        // Its end went to Gantry from init: only its start may be left to say.
                         settle_start(&mut init, pid, &mut replies);
-                        init.done = true;
+                    } else {
+                        ended(&mut init, pid, status, &mut replies);
                     }
-                    ended(&mut init, pid, status, &mut replies);
                 }
             }
         }

@@ -295,8 +295,8 @@ impl Drop for Spare {
     }
 }
 
-/// A spare with its step written into it, not yet told to go: the spawner records the pipes
-/// with the reaper first.
+/// A spare with its step written into it, not yet told to go: the spawner records the step
+/// (and its exec pipe) with the reaper first.
 pub(super) struct Armed {
     spare: Spare,
     /// The spawner's copies of the step's stdout, stderr and status pipe (Gantry's) and of
@@ -307,12 +307,13 @@ pub(super) struct Armed {
 impl Spare {
     /// Clones a waiting init. An error only when no init was made.
     pub(super) fn new() -> io::Result<Spare> {
+        let (bounding, shared) = spawner_facts();
         let mut stacks = Vec::with_capacity(INIT_STACK + PROGRAM_STACK);
         let base = stacks.as_mut_ptr();
         let launch = Box::new(Launch {
             handed: UnsafeCell::new(None),
-            shared: spawner_facts().1,
-            bounding: spawner_facts().0,
+            shared,
+            bounding,
             go: AtomicU32::new(0),
             released: AtomicU32::new(0),
             _stacks: stacks,
@@ -463,7 +464,7 @@ impl Armed {
     }
 }
 
-/// Once `exec` (a [`Started`]'s) is readable: `None` when the program is executing, or why it
+/// Once `exec` (the spawner's end of a step's exec pipe, from [`Spare::arm`]) is readable: `None` when the program is executing, or why it
 /// could not start (init then exits on its own, with no wait status). Never blocks once the
 /// program has exited or init is gone: every writer has closed the pipe by then.
 pub(super) fn start_error(exec: &OwnedFd) -> Option<io::Error> {
