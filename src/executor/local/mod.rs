@@ -249,14 +249,18 @@ impl Shared {
 
     /// Writes a line of Gantry's own into a step's log, masked like any other line.
     async fn system(&self, step: usize, attempt: u32, line: &str) {
-        self.send(Event::Log {
+        self.send(self.system_event(step, attempt, line)).await;
+    }
+
+    /// The event of `system`.
+    fn system_event(&self, step: usize, attempt: u32, line: &str) -> Event {
+        Event::Log {
             step,
             attempt,
             stream: Stream::System,
             lines: vec![self.secrets.mask(line)],
             at: Utc::now(),
-        })
-        .await;
+        }
     }
 
     /// Takes `n` bytes of the step's and the run's log budget; false when either is spent (the
@@ -364,7 +368,7 @@ struct Scheduler<'a> {
     /// Indices of `Queued` steps, in file order.
     queue: BTreeSet<usize>,
     /// `StepFinished` events decided but not sent yet (deciding is synchronous; `flush` sends).
-    pending: Vec<Event>,
+    pending: std::collections::VecDeque<Event>,
     /// Steps a retry takes from the run it retries (`RunInput::reuse`).
     reuse: BTreeMap<String, crate::executor::Reused>,
 }
@@ -533,10 +537,13 @@ async fn run(
             if let Some(why) = why {
                 stopped = Some(why);
                 s.stop(why);
-                s.flush().await;
             }
         }
-        if stopped.is_none() {
+        // Sent without waiting where the channel has room; the rest by the `select!` below.
+        s.send_ready();
+        // A step starts only once every event decided before it is sent (a step it needs has
+        // finished in the recorder's eyes before it starts).
+        if stopped.is_none() && s.pending.is_empty() {
             while running.len() < parallelism {
                 let Some(i) = s.queue.pop_first() else { break };
                 let State::Queued(job) = std::mem::replace(&mut s.state[i], State::Running) else {
@@ -545,7 +552,7 @@ async fn run(
                 running.push(i, attempt::run_step(shared.clone(), *job));
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && s.pending.is_empty() {
             break;
         }
         tokio::select! {
@@ -562,17 +569,33 @@ async fn run(
             Some(why) = over_disk.found.recv(), if stopped.is_none() => {
                 tracing::info!("run {} stopped: {why}", input.run_id);
                 for &i in running.indices().iter() {
-                    shared.system(i, 0, &format!("[gantry: run stopped: {why}]")).await;
+                    let line = format!("[gantry: run stopped: {why}]");
+                    s.pending.push_back(shared.system_event(i, 0, &line));
                 }
                 stopped = Some(Stopped::Disk);
                 s.stop(Stopped::Disk);
+            }
+            // The scheduler's events wait for room in the channel here, beside the running
+            // steps, never in place of polling them: a step waiting to send holds its place in
+            // the channel's queue, and room freed by the recorder goes to it first, so a
+            // scheduler that stopped polling the steps to wait for room would wait forever once
+            // more steps than the channel holds were waiting (a wide parallel group did).
+            permit = shared.events.reserve(), if !s.pending.is_empty() => {
+                match permit {
+                    Ok(permit) => {
+                        if let Some(event) = s.pending.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    // Nobody records the run any more: what was decided goes nowhere.
+                    Err(_) => s.pending.clear(),
+                }
             }
             Some((i, result)) = running.next() => {
                 s.finish(i, result.status, result.message, Some(result.outputs));
                 s.settle();
             }
         }
-        s.flush().await;
     }
     // Only an invalid plan (a cycle) leaves steps undecided; every step still gets its StepFinished.
     for i in 0..plan.steps.len() {
@@ -775,15 +798,33 @@ impl<'a> Scheduler<'a> {
             dependents,
             decidable: BTreeSet::new(),
             queue: BTreeSet::new(),
-            pending: Vec::new(),
+            pending: std::collections::VecDeque::new(),
             reuse: input.reuse.clone(),
         }
     }
 
-    /// Sends the events decided so far, in order.
+    /// Sends the events decided so far, in order. Only where no step runs: see `send_ready`.
     async fn flush(&mut self) {
         for event in std::mem::take(&mut self.pending) {
             self.shared.send(event).await;
+        }
+    }
+
+    /// Sends the events decided so far, in order, as far as the channel has room now.
+    fn send_ready(&mut self) {
+        while let Some(event) = self.pending.pop_front() {
+            match self.shared.events.try_send(event) {
+                Ok(()) => {}
+                Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return;
+                }
+                // Nobody records the run any more.
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                    self.pending.clear();
+                    return;
+                }
+            }
         }
     }
 
@@ -813,7 +854,7 @@ impl<'a> Scheduler<'a> {
         // outputs handed on.
         if let Some(reused) = self.reuse.remove(&step.name) {
             if !reused.outputs.is_empty() {
-                self.pending.push(Event::Outputs {
+                self.pending.push_back(Event::Outputs {
                     step: i,
                     values: reused.outputs.clone(),
                 });
@@ -896,7 +937,7 @@ impl<'a> Scheduler<'a> {
         message: Option<String>,
         blocks: Option<String>,
     ) {
-        self.pending.push(Event::StepFinished {
+        self.pending.push_back(Event::StepFinished {
             step: i,
             status,
             message: message.map(|m| self.shared.secrets.mask(&m)),

@@ -301,6 +301,25 @@ async fn parallelism_limits_steps_running_at_once_and_ties_go_in_file_order() {
     assert_eq!(started, vec![0, 1, 2]);
 }
 
+/// More steps running at once than the event channel holds (64 here, as in `run::execute`): each
+/// step waits to send its start while the recorder is busy, and the scheduler must keep polling
+/// them while its own events wait for room. It once waited in their place and the run hung.
+#[tokio::test]
+async fn a_parallel_group_wider_than_the_event_channel_ends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut input = input(dir.path());
+    input.limits.parallelism = 150;
+    let mut yaml = format!("{HEAD}steps:\n  -\n");
+    for i in 0..150 {
+        yaml.push_str(&format!("    - {{name: p{i}, script: 'echo {i}'}}\n"));
+    }
+    let ran = run_with(&yaml, &input, CancellationToken::new()).await;
+    assert_eq!(ran.outcome, RunOutcome::Succeeded, "{:?}", ran.events);
+    for i in 0..150 {
+        assert_eq!(ran.status(&format!("p{i}")), StepStatus::Succeeded);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_passes_outputs_along_its_edges() {
     let (_dir, ran) = run(&format!(
