@@ -181,8 +181,9 @@ pub struct Limits {
     /// Longest log line kept whole; longer lines are cut into pieces of this size.
     pub max_line_bytes: usize,
     /// Log bytes kept per step (all its attempts); past it the step runs on, its output dropped.
+    /// A line counts what keeping it costs ([`log_line_cost`]), not only its text.
     pub max_step_log: u64,
-    /// Log bytes kept per run.
+    /// Log bytes kept per run, counted the same way.
     pub max_run_log: u64,
     /// Bytes the run's own files (workspace, outputs) may take on this machine (`run_disk`);
     /// past it the run is stopped.
@@ -201,6 +202,14 @@ impl Limits {
             human_bytes(self.max_run_log)
         )
     }
+}
+
+/// What a log line counts against the log limits: its bytes, its newline, and what the store
+/// keeps beside its text (its time, stream, attempt and length: 21 bytes). Counting the text
+/// alone let a flood of empty lines take 20 times the limit on disk (20 million of them, 20 MB of
+/// output, made a 568 MB store under a 16 MiB limit).
+pub fn log_line_cost(line: &str) -> u64 {
+    line.len() as u64 + 24
 }
 
 /// A byte count as people write it: `16 MiB`, `4 KiB`, `100 bytes`; sizes of a GiB or more that

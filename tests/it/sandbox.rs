@@ -207,25 +207,33 @@ fn du(dir: &Path) -> u64 {
     total
 }
 
-#[test]
-fn a_log_flood_is_cut_and_the_step_runs_on() {
-    let s = Scratch::new();
-    // 400 MB of output in 4,000-byte lines, then a marker the step writes after the flood.
-    let yaml = format!(
-        "{}steps:\n  - name: flood\n    script: |\n      head -c 400000000 /dev/zero | tr '\\0' x | fold -w 4000\n      echo done > \"$GANTRY_OUTPUTS/after\"\n    outputs: [after]\n",
-        head("flood")
+/// Runs a pipeline of `steps` with `gantry run`, which must succeed; its output and how much the
+/// data dir grew.
+fn run_flood(s: &Scratch, name: &str, steps: &str) -> (String, u64) {
+    let file = s.pipeline(
+        &format!("{name}.yaml"),
+        &format!("{}steps:\n{steps}", head(name)),
     );
-    let file = s.pipeline("flood.yaml", &yaml);
     std::fs::create_dir_all(s.data()).expect("data dir");
     let before = du(&s.data());
     let out = s.run_file(&file, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let grown = du(&s.data()).saturating_sub(before);
+    (text(&out.stdout), du(&s.data()).saturating_sub(before))
+}
+
+#[test]
+fn a_log_flood_is_cut_and_the_step_runs_on() {
+    let s = Scratch::new();
+    // 400 MB of output in 4,000-byte lines, then a marker the step writes after the flood.
+    let (stdout, grown) = run_flood(
+        &s,
+        "flood",
+        "  - name: flood\n    script: |\n      head -c 400000000 /dev/zero | tr '\\0' x | fold -w 4000\n      echo done > \"$GANTRY_OUTPUTS/after\"\n    outputs: [after]\n",
+    );
     assert!(
         grown < 100 << 20,
         "a 400 MB flood grew the data dir by {grown} bytes"
     );
-    let stdout = text(&out.stdout);
     assert!(
         stdout.contains("log cut here: the step's output goes past the log limit (16 MiB per step"),
         "one line says where the log was cut"
@@ -233,6 +241,24 @@ fn a_log_flood_is_cut_and_the_step_runs_on() {
     assert_eq!(stdout.matches("log cut here").count(), 1);
     let runs = s.runs();
     assert_eq!(runs[0]["status"], "succeeded", "{}", runs[0]);
+}
+
+/// A flood of empty lines is cut by what its lines cost to keep, not by their text alone (8
+/// million empty lines, 8 MB of output, were once stored whole under the 16 MiB limit and grew
+/// the data dir by 277 MB).
+#[test]
+fn a_flood_of_empty_lines_is_cut_by_what_keeping_them_costs() {
+    let s = Scratch::new();
+    let (stdout, grown) = run_flood(
+        &s,
+        "empty",
+        "  - name: flood\n    script: yes '' | head -n 8000000\n",
+    );
+    assert!(
+        grown < 64 << 20,
+        "8 million empty lines grew the data dir by {grown} bytes"
+    );
+    assert_eq!(stdout.matches("log cut here").count(), 1);
 }
 
 #[test]

@@ -515,7 +515,7 @@ struct Budget {
 
 impl LogSink {
     async fn line(&self, i: usize, attempt: u32, line: &str) {
-        let cost = line.len() as u64 + 1;
+        let cost = crate::executor::log_line_cost(line);
         // None: drop it; Some(true): keep it; Some(false): drop it and say where the log was cut.
         let verdict = {
             let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());

@@ -522,7 +522,10 @@ impl<'a> Logs<'a> {
         let at = Utc::now();
         let mut kept = Vec::with_capacity(lines.len());
         for line in lines {
-            if !self.shared.log_budget(self.step, line.len() as u64 + 1) {
+            if !self
+                .shared
+                .log_budget(self.step, crate::executor::log_line_cost(&line))
+            {
                 if self.shared.log_cut(self.step) {
                     // The lines within the budget first, then the line that says the log is cut.
                     self.send(stream, std::mem::take(&mut kept), at).await;
