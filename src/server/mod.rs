@@ -20,6 +20,7 @@ mod audit;
 mod extract;
 pub mod guard;
 pub mod hooks;
+mod listen;
 mod market;
 pub mod metrics;
 pub mod openapi;
@@ -1034,19 +1035,8 @@ pub async fn serve(
         signal.cancel();
     });
     let http_stop = stop.clone();
-    // Small answers go out at once (no Nagle delay waiting for an ACK that is itself delayed).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        let _ = stream.set_nodelay(true);
-    });
     let served = http_handle
-        .spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
-        })
+        .spawn(listen::serve(listener, app, http_stop))
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     tracing::info!(

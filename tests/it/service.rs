@@ -1367,3 +1367,45 @@ fn the_cli_starts_and_lists_runs_on_a_server() {
         "{stdout}{stderr}"
     );
 }
+
+/// A client that never finishes its request's headers, or keeps a connection idle, loses the
+/// connection within the header deadline (10 s) instead of holding it for good, and nobody
+/// else waits meanwhile; 300 such clients at once do not stop the server answering.
+#[test]
+fn connections_that_send_no_whole_request_are_closed() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let s = GantryServer::start(ServerConfig::new());
+    let addr = ("127.0.0.1", s.port());
+    let mut half = TcpStream::connect(addr).expect("connect");
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: gantry\r\n")
+        .expect("half a request");
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: gantry\r\n\r\n")
+        .expect("a whole request");
+    let mut held: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            c.write_all(b"POST /api/v1/runs HTTP/1.1\r\n")
+                .expect("a request line");
+            c
+        })
+        .collect();
+    let (status, body) = s.get_without_token("/healthz");
+    assert_eq!(status, 200, "{body}");
+    // The idle connection got its answer, then nothing more; both end with the deadline.
+    let mut answer = [0u8; 17];
+    idle.read_exact(&mut answer).expect("the answer");
+    assert_eq!(&answer, b"HTTP/1.1 200 OK\r\n");
+    for c in [&mut half, &mut idle] {
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let read = c.read_to_end(&mut rest);
+        assert!(
+            read.is_ok(),
+            "closed by the server, not by our timeout: {read:?}"
+        );
+    }
+    held.clear();
+}
