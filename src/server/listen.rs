@@ -7,15 +7,20 @@
 //! store, the mirrors need them too). Here a request's headers must arrive within
 //! [`HEADER_TIMEOUT`] of the connection starting to wait for them, which also ends an idle
 //! keep-alive connection, and past [`MAX_CONNECTIONS`] new connections wait in the kernel's
-//! accept queue until one closes.
+//! accept queue until one closes. A request's body must arrive within [`BODY_TIMEOUT`] of its
+//! headers: one that trickled in held its handler, and one of the work runtime's places for
+//! requests in flight, for as long as its client liked.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -26,6 +31,10 @@ use tower::ServiceExt;
 /// How long a request's headers may take to arrive, counted from when the connection starts
 /// waiting for them (its opening, or the end of the previous answer).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request's body may take to arrive, counted from the end of its headers; past it
+/// the body reads as an error (the handler answers 400 and the connection closes).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 2048;
@@ -86,7 +95,17 @@ async fn connection(
     // Handlers see the peer's address as `ConnectInfo`, as with axum's own server.
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        app.clone().oneshot(request.map(axum::body::Body::new))
+        let request = request.map(|body| {
+            if body.is_end_stream() {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(Deadlined {
+                    body,
+                    deadline: Box::pin(tokio::time::sleep(BODY_TIMEOUT)),
+                })
+            }
+        });
+        app.clone().oneshot(request)
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -110,4 +129,46 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
     )
+}
+
+/// A request body that fails once [`BODY_TIMEOUT`] has passed without its end.
+struct Deadlined {
+    body: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+    TimedOut,
+}
+
+impl Body for Deadlined {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BodyError::Http))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::TimedOut))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

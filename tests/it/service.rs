@@ -1370,7 +1370,8 @@ fn the_cli_starts_and_lists_runs_on_a_server() {
 
 /// A client that never finishes its request's headers, or keeps a connection idle, loses the
 /// connection within the header deadline (10 s) instead of holding it for good, and nobody
-/// else waits meanwhile; 300 such clients at once do not stop the server answering.
+/// else waits meanwhile; 300 such clients at once do not stop the server answering. A body that
+/// never arrives whole gets a 400 once the body deadline (30 s) has passed.
 #[test]
 fn connections_that_send_no_whole_request_are_closed() {
     use std::io::{Read, Write};
@@ -1383,6 +1384,13 @@ fn connections_that_send_no_whole_request_are_closed() {
     let mut idle = TcpStream::connect(addr).expect("connect");
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: gantry\r\n\r\n")
         .expect("a whole request");
+    let mut slow = TcpStream::connect(addr).expect("connect");
+    let put = format!(
+        "PUT /api/v1/pipelines/local/slow HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        s.port()
+    );
+    slow.write_all(put.as_bytes())
+        .expect("a request without its whole body");
     let mut held: Vec<TcpStream> = (0..300)
         .map(|_| {
             let mut c = TcpStream::connect(addr).expect("connect");
@@ -1407,5 +1415,14 @@ fn connections_that_send_no_whole_request_are_closed() {
             "closed by the server, not by our timeout: {read:?}"
         );
     }
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut answer = String::new();
+    let read = slow.read_to_string(&mut answer);
+    assert!(read.is_ok(), "answered by the server: {read:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 ") && answer.contains("did not arrive within 30 s"),
+        "{answer}"
+    );
     held.clear();
 }
