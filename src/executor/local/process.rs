@@ -754,9 +754,36 @@ fn spawn_error(spawn: &Spawn, e: &io::Error) -> String {
         }
         Program::Exec(argv) => argv.first().cloned().unwrap_or_default(),
     };
+    if e.raw_os_error() == Some(libc::E2BIG) {
+        return too_big(&what, spawn);
+    }
     match e.kind() {
         io::ErrorKind::NotFound => format!("cannot start `{what}`: program not found"),
         _ => format!("cannot start `{what}`: {e}"),
+    }
+}
+
+/// Linux's limit on one argument or variable (`NAME=value`), `MAX_ARG_STRLEN`.
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Why the kernel refused to start the step with E2BIG: the step's variable over the limit of
+/// one, when there is one (a step's output handed on through `env`, typically), else the total.
+fn too_big(what: &str, spawn: &Spawn) -> String {
+    let over = spawn
+        .env
+        .iter()
+        .filter(|(k, v)| k.len() + v.len() + 1 >= MAX_ARG_STRLEN)
+        .max_by_key(|(_, v)| v.len());
+    match over {
+        Some((name, value)) => format!(
+            "cannot start `{what}`: its variable `{name}` holds {} bytes, and Linux takes at most \
+             128 KiB in one variable; hand large values on in a file in the workspace instead",
+            value.len()
+        ),
+        None => format!(
+            "cannot start `{what}`: its variables and arguments together are more than Linux \
+             takes at the start of a program (about a quarter of the stack limit, 2 MiB by default)"
+        ),
     }
 }
 

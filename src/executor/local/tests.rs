@@ -320,6 +320,27 @@ async fn a_parallel_group_wider_than_the_event_channel_ends() {
     }
 }
 
+/// An output too large for one variable of the next step is named in that step's error, with
+/// what to do instead, rather than the kernel's "Argument list too long".
+#[tokio::test]
+async fn a_variable_over_the_kernels_limit_is_named() {
+    let (_dir, ran) = run(&format!(
+        r#"{HEAD}steps:
+  - {{name: a, script: "head -c 300000 /dev/zero | tr '\\0' x > $GANTRY_OUTPUTS/v", outputs: [v]}}
+  - {{name: b, script: "true", env: {{BIG: "{{{{steps.a.outputs.v}}}}"}}}}
+"#
+    ))
+    .await;
+    let (status, message) = ran.finished("b");
+    assert_eq!(status, StepStatus::Error);
+    let message = message.unwrap_or_default();
+    assert!(
+        message.contains("its variable `BIG` holds 300000 bytes")
+            && message.contains("a file in the workspace"),
+        "{message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dag_passes_outputs_along_its_edges() {
     let (_dir, ran) = run(&format!(
