@@ -133,6 +133,15 @@ mod tests {
         }
     }
 
+    /// The log limits (`executor::log_line_cost`) count at least what a line takes here, or a
+    /// limit no longer bounds what a log takes in the store.
+    #[test]
+    fn the_log_limits_count_at_least_a_lines_stored_size() {
+        for text in ["", "x", "a longer line of log text"] {
+            assert!(crate::executor::log_line_cost(text) >= (LINE_HEADER + text.len()) as u64);
+        }
+    }
+
     #[test]
     fn a_binary_chunk_reads_back_what_was_written() {
         let lines = vec![
