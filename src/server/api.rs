@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{Body, Path, Query};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -849,7 +849,7 @@ pub const ROUTES: &[Route] = &[
                 "no [[repos]] entry for the repository in the payload, or an unknown forge",
                 Some("Error"),
             ),
-            (413, "the body is larger than 5 MiB", None),
+            (413, "the body is larger than 5 MiB", Some("Error")),
         ],
     },
 ];
@@ -1021,7 +1021,7 @@ async fn put_pipeline(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Response> {
     require_local(&source)?;
     let (text, executor) = spec_text(&headers, &body)?;
@@ -1083,7 +1083,7 @@ pub(super) struct RollbackBody {
 async fn rollback(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<views::api::Pipeline>> {
     require_local(&source)?;
     let RollbackBody { to } = parse_json(&body, "{\"to\": <version number>}")?;
@@ -1245,7 +1245,7 @@ async fn start_run(
     State(state): State<AppState>,
     Path((source, name)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Response> {
     let RunBody { parameters } = if body.is_empty() {
         RunBody::default()
@@ -1760,7 +1760,7 @@ const fn kind(secret: bool) -> Kind {
 async fn put_global<const SECRET: bool>(
     State(state): State<AppState>,
     Path(var): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<StatusCode> {
     set_config(&state, kind(SECRET), None, &var, &body)
 }
@@ -1775,7 +1775,7 @@ async fn delete_global<const SECRET: bool>(
 async fn put_scoped<const SECRET: bool>(
     State(state): State<AppState>,
     Path((source, name, var)): Path<(String, String, String)>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<StatusCode> {
     let scope = run::config_scope(&source, &name);
     set_config(&state, kind(SECRET), Some(scope), &var, &body)

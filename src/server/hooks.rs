@@ -21,7 +21,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 
-use super::extract::Path;
+use super::extract::{Body, Path};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -182,7 +182,7 @@ pub async fn receive(
     Path(forge): Path<String>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Response {
     let metrics = state.metrics.clone();
     let label = Forge::from_name(&forge).map_or("unknown", |f| f.as_str());

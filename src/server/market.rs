@@ -5,10 +5,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{Body, Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -119,7 +118,7 @@ pub(super) struct DeprecateBody {
 pub(super) async fn deprecate(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<marketplace::ResourceSummary>> {
     let DeprecateBody { reason } =
         parse_json(&body, "{\"reason\": \"...\"} (null: no longer deprecated)")?;
@@ -165,7 +164,7 @@ struct EnvVarName(#[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))] String);
 
 pub(super) async fn create_connection(
     State(state): State<AppState>,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Response> {
     let b: ConnectionBody = parse_json(
         &body,

@@ -486,7 +486,7 @@ pub fn router(state: AppState) -> Result<Router, ServeError> {
         .layer(middleware::from_fn_with_state(state.clone(), offload));
     Ok(health
         .merge(work)
-        .layer(axum::extract::DefaultBodyLimit::max(5 * 1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(extract::MAX_BODY))
         .with_state(state))
 }
 

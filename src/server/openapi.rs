@@ -188,6 +188,11 @@ pub fn document() -> Value {
         }
         if let Some(body) = route.body {
             op["requestBody"] = json!({"required": true, "content": content(body)});
+            // `extract::Body`: a body too large, or one that never arrived whole.
+            op["responses"]["413"] = json!({"description": format!("a body larger than {} MiB", super::extract::MAX_BODY >> 20), "content": content("Error")});
+            if op["responses"].get("400").is_none() {
+                op["responses"]["400"] = json!({"description": "a body that could not be read (the connection broke, or it did not arrive within 30 s of the request's headers)", "content": content("Error")});
+            }
         }
         let entry = paths
             .entry(route.path.to_string())

@@ -1424,5 +1424,18 @@ fn connections_that_send_no_whole_request_are_closed() {
         answer.starts_with("HTTP/1.1 400 ") && answer.contains("did not arrive within 30 s"),
         "{answer}"
     );
+    // In the API's error shape, as every other refusal.
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let error: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(
+        error["error"],
+        "the request body could not be read: the request body did not arrive within 30 s",
+        "{error}"
+    );
     held.clear();
 }

@@ -491,6 +491,11 @@ fn unknown_repos_ignored_events_and_huge_bodies_get_their_own_answers() {
     huge.body["padding"] = json!("x".repeat(5 * 1024 * 1024 + 1));
     let (status, answer) = w.deliver(&huge, "huge-1");
     assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        answer["error"], "the request body is larger than 5 MiB",
+        "{answer}"
+    );
+    w.server.conforms("Error", &answer);
 
     // A Bitbucket-style unknown forge name.
     let (status, _) = w.server.request("POST", "/hooks/gitea", None, None);
