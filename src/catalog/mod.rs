@@ -299,17 +299,11 @@ fn apply_files(
 
 /// Every error of a check, rendered as `origin:line:col: error: ...` with the line quoted.
 pub fn render_errors(origin: &str, text: &str, checked: &crate::spec::Checked) -> String {
+    let lines = crate::spec::diagnostic::Lines::of(text);
     checked
         .diagnostics
         .errors()
-        .map(|d| {
-            crate::spec::diagnostic::render(
-                origin,
-                text,
-                d,
-                crate::spec::diagnostic::Style::default(),
-            )
-        })
+        .map(|d| lines.render(origin, d, crate::spec::diagnostic::Style::default()))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -25,11 +25,9 @@ pub fn run(args: &Args) -> u8 {
         }
     };
     let converted = spec::convert(&source, Some(&shown));
+    let lines = diagnostic::Lines::of(&source);
     for d in converted.diagnostics.iter() {
-        eprint!(
-            "{}",
-            diagnostic::render(&shown, &source, d, diagnostic::Style::default())
-        );
+        eprint!("{}", lines.render(&shown, d, diagnostic::Style::default()));
     }
     let Some(text) = converted.text else {
         if converted.diagnostics.has_errors() {

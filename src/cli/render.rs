@@ -47,11 +47,9 @@ pub fn run(args: &Args) -> u8 {
         }
     };
     let checked = spec::check(&text);
+    let lines = diagnostic::Lines::of(&text);
     for d in checked.diagnostics.iter() {
-        eprint!(
-            "{}",
-            diagnostic::render(&shown, &text, d, diagnostic::Style::default())
-        );
+        eprint!("{}", lines.render(&shown, d, diagnostic::Style::default()));
     }
     let Some(pipeline) = checked.pipeline else {
         return exit::FAILURE;

@@ -95,11 +95,9 @@ pub fn run(data_dir: &Path, args: &Args) -> u8 {
         }
     };
     let checked = spec::check_file(&text, Some(&shown));
+    let lines = diagnostic::Lines::of(&text);
     for d in checked.diagnostics.iter() {
-        eprint!(
-            "{}",
-            diagnostic::render(&shown, &text, d, diagnostic::Style::default())
-        );
+        eprint!("{}", lines.render(&shown, d, diagnostic::Style::default()));
     }
     // A Choreo-shaped file is recorded in Gantry's form: it reads the same without its path.
     let stored = spec::self_contained(&text, Some(&shown), &checked).into_owned();

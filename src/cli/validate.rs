@@ -197,8 +197,9 @@ fn print_text(reports: &[FileReport], color: Color) {
     let (mut errors, mut warnings, mut valid) = (0usize, 0usize, 0usize);
     for r in reports {
         let has_errors = r.diagnostics.iter().any(Diagnostic::is_error);
+        let lines = diagnostic::Lines::of(&r.source);
         for d in &r.diagnostics {
-            print!("{}", diagnostic::render(&r.path, &r.source, d, style));
+            print!("{}", lines.render(&r.path, d, style));
             println!();
             if d.is_error() {
                 errors += 1;

@@ -49,10 +49,75 @@ struct Checker<'a> {
     p: &'a Pipeline,
     map: &'a SourceMap,
     steps: Vec<&'a Step>,
-    /// Steps that have finished before step `i` starts, by index.
-    before: Vec<BTreeSet<usize>>,
+    /// Which steps run before which (filled in once the structure is checked).
+    order: Order,
     step_index: HashMap<&'a str, usize>,
     diags: &'a mut Diagnostics,
+    /// What is left of the work "did you mean" may do for this file (see [`SUGGESTION_BUDGET`]).
+    suggestions_left: usize,
+}
+
+/// The work, in pairs of characters compared, that "did you mean" help may cost one file. Each
+/// unknown name is compared with every name of its kind, so a file of many steps that all name
+/// unknown ones would otherwise cost the product of the two (a 650 KB file took a minute); past
+/// this budget, errors come without the help. A typical file uses a few thousand.
+const SUGGESTION_BUDGET: usize = 5_000_000;
+
+/// "Runs before", as the run-time rules have it, answered without a set of earlier steps per
+/// step: those sets grow with the square of the steps (a 12,000-step chain took 3 GB).
+enum Order {
+    /// Sequence mode: the item (a step, or a parallel group) each step belongs to. A step runs
+    /// before another when its item comes first.
+    Items(Vec<usize>),
+    /// DAG mode: each step's `dependsOn`, by index. A step runs before another when it is
+    /// reachable from it through them; each question is a search, over a stamp per step.
+    Dag {
+        deps: Vec<Vec<usize>>,
+        /// `seen[i] == stamp` when the current search has visited step `i`.
+        seen: Vec<u32>,
+        stamp: u32,
+        stack: Vec<usize>,
+    },
+}
+
+impl Order {
+    /// Whether step `j` is certain to have finished before step `here` starts.
+    fn runs_before(&mut self, j: usize, here: usize) -> bool {
+        match self {
+            Order::Items(item) => match (item.get(j), item.get(here)) {
+                (Some(a), Some(b)) => a < b,
+                _ => false,
+            },
+            Order::Dag {
+                deps,
+                seen,
+                stamp,
+                stack,
+            } => {
+                if *stamp == u32::MAX {
+                    seen.iter_mut().for_each(|s| *s = 0);
+                    *stamp = 0;
+                }
+                *stamp += 1;
+                stack.clear();
+                stack.push(here);
+                while let Some(i) = stack.pop() {
+                    for &d in deps.get(i).map(Vec::as_slice).unwrap_or_default() {
+                        if d == j {
+                            return true;
+                        }
+                        if let Some(s) = seen.get_mut(d)
+                            && *s != *stamp
+                        {
+                            *s = *stamp;
+                            stack.push(d);
+                        }
+                    }
+                }
+                false
+            }
+        }
+    }
 }
 
 /// Runs the whole-file checks on a converted pipeline.
@@ -65,14 +130,15 @@ pub fn validate(p: &Pipeline, map: &SourceMap, diags: &mut Diagnostics) {
     let mut c = Checker {
         p,
         map,
-        before: Vec::new(),
+        order: Order::Items(Vec::new()),
         steps,
         step_index,
         diags,
+        suggestions_left: SUGGESTION_BUDGET,
     };
     c.unique_declarations();
     c.step_structure();
-    c.before = c.compute_before();
+    c.order = c.order();
     c.templates();
     c.step_texts();
     c.schedules();
@@ -111,7 +177,23 @@ impl<'a> Checker<'a> {
         fallback: Option<String>,
     ) {
         let d = Diagnostic::error(pos, message);
-        let d = match did_you_mean(word, candidates) {
+        // Once the budget is spent, the candidates are not even looked at.
+        let mut suggestion = None;
+        if self.suggestions_left > 0 {
+            let candidates: Vec<&str> = candidates.into_iter().collect();
+            let cost = candidates
+                .iter()
+                .map(|c| c.len().max(1) * word.len().max(1))
+                .sum::<usize>();
+            match self.suggestions_left.checked_sub(cost) {
+                Some(left) => {
+                    self.suggestions_left = left;
+                    suggestion = did_you_mean(word, candidates);
+                }
+                None => self.suggestions_left = 0,
+            }
+        }
+        let d = match suggestion {
             Some(s) => d.with_help(format!("did you mean `{s}`?")),
             None => match fallback {
                 Some(f) => d.with_help(f),
@@ -326,54 +408,27 @@ impl<'a> Checker<'a> {
         }
     }
 
-    /// For each step, the steps certain to have finished before it starts.
-    fn compute_before(&self) -> Vec<BTreeSet<usize>> {
+    /// The order the run-time rules give the steps (see [`Order`]).
+    fn order(&self) -> Order {
         let n = self.steps.len();
         if self.p.is_dag() {
-            let mut memo: Vec<Option<BTreeSet<usize>>> = vec![None; n];
-            (0..n)
-                .map(|i| self.ancestors(i, &mut memo, &mut vec![false; n]))
-                .collect()
+            Order::Dag {
+                deps: (0..n).map(|i| self.deps_of(i)).collect(),
+                seen: vec![0; n],
+                stamp: 0,
+                stack: Vec::new(),
+            }
         } else {
-            let mut out = Vec::with_capacity(n);
-            let mut done = BTreeSet::new();
-            let mut index = 0;
-            for item in &self.p.steps {
-                let width = match item {
+            let mut item = Vec::with_capacity(n);
+            for (k, step_item) in self.p.steps.iter().enumerate() {
+                let width = match step_item {
                     StepItem::Step(_) => 1,
                     StepItem::Parallel(g) => g.len(),
                 };
-                for _ in 0..width {
-                    out.push(done.clone());
-                }
-                done.extend(index..index + width);
-                index += width;
+                item.extend(std::iter::repeat_n(k, width));
             }
-            out
+            Order::Items(item)
         }
-    }
-
-    fn ancestors(
-        &self,
-        i: usize,
-        memo: &mut Vec<Option<BTreeSet<usize>>>,
-        visiting: &mut Vec<bool>,
-    ) -> BTreeSet<usize> {
-        if let Some(known) = &memo[i] {
-            return known.clone();
-        }
-        if visiting[i] {
-            return BTreeSet::new(); // a cycle, reported elsewhere
-        }
-        visiting[i] = true;
-        let mut set = BTreeSet::new();
-        for d in self.deps_of(i) {
-            set.insert(d);
-            set.extend(self.ancestors(d, memo, visiting));
-        }
-        visiting[i] = false;
-        memo[i] = Some(set.clone());
-        set
     }
 
     fn outputs_of(&self, step: &Step) -> Vec<Output> {
@@ -836,12 +891,12 @@ impl<'a> Checker<'a> {
             }
         };
         let Some(&j) = self.step_index.get(step) else {
-            let names: Vec<&str> = self.steps.iter().map(|s| s.name.as_str()).collect();
+            let p = self.p;
             self.err_suggest(
                 pos,
                 format!("reference to an unknown step `{step}`"),
                 step,
-                names.iter().copied(),
+                p.all_steps().map(|s| s.name.as_str()),
                 None,
             );
             return;
@@ -880,7 +935,7 @@ impl<'a> Checker<'a> {
                 pos,
                 format!("step `{step}` cannot read its own output `{output}`"),
             );
-        } else if !self.before.get(here).is_some_and(|b| b.contains(&j)) {
+        } else if !self.order.runs_before(j, here) {
             let me = &self.steps[here].name;
             let help = if self.p.is_dag() {
                 format!("add `{step}` to the `dependsOn` of `{me}`")

@@ -301,3 +301,98 @@ fn mutated_choreo_pipelines_never_panic() {
         }
     }
 }
+
+/// A pipeline of `n` steps under the usual header: `step(i)` is each step's flow mapping.
+fn many_steps(n: usize, step: impl Fn(usize) -> String) -> String {
+    let mut text =
+        String::from("apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: big}\nsteps:\n");
+    for i in 0..n {
+        text.push_str(&format!("  - {}\n", step(i)));
+    }
+    text
+}
+
+/// `gantry validate` of `text` in a process of its own: its exit code and peak RSS in KiB.
+fn validate_in_child(dir: &Path, text: &str) -> (i32, i64) {
+    let file = dir.join("big.yaml");
+    std::fs::write(&file, text).expect("write the file");
+    #[expect(
+        clippy::zombie_processes,
+        reason = "reaped by the wait4 below, which also gives its peak RSS"
+    )]
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("validate")
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start gantry validate");
+    let mut status = 0;
+    // SAFETY: wait4 fills a zeroed rusage of the right type for a child of this process.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(waited, child.id() as libc::pid_t, "waited for the child");
+    assert!(libc::WIFEXITED(status), "gantry validate exited: {status}");
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
+}
+
+#[test]
+fn long_pipelines_within_the_limits_check_in_memory_that_grows_with_the_file() {
+    // Files under 1 MiB and the value limit that held memory in the square of their steps: a set
+    // of earlier steps per step (12,000 steps in a dependsOn chain took 3 GB and 10 s, a server's
+    // PUT as much) and, for thousands of unknown names, a suggestion searched among thousands.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let chain = many_steps(12_000, |i| match i {
+        0 => "{name: s0, script: x}".to_string(),
+        i => format!("{{name: s{i}, dependsOn: [s{}], script: x}}", i - 1),
+    });
+    let sequence = many_steps(16_000, |i| format!("{{name: s{i}, script: x}}"));
+    let unknown = many_steps(9_000, |i| {
+        format!("{{name: step-number-{i:06}-abcdefghij, dependsOn: [zz{i}], script: x}}")
+    });
+    for (what, text, code) in [
+        ("a dependsOn chain", chain, 0),
+        ("a sequence", sequence, 0),
+        ("steps naming unknown ones", unknown, 1),
+    ] {
+        assert!(
+            text.len() < 1024 * 1024,
+            "{what}: within the file size limit"
+        );
+        let (exit, peak_kib) = validate_in_child(dir.path(), &text);
+        assert_eq!(exit, code, "{what}");
+        assert!(
+            peak_kib < 200 * 1024,
+            "{what}: checking {} KB took {} MiB",
+            text.len() / 1000,
+            peak_kib / 1024
+        );
+    }
+}
+
+#[test]
+fn did_you_mean_help_stops_at_its_budget_and_every_error_is_still_reported() {
+    // Each unknown name is compared with every step's: past the budget the rest of the errors
+    // come without help, so that thousands of them cost no more than a few.
+    let text = many_steps(3_000, |i| {
+        format!("{{name: step-{i:05}, dependsOn: [stpe-{i:05}], script: x}}")
+    });
+    let checked = spec::check(&text);
+    let errors: Vec<_> = checked.diagnostics.errors().collect();
+    assert_eq!(errors.len(), 3_000);
+    assert_eq!(
+        errors[0].help.as_deref(),
+        Some("did you mean `step-00000`?"),
+        "{:?}",
+        errors[0]
+    );
+    let helped = errors.iter().filter(|d| d.help.is_some()).count();
+    assert!((1..100).contains(&helped), "{helped} errors with help");
+    assert!(
+        errors.iter().all(|d| d
+            .message
+            .starts_with("`dependsOn` names an unknown step `stpe-")),
+        "{:?}",
+        errors.iter().find(|d| !d.message.contains("unknown step"))
+    );
+}
