@@ -49,6 +49,25 @@ impl Forge {
         }
     }
 
+    /// The forge's name as it writes it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Forge::Github => "GitHub",
+            Forge::Gitlab => "GitLab",
+            Forge::Bitbucket => "Bitbucket",
+        }
+    }
+
+    /// The longest comment the forge takes, in characters. GitHub refuses a longer one with 422
+    /// ("Body is too long (maximum is 65536 characters)"); GitLab's notes take 1,000,000.
+    /// Bitbucket Cloud documents no limit, so Gantry keeps to GitHub's there.
+    pub fn max_comment_chars(self) -> usize {
+        match self {
+            Forge::Github | Forge::Bitbucket => 65_536,
+            Forge::Gitlab => 1_000_000,
+        }
+    }
+
     /// The refspec that fetches a pull request's head into a mirror, as `refs/gantry/pr/<n>`.
     pub fn pr_refspec(self, number: u64) -> Option<String> {
         self.pr_head_ref(number)

@@ -208,12 +208,71 @@ fn code_tags(title: &str) -> String {
     out
 }
 
-/// The comment's text for a pull request.
+/// How much of each run the comment shows: everything when it fits the forge's limit, less when
+/// not (a comment past it is refused, and the PR would show none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detail {
+    /// Every step, the outputs, publications, summaries and failed steps' last lines.
+    Full,
+    /// Each run's message and its first `BRIEF_STEPS` steps; `BRIEF_ERRORS` validation errors.
+    Brief,
+    /// The table of runs and `BRIEF_ERRORS` validation errors.
+    Table,
+}
+
+/// The steps a run lists in a brief comment.
+const BRIEF_STEPS: usize = 30;
+
+/// The validation errors a brief comment lists.
+const BRIEF_ERRORS: usize = 20;
+
+/// The comment's text for a pull request, within the forge's limit
+/// ([`Forge::max_comment_chars`]): when all of it is too long, each run's details shrink to its
+/// steps, then to its row of the table (each run's page has everything), with a line saying so;
+/// past that (hundreds of pipelines), the table keeps the rows that fit.
 pub fn render(
     store: &Store,
     pr: &PrRecord,
     public_url: &str,
     forge: Forge,
+) -> Result<String, StoreError> {
+    let limit = forge.max_comment_chars();
+    let full = render_at(store, pr, public_url, forge, Detail::Full)?;
+    if full.chars().count() <= limit {
+        return Ok(full);
+    }
+    let note = format!(
+        "\n_Cut to fit {}'s limit of {limit} characters: each run's page shows all of it._\n",
+        forge.title()
+    );
+    let room = limit.saturating_sub(note.chars().count());
+    let mut text = String::new();
+    for detail in [Detail::Brief, Detail::Table] {
+        text = render_at(store, pr, public_url, forge, detail)?;
+        if text.chars().count() <= room {
+            return Ok(text + &note);
+        }
+    }
+    // Whole lines of the table, as many as fit.
+    let mut cut = String::new();
+    let mut used = 0;
+    for line in text.split_inclusive('\n') {
+        let n = line.chars().count();
+        if used + n > room {
+            break;
+        }
+        cut.push_str(line);
+        used += n;
+    }
+    Ok(cut + &note)
+}
+
+fn render_at(
+    store: &Store,
+    pr: &PrRecord,
+    public_url: &str,
+    forge: Forge,
+    detail: Detail,
 ) -> Result<String, StoreError> {
     let fold = Fold::for_forge(forge);
     let short = &pr.head_sha[..pr.head_sha.len().min(7)];
@@ -243,6 +302,9 @@ pub fn render(
             run.status.as_str(),
             run.number
         ));
+        if detail == Detail::Table {
+            continue;
+        }
         let steps = store.steps(&run.id)?;
         let outputs = store.outputs(&run.id)?;
         details.push_str(&fold.open(&format!(
@@ -254,7 +316,11 @@ pub fn render(
         if let Some(m) = &run.message {
             details.push_str(&format!("{}\n\n", quoted(&secrets.mask(m))));
         }
-        for step in &steps {
+        let listed = match detail {
+            Detail::Full => steps.len(),
+            Detail::Brief | Detail::Table => steps.len().min(BRIEF_STEPS),
+        };
+        for step in &steps[..listed] {
             let took = step.duration_ms().map(seconds).unwrap_or_default();
             let note = step
                 .message
@@ -273,6 +339,16 @@ pub fn render(
                 step.name,
                 step.state.as_str()
             ));
+        }
+        if listed < steps.len() {
+            details.push_str(&format!(
+                "- … and {} more steps: [the run's page]({url}) lists them\n",
+                steps.len() - listed
+            ));
+        }
+        if detail != Detail::Full {
+            details.push_str(fold.close());
+            continue;
         }
         let shown: Vec<String> = outputs
             .iter()
@@ -304,10 +380,16 @@ pub fn render(
     out.push_str(&details);
     if !pr.invalid.is_empty() {
         out.push_str("\n**Pipelines that fail validation on this head**\n\n```text\n");
-        for errors in pr.invalid.values() {
-            for e in errors {
-                out.push_str(&format!("{}\n", one_line(&e.to_string())));
-            }
+        let errors: Vec<_> = pr.invalid.values().flatten().collect();
+        let listed = match detail {
+            Detail::Full => errors.len(),
+            Detail::Brief | Detail::Table => errors.len().min(BRIEF_ERRORS),
+        };
+        for e in &errors[..listed] {
+            out.push_str(&format!("{}\n", one_line(&e.to_string())));
+        }
+        if listed < errors.len() {
+            out.push_str(&format!("… and {} more errors\n", errors.len() - listed));
         }
         out.push_str("```\n");
     }

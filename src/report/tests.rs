@@ -571,3 +571,157 @@ Published to the marketplace:
         assert!(!text.contains("hunter2"));
     }
 }
+
+/// A finished run of a pipeline of `steps` steps, each with a summary of `summary` characters.
+fn run_with_summaries(store: &Store, steps: usize, summary: usize) -> RunRecord {
+    let mut text = String::from(
+        "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata:\n  name: provision-db\nsteps:\n",
+    );
+    for i in 0..steps {
+        text.push_str(&format!("  - name: s{i}\n    script: echo hi\n"));
+    }
+    let run = pr_run(
+        store,
+        &text,
+        (
+            "0123456789abcdef0123456789abcdef01234567",
+            "refs/heads/feature",
+        ),
+        7,
+    );
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
+        .single()
+        .expect("time");
+    for i in 0..steps {
+        store
+            .update_step(&run.id, i, |s| {
+                s.state = StepState::Succeeded;
+                s.started_at = Some(start);
+                s.finished_at = Some(start + chrono::Duration::milliseconds(100));
+                s.summary = Some(format!("{i} {}", "x".repeat(summary)));
+            })
+            .expect("step");
+    }
+    store
+        .update_run(&run.id, |r| {
+            r.status = RunStatus::Succeeded;
+            r.started_at = Some(start);
+            r.finished_at = Some(start + chrono::Duration::milliseconds(2500));
+        })
+        .expect("end")
+}
+
+#[test]
+fn a_comment_past_the_forges_limit_shrinks_to_each_runs_steps_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    // 32 summaries of 8,000 characters: four times what GitHub takes in a comment.
+    let run = run_with_summaries(&store, 32, 8_000);
+    let invalid: Vec<PipelineError> = (1..=25)
+        .map(|line| PipelineError {
+            path: ".gantry/pipelines/cache.yaml".into(),
+            line,
+            column: 3,
+            message: "unknown field `stpes`".into(),
+        })
+        .collect();
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        runs: [("provision-db".to_string(), run.id.clone())].into(),
+        invalid: [(".gantry/pipelines/cache.yaml".to_string(), invalid)].into(),
+        ..PrRecord::default()
+    };
+    let text =
+        comment::render(&store, &pr, "https://gantry.example.com", Forge::Github).expect("render");
+    let mut expected = format!(
+        "<!-- gantry:pr-comment -->
+### Gantry on `0123456`
+
+| Pipeline | Status | Duration | Run |
+|---|---|---|---|
+| `provision-db` | ✅ succeeded | 2.5s | [#1](https://gantry.example.com/runs/{id}) |
+
+<details><summary><code>provision-db</code> #1: succeeded</summary>
+
+",
+        id = run.id
+    );
+    for i in 0..30 {
+        expected.push_str(&format!("- ✅ `s{i}` succeeded 0.1s\n"));
+    }
+    expected.push_str(&format!(
+        "- … and 2 more steps: [the run's page](https://gantry.example.com/runs/{id}) lists them
+
+</details>
+
+**Pipelines that fail validation on this head**
+
+```text
+",
+        id = run.id
+    ));
+    for line in 1..=20 {
+        expected.push_str(&format!(
+            ".gantry/pipelines/cache.yaml:{line}:3: unknown field `stpes`\n"
+        ));
+    }
+    expected.push_str(
+        "… and 5 more errors
+```
+
+_Cut to fit GitHub's limit of 65536 characters: each run's page shows all of it._
+",
+    );
+    assert_eq!(text, expected);
+    // GitLab takes it all.
+    let text =
+        comment::render(&store, &pr, "https://gantry.example.com", Forge::Gitlab).expect("render");
+    assert!(text.chars().count() > 256_000, "{}", text.len());
+    assert!(!text.contains("Cut to fit"));
+}
+
+#[test]
+fn a_table_of_runs_past_the_limit_keeps_the_rows_that_fit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = run_with_summaries(&store, 1, 10);
+    // More pipelines than rows of the table fit in a comment (each row is about 210 characters).
+    let name = "a-pipeline-with-a-long-name-".repeat(4);
+    let runs = (0..1_000)
+        .map(|i| (format!("{name}{i:04}"), run.id.clone()))
+        .collect();
+    let pr = PrRecord {
+        source: "infra".into(),
+        number: 7,
+        head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        runs,
+        ..PrRecord::default()
+    };
+    for forge in [Forge::Github, Forge::Bitbucket] {
+        let text =
+            comment::render(&store, &pr, "https://gantry.example.com", forge).expect("render");
+        assert!(text.chars().count() <= 65_536, "{}", text.chars().count());
+        assert!(text.chars().count() > 60_000, "{}", text.chars().count());
+        assert!(text.starts_with(comment::MARKER), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        let rows: Vec<&&str> = lines.iter().filter(|l| l.starts_with("| `")).collect();
+        assert!(rows.len() > 250 && rows.len() < 1_000, "{}", rows.len());
+        assert!(
+            rows.iter().all(|r| r.ends_with(") |")),
+            "every row is whole"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(
+                &format!(
+                    "_Cut to fit {}'s limit of 65536 characters: each run's page shows all of it._",
+                    forge.title()
+                )
+                .as_str()
+            )
+        );
+    }
+}
