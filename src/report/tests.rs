@@ -48,10 +48,11 @@ fn pr_run(store: &Store, pipeline: &str, (sha, reference): (&str, &str), pr: u64
         .expect("run")
 }
 
-fn finished_run(store: &Store) -> RunRecord {
+/// A queued run of `pipeline` on PR 7's head, and the time it is said to start.
+fn feature_run(store: &Store, pipeline: &str) -> (RunRecord, chrono::DateTime<Utc>) {
     let run = pr_run(
         store,
-        PIPELINE,
+        pipeline,
         (
             "0123456789abcdef0123456789abcdef01234567",
             "refs/heads/feature",
@@ -62,6 +63,11 @@ fn finished_run(store: &Store) -> RunRecord {
         .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
         .single()
         .expect("time");
+    (run, start)
+}
+
+fn finished_run(store: &Store) -> RunRecord {
+    let (run, start) = feature_run(store, PIPELINE);
     let end = start + chrono::Duration::milliseconds(2500);
     store
         .update_step(&run.id, 0, |s| {
@@ -580,19 +586,7 @@ fn run_with_summaries(store: &Store, steps: usize, summary: usize) -> RunRecord 
     for i in 0..steps {
         text.push_str(&format!("  - name: s{i}\n    script: echo hi\n"));
     }
-    let run = pr_run(
-        store,
-        &text,
-        (
-            "0123456789abcdef0123456789abcdef01234567",
-            "refs/heads/feature",
-        ),
-        7,
-    );
-    let start = Utc
-        .with_ymd_and_hms(2026, 11, 28, 10, 0, 0)
-        .single()
-        .expect("time");
+    let (run, start) = feature_run(store, &text);
     for i in 0..steps {
         store
             .update_step(&run.id, i, |s| {
