@@ -3,6 +3,7 @@
 //! A diagnostic knows its position in the file; it is rendered against the file's text so the user
 //! sees the offending line with a marker under the span, in the manner of rustc and ripgrep.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -134,34 +135,90 @@ impl Style {
 pub fn render(path: &str, source: &str, diagnostic: &Diagnostic, style: Style) -> String {
     let quoted = source
         .lines()
-        .nth(diagnostic.pos.line.saturating_sub(1) as usize);
-    render_quoting(path, quoted, diagnostic, style)
+        .nth(diagnostic.pos.line.saturating_sub(1) as usize)
+        .map(Quoted::new);
+    render_quoting(path, quoted.as_ref(), diagnostic, style)
 }
 
 /// A file's lines, found once for rendering many diagnostics of it: [`render`] looks for its line
 /// from the start of the file, which for every error of a file with thousands of them was most
 /// of the time of a check (9,000 errors in a 650 KB file: a second).
-pub struct Lines<'a>(Vec<&'a str>);
+pub struct Lines<'a>(Vec<Quoted<'a>>);
 
 impl<'a> Lines<'a> {
     pub fn of(source: &'a str) -> Lines<'a> {
-        Lines(source.lines().collect())
+        Lines(source.lines().map(Quoted::new).collect())
     }
 
     /// [`render`], with the line looked up here.
     pub fn render(&self, path: &str, diagnostic: &Diagnostic, style: Style) -> String {
-        let quoted = self
-            .0
-            .get(diagnostic.pos.line.saturating_sub(1) as usize)
-            .copied();
+        let quoted = self.0.get(diagnostic.pos.line.saturating_sub(1) as usize);
         render_quoting(path, quoted, diagnostic, style)
+    }
+}
+
+/// Characters between two of a long line's marks (see [`Quoted`]).
+const STRIDE: usize = 256;
+
+/// A line as a diagnostic quotes it: its text (without a trailing `\r`), its length in
+/// characters, and for a long line that is not ASCII, the byte where every `STRIDE`th character
+/// starts, so that finding a column costs a few hundred steps, not the line's length, for each
+/// of the errors of one long line.
+struct Quoted<'a> {
+    text: &'a str,
+    ascii: bool,
+    chars: usize,
+    marks: Vec<usize>,
+}
+
+impl<'a> Quoted<'a> {
+    fn new(line: &'a str) -> Quoted<'a> {
+        let text = line.trim_end_matches('\r');
+        let ascii = text.is_ascii();
+        let (chars, marks) = if ascii {
+            (text.len(), Vec::new())
+        } else if text.len() > QUOTE_MAX {
+            let marks = text
+                .char_indices()
+                .step_by(STRIDE)
+                .map(|(b, _)| b)
+                .collect();
+            (text.chars().count(), marks)
+        } else {
+            (text.chars().count(), Vec::new())
+        };
+        Quoted {
+            text,
+            ascii,
+            chars,
+            marks,
+        }
+    }
+
+    /// The byte where character `n` starts (the end of the line for `n` past it).
+    fn byte(&self, n: usize) -> usize {
+        if n >= self.chars {
+            return self.text.len();
+        }
+        if self.ascii {
+            return n;
+        }
+        let k = (n / STRIDE).min(self.marks.len().saturating_sub(1));
+        let (base, skip) = match self.marks.get(k) {
+            Some(&b) => (b, n - k * STRIDE),
+            None => (0, n),
+        };
+        self.text[base..]
+            .char_indices()
+            .nth(skip)
+            .map_or(self.text.len(), |(b, _)| base + b)
     }
 }
 
 /// [`render`] with the diagnostic's line given (`None`: past the end of the file).
 fn render_quoting(
     path: &str,
-    quoted: Option<&str>,
+    quoted: Option<&Quoted<'_>>,
     diagnostic: &Diagnostic,
     style: Style,
 ) -> String {
@@ -178,13 +235,13 @@ fn render_quoting(
         style.paint(level_code, diagnostic.severity.as_str()),
         style.paint("1", &diagnostic.message)
     );
-    let Some(text) = quoted else {
+    let Some(quoted) = quoted else {
         if let Some(help) = &diagnostic.help {
             let _ = writeln!(out, "  = help: {help}");
         }
         return out;
     };
-    let text = text.trim_end_matches('\r');
+    let (text, start, width) = excerpt(quoted, col.saturating_sub(1) as usize, len as usize);
     let number = line.to_string();
     let gutter = " ".repeat(number.len());
     let bar = style.paint("1;34", "|");
@@ -193,15 +250,11 @@ fn render_quoting(
         out,
         "{} {bar} {}",
         style.paint("1;34", &number),
-        expand_tabs(text)
+        expand_tabs(&text)
     );
     // The marker is placed in characters, with tabs expanded the same way as the quoted line.
-    let chars: Vec<char> = text.chars().collect();
-    let start = (col.saturating_sub(1) as usize).min(chars.len());
-    let prefix: String = chars[..start].iter().collect();
+    let prefix: String = text.chars().take(start).collect();
     let indent = expand_tabs(&prefix).chars().count();
-    let available = chars.len().saturating_sub(start).max(1);
-    let width = (len as usize).clamp(1, available);
     let marker = "^".repeat(width);
     let help = diagnostic
         .help
@@ -216,6 +269,41 @@ fn render_quoting(
         style.paint(marker_code, &help)
     );
     out
+}
+
+/// The most characters of a line a diagnostic quotes. A longer line is quoted from
+/// `QUOTE_CONTEXT` characters before the marker, with `…` where it is cut, so that the errors of
+/// one long line (a script with 80,000 references) each cost what they show, not the whole line.
+const QUOTE_MAX: usize = 240;
+
+/// Characters quoted before the marker of a long line.
+const QUOTE_CONTEXT: usize = 60;
+
+/// What of `line` to quote for a marker at character `col` (0-based) of `len` characters: the
+/// text, the character of it where the marker starts, and the marker's width (at least 1, at
+/// most what the text has from there).
+fn excerpt<'a>(line: &Quoted<'a>, col: usize, len: usize) -> (Cow<'a, str>, usize, usize) {
+    let total = line.chars;
+    let start = col.min(total);
+    if total <= QUOTE_MAX {
+        let width = len.clamp(1, (total - start).max(1));
+        return (Cow::Borrowed(line.text), start, width);
+    }
+    let from = start.saturating_sub(QUOTE_CONTEXT);
+    let to = (from + QUOTE_MAX).min(total);
+    let lead = usize::from(from > 0);
+    let shown = format!(
+        "{}{}{}",
+        if from > 0 { "…" } else { "" },
+        &line.text[line.byte(from)..line.byte(to)],
+        if to < total { "…" } else { "" }
+    );
+    let available = (to - from).saturating_sub(start - from);
+    (
+        Cow::Owned(shown),
+        start - from + lead,
+        len.clamp(1, available.max(1)),
+    )
 }
 
 fn expand_tabs(text: &str) -> String {
@@ -307,6 +395,41 @@ mod tests {
         let d = Diagnostic::error(Pos::new(1, 4, 40), "bad");
         let text = render("p.yaml", source, &d, Style::default());
         assert!(text.ends_with("  |    ^\n"), "{text}");
+    }
+
+    #[test]
+    fn a_long_line_is_quoted_around_its_marker() {
+        // 1,000 characters, the marker on `{{x}}` at character 500.
+        let line = format!("{}{{{{x}}}}{}", "a".repeat(500), "b".repeat(495));
+        let d = Diagnostic::error(Pos::new(1, 501, 5), "unknown `x`");
+        let text = render("p.yaml", &line, &d, Style::default());
+        let quoted = format!("…{}{{{{x}}}}{}…", "a".repeat(60), "b".repeat(175));
+        let marker = format!("  | {}^^^^^", " ".repeat(61));
+        assert_eq!(
+            text,
+            format!("p.yaml:1:501: error: unknown `x`\n  |\n1 | {quoted}\n{marker}\n")
+        );
+        // Near the start: nothing cut before. Not ASCII: counted in characters all the same.
+        let line = format!("é{{{{x}}}}{}", "é".repeat(400));
+        let d = Diagnostic::error(Pos::new(1, 2, 5), "unknown `x`");
+        let text = render("p.yaml", &line, &d, Style::default());
+        let quoted = format!("é{{{{x}}}}{}…", "é".repeat(234));
+        assert_eq!(
+            text,
+            format!("p.yaml:1:2: error: unknown `x`\n  |\n1 | {quoted}\n  |  ^^^^^\n")
+        );
+        // A marker past the end of a long line stays at its end.
+        let line = "c".repeat(300);
+        let d = Diagnostic::error(Pos::new(1, 400, 3), "past the end");
+        let text = render("p.yaml", &line, &d, Style::default());
+        assert!(
+            text.ends_with(&format!(
+                "1 | …{}\n  | {}^\n",
+                "c".repeat(60),
+                " ".repeat(61)
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod values;
 pub mod when;
 pub mod yaml;
 
+use std::collections::{HashMap, HashSet};
+
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use model::Pipeline;
 pub use yaml::{Limits, Pos};
@@ -95,12 +97,19 @@ pub fn check_named(source: &str, limits: &Limits, file_name: Option<&str>) -> Ch
         }
     }
     // Where the Choreo reading reported an error already, the native one would say it twice.
+    // What each position has (whether an error, and which messages), so that a file with tens
+    // of thousands of diagnostics is not compared pair by pair.
+    let mut said: HashMap<(u32, u32, u32), (bool, HashSet<String>)> = HashMap::new();
+    for e in &diagnostics.0 {
+        let at = said.entry((e.pos.line, e.pos.col, e.pos.len)).or_default();
+        at.0 |= e.is_error();
+        at.1.insert(e.message.clone());
+    }
     for d in native.0 {
-        if !diagnostics
-            .0
-            .iter()
-            .any(|e| e.pos == d.pos && (e.is_error() || e.message == d.message))
-        {
+        let at = said.entry((d.pos.line, d.pos.col, d.pos.len)).or_default();
+        if !at.0 && !at.1.contains(&d.message) {
+            at.0 |= d.is_error();
+            at.1.insert(d.message.clone());
             diagnostics.push(d);
         }
     }

@@ -190,6 +190,12 @@ impl<'n> Fields<'n> {
 struct Cx<'s> {
     source: &'s str,
     line_starts: Vec<usize>,
+    /// Whether the file is ASCII: then a column is a byte count, found without counting.
+    ascii: bool,
+    /// The last position found in a file that is not ASCII (line index, byte offset, column):
+    /// positions come mostly in order, so the next one on that line counts on from it, not from
+    /// the line's start (tens of thousands of references on one long line).
+    last: std::cell::Cell<(usize, usize, usize)>,
     diags: Diagnostics,
     /// Names of the file's templates, known before the steps are read.
     template_names: Vec<String>,
@@ -205,6 +211,8 @@ impl<'s> Cx<'s> {
         Cx {
             source,
             line_starts,
+            ascii: source.is_ascii(),
+            last: std::cell::Cell::new((0, 0, 0)),
             diags: Diagnostics::default(),
             template_names: Vec::new(),
             param_kinds: Vec::new(),
@@ -253,11 +261,19 @@ impl<'s> Cx<'s> {
             Err(i) => i.saturating_sub(1),
         };
         let start = self.line_starts[line_idx];
-        let col = self
-            .source
-            .get(start..offset)
-            .map(|s| s.chars().count())
-            .unwrap_or(0);
+        let col = match self.source.get(start..offset) {
+            Some(s) if self.ascii => s.len(),
+            Some(s) => {
+                let (line, at, col) = self.last.get();
+                let col = match self.source.get(at..offset) {
+                    Some(more) if line == line_idx && at >= start => col + more.chars().count(),
+                    _ => s.chars().count(),
+                };
+                self.last.set((line_idx, offset, col));
+                col
+            }
+            None => 0,
+        };
         Pos::new(line_idx as u32 + 1, col as u32 + 1, len as u32)
     }
 

@@ -272,10 +272,21 @@ fn tokenize(s: &str) -> Result<Vec<Token>, WhenError> {
     Ok(out)
 }
 
+/// The deepest a condition may nest `(` and `!`: the parser, and everything that walks a
+/// condition, recurse once per level (200,000 `(` overflowed the stack and ended the process).
+pub const MAX_DEPTH: usize = 32;
+
+/// The most operands a condition may have: `a && b && ...` nests one level per operator too.
+pub const MAX_OPERANDS: usize = 256;
+
 struct Parser<'a, L: FnMut(usize, &str) -> Pos> {
     tokens: Vec<Token>,
     at: usize,
     end: usize,
+    /// `(` and `!` open around the token at `at`.
+    depth: usize,
+    /// Operands read so far.
+    operands: usize,
     locate: &'a mut L,
     /// Malformed `{{...}}` found in operands; parsing goes on so that all of them are reported.
     expr_errors: Vec<WhenError>,
@@ -323,21 +334,36 @@ impl<L: FnMut(usize, &str) -> Pos> Parser<'_, L> {
         Ok(left)
     }
 
+    /// One more level of `(` or `!` (the token at `at`), within [`MAX_DEPTH`].
+    fn deeper(&mut self) -> Result<(), WhenError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error_here(&format!(
+                "the condition nests `(` and `!` deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        self.depth += 1;
+        self.at += 1;
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<When, WhenError> {
         if self.peek() == Some(&Tok::Not) {
-            self.at += 1;
-            return Ok(When::Not(Box::new(self.unary()?)));
+            self.deeper()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(When::Not(Box::new(inner)));
         }
         self.primary()
     }
 
     fn primary(&mut self) -> Result<When, WhenError> {
         if self.peek() == Some(&Tok::LParen) {
-            self.at += 1;
+            self.deeper()?;
             let inner = self.or()?;
             if self.peek() != Some(&Tok::RParen) {
                 return Err(self.error_here("expected `)`"));
             }
+            self.depth -= 1;
             self.at += 1;
             return Ok(inner);
         }
@@ -369,6 +395,12 @@ impl<L: FnMut(usize, &str) -> Pos> Parser<'_, L> {
         let Tok::Operand { text, quote } = token.tok else {
             return Err(self.error_here("expected a value"));
         };
+        if self.operands >= MAX_OPERANDS {
+            return Err(self.error_here(&format!(
+                "the condition has more than {MAX_OPERANDS} operands"
+            )));
+        }
+        self.operands += 1;
         self.at += 1;
         let base = token.content_offset;
         let locate = &mut *self.locate;
@@ -413,6 +445,8 @@ where
         tokens,
         at: 0,
         end,
+        depth: 0,
+        operands: 0,
         locate: &mut locate,
         expr_errors: Vec::new(),
     };
@@ -530,6 +564,39 @@ mod tests {
         let errors = parse_all("{{parms.a}} == 1 &&").unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[1].message.contains("expected a value"), "{errors:?}");
+    }
+
+    #[test]
+    fn deep_or_long_conditions_are_refused_before_they_nest_too_deep() {
+        // Within the limits: parsed and evaluated.
+        let deep = format!("{}true{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert_eq!(eval(&deep, &[]), Ok(true));
+        let nots = format!("{}true", "!".repeat(MAX_DEPTH));
+        assert_eq!(eval(&nots, &[]), Ok(true));
+        let long = vec!["true"; MAX_OPERANDS].join(" && ");
+        assert_eq!(eval(&long, &[]), Ok(true));
+        // One past them: an error at the token that goes past, not a stack overflow (200,000
+        // parentheses ended the process).
+        for (text, at) in [
+            (
+                format!("{}true{}", "(".repeat(200_000), ")".repeat(200_000)),
+                MAX_DEPTH,
+            ),
+            (format!("{}true", "!".repeat(400_000)), MAX_DEPTH),
+            (
+                vec!["true"; 40_000].join(" && "),
+                MAX_OPERANDS * "true && ".len(),
+            ),
+        ] {
+            let errors = parse_all(&text).expect_err("refused");
+            let last = errors.last().expect("an error");
+            assert!(
+                last.message.contains("deeper than 32 levels")
+                    || last.message.contains("more than 256 operands"),
+                "{last:?}"
+            );
+            assert_eq!(last.offset, at, "{last:?}");
+        }
     }
 
     #[test]

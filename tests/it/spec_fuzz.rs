@@ -350,10 +350,21 @@ fn long_pipelines_within_the_limits_check_in_memory_that_grows_with_the_file() {
     let unknown = many_steps(9_000, |i| {
         format!("{{name: step-number-{i:06}-abcdefghij, dependsOn: [zz{i}], script: x}}")
     });
+    // A condition 200,000 parentheses deep overflowed the stack (the process ended); 80,000
+    // references on one line (not ASCII) took a minute to locate and quote.
+    let head = "apiVersion: gantry.dev/v1\nkind: Pipeline\nmetadata: {name: w}\nparameters:\n  - {name: p, default: a}\nsteps:\n  - name: a\n";
+    let deep = format!(
+        "{head}    when: \"{}true{}\"\n    script: x\n",
+        "(".repeat(200_000),
+        ")".repeat(200_000)
+    );
+    let line = format!("{head}    script: \"é{}\"\n", "{{params.p}}".repeat(80_000));
     for (what, text, code) in [
         ("a dependsOn chain", chain, 0),
         ("a sequence", sequence, 0),
         ("steps naming unknown ones", unknown, 1),
+        ("a deep condition", deep, 1),
+        ("a long line of references", line, 0),
     ] {
         assert!(
             text.len() < 1024 * 1024,
