@@ -407,3 +407,47 @@ fn did_you_mean_help_stops_at_its_budget_and_every_error_is_still_reported() {
         errors.iter().find(|d| !d.message.contains("unknown step"))
     );
 }
+
+/// A Choreo file of `calls` steps that each call one containerSet template of `containers`.
+fn container_sets(containers: usize, calls: usize) -> String {
+    let mut text = String::from("templates:\n  - name: t\n    containerSet:\n      containers:\n");
+    for i in 0..containers {
+        text.push_str(&format!(
+            "        - {{name: c{i}, image: a, command: [sh], args: [x]}}\n"
+        ));
+    }
+    text.push_str("steps:\n");
+    for i in 0..calls {
+        text.push_str(&format!("  - {{name: s{i}, template: t}}\n"));
+    }
+    text
+}
+
+#[test]
+fn a_small_choreo_file_cannot_expand_to_a_huge_pipeline() {
+    // 17 KB: 400 steps that each call a containerSet of 100 containers stood for 40,000 steps
+    // and 4 million dependsOn entries (18 s and 590 MB to check); now it is refused at the step
+    // where either passes its limit.
+    let checked = spec::check_file(&container_sets(100, 400), Some("sets.yaml"));
+    assert!(checked.pipeline.is_none());
+    let errors: Vec<String> = checked
+        .diagnostics
+        .errors()
+        .map(|d| format!("{}:{} {}", d.pos.line, d.pos.col, d.message))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "117:5 the pipeline expands to more than 100000 `dependsOn` entries",
+            "307:5 the pipeline expands to more than 20000 steps",
+        ],
+        "{errors:?}"
+    );
+    // Within the limits, the same shape checks: 100 calls of a set of 30 containers.
+    let checked = spec::check_file(&container_sets(30, 100), Some("sets.yaml"));
+    assert!(
+        checked.pipeline.is_some(),
+        "{:?}",
+        checked.diagnostics.errors().next()
+    );
+}
