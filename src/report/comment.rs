@@ -253,16 +253,22 @@ pub fn render(
             return Ok(text + &note);
         }
     }
-    // Whole lines of the table, as many as fit.
+    // Whole lines of the table, as many as fit (and a code block cut open is closed).
+    let room = room.saturating_sub(4);
     let mut cut = String::new();
     let mut used = 0;
+    let mut fenced = false;
     for line in text.split_inclusive('\n') {
         let n = line.chars().count();
         if used + n > room {
             break;
         }
+        fenced ^= line.starts_with("```");
         cut.push_str(line);
         used += n;
+    }
+    if fenced {
+        cut.push_str("```\n");
     }
     Ok(cut + &note)
 }

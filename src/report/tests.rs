@@ -719,3 +719,41 @@ fn a_table_of_runs_past_the_limit_keeps_the_rows_that_fit() {
         );
     }
 }
+
+#[test]
+fn a_comment_cut_inside_its_validation_errors_closes_their_code_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let run = run_with_summaries(&store, 1, 10);
+    let name = "a-pipeline-with-a-long-name-".repeat(4);
+    let invalid: Vec<PipelineError> = (1..=20)
+        .map(|line| PipelineError {
+            path: "p.yaml".into(),
+            line,
+            column: 1,
+            message: "x".repeat(150),
+        })
+        .collect();
+    // Around the number of rows where the table alone fits and the errors after it do not: some
+    // of these are cut inside the errors' code block (322 rows, for one).
+    for n in 295..330 {
+        let pr = PrRecord {
+            source: "infra".into(),
+            number: 7,
+            head_sha: "0123456789abcdef0123456789abcdef01234567".into(),
+            runs: (0..n)
+                .map(|i| (format!("{name}{i:04}"), run.id.clone()))
+                .collect(),
+            invalid: [("p.yaml".to_string(), invalid.clone())].into(),
+            ..PrRecord::default()
+        };
+        let text = comment::render(&store, &pr, "http://g", Forge::Github).expect("render");
+        assert!(
+            text.chars().count() <= 65_536,
+            "{n}: {}",
+            text.chars().count()
+        );
+        let fences = text.lines().filter(|l| l.starts_with("```")).count();
+        assert_eq!(fences % 2, 0, "{n}: a code block left open");
+    }
+}
