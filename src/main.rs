@@ -19,5 +19,9 @@ fn main() -> ExitCode {
         return ExitCode::from(gantry::executor::local::spawner::serve(&rest));
     }
     let cli = gantry::cli::Cli::parse();
-    ExitCode::from(gantry::cli::run(cli))
+    let code = gantry::cli::run(cli);
+    // The control groups of the last sandboxes are removed on a thread of their own (the kernel
+    // empties them a little after the sandbox is reaped): none is left behind by an exit.
+    gantry::executor::local::cgroup::settle(std::time::Duration::from_secs(10));
+    ExitCode::from(code)
 }
