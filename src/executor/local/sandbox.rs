@@ -540,6 +540,42 @@ const ETC_FILES: [&str; 12] = [
 /// A file of `ETC_FILES` larger than this is bound instead of copied.
 const MAX_ETC_COPY: u64 = 4 << 20;
 
+/// What a sandbox is started for (see [`Jail::start`]).
+struct Wanted {
+    user: Option<StepUser>,
+    run_dir: PathBuf,
+    network: bool,
+    run_id: String,
+}
+
+/// A bubblewrap started for a sandbox, before its spawner said it is ready.
+struct Launched {
+    child: Unclaimed,
+    /// Gantry's end of the spawner's socket.
+    ours: UnixStream,
+    group: Option<super::cgroup::RunGroup>,
+    net: Option<super::netns::RunNet>,
+}
+
+/// Bubblewrap's process until the start that made it goes on with it: killed and reaped when
+/// dropped unclaimed (the start's future was dropped while its blocking thread launched it).
+struct Unclaimed(Option<Child>);
+
+impl Unclaimed {
+    fn claim(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Jail {
     /// Starts the sandbox for the run whose directory is `run_dir` and waits until its spawner
     /// answers. `network: false` gives it a network namespace of its own (loopback only).
@@ -555,7 +591,13 @@ impl Jail {
         let mut tries = 0;
         loop {
             tries += 1;
-            match Jail::start_once(config, user, run_dir, network, run_id).await {
+            let wanted = Wanted {
+                user,
+                run_dir: run_dir.to_path_buf(),
+                network,
+                run_id: run_id.to_string(),
+            };
+            match Jail::start_once(config, wanted).await {
                 Err(e) if e.contains("loopback: Failed") && tries < 3 => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -564,13 +606,17 @@ impl Jail {
         }
     }
 
-    async fn start_once(
-        config: &Bubblewrap,
-        user: Option<StepUser>,
-        run_dir: &Path,
-        network: bool,
-        run_id: &str,
-    ) -> Result<Arc<Jail>, String> {
+    /// Everything of a start that blocks (reading `/etc`, making the control group, bubblewrap's
+    /// fork and exec, joining the group, which on cgroup v1 waits for an RCU grace period, and
+    /// the network's setup): on a blocking thread, so that the runtime's thread goes on with the
+    /// runs it serves (a spare warming beside a run held that run's steps for 3 to 25 ms).
+    fn launch(config: &Bubblewrap, wanted: &Wanted) -> Result<Launched, String> {
+        let Wanted {
+            user,
+            ref run_dir,
+            network,
+            ref run_id,
+        } = *wanted;
         if let Some(user) = user {
             reachable(run_dir, user)?;
         }
@@ -696,12 +742,8 @@ impl Jail {
         let net = match (info, slirp) {
             (Some((info_r, info_w)), Some(slirp)) => {
                 drop(info_w);
-                let connected = tokio::task::spawn_blocking(move || {
-                    let pid = super::netns::child_pid(info_r)?;
-                    super::netns::connect(&slirp, pid)
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("the network setup stopped: {e}")));
+                let connected = super::netns::child_pid(info_r)
+                    .and_then(|pid| super::netns::connect(&slirp, pid));
                 match connected {
                     Ok(net) => Some(net),
                     Err(e) => {
@@ -721,7 +763,31 @@ impl Jail {
             }
             _ => None,
         };
+        Ok(Launched {
+            child: Unclaimed(Some(child)),
+            ours,
+            group,
+            net,
+        })
+    }
 
+    async fn start_once(config: &Bubblewrap, wanted: Wanted) -> Result<Arc<Jail>, String> {
+        let network = wanted.network;
+        let launched = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || Jail::launch(&config, &wanted))
+                .await
+                .unwrap_or_else(|e| Err(format!("the sandbox's start stopped: {e}")))?
+        };
+        let Launched {
+            child,
+            ours,
+            group,
+            net,
+        } = launched;
+        let Some(mut child) = child.claim() else {
+            return Err("the sandbox's start stopped".into());
+        };
         let stderr = Arc::new(Mutex::new(Vec::new()));
         if let Some(pipe) = child.stderr.take() {
             let stderr = stderr.clone();
