@@ -357,6 +357,10 @@ pub enum AttemptHandle {
     Process { pid: u32 },
     /// Work done inside Gantry's own process (a built-in, or an attempt that could not start).
     Builtin,
+    /// Processes in a run's sandbox on this machine: `sandbox` is the host's pid of the sandbox
+    /// (bubblewrap), whose namespaces the step's processes are in (`nsenter --target`); each step
+    /// has a PID namespace of its own inside it.
+    Sandboxed { sandbox: u32 },
     /// A node of an Argo Workflow, and the pod that runs it once there is one.
     Argo {
         workflow: String,

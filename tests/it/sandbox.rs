@@ -118,6 +118,28 @@ unsafe fn libc_geteuid() -> u32 {
     unsafe { geteuid() }
 }
 
+/// A sandboxed program that cannot be executed is said as such (its init reports the errno on
+/// the status pipe; the spawner no longer answers each start), and the run goes on.
+#[test]
+fn a_sandboxed_program_that_cannot_start_says_why() {
+    let s = Scratch::new();
+    let yaml = format!(
+        "{}steps:\n  - - {{name: missing, command: [no-such-program-here]}}\n    - name: interpreter\n      script: |\n        #!/no/such/interpreter\n        echo hi\n    - {{name: fine, script: 'echo fine-ran'}}\n  - {{name: after, script: 'echo after-ran'}}\n",
+        head("unstartable")
+    );
+    let out = s.run_file(&s.pipeline("unstartable.yaml", &yaml), &[]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    for expected in [
+        "cannot start `no-such-program-here`: program not found",
+        "cannot start the script: its interpreter `#!/no/such/interpreter` was not found",
+        "fine-ran",
+    ] {
+        assert!(said.contains(expected), "no {expected:?} in:\n{said}");
+    }
+    assert!(!said.contains("after-ran"), "{said}");
+}
+
 #[test]
 fn hostile_outputs_fail_their_step_with_a_message() {
     let s = Scratch::new();

@@ -8,6 +8,7 @@ use super::LocalSource;
 use super::Shared;
 use super::attempt::AttemptEnd;
 use super::prepare::Job;
+use crate::executor::AttemptHandle;
 use crate::executor::{Event, Publication, StepStatus};
 use crate::source::checkout::{CopyStats, SourceError, checkout_commit, copy_worktree};
 use crate::spec::values::format_duration;
@@ -26,7 +27,9 @@ pub(super) async fn checkout(
     rel: &str,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.started(job.index, attempt, 0).await;
+    shared
+        .started(job.index, attempt, AttemptHandle::Builtin)
+        .await;
     let source = shared.checkout.clone();
     // The copy is written into a staging folder of Gantry's own inside the run directory, which
     // no step can write to (nor, when steps run as another user, enter); it becomes the step
@@ -158,7 +161,9 @@ pub(super) async fn publish(
     publication: &Publication,
     attempt: u32,
 ) -> AttemptEnd {
-    shared.started(job.index, attempt, 0).await;
+    shared
+        .started(job.index, attempt, AttemptHandle::Builtin)
+        .await;
     shared
         .send(Event::Published {
             step: job.index,

@@ -235,13 +235,13 @@ impl Shared {
         let _ = self.events.send(event).await;
     }
 
-    /// Reports that an attempt started; `pid` is 0 when there is no process (a built-in, or an
-    /// attempt that could not start one).
-    async fn started(&self, step: usize, attempt: u32, pid: u32) {
+    /// Reports that an attempt started, as `handle`: `Builtin` when there is no process (a
+    /// built-in, or an attempt that could not start one).
+    async fn started(&self, step: usize, attempt: u32, handle: AttemptHandle) {
         self.send(Event::StepStarted {
             step,
             attempt,
-            handle: AttemptHandle::process(pid),
+            handle,
             at: Utc::now(),
         })
         .await;

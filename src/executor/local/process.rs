@@ -43,9 +43,9 @@ use super::Shared;
 use super::attempt::{AttemptEnd, open_output, strip_newline};
 use super::dirs::fresh_dir;
 use super::prepare::{Job, Program, Spawn};
-use super::sandbox::{Jail, Remote, StepCommand, StepUser};
+use super::sandbox::{Jail, Remote, StepCommand, StepUser, Waited};
 use crate::executor::mask::LineSplitter;
-use crate::executor::{Event, StepStatus, Stream};
+use crate::executor::{AttemptHandle, Event, StepStatus, Stream};
 use crate::spec::values::format_duration;
 
 /// Bytes read from a pipe at a time (a pipe holds 64 KiB by default): a step that writes a lot
@@ -110,21 +110,20 @@ async fn run_in(
     let memory = jail.clone();
     let started = match jail {
         None => start_direct(launch).await,
-        Some(jail) => start_jailed(jail, launch, &shared.stop).await,
+        Some(jail) => start_jailed(jail, launch),
     };
     let (mut child, mut group, out, err) = match started {
         Ok(started) => started,
         Err(e) => return not_started(shared, step, attempt, spawn_error(spawn, &e)).await,
     };
-    let pid = child.pid();
-    shared.started(step, attempt, pid).await;
+    shared.started(step, attempt, child.handle()).await;
 
     let mut logs = Logs::new(shared, job, attempt, &outdir);
     let mut out = Some(out);
     let mut err = Some(err);
     let mut bufs = vec![0u8; 2 * CHUNK];
     let (obuf, ebuf) = bufs.split_at_mut(CHUNK);
-    let mut exit: Option<io::Result<ExitStatus>> = None;
+    let mut exit: Option<io::Result<Waited>> = None;
     let mut phase = Phase::Running;
     let mut ended: Option<Ended> = None;
     let mut abandoned = false;
@@ -200,7 +199,7 @@ async fn run_in(
     drop(group);
 
     let exit_code = match &exit {
-        Some(Ok(status)) => status.code(),
+        Some(Ok(Waited::Exited(status))) => status.code(),
         _ => None,
     };
     let (status, message) = match (ended, exit) {
@@ -215,8 +214,15 @@ async fn run_in(
                 format_duration(job.timeout.unwrap_or_default())
             )),
         ),
-        (None, Some(Ok(status))) if status.success() => (StepStatus::Succeeded, None),
-        (None, Some(Ok(status))) => {
+        (None, Some(Ok(Waited::Exited(status)))) if status.success() => {
+            (StepStatus::Succeeded, None)
+        }
+        // A sandboxed step's program that could not be executed: said as Gantry's own start
+        // of one would be.
+        (None, Some(Ok(Waited::NotStarted(e)))) => {
+            (StepStatus::Error, Some(spawn_error(spawn, &e)))
+        }
+        (None, Some(Ok(Waited::Exited(status)))) => {
             let mut message = describe(status);
             if let Some(jail) = &memory
                 && status.signal() == Some(libc::SIGKILL)
@@ -248,7 +254,7 @@ async fn run_in(
 
 /// An attempt that ended before a process existed.
 async fn not_started(shared: &Shared, step: usize, attempt: u32, message: String) -> AttemptEnd {
-    shared.started(step, attempt, 0).await;
+    shared.started(step, attempt, AttemptHandle::Builtin).await;
     AttemptEnd::new(StepStatus::Error, Some(message))
 }
 
@@ -270,16 +276,18 @@ enum Proc {
 }
 
 impl Proc {
-    fn pid(&self) -> u32 {
+    fn handle(&self) -> AttemptHandle {
         match self {
-            Proc::Direct(child) => child.id().unwrap_or(0),
-            Proc::Jailed(remote) => remote.pid,
+            Proc::Direct(child) => AttemptHandle::process(child.id().unwrap_or(0)),
+            Proc::Jailed(remote) => AttemptHandle::Sandboxed {
+                sandbox: remote.sandbox,
+            },
         }
     }
 
-    async fn wait(&mut self) -> io::Result<ExitStatus> {
+    async fn wait(&mut self) -> io::Result<Waited> {
         match self {
-            Proc::Direct(child) => child.wait().await,
+            Proc::Direct(child) => child.wait().await.map(Waited::Exited),
             Proc::Jailed(remote) => remote.wait().await,
         }
     }
@@ -325,11 +333,7 @@ async fn start_direct(launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
 }
 
 /// Starts `launch` inside the run's sandbox, with two fresh pipes as its stdout and stderr.
-async fn start_jailed(
-    jail: Arc<Jail>,
-    launch: Launch,
-    stop: &tokio_util::sync::CancellationToken,
-) -> io::Result<(Proc, Group, Pipe, Pipe)> {
+fn start_jailed(jail: Arc<Jail>, launch: Launch) -> io::Result<(Proc, Group, Pipe, Pipe)> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let text = |s: &OsString| s.to_string_lossy().into_owned();
@@ -343,7 +347,7 @@ async fn start_jailed(
         path,
         outputs: Some(launch.outputs),
     };
-    let remote = jail.spawn(command, [out_w, err_w], stop).await?;
+    let remote = jail.spawn(command, [out_w, err_w])?;
     let out: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)?);
     let err: Pipe = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)?);
     let group = Group {

@@ -419,15 +419,18 @@ pub fn running_as_root() -> bool {
 }
 
 /// What a step started by the spawner reports.
-struct Waiter {
-    started: Option<oneshot::Sender<Result<u32, i32>>>,
-    exited: Option<oneshot::Sender<i32>>,
+/// How a step ended, when the spawner says it (its init could not write the status pipe).
+enum SaidEnd {
+    /// Init's raw wait status: it was killed before it wrote the program's.
+    Exited(i32),
+    /// The program could not be started (init never cloned it, or died before it could say).
+    Failed(i32),
 }
 
 #[derive(Default)]
 struct Waiters {
     ready: Option<oneshot::Sender<()>>,
-    steps: HashMap<u64, Waiter>,
+    steps: HashMap<u64, oneshot::Sender<SaidEnd>>,
     /// Set when the spawner's socket closed: nothing more will be answered.
     gone: bool,
 }
@@ -435,6 +438,8 @@ struct Waiters {
 /// A run's running sandbox, seen from Gantry.
 pub(super) struct Jail {
     sock: UnixStream,
+    /// Bubblewrap's pid on the host: whose namespaces the run's steps are in.
+    pub pid: u32,
     bwrap: Mutex<Child>,
     next: AtomicU64,
     waiters: Arc<Mutex<Waiters>>,
@@ -462,41 +467,60 @@ pub(super) struct StepCommand {
 /// A step process inside a sandbox.
 pub(super) struct Remote {
     pub id: u64,
-    pub pid: u32,
-    /// Where the step's init writes the program's wait status, straight to Gantry: the quick way
-    /// to hear of the step's end (no hop through the spawner's reaper and Gantry's reader
-    /// thread). `None` once it closed without one: init was killed before it could write, and
-    /// the spawner says how it ended (`exited`).
+    /// Bubblewrap's pid on the host.
+    pub sandbox: u32,
+    /// Where the step's init writes how the step ended ([`spawner::StepEnd`]), straight to
+    /// Gantry: the quick way to hear of it (no hop through the spawner's reaper and Gantry's
+    /// reader thread). `None` once it closed without it: init was killed before it could
+    /// write, or could not start the program, and the spawner says so (`said`).
     status: Option<tokio::net::unix::pipe::Receiver>,
-    exited: oneshot::Receiver<i32>,
+    said: oneshot::Receiver<SaidEnd>,
     waiters: Arc<Mutex<Waiters>>,
 }
 
+/// How a step process ended.
+pub(super) enum Waited {
+    Exited(ExitStatus),
+    /// Its program could not be started.
+    NotStarted(io::Error),
+}
+
 impl Remote {
-    /// Waits for the step's leader to exit. Cancel-safe: the status is read whole or not at
-    /// all (init writes its four bytes in one write, under `PIPE_BUF`).
-    pub async fn wait(&mut self) -> io::Result<ExitStatus> {
+    /// Waits for the step to end. Cancel-safe: the record is read whole or not at all (init
+    /// writes it in one write, under `PIPE_BUF`).
+    pub async fn wait(&mut self) -> io::Result<Waited> {
         while let Some(pipe) = &self.status {
             if pipe.readable().await.is_err() {
                 self.status = None;
                 break;
             }
-            let mut bytes = [0u8; 4];
+            let mut bytes = [0u8; spawner::StepEnd::LEN];
             match pipe.try_read(&mut bytes) {
-                Ok(4) => {
-                    // The spawner sends no `Exited` for a step whose init wrote this: its
-                    // waiter goes now.
+                Ok(spawner::StepEnd::LEN) => {
+                    // The spawner says nothing of a step whose init wrote this: its waiter goes
+                    // now.
                     if let Ok(mut w) = self.waiters.lock() {
                         w.steps.remove(&self.id);
                     }
-                    return Ok(ExitStatus::from_raw(i32::from_ne_bytes(bytes)));
+                    return match spawner::StepEnd::from_bytes(bytes) {
+                        Some(spawner::StepEnd::Exited(status)) => {
+                            Ok(Waited::Exited(ExitStatus::from_raw(status)))
+                        }
+                        Some(spawner::StepEnd::NotStarted(errno)) => {
+                            Ok(Waited::NotStarted(io::Error::from_raw_os_error(errno)))
+                        }
+                        None => Err(io::Error::other("the step's init wrote nonsense")),
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Ok(_) | Err(_) => self.status = None,
             }
         }
-        match (&mut self.exited).await {
-            Ok(status) => Ok(ExitStatus::from_raw(status)),
+        match (&mut self.said).await {
+            Ok(SaidEnd::Exited(status)) => Ok(Waited::Exited(ExitStatus::from_raw(status))),
+            Ok(SaidEnd::Failed(errno)) => {
+                Ok(Waited::NotStarted(io::Error::from_raw_os_error(errno)))
+            }
             Err(_) => Err(io::Error::other("the run's sandbox ended")),
         }
     }
@@ -504,9 +528,6 @@ impl Remote {
 
 /// Where a run's directory is inside its sandbox.
 pub const INSIDE: &str = "/gantry";
-
-/// How long the spawner may take to say it started a step.
-const SPAWN_ANSWER: Duration = Duration::from_secs(10);
 
 /// Paths the sandbox shows from the host, read-only, when they exist.
 /// Folders of the host's `/etc` that steps see (bound read-only).
@@ -817,6 +838,7 @@ impl Jail {
         let _ = ours.set_write_timeout(Some(Duration::from_secs(5)));
         let jail = Arc::new(Jail {
             sock: ours,
+            pid: child.id(),
             bwrap: Mutex::new(child),
             next: AtomicU64::new(1),
             waiters,
@@ -851,13 +873,11 @@ impl Jail {
         )
     }
 
-    /// Starts a process inside the sandbox with the given pipes as its stdout and stderr.
-    pub async fn spawn(
-        &self,
-        command: StepCommand,
-        pipes: [OwnedFd; 2],
-        stop: &tokio_util::sync::CancellationToken,
-    ) -> io::Result<Remote> {
+    /// Starts a process inside the sandbox with the given pipes as its stdout and stderr. It is
+    /// not waited for: the step's end, or why its program could not start, comes on its status
+    /// pipe ([`Remote::wait`]). (Waiting for the spawner to say the program executed put two
+    /// thread hops, the spawner's reaper and Gantry's reader, on every step's way.)
+    pub fn spawn(&self, command: StepCommand, pipes: [OwnedFd; 2]) -> io::Result<Remote> {
         let StepCommand {
             program,
             args,
@@ -867,8 +887,7 @@ impl Jail {
             outputs,
         } = command;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (started_tx, started_rx) = oneshot::channel();
-        let (exited_tx, exited_rx) = oneshot::channel();
+        let (said_tx, said_rx) = oneshot::channel();
         {
             let mut w = self
                 .waiters
@@ -877,13 +896,7 @@ impl Jail {
             if w.gone {
                 return Err(io::Error::other("the run's sandbox ended"));
             }
-            w.steps.insert(
-                id,
-                Waiter {
-                    started: Some(started_tx),
-                    exited: Some(exited_tx),
-                },
-            );
+            w.steps.insert(id, said_tx);
         }
         let request = Request::Spawn {
             id,
@@ -910,34 +923,13 @@ impl Jail {
             self.abort();
             return Err(e);
         }
-        drop((pipes, status_w));
-        // A spawner that stopped answering (a step can stop it, even one that has just been
-        // started and is not reported yet) must not hold the step, or a stopped run, forever.
-        let answer = tokio::select! {
-            a = tokio::time::timeout(SPAWN_ANSWER, started_rx) => a,
-            () = stop.cancelled() => {
-                self.abort();
-                return Err(io::Error::other("the run stopped while its sandbox started a step"));
-            }
-        };
-        match answer {
-            Ok(Ok(Ok(pid))) => Ok(Remote {
-                id,
-                pid,
-                status: Some(status),
-                exited: exited_rx,
-                waiters: self.waiters.clone(),
-            }),
-            Ok(Ok(Err(errno))) => Err(io::Error::from_raw_os_error(errno)),
-            Ok(Err(_)) => Err(io::Error::other("the run's sandbox ended")),
-            Err(_) => {
-                self.abort();
-                Err(io::Error::other(format!(
-                    "the run's sandbox did not answer within {}s and was ended",
-                    SPAWN_ANSWER.as_secs()
-                )))
-            }
-        }
+        Ok(Remote {
+            id,
+            sandbox: self.pid,
+            status: Some(status),
+            said: said_rx,
+            waiters: self.waiters.clone(),
+        })
     }
 
     /// Ends the sandbox from outside: bubblewrap gets SIGKILL, and its PID namespace (every step
@@ -1092,33 +1084,14 @@ fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>, host_ports: &[u16])
                     let _ = tx.send(());
                 }
             }
-            Reply::Started { id, pid } => {
-                if let Some(s) = w.steps.get_mut(&id) {
-                    if let Some(tx) = s.started.take() {
-                        let _ = tx.send(Ok(pid));
-                    }
-                    if s.exited.is_none() {
-                        w.steps.remove(&id);
-                    }
-                }
-            }
             Reply::Failed { id, errno } => {
-                if let Some(mut s) = w.steps.remove(&id)
-                    && let Some(tx) = s.started.take()
-                {
-                    let _ = tx.send(Err(errno));
+                if let Some(tx) = w.steps.remove(&id) {
+                    let _ = tx.send(SaidEnd::Failed(errno));
                 }
             }
-            // The leader may exit before its `Started` is read (the spawner's waiting thread
-            // races its main loop): keep the entry until both have been seen.
             Reply::Exited { id, status } => {
-                if let Some(s) = w.steps.get_mut(&id) {
-                    if let Some(tx) = s.exited.take() {
-                        let _ = tx.send(status);
-                    }
-                    if s.started.is_none() {
-                        w.steps.remove(&id);
-                    }
+                if let Some(tx) = w.steps.remove(&id) {
+                    let _ = tx.send(SaidEnd::Exited(status));
                 }
             }
             Reply::Connection { .. } => {}

@@ -17,10 +17,11 @@
 //! frame's.
 //!
 //! Executor to spawner: [`Request`]. Spawner to executor: [`Reply`]. The spawner answers `Ready`
-//! once, then `Started` or `Failed` for every `Spawn` (not necessarily in the order of the
-//! requests). A step's end comes on its status pipe: the step's init writes the program's raw
-//! wait status there (four bytes) when the step has ended; an init killed before it could (the
-//! pipe closes empty) is reported as `Exited` instead. When the socket closes the spawner
+//! once; a `Spawn` is not answered. A step's end comes on its status pipe: the step's init
+//! writes a [`StepEnd`] there when the step has ended (the program's raw wait status), or when
+//! its program could not be executed (the errno). A step whose init could not write it (the pipe
+//! closes empty) is reported on the socket instead, once init is reaped: `Failed` when the
+//! program never started, `Exited` when init was killed. When the socket closes the spawner
 //! kills every group it started and exits; bubblewrap's PID namespace then takes whatever is
 //! left.
 
@@ -69,10 +70,7 @@ pub(super) enum Request {
 #[serde(tag = "op", rename_all = "lowercase")]
 pub(super) enum Reply {
     Ready,
-    Started {
-        id: u64,
-        pid: u32,
-    },
+    /// The step `id`'s program could not be started, and its init could not say so.
     Failed {
         id: u64,
         errno: i32,
@@ -88,6 +86,44 @@ pub(super) enum Reply {
     Connection {
         port: u16,
     },
+}
+
+/// What a step's init writes on its status pipe, in one write of [`StepEnd::LEN`] bytes: a kind
+/// and a value, each a native-endian `i32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StepEnd {
+    /// The program's raw wait status.
+    Exited(i32),
+    /// The program could not be executed: the errno of what failed.
+    NotStarted(i32),
+}
+
+impl StepEnd {
+    pub(super) const LEN: usize = 8;
+
+    /// The record's bytes; computed on the stack, as init (which shares the spawner's memory)
+    /// must.
+    pub(super) fn to_bytes(self) -> [u8; StepEnd::LEN] {
+        let (kind, value) = match self {
+            StepEnd::Exited(status) => (0i32, status),
+            StepEnd::NotStarted(errno) => (1, errno),
+        };
+        let mut bytes = [0u8; StepEnd::LEN];
+        bytes[..4].copy_from_slice(&kind.to_ne_bytes());
+        bytes[4..].copy_from_slice(&value.to_ne_bytes());
+        bytes
+    }
+
+    pub(super) fn from_bytes(bytes: [u8; StepEnd::LEN]) -> Option<StepEnd> {
+        let word = |at: usize| {
+            i32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        match word(0) {
+            0 => Some(StepEnd::Exited(word(4))),
+            1 => Some(StepEnd::NotStarted(word(4))),
+            _ => None,
+        }
+    }
 }
 
 /// Writes one frame, with `fds` attached to its header.
@@ -364,9 +400,9 @@ pub fn serve(args: &[String]) -> u8 {
                 path,
                 outputs,
             } => {
-                // `Started` (or `Failed`) comes from the reaper once the program executes: this
-                // loop goes on to the next request meanwhile. A `Signal` for this step is read
-                // after the group is recorded here.
+                // Nothing is answered when the step starts: its end (or why it did not start)
+                // comes on its status pipe, or from the reaper. A `Signal` for this step is
+                // read after the group is recorded here.
                 let answer = spawn_one(
                     id,
                     (program, args, env, cwd, path, outputs),
@@ -433,11 +469,12 @@ fn reply(writer: &Mutex<UnixStream>, reply: &Reply) -> io::Result<()> {
 }
 
 /// Who is waiting for which child: one reaper thread serves every step, so a step costs no
-/// thread of its own. It says `Started` (or `Failed`) when the step's program executes (or could
-/// not). A step's end goes to Gantry from init itself, which writes the program's wait status on
-/// a pipe of Gantry's (by then nothing of the step is left running, see `step_ns`) and exits
-/// with 0; the reaper says `Exited` only for an init that ended otherwise (killed before it
-/// could write: the grace period's `SIGKILL`), once it is reaped.
+/// thread of its own. A step's end goes to Gantry from init itself, which writes it on a pipe of
+/// Gantry's (by then nothing of the step is left running, see `step_ns`), as it does when the
+/// program could not be executed, and exits with 0; the reaper speaks only for an init that ended
+/// otherwise, once it is reaped: `Failed` with the errno on its exec pipe when the program never
+/// started (init could not make its mounts or clone it), `Exited` when init was killed before it
+/// could write (the grace period's `SIGKILL`).
 #[derive(Default)]
 struct Children {
     /// Every init not reaped yet.
@@ -447,12 +484,13 @@ struct Children {
 struct Init {
     /// The step's id in the executor's requests.
     id: u64,
-    /// Closes when the program executes, or carries why it could not; dropped once read.
+    /// Carries why the program could not start, when init could not say it; read once init is
+    /// reaped (every writer has closed it by then).
     exec: Option<OwnedFd>,
     /// Readable once init has exited (`None` on a kernel without pidfds: then the reaper looks
     /// every few milliseconds).
     pidfd: Option<OwnedFd>,
-    /// Whether the step's end was reported, or will never be (its program never started).
+    /// Whether the step's end was reported, or will never be (a spare).
     done: bool,
     /// What init runs on, in this process's memory: dropped with this, once init is reaped
     /// (`None` while the spawner holds it: a spare, or a step being handed over).
@@ -493,39 +531,30 @@ impl Reaper {
 #[derive(Clone, Copy)]
 enum Watch {
     Wake,
-    Exec(i32),
     Exit,
 }
 
-/// Says whether `init`'s program started, once that is known (its exec pipe is readable, which
-/// it always is once the program or init has gone).
-fn settle_start(init: &mut Init, pid: i32, replies: &mut Vec<Reply>) {
-    let Some(exec) = init.exec.take() else { return };
-    match super::step_ns::start_error(&exec) {
-        None => replies.push(Reply::Started {
-            id: init.id,
-            pid: pid as u32,
-        }),
-        Some(e) => {
-            init.done = true;
-            replies.push(Reply::Failed {
-                id: init.id,
-                errno: e.raw_os_error().unwrap_or(libc::EIO),
-            });
-        }
+/// Reports the end of `init`'s step, which init did not report itself (it ended otherwise than
+/// with 0): why its program did not start, or init's own wait status.
+fn ended(init: &mut Init, status: i32, replies: &mut Vec<Reply>) {
+    if init.done {
+        return;
     }
-}
-
-/// Records the end of `init`'s step, after its start (the executor hears `Started` first).
-fn ended(init: &mut Init, pid: i32, status: i32, replies: &mut Vec<Reply>) {
-    settle_start(init, pid, replies);
-    if !init.done {
-        init.done = true;
-        replies.push(Reply::Exited {
+    init.done = true;
+    let failed = init
+        .exec
+        .take()
+        .and_then(|exec| super::step_ns::start_error(&exec));
+    replies.push(match failed {
+        Some(e) => Reply::Failed {
+            id: init.id,
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+        },
+        None => Reply::Exited {
             id: init.id,
             status,
-        });
-    }
+        },
+    });
 }
 
 /// Watches every init and reports each step's end.
@@ -537,10 +566,7 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
             };
             let mut fds = vec![(reaper.wake_r.as_raw_fd(), Watch::Wake)];
             let mut blind = false;
-            for (&pid, init) in &c.inits {
-                if let Some(exec) = &init.exec {
-                    fds.push((exec.as_raw_fd(), Watch::Exec(pid)));
-                }
+            for init in c.inits.values() {
                 match &init.pidfd {
                     Some(fd) => fds.push((fd.as_raw_fd(), Watch::Exit)),
                     None => blind = true,
@@ -586,11 +612,6 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                         {
                         }
                     }
-                    Watch::Exec(pid) => {
-                        if let Some(init) = c.inits.get_mut(&pid) {
-                            settle_start(init, pid, &mut replies);
-                        }
-                    }
                     Watch::Exit => {}
                 }
             }
@@ -604,13 +625,11 @@ fn reap(reaper: &Reaper, writer: &Mutex<UnixStream>) {
                 if pid <= 0 {
                     break;
                 }
-                if let Some(mut init) = c.inits.remove(&pid) {
-                    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
-                        // Its end went to Gantry from init: only its start may be left to say.
-                        settle_start(&mut init, pid, &mut replies);
-                    } else {
-                        ended(&mut init, pid, status, &mut replies);
-                    }
+                // An init that exited with 0 told Gantry itself.
+                if let Some(mut init) = c.inits.remove(&pid)
+                    && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+                {
+                    ended(&mut init, status, &mut replies);
                 }
             }
         }
@@ -654,8 +673,8 @@ fn new_spare(children: &Reaper) -> io::Result<super::step_ns::Spare> {
 }
 
 /// Starts step `id` in a PID and mount namespace of its own (`step_ns`), in the spare made
-/// ahead when there is one, then makes the next spare; its start and exit are reported by the
-/// reaper. Returns the pid of the step's init, which leads the step's process group.
+/// ahead when there is one, then makes the next spare; its end is reported by its init, or by
+/// the reaper. Returns the pid of the step's init, which leads the step's process group.
 fn spawn_one(
     id: u64,
     request: Launch,
@@ -720,7 +739,7 @@ fn spawn_one(
     }
     drop(c);
     // The next step's namespace, made while this one runs; then one wake-up has the reaper
-    // watch both (it says `Started` once it watches the step's exec pipe).
+    // watch both inits' ends.
     *spare = new_spare(children).ok();
     children.wake();
     Ok(pid)

@@ -20,8 +20,8 @@
 //! it), can write only its own outputs folder, and cannot leave anything behind: when the
 //! step's program exits, init kills whatever else the step left in the namespace (`setsid`,
 //! double forks, `nohup` alike) and reaps it all, then writes the program's wait status on a
-//! pipe of Gantry's (it came with the step's request) and exits with 0. Gantry takes the step as
-//! ended when that status arrives, so the namespace's teardown (a few hundred microseconds of
+//! pipe of Gantry's (it came with the step's request; the errno instead when the program could
+//! not be executed) and exits with 0. Gantry takes the step as ended when that arrives, so the namespace's teardown (a few hundred microseconds of
 //! unmounting) overlaps the next step's start; when init itself is killed (the grace period's
 //! `SIGKILL`) the pipe closes empty, and the spawner reports once init is reaped, after the
 //! kernel has emptied the namespace.
@@ -47,7 +47,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use super::rawsys;
 
@@ -73,6 +73,9 @@ struct Handed {
     stderr: RawFd,
     err_w: RawFd,
     status_w: RawFd,
+    /// The errno of what failed when the program could not be executed, written by the program
+    /// before it exits (init reads it once the program is reaped); 0 otherwise.
+    failed: AtomicI32,
 }
 
 /// Everything init and the step's program read or run on while they share the spawner's
@@ -382,10 +385,10 @@ impl Spare {
         r != 0 || unsafe { info.si_pid() } != 0
     }
 
-    /// Writes the step into the spare, with `status` where init writes the program's wait
-    /// status just before it exits (a pipe of Gantry's). Nothing runs yet: [`Armed::go`] starts
-    /// it. Returns the spawner's end of the exec pipe, which closes at the program's exec or
-    /// carries the errno of what failed first (see [`start_error`]).
+    /// Writes the step into the spare, with `status` where init writes how the step ended just
+    /// before it exits (a pipe of Gantry's). Nothing runs yet: [`Armed::go`] starts it. Returns
+    /// the spawner's end of the exec pipe, which carries the errno of what failed first when
+    /// the program could not be started (see [`start_error`]).
     pub(super) fn arm(
         self,
         prepared: Prepared,
@@ -406,6 +409,7 @@ impl Spare {
             stderr: stderr.as_raw_fd(),
             err_w: err_w.as_raw_fd(),
             status_w: status.as_raw_fd(),
+            failed: AtomicI32::new(0),
         };
         // SAFETY: init reads `handed` only once `go` is set, which happens after this write
         // (`go`'s release store in `Armed::go`); nobody else touches it.
@@ -464,9 +468,9 @@ impl Armed {
     }
 }
 
-/// Once `exec` (the spawner's end of a step's exec pipe, from [`Spare::arm`]) is readable: `None` when the program is executing, or why it
-/// could not start (init then exits on its own, with no wait status). Never blocks once the
-/// program has exited or init is gone: every writer has closed the pipe by then.
+/// Why a step's program could not start, from `exec` (the spawner's end of the step's exec
+/// pipe, from [`Spare::arm`]), or `None` when it executed. Read once init is gone, when every
+/// writer has closed the pipe, so it never blocks.
 pub(super) fn start_error(exec: &OwnedFd) -> Option<io::Error> {
     let mut errno = [0u8; 4];
     let mut got = 0;
@@ -578,7 +582,12 @@ unsafe fn init(l: &Launch) -> ! {
                             Err(_) => break,
                         }
                     }
-                    let _ = rawsys::write(h.status_w, &status.to_ne_bytes());
+                    let failed = h.failed.load(Ordering::Acquire);
+                    let end = match failed {
+                        0 => super::spawner::StepEnd::Exited(status),
+                        errno => super::spawner::StepEnd::NotStarted(errno),
+                    };
+                    let _ = rawsys::write(h.status_w, &end.to_bytes());
                     rawsys::exit(0);
                 }
                 Ok(_) | Err(libc::EINTR) => {}
@@ -651,10 +660,12 @@ unsafe fn exec_program(l: &Handed) -> ! {
     // SAFETY: system calls on memory made before the clone.
     unsafe {
         if let Err(errno) = prepare_program(l) {
+            l.failed.store(errno.max(1), Ordering::Release);
             fail(l.err_w, errno);
         }
         let p = &l.prepared;
         let errno = rawsys::execve(&p.program, p.argv.as_ptr(), p.envp.as_ptr());
+        l.failed.store(errno.max(1), Ordering::Release);
         fail(l.err_w, errno)
     }
 }
