@@ -300,7 +300,7 @@ fn bench_executor(steps: usize, width: usize, rounds: usize) -> u8 {
         "best of {rounds} rounds. baseline: /bin/sh running `sh -c true` in a loop (parallel: in the background, then wait)"
     );
     println!(
-        "executor: the local executor alone, unsandboxed; gantry: the whole `gantry run` path with the store, unsandboxed; sandboxed: the same in bubblewrap (one sandbox per run, started ahead as `gantry serve` does)"
+        "executor: the local executor alone, unsandboxed; gantry: the whole `gantry run` path with the store, unsandboxed; sandboxed: the same in bubblewrap (one sandbox per run, started ahead as `gantry serve` does, and the next run's started while it runs, as there)"
     );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for (label, n, (shell, executor, gantry, jailed)) in
