@@ -418,19 +418,13 @@ pub fn running_as_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// What a step started by the spawner reports.
-/// How a step ended, when the spawner says it (its init could not write the status pipe).
-enum SaidEnd {
-    /// Init's raw wait status: it was killed before it wrote the program's.
-    Exited(i32),
-    /// The program could not be started (init never cloned it, or died before it could say).
-    Failed(i32),
-}
-
+/// Who waits for what the spawner says: the start of the sandbox, and steps whose init could not
+/// report their end.
 #[derive(Default)]
 struct Waiters {
     ready: Option<oneshot::Sender<()>>,
-    steps: HashMap<u64, oneshot::Sender<SaidEnd>>,
+    /// Where the spawner's word on a step's end goes, when its init could not write it.
+    steps: HashMap<u64, oneshot::Sender<spawner::StepEnd>>,
     /// Set when the spawner's socket closed: nothing more will be answered.
     gone: bool,
 }
@@ -474,7 +468,7 @@ pub(super) struct Remote {
     /// reader thread). `None` once it closed without it: init was killed before it could
     /// write, or could not start the program, and the spawner says so (`said`).
     status: Option<tokio::net::unix::pipe::Receiver>,
-    said: oneshot::Receiver<SaidEnd>,
+    said: oneshot::Receiver<spawner::StepEnd>,
     waiters: Arc<Mutex<Waiters>>,
 }
 
@@ -483,6 +477,17 @@ pub(super) enum Waited {
     Exited(ExitStatus),
     /// Its program could not be started.
     NotStarted(io::Error),
+}
+
+impl From<spawner::StepEnd> for Waited {
+    fn from(end: spawner::StepEnd) -> Waited {
+        match end {
+            spawner::StepEnd::Exited(status) => Waited::Exited(ExitStatus::from_raw(status)),
+            spawner::StepEnd::NotStarted(errno) => {
+                Waited::NotStarted(io::Error::from_raw_os_error(errno))
+            }
+        }
+    }
 }
 
 impl Remote {
@@ -502,25 +507,16 @@ impl Remote {
                     if let Ok(mut w) = self.waiters.lock() {
                         w.steps.remove(&self.id);
                     }
-                    return match spawner::StepEnd::from_bytes(bytes) {
-                        Some(spawner::StepEnd::Exited(status)) => {
-                            Ok(Waited::Exited(ExitStatus::from_raw(status)))
-                        }
-                        Some(spawner::StepEnd::NotStarted(errno)) => {
-                            Ok(Waited::NotStarted(io::Error::from_raw_os_error(errno)))
-                        }
-                        None => Err(io::Error::other("the step's init wrote nonsense")),
-                    };
+                    return spawner::StepEnd::from_bytes(bytes)
+                        .map(Waited::from)
+                        .ok_or_else(|| io::Error::other("the step's init wrote nonsense"));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Ok(_) | Err(_) => self.status = None,
             }
         }
         match (&mut self.said).await {
-            Ok(SaidEnd::Exited(status)) => Ok(Waited::Exited(ExitStatus::from_raw(status))),
-            Ok(SaidEnd::Failed(errno)) => {
-                Ok(Waited::NotStarted(io::Error::from_raw_os_error(errno)))
-            }
+            Ok(end) => Ok(Waited::from(end)),
             Err(_) => Err(io::Error::other("the run's sandbox ended")),
         }
     }
@@ -1086,12 +1082,12 @@ fn read_replies(sock: &UnixStream, waiters: &Mutex<Waiters>, host_ports: &[u16])
             }
             Reply::Failed { id, errno } => {
                 if let Some(tx) = w.steps.remove(&id) {
-                    let _ = tx.send(SaidEnd::Failed(errno));
+                    let _ = tx.send(spawner::StepEnd::NotStarted(errno));
                 }
             }
             Reply::Exited { id, status } => {
                 if let Some(tx) = w.steps.remove(&id) {
-                    let _ = tx.send(SaidEnd::Exited(status));
+                    let _ = tx.send(spawner::StepEnd::Exited(status));
                 }
             }
             Reply::Connection { .. } => {}
